@@ -1,0 +1,486 @@
+//! Keys, the CA, server and board certificates, CSRs, the CRL and fingerprints.
+//! Knows nothing of what a board means: it takes names and returns PEM.
+
+use std::str::FromStr;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, PublicKeyData,
+    RevocationReason, RevokedCertParams, RsaKeySize, SanType, SerialNumber, PKCS_RSA_SHA256,
+};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use time::{Duration, OffsetDateTime};
+use x509_parser::prelude::{FromDer, ParsedExtension, X509Certificate};
+
+use crate::error::{Error, Result};
+use crate::types::{Fingerprint, San};
+
+/// OID of rsaEncryption: iPXE before v2.0 speaks only RSA, so every key we accept is RSA.
+const OID_RSA: &str = "1.2.840.113549.1.1.1";
+
+/// How far back certificates start, so that boards whose clocks run a little behind accept them.
+const BACKDATE: Duration = Duration::hours(1);
+
+/// RSA key sizes we generate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeySize {
+    /// 2048 bits: the default, fast on small boards.
+    Rsa2048,
+    /// 3072 bits.
+    Rsa3072,
+    /// 4096 bits.
+    Rsa4096,
+}
+
+impl FromStr for KeySize {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "2048" => Ok(KeySize::Rsa2048),
+            "3072" => Ok(KeySize::Rsa3072),
+            "4096" => Ok(KeySize::Rsa4096),
+            _ => Err(Error::invalid(format!(
+                "invalid key size {s:?}: use 2048, 3072 or 4096 (RSA; iPXE needs RSA)"
+            ))),
+        }
+    }
+}
+
+/// A new RSA key pair.
+pub fn generate_key(size: KeySize) -> Result<KeyPair> {
+    let s = match size {
+        KeySize::Rsa2048 => RsaKeySize::_2048,
+        KeySize::Rsa3072 => RsaKeySize::_3072,
+        KeySize::Rsa4096 => RsaKeySize::_4096,
+    };
+    KeyPair::generate_rsa_for(&PKCS_RSA_SHA256, s)
+        .map_err(|e| Error::crypto("cannot generate RSA key", e))
+}
+
+/// Load an RSA private key from PEM (PKCS#1 or PKCS#8). Encrypted keys are refused with advice.
+pub fn load_key(pem: &[u8], what: &str) -> Result<KeyPair> {
+    if pem.windows(9).any(|w| w == b"ENCRYPTED") {
+        return Err(Error::invalid(format!(
+            "{what} is encrypted: decrypt it first, e.g. `openssl pkey -in KEY -out KEY.plain`"
+        )));
+    }
+    let der = PrivateKeyDer::from_pem_slice(pem)
+        .map_err(|e| Error::crypto(format!("cannot read {what} as a PEM private key"), e))?;
+    KeyPair::from_der_and_sign_algo(&der, &PKCS_RSA_SHA256).map_err(|_| {
+        Error::invalid(format!(
+            "{what} is not an RSA private key: iPXE before v2.0 supports only RSA, so ipxe-ca uses RSA throughout"
+        ))
+    })
+}
+
+/// A random positive serial of 127 bits (RFC 5280 wants at least 64 bits of entropy).
+pub fn random_serial() -> Result<Vec<u8>> {
+    let mut b = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut b).map_err(|_| Error::crypto("random serial", "RNG failure"))?;
+    b[0] &= 0x7f;
+    if b[0] == 0 {
+        b[0] = 1;
+    }
+    Ok(b.to_vec())
+}
+
+/// Facts about a certificate, read from its DER.
+#[derive(Clone, Debug)]
+pub struct CertInfo {
+    /// Serial in lowercase hex, without leading zero bytes.
+    pub serial: String,
+    /// SHA-1 fingerprint (nginx's `$ssl_client_fingerprint`).
+    pub fingerprint_sha1: Fingerprint,
+    /// SHA-256 fingerprint.
+    pub fingerprint_sha256: Fingerprint,
+    /// Start of validity.
+    pub not_before: OffsetDateTime,
+    /// End of validity.
+    pub not_after: OffsetDateTime,
+    /// The subject's common name, if any.
+    pub common_name: Option<String>,
+}
+
+/// Parse one certificate's DER.
+pub fn cert_info(der: &[u8]) -> Result<CertInfo> {
+    let (_, c) = X509Certificate::from_der(der)
+        .map_err(|e| Error::crypto("cannot parse certificate", e))?;
+    let serial = c.tbs_certificate.raw_serial();
+    let first = serial
+        .iter()
+        .position(|b| *b != 0)
+        .unwrap_or(serial.len().saturating_sub(1));
+    let common_name = c
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .map(str::to_string);
+    Ok(CertInfo {
+        serial: hex::encode(&serial[first..]),
+        fingerprint_sha1: Fingerprint::sha1(der),
+        fingerprint_sha256: Fingerprint::sha256(der),
+        not_before: c.validity().not_before.to_datetime(),
+        not_after: c.validity().not_after.to_datetime(),
+        common_name,
+    })
+}
+
+/// The first certificate of a PEM or DER input, as DER.
+pub fn cert_der_from_bytes(bytes: &[u8]) -> Result<Vec<u8>> {
+    if bytes.starts_with(b"-----") || bytes.windows(11).any(|w| w == b"-----BEGIN ") {
+        CertificateDer::from_pem_slice(bytes)
+            .map(|c| c.to_vec())
+            .map_err(|e| Error::crypto("cannot read PEM certificate", e))
+    } else {
+        Ok(bytes.to_vec())
+    }
+}
+
+/// PEM text of a DER certificate.
+pub fn cert_pem(der: &[u8]) -> String {
+    pem::encode_config(
+        &pem::Pem::new("CERTIFICATE", der.to_vec()),
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    )
+}
+
+/// A newly issued certificate and, when we generated it, its key.
+#[derive(Debug)]
+pub struct Issued {
+    /// The certificate in PEM.
+    pub cert_pem: String,
+    /// The certificate in DER.
+    pub cert_der: Vec<u8>,
+    /// The private key in PKCS#8 PEM, when we made the key.
+    pub key_pem: Option<String>,
+}
+
+/// One revoked certificate for the CRL.
+#[derive(Clone, Debug)]
+pub struct Revoked {
+    /// Serial in hex.
+    pub serial: String,
+    /// When it was revoked.
+    pub when: OffsetDateTime,
+    /// Why.
+    pub reason: Reason,
+}
+
+/// CRL reason codes an operator is likely to need.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reason {
+    /// No particular reason.
+    Unspecified,
+    /// The board's key may have leaked (a stick was lost).
+    KeyCompromise,
+    /// The board moved to another role or owner.
+    AffiliationChanged,
+    /// A new certificate replaces this one.
+    Superseded,
+    /// The board was retired.
+    CessationOfOperation,
+}
+
+impl FromStr for Reason {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "unspecified" => Reason::Unspecified,
+            "key-compromise" => Reason::KeyCompromise,
+            "affiliation-changed" => Reason::AffiliationChanged,
+            "superseded" => Reason::Superseded,
+            "cessation-of-operation" => Reason::CessationOfOperation,
+            _ => {
+                return Err(Error::invalid(format!(
+                "invalid reason {s:?}: use unspecified, key-compromise, affiliation-changed, superseded or cessation-of-operation"
+            )))
+            }
+        })
+    }
+}
+
+impl Reason {
+    fn rcgen(self) -> RevocationReason {
+        match self {
+            Reason::Unspecified => RevocationReason::Unspecified,
+            Reason::KeyCompromise => RevocationReason::KeyCompromise,
+            Reason::AffiliationChanged => RevocationReason::AffiliationChanged,
+            Reason::Superseded => RevocationReason::Superseded,
+            Reason::CessationOfOperation => RevocationReason::CessationOfOperation,
+        }
+    }
+}
+
+fn validity(params: &mut CertificateParams, days: u32) -> Result<()> {
+    if days == 0 || days > 36500 {
+        return Err(Error::invalid(format!(
+            "invalid validity of {days} days: use 1 to 36500"
+        )));
+    }
+    let now = OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .map_err(|e| Error::crypto("clock", e))?;
+    params.not_before = now - BACKDATE;
+    params.not_after = now + Duration::days(i64::from(days));
+    Ok(())
+}
+
+/// Create a self-signed CA. Returns the certificate and its key (PEM).
+pub fn create_ca(name: &str, size: KeySize, days: u32) -> Result<Issued> {
+    if name.trim().is_empty() || name.len() > 64 {
+        return Err(Error::invalid("CA name must be 1 to 64 characters"));
+    }
+    let key = generate_key(size)?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, name);
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.serial_number = Some(SerialNumber::from_slice(&random_serial()?));
+    validity(&mut params, days)?;
+    let cert = params
+        .self_signed(&key)
+        .map_err(|e| Error::crypto("cannot create CA certificate", e))?;
+    Ok(Issued {
+        cert_pem: cert.pem(),
+        cert_der: cert.der().to_vec(),
+        key_pem: Some(key.serialize_pem()),
+    })
+}
+
+/// A loaded CA able to issue certificates and CRLs.
+pub struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    cert_der: Vec<u8>,
+    subject_raw: Vec<u8>,
+    key_id: Vec<u8>,
+}
+
+impl std::fmt::Debug for Ca {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ca").field("issuer", &self.issuer).finish()
+    }
+}
+
+impl Ca {
+    /// Load a CA from its certificate and key (ours, or one made with the openssl CLI).
+    /// Checks that the key matches the certificate and that the certificate is a CA.
+    pub fn load(cert_pem: &[u8], key_pem: &[u8]) -> Result<Ca> {
+        let cert_der = cert_der_from_bytes(cert_pem)?;
+        let key = load_key(key_pem, "the CA key")?;
+        let (_, x509) = X509Certificate::from_der(&cert_der)
+            .map_err(|e| Error::crypto("cannot parse CA certificate", e))?;
+        if !x509.is_ca() {
+            return Err(Error::invalid(
+                "the CA certificate is not a CA (basicConstraints CA:TRUE missing)",
+            ));
+        }
+        if x509.public_key().raw != key.subject_public_key_info().as_slice() {
+            return Err(Error::invalid(
+                "the CA key does not belong to the CA certificate",
+            ));
+        }
+        let subject_raw = x509.subject().as_raw().to_vec();
+        let key_id = x509
+            .iter_extensions()
+            .find_map(|e| match e.parsed_extension() {
+                ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
+                _ => None,
+            })
+            .unwrap_or_else(|| CertificateParams::default().key_identifier(&key));
+        let issuer = Issuer::from_ca_cert_der(&CertificateDer::from(cert_der.as_slice()), key)
+            .map_err(|e| Error::crypto("cannot use CA certificate", e))?;
+        Ok(Ca {
+            issuer,
+            cert_der,
+            subject_raw,
+            key_id,
+        })
+    }
+
+    /// The CA certificate in DER.
+    pub fn cert_der(&self) -> &[u8] {
+        &self.cert_der
+    }
+
+    fn leaf_params(&self, cn: &str, days: u32, server: bool) -> Result<CertificateParams> {
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, cn);
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.use_authority_key_identifier_extension = true;
+        params.serial_number = Some(SerialNumber::from_slice(&random_serial()?));
+        if server {
+            params.key_usages = vec![
+                KeyUsagePurpose::DigitalSignature,
+                KeyUsagePurpose::KeyEncipherment,
+            ];
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        } else {
+            params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        }
+        validity(&mut params, days)?;
+        Ok(params)
+    }
+
+    /// Check that a certificate we just made names the CA with its exact subject bytes:
+    /// iPXE compares them byte for byte.
+    fn check_issuer_bytes(&self, der: &[u8]) -> Result<()> {
+        let (_, c) = X509Certificate::from_der(der)
+            .map_err(|e| Error::crypto("cannot parse issued certificate", e))?;
+        if c.issuer().as_raw() != self.subject_raw.as_slice() {
+            return Err(Error::crypto(
+                "cannot issue certificate",
+                "the CA's subject name cannot be reproduced byte for byte (iPXE would reject the chain); re-create the CA with `ipxe-ca init --force`",
+            ));
+        }
+        Ok(())
+    }
+
+    fn finish(&self, cert: rcgen::Certificate, key_pem: Option<String>) -> Result<Issued> {
+        let der = cert.der().to_vec();
+        self.check_issuer_bytes(&der)?;
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            cert_der: der,
+            key_pem,
+        })
+    }
+
+    /// The server certificate: separate key, serverAuth, the given SANs.
+    pub fn issue_server(&self, sans: &[San], size: KeySize, days: u32) -> Result<Issued> {
+        let first = sans
+            .first()
+            .ok_or_else(|| Error::invalid("the server certificate needs at least one --san"))?;
+        let cn = match first {
+            San::Dns(d) => d.clone(),
+            San::Ip(a) => a.to_string(),
+        };
+        let mut params = self.leaf_params(&cn, days, true)?;
+        params.subject_alt_names = sans
+            .iter()
+            .map(|s| match s {
+                San::Dns(d) => d
+                    .clone()
+                    .try_into()
+                    .map(SanType::DnsName)
+                    .map_err(|e| Error::crypto(format!("SAN {s}"), e)),
+                San::Ip(a) => Ok(SanType::IpAddress(*a)),
+            })
+            .collect::<Result<_>>()?;
+        let key = generate_key(size)?;
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .map_err(|e| Error::crypto("cannot sign server certificate", e))?;
+        self.finish(cert, Some(key.serialize_pem()))
+    }
+
+    /// A board certificate with a new key: clientAuth, CN=board.
+    pub fn issue_client(&self, cn: &str, size: KeySize, days: u32) -> Result<Issued> {
+        let params = self.leaf_params(cn, days, false)?;
+        let key = generate_key(size)?;
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .map_err(|e| Error::crypto("cannot sign board certificate", e))?;
+        self.finish(cert, Some(key.serialize_pem()))
+    }
+
+    /// Sign an external CSR (PEM or DER) for a board. Only the CSR's public key is used:
+    /// subject, extensions and validity are ours, never the requester's.
+    pub fn sign_csr(&self, csr: &[u8], cn: &str, days: u32) -> Result<Issued> {
+        let der = if csr.windows(11).any(|w| w == b"-----BEGIN ") {
+            pem::parse(csr)
+                .map_err(|e| Error::invalid(format!("the CSR is not valid PEM: {e}")))?
+                .into_contents()
+        } else {
+            csr.to_vec()
+        };
+        let (_, req) =
+            x509_parser::certification_request::X509CertificationRequest::from_der(&der)
+                .map_err(|_| {
+                    Error::invalid(
+                        "the CSR cannot be parsed: expected a PKCS#10 request in PEM or DER (`openssl req -new`)",
+                    )
+                })?;
+        req.verify_signature().map_err(|_| {
+            Error::invalid("the CSR's signature does not verify: it was altered or is not self-signed by its key")
+        })?;
+        let spki = &req.certification_request_info.subject_pki;
+        if spki.algorithm.algorithm.to_id_string() != OID_RSA {
+            return Err(Error::invalid(
+                "the CSR's key is not RSA: iPXE before v2.0 supports only RSA client keys; make the key with `openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048`",
+            ));
+        }
+        let public = rcgen::SubjectPublicKeyInfo::from_der(spki.raw)
+            .map_err(|e| Error::crypto("cannot use the CSR's public key", e))?;
+        let params = self.leaf_params(cn, days, false)?;
+        let cert = params
+            .signed_by(&public, &self.issuer)
+            .map_err(|e| Error::crypto("cannot sign CSR", e))?;
+        self.finish(cert, None)
+    }
+
+    /// Verify that `der` was issued by this CA (signature and issuer name); used to adopt
+    /// certificates of boards flashed before ipxe-ca.
+    pub fn verify_issued(&self, der: &[u8]) -> Result<CertInfo> {
+        let (_, c) = X509Certificate::from_der(der)
+            .map_err(|_| Error::invalid("the certificate cannot be parsed (expected PEM or DER X.509)"))?;
+        let (_, ca) = X509Certificate::from_der(&self.cert_der)
+            .map_err(|e| Error::crypto("cannot parse CA certificate", e))?;
+        if c.issuer().as_raw() != self.subject_raw.as_slice()
+            || c.verify_signature(Some(ca.public_key())).is_err()
+        {
+            return Err(Error::invalid(format!(
+                "the certificate was not issued by this CA (issuer: {}): only certificates signed by ca/ca.crt can be registered",
+                c.issuer()
+            )));
+        }
+        if c.is_ca() {
+            return Err(Error::invalid("the certificate is a CA certificate, not a board certificate"));
+        }
+        cert_info(der)
+    }
+
+    /// A CRL listing `revoked`, signed by the CA, with the CA's own key identifier
+    /// so that openssl and nginx find it.
+    pub fn crl(&self, revoked: &[Revoked], number: u64, days: u32) -> Result<String> {
+        let now = OffsetDateTime::now_utc()
+            .replace_nanosecond(0)
+            .map_err(|e| Error::crypto("clock", e))?;
+        let revoked_certs = revoked
+            .iter()
+            .map(|r| {
+                let serial = hex::decode(&r.serial)
+                    .map_err(|_| Error::invalid(format!("bad serial {:?} in registry", r.serial)))?;
+                Ok(RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(&serial),
+                    revocation_time: r.when.replace_nanosecond(0).unwrap_or(r.when),
+                    reason_code: Some(r.reason.rcgen()),
+                    invalidity_date: None,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let params = CertificateRevocationListParams {
+            this_update: now - BACKDATE,
+            next_update: now + Duration::days(i64::from(days.max(1))),
+            crl_number: SerialNumber::from_slice(&number.max(1).to_be_bytes()[number.max(1).leading_zeros() as usize / 8..]),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: KeyIdMethod::PreSpecified(self.key_id.clone()),
+        };
+        params
+            .signed_by(&self.issuer)
+            .and_then(|c| c.pem())
+            .map_err(|e| Error::crypto("cannot sign CRL", e))
+    }
+}

@@ -1,0 +1,62 @@
+//! `config.toml`: the URLs boards are pointed at, used by `serve` and `build`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::state::{self, StateDir, MODE_PUBLIC};
+use crate::types::San;
+
+/// Port of the HTTPS (mTLS) listener unless configured otherwise.
+pub const DEFAULT_HTTPS_PORT: u16 = 8443;
+/// Port of the plain-HTTP files listener unless configured otherwise.
+pub const DEFAULT_HTTP_PORT: u16 = 8080;
+
+/// Settings written by `init` and read by the other commands.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Config {
+    /// Base URL of the mTLS server as boards reach it (`https://HOST:PORT`).
+    pub server_url: String,
+    /// Base URL of the plain-HTTP files server as boards reach it (`http://HOST:PORT`).
+    pub files_url: String,
+}
+
+impl Config {
+    /// Defaults derived from the server certificate's first SAN.
+    pub fn from_san(san: &San) -> Config {
+        let host = san.url_host();
+        Config {
+            server_url: format!("https://{host}:{DEFAULT_HTTPS_PORT}"),
+            files_url: format!("http://{host}:{DEFAULT_HTTP_PORT}"),
+        }
+    }
+
+    /// Read `config.toml`.
+    pub fn load(state: &StateDir) -> Result<Config> {
+        let path = state.config();
+        if !path.exists() {
+            return Err(Error::NoCa(state.root().to_path_buf()));
+        }
+        let text = state::read_to_string(&path)?;
+        toml::from_str(&text).map_err(|e| Error::Parse {
+            path,
+            detail: e.to_string(),
+        })
+    }
+
+    /// Write `config.toml` atomically.
+    pub fn save(&self, state: &StateDir) -> Result<()> {
+        let text = toml::to_string(self).map_err(|e| Error::invalid(e.to_string()))?;
+        state::write_atomic(&state.config(), text.as_bytes(), MODE_PUBLIC)
+    }
+}
+
+/// Check that a URL has the scheme we expect and no trailing slash issues.
+pub fn check_url(url: &str, scheme: &str, flag: &str) -> Result<String> {
+    let rest = url.strip_prefix(&format!("{scheme}://")).ok_or_else(|| {
+        Error::invalid(format!("{flag} {url:?} must start with {scheme}://"))
+    })?;
+    if rest.is_empty() || rest.contains(char::is_whitespace) {
+        return Err(Error::invalid(format!("{flag} {url:?} has no valid host")));
+    }
+    Ok(url.trim_end_matches('/').to_string())
+}

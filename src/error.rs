@@ -1,0 +1,71 @@
+//! One error type for the library: each variant says what failed and, where it helps, what to do.
+
+use std::path::PathBuf;
+
+/// Everything the library can refuse or fail at. The binary prints the chain and exits non-zero.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A file or directory under the state dir could not be read or written.
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Input given on the command line or in a file was not acceptable.
+    #[error("{0}")]
+    Invalid(String),
+    /// The state dir has no CA yet.
+    #[error("no CA in {0}: run `ipxe-ca init` first (or pass --dir / set IPXE_CA_DIR)")]
+    NoCa(PathBuf),
+    /// `init` would replace an existing CA and every board certificate with it.
+    #[error("a CA already exists in {0}: refusing to replace it (every enrolled board would stop booting); pass --force to replace it anyway")]
+    CaExists(PathBuf),
+    /// A board of that name is already registered.
+    #[error("board {0:?} is already registered: choose another name, or `ipxe-ca revoke` it and use a new name")]
+    BoardExists(String),
+    /// No board of that name.
+    #[error("no board named {0:?}: `ipxe-ca list` shows the registered boards")]
+    NoBoard(String),
+    /// Certificate or key material could not be created, parsed or verified.
+    #[error("{context}: {detail}")]
+    Crypto { context: String, detail: String },
+    /// A registry or config file exists but does not parse.
+    #[error("cannot parse {path}: {detail} (fix or restore the file)")]
+    Parse { path: PathBuf, detail: String },
+    /// An external program failed or could not be started.
+    #[error("{program} failed: {detail}")]
+    Command { program: String, detail: String },
+    /// The server could not start or stopped with an error.
+    #[error("server: {0}")]
+    Server(String),
+}
+
+/// Shorthand used across the library.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// An I/O error with the path it happened on.
+    pub fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            action,
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// A certificate/key failure with its context.
+    pub fn crypto(context: impl Into<String>, detail: impl std::fmt::Display) -> Self {
+        Error::Crypto {
+            context: context.into(),
+            detail: detail.to_string(),
+        }
+    }
+
+    /// Invalid input, with the message shown to the user as is.
+    pub fn invalid(msg: impl Into<String>) -> Self {
+        Error::Invalid(msg.into())
+    }
+}

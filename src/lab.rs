@@ -1,0 +1,408 @@
+//! The operations an operator runs on a state dir: init, enroll, sign, register, revoke, list.
+//! Each writing operation holds the state lock from validation to the last write.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::ca::{self, Ca, CertInfo, Issued, KeySize, Reason, Revoked};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::registry::{Board, Origin, Registry, Status};
+use crate::state::{self, StateDir, MODE_PUBLIC, MODE_SECRET};
+use crate::types::{BoardName, KeyValue, Mac, ProfileName, San};
+
+/// The embed script compiled into images (written to `ipxe-scripts/embed.ipxe`).
+pub const EMBED_TEMPLATE: &str = include_str!("../ipxe-scripts/embed.ipxe");
+/// The default profile (written to `profiles/default.ipxe`).
+pub const DEFAULT_PROFILE: &str = include_str!("../ipxe-scripts/default.ipxe");
+const STATE_GITIGNORE: &str = include_str!("../ipxe-scripts/state.gitignore");
+
+/// Defaults for validity, in days.
+pub mod days {
+    /// The CA: 10 years.
+    pub const CA: u32 = 3650;
+    /// The server: 825 days, the longest most TLS clients accept for a server certificate.
+    pub const SERVER: u32 = 825;
+    /// Boards: 3 years, roughly a board's service life between reflashes.
+    pub const BOARD: u32 = 1095;
+    /// The CRL is re-signed on every revoke; this is how long a copy stays valid.
+    pub const CRL: u32 = 30;
+}
+
+/// What `init` needs.
+#[derive(Clone, Debug)]
+pub struct InitOptions {
+    /// The CA's common name.
+    pub name: String,
+    /// The server certificate's names; the first decides the default URLs.
+    pub sans: Vec<San>,
+    /// Overrides the server URL in config.toml.
+    pub server_url: Option<String>,
+    /// Overrides the files URL in config.toml.
+    pub files_url: Option<String>,
+    /// RSA size for the CA and server keys.
+    pub key_size: KeySize,
+    /// CA validity.
+    pub days: u32,
+    /// Replace an existing CA.
+    pub force: bool,
+    /// Adopt an existing CA (certificate, key) instead of creating one.
+    pub from_ca: Option<(PathBuf, PathBuf)>,
+}
+
+/// Options shared by `enroll`, `sign` and `register`.
+#[derive(Clone, Debug, Default)]
+pub struct BoardOptions {
+    /// The board's MAC.
+    pub mac: Option<Mac>,
+    /// Its profile (default `default`).
+    pub profile: Option<ProfileName>,
+    /// Certificate validity (enroll, sign).
+    pub days: Option<u32>,
+    /// Template variables.
+    pub vars: Vec<KeyValue>,
+    /// Secret template variables.
+    pub secrets: Vec<KeyValue>,
+}
+
+/// What `list --json` and `show --json` print for a board. Secret values never appear.
+#[derive(Clone, Debug, Serialize)]
+pub struct BoardView {
+    /// Board name.
+    pub name: String,
+    /// Serial, lowercase hex.
+    pub serial: String,
+    /// SHA-1 fingerprint, lowercase hex without colons (nginx's form).
+    pub fingerprint_sha1: String,
+    /// SHA-256 fingerprint.
+    pub fingerprint_sha256: String,
+    /// MAC or null.
+    pub mac: Option<String>,
+    /// Profile name.
+    pub profile: String,
+    /// RFC 3339.
+    pub not_before: String,
+    /// RFC 3339.
+    pub not_after: String,
+    /// `active` or `revoked`.
+    pub status: Status,
+    /// How the certificate came to us.
+    pub origin: Origin,
+    /// RFC 3339, when revoked.
+    pub revoked_at: Option<String>,
+    /// Certificate path.
+    pub cert: PathBuf,
+    /// Key path, or null when we never had the key.
+    pub key: Option<PathBuf>,
+    /// Template variables.
+    pub vars: BTreeMap<String, String>,
+    /// Names of the secrets (never their values).
+    pub secrets: Vec<String>,
+}
+
+/// A state dir with its registry.
+#[derive(Clone, Debug)]
+pub struct Lab {
+    state: StateDir,
+    registry: Registry,
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.to_string())
+}
+
+impl Lab {
+    /// The lab at `dir` (it may not be initialised yet).
+    pub fn open(dir: impl Into<PathBuf>) -> Lab {
+        let state = StateDir::new(dir);
+        Lab {
+            registry: Registry::new(state.clone()),
+            state,
+        }
+    }
+
+    /// The state dir.
+    pub fn state(&self) -> &StateDir {
+        &self.state
+    }
+
+    /// The board registry.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Load the CA for signing.
+    pub fn ca(&self) -> Result<Ca> {
+        if !self.state.ca_cert().exists() || !self.state.ca_key().exists() {
+            return Err(Error::NoCa(self.state.root().to_path_buf()));
+        }
+        Ca::load(
+            &state::read(&self.state.ca_cert())?,
+            &state::read(&self.state.ca_key())?,
+        )
+    }
+
+    /// Create (or adopt) the CA, the separate server certificate, config and templates.
+    pub fn init(&self, opts: &InitOptions) -> Result<Config> {
+        let first = opts
+            .sans
+            .first()
+            .ok_or_else(|| Error::invalid("give at least one --san (e.g. --san DNS:boot.lab --san IP:192.168.1.10)"))?;
+        let mut config = Config::from_san(first);
+        if let Some(u) = &opts.server_url {
+            config.server_url = crate::config::check_url(u, "https", "--server-url")?;
+        }
+        if let Some(u) = &opts.files_url {
+            config.files_url = crate::config::check_url(u, "http", "--files-url")?;
+        }
+        let _lock = self.state.lock()?;
+        if self.state.has_ca() && !opts.force {
+            return Err(Error::CaExists(self.state.root().to_path_buf()));
+        }
+        let (ca_cert, ca_key) = match &opts.from_ca {
+            Some((cert, key)) => (state::read(cert)?, state::read(key)?),
+            None => {
+                let issued = ca::create_ca(&opts.name, opts.key_size, opts.days)?;
+                let key = issued.key_pem.unwrap_or_default();
+                (issued.cert_pem.into_bytes(), key.into_bytes())
+            }
+        };
+        // Validate everything before writing anything.
+        let ca = Ca::load(&ca_cert, &ca_key)?;
+        let server = ca.issue_server(&opts.sans, opts.key_size, days::SERVER)?;
+        let crl = ca.crl(&[], 1, days::CRL)?;
+
+        state::create_dir_private(self.state.root())?;
+        let ca_pem = ca::cert_pem(ca.cert_der());
+        state::write_atomic(&self.state.ca_key(), &ca_key, MODE_SECRET)?;
+        state::write_atomic(&self.state.ca_cert(), ca_pem.as_bytes(), MODE_PUBLIC)?;
+        state::write_atomic(&self.state.crl(), crl.as_bytes(), MODE_PUBLIC)?;
+        state::write_atomic(&self.state.crl_number(), b"1\n", MODE_PUBLIC)?;
+        state::write_atomic(
+            &self.state.server_key(),
+            server.key_pem.as_deref().unwrap_or_default().as_bytes(),
+            MODE_SECRET,
+        )?;
+        // Leaf first, then the CA: the server sends the whole chain.
+        let chain = format!("{}{}", server.cert_pem, ca_pem);
+        state::write_atomic(&self.state.server_cert(), chain.as_bytes(), MODE_PUBLIC)?;
+        config.save(&self.state)?;
+        self.write_templates()?;
+        Ok(config)
+    }
+
+    fn write_templates(&self) -> Result<()> {
+        let s = &self.state;
+        state::write_if_absent(&s.scripts_dir().join("embed.ipxe"), EMBED_TEMPLATE.as_bytes(), MODE_PUBLIC)?;
+        state::write_if_absent(&s.profiles_dir().join("default.ipxe"), DEFAULT_PROFILE.as_bytes(), MODE_PUBLIC)?;
+        state::write_if_absent(&s.root().join(".gitignore"), STATE_GITIGNORE.as_bytes(), MODE_PUBLIC)?;
+        state::create_dir_private(&s.secrets_dir())?;
+        state::create_dir_private(&s.files_dir())?;
+        state::create_dir_private(&s.boards_dir())
+    }
+
+    /// Check a board name is free and its options are sound, before any key is made.
+    fn precheck(&self, name: &BoardName, opts: &BoardOptions) -> Result<ProfileName> {
+        if !self.state.has_ca() {
+            return Err(Error::NoCa(self.state.root().to_path_buf()));
+        }
+        if self.registry.exists(name) {
+            return Err(Error::BoardExists(name.to_string()));
+        }
+        let profile = opts.profile.clone().unwrap_or_default();
+        let p = self.state.profiles_dir().join(format!("{profile}.ipxe"));
+        if !p.exists() {
+            return Err(Error::invalid(format!(
+                "profile {profile:?} does not exist: create {} first",
+                p.display()
+            )));
+        }
+        Ok(profile)
+    }
+
+    fn register_issued(
+        &self,
+        name: &BoardName,
+        opts: &BoardOptions,
+        profile: ProfileName,
+        info: CertInfo,
+        origin: Origin,
+        cert_pem: &str,
+        key_pem: Option<&str>,
+    ) -> Result<Board> {
+        if self.registry.serial_taken(&info.serial) {
+            return Err(Error::invalid(format!(
+                "serial {} is already used by another board",
+                info.serial
+            )));
+        }
+        if let Some(other) = self.registry.by_fingerprint(&info.fingerprint_sha256)? {
+            return Err(Error::invalid(format!(
+                "this certificate is already registered as board {:?}",
+                other.name.as_str()
+            )));
+        }
+        let secrets: BTreeMap<String, String> = opts
+            .secrets
+            .iter()
+            .map(|kv| (kv.key.clone(), kv.value.clone()))
+            .collect();
+        let board = Board {
+            name: name.clone(),
+            serial: info.serial,
+            fingerprint_sha1: info.fingerprint_sha1,
+            fingerprint_sha256: info.fingerprint_sha256,
+            mac: opts.mac,
+            profile,
+            not_before: info.not_before,
+            not_after: info.not_after,
+            status: Status::Active,
+            origin,
+            revoked_at: None,
+            revocation_reason: None,
+            secret_names: secrets.keys().cloned().collect(),
+            vars: opts
+                .vars
+                .iter()
+                .map(|kv| (kv.key.clone(), kv.value.clone()))
+                .collect(),
+        };
+        self.registry.add(&board, cert_pem, key_pem, &secrets)?;
+        Ok(board)
+    }
+
+    fn issue_unique(&self, mut issue: impl FnMut() -> Result<Issued>) -> Result<(Issued, CertInfo)> {
+        // 127-bit random serials collide essentially never; the loop makes "unique" a guarantee.
+        for _ in 0..8 {
+            let issued = issue()?;
+            let info = ca::cert_info(&issued.cert_der)?;
+            if !self.registry.serial_taken(&info.serial) {
+                return Ok((issued, info));
+            }
+        }
+        Err(Error::crypto("cannot issue certificate", "no unused serial found"))
+    }
+
+    /// New key and certificate for a board, registered.
+    pub fn enroll(&self, name: &BoardName, opts: &BoardOptions) -> Result<Board> {
+        let _lock = self.state.lock()?;
+        let profile = self.precheck(name, opts)?;
+        let ca = self.ca()?;
+        let days = opts.days.unwrap_or(days::BOARD);
+        let (issued, info) =
+            self.issue_unique(|| ca.issue_client(name.as_str(), KeySize::Rsa2048, days))?;
+        self.register_issued(
+            name,
+            opts,
+            profile,
+            info,
+            Origin::Enrolled,
+            &issued.cert_pem,
+            issued.key_pem.as_deref(),
+        )
+    }
+
+    /// Sign a board's own CSR (PEM or DER), registered.
+    pub fn sign(&self, name: &BoardName, csr: &[u8], opts: &BoardOptions) -> Result<Board> {
+        let _lock = self.state.lock()?;
+        let profile = self.precheck(name, opts)?;
+        let ca = self.ca()?;
+        let days = opts.days.unwrap_or(days::BOARD);
+        let (issued, info) = self.issue_unique(|| ca.sign_csr(csr, name.as_str(), days))?;
+        self.register_issued(name, opts, profile, info, Origin::Signed, &issued.cert_pem, None)
+    }
+
+    /// Adopt an existing certificate issued by our CA.
+    pub fn register(&self, name: &BoardName, cert: &[u8], opts: &BoardOptions) -> Result<Board> {
+        let _lock = self.state.lock()?;
+        let profile = self.precheck(name, opts)?;
+        let ca = self.ca()?;
+        let der = ca::cert_der_from_bytes(cert)?;
+        let info = ca.verify_issued(&der)?;
+        self.register_issued(
+            name,
+            opts,
+            profile,
+            info,
+            Origin::Registered,
+            &ca::cert_pem(&der),
+            None,
+        )
+    }
+
+    /// Mark a board revoked and publish a new CRL.
+    pub fn revoke(&self, name: &BoardName, reason: Reason) -> Result<Board> {
+        let _lock = self.state.lock()?;
+        let ca = self.ca()?;
+        let mut board = self.registry.get(name)?;
+        if board.status == Status::Revoked {
+            return Err(Error::invalid(format!("board {name:?} is already revoked")));
+        }
+        board.status = Status::Revoked;
+        board.revoked_at = Some(OffsetDateTime::now_utc());
+        board.revocation_reason = Some(reason);
+        let mut revoked: Vec<Revoked> = self
+            .registry
+            .list()?
+            .into_iter()
+            .filter(|b| b.status == Status::Revoked && b.name != board.name)
+            .map(|b| Revoked {
+                serial: b.serial,
+                when: b.revoked_at.unwrap_or(b.not_before),
+                reason: b.revocation_reason.unwrap_or(Reason::Unspecified),
+            })
+            .collect();
+        revoked.push(Revoked {
+            serial: board.serial.clone(),
+            when: board.revoked_at.unwrap_or_else(OffsetDateTime::now_utc),
+            reason,
+        });
+        let number = self.next_crl_number()?;
+        let crl = ca.crl(&revoked, number, days::CRL)?;
+        // The registry is what the server checks on every request: update it first.
+        self.registry.save(&board)?;
+        state::write_atomic(&self.state.crl(), crl.as_bytes(), MODE_PUBLIC)?;
+        state::write_atomic(&self.state.crl_number(), format!("{number}\n").as_bytes(), MODE_PUBLIC)?;
+        Ok(board)
+    }
+
+    fn next_crl_number(&self) -> Result<u64> {
+        let p = self.state.crl_number();
+        let current = std::fs::read_to_string(&p)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(1);
+        Ok(current + 1)
+    }
+
+    /// The JSON view of a board.
+    pub fn view(&self, board: &Board) -> BoardView {
+        let key = self.registry.key_path(&board.name);
+        BoardView {
+            name: board.name.to_string(),
+            serial: board.serial.clone(),
+            fingerprint_sha1: board.fingerprint_sha1.to_string(),
+            fingerprint_sha256: board.fingerprint_sha256.to_string(),
+            mac: board.mac.map(|m| m.to_string()),
+            profile: board.profile.to_string(),
+            not_before: rfc3339(board.not_before),
+            not_after: rfc3339(board.not_after),
+            status: board.status,
+            origin: board.origin,
+            revoked_at: board.revoked_at.map(rfc3339),
+            cert: self.registry.cert_path(&board.name),
+            key: key.exists().then_some(key),
+            vars: board.vars.clone(),
+            secrets: board.secret_names.clone(),
+        }
+    }
+
+    /// Where the state dir is, for messages.
+    pub fn root(&self) -> &Path {
+        self.state.root()
+    }
+}

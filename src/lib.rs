@@ -1,0 +1,14 @@
+//! ipxe-ca: a private CA, per-board iPXE images and an mTLS boot server for a farm of boards
+//! that boot over the network. The binary `ipxe-ca` is a thin shell over this library.
+#![forbid(unsafe_code)]
+
+pub mod ca;
+pub mod config;
+pub mod error;
+pub mod lab;
+pub mod registry;
+pub mod state;
+pub mod types;
+
+pub use error::{Error, Result};
+pub use lab::Lab;

@@ -1,0 +1,246 @@
+//! The board registry: one small TOML file per board (diff-friendly, git-friendly), the board's
+//! certificate, key and secrets beside it, and index files so that lookups never scan.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::ca::Reason;
+use crate::error::{Error, Result};
+use crate::state::{self, StateDir, MODE_PUBLIC, MODE_SECRET};
+use crate::types::{BoardName, Fingerprint, Mac, ProfileName};
+
+/// Whether a board may boot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Served.
+    Active,
+    /// Refused, and listed in the CRL.
+    Revoked,
+}
+
+/// How the board's certificate entered the registry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    /// `enroll`: we made key and certificate.
+    Enrolled,
+    /// `sign`: we signed the board's CSR; we never saw its key.
+    Signed,
+    /// `register`: an existing certificate of our CA was adopted.
+    Registered,
+}
+
+/// One board's public registry entry (`boards/NAME.toml`). Secrets live elsewhere.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Board {
+    /// The board's name (also its certificate's CN when we issued it).
+    pub name: BoardName,
+    /// Certificate serial, lowercase hex.
+    pub serial: String,
+    /// SHA-1 of the certificate, as nginx's `$ssl_client_fingerprint`.
+    pub fingerprint_sha1: Fingerprint,
+    /// SHA-256 of the certificate.
+    pub fingerprint_sha256: Fingerprint,
+    /// The board's MAC, when known; a request naming another MAC is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<Mac>,
+    /// The profile (`profiles/NAME.ipxe`) its boot script is rendered from.
+    #[serde(default)]
+    pub profile: ProfileName,
+    /// Certificate validity start.
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_before: OffsetDateTime,
+    /// Certificate validity end.
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_after: OffsetDateTime,
+    /// Active or revoked.
+    pub status: Status,
+    /// How the certificate came to us.
+    pub origin: Origin,
+    /// When it was revoked.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub revoked_at: Option<OffsetDateTime>,
+    /// Why it was revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation_reason: Option<Reason>,
+    /// Names of the board's secrets (values are in `boards/NAME/secrets.toml`, 0600).
+    #[serde(default)]
+    pub secret_names: Vec<String>,
+    /// Template variables for its profile.
+    #[serde(default)]
+    pub vars: BTreeMap<String, String>,
+}
+
+/// Read-only and write access to boards. Writers must hold the state lock.
+#[derive(Clone, Debug)]
+pub struct Registry {
+    state: StateDir,
+}
+
+impl Registry {
+    /// The registry of a state dir.
+    pub fn new(state: StateDir) -> Self {
+        Registry { state }
+    }
+
+    /// Path of the board's certificate.
+    pub fn cert_path(&self, name: &BoardName) -> PathBuf {
+        self.state.board_dir(name).join("cert.pem")
+    }
+
+    /// Path of the board's private key (exists only for enrolled boards).
+    pub fn key_path(&self, name: &BoardName) -> PathBuf {
+        self.state.board_dir(name).join("key.pem")
+    }
+
+    fn secrets_path(&self, name: &BoardName) -> PathBuf {
+        self.state.board_dir(name).join("secrets.toml")
+    }
+
+    /// Whether a board of that name exists.
+    pub fn exists(&self, name: &BoardName) -> bool {
+        self.state.board_file(name).exists()
+    }
+
+    /// Whether a certificate serial is already used by a board.
+    pub fn serial_taken(&self, serial: &str) -> bool {
+        self.state.index_file("serial", serial).exists()
+    }
+
+    /// Load one board.
+    pub fn get(&self, name: &BoardName) -> Result<Board> {
+        let path = self.state.board_file(name);
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NoBoard(name.to_string()))
+            }
+            Err(e) => return Err(Error::io("cannot read", path, e)),
+        };
+        toml::from_str(&text).map_err(|e| Error::Parse {
+            path,
+            detail: e.to_string(),
+        })
+    }
+
+    /// Find a board by the SHA-1 or SHA-256 fingerprint of its certificate: two small
+    /// file reads, no scan.
+    pub fn by_fingerprint(&self, fp: &Fingerprint) -> Result<Option<Board>> {
+        let kind = if fp.as_str().len() == 40 { "sha1" } else { "sha256" };
+        let idx = self.state.index_file(kind, fp.as_str());
+        let name = match fs::read_to_string(&idx) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("cannot read", idx, e)),
+        };
+        let name: BoardName = name.trim().parse()?;
+        match self.get(&name) {
+            Ok(b) if &b.fingerprint_sha1 == fp || &b.fingerprint_sha256 == fp => Ok(Some(b)),
+            Ok(_) | Err(Error::NoBoard(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// All boards, sorted by name.
+    pub fn list(&self) -> Result<Vec<Board>> {
+        let dir = self.state.boards_dir();
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io("cannot list", dir, e)),
+        };
+        let mut boards = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io("cannot list", &dir, e))?;
+            let file = entry.file_name();
+            let Some(stem) = file.to_str().and_then(|f| f.strip_suffix(".toml")) else {
+                continue;
+            };
+            let Ok(name) = stem.parse::<BoardName>() else {
+                continue;
+            };
+            boards.push(self.get(&name)?);
+        }
+        boards.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(boards)
+    }
+
+    /// The board's secret values (for rendering its script only).
+    pub fn secrets(&self, name: &BoardName) -> Result<BTreeMap<String, String>> {
+        let path = self.secrets_path(name);
+        match fs::read_to_string(&path) {
+            Ok(t) => toml::from_str(&t).map_err(|e| Error::Parse {
+                path,
+                detail: e.to_string(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+            Err(e) => Err(Error::io("cannot read", path, e)),
+        }
+    }
+
+    /// Add a new board with its certificate, optional key and secrets. The board file is
+    /// written last: until then the board does not exist, so a failure leaves nothing usable.
+    pub fn add(
+        &self,
+        board: &Board,
+        cert_pem: &str,
+        key_pem: Option<&str>,
+        secrets: &BTreeMap<String, String>,
+    ) -> Result<()> {
+        if self.exists(&board.name) {
+            return Err(Error::BoardExists(board.name.to_string()));
+        }
+        let result = (|| {
+            let dir = self.state.board_dir(&board.name);
+            state::create_dir_private(&dir)?;
+            state::write_atomic(&self.cert_path(&board.name), cert_pem.as_bytes(), MODE_PUBLIC)?;
+            if let Some(k) = key_pem {
+                state::write_atomic(&self.key_path(&board.name), k.as_bytes(), MODE_SECRET)?;
+            }
+            if !secrets.is_empty() {
+                let text = toml::to_string(secrets).map_err(|e| Error::invalid(e.to_string()))?;
+                state::write_atomic(&self.secrets_path(&board.name), text.as_bytes(), MODE_SECRET)?;
+            }
+            let name = board.name.as_str().as_bytes();
+            for (kind, value) in [
+                ("sha1", board.fingerprint_sha1.as_str()),
+                ("sha256", board.fingerprint_sha256.as_str()),
+                ("serial", board.serial.as_str()),
+            ] {
+                state::write_atomic(&self.state.index_file(kind, value), name, MODE_PUBLIC)?;
+            }
+            self.save(board)
+        })();
+        if result.is_err() {
+            self.remove_files(board);
+        }
+        result
+    }
+
+    fn remove_files(&self, board: &Board) {
+        let _ = fs::remove_file(self.state.board_file(&board.name));
+        let _ = fs::remove_dir_all(self.state.board_dir(&board.name));
+        for (kind, value) in [
+            ("sha1", board.fingerprint_sha1.as_str()),
+            ("sha256", board.fingerprint_sha256.as_str()),
+            ("serial", board.serial.as_str()),
+        ] {
+            let _ = fs::remove_file(self.state.index_file(kind, value));
+        }
+    }
+
+    /// Write a board's registry entry atomically.
+    pub fn save(&self, board: &Board) -> Result<()> {
+        let text = toml::to_string(board).map_err(|e| Error::invalid(e.to_string()))?;
+        state::write_atomic(&self.state.board_file(&board.name), text.as_bytes(), MODE_PUBLIC)
+    }
+}

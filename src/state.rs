@@ -1,0 +1,210 @@
+//! The one door to the state directory: fixed paths, the lock, atomic writes and file modes.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::types::BoardName;
+
+/// The state directory. Every path ipxe-ca reads or writes comes from here, so operators can
+/// point nginx, backups and git at fixed names.
+#[derive(Clone, Debug)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+/// Mode for private keys and secrets.
+pub const MODE_SECRET: u32 = 0o600;
+/// Mode for public material (certificates, templates, registry entries).
+pub const MODE_PUBLIC: u32 = 0o644;
+
+impl StateDir {
+    /// A state dir at `root` (nothing is created until something is written).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        StateDir { root: root.into() }
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `ca/ca.crt`
+    pub fn ca_cert(&self) -> PathBuf {
+        self.root.join("ca/ca.crt")
+    }
+    /// `ca/ca.key`
+    pub fn ca_key(&self) -> PathBuf {
+        self.root.join("ca/ca.key")
+    }
+    /// `ca/crl.pem`
+    pub fn crl(&self) -> PathBuf {
+        self.root.join("ca/crl.pem")
+    }
+    /// `ca/crlnumber`: the CRL sequence number, one decimal line.
+    pub fn crl_number(&self) -> PathBuf {
+        self.root.join("ca/crlnumber")
+    }
+    /// `server/server.crt`
+    pub fn server_cert(&self) -> PathBuf {
+        self.root.join("server/server.crt")
+    }
+    /// `server/server.key`
+    pub fn server_key(&self) -> PathBuf {
+        self.root.join("server/server.key")
+    }
+    /// `config.toml`
+    pub fn config(&self) -> PathBuf {
+        self.root.join("config.toml")
+    }
+    /// `boards/`
+    pub fn boards_dir(&self) -> PathBuf {
+        self.root.join("boards")
+    }
+    /// `boards/NAME.toml`: the public registry entry.
+    pub fn board_file(&self, name: &BoardName) -> PathBuf {
+        self.root.join("boards").join(format!("{name}.toml"))
+    }
+    /// `boards/NAME/`: the board's certificate, key and secrets.
+    pub fn board_dir(&self, name: &BoardName) -> PathBuf {
+        self.root.join("boards").join(name.as_str())
+    }
+    /// `index/KIND/VALUE`: one tiny file per fingerprint or serial naming the board.
+    pub fn index_file(&self, kind: &str, value: &str) -> PathBuf {
+        self.root.join("index").join(kind).join(value)
+    }
+    /// `profiles/`
+    pub fn profiles_dir(&self) -> PathBuf {
+        self.root.join("profiles")
+    }
+    /// `secrets/`: one-time secret templates.
+    pub fn secrets_dir(&self) -> PathBuf {
+        self.root.join("secrets")
+    }
+    /// `ipxe-scripts/`: the script compiled into images.
+    pub fn scripts_dir(&self) -> PathBuf {
+        self.root.join("ipxe-scripts")
+    }
+    /// `files/`: default root of the plain-HTTP boot files.
+    pub fn files_dir(&self) -> PathBuf {
+        self.root.join("files")
+    }
+    /// `out/`: default output of `build`.
+    pub fn out_dir(&self) -> PathBuf {
+        self.root.join("out")
+    }
+
+    /// Take the exclusive lock that serialises every command that writes state.
+    /// It is released when the guard drops (or the process dies).
+    pub fn lock(&self) -> Result<StateLock> {
+        create_dir_private(&self.root)?;
+        let path = self.root.join(".lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(MODE_SECRET)
+            .open(&path)
+            .map_err(|e| Error::io("cannot open lock file", &path, e))?;
+        file.lock()
+            .map_err(|e| Error::io("cannot lock", &path, e))?;
+        Ok(StateLock { _file: file })
+    }
+
+    /// Whether a CA exists here.
+    pub fn has_ca(&self) -> bool {
+        self.ca_cert().exists() || self.ca_key().exists()
+    }
+}
+
+/// Held while a command modifies the state dir.
+#[derive(Debug)]
+pub struct StateLock {
+    _file: File,
+}
+
+/// Create a directory (and missing parents) with mode 0700; existing ones are left as they are.
+pub fn create_dir_private(dir: &Path) -> Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| Error::io("cannot create directory", dir, e))
+}
+
+/// Write a file atomically: temp file in the same directory, fsync, rename, fsync the directory.
+/// Readers see the old or the new content, never a torn one.
+pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| Error::invalid(format!("{} has no parent directory", path.display())))?;
+    create_dir_private(dir)?;
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{file_name}.tmp{}", std::process::id()));
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(mode)
+            .open(&tmp)
+            .map_err(|e| Error::io("cannot create", &tmp, e))?;
+        f.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(|e| Error::io("cannot set mode on", &tmp, e))?;
+        f.write_all(data)
+            .map_err(|e| Error::io("cannot write", &tmp, e))?;
+        f.sync_all()
+            .map_err(|e| Error::io("cannot fsync", &tmp, e))?;
+        fs::rename(&tmp, path).map_err(|e| Error::io("cannot rename into place", path, e))?;
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Write a file only if it does not exist yet (templates an operator may have edited).
+pub fn write_if_absent(path: &Path, data: &[u8], mode: u32) -> Result<bool> {
+    if path.exists() {
+        return Ok(false);
+    }
+    write_atomic(path, data, mode)?;
+    Ok(true)
+}
+
+/// Read a file as text, with the path in the error.
+pub fn read_to_string(path: &Path) -> Result<String> {
+    fs::read_to_string(path).map_err(|e| Error::io("cannot read", path, e))
+}
+
+/// Read a file as bytes, with the path in the error.
+pub fn read(path: &Path) -> Result<Vec<u8>> {
+    fs::read(path).map_err(|e| Error::io("cannot read", path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_sets_mode_and_replaces() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("sub/k.pem");
+        write_atomic(&p, b"one", MODE_SECRET).unwrap();
+        write_atomic(&p, b"two", MODE_SECRET).unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"two");
+        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        let dm = fs::metadata(p.parent().unwrap()).unwrap().permissions().mode();
+        assert_eq!(dm & 0o777, 0o700);
+        assert_eq!(fs::read_dir(p.parent().unwrap()).unwrap().count(), 1);
+    }
+}

@@ -1,0 +1,357 @@
+//! Validated values parsed at the edge: names that become paths, MACs, fingerprints, SANs.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+
+/// A board's name. It becomes a file name, so it is restricted to a safe alphabet:
+/// lowercase letters, digits, `.`, `_`, `-`, starting with a letter or digit, at most 63 characters.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct BoardName(String);
+
+impl BoardName {
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for BoardName {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        validate_name(s, "board name")?;
+        Ok(BoardName(s.to_string()))
+    }
+}
+
+/// Shared rule for every name that becomes a path (boards, profiles, secrets).
+pub fn validate_name(s: &str, what: &str) -> Result<(), Error> {
+    let ok_first = s
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let ok_rest = s
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'));
+    if s.is_empty() || s.len() > 63 || !ok_first || !ok_rest {
+        return Err(Error::invalid(format!(
+            "invalid {what} {s:?}: use 1-63 characters from a-z, 0-9, '.', '_', '-', starting with a letter or digit"
+        )));
+    }
+    Ok(())
+}
+
+impl TryFrom<String> for BoardName {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self, Error> {
+        s.parse()
+    }
+}
+
+impl From<BoardName> for String {
+    fn from(n: BoardName) -> String {
+        n.0
+    }
+}
+
+impl fmt::Display for BoardName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A profile name (a template file `profiles/NAME.ipxe`); same alphabet as board names.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ProfileName(String);
+
+impl ProfileName {
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for ProfileName {
+    fn default() -> Self {
+        ProfileName("default".into())
+    }
+}
+
+impl FromStr for ProfileName {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        validate_name(s, "profile name")?;
+        Ok(ProfileName(s.to_string()))
+    }
+}
+
+impl TryFrom<String> for ProfileName {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self, Error> {
+        s.parse()
+    }
+}
+
+impl From<ProfileName> for String {
+    fn from(n: ProfileName) -> String {
+        n.0
+    }
+}
+
+impl fmt::Display for ProfileName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An Ethernet MAC, stored in the lowercase colon form iPXE prints as `${net0/mac}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Mac([u8; 6]);
+
+impl FromStr for Mac {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let hex: String = s
+            .chars()
+            .filter(|c| !matches!(c, ':' | '-' | '.'))
+            .collect();
+        let bad = || {
+            Error::invalid(format!(
+                "invalid MAC address {s:?}: expected six hex bytes such as 52:54:00:12:34:56"
+            ))
+        };
+        if hex.len() != 12 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        let mut out = [0u8; 6];
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+        }
+        Ok(Mac(out))
+    }
+}
+
+impl TryFrom<String> for Mac {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self, Error> {
+        s.parse()
+    }
+}
+
+impl From<Mac> for String {
+    fn from(m: Mac) -> String {
+        m.to_string()
+    }
+}
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
+    }
+}
+
+/// A certificate fingerprint as lowercase hex without colons (nginx's `$ssl_client_fingerprint` form).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Fingerprint(String);
+
+impl Fingerprint {
+    /// SHA-1 of the DER certificate, as nginx prints it.
+    pub fn sha1(der: &[u8]) -> Self {
+        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, der);
+        Fingerprint(hex::encode(d.as_ref()))
+    }
+
+    /// SHA-256 of the DER certificate (what iPXE's TRUST list holds).
+    pub fn sha256(der: &[u8]) -> Self {
+        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
+        Fingerprint(hex::encode(d.as_ref()))
+    }
+
+    /// The hex text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for Fingerprint {
+    type Err = Error;
+    /// Accepts upper or lower case, with or without colons; 40 (SHA-1) or 64 (SHA-256) hex digits.
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let hex: String = s
+            .chars()
+            .filter(|c| *c != ':')
+            .map(|c| c.to_ascii_lowercase())
+            .collect();
+        if !(hex.len() == 40 || hex.len() == 64) || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(Error::invalid(format!(
+                "invalid fingerprint {s:?}: expected 40 (SHA-1) or 64 (SHA-256) hex digits"
+            )));
+        }
+        Ok(Fingerprint(hex))
+    }
+}
+
+impl TryFrom<String> for Fingerprint {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self, Error> {
+        s.parse()
+    }
+}
+
+impl From<Fingerprint> for String {
+    fn from(f: Fingerprint) -> String {
+        f.0
+    }
+}
+
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A subject alternative name for the server certificate: `DNS:host` or `IP:addr`
+/// (a bare address or host name is accepted too).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum San {
+    /// A DNS name.
+    Dns(String),
+    /// An IP address (iPXE connects by IP when the URL holds one).
+    Ip(IpAddr),
+}
+
+impl San {
+    /// The host part of a URL for this name (IPv6 in brackets).
+    pub fn url_host(&self) -> String {
+        match self {
+            San::Dns(d) => d.clone(),
+            San::Ip(IpAddr::V6(a)) => format!("[{a}]"),
+            San::Ip(a) => a.to_string(),
+        }
+    }
+}
+
+impl FromStr for San {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let (kind, value) = match s.split_once(':') {
+            Some((k, v)) if k.eq_ignore_ascii_case("dns") => ("dns", v),
+            Some((k, v)) if k.eq_ignore_ascii_case("ip") => ("ip", v),
+            _ => ("auto", s),
+        };
+        if kind != "dns" {
+            if let Ok(ip) = value.parse::<IpAddr>() {
+                return Ok(San::Ip(ip));
+            }
+            if kind == "ip" {
+                return Err(Error::invalid(format!("invalid IP address in SAN {s:?}")));
+            }
+        }
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '*')
+        };
+        if value.is_empty() || value.len() > 253 || !value.split('.').all(label_ok) {
+            return Err(Error::invalid(format!(
+                "invalid SAN {s:?}: use DNS:host.name or IP:1.2.3.4"
+            )));
+        }
+        Ok(San::Dns(value.to_ascii_lowercase()))
+    }
+}
+
+impl fmt::Display for San {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            San::Dns(d) => write!(f, "DNS:{d}"),
+            San::Ip(a) => write!(f, "IP:{a}"),
+        }
+    }
+}
+
+/// A `KEY=VALUE` pair from `--var` / `--secret`; keys are identifiers usable in templates.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyValue {
+    /// Template variable name.
+    pub key: String,
+    /// Its value.
+    pub value: String,
+}
+
+impl FromStr for KeyValue {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let (k, v) = s
+            .split_once('=')
+            .ok_or_else(|| Error::invalid(format!("expected KEY=VALUE, got {s:?}")))?;
+        let ok = k
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !ok {
+            return Err(Error::invalid(format!(
+                "invalid key {k:?}: use letters, digits and '_' (it becomes a template variable)"
+            )));
+        }
+        Ok(KeyValue {
+            key: k.to_string(),
+            value: v.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn board_names() {
+        for good in ["a", "board-1", "0x.y_z", &"a".repeat(63)] {
+            assert!(good.parse::<BoardName>().is_ok(), "{good}");
+        }
+        for bad in ["", "../x", "A", "-a", ".a", "a/b", "a b", &"a".repeat(64)] {
+            assert!(bad.parse::<BoardName>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn macs_normalise() {
+        let m: Mac = "52-54-00-AB-cd-EF".parse().unwrap();
+        assert_eq!(m.to_string(), "52:54:00:ab:cd:ef");
+        assert!("52:54:00:ab:cd".parse::<Mac>().is_err());
+        assert!("zz:54:00:ab:cd:ef".parse::<Mac>().is_err());
+    }
+
+    #[test]
+    fn sans() {
+        assert_eq!("IP:10.0.2.2".parse::<San>().unwrap().to_string(), "IP:10.0.2.2");
+        assert_eq!("DNS:Boot.Lab".parse::<San>().unwrap().to_string(), "DNS:boot.lab");
+        assert_eq!("::1".parse::<San>().unwrap().url_host(), "[::1]");
+        assert!("IP:boot".parse::<San>().is_err());
+        assert!("DNS:a b".parse::<San>().is_err());
+    }
+
+    #[test]
+    fn fingerprints() {
+        let f: Fingerprint = format!("{}AB", "AB:".repeat(19)).parse().unwrap();
+        assert_eq!(f.as_str(), "ab".repeat(20));
+        assert_eq!(f.as_str().len(), 40);
+        assert!("xyz".parse::<Fingerprint>().is_err());
+    }
+}
