@@ -217,7 +217,7 @@ impl Lab {
         let p = self.state.profiles_dir().join(format!("{profile}.ipxe"));
         if !p.exists() {
             return Err(Error::invalid(format!(
-                "profile {profile:?} does not exist: create {} first",
+                "profile \"{profile}\" does not exist: create {} first",
                 p.display()
             )));
         }
@@ -234,16 +234,16 @@ impl Lab {
         cert_pem: &str,
         key_pem: Option<&str>,
     ) -> Result<Board> {
-        if self.registry.serial_taken(&info.serial) {
-            return Err(Error::invalid(format!(
-                "serial {} is already used by another board",
-                info.serial
-            )));
-        }
         if let Some(other) = self.registry.by_fingerprint(&info.fingerprint_sha256)? {
             return Err(Error::invalid(format!(
                 "this certificate is already registered as board {:?}",
                 other.name.as_str()
+            )));
+        }
+        if self.registry.serial_taken(&info.serial) {
+            return Err(Error::invalid(format!(
+                "serial {} is already used by another board",
+                info.serial
             )));
         }
         let secrets: BTreeMap<String, String> = opts

@@ -1,0 +1,6 @@
+//! One integration-test binary: every test drives the real `ipxe-ca` binary and checks the
+//! result with independent tools (openssl, curl, nginx, QEMU).
+
+mod util;
+
+mod foundation;
