@@ -7,6 +7,8 @@ pub mod config;
 pub mod error;
 pub mod lab;
 pub mod registry;
+pub mod render;
+pub mod server;
 pub mod state;
 pub mod types;
 

@@ -1,6 +1,7 @@
 //! `ipxe-ca`: parse arguments, call the library, print. Nothing else lives here.
 
 use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -9,7 +10,9 @@ use clap::{Args, Parser, Subcommand};
 use ipxe_ca::ca::{KeySize, Reason};
 use ipxe_ca::lab::{self, BoardOptions, InitOptions};
 use ipxe_ca::types::{BoardName, KeyValue, Mac, ProfileName, San};
+use ipxe_ca::server::{self, ServeOptions};
 use ipxe_ca::Lab;
+use std::time::Duration;
 
 /// Boot a farm of boards securely over the network with iPXE: a private CA, per-board
 /// client certificates and images, and the mTLS server that gives each board its own script.
@@ -39,6 +42,48 @@ enum Command {
     List(JsonArg),
     /// Show one board.
     Show(ShowArgs),
+    /// Serve each board its own script over mutual TLS, and boot files over HTTP.
+    Serve(ServeArgs),
+    /// Print an nginx server block that fronts `serve --behind-proxy` (for iPXE older than 2024).
+    NginxConfig(NginxArgs),
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// HTTPS (mutual TLS) listen address for boot scripts.
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    https: SocketAddr,
+    /// Plain-HTTP listen address for boot files (and, behind a proxy, the scripts).
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    http: SocketAddr,
+    /// Directory served under /files/ (default: DIR/files).
+    #[arg(long)]
+    files: Option<PathBuf>,
+    /// Serve scripts on plain HTTP behind a TLS-terminating proxy (see nginx-config).
+    #[arg(long)]
+    behind_proxy: bool,
+    /// Address of a proxy whose X-SSL-Client-* headers are trusted (repeatable).
+    #[arg(long = "trusted-proxy", requires = "behind_proxy")]
+    trusted_proxies: Vec<IpAddr>,
+    /// Seconds a one-time secret URL stays valid.
+    #[arg(long, default_value_t = 60)]
+    one_time_ttl: u64,
+    /// Maximum concurrent connections per listener.
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
+    /// Seconds allowed for a TLS handshake or a request's headers.
+    #[arg(long, default_value_t = 10)]
+    timeout: u64,
+}
+
+#[derive(Args, Debug)]
+struct NginxArgs {
+    /// What nginx listens on (default: the port of the configured server URL).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Where `ipxe-ca serve --behind-proxy` listens.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    upstream: SocketAddr,
 }
 
 #[derive(Args, Debug)]
@@ -284,6 +329,32 @@ fn run(cli: Cli) -> Result<()> {
                     )?;
                 }
             }
+        }
+        Command::Serve(a) => {
+            let opts = ServeOptions {
+                https: Some(a.https),
+                http: a.http,
+                files: a.files.unwrap_or_else(|| lab.state().files_dir()),
+                trusted_proxies: a.trusted_proxies,
+                behind_proxy: a.behind_proxy,
+                one_time_ttl: Duration::from_secs(a.one_time_ttl),
+                max_connections: a.max_connections,
+                timeout: Duration::from_secs(a.timeout.max(1)),
+            };
+            server::run(lab, opts).context("server failed")?;
+        }
+        Command::NginxConfig(a) => {
+            let listen = match a.listen {
+                Some(l) => l,
+                None => {
+                    let c = ipxe_ca::config::Config::load(lab.state())?;
+                    c.server_url
+                        .rsplit_once(':')
+                        .map(|(_, p)| p.trim_end_matches('/').to_string())
+                        .unwrap_or_else(|| "443".into())
+                }
+            };
+            print!("{}", server::nginx::server_block(lab.state(), &listen, a.upstream));
         }
         Command::Show(a) => {
             let b = lab.registry().get(&a.board)?;

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need (Debian packages via apt-get, nothing else),
+# fetches the real iPXE and kernel the boot tests use, then runs the whole suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+need=(openssl curl nginx-light qemu-system-x86 ovmf mtools busybox-static cpio dosfstools
+      debian-archive-keyring util-linux)
+missing=()
+for p in "${need[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+sudo=""; [ "$(id -u)" -ne 0 ] && sudo=sudo
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+if ! apt-cache show linux-image-cloud-amd64 >/dev/null 2>&1; then $sudo apt-get update -qq; fi
+IPXE_CA_TEST_ASSETS="$(scripts/fetch-boot-assets.sh)"
+export IPXE_CA_TEST_ASSETS
+cargo test --locked --all-targets "$@"

@@ -1,0 +1,214 @@
+//! `ipxe-ca serve`: HTTPS with mutual TLS (rustls) that gives each board its own script, and
+//! plain HTTP for boot files. In proxy mode, plain HTTP behind nginx, trusting nginx's
+//! client-certificate headers from trusted peers only.
+
+mod files;
+mod log;
+pub mod nginx;
+mod routes;
+mod tls;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::Lab;
+
+pub use routes::OneTimeStore;
+
+/// How `serve` runs.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// HTTPS (mTLS) listener; `None` in proxy mode.
+    pub https: Option<SocketAddr>,
+    /// Plain-HTTP listener (files; in proxy mode also the scripts).
+    pub http: SocketAddr,
+    /// Root of `/files/`.
+    pub files: PathBuf,
+    /// Trust client-certificate headers from these peers (proxy mode).
+    pub trusted_proxies: Vec<IpAddr>,
+    /// Serve scripts on plain HTTP behind a TLS-terminating proxy.
+    pub behind_proxy: bool,
+    /// Lifetime of one-time URLs.
+    pub one_time_ttl: Duration,
+    /// Cap on concurrent connections per listener.
+    pub max_connections: usize,
+    /// TLS handshake and request-header timeout.
+    pub timeout: Duration,
+}
+
+/// Shared state of a running server.
+pub(crate) struct Shared {
+    pub lab: Lab,
+    pub config: Config,
+    pub files_root: PathBuf,
+    pub state_root: PathBuf,
+    pub one_time: OneTimeStore,
+    pub opts: ServeOptions,
+}
+
+/// What identifies the client on one connection.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ConnInfo {
+    pub peer: Option<SocketAddr>,
+    /// SHA-1 of the verified client certificate (TLS), when there is one.
+    pub fingerprint_sha1: Option<String>,
+    /// Whether this connection came through the mTLS listener.
+    pub tls: bool,
+}
+
+/// Run the server until SIGTERM or SIGINT, then let in-flight requests finish.
+pub fn run(lab: Lab, opts: ServeOptions) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Server(format!("cannot start runtime: {e}")))?;
+    rt.block_on(serve(lab, opts, shutdown_signal()))
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut t), Ok(mut i)) => {
+            tokio::select! { _ = t.recv() => {}, _ = i.recv() => {} }
+        }
+        _ => std::future::pending::<()>().await,
+    }
+}
+
+/// Serve until `shutdown` completes.
+pub async fn serve(
+    lab: Lab,
+    opts: ServeOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    let config = Config::load(lab.state())?;
+    let files_root = std::fs::canonicalize(&opts.files).map_err(|e| {
+        Error::io("files directory missing (create it or pass --files)", &opts.files, e)
+    })?;
+    let state_root = std::fs::canonicalize(lab.state().root())
+        .map_err(|e| Error::io("cannot resolve", lab.state().root(), e))?;
+    let shared = Arc::new(Shared {
+        config,
+        files_root,
+        state_root,
+        one_time: OneTimeStore::default(),
+        opts: opts.clone(),
+        lab,
+    });
+    let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = Vec::new();
+
+    if let Some(addr) = opts.https.filter(|_| !opts.behind_proxy) {
+        let tls = tls::TlsState::new(shared.lab.state())?;
+        let listener = bind(addr).await?;
+        eprintln!("ipxe-ca: serving boot scripts on https://{} (mutual TLS)", local(&listener));
+        tasks.push(tokio::spawn(accept_loop(
+            listener,
+            Some(Arc::new(tls)),
+            shared.clone(),
+            graceful.clone(),
+            stop_rx.clone(),
+        )));
+    }
+    let listener = bind(opts.http).await?;
+    if opts.behind_proxy {
+        eprintln!(
+            "ipxe-ca: serving boot scripts and files on http://{} behind a proxy (trusted: {:?})",
+            local(&listener),
+            opts.trusted_proxies
+        );
+    } else {
+        eprintln!("ipxe-ca: serving boot files on http://{}/files/", local(&listener));
+    }
+    tasks.push(tokio::spawn(accept_loop(
+        listener,
+        None,
+        shared.clone(),
+        graceful.clone(),
+        stop_rx,
+    )));
+
+    shutdown.await;
+    eprintln!("ipxe-ca: shutting down; letting in-flight requests finish");
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let Ok(graceful) = Arc::try_unwrap(graceful) else {
+        return Ok(());
+    };
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(Duration::from_secs(30)) => {
+            eprintln!("ipxe-ca: requests still running after 30 s; exiting anyway");
+        }
+    }
+    Ok(())
+}
+
+fn local(l: &TcpListener) -> String {
+    l.local_addr().map(|a| a.to_string()).unwrap_or_default()
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::Server(format!("cannot listen on {addr}: {e} (is another server using the port?)")))
+}
+
+type Watcher = hyper_util::server::graceful::Watcher;
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<Arc<tls::TlsState>>,
+    shared: Arc<Shared>,
+    graceful: Arc<hyper_util::server::graceful::GracefulShutdown>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(shared.opts.max_connections.max(1)));
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = stop.changed() => return,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    eprintln!("ipxe-ca: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        let tls = tls.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let _permit = permit;
+            match tls {
+                Some(tls) => tls::serve_tls(stream, peer, tls, shared, watcher).await,
+                None => {
+                    let info = ConnInfo {
+                        peer: Some(peer),
+                        fingerprint_sha1: None,
+                        tls: false,
+                    };
+                    routes::serve_http(hyper_util::rt::TokioIo::new(stream), info, shared, watcher).await
+                }
+            }
+        });
+    }
+}

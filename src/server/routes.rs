@@ -1,0 +1,308 @@
+//! Request routing: boot scripts per board, one-time secret URLs, boot files.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, USER_AGENT};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+
+use super::log::{self, Entry};
+use super::{files, ConnInfo, Shared, Watcher};
+use crate::registry::{Board, Status};
+use crate::render::{self, Context};
+use crate::types::{validate_name, Fingerprint, Mac};
+
+pub(crate) type Body = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
+pub(crate) fn full(data: impl Into<Bytes>) -> Body {
+    Full::new(data.into()).map_err(|never| match never {}).boxed()
+}
+
+/// In-memory one-time secrets: each answers once, within its TTL.
+#[derive(Default)]
+pub struct OneTimeStore {
+    inner: Mutex<HashMap<String, (Instant, String)>>,
+}
+
+impl std::fmt::Debug for OneTimeStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OneTimeStore")
+    }
+}
+
+impl OneTimeStore {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, String)>> {
+        match self.inner.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Keep `body` and return the token that fetches it once.
+    pub fn insert(&self, body: String, ttl: Duration) -> Option<String> {
+        let mut raw = [0u8; 24];
+        aws_lc_rs::rand::fill(&mut raw).ok()?;
+        let token = hex::encode(raw);
+        let now = Instant::now();
+        let mut map = self.lock();
+        map.retain(|_, (deadline, _)| *deadline > now);
+        map.insert(token.clone(), (now + ttl, body));
+        Some(token)
+    }
+
+    /// Take the secret: it is gone afterwards, whether or not it had expired.
+    pub fn take(&self, token: &str) -> Option<String> {
+        let (deadline, body) = self.lock().remove(token)?;
+        (deadline > Instant::now()).then_some(body)
+    }
+}
+
+pub(crate) async fn serve_http<I>(io: TokioIo<I>, info: ConnInfo, shared: Arc<Shared>, watcher: Watcher)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let info = Arc::new(info);
+    let timeout = shared.opts.timeout;
+    let svc = hyper::service::service_fn(move |req| {
+        let shared = shared.clone();
+        let info = info.clone();
+        async move { Ok::<_, Infallible>(handle(req, &info, &shared).await) }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeout)
+        .max_buf_size(16 * 1024);
+    let conn = builder.serve_connection(io, svc);
+    let _ = watcher.watch(conn).await;
+}
+
+/// What a handler returns besides the response: facts for the access log.
+#[derive(Default)]
+pub(crate) struct Outcome {
+    pub board: Option<String>,
+    pub fingerprint: Option<String>,
+    pub serial: Option<String>,
+    pub mac: Option<String>,
+    pub bytes: u64,
+    pub note: Option<String>,
+}
+
+async fn handle(req: Request<Incoming>, info: &ConnInfo, shared: &Arc<Shared>) -> Response<Body> {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let ua = req
+        .headers()
+        .get(USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let mut out = Outcome::default();
+    let resp = if let Some(rest) = path.strip_prefix("/files/") {
+        files::serve(rest, &req, shared, &mut out).await
+    } else if let Some(token) = path.strip_prefix("/secret/") {
+        one_time(token, &method, shared, &mut out)
+    } else if path == "/boot.ipxe" || path == "/boot/ipxe" || path.starts_with("/ipxe/") {
+        let mac = path
+            .strip_prefix("/ipxe/")
+            .map(|m| m.trim_end_matches(".ipxe").to_string())
+            .or_else(|| query_param(&query, "mac"));
+        boot(&req, mac, info, shared, &mut out)
+    } else {
+        script(StatusCode::NOT_FOUND, "not found: boards fetch /boot.ipxe", &mut out)
+    };
+    let logged_path = match path.strip_prefix("/secret/") {
+        // A one-time token is a capability: log only its start.
+        Some(t) => format!("/secret/{}…", &t[..t.len().min(6)]),
+        None if query.is_empty() => path,
+        None => format!("{path}?{query}"),
+    };
+    log::write(&Entry {
+        time: log::now(),
+        peer: info.peer.map(|p| p.to_string()),
+        board: out.board,
+        fingerprint: out.fingerprint,
+        serial: out.serial,
+        mac: out.mac,
+        method: method.to_string(),
+        path: logged_path,
+        status: resp.status().as_u16(),
+        bytes: out.bytes,
+        duration_ms: (start.elapsed().as_secs_f64() * 1e6).round() / 1e3,
+        user_agent: ua,
+        note: out.note,
+    });
+    resp
+}
+
+fn query_param(query: &str, key: &str) -> Option<String> {
+    query.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == key).then(|| files::percent_decode(v).unwrap_or_else(|| v.to_string()))
+    })
+}
+
+/// A `#!ipxe` answer; for refusals it echoes why on the board's console.
+fn script(status: StatusCode, why: &str, out: &mut Outcome) -> Response<Body> {
+    let body = format!(
+        "#!ipxe\necho ipxe-ca: {} {}: {}\necho ipxe-ca: ask the operator to check `ipxe-ca list` and the server log\nexit 1\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        why.replace(['\n', '\r'], " ")
+    );
+    out.note = Some(why.to_string());
+    respond(status, body, out)
+}
+
+fn respond(status: StatusCode, body: String, out: &mut Outcome) -> Response<Body> {
+    out.bytes = body.len() as u64;
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// Who is asking: the SHA-1 fingerprint of a verified client certificate, from TLS or
+/// from a trusted proxy's headers; otherwise why not.
+fn identify(req: &Request<Incoming>, info: &ConnInfo, shared: &Shared, out: &mut Outcome) -> Result<Fingerprint, String> {
+    if info.tls {
+        let fp = info
+            .fingerprint_sha1
+            .clone()
+            .ok_or("no client certificate was presented; the board's image must carry its certificate (ipxe-ca build)")?;
+        return fp.parse().map_err(|_| "bad fingerprint".to_string());
+    }
+    if !shared.opts.behind_proxy {
+        return Err("boot scripts are served only over HTTPS with a client certificate".into());
+    }
+    let peer_ip: Option<IpAddr> = info.peer.map(|p| p.ip());
+    if !peer_ip.is_some_and(|ip| shared.opts.trusted_proxies.contains(&ip)) {
+        return Err(format!(
+            "client-certificate headers ignored: peer {} is not a --trusted-proxy",
+            peer_ip.map(|i| i.to_string()).unwrap_or_default()
+        ));
+    }
+    let h = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    match h("x-ssl-client-verify").as_deref() {
+        Some("SUCCESS") => {}
+        Some(other) => return Err(format!("the proxy could not verify the client certificate ({other})")),
+        None => return Err("no client certificate was presented to the proxy".into()),
+    }
+    out.serial = h("x-ssl-client-serial").map(|s| s.to_lowercase());
+    let fp = h("x-ssl-client-fingerprint").ok_or("the proxy sent no X-SSL-Client-Fingerprint")?;
+    fp.parse().map_err(|_| "the proxy sent a malformed fingerprint".to_string())
+}
+
+fn boot(req: &Request<Incoming>, mac: Option<String>, info: &ConnInfo, shared: &Arc<Shared>, out: &mut Outcome) -> Response<Body> {
+    out.mac = mac.clone();
+    let fp = match identify(req, info, shared, out) {
+        Ok(fp) => fp,
+        Err(why) => return script(StatusCode::FORBIDDEN, &why, out),
+    };
+    out.fingerprint = Some(fp.to_string());
+    let board = match shared.lab.registry().by_fingerprint(&fp) {
+        Ok(Some(b)) => b,
+        Ok(None) => {
+            return script(StatusCode::FORBIDDEN, &format!("certificate {fp} is not registered (ipxe-ca enroll/register)"), out)
+        }
+        Err(e) => {
+            eprintln!("ipxe-ca: registry lookup failed: {e}");
+            return script(StatusCode::INTERNAL_SERVER_ERROR, "registry error; see the server log", out);
+        }
+    };
+    out.board = Some(board.name.to_string());
+    if let Some(hdr_serial) = out.serial.clone() {
+        if hdr_serial.trim_start_matches('0') != board.serial.trim_start_matches('0') {
+            return script(StatusCode::FORBIDDEN, "certificate serial does not match the registry", out);
+        }
+    }
+    out.serial = Some(board.serial.clone());
+    if board.status == Status::Revoked {
+        return script(StatusCode::FORBIDDEN, &format!("board {} is revoked", board.name), out);
+    }
+    if let (Some(registered), Some(asked)) = (board.mac, mac.as_deref()) {
+        match asked.parse::<Mac>() {
+            Ok(m) if m == registered => {}
+            _ => {
+                return script(
+                    StatusCode::FORBIDDEN,
+                    &format!("MAC mismatch: board {} is registered with {registered}, request names {asked}", board.name),
+                    out,
+                )
+            }
+        }
+    }
+    match render_profile(shared, &board) {
+        Ok(body) => respond(StatusCode::OK, body, out),
+        Err(e) => {
+            eprintln!("ipxe-ca: cannot render profile {:?} for board {}: {e}", board.profile.as_str(), board.name);
+            script(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("profile {} cannot be rendered; see the server log", board.profile),
+                out,
+            )
+        }
+    }
+}
+
+fn context(shared: &Shared, board: &Board) -> crate::Result<Context> {
+    Ok(Context {
+        board: board.into(),
+        vars: board.vars.clone(),
+        secrets: shared.lab.registry().secrets(&board.name)?,
+        server_url: shared.config.server_url.clone(),
+        files_url: shared.config.files_url.clone(),
+        ntp_server: None,
+    })
+}
+
+fn render_profile(shared: &Arc<Shared>, board: &Board) -> crate::Result<String> {
+    let path = shared
+        .lab
+        .state()
+        .profiles_dir()
+        .join(format!("{}.ipxe", board.profile));
+    let source = crate::state::read_to_string(&path)?;
+    let ctx = context(shared, board)?;
+    let s = shared.clone();
+    let c = ctx.clone();
+    let one_time = minijinja::Value::from_function(move |name: String| -> Result<String, minijinja::Error> {
+        let err = |m: String| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, m);
+        validate_name(&name, "secret template name").map_err(|e| err(e.to_string()))?;
+        let p = s.lab.state().secrets_dir().join(&name);
+        let src = crate::state::read_to_string(&p).map_err(|e| err(e.to_string()))?;
+        let body = render::render(&name, &src, &c, &[]).map_err(|e| err(e.to_string()))?;
+        let token = s
+            .one_time
+            .insert(body, s.opts.one_time_ttl)
+            .ok_or_else(|| err("random number generator failed".into()))?;
+        Ok(format!("{}/secret/{token}", s.config.server_url))
+    });
+    render::render(
+        &format!("{}.ipxe", board.profile),
+        &source,
+        &ctx,
+        &[("one_time_url", one_time)],
+    )
+}
+
+fn one_time(token: &str, method: &Method, shared: &Shared, out: &mut Outcome) -> Response<Body> {
+    if method != Method::GET {
+        return script(StatusCode::METHOD_NOT_ALLOWED, "use GET", out);
+    }
+    match shared.one_time.take(token) {
+        Some(body) => respond(StatusCode::OK, body, out),
+        None => script(StatusCode::NOT_FOUND, "no such one-time URL (used already, or expired)", out),
+    }
+}
