@@ -5,8 +5,9 @@ use std::str::FromStr;
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, PublicKeyData,
-    RevocationReason, RevokedCertParams, RsaKeySize, SanType, SerialNumber, PKCS_RSA_SHA256,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    PublicKeyData, RevocationReason, RevokedCertParams, RsaKeySize, SanType, SerialNumber,
+    PKCS_RSA_SHA256,
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -104,8 +105,8 @@ pub struct CertInfo {
 
 /// Parse one certificate's DER.
 pub fn cert_info(der: &[u8]) -> Result<CertInfo> {
-    let (_, c) = X509Certificate::from_der(der)
-        .map_err(|e| Error::crypto("cannot parse certificate", e))?;
+    let (_, c) =
+        X509Certificate::from_der(der).map_err(|e| Error::crypto("cannot parse certificate", e))?;
     let serial = c.tbs_certificate.raw_serial();
     let first = serial
         .iter()
@@ -433,8 +434,9 @@ impl Ca {
     /// Verify that `der` was issued by this CA (signature and issuer name); used to adopt
     /// certificates of boards flashed before ipxe-ca.
     pub fn verify_issued(&self, der: &[u8]) -> Result<CertInfo> {
-        let (_, c) = X509Certificate::from_der(der)
-            .map_err(|_| Error::invalid("the certificate cannot be parsed (expected PEM or DER X.509)"))?;
+        let (_, c) = X509Certificate::from_der(der).map_err(|_| {
+            Error::invalid("the certificate cannot be parsed (expected PEM or DER X.509)")
+        })?;
         let (_, ca) = X509Certificate::from_der(&self.cert_der)
             .map_err(|e| Error::crypto("cannot parse CA certificate", e))?;
         if c.issuer().as_raw() != self.subject_raw.as_slice()
@@ -446,7 +448,9 @@ impl Ca {
             )));
         }
         if c.is_ca() {
-            return Err(Error::invalid("the certificate is a CA certificate, not a board certificate"));
+            return Err(Error::invalid(
+                "the certificate is a CA certificate, not a board certificate",
+            ));
         }
         cert_info(der)
     }
@@ -460,8 +464,9 @@ impl Ca {
         let revoked_certs = revoked
             .iter()
             .map(|r| {
-                let serial = hex::decode(&r.serial)
-                    .map_err(|_| Error::invalid(format!("bad serial {:?} in registry", r.serial)))?;
+                let serial = hex::decode(&r.serial).map_err(|_| {
+                    Error::invalid(format!("bad serial {:?} in registry", r.serial))
+                })?;
                 Ok(RevokedCertParams {
                     serial_number: SerialNumber::from_slice(&serial),
                     revocation_time: r.when.replace_nanosecond(0).unwrap_or(r.when),
@@ -473,7 +478,9 @@ impl Ca {
         let params = CertificateRevocationListParams {
             this_update: now - BACKDATE,
             next_update: now + Duration::days(i64::from(days.max(1))),
-            crl_number: SerialNumber::from_slice(&number.max(1).to_be_bytes()[number.max(1).leading_zeros() as usize / 8..]),
+            crl_number: SerialNumber::from_slice(
+                &number.max(1).to_be_bytes()[number.max(1).leading_zeros() as usize / 8..],
+            ),
             issuing_distribution_point: None,
             revoked_certs,
             key_identifier_method: KeyIdMethod::PreSpecified(self.key_id.clone()),

@@ -52,9 +52,9 @@ impl Config {
 
 /// Check that a URL has the scheme we expect and no trailing slash issues.
 pub fn check_url(url: &str, scheme: &str, flag: &str) -> Result<String> {
-    let rest = url.strip_prefix(&format!("{scheme}://")).ok_or_else(|| {
-        Error::invalid(format!("{flag} {url:?} must start with {scheme}://"))
-    })?;
+    let rest = url
+        .strip_prefix(&format!("{scheme}://"))
+        .ok_or_else(|| Error::invalid(format!("{flag} {url:?} must start with {scheme}://")))?;
     if rest.is_empty() || rest.contains(char::is_whitespace) {
         return Err(Error::invalid(format!("{flag} {url:?} has no valid host")));
     }

@@ -103,6 +103,14 @@ pub struct BoardView {
     pub secrets: Vec<String>,
 }
 
+/// A certificate about to be registered.
+struct NewCert<'a> {
+    info: CertInfo,
+    origin: Origin,
+    cert_pem: &'a str,
+    key_pem: Option<&'a str>,
+}
+
 /// A state dir with its registry.
 #[derive(Clone, Debug)]
 pub struct Lab {
@@ -148,10 +156,11 @@ impl Lab {
 
     /// Create (or adopt) the CA, the separate server certificate, config and templates.
     pub fn init(&self, opts: &InitOptions) -> Result<Config> {
-        let first = opts
-            .sans
-            .first()
-            .ok_or_else(|| Error::invalid("give at least one --san (e.g. --san DNS:boot.lab --san IP:192.168.1.10)"))?;
+        let first = opts.sans.first().ok_or_else(|| {
+            Error::invalid(
+                "give at least one --san (e.g. --san DNS:boot.lab --san IP:192.168.1.10)",
+            )
+        })?;
         let mut config = Config::from_san(first);
         if let Some(u) = &opts.server_url {
             config.server_url = crate::config::check_url(u, "https", "--server-url")?;
@@ -197,9 +206,21 @@ impl Lab {
 
     fn write_templates(&self) -> Result<()> {
         let s = &self.state;
-        state::write_if_absent(&s.scripts_dir().join("embed.ipxe"), EMBED_TEMPLATE.as_bytes(), MODE_PUBLIC)?;
-        state::write_if_absent(&s.profiles_dir().join("default.ipxe"), DEFAULT_PROFILE.as_bytes(), MODE_PUBLIC)?;
-        state::write_if_absent(&s.root().join(".gitignore"), STATE_GITIGNORE.as_bytes(), MODE_PUBLIC)?;
+        state::write_if_absent(
+            &s.scripts_dir().join("embed.ipxe"),
+            EMBED_TEMPLATE.as_bytes(),
+            MODE_PUBLIC,
+        )?;
+        state::write_if_absent(
+            &s.profiles_dir().join("default.ipxe"),
+            DEFAULT_PROFILE.as_bytes(),
+            MODE_PUBLIC,
+        )?;
+        state::write_if_absent(
+            &s.root().join(".gitignore"),
+            STATE_GITIGNORE.as_bytes(),
+            MODE_PUBLIC,
+        )?;
         state::create_dir_private(&s.secrets_dir())?;
         state::create_dir_private(&s.files_dir())?;
         state::create_dir_private(&s.boards_dir())
@@ -229,11 +250,9 @@ impl Lab {
         name: &BoardName,
         opts: &BoardOptions,
         profile: ProfileName,
-        info: CertInfo,
-        origin: Origin,
-        cert_pem: &str,
-        key_pem: Option<&str>,
+        new: NewCert<'_>,
     ) -> Result<Board> {
+        let info = &new.info;
         if let Some(other) = self.registry.by_fingerprint(&info.fingerprint_sha256)? {
             return Err(Error::invalid(format!(
                 "this certificate is already registered as board {:?}",
@@ -251,6 +270,12 @@ impl Lab {
             .iter()
             .map(|kv| (kv.key.clone(), kv.value.clone()))
             .collect();
+        let NewCert {
+            info,
+            origin,
+            cert_pem,
+            key_pem,
+        } = new;
         let board = Board {
             name: name.clone(),
             serial: info.serial,
@@ -275,7 +300,10 @@ impl Lab {
         Ok(board)
     }
 
-    fn issue_unique(&self, mut issue: impl FnMut() -> Result<Issued>) -> Result<(Issued, CertInfo)> {
+    fn issue_unique(
+        &self,
+        mut issue: impl FnMut() -> Result<Issued>,
+    ) -> Result<(Issued, CertInfo)> {
         // 127-bit random serials collide essentially never; the loop makes "unique" a guarantee.
         for _ in 0..8 {
             let issued = issue()?;
@@ -284,7 +312,10 @@ impl Lab {
                 return Ok((issued, info));
             }
         }
-        Err(Error::crypto("cannot issue certificate", "no unused serial found"))
+        Err(Error::crypto(
+            "cannot issue certificate",
+            "no unused serial found",
+        ))
     }
 
     /// New key and certificate for a board, registered.
@@ -295,15 +326,13 @@ impl Lab {
         let days = opts.days.unwrap_or(days::BOARD);
         let (issued, info) =
             self.issue_unique(|| ca.issue_client(name.as_str(), KeySize::Rsa2048, days))?;
-        self.register_issued(
-            name,
-            opts,
-            profile,
+        let new = NewCert {
             info,
-            Origin::Enrolled,
-            &issued.cert_pem,
-            issued.key_pem.as_deref(),
-        )
+            origin: Origin::Enrolled,
+            cert_pem: &issued.cert_pem,
+            key_pem: issued.key_pem.as_deref(),
+        };
+        self.register_issued(name, opts, profile, new)
     }
 
     /// Sign a board's own CSR (PEM or DER), registered.
@@ -313,7 +342,13 @@ impl Lab {
         let ca = self.ca()?;
         let days = opts.days.unwrap_or(days::BOARD);
         let (issued, info) = self.issue_unique(|| ca.sign_csr(csr, name.as_str(), days))?;
-        self.register_issued(name, opts, profile, info, Origin::Signed, &issued.cert_pem, None)
+        let new = NewCert {
+            info,
+            origin: Origin::Signed,
+            cert_pem: &issued.cert_pem,
+            key_pem: None,
+        };
+        self.register_issued(name, opts, profile, new)
     }
 
     /// Adopt an existing certificate issued by our CA.
@@ -323,15 +358,14 @@ impl Lab {
         let ca = self.ca()?;
         let der = ca::cert_der_from_bytes(cert)?;
         let info = ca.verify_issued(&der)?;
-        self.register_issued(
-            name,
-            opts,
-            profile,
+        let pem = ca::cert_pem(&der);
+        let new = NewCert {
             info,
-            Origin::Registered,
-            &ca::cert_pem(&der),
-            None,
-        )
+            origin: Origin::Registered,
+            cert_pem: &pem,
+            key_pem: None,
+        };
+        self.register_issued(name, opts, profile, new)
     }
 
     /// Mark a board revoked and publish a new CRL.
@@ -366,7 +400,11 @@ impl Lab {
         // The registry is what the server checks on every request: update it first.
         self.registry.save(&board)?;
         state::write_atomic(&self.state.crl(), crl.as_bytes(), MODE_PUBLIC)?;
-        state::write_atomic(&self.state.crl_number(), format!("{number}\n").as_bytes(), MODE_PUBLIC)?;
+        state::write_atomic(
+            &self.state.crl_number(),
+            format!("{number}\n").as_bytes(),
+            MODE_PUBLIC,
+        )?;
         Ok(board)
     }
 

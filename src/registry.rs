@@ -135,7 +135,11 @@ impl Registry {
     /// Find a board by the SHA-1 or SHA-256 fingerprint of its certificate: two small
     /// file reads, no scan.
     pub fn by_fingerprint(&self, fp: &Fingerprint) -> Result<Option<Board>> {
-        let kind = if fp.as_str().len() == 40 { "sha1" } else { "sha256" };
+        let kind = if fp.as_str().len() == 40 {
+            "sha1"
+        } else {
+            "sha256"
+        };
         let idx = self.state.index_file(kind, fp.as_str());
         let name = match fs::read_to_string(&idx) {
             Ok(n) => n,
@@ -202,13 +206,21 @@ impl Registry {
         let result = (|| {
             let dir = self.state.board_dir(&board.name);
             state::create_dir_private(&dir)?;
-            state::write_atomic(&self.cert_path(&board.name), cert_pem.as_bytes(), MODE_PUBLIC)?;
+            state::write_atomic(
+                &self.cert_path(&board.name),
+                cert_pem.as_bytes(),
+                MODE_PUBLIC,
+            )?;
             if let Some(k) = key_pem {
                 state::write_atomic(&self.key_path(&board.name), k.as_bytes(), MODE_SECRET)?;
             }
             if !secrets.is_empty() {
                 let text = toml::to_string(secrets).map_err(|e| Error::invalid(e.to_string()))?;
-                state::write_atomic(&self.secrets_path(&board.name), text.as_bytes(), MODE_SECRET)?;
+                state::write_atomic(
+                    &self.secrets_path(&board.name),
+                    text.as_bytes(),
+                    MODE_SECRET,
+                )?;
             }
             let name = board.name.as_str().as_bytes();
             for (kind, value) in [
@@ -241,6 +253,10 @@ impl Registry {
     /// Write a board's registry entry atomically.
     pub fn save(&self, board: &Board) -> Result<()> {
         let text = toml::to_string(board).map_err(|e| Error::invalid(e.to_string()))?;
-        state::write_atomic(&self.state.board_file(&board.name), text.as_bytes(), MODE_PUBLIC)
+        state::write_atomic(
+            &self.state.board_file(&board.name),
+            text.as_bytes(),
+            MODE_PUBLIC,
+        )
     }
 }

@@ -59,7 +59,12 @@ pub struct Context {
 
 /// Render `source` (named `name` in errors) with `ctx`; `extra` adds functions such as
 /// `one_time_url`.
-pub fn render(name: &str, source: &str, ctx: &Context, extra: &[(&'static str, Value)]) -> Result<String> {
+pub fn render(
+    name: &str,
+    source: &str,
+    ctx: &Context,
+    extra: &[(&'static str, Value)],
+) -> Result<String> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::SemiStrict);
     env.set_keep_trailing_newline(true);

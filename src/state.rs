@@ -202,8 +202,14 @@ mod tests {
         write_atomic(&p, b"one", MODE_SECRET).unwrap();
         write_atomic(&p, b"two", MODE_SECRET).unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"two");
-        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
-        let dm = fs::metadata(p.parent().unwrap()).unwrap().permissions().mode();
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let dm = fs::metadata(p.parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(dm & 0o777, 0o700);
         assert_eq!(fs::read_dir(p.parent().unwrap()).unwrap().count(), 1);
     }

@@ -340,8 +340,14 @@ mod tests {
 
     #[test]
     fn sans() {
-        assert_eq!("IP:10.0.2.2".parse::<San>().unwrap().to_string(), "IP:10.0.2.2");
-        assert_eq!("DNS:Boot.Lab".parse::<San>().unwrap().to_string(), "DNS:boot.lab");
+        assert_eq!(
+            "IP:10.0.2.2".parse::<San>().unwrap().to_string(),
+            "IP:10.0.2.2"
+        );
+        assert_eq!(
+            "DNS:Boot.Lab".parse::<San>().unwrap().to_string(),
+            "DNS:boot.lab"
+        );
         assert_eq!("::1".parse::<San>().unwrap().url_host(), "[::1]");
         assert!("IP:boot".parse::<San>().is_err());
         assert!("DNS:a b".parse::<San>().is_err());

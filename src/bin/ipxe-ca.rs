@@ -9,8 +9,8 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use ipxe_ca::ca::{KeySize, Reason};
 use ipxe_ca::lab::{self, BoardOptions, InitOptions};
-use ipxe_ca::types::{BoardName, KeyValue, Mac, ProfileName, San};
 use ipxe_ca::server::{self, ServeOptions};
+use ipxe_ca::types::{BoardName, KeyValue, Mac, ProfileName, San};
 use ipxe_ca::Lab;
 use std::time::Duration;
 
@@ -233,7 +233,11 @@ fn print_board(lab: &Lab, board: &ipxe_ca::registry::Board, json: bool) -> Resul
         writeln!(out, "valid        {} .. {}", v.not_before, v.not_after)?;
         writeln!(out, "cert         {}", v.cert.display())?;
         let key = v.key.as_ref().map(|k| k.display().to_string());
-        writeln!(out, "key          {}", key.as_deref().unwrap_or("- (not held)"))?;
+        writeln!(
+            out,
+            "key          {}",
+            key.as_deref().unwrap_or("- (not held)")
+        )?;
         for (k, val) in &v.vars {
             writeln!(out, "var          {k}={val}")?;
         }
@@ -274,8 +278,15 @@ fn run(cli: Cli) -> Result<()> {
                 s.ca_cert().display()
             );
             let names: Vec<String> = sans.iter().map(ToString::to_string).collect();
-            println!("server certificate {} ({})", s.server_cert().display(), names.join(", "));
-            println!("server URL {}  files URL {}", config.server_url, config.files_url);
+            println!(
+                "server certificate {} ({})",
+                s.server_cert().display(),
+                names.join(", ")
+            );
+            println!(
+                "server URL {}  files URL {}",
+                config.server_url, config.files_url
+            );
             println!("next: ipxe-ca --dir {} enroll BOARD", cli.dir.display());
         }
         Command::Enroll(a) => {
@@ -318,7 +329,11 @@ fn run(cli: Cli) -> Result<()> {
                 let views: Vec<_> = boards.iter().map(|b| lab.view(b)).collect();
                 writeln!(out, "{}", serde_json::to_string_pretty(&views)?)?;
             } else {
-                writeln!(out, "{:<24} {:<8} {:<17} {:<10} SHA1", "NAME", "STATUS", "MAC", "PROFILE")?;
+                writeln!(
+                    out,
+                    "{:<24} {:<8} {:<17} {:<10} SHA1",
+                    "NAME", "STATUS", "MAC", "PROFILE"
+                )?;
                 for b in &boards {
                     let mac = b.mac.map(|m| m.to_string()).unwrap_or_else(|| "-".into());
                     let status = format!("{:?}", b.status).to_lowercase();
@@ -354,7 +369,10 @@ fn run(cli: Cli) -> Result<()> {
                         .unwrap_or_else(|| "443".into())
                 }
             };
-            print!("{}", server::nginx::server_block(lab.state(), &listen, a.upstream));
+            print!(
+                "{}",
+                server::nginx::server_block(lab.state(), &listen, a.upstream)
+            );
         }
         Command::Show(a) => {
             let b = lab.registry().get(&a.board)?;
@@ -369,7 +387,10 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             use clap::error::ErrorKind::*;
-            if matches!(e.kind(), DisplayHelp | DisplayVersion | DisplayHelpOnMissingArgumentOrSubcommand) {
+            if matches!(
+                e.kind(),
+                DisplayHelp | DisplayVersion | DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
                 e.exit();
             }
             // One line: scripts read the first line of stderr.

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use futures_util::TryStreamExt;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
-use hyper::header::{HeaderValue, ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RANGE};
+use hyper::header::{
+    HeaderValue, ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RANGE,
+};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
@@ -106,7 +108,12 @@ fn refuse(status: StatusCode, why: &str, out: &mut Outcome) -> Response<Body> {
     r
 }
 
-pub(crate) async fn serve(raw: &str, req: &Request<Incoming>, shared: &Shared, out: &mut Outcome) -> Response<Body> {
+pub(crate) async fn serve(
+    raw: &str,
+    req: &Request<Incoming>,
+    shared: &Shared,
+    out: &mut Outcome,
+) -> Response<Body> {
     let method = req.method();
     if method != Method::GET && method != Method::HEAD {
         return refuse(StatusCode::METHOD_NOT_ALLOWED, "use GET or HEAD", out);
@@ -128,7 +135,11 @@ pub(crate) async fn serve(raw: &str, req: &Request<Incoming>, shared: &Shared, o
         Some(h) => match parse_range(h, len) {
             Ok(r) => r,
             Err(()) => {
-                let mut r = refuse(StatusCode::RANGE_NOT_SATISFIABLE, "range not satisfiable", out);
+                let mut r = refuse(
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    "range not satisfiable",
+                    out,
+                );
                 if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
                     r.headers_mut().insert(CONTENT_RANGE, v);
                 }
@@ -154,10 +165,15 @@ pub(crate) async fn serve(raw: &str, req: &Request<Incoming>, shared: &Shared, o
     *r.status_mut() = status;
     let h = r.headers_mut();
     h.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
     h.insert(CONTENT_LENGTH, HeaderValue::from(count));
     if status == StatusCode::PARTIAL_CONTENT {
-        if let Ok(v) = HeaderValue::from_str(&format!("bytes {}-{}/{len}", start, start + count - 1)) {
+        if let Ok(v) =
+            HeaderValue::from_str(&format!("bytes {}-{}/{len}", start, start + count - 1))
+        {
             h.insert(CONTENT_RANGE, v);
         }
     }

@@ -92,7 +92,11 @@ pub async fn serve(
 ) -> Result<()> {
     let config = Config::load(lab.state())?;
     let files_root = std::fs::canonicalize(&opts.files).map_err(|e| {
-        Error::io("files directory missing (create it or pass --files)", &opts.files, e)
+        Error::io(
+            "files directory missing (create it or pass --files)",
+            &opts.files,
+            e,
+        )
     })?;
     let state_root = std::fs::canonicalize(lab.state().root())
         .map_err(|e| Error::io("cannot resolve", lab.state().root(), e))?;
@@ -111,7 +115,10 @@ pub async fn serve(
     if let Some(addr) = opts.https.filter(|_| !opts.behind_proxy) {
         let tls = tls::TlsState::new(shared.lab.state())?;
         let listener = bind(addr).await?;
-        eprintln!("ipxe-ca: serving boot scripts on https://{} (mutual TLS)", local(&listener));
+        eprintln!(
+            "ipxe-ca: serving boot scripts on https://{} (mutual TLS)",
+            local(&listener)
+        );
         tasks.push(tokio::spawn(accept_loop(
             listener,
             Some(Arc::new(tls)),
@@ -128,7 +135,10 @@ pub async fn serve(
             opts.trusted_proxies
         );
     } else {
-        eprintln!("ipxe-ca: serving boot files on http://{}/files/", local(&listener));
+        eprintln!(
+            "ipxe-ca: serving boot files on http://{}/files/",
+            local(&listener)
+        );
     }
     tasks.push(tokio::spawn(accept_loop(
         listener,
@@ -161,9 +171,11 @@ fn local(l: &TcpListener) -> String {
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| Error::Server(format!("cannot listen on {addr}: {e} (is another server using the port?)")))
+    TcpListener::bind(addr).await.map_err(|e| {
+        Error::Server(format!(
+            "cannot listen on {addr}: {e} (is another server using the port?)"
+        ))
+    })
 }
 
 type Watcher = hyper_util::server::graceful::Watcher;
@@ -206,7 +218,8 @@ async fn accept_loop(
                         fingerprint_sha1: None,
                         tls: false,
                     };
-                    routes::serve_http(hyper_util::rt::TokioIo::new(stream), info, shared, watcher).await
+                    routes::serve_http(hyper_util::rt::TokioIo::new(stream), info, shared, watcher)
+                        .await
                 }
             }
         });

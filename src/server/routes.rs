@@ -22,7 +22,9 @@ use crate::types::{validate_name, Fingerprint, Mac};
 pub(crate) type Body = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
 
 pub(crate) fn full(data: impl Into<Bytes>) -> Body {
-    Full::new(data.into()).map_err(|never| match never {}).boxed()
+    Full::new(data.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// In-memory one-time secrets: each answers once, within its TTL.
@@ -64,8 +66,12 @@ impl OneTimeStore {
     }
 }
 
-pub(crate) async fn serve_http<I>(io: TokioIo<I>, info: ConnInfo, shared: Arc<Shared>, watcher: Watcher)
-where
+pub(crate) async fn serve_http<I>(
+    io: TokioIo<I>,
+    info: ConnInfo,
+    shared: Arc<Shared>,
+    watcher: Watcher,
+) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let info = Arc::new(info);
@@ -117,7 +123,11 @@ async fn handle(req: Request<Incoming>, info: &ConnInfo, shared: &Arc<Shared>) -
             .or_else(|| query_param(&query, "mac"));
         boot(&req, mac, info, shared, &mut out)
     } else {
-        script(StatusCode::NOT_FOUND, "not found: boards fetch /boot.ipxe", &mut out)
+        script(
+            StatusCode::NOT_FOUND,
+            "not found: boards fetch /boot.ipxe",
+            &mut out,
+        )
     };
     let logged_path = match path.strip_prefix("/secret/") {
         // A one-time token is a capability: log only its start.
@@ -166,8 +176,10 @@ fn respond(status: StatusCode, body: String, out: &mut Outcome) -> Response<Body
     out.bytes = body.len() as u64;
     let mut r = Response::new(full(body));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r.headers_mut()
         .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
@@ -175,7 +187,12 @@ fn respond(status: StatusCode, body: String, out: &mut Outcome) -> Response<Body
 
 /// Who is asking: the SHA-1 fingerprint of a verified client certificate, from TLS or
 /// from a trusted proxy's headers; otherwise why not.
-fn identify(req: &Request<Incoming>, info: &ConnInfo, shared: &Shared, out: &mut Outcome) -> Result<Fingerprint, String> {
+fn identify(
+    req: &Request<Incoming>,
+    info: &ConnInfo,
+    shared: &Shared,
+    out: &mut Outcome,
+) -> Result<Fingerprint, String> {
     if info.tls {
         let fp = info
             .fingerprint_sha1
@@ -193,18 +210,34 @@ fn identify(req: &Request<Incoming>, info: &ConnInfo, shared: &Shared, out: &mut
             peer_ip.map(|i| i.to_string()).unwrap_or_default()
         ));
     }
-    let h = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let h = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
     match h("x-ssl-client-verify").as_deref() {
         Some("SUCCESS") => {}
-        Some(other) => return Err(format!("the proxy could not verify the client certificate ({other})")),
+        Some(other) => {
+            return Err(format!(
+                "the proxy could not verify the client certificate ({other})"
+            ))
+        }
         None => return Err("no client certificate was presented to the proxy".into()),
     }
     out.serial = h("x-ssl-client-serial").map(|s| s.to_lowercase());
     let fp = h("x-ssl-client-fingerprint").ok_or("the proxy sent no X-SSL-Client-Fingerprint")?;
-    fp.parse().map_err(|_| "the proxy sent a malformed fingerprint".to_string())
+    fp.parse()
+        .map_err(|_| "the proxy sent a malformed fingerprint".to_string())
 }
 
-fn boot(req: &Request<Incoming>, mac: Option<String>, info: &ConnInfo, shared: &Arc<Shared>, out: &mut Outcome) -> Response<Body> {
+fn boot(
+    req: &Request<Incoming>,
+    mac: Option<String>,
+    info: &ConnInfo,
+    shared: &Arc<Shared>,
+    out: &mut Outcome,
+) -> Response<Body> {
     out.mac = mac.clone();
     let fp = match identify(req, info, shared, out) {
         Ok(fp) => fp,
@@ -214,22 +247,38 @@ fn boot(req: &Request<Incoming>, mac: Option<String>, info: &ConnInfo, shared: &
     let board = match shared.lab.registry().by_fingerprint(&fp) {
         Ok(Some(b)) => b,
         Ok(None) => {
-            return script(StatusCode::FORBIDDEN, &format!("certificate {fp} is not registered (ipxe-ca enroll/register)"), out)
+            return script(
+                StatusCode::FORBIDDEN,
+                &format!("certificate {fp} is not registered (ipxe-ca enroll/register)"),
+                out,
+            )
         }
         Err(e) => {
             eprintln!("ipxe-ca: registry lookup failed: {e}");
-            return script(StatusCode::INTERNAL_SERVER_ERROR, "registry error; see the server log", out);
+            return script(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "registry error; see the server log",
+                out,
+            );
         }
     };
     out.board = Some(board.name.to_string());
     if let Some(hdr_serial) = out.serial.clone() {
         if hdr_serial.trim_start_matches('0') != board.serial.trim_start_matches('0') {
-            return script(StatusCode::FORBIDDEN, "certificate serial does not match the registry", out);
+            return script(
+                StatusCode::FORBIDDEN,
+                "certificate serial does not match the registry",
+                out,
+            );
         }
     }
     out.serial = Some(board.serial.clone());
     if board.status == Status::Revoked {
-        return script(StatusCode::FORBIDDEN, &format!("board {} is revoked", board.name), out);
+        return script(
+            StatusCode::FORBIDDEN,
+            &format!("board {} is revoked", board.name),
+            out,
+        );
     }
     if let (Some(registered), Some(asked)) = (board.mac, mac.as_deref()) {
         match asked.parse::<Mac>() {
@@ -237,7 +286,10 @@ fn boot(req: &Request<Incoming>, mac: Option<String>, info: &ConnInfo, shared: &
             _ => {
                 return script(
                     StatusCode::FORBIDDEN,
-                    &format!("MAC mismatch: board {} is registered with {registered}, request names {asked}", board.name),
+                    &format!(
+                    "MAC mismatch: board {} is registered with {registered}, request names {asked}",
+                    board.name
+                ),
                     out,
                 )
             }
@@ -246,10 +298,17 @@ fn boot(req: &Request<Incoming>, mac: Option<String>, info: &ConnInfo, shared: &
     match render_profile(shared, &board) {
         Ok(body) => respond(StatusCode::OK, body, out),
         Err(e) => {
-            eprintln!("ipxe-ca: cannot render profile {:?} for board {}: {e}", board.profile.as_str(), board.name);
+            eprintln!(
+                "ipxe-ca: cannot render profile {:?} for board {}: {e}",
+                board.profile.as_str(),
+                board.name
+            );
             script(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                &format!("profile {} cannot be rendered; see the server log", board.profile),
+                &format!(
+                    "profile {} cannot be rendered; see the server log",
+                    board.profile
+                ),
                 out,
             )
         }
@@ -277,18 +336,19 @@ fn render_profile(shared: &Arc<Shared>, board: &Board) -> crate::Result<String> 
     let ctx = context(shared, board)?;
     let s = shared.clone();
     let c = ctx.clone();
-    let one_time = minijinja::Value::from_function(move |name: String| -> Result<String, minijinja::Error> {
-        let err = |m: String| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, m);
-        validate_name(&name, "secret template name").map_err(|e| err(e.to_string()))?;
-        let p = s.lab.state().secrets_dir().join(&name);
-        let src = crate::state::read_to_string(&p).map_err(|e| err(e.to_string()))?;
-        let body = render::render(&name, &src, &c, &[]).map_err(|e| err(e.to_string()))?;
-        let token = s
-            .one_time
-            .insert(body, s.opts.one_time_ttl)
-            .ok_or_else(|| err("random number generator failed".into()))?;
-        Ok(format!("{}/secret/{token}", s.config.server_url))
-    });
+    let one_time =
+        minijinja::Value::from_function(move |name: String| -> Result<String, minijinja::Error> {
+            let err = |m: String| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, m);
+            validate_name(&name, "secret template name").map_err(|e| err(e.to_string()))?;
+            let p = s.lab.state().secrets_dir().join(&name);
+            let src = crate::state::read_to_string(&p).map_err(|e| err(e.to_string()))?;
+            let body = render::render(&name, &src, &c, &[]).map_err(|e| err(e.to_string()))?;
+            let token = s
+                .one_time
+                .insert(body, s.opts.one_time_ttl)
+                .ok_or_else(|| err("random number generator failed".into()))?;
+            Ok(format!("{}/secret/{token}", s.config.server_url))
+        });
     render::render(
         &format!("{}.ipxe", board.profile),
         &source,
@@ -303,6 +363,10 @@ fn one_time(token: &str, method: &Method, shared: &Shared, out: &mut Outcome) ->
     }
     match shared.one_time.take(token) {
         Some(body) => respond(StatusCode::OK, body, out),
-        None => script(StatusCode::NOT_FOUND, "no such one-time URL (used already, or expired)", out),
+        None => script(
+            StatusCode::NOT_FOUND,
+            "no such one-time URL (used already, or expired)",
+            out,
+        ),
     }
 }

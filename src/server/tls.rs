@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
@@ -23,7 +23,9 @@ pub(crate) struct TlsState {
 }
 
 fn crl_mtime(state: &StateDir) -> Option<SystemTime> {
-    std::fs::metadata(state.crl()).and_then(|m| m.modified()).ok()
+    std::fs::metadata(state.crl())
+        .and_then(|m| m.modified())
+        .ok()
 }
 
 fn build(state: &StateDir) -> Result<ServerConfig> {
@@ -111,7 +113,7 @@ pub(crate) async fn serve_tls(
             return;
         }
         Err(_) => {
-            super::log::tls_failure(peer, &format!("handshake timed out after {:?}", Duration::from(timeout)));
+            super::log::tls_failure(peer, &format!("handshake timed out after {timeout:?}"));
             return;
         }
     };

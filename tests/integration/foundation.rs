@@ -17,7 +17,15 @@ fn init_makes_ca_and_separate_server_cert_that_openssl_accepts() {
     let lab = Lab::init();
     let ca = lab.path("ca/ca.crt");
     let server = lab.path("server/server.crt");
-    let out = openssl(&["verify", "-x509_strict", "-purpose", "sslserver", "-CAfile", s(&ca), s(&server)]);
+    let out = openssl(&[
+        "verify",
+        "-x509_strict",
+        "-purpose",
+        "sslserver",
+        "-CAfile",
+        s(&ca),
+        s(&server),
+    ]);
     assert!(out.contains(": OK"), "{out}");
     let text = openssl(&["x509", "-in", s(&ca), "-noout", "-text"]);
     assert!(text.contains("CA:TRUE"), "{text}");
@@ -29,8 +37,20 @@ fn init_makes_ca_and_separate_server_cert_that_openssl_accepts() {
     assert!(stext.contains("Authority Key Identifier"), "{stext}");
     assert!(!stext.contains("OCSP"), "{stext}");
     // The server key is not the CA key.
-    let ca_mod = openssl(&["rsa", "-in", s(&lab.path("ca/ca.key")), "-noout", "-modulus"]);
-    let srv_mod = openssl(&["rsa", "-in", s(&lab.path("server/server.key")), "-noout", "-modulus"]);
+    let ca_mod = openssl(&[
+        "rsa",
+        "-in",
+        s(&lab.path("ca/ca.key")),
+        "-noout",
+        "-modulus",
+    ]);
+    let srv_mod = openssl(&[
+        "rsa",
+        "-in",
+        s(&lab.path("server/server.key")),
+        "-noout",
+        "-modulus",
+    ]);
     assert_ne!(ca_mod, srv_mod);
     // The served chain is leaf + CA.
     let chain = std::fs::read_to_string(&server).unwrap();
@@ -44,7 +64,15 @@ fn init_makes_ca_and_separate_server_cert_that_openssl_accepts() {
         let m = std::fs::metadata(lab.path(d)).unwrap().permissions().mode();
         assert_eq!(m & 0o777, 0o700, "{d}");
     }
-    let out = openssl(&["crl", "-in", s(&lab.path("ca/crl.pem")), "-CAfile", s(&ca), "-noout", "-verify"]);
+    let out = openssl(&[
+        "crl",
+        "-in",
+        s(&lab.path("ca/crl.pem")),
+        "-CAfile",
+        s(&ca),
+        "-noout",
+        "-verify",
+    ]);
     assert!(out.contains("verify OK"), "{out}");
     let config = std::fs::read_to_string(lab.path("config.toml")).unwrap();
     assert!(config.contains("https://127.0.0.1:8443"), "{config}");
@@ -60,25 +88,64 @@ fn init_refuses_to_replace_a_ca_without_force() {
     assert!(err.contains("--force"), "{err}");
     assert_eq!(before, lab.snapshot());
     lab.ok(&["init", "--san", "IP:127.0.0.1", "--force"]);
-    assert_ne!(before.get(std::path::Path::new("ca/ca.crt")), lab.snapshot().get(std::path::Path::new("ca/ca.crt")));
+    assert_ne!(
+        before.get(std::path::Path::new("ca/ca.crt")),
+        lab.snapshot().get(std::path::Path::new("ca/ca.crt"))
+    );
 }
 
 #[test]
 fn enrolled_board_verifies_and_fingerprints_match_openssl() {
     let lab = Lab::init();
-    let j = lab.enroll("board-1", &["--mac", "52-54-00-AB-CD-EF", "--var", "role=worker", "--secret", "s3_key=TOPSECRET"]);
+    let j = lab.enroll(
+        "board-1",
+        &[
+            "--mac",
+            "52-54-00-AB-CD-EF",
+            "--var",
+            "role=worker",
+            "--secret",
+            "s3_key=TOPSECRET",
+        ],
+    );
     let cert = lab.path("boards/board-1/cert.pem");
-    let out = openssl(&["verify", "-x509_strict", "-purpose", "sslclient", "-CAfile", s(&lab.path("ca/ca.crt")), s(&cert)]);
+    let out = openssl(&[
+        "verify",
+        "-x509_strict",
+        "-purpose",
+        "sslclient",
+        "-CAfile",
+        s(&lab.path("ca/ca.crt")),
+        s(&cert),
+    ]);
     assert!(out.contains(": OK"), "{out}");
     let fp = openssl(&["x509", "-in", s(&cert), "-noout", "-fingerprint", "-sha1"]);
-    let fp = fp.trim().split('=').nth(1).unwrap().replace(':', "").to_lowercase();
+    let fp = fp
+        .trim()
+        .split('=')
+        .nth(1)
+        .unwrap()
+        .replace(':', "")
+        .to_lowercase();
     assert_eq!(j["fingerprint_sha1"], fp);
     let fp256 = openssl(&["x509", "-in", s(&cert), "-noout", "-fingerprint", "-sha256"]);
-    let fp256 = fp256.trim().split('=').nth(1).unwrap().replace(':', "").to_lowercase();
+    let fp256 = fp256
+        .trim()
+        .split('=')
+        .nth(1)
+        .unwrap()
+        .replace(':', "")
+        .to_lowercase();
     assert_eq!(j["fingerprint_sha256"], fp256);
     let serial = openssl(&["x509", "-in", s(&cert), "-noout", "-serial"]);
-    assert_eq!(j["serial"], serial.trim().trim_start_matches("serial=").to_lowercase());
-    assert!(j["serial"].as_str().unwrap().len() >= 16, "at least 64 bits");
+    assert_eq!(
+        j["serial"],
+        serial.trim().trim_start_matches("serial=").to_lowercase()
+    );
+    assert!(
+        j["serial"].as_str().unwrap().len() >= 16,
+        "at least 64 bits"
+    );
     assert_eq!(j["mac"], "52:54:00:ab:cd:ef");
     assert_eq!(j["profile"], "default");
     assert_eq!(j["status"], "active");
@@ -86,20 +153,34 @@ fn enrolled_board_verifies_and_fingerprints_match_openssl() {
     assert_eq!(j["secrets"], serde_json::json!(["s3_key"]));
     assert!(j["key"].as_str().unwrap().ends_with("key.pem"));
     let text = openssl(&["x509", "-in", s(&cert), "-noout", "-text"]);
-    assert!(text.contains("CN = board-1") || text.contains("CN=board-1"), "{text}");
+    assert!(
+        text.contains("CN = board-1") || text.contains("CN=board-1"),
+        "{text}"
+    );
     assert!(text.contains("TLS Web Client Authentication"), "{text}");
     assert!(text.contains("CA:FALSE"), "{text}");
     assert!(!text.contains("Authority Information Access"), "{text}");
     assert!(text.contains("Public-Key: (2048 bit)"), "{text}");
     // Validity: starts slightly in the past, about three years.
-    let nb = time::OffsetDateTime::parse(j["not_before"].as_str().unwrap(), &time::format_description::well_known::Rfc3339).unwrap();
-    let na = time::OffsetDateTime::parse(j["not_after"].as_str().unwrap(), &time::format_description::well_known::Rfc3339).unwrap();
+    let nb = time::OffsetDateTime::parse(
+        j["not_before"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    let na = time::OffsetDateTime::parse(
+        j["not_after"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
     let now = time::OffsetDateTime::now_utc();
     assert!(nb < now - time::Duration::minutes(30));
     assert!((na - now).whole_days() >= 1090);
     // The key is 0600 and openssl reads it; the secret value is never printed.
     let k = lab.path("boards/board-1/key.pem");
-    assert_eq!(std::fs::metadata(&k).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&k).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     openssl(&["rsa", "-in", s(&k), "-check", "-noout"]);
     let listing = lab.ok(&["list", "--json"]) + &lab.ok(&["show", "board-1"]) + &lab.ok(&["list"]);
     assert!(!listing.contains("TOPSECRET"));
@@ -116,11 +197,41 @@ fn revoked_board_is_in_a_crl_that_openssl_verifies() {
     lab.ok(&["revoke", "gone", "--reason", "key-compromise"]);
     let ca = lab.path("ca/ca.crt");
     let crl = lab.path("ca/crl.pem");
-    let out = openssl(&["crl", "-in", s(&crl), "-CAfile", s(&ca), "-noout", "-verify"]);
+    let out = openssl(&[
+        "crl",
+        "-in",
+        s(&crl),
+        "-CAfile",
+        s(&ca),
+        "-noout",
+        "-verify",
+    ]);
     assert!(out.contains("verify OK"), "{out}");
-    let (ok, out) = tool("openssl", &["verify", "-crl_check", "-CAfile", s(&ca), "-CRLfile", s(&crl), s(&lab.path("boards/gone/cert.pem"))]);
+    let (ok, out) = tool(
+        "openssl",
+        &[
+            "verify",
+            "-crl_check",
+            "-CAfile",
+            s(&ca),
+            "-CRLfile",
+            s(&crl),
+            s(&lab.path("boards/gone/cert.pem")),
+        ],
+    );
     assert!(!ok && out.contains("certificate revoked"), "{out}");
-    let (ok, out) = tool("openssl", &["verify", "-crl_check", "-CAfile", s(&ca), "-CRLfile", s(&crl), s(&lab.path("boards/keep/cert.pem"))]);
+    let (ok, out) = tool(
+        "openssl",
+        &[
+            "verify",
+            "-crl_check",
+            "-CAfile",
+            s(&ca),
+            "-CRLfile",
+            s(&crl),
+            s(&lab.path("boards/keep/cert.pem")),
+        ],
+    );
     assert!(ok, "{out}");
     let text = openssl(&["crl", "-in", s(&crl), "-noout", "-text"]);
     assert!(text.contains("Key Compromise"), "{text}");
@@ -131,7 +242,10 @@ fn revoked_board_is_in_a_crl_that_openssl_verifies() {
 }
 
 /// A CA made by the openssl CLI with PrintableString names, as the prototype's was.
-fn openssl_ca(dir: &std::path::Path, traditional_key: bool) -> (std::path::PathBuf, std::path::PathBuf) {
+fn openssl_ca(
+    dir: &std::path::Path,
+    traditional_key: bool,
+) -> (std::path::PathBuf, std::path::PathBuf) {
     let cnf = dir.join("ca.cnf");
     std::fs::write(
         &cnf,
@@ -145,7 +259,21 @@ fn openssl_ca(dir: &std::path::Path, traditional_key: bool) -> (std::path::PathB
     } else {
         openssl(&["genpkey", "-algorithm", "RSA", "-out", s(&key)]);
     }
-    openssl(&["req", "-x509", "-new", "-key", s(&key), "-config", s(&cnf), "-extensions", "v3", "-days", "365", "-out", s(&cert)]);
+    openssl(&[
+        "req",
+        "-x509",
+        "-new",
+        "-key",
+        s(&key),
+        "-config",
+        s(&cnf),
+        "-extensions",
+        "v3",
+        "-days",
+        "365",
+        "-out",
+        s(&cert),
+    ]);
     (cert, key)
 }
 
@@ -154,26 +282,83 @@ fn adopted_openssl_ca_keeps_its_subject_bytes_in_every_leaf() {
     for traditional in [true, false] {
         let lab = Lab::new();
         let (cert, key) = openssl_ca(lab.tmp.path(), traditional);
-        let names = openssl(&["x509", "-in", s(&cert), "-noout", "-subject", "-nameopt", "multiline,show_type"]);
-        assert!(names.contains("PRINTABLESTRING"), "fixture must use PrintableString: {names}");
-        lab.ok(&["init", "--san", "IP:127.0.0.1", "--from-ca", s(&cert), "--from-key", s(&key)]);
+        let names = openssl(&[
+            "x509",
+            "-in",
+            s(&cert),
+            "-noout",
+            "-subject",
+            "-nameopt",
+            "multiline,show_type",
+        ]);
+        assert!(
+            names.contains("PRINTABLESTRING"),
+            "fixture must use PrintableString: {names}"
+        );
+        lab.ok(&[
+            "init",
+            "--san",
+            "IP:127.0.0.1",
+            "--from-ca",
+            s(&cert),
+            "--from-key",
+            s(&key),
+        ]);
         lab.enroll("old-board", &[]);
         let ca_der = der_of(&lab.path("ca/ca.crt"));
-        assert_eq!(ca_der, der_of(&cert), "the adopted CA certificate is kept as is");
+        assert_eq!(
+            ca_der,
+            der_of(&cert),
+            "the adopted CA certificate is kept as is"
+        );
         let (_, ca) = X509Certificate::from_der(&ca_der).unwrap();
         for leaf in ["boards/old-board/cert.pem", "server/server.crt"] {
             let der = der_of(&lab.path(leaf));
             let (_, c) = X509Certificate::from_der(&der).unwrap();
-            assert_eq!(c.issuer().as_raw(), ca.subject().as_raw(), "{leaf}: issuer bytes");
+            assert_eq!(
+                c.issuer().as_raw(),
+                ca.subject().as_raw(),
+                "{leaf}: issuer bytes"
+            );
         }
-        let out = openssl(&["verify", "-x509_strict", "-purpose", "sslclient", "-CAfile", s(&cert), s(&lab.path("boards/old-board/cert.pem"))]);
+        let out = openssl(&[
+            "verify",
+            "-x509_strict",
+            "-purpose",
+            "sslclient",
+            "-CAfile",
+            s(&cert),
+            s(&lab.path("boards/old-board/cert.pem")),
+        ]);
         assert!(out.contains(": OK"), "{out}");
-        let out = openssl(&["verify", "-x509_strict", "-purpose", "sslserver", "-CAfile", s(&cert), s(&lab.path("server/server.crt"))]);
+        let out = openssl(&[
+            "verify",
+            "-x509_strict",
+            "-purpose",
+            "sslserver",
+            "-CAfile",
+            s(&cert),
+            s(&lab.path("server/server.crt")),
+        ]);
         assert!(out.contains(": OK"), "{out}");
         lab.ok(&["revoke", "old-board"]);
         let crl = lab.path("ca/crl.pem");
-        let (ok, out) = tool("openssl", &["verify", "-crl_check", "-CAfile", s(&cert), "-CRLfile", s(&crl), s(&lab.path("boards/old-board/cert.pem"))]);
-        assert!(!ok && out.contains("certificate revoked"), "the CRL's AKI must match the adopted CA: {out}");
+        let (ok, out) = tool(
+            "openssl",
+            &[
+                "verify",
+                "-crl_check",
+                "-CAfile",
+                s(&cert),
+                "-CRLfile",
+                s(&crl),
+                s(&lab.path("boards/old-board/cert.pem")),
+            ],
+        );
+        assert!(
+            !ok && out.contains("certificate revoked"),
+            "the CRL's AKI must match the adopted CA: {out}"
+        );
     }
 }
 
@@ -183,8 +368,27 @@ fn csr_asking_for_ca_true_gets_a_client_certificate() {
     let d = lab.tmp.path();
     let key = d.join("b.key");
     let csr = d.join("b.csr");
-    openssl(&["req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", s(&key), "-subj", "/CN=evil/O=Other", "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=keyCertSign", "-addext", "subjectKeyIdentifier=hash", "-out", s(&csr)]);
-    let j: serde_json::Value = serde_json::from_str(&lab.ok(&["sign", "csr-board", "--csr", s(&csr), "--json"])).unwrap();
+    openssl(&[
+        "req",
+        "-new",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        s(&key),
+        "-subj",
+        "/CN=evil/O=Other",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=keyCertSign",
+        "-addext",
+        "subjectKeyIdentifier=hash",
+        "-out",
+        s(&csr),
+    ]);
+    let j: serde_json::Value =
+        serde_json::from_str(&lab.ok(&["sign", "csr-board", "--csr", s(&csr), "--json"])).unwrap();
     assert!(j["key"].is_null(), "we never held the key");
     let cert = lab.path("boards/csr-board/cert.pem");
     let text = openssl(&["x509", "-in", s(&cert), "-noout", "-text"]);
@@ -193,7 +397,15 @@ fn csr_asking_for_ca_true_gets_a_client_certificate() {
     assert!(!text.contains("Certificate Sign"), "{text}");
     assert!(text.contains("TLS Web Client Authentication"), "{text}");
     assert!(text.contains("Subject: CN = csr-board"), "{text}");
-    let out = openssl(&["verify", "-x509_strict", "-purpose", "sslclient", "-CAfile", s(&lab.path("ca/ca.crt")), s(&cert)]);
+    let out = openssl(&[
+        "verify",
+        "-x509_strict",
+        "-purpose",
+        "sslclient",
+        "-CAfile",
+        s(&lab.path("ca/ca.crt")),
+        s(&cert),
+    ]);
     assert!(out.contains(": OK"), "{out}");
     // The certificate carries the CSR's key.
     let a = openssl(&["x509", "-in", s(&cert), "-noout", "-pubkey"]);
@@ -201,7 +413,21 @@ fn csr_asking_for_ca_true_gets_a_client_certificate() {
     assert_eq!(a, b);
     // DER CSRs work too.
     let der = d.join("b2.der");
-    openssl(&["req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", s(&d.join("b2.key")), "-subj", "/CN=x", "-outform", "DER", "-out", s(&der)]);
+    openssl(&[
+        "req",
+        "-new",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        s(&d.join("b2.key")),
+        "-subj",
+        "/CN=x",
+        "-outform",
+        "DER",
+        "-out",
+        s(&der),
+    ]);
     lab.ok(&["sign", "der-board", "--csr", s(&der)]);
 }
 
@@ -210,7 +436,21 @@ fn non_rsa_and_garbage_csrs_are_refused_without_changes() {
     let lab = Lab::init();
     let d = lab.tmp.path();
     let csr = d.join("ec.csr");
-    openssl(&["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", s(&d.join("ec.key")), "-subj", "/CN=ec", "-out", s(&csr)]);
+    openssl(&[
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        s(&d.join("ec.key")),
+        "-subj",
+        "/CN=ec",
+        "-out",
+        s(&csr),
+    ]);
     let before = lab.snapshot();
     let err = lab.fails(&["sign", "ec-board", "--csr", s(&csr)]);
     assert!(err.contains("RSA"), "{err}");
@@ -221,7 +461,21 @@ fn non_rsa_and_garbage_csrs_are_refused_without_changes() {
     assert!(err.contains("CSR"), "{err}");
     // A CSR whose signature does not verify (one byte of the signature flipped).
     let good = d.join("good.der");
-    openssl(&["req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", s(&d.join("g.key")), "-subj", "/CN=x", "-outform", "DER", "-out", s(&good)]);
+    openssl(&[
+        "req",
+        "-new",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        s(&d.join("g.key")),
+        "-subj",
+        "/CN=x",
+        "-outform",
+        "DER",
+        "-out",
+        s(&good),
+    ]);
     let mut bytes = std::fs::read(&good).unwrap();
     let n = bytes.len();
     bytes[n - 10] ^= 0xff;
@@ -240,11 +494,53 @@ fn register_adopts_our_certificates_and_refuses_others() {
     let key = d.join("old.key");
     let csr = d.join("old.csr");
     let crt = d.join("old.crt");
-    openssl(&["req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", s(&key), "-subj", "/CN=legacy", "-out", s(&csr)]);
-    openssl(&["x509", "-req", "-in", s(&csr), "-CA", s(&lab.path("ca/ca.crt")), "-CAkey", s(&lab.path("ca/ca.key")), "-days", "30", "-out", s(&crt)]);
-    let j: serde_json::Value = serde_json::from_str(&lab.ok(&["register", "legacy", "--cert", s(&crt), "--mac", "aa:bb:cc:dd:ee:ff", "--json"])).unwrap();
+    openssl(&[
+        "req",
+        "-new",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        s(&key),
+        "-subj",
+        "/CN=legacy",
+        "-out",
+        s(&csr),
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        s(&csr),
+        "-CA",
+        s(&lab.path("ca/ca.crt")),
+        "-CAkey",
+        s(&lab.path("ca/ca.key")),
+        "-days",
+        "30",
+        "-out",
+        s(&crt),
+    ]);
+    let j: serde_json::Value = serde_json::from_str(&lab.ok(&[
+        "register",
+        "legacy",
+        "--cert",
+        s(&crt),
+        "--mac",
+        "aa:bb:cc:dd:ee:ff",
+        "--json",
+    ]))
+    .unwrap();
     let fp = openssl(&["x509", "-in", s(&crt), "-noout", "-fingerprint", "-sha1"]);
-    assert_eq!(j["fingerprint_sha1"], fp.trim().split('=').nth(1).unwrap().replace(':', "").to_lowercase());
+    assert_eq!(
+        j["fingerprint_sha1"],
+        fp.trim()
+            .split('=')
+            .nth(1)
+            .unwrap()
+            .replace(':', "")
+            .to_lowercase()
+    );
     assert!(j["key"].is_null());
     assert_eq!(j["origin"], "registered");
     // The same certificate twice is refused.
@@ -254,7 +550,12 @@ fn register_adopts_our_certificates_and_refuses_others() {
     let other = Lab::init();
     other.enroll("foreign", &[]);
     let before = lab.snapshot();
-    let err = lab.fails(&["register", "foreign", "--cert", s(&other.path("boards/foreign/cert.pem"))]);
+    let err = lab.fails(&[
+        "register",
+        "foreign",
+        "--cert",
+        s(&other.path("boards/foreign/cert.pem")),
+    ]);
     assert!(err.contains("not issued by this CA"), "{err}");
     assert_eq!(before, lab.snapshot());
 }
@@ -278,9 +579,15 @@ fn twenty_concurrent_enrolls_give_twenty_distinct_boards() {
     let list: serde_json::Value = serde_json::from_str(&lab.ok(&["list", "--json"])).unwrap();
     let list = list.as_array().unwrap();
     assert_eq!(list.len(), 20);
-    let serials: BTreeSet<_> = list.iter().map(|b| b["serial"].as_str().unwrap().to_string()).collect();
+    let serials: BTreeSet<_> = list
+        .iter()
+        .map(|b| b["serial"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(serials.len(), 20);
-    let fps: BTreeSet<_> = list.iter().map(|b| b["fingerprint_sha1"].as_str().unwrap().to_string()).collect();
+    let fps: BTreeSet<_> = list
+        .iter()
+        .map(|b| b["fingerprint_sha1"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(fps.len(), 20);
     // No temp files left behind.
     for e in std::fs::read_dir(lab.path("boards")).unwrap() {
@@ -297,12 +604,21 @@ fn bad_input_is_refused_with_one_line_and_changes_nothing() {
     let cases: &[(&[&str], &str)] = &[
         (&["enroll", "../x"], "invalid board name"),
         (&["enroll", "Upper"], "invalid board name"),
-        (&["enroll", "ok", "--mac", "52:54:00:zz:00:01"], "invalid MAC"),
+        (
+            &["enroll", "ok", "--mac", "52:54:00:zz:00:01"],
+            "invalid MAC",
+        ),
         (&["enroll", "ok", "--mac", "52:54:00"], "invalid MAC"),
         (&["enroll", "dup"], "already registered"),
-        (&["enroll", "ok", "--profile", "nosuch"], "profile \"nosuch\" does not exist"),
+        (
+            &["enroll", "ok", "--profile", "nosuch"],
+            "profile \"nosuch\" does not exist",
+        ),
         (&["enroll", "ok", "--var", "bad key=1"], "invalid key"),
-        (&["sign", "ok", "--csr", "/nonexistent.csr"], "cannot read CSR"),
+        (
+            &["sign", "ok", "--csr", "/nonexistent.csr"],
+            "cannot read CSR",
+        ),
         (&["show", "nosuch"], "no board named"),
         (&["revoke", "nosuch"], "no board named"),
         (&["revoke", "dup", "--reason", "bored"], "invalid reason"),
@@ -310,7 +626,11 @@ fn bad_input_is_refused_with_one_line_and_changes_nothing() {
     for (args, expect) in cases {
         let err = lab.fails(args);
         assert!(err.contains(expect), "{args:?}: {err}");
-        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: one line expected: {err}");
+        assert_eq!(
+            err.trim_end().lines().count(),
+            1,
+            "{args:?}: one line expected: {err}"
+        );
         assert_eq!(before, lab.snapshot(), "{args:?} changed the state dir");
     }
     // Without a CA, enroll says what to do.

@@ -28,7 +28,15 @@ impl Lab {
     /// A lab with a CA and server certificate for SAN IP:127.0.0.1 and IP:10.0.2.2.
     pub fn init() -> Lab {
         let lab = Lab::new();
-        lab.ok(&["init", "--san", "IP:127.0.0.1", "--san", "IP:10.0.2.2", "--san", "DNS:localhost"]);
+        lab.ok(&[
+            "init",
+            "--san",
+            "IP:127.0.0.1",
+            "--san",
+            "IP:10.0.2.2",
+            "--san",
+            "DNS:localhost",
+        ]);
         lab
     }
 
@@ -88,10 +96,16 @@ fn snap(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
         let e = e.unwrap();
         let p = e.path();
         if p.is_dir() {
-            out.insert(p.strip_prefix(root).unwrap().to_path_buf(), b"<dir>".to_vec());
+            out.insert(
+                p.strip_prefix(root).unwrap().to_path_buf(),
+                b"<dir>".to_vec(),
+            );
             snap(root, &p, out);
         } else if p.file_name().unwrap() != ".lock" {
-            out.insert(p.strip_prefix(root).unwrap().to_path_buf(), std::fs::read(&p).unwrap());
+            out.insert(
+                p.strip_prefix(root).unwrap().to_path_buf(),
+                std::fs::read(&p).unwrap(),
+            );
         }
     }
 }
@@ -126,4 +140,127 @@ pub fn free_port() -> u16 {
 
 pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
+}
+
+/// A running `ipxe-ca serve` on free loopback ports; SIGTERM on drop.
+pub struct Server {
+    pub child: std::process::Child,
+    pub https: u16,
+    pub http: u16,
+    pub log: PathBuf,
+    pub err: PathBuf,
+}
+
+impl Lab {
+    /// Start `serve` with extra arguments; waits until both ports accept connections.
+    pub fn serve(&self, extra: &[&str]) -> Server {
+        let https = free_port();
+        let http = free_port();
+        let log = self.tmp.path().join(format!("serve-{https}.log"));
+        let err = self.tmp.path().join(format!("serve-{https}.err"));
+        let mut args = vec![
+            "serve".to_string(),
+            "--https".into(),
+            format!("127.0.0.1:{https}"),
+            "--http".into(),
+            format!("127.0.0.1:{http}"),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let child = Command::new(bin())
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .spawn()
+            .unwrap();
+        let mut server = Server {
+            child,
+            https,
+            http,
+            log,
+            err,
+        };
+        let proxy = extra.contains(&"--behind-proxy");
+        for _ in 0..200 {
+            let up = |p: u16| std::net::TcpStream::connect(("127.0.0.1", p)).is_ok();
+            if up(http) && (proxy || up(https)) {
+                return server;
+            }
+            if let Some(st) = server.child.try_wait().unwrap() {
+                panic!(
+                    "serve exited with {st}: {}",
+                    std::fs::read_to_string(&server.err).unwrap()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        panic!("serve did not start: {}", server.output());
+    }
+
+    /// curl a URL on the HTTPS listener as `board` (None: no client certificate).
+    /// Returns (http status or 0 on TLS failure, body).
+    pub fn curl_as(&self, board: Option<&str>, url: &str) -> (u16, String) {
+        let mut args: Vec<String> = vec![
+            "-s".into(),
+            "--max-time".into(),
+            "10".into(),
+            "--cacert".into(),
+            s(&self.path("ca/ca.crt")).into(),
+            "-w".into(),
+            "\n%{http_code}".into(),
+        ];
+        if let Some(b) = board {
+            args.push("--cert".into());
+            args.push(s(&self.path(&format!("boards/{b}/cert.pem"))).into());
+            args.push("--key".into());
+            args.push(s(&self.path(&format!("boards/{b}/key.pem"))).into());
+        }
+        args.push(url.into());
+        let o = Command::new("curl")
+            .args(&args)
+            .output()
+            .expect("curl is needed (apt-get install curl)");
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        let (body, code) = out.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    }
+}
+
+impl Server {
+    pub fn url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{path}", self.https)
+    }
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.http)
+    }
+    /// Everything the server printed so far (access log and messages).
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+            + &std::fs::read_to_string(&self.err).unwrap_or_default()
+    }
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        for _ in 0..400 {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        let _ = self.child.kill();
+        panic!("serve did not exit after SIGTERM");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }

@@ -1,0 +1,490 @@
+//! `ipxe-ca serve` with real clients: curl, openssl s_client and a real nginx in front.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::util::{free_port, s, tool, Lab};
+
+/// A lab with boards a and b, each with its own secret in its boot script.
+fn two_boards() -> Lab {
+    let lab = Lab::init();
+    lab.enroll(
+        "board-a",
+        &[
+            "--mac",
+            "52:54:00:00:00:0a",
+            "--secret",
+            "s3_key=SECRET-AAA-1111",
+        ],
+    );
+    lab.enroll("board-b", &["--secret", "s3_key=SECRET-BBB-2222"]);
+    std::fs::write(
+        lab.path("profiles/default.ipxe"),
+        "#!ipxe\necho board {{ board.name }} sha1 {{ board.fingerprint_sha1 }}\nkernel {{ files_url }}/files/vmlinuz s3={{ secrets.s3_key }}\nboot\n",
+    )
+    .unwrap();
+    lab
+}
+
+#[test]
+fn each_board_gets_its_own_script_and_strangers_get_nothing() {
+    let lab = two_boards();
+    let srv = lab.serve(&[]);
+    let (code, a) = lab.curl_as(Some("board-a"), &srv.url("/boot.ipxe"));
+    assert_eq!(code, 200, "{a}");
+    assert!(
+        a.starts_with("#!ipxe") && a.contains("board board-a") && a.contains("s3=SECRET-AAA-1111"),
+        "{a}"
+    );
+    assert!(!a.contains("BBB"));
+    let (code, b) = lab.curl_as(Some("board-b"), &srv.url("/boot/ipxe"));
+    assert_eq!(code, 200, "{b}");
+    assert!(
+        b.contains("board board-b") && b.contains("s3=SECRET-BBB-2222"),
+        "{b}"
+    );
+    // The registered MAC must match when the request names one.
+    let (code, _) = lab.curl_as(
+        Some("board-a"),
+        &srv.url("/boot.ipxe?mac=52%3A54%3A00%3A00%3A00%3A0a"),
+    );
+    assert_eq!(code, 200);
+    let (code, _) = lab.curl_as(Some("board-a"), &srv.url("/ipxe/52:54:00:00:00:0a"));
+    assert_eq!(code, 200);
+    let (code, body) = lab.curl_as(
+        Some("board-a"),
+        &srv.url("/boot.ipxe?mac=52:54:00:00:00:0b"),
+    );
+    assert_eq!(code, 403);
+    assert!(!body.contains("SECRET"), "{body}");
+    // No certificate: 403 with a script that says why.
+    let (code, none) = lab.curl_as(None, &srv.url("/boot.ipxe"));
+    assert_eq!(code, 403);
+    assert!(
+        none.starts_with("#!ipxe\necho ") && none.contains("no client certificate"),
+        "{none}"
+    );
+    assert!(!none.contains("SECRET"));
+    // A certificate from another CA: the handshake fails, nothing is served.
+    let other = Lab::init();
+    other.enroll("intruder", &[]);
+    let o = Command::new("curl")
+        .args([
+            "-s",
+            "--max-time",
+            "10",
+            "--cacert",
+            s(&lab.path("ca/ca.crt")),
+        ])
+        .args([
+            "--cert",
+            s(&other.path("boards/intruder/cert.pem")),
+            "--key",
+            s(&other.path("boards/intruder/key.pem")),
+        ])
+        .arg(srv.url("/boot.ipxe"))
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("SECRET"));
+    assert!(
+        !o.status.success(),
+        "the handshake must fail for a foreign certificate"
+    );
+    // What iPXE speaks: TLS 1.2 ECDHE-RSA-AES128-GCM-SHA256 with a client certificate.
+    let o = Command::new("openssl")
+        .args([
+            "s_client",
+            "-tls1_2",
+            "-cipher",
+            "ECDHE-RSA-AES128-GCM-SHA256",
+            "-connect",
+            &format!("127.0.0.1:{}", srv.https),
+        ])
+        .args([
+            "-CAfile",
+            s(&lab.path("ca/ca.crt")),
+            "-cert",
+            s(&lab.path("boards/board-a/cert.pem")),
+            "-key",
+            s(&lab.path("boards/board-a/key.pem")),
+        ])
+        .args(["-verify_return_error", "-showcerts"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("Cipher is ECDHE-RSA-AES128-GCM-SHA256"),
+        "{out}"
+    );
+    assert!(out.contains("Verify return code: 0 (ok)"), "{out}");
+    assert_eq!(
+        out.matches("BEGIN CERTIFICATE").count(),
+        2,
+        "the server sends leaf + CA"
+    );
+    // The log names the board and never a secret value.
+    let log = srv.output();
+    assert!(log.contains("\"board\":\"board-a\""), "{log}");
+    assert!(log.contains("MAC mismatch"), "{log}");
+    assert!(log.contains("tls_handshake_failed"), "{log}");
+    assert!(!log.contains("SECRET-"), "secret in log: {log}");
+}
+
+#[test]
+fn revoke_and_enroll_take_effect_without_restart() {
+    let lab = two_boards();
+    let srv = lab.serve(&[]);
+    assert_eq!(lab.curl_as(Some("board-a"), &srv.url("/boot.ipxe")).0, 200);
+    lab.ok(&["revoke", "board-a"]);
+    let t = Instant::now();
+    let (code, body) = lab.curl_as(Some("board-a"), &srv.url("/boot.ipxe"));
+    assert!(
+        t.elapsed() < Duration::from_secs(1) && code != 200,
+        "{code} {body}"
+    );
+    assert!(!body.contains("SECRET"), "{body}");
+    // board-b is unaffected; a board enrolled now is served at once.
+    assert_eq!(lab.curl_as(Some("board-b"), &srv.url("/boot.ipxe")).0, 200);
+    lab.enroll("board-c", &["--secret", "s3_key=SECRET-CCC"]);
+    let (code, c) = lab.curl_as(Some("board-c"), &srv.url("/boot.ipxe"));
+    assert_eq!(code, 200, "{c}");
+    assert!(c.contains("SECRET-CCC"));
+    // A profile edit is live too.
+    std::fs::write(
+        lab.path("profiles/default.ipxe"),
+        "#!ipxe\necho edited {{ board.name }}\n",
+    )
+    .unwrap();
+    assert!(lab
+        .curl_as(Some("board-c"), &srv.url("/boot.ipxe"))
+        .1
+        .contains("edited board-c"));
+    assert!(srv.output().contains("reloaded CRL"), "{}", srv.output());
+}
+
+#[test]
+fn one_time_urls_answer_once_and_expire() {
+    let lab = Lab::init();
+    lab.enroll("b1", &["--secret", "aws_secret=SECRET-OTP-42"]);
+    std::fs::write(
+        lab.path("secrets/creds"),
+        "AWS_SECRET={{ secrets.aws_secret }}\nBOARD={{ board.name }}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        lab.path("profiles/default.ipxe"),
+        "#!ipxe\nkernel http://x/vmlinuz creds={{ one_time_url(\"creds\") }}\n",
+    )
+    .unwrap();
+    let srv = lab.serve(&["--one-time-ttl", "2"]);
+    let url_of = |script: &str| script.split("creds=").nth(1).unwrap().trim().to_string();
+    let (code, script) = lab.curl_as(Some("b1"), &srv.url("/boot.ipxe"));
+    assert_eq!(code, 200, "{script}");
+    assert!(
+        !script.contains("SECRET-OTP"),
+        "the script holds only the URL: {script}"
+    );
+    let url = url_of(&script);
+    assert!(url.starts_with("https://127.0.0.1:8443/secret/"), "{url}");
+    let url = url.replace("127.0.0.1:8443", &format!("127.0.0.1:{}", srv.https));
+    // The booted OS fetches it without a client certificate, once.
+    let (code, body) = lab.curl_as(None, &url);
+    assert_eq!(
+        (code, body.as_str()),
+        (200, "AWS_SECRET=SECRET-OTP-42\nBOARD=b1\n")
+    );
+    let (code, body) = lab.curl_as(None, &url);
+    assert_eq!(code, 404);
+    assert!(!body.contains("SECRET"));
+    // Unused, it expires with its TTL.
+    let (_, script) = lab.curl_as(Some("b1"), &srv.url("/boot.ipxe"));
+    let url = url_of(&script).replace("127.0.0.1:8443", &format!("127.0.0.1:{}", srv.https));
+    std::thread::sleep(Duration::from_millis(2300));
+    assert_eq!(lab.curl_as(None, &url).0, 404);
+    assert!(!srv.output().contains("SECRET-OTP"), "{}", srv.output());
+}
+
+#[test]
+fn template_errors_give_500_and_the_server_stays_up() {
+    let lab = two_boards();
+    std::fs::write(lab.path("profiles/broken.ipxe"), "#!ipxe\n{% if %}\n").unwrap();
+    std::fs::write(
+        lab.path("profiles/typo.ipxe"),
+        "#!ipxe\nkernel {{ varz.kernel }}\n",
+    )
+    .unwrap();
+    lab.enroll("brk", &["--profile", "broken"]);
+    lab.enroll("typo", &["--profile", "typo"]);
+    let srv = lab.serve(&[]);
+    for b in ["brk", "typo"] {
+        let (code, body) = lab.curl_as(Some(b), &srv.url("/boot.ipxe"));
+        assert_eq!(code, 500, "{b}: {body}");
+        assert!(body.starts_with("#!ipxe\necho "), "{body}");
+    }
+    assert_eq!(lab.curl_as(Some("board-a"), &srv.url("/boot.ipxe")).0, 200);
+    assert!(
+        srv.output().contains("cannot render profile"),
+        "{}",
+        srv.output()
+    );
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so a large file has a meaningful hash.
+fn write_random(path: &std::path::Path, len: usize) {
+    use std::io::Write;
+    let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path).unwrap());
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        for c in buf.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            c.copy_from_slice(&x.to_le_bytes()[..c.len()]);
+        }
+        let n = left.min(buf.len());
+        f.write_all(&buf[..n]).unwrap();
+        left -= n;
+    }
+    f.flush().unwrap();
+}
+
+fn sha256sum(path: &std::path::Path) -> String {
+    let (ok, out) = tool("sha256sum", &[s(path)]);
+    assert!(ok);
+    out.split_whitespace().next().unwrap().to_string()
+}
+
+#[test]
+fn files_stream_large_files_honour_ranges_and_never_escape() {
+    let lab = Lab::init();
+    let files = lab.path("files");
+    std::fs::create_dir_all(files.join("sub")).unwrap();
+    let big = files.join("sub/big.img");
+    write_random(&big, 256 << 20);
+    std::fs::write(files.join("small.txt"), b"0123456789abcdefghij").unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", files.join("passwd-link")).unwrap();
+    std::os::unix::fs::symlink("../ca/ca.key", files.join("key-link")).unwrap();
+    std::os::unix::fs::symlink("small.txt", files.join("inside-link")).unwrap();
+    let srv = lab.serve(&[]);
+    let got = lab.tmp.path().join("got.img");
+    let (ok, out) = tool(
+        "curl",
+        &["-sf", "-o", s(&got), &srv.http_url("/files/sub/big.img")],
+    );
+    assert!(ok, "{out}");
+    assert_eq!(sha256sum(&got), sha256sum(&big));
+    std::fs::remove_file(&got).unwrap();
+    let (ok, out) = tool(
+        "curl",
+        &["-sf", "-r", "3-7", &srv.http_url("/files/small.txt")],
+    );
+    assert!(ok);
+    assert_eq!(out, "34567");
+    let (_, out) = tool(
+        "curl",
+        &["-si", "-r", "10-", &srv.http_url("/files/small.txt")],
+    );
+    assert!(
+        out.contains("206 Partial Content")
+            && out.contains("content-range: bytes 10-19/20")
+            && out.ends_with("abcdefghij"),
+        "{out}"
+    );
+    let (_, out) = tool(
+        "curl",
+        &["-si", "-r", "100-", &srv.http_url("/files/small.txt")],
+    );
+    assert!(out.contains("416") && out.contains("bytes */20"), "{out}");
+    let (_, out) = tool("curl", &["-sI", &srv.http_url("/files/sub/big.img")]);
+    assert!(
+        out.contains("content-length: 268435456") && out.contains("accept-ranges: bytes"),
+        "{out}"
+    );
+    let (ok, out) = tool("curl", &["-sf", &srv.http_url("/files/inside-link")]);
+    assert!(ok && out == "0123456789abcdefghij", "{out}");
+    for bad in [
+        "/files/../ca/ca.key",
+        "/files/..%2fca%2fca.key",
+        "/files/%2e%2e/ca/ca.key",
+        "/files/sub/../../ca/ca.key",
+        "/files//etc/passwd",
+        "/files/%2fetc%2fpasswd",
+        "/files/passwd-link",
+        "/files/key-link",
+        "/files/sub/%00",
+    ] {
+        let (_, out) = tool(
+            "curl",
+            &[
+                "-s",
+                "--path-as-is",
+                "-w",
+                "\n%{http_code}",
+                &srv.http_url(bad),
+            ],
+        );
+        let (body, code) = out.rsplit_once('\n').unwrap();
+        let code: u16 = code.parse().unwrap();
+        assert!((400..500).contains(&code), "{bad}: {code}");
+        assert!(
+            !body.contains("PRIVATE KEY") && !body.contains("root:"),
+            "{bad}: {body}"
+        );
+    }
+}
+
+#[test]
+fn sigterm_lets_a_running_download_finish() {
+    let lab = Lab::init();
+    let big = lab.path("files/big.img");
+    write_random(&big, 4 << 20);
+    let mut srv = lab.serve(&[]);
+    let got = lab.tmp.path().join("got.img");
+    let mut dl = Command::new("curl")
+        .args([
+            "-sf",
+            "--limit-rate",
+            "4M",
+            "-o",
+            s(&got),
+            &srv.http_url("/files/big.img"),
+        ])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let status = srv.terminate();
+    assert!(status.success(), "{status}");
+    assert!(dl.wait().unwrap().success());
+    assert_eq!(sha256sum(&got), sha256sum(&big));
+    assert!(srv.output().contains("shutting down"));
+}
+
+/// Kills a helper process even when the test panics.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn nginx_conf(lab: &Lab, listen: u16, upstream: u16) -> std::path::PathBuf {
+    let block = lab.ok(&[
+        "nginx-config",
+        "--listen",
+        &format!("127.0.0.1:{listen}"),
+        "--upstream",
+        &format!("127.0.0.1:{upstream}"),
+    ]);
+    assert!(
+        block.contains("ssl_verify_client")
+            && block.contains("ssl_crl")
+            && block.contains("AES128-SHA"),
+        "{block}"
+    );
+    let t = lab.tmp.path().join("nginx");
+    std::fs::create_dir_all(&t).unwrap();
+    let conf = t.join("nginx.conf");
+    let d = s(&t);
+    std::fs::write(
+        &conf,
+        format!(
+            "user root;\ndaemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 64; }}\nhttp {{\n access_log {d}/access.log;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n fastcgi_temp_path {d}/fcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n{block}}}\n"
+        ),
+    )
+    .unwrap();
+    conf
+}
+
+#[test]
+fn nginx_in_front_gives_the_same_answers_and_untrusted_headers_are_ignored() {
+    let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"].into_iter().find(|p| std::path::Path::new(p).exists())
+        .expect("nginx is needed for proxy-mode tests: apt-get install nginx-light (scripts/test.sh does)");
+    let lab = two_boards();
+    let srv = lab.serve(&["--behind-proxy", "--trusted-proxy", "127.0.0.1"]);
+    let port = free_port();
+    let conf = nginx_conf(&lab, port, srv.http);
+    let (ok, out) = tool(nginx, &["-t", "-c", s(&conf)]);
+    assert!(ok, "nginx rejects the generated config: {out}");
+    let ng = Command::new(nginx)
+        .args(["-c", s(&conf)])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ng = KillOnDrop(ng);
+    let base = format!("https://127.0.0.1:{port}");
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let (code, a) = lab.curl_as(Some("board-a"), &format!("{base}/boot.ipxe"));
+    let (code_b, b) = lab.curl_as(Some("board-b"), &format!("{base}/boot.ipxe"));
+    let (code_none, none) = lab.curl_as(None, &format!("{base}/boot.ipxe"));
+    // TLS 1.2 with RSA key exchange and AES-CBC, as iPXE before 2024 speaks it.
+    let o = Command::new("openssl")
+        .args([
+            "s_client",
+            "-tls1_2",
+            "-cipher",
+            "AES128-SHA",
+            "-connect",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .args([
+            "-cert",
+            s(&lab.path("boards/board-a/cert.pem")),
+            "-key",
+            s(&lab.path("boards/board-a/key.pem")),
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let legacy = String::from_utf8_lossy(&o.stdout).into_owned();
+    // The same headers sent directly from an untrusted address are ignored.
+    let fp = lab.enroll("probe", &[])["fingerprint_sha1"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (_, direct) = tool(
+        "curl",
+        &[
+            "-s",
+            "--interface",
+            "127.0.0.2",
+            "-w",
+            "\n%{http_code}",
+            "-H",
+            "X-SSL-Client-Verify: SUCCESS",
+            "-H",
+            &format!("X-SSL-Client-Fingerprint: {fp}"),
+            &format!("http://127.0.0.1:{}/boot.ipxe", srv.http),
+        ],
+    );
+    drop(ng);
+    assert_eq!(code, 200, "{a}");
+    assert!(
+        a.contains("board board-a") && a.contains("SECRET-AAA-1111"),
+        "{a}"
+    );
+    assert_eq!(code_b, 200);
+    assert!(b.contains("SECRET-BBB-2222"), "{b}");
+    assert_eq!(code_none, 403);
+    assert!(
+        none.starts_with("#!ipxe") && !none.contains("SECRET"),
+        "{none}"
+    );
+    assert!(legacy.contains("Cipher is AES128-SHA"), "{legacy}");
+    assert!(direct.ends_with("403"), "{direct}");
+    assert!(direct.contains("not a --trusted-proxy"), "{direct}");
+    let log = srv.output();
+    assert!(log.contains("\"board\":\"board-a\""), "{log}");
+    assert!(!log.contains("SECRET-"), "{log}");
+}
