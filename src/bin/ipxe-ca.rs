@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use ipxe_ca::ca::{KeySize, Reason};
+use ipxe_ca::ipxe_build::{self, BuildOptions, Source, Target};
 use ipxe_ca::lab::{self, BoardOptions, InitOptions};
 use ipxe_ca::server::{self, ServeOptions};
 use ipxe_ca::types::{BoardName, KeyValue, Mac, ProfileName, San};
@@ -44,6 +45,10 @@ enum Command {
     Show(ShowArgs),
     /// Serve each board its own script over mutual TLS, and boot files over HTTP.
     Serve(ServeArgs),
+    /// Build per-board iPXE images (iPXE's make, or a prebuilt iPXE for UEFI).
+    Build(BuildArgs),
+    /// Check that the tools the image build needs are installed.
+    Doctor(DoctorArgs),
     /// Print an nginx server block that fronts `serve --behind-proxy` (for iPXE older than 2024).
     NginxConfig(NginxArgs),
 }
@@ -74,6 +79,57 @@ struct ServeArgs {
     /// Seconds allowed for a TLS handshake or a request's headers.
     #[arg(long, default_value_t = 10)]
     timeout: u64,
+}
+
+#[derive(Args, Debug)]
+struct BuildArgs {
+    /// Boards to build.
+    #[arg(value_parser = parse::<BoardName>, required_unless_present = "all")]
+    boards: Vec<BoardName>,
+    /// Build every active board.
+    #[arg(long, conflicts_with = "boards")]
+    all: bool,
+    /// iPXE source tree (a checkout or its src/), built with make.
+    #[arg(
+        long,
+        required_unless_present = "prebuilt",
+        conflicts_with = "prebuilt"
+    )]
+    ipxe_src: Option<PathBuf>,
+    /// Directory with a prebuilt ipxe-amd64.efi (e.g. Debian 13's /usr/lib/ipxe): target efi-usb.
+    #[arg(long)]
+    prebuilt: Option<PathBuf>,
+    /// lkrn, iso, usb, efi, efi-iso, hybrid (default) with --ipxe-src; efi-usb with --prebuilt.
+    #[arg(long = "target", value_parser = parse::<Target>)]
+    targets: Vec<Target>,
+    /// Output directory; images go to OUT/BOARD/ (default: DIR/out).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Boards built in parallel, each in its own copy of the iPXE tree.
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
+    /// make -j inside each build (default: cores / jobs).
+    #[arg(long)]
+    make_jobs: Option<usize>,
+    /// iPXE DEBUG= setting, e.g. tls,x509 (for diagnosing a board).
+    #[arg(long)]
+    debug: Option<String>,
+    /// NTP server the embed script syncs with before HTTPS (boards without a real-time clock).
+    #[arg(long)]
+    ntp: Option<String>,
+    /// Print the manifests as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct DoctorArgs {
+    /// Also check this iPXE source tree.
+    #[arg(long)]
+    ipxe_src: Option<PathBuf>,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -358,6 +414,34 @@ fn run(cli: Cli) -> Result<()> {
             };
             server::run(lab, opts).context("server failed")?;
         }
+        Command::Build(a) => build(&lab, a)?,
+        Command::Doctor(a) => {
+            let checks = ipxe_build::doctor::checks();
+            let warning = match &a.ipxe_src {
+                Some(p) => ipxe_build::IpxeTree::open(p)
+                    .map(|t| ipxe_build::doctor::tree_warning(&t))
+                    .context("cannot check the iPXE tree")?,
+                None => None,
+            };
+            if a.json {
+                let v = serde_json::json!({ "checks": checks, "tree_warning": warning });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                for c in &checks {
+                    let mark = if c.ok { "ok     " } else { "MISSING" };
+                    println!(
+                        "{mark} {:<24} for {:<40} (apt-get install {})",
+                        c.what, c.needed_for, c.package
+                    );
+                }
+                if let Some(w) = &warning {
+                    println!("warning: {w}");
+                }
+            }
+            if checks.iter().any(|c| !c.ok) {
+                anyhow::bail!("some build tools are missing: install the packages named above");
+            }
+        }
         Command::NginxConfig(a) => {
             let listen = match a.listen {
                 Some(l) => l,
@@ -378,6 +462,99 @@ fn run(cli: Cli) -> Result<()> {
             let b = lab.registry().get(&a.board)?;
             print_board(&lab, &b, a.json)?;
         }
+    }
+    Ok(())
+}
+
+fn build(lab: &Lab, a: BuildArgs) -> Result<()> {
+    use std::io::IsTerminal;
+    let (source, default_target) = match (a.ipxe_src, a.prebuilt) {
+        (Some(src), _) => (Source::Tree(src), Target::Hybrid),
+        (None, Some(dir)) => (Source::Prebuilt(dir), Target::EfiUsb),
+        (None, None) => anyhow::bail!("give --ipxe-src DIR or --prebuilt DIR"),
+    };
+    let targets = if a.targets.is_empty() {
+        vec![default_target]
+    } else {
+        a.targets
+    };
+    let jobs = a.jobs.max(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let opts = BuildOptions {
+        source,
+        targets,
+        out: a.out.unwrap_or_else(|| lab.state().out_dir()),
+        jobs,
+        debug: a.debug,
+        ntp_server: a.ntp,
+        make_jobs: a.make_jobs.unwrap_or((cores / jobs).max(1)),
+    };
+    let boards = ipxe_build::select_boards(lab, &a.boards, a.all)?;
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let b = indicatif::ProgressBar::new(boards.len() as u64);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] {pos}/{len} boards {msg}",
+        ) {
+            b.set_style(style);
+        }
+        b
+    });
+    let on_done = |r: &ipxe_build::BoardResult| {
+        let line = match r {
+            Ok(m) => format!(
+                "built {} in {:.1} s: {}",
+                m.board,
+                m.duration_s,
+                m.targets
+                    .iter()
+                    .map(|t| t.file.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Err((b, e)) => format!("FAILED {b}: {e}"),
+        };
+        match &bar {
+            Some(bar) => {
+                bar.inc(1);
+                bar.println(line);
+            }
+            None => eprintln!("{line}"),
+        }
+    };
+    let results = ipxe_build::build(lab, &boards, &opts, &on_done)?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let manifests: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    let mut notes: Vec<&String> = manifests.iter().flat_map(|m| m.notes.iter()).collect();
+    notes.sort();
+    notes.dedup();
+    for n in notes {
+        eprintln!("note: {n}");
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&manifests)?);
+    } else {
+        for m in &manifests {
+            println!(
+                "{}",
+                opts.out.join(&m.board).join("manifest.json").display()
+            );
+        }
+    }
+    let failed: Vec<String> = results
+        .iter()
+        .filter_map(|r| r.as_ref().err().map(|(b, _)| b.clone()))
+        .collect();
+    if !failed.is_empty() {
+        anyhow::bail!(
+            "{} of {} boards failed: {}",
+            failed.len(),
+            results.len(),
+            failed.join(", ")
+        );
     }
     Ok(())
 }

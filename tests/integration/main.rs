@@ -3,5 +3,6 @@
 
 mod util;
 
+mod boot;
 mod foundation;
 mod server;

@@ -154,8 +154,11 @@ pub struct Server {
 impl Lab {
     /// Start `serve` with extra arguments; waits until both ports accept connections.
     pub fn serve(&self, extra: &[&str]) -> Server {
-        let https = free_port();
-        let http = free_port();
+        self.serve_on(free_port(), free_port(), extra)
+    }
+
+    /// Start `serve` on given loopback ports.
+    pub fn serve_on(&self, https: u16, http: u16, extra: &[&str]) -> Server {
         let log = self.tmp.path().join(format!("serve-{https}.log"));
         let err = self.tmp.path().join(format!("serve-{https}.err"));
         let mut args = vec![

@@ -1,0 +1,333 @@
+//! `ipxe-ca build`: per-board iPXE images. Two routes:
+//! - `make`: iPXE's own build with our CA as the only trusted root and the board's certificate
+//!   and key compiled in (what real boards need: only a build can pin the trusted CA);
+//! - `prebuilt`: a FAT image around a prebuilt `ipxe.efi` whose script sets the board's
+//!   certificate and key at run time; the CA must then come from the UEFI firmware.
+
+pub mod doctor;
+mod make;
+mod prebuilt;
+pub mod siglist;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::str::FromStr;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::registry::{Board, Status};
+use crate::render::{self, Context};
+use crate::state::{self, MODE_SECRET};
+use crate::types::BoardName;
+use crate::Lab;
+
+pub use make::IpxeTree;
+
+/// Image kinds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
+#[serde(rename_all = "kebab-case")]
+pub enum Target {
+    /// BIOS: a Linux-kernel-format iPXE (`bin/ipxe.lkrn`).
+    Lkrn,
+    /// BIOS: a CD image.
+    Iso,
+    /// BIOS: a USB disk image.
+    Usb,
+    /// UEFI: `ipxe.efi`.
+    Efi,
+    /// UEFI: a CD image.
+    EfiIso,
+    /// BIOS and UEFI, CD and USB stick: genfsimg of the lkrn and the EFI binary.
+    Hybrid,
+    /// Prebuilt mode: a FAT image with a prebuilt `ipxe.efi` and the board's `autoexec.ipxe`.
+    EfiUsb,
+}
+
+impl FromStr for Target {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "lkrn" => Target::Lkrn,
+            "iso" => Target::Iso,
+            "usb" => Target::Usb,
+            "efi" => Target::Efi,
+            "efi-iso" => Target::EfiIso,
+            "hybrid" => Target::Hybrid,
+            "efi-usb" => Target::EfiUsb,
+            _ => {
+                return Err(Error::invalid(format!(
+                    "unknown target {s:?}: use lkrn, iso, usb, efi, efi-iso, hybrid (make) or efi-usb (--prebuilt)"
+                )))
+            }
+        })
+    }
+}
+
+impl Target {
+    /// The name used on the command line and in file names.
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Lkrn => "lkrn",
+            Target::Iso => "iso",
+            Target::Usb => "usb",
+            Target::Efi => "efi",
+            Target::EfiIso => "efi-iso",
+            Target::Hybrid => "hybrid",
+            Target::EfiUsb => "efi-usb",
+        }
+    }
+
+    /// Output file name for a board.
+    pub fn file_name(self, board: &BoardName) -> String {
+        let ext = match self {
+            Target::Lkrn => "lkrn",
+            Target::Iso | Target::EfiIso | Target::Hybrid => "iso",
+            Target::Usb => "usb",
+            Target::Efi => "efi",
+            Target::EfiUsb => "img",
+        };
+        format!("{board}-{}.{ext}", self.name())
+    }
+}
+
+/// Where the images come from.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// An iPXE source tree (`DIR` or `DIR/src`), built with `make`.
+    Tree(PathBuf),
+    /// A directory holding a prebuilt `ipxe-amd64.efi` or `ipxe.efi` (e.g. Debian's /usr/lib/ipxe).
+    Prebuilt(PathBuf),
+}
+
+/// What `build` is asked to do.
+#[derive(Clone, Debug)]
+pub struct BuildOptions {
+    /// Image source.
+    pub source: Source,
+    /// Targets per board.
+    pub targets: Vec<Target>,
+    /// Output root; images go to `OUT/BOARD/`.
+    pub out: PathBuf,
+    /// Parallel builds, each in its own copy of the tree.
+    pub jobs: usize,
+    /// iPXE `DEBUG=` value, passed through.
+    pub debug: Option<String>,
+    /// NTP server for the embed script (boards without a real-time clock).
+    pub ntp_server: Option<String>,
+    /// `make -j` inside each build.
+    pub make_jobs: usize,
+}
+
+/// One image in a manifest.
+#[derive(Clone, Debug, Serialize)]
+pub struct TargetOutput {
+    /// Target name.
+    pub target: Target,
+    /// File name inside the board's folder.
+    pub file: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// SHA-256 of the file.
+    pub sha256: String,
+}
+
+/// `OUT/BOARD/manifest.json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Manifest {
+    /// Board name.
+    pub board: String,
+    /// SHA-256 of the board's certificate.
+    pub fingerprint: String,
+    /// Certificate serial.
+    pub serial: String,
+    /// `make` or `prebuilt`.
+    pub mode: &'static str,
+    /// Git commit of the iPXE tree, when it is a git checkout.
+    pub ipxe_commit: Option<String>,
+    /// The images.
+    pub targets: Vec<TargetOutput>,
+    /// Seconds the build took.
+    pub duration_s: f64,
+    /// RFC 3339.
+    pub built_at: String,
+    /// What the operator must know (e.g. where the trusted CA must come from).
+    pub notes: Vec<String>,
+}
+
+/// SHA-256 of a file, streamed.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io("cannot open", path, e))?;
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| Error::io("cannot read", path, e))?;
+        if n == 0 {
+            break;
+        }
+        ctx.update(&buf[..n]);
+    }
+    Ok(hex::encode(ctx.finish().as_ref()))
+}
+
+/// Run a program with an explicit argument vector; on failure the error carries the tail of
+/// its output.
+pub(crate) fn run(cmd: &mut Command, what: &str) -> Result<String> {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let out = cmd.output().map_err(|e| Error::Command {
+        program: program.clone(),
+        detail: format!("{what}: cannot start it: {e} (`ipxe-ca doctor` lists what is missing)"),
+    })?;
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() {
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(25)..].join("\n");
+        return Err(Error::Command {
+            program,
+            detail: format!("{what} ({}):\n{tail}", out.status),
+        });
+    }
+    Ok(text)
+}
+
+/// The embed script for a board, rendered from `ipxe-scripts/embed.ipxe`.
+pub fn embed_script(lab: &Lab, board: &Board, ntp_server: Option<&str>) -> Result<String> {
+    let config = crate::config::Config::load(lab.state())?;
+    let path = lab.state().scripts_dir().join("embed.ipxe");
+    let source = if path.exists() {
+        state::read_to_string(&path)?
+    } else {
+        crate::lab::EMBED_TEMPLATE.to_string()
+    };
+    let ctx = Context {
+        board: board.into(),
+        vars: board.vars.clone(),
+        secrets: Default::default(),
+        server_url: config.server_url,
+        files_url: config.files_url,
+        ntp_server: ntp_server.map(str::to_string),
+    };
+    render::render("embed.ipxe", &source, &ctx, &[])
+}
+
+/// Boards to build: the named ones (each must be active), or every active board.
+pub fn select_boards(lab: &Lab, names: &[BoardName], all: bool) -> Result<Vec<Board>> {
+    let boards = if all {
+        lab.registry()
+            .list()?
+            .into_iter()
+            .filter(|b| b.status == Status::Active)
+            .collect()
+    } else {
+        let mut v = Vec::new();
+        for n in names {
+            let b = lab.registry().get(n)?;
+            if b.status == Status::Revoked {
+                return Err(Error::invalid(format!(
+                    "board {n} is revoked: its image would be refused anyway; enroll a new board"
+                )));
+            }
+            v.push(b);
+        }
+        v
+    };
+    if boards.is_empty() {
+        return Err(Error::invalid(
+            "no boards to build: name some, or use --all with active boards",
+        ));
+    }
+    Ok(boards)
+}
+
+/// Result of one board's build.
+pub type BoardResult = std::result::Result<Manifest, (String, Error)>;
+
+/// Build images for `boards`. `on_done` is called as each board finishes (for progress).
+pub fn build(
+    lab: &Lab,
+    boards: &[Board],
+    opts: &BuildOptions,
+    on_done: &(dyn Fn(&BoardResult) + Sync),
+) -> Result<Vec<BoardResult>> {
+    state::create_dir_private(&opts.out)?;
+    match &opts.source {
+        Source::Prebuilt(dir) => {
+            for t in &opts.targets {
+                if *t != Target::EfiUsb {
+                    return Err(Error::invalid(format!(
+                        "target {} needs an iPXE source tree (--ipxe-src); --prebuilt makes efi-usb only",
+                        t.name()
+                    )));
+                }
+            }
+            let efi = prebuilt::find_efi(dir)?;
+            let mut results = Vec::new();
+            for b in boards {
+                let r =
+                    prebuilt::build_board(lab, b, &efi, opts).map_err(|e| (b.name.to_string(), e));
+                on_done(&r);
+                results.push(r);
+            }
+            Ok(results)
+        }
+        Source::Tree(dir) => {
+            if opts.targets.contains(&Target::EfiUsb) {
+                return Err(Error::invalid(
+                    "target efi-usb is made from a prebuilt iPXE: use --prebuilt DIR",
+                ));
+            }
+            let tree = IpxeTree::open(dir)?;
+            make::build_all(lab, &tree, boards, opts, on_done)
+        }
+    }
+}
+
+/// Write an image or manifest for a board: 0600 in a 0700 folder (images hold the board's key).
+pub(crate) fn write_output(path: &Path, data: &[u8]) -> Result<()> {
+    state::write_atomic(path, data, MODE_SECRET)
+}
+
+pub(crate) fn finish_manifest(
+    board: &Board,
+    dir: &Path,
+    mode: &'static str,
+    ipxe_commit: Option<String>,
+    targets: Vec<(Target, PathBuf)>,
+    started: Instant,
+    notes: Vec<String>,
+) -> Result<Manifest> {
+    let mut outs = Vec::new();
+    for (t, p) in targets {
+        let meta = std::fs::metadata(&p).map_err(|e| Error::io("cannot stat", &p, e))?;
+        outs.push(TargetOutput {
+            target: t,
+            file: p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            size: meta.len(),
+            sha256: sha256_file(&p)?,
+        });
+    }
+    let m = Manifest {
+        board: board.name.to_string(),
+        fingerprint: board.fingerprint_sha256.to_string(),
+        serial: board.serial.clone(),
+        mode,
+        ipxe_commit,
+        targets: outs,
+        duration_s: (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+        built_at: time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
+        notes,
+    };
+    let json = serde_json::to_vec_pretty(&m).map_err(|e| Error::invalid(e.to_string()))?;
+    write_output(&dir.join("manifest.json"), &json)?;
+    Ok(m)
+}

@@ -1,0 +1,390 @@
+//! End to end: OVMF → Debian 13's prebuilt iPXE → mutual TLS to `ipxe-ca serve` → the board's
+//! own script → kernel and initrd over HTTP → Linux prints a marker and its command line.
+//! QEMU runs under software emulation, one boot at a time, each with a hard timeout.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::util::{free_port, s, tool, Lab};
+
+/// Emulation is CPU-bound: boots never overlap.
+static ONE_BOOT_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+const MARKER: &str = "IPXE-CA-E2E-KERNEL-UP";
+const SECRET: &str = "SECRET-E2E-5a17c0de";
+const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// Debian 13's iPXE and a Debian cloud kernel, fetched by scripts/test.sh.
+fn assets() -> PathBuf {
+    let dir = std::env::var_os("IPXE_CA_TEST_ASSETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/ipxe-ca-test")
+        });
+    for need in ["ipxe/usr/lib/ipxe/ipxe-amd64.efi", "vmlinuz"] {
+        assert!(
+            dir.join(need).is_file(),
+            "{} is missing: run scripts/test.sh (it fetches Debian 13's ipxe and a cloud kernel)",
+            dir.join(need).display()
+        );
+    }
+    for (prog, pkg) in [
+        ("qemu-system-x86_64", "qemu-system-x86"),
+        ("cpio", "cpio"),
+        ("mcopy", "mtools"),
+    ] {
+        assert!(
+            tool("which", &[prog]).0,
+            "{prog} is missing: apt-get install {pkg} (scripts/test.sh does)"
+        );
+    }
+    assert!(
+        Path::new(OVMF).is_file(),
+        "{OVMF} is missing: apt-get install ovmf (scripts/test.sh does)"
+    );
+    assert!(
+        Path::new("/bin/busybox").is_file(),
+        "/bin/busybox is missing: apt-get install busybox-static"
+    );
+    dir
+}
+
+const OVMF: &str = "/usr/share/ovmf/OVMF.fd";
+
+/// A busybox initramfs whose /init prints the marker and /proc/cmdline, then powers off.
+fn initramfs(dir: &Path) -> PathBuf {
+    let root = dir.join("initramfs");
+    for d in ["bin", "proc", "dev", "sys"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", root.join("bin/sh")).unwrap();
+    let init = root.join("init");
+    std::fs::write(
+        &init,
+        format!(
+            "#!/bin/busybox sh\n/bin/busybox mount -t devtmpfs dev /dev\n/bin/busybox mount -t proc proc /proc\nexec >/dev/ttyS0 2>&1\necho {MARKER}\necho \"CMDLINE: $(/bin/busybox cat /proc/cmdline)\"\n/bin/busybox poweroff -f\n"
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&init, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = dir.join("initrd.img");
+    let mut cpio = Command::new("cpio")
+        .args(["-o", "-H", "newc", "--quiet"])
+        .current_dir(&root)
+        .stdin(Stdio::piped())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .spawn()
+        .unwrap();
+    cpio.stdin
+        .take()
+        .unwrap()
+        .write_all(b".\n./init\n./bin\n./bin/busybox\n./bin/sh\n./proc\n./dev\n./sys\n")
+        .unwrap();
+    assert!(cpio.wait().unwrap().success());
+    out
+}
+
+/// A lab whose server is reachable from the guest at 10.0.2.2, serving kernel and initrd.
+struct BootLab {
+    lab: Lab,
+    https: u16,
+    http: u16,
+}
+
+fn boot_lab() -> BootLab {
+    let assets = assets();
+    let lab = Lab::new();
+    let (https, http) = (free_port(), free_port());
+    lab.ok(&[
+        "init",
+        "--san",
+        "IP:10.0.2.2",
+        "--san",
+        "IP:127.0.0.1",
+        "--server-url",
+        &format!("https://10.0.2.2:{https}"),
+        "--files-url",
+        &format!("http://10.0.2.2:{http}"),
+    ]);
+    std::fs::copy(assets.join("vmlinuz"), lab.path("files/vmlinuz")).unwrap();
+    let initrd = initramfs(lab.tmp.path());
+    std::fs::copy(initrd, lab.path("files/initrd.img")).unwrap();
+    std::fs::write(
+        lab.path("profiles/linux.ipxe"),
+        "#!ipxe\necho ipxe-ca-profile: board {{ board.name }}\nkernel {{ files_url }}/files/vmlinuz initrd=initrd.img console=ttyS0 panic=-1 s3_key={{ secrets.s3_key }}\ninitrd --name initrd.img {{ files_url }}/files/initrd.img\nboot\n",
+    )
+    .unwrap();
+    BootLab { lab, https, http }
+}
+
+impl BootLab {
+    fn enroll(&self, name: &str) {
+        self.lab.enroll(
+            name,
+            &[
+                "--profile",
+                "linux",
+                "--secret",
+                &format!("s3_key={SECRET}"),
+            ],
+        );
+    }
+
+    /// Build the board's prebuilt UEFI image; returns (image, ca.siglist).
+    fn build(&self, lab: &Lab, board: &str) -> (PathBuf, PathBuf) {
+        let out = self.lab.tmp.path().join(format!("out-{board}"));
+        let o = lab.run(&[
+            "build",
+            board,
+            "--prebuilt",
+            s(&assets().join("ipxe/usr/lib/ipxe")),
+            "--target",
+            "efi-usb",
+            "--out",
+            s(&out),
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{err}");
+        assert!(
+            err.contains("TlsCaCertificate"),
+            "the CA caveat must be said: {err}"
+        );
+        (
+            out.join(board).join(format!("{board}-efi-usb.img")),
+            out.join(board).join("ca.siglist"),
+        )
+    }
+}
+
+/// What one boot showed.
+struct Boot {
+    serial: String,
+    seconds: f64,
+}
+
+/// Boot an image under OVMF until `done` matches the serial console (or QEMU exits, or the
+/// hard timeout). Prints a timing line per stage.
+fn boot(name: &str, image: &Path, siglist: &Path, stop_at: &str) -> Boot {
+    let _one = ONE_BOOT_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = image.parent().unwrap();
+    let serial = dir.join(format!("serial-{name}.log"));
+    let start = Instant::now();
+    let mut qemu = Command::new("qemu-system-x86_64")
+        .args([
+            "-m",
+            "512",
+            "-bios",
+            OVMF,
+            "-display",
+            "none",
+            "-monitor",
+            "none",
+            "-no-reboot",
+        ])
+        .arg("-fw_cfg")
+        .arg(format!("name=etc/edk2/https/cacerts,file={}", s(siglist)))
+        .arg("-drive")
+        .arg(format!("file={},format=raw,snapshot=on", s(image)))
+        .args(["-nic", "user,model=virtio-net-pci"])
+        .arg("-serial")
+        .arg(format!("file:{}", s(&serial)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start qemu-system-x86_64 (apt-get install qemu-system-x86)");
+    let stages = [
+        "iPXE",
+        "ipxe-ca: board",
+        "ipxe-ca-profile:",
+        "Linux version",
+        MARKER,
+    ];
+    let mut seen: Vec<(String, f64)> = Vec::new();
+    let text = loop {
+        let text = std::fs::read_to_string(&serial).unwrap_or_default();
+        for st in stages {
+            if !seen.iter().any(|(s, _)| s == st) && text.contains(st) {
+                seen.push((st.to_string(), start.elapsed().as_secs_f64()));
+            }
+        }
+        if text.contains(stop_at) {
+            break text;
+        }
+        if let Some(status) = qemu.try_wait().unwrap() {
+            let text = std::fs::read_to_string(&serial).unwrap_or_default();
+            if !text.contains(stop_at) && !status.success() {
+                let mut e = String::new();
+                use std::io::Read;
+                let _ = qemu.stderr.take().unwrap().read_to_string(&mut e);
+                panic!("qemu exited with {status} before {stop_at:?}: {e}\nserial:\n{text}");
+            }
+            break text;
+        }
+        if start.elapsed() > BOOT_TIMEOUT {
+            let _ = qemu.kill();
+            let _ = qemu.wait();
+            panic!("boot {name}: no {stop_at:?} within {BOOT_TIMEOUT:?}; serial:\n{text}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let _ = qemu.kill();
+    let _ = qemu.wait();
+    let seconds = start.elapsed().as_secs_f64();
+    let line: Vec<String> = seen.iter().map(|(s, t)| format!("{s} {t:.1}s")).collect();
+    eprintln!(
+        "boot timing [{name}]: {} | end {seconds:.1}s",
+        line.join(" → ")
+    );
+    Boot {
+        serial: text,
+        seconds,
+    }
+}
+
+#[test]
+fn a_board_boots_linux_with_its_secret_over_mutual_tls() {
+    let b = boot_lab();
+    b.enroll("e2e-board");
+    let srv = b.lab.serve_on(b.https, b.http, &[]);
+    let (img, siglist) = b.build(&b.lab, "e2e-board");
+    let run = boot("main", &img, &siglist, "CMDLINE:");
+    let serial = &run.serial;
+    assert!(
+        serial.contains(MARKER),
+        "the kernel did not start:\n{serial}"
+    );
+    let cmdline = serial.lines().find(|l| l.contains("CMDLINE:")).unwrap();
+    assert!(cmdline.contains(&format!("s3_key={SECRET}")), "{cmdline}");
+    let log = srv.output();
+    let fp = b.lab.ok(&["show", "e2e-board", "--json"]);
+    let fp: serde_json::Value = serde_json::from_str(&fp).unwrap();
+    let fp = fp["fingerprint_sha1"].as_str().unwrap();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let boot_line = lines
+        .iter()
+        .position(|l| {
+            l["path"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("/boot.ipxe"))
+                && l["status"] == 200
+        })
+        .unwrap_or_else(|| panic!("no 200 for /boot.ipxe in the log:\n{log}"));
+    assert_eq!(lines[boot_line]["board"], "e2e-board");
+    assert_eq!(lines[boot_line]["fingerprint"], fp);
+    let after = &lines[boot_line..];
+    for f in ["/files/vmlinuz", "/files/initrd.img"] {
+        assert!(
+            after.iter().any(|l| l["path"] == f && l["status"] == 200),
+            "{f} not downloaded after the script:\n{log}"
+        );
+    }
+    assert!(!log.contains(SECRET), "the secret leaked into the log");
+    eprintln!("boot [main] took {:.1}s", run.seconds);
+}
+
+/// A boot that must fail: iPXE reports it cannot fetch its script; no kernel, no secret.
+fn assert_refused(name: &str, run: &Boot, log: &str, why: &str) {
+    assert!(
+        !run.serial.contains(MARKER) && !run.serial.contains("Linux version"),
+        "{name}: a kernel started:\n{}",
+        run.serial
+    );
+    assert!(
+        !run.serial.contains(SECRET),
+        "{name}: the secret reached the board"
+    );
+    assert!(
+        !run.serial.contains("ipxe-ca-profile:"),
+        "{name}: the board got its script"
+    );
+    assert!(
+        log.contains(why),
+        "{name}: the server log does not say {why:?}:\n{log}"
+    );
+    let served = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .any(|l| {
+            l["path"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("/boot.ipxe"))
+                && l["status"] == 200
+        });
+    assert!(!served, "{name}: a script was served:\n{log}");
+}
+
+#[test]
+fn boots_that_must_fail_fail_with_the_reason_in_the_log() {
+    let b = boot_lab();
+    let srv = b.lab.serve_on(b.https, b.http, &[]);
+
+    // 1. Revoked after its image was built.
+    b.enroll("revoked-board");
+    let (img, siglist) = b.build(&b.lab, "revoked-board");
+    b.lab
+        .ok(&["revoke", "revoked-board", "--reason", "key-compromise"]);
+    let run = boot("revoked", &img, &siglist, "ipxe-ca: cannot fetch");
+    assert_refused("revoked", &run, &srv.output(), "tls_handshake_failed");
+    assert!(
+        srv.output().to_lowercase().contains("revoked"),
+        "{}",
+        srv.output()
+    );
+
+    // 2. A board of another CA (its own init in another state dir), pointed at our server.
+    let other = Lab::new();
+    other.ok(&[
+        "init",
+        "--san",
+        "IP:10.0.2.2",
+        "--server-url",
+        &format!("https://10.0.2.2:{}", b.https),
+    ]);
+    other.enroll("foreign-board", &["--secret", "s3_key=nothing"]);
+    let (img, _) = b.build(&other, "foreign-board");
+    let ours = b.lab.tmp.path().join("ours.siglist");
+    std::fs::copy(&siglist, &ours).unwrap();
+    let before = srv.output().matches("tls_handshake_failed").count();
+    let run = boot("foreign-ca", &img, &ours, "ipxe-ca: cannot fetch");
+    let log = srv.output();
+    assert_refused("foreign-ca", &run, &log, "tls_handshake_failed");
+    assert!(
+        log.matches("tls_handshake_failed").count() > before,
+        "{log}"
+    );
+
+    // 3. An image whose script sets no client certificate.
+    b.enroll("certless-board");
+    let (img, siglist) = b.build(&b.lab, "certless-board");
+    let script = b.lab.tmp.path().join("autoexec.ipxe");
+    let (ok, text) = tool("mtype", &["-i", s(&img), "::/autoexec.ipxe"]);
+    assert!(ok, "{text}");
+    let stripped: String = text
+        .lines()
+        .filter(|l| !l.starts_with("set cert") && !l.starts_with("set privkey"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(stripped.contains("chain https://"));
+    std::fs::write(&script, stripped).unwrap();
+    let (ok, out) = tool(
+        "mcopy",
+        &["-o", "-i", s(&img), s(&script), "::/autoexec.ipxe"],
+    );
+    assert!(ok, "{out}");
+    let run = boot("no-cert", &img, &siglist, "ipxe-ca: cannot fetch");
+    assert_refused(
+        "no-cert",
+        &run,
+        &srv.output(),
+        "no client certificate was presented",
+    );
+}
