@@ -145,7 +145,10 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{file_name}.tmp{}", std::process::id()));
+    // Unique per process and per call: threads of one process may write the same path.
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".{file_name}.tmp{}-{seq}", std::process::id()));
     let result = (|| {
         let mut f = OpenOptions::new()
             .create(true)

@@ -281,12 +281,15 @@ fn trees(tree: &IpxeTree, jobs: usize, cache: &Path) -> Result<Vec<IpxeTree>> {
         if !fresh {
             let _ = std::fs::remove_dir_all(&root);
             state::create_dir_private(&root)?;
+            let root = std::fs::canonicalize(&root).map_err(|e| Error::io("cannot resolve", &root, e))?;
+            let src = root.join("src");
             run(
                 Command::new("cp").arg("-a").arg(&tree.src).arg(&src),
                 "copying the iPXE tree for a parallel build",
             )?;
             state::write_atomic(&stamp, stamp_value.as_bytes(), MODE_PUBLIC)?;
         }
+        let src = std::fs::canonicalize(&src).map_err(|e| Error::io("cannot resolve", &src, e))?;
         check_make_path(&src)?;
         v.push(IpxeTree {
             src,
