@@ -281,7 +281,8 @@ fn trees(tree: &IpxeTree, jobs: usize, cache: &Path) -> Result<Vec<IpxeTree>> {
         if !fresh {
             let _ = std::fs::remove_dir_all(&root);
             state::create_dir_private(&root)?;
-            let root = std::fs::canonicalize(&root).map_err(|e| Error::io("cannot resolve", &root, e))?;
+            let root =
+                std::fs::canonicalize(&root).map_err(|e| Error::io("cannot resolve", &root, e))?;
             let src = root.join("src");
             run(
                 Command::new("cp").arg("-a").arg(&tree.src).arg(&src),

@@ -54,6 +54,11 @@ fn assets() -> PathBuf {
 
 const OVMF: &str = "/usr/share/ovmf/OVMF.fd";
 
+/// Debian 13's /usr/lib/ipxe, as fetched by scripts/test.sh.
+pub fn prebuilt_dir() -> PathBuf {
+    assets().join("ipxe/usr/lib/ipxe")
+}
+
 /// A busybox initramfs whose /init prints the marker and /proc/cmdline, then powers off.
 fn initramfs(dir: &Path) -> PathBuf {
     let root = dir.join("initramfs");

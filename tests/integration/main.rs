@@ -4,5 +4,6 @@
 mod util;
 
 mod boot;
+mod build;
 mod foundation;
 mod server;

@@ -1,0 +1,454 @@
+//! `ipxe-ca build` against a stand-in of iPXE's make (tests/fixtures/fake-ipxe: the real source
+//! cannot be fetched here) and against Debian 13's prebuilt iPXE.
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::util::{openssl, s, tool, Lab};
+
+/// A private copy of the fixture tree, so tests never write into the repository.
+fn fake_tree(lab: &Lab) -> PathBuf {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake-ipxe");
+    let dest = lab.tmp.path().join("ipxe");
+    let (ok, out) = tool("cp", &["-a", s(&fixture), s(&dest)]);
+    assert!(ok, "{out}");
+    dest
+}
+
+/// `KEY=value` lines the fake build writes into each image.
+fn field(image: &Path, key: &str) -> String {
+    let text = std::fs::read_to_string(image).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("{key} missing in {}: {text}", image.display()))
+        .to_string()
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data).as_ref())
+}
+
+fn pem_der(path: &Path) -> Vec<u8> {
+    pem::parse(std::fs::read(path).unwrap())
+        .unwrap()
+        .into_contents()
+}
+
+#[test]
+fn make_gets_our_ca_as_only_trust_the_board_cert_and_key_and_https() {
+    let lab = Lab::init();
+    lab.enroll("b1", &[]);
+    let tree = fake_tree(&lab);
+    let out = lab.tmp.path().join("out");
+    let stdout = lab.ok(&[
+        "build",
+        "b1",
+        "--ipxe-src",
+        s(&tree),
+        "--out",
+        s(&out),
+        "--json",
+        "--target",
+        "lkrn",
+        "--target",
+        "iso",
+        "--target",
+        "usb",
+        "--target",
+        "efi",
+        "--target",
+        "efi-iso",
+        "--target",
+        "hybrid",
+        "--debug",
+        "tls,x509",
+    ]);
+    let manifests: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let m = &manifests[0];
+    assert_eq!(m["board"], "b1");
+    assert_eq!(m["mode"], "make");
+    let board: serde_json::Value =
+        serde_json::from_str(&lab.ok(&["show", "b1", "--json"])).unwrap();
+    assert_eq!(m["fingerprint"], board["fingerprint_sha256"]);
+    let dir = out.join("b1");
+    // TRUST: our CA only, as openssl fingerprints it.
+    let ca_fp = openssl(&[
+        "x509",
+        "-in",
+        s(&lab.path("ca/ca.crt")),
+        "-noout",
+        "-sha256",
+        "-fingerprint",
+    ]);
+    let ca_fp = ca_fp.trim().split('=').nth(1).unwrap();
+    let lkrn = dir.join("b1-lkrn.lkrn");
+    assert_eq!(field(&lkrn, "TRUST_FPS"), ca_fp);
+    // CERT: the CA then the board, split and converted by csplit/openssl as iPXE does.
+    let ders = field(&lkrn, "CERT_DERS");
+    let want = format!(
+        "{} {}",
+        sha256_hex(&pem_der(&lab.path("ca/ca.crt"))),
+        sha256_hex(&pem_der(&lab.path("boards/b1/cert.pem")))
+    );
+    assert_eq!(ders, want);
+    // PRIVKEY: the board's key.
+    let key_der = lab.tmp.path().join("key.der");
+    openssl(&[
+        "pkey",
+        "-in",
+        s(&lab.path("boards/b1/key.pem")),
+        "-outform",
+        "DER",
+        "-out",
+        s(&key_der),
+    ]);
+    assert_eq!(
+        field(&lkrn, "PRIVKEY_DER"),
+        sha256_hex(&std::fs::read(&key_der).unwrap())
+    );
+    assert_eq!(field(&lkrn, "CONFIG"), "ipxe-ca");
+    assert_eq!(field(&lkrn, "DEBUG"), "tls,x509");
+    assert!(!field(&lkrn, "SOURCE_DATE_EPOCH").is_empty());
+    // HTTPS (and the commands our scripts use) through the named local config only.
+    let general = std::fs::read_to_string(tree.join("src/config/local/ipxe-ca/general.h")).unwrap();
+    for d in [
+        "DOWNLOAD_PROTO_HTTPS",
+        "NTP_CMD",
+        "POWEROFF_CMD",
+        "IMAGE_TRUST_CMD",
+    ] {
+        assert!(general.contains(&format!("#define {d}")), "{general}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(tree.join("src/config/general.h")).unwrap(),
+        "/* fixture */\n"
+    );
+    // The staged embed script chains to our server with the board's MAC.
+    let embed_path = std::fs::read_to_string(tree.join("src/bin/.embedded.list")).unwrap();
+    let embed = std::fs::read_to_string(embed_path.trim()).unwrap();
+    assert!(
+        embed.contains("chain https://127.0.0.1:8443/boot.ipxe?mac=${netX/mac}"),
+        "{embed}"
+    );
+    assert!(embed.contains("dhcp"), "{embed}");
+    assert_eq!(field(&lkrn, "EMBED_SHA256"), sha256_hex(embed.as_bytes()));
+    assert!(!embed_path.contains(','), "staged paths are comma-free");
+    // Every target, each with a correct manifest entry; images 0600 in a 0700 folder.
+    let targets = m["targets"].as_array().unwrap();
+    assert_eq!(targets.len(), 6);
+    for t in targets {
+        let f = dir.join(t["file"].as_str().unwrap());
+        let data = std::fs::read(&f).unwrap();
+        assert_eq!(t["size"].as_u64().unwrap(), data.len() as u64);
+        assert_eq!(t["sha256"].as_str().unwrap(), sha256_hex(&data));
+        assert_eq!(
+            std::fs::metadata(&f).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    assert_eq!(
+        std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    let hybrid = std::fs::read_to_string(dir.join("b1-hybrid.iso")).unwrap();
+    assert!(
+        hybrid.starts_with("FAKE-HYBRID")
+            && hybrid.contains("bin/ipxe.lkrn")
+            && hybrid.contains("bin-x86_64-efi/ipxe.efi"),
+        "{hybrid}"
+    );
+    assert!(field(&dir.join("b1-efi.efi"), "TRUST_FPS") == ca_fp);
+    let on_disk: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(on_disk["targets"], m["targets"]);
+    // The fixture really refuses BIOS images without HTTPS (so the build above proves we enabled it).
+    let (ok, out) = tool(
+        "make",
+        &["-C", s(&tree.join("src")), "bin/ipxe.lkrn", "CONFIG=none"],
+    );
+    assert!(!ok && out.contains("HTTPS is not enabled"), "{out}");
+}
+
+fn build_log_intervals(tree: &Path) -> Vec<(f64, f64)> {
+    let log = std::fs::read_to_string(tree.join("src/build.log")).unwrap();
+    let mut starts = Vec::new();
+    let mut out = Vec::new();
+    for l in log.lines() {
+        let mut it = l.split_whitespace();
+        let (kind, t) = (
+            it.next().unwrap(),
+            it.next().unwrap().parse::<f64>().unwrap(),
+        );
+        if kind == "start" {
+            starts.push(t);
+        } else {
+            out.push((starts.remove(0), t));
+        }
+    }
+    out
+}
+
+#[test]
+fn builds_in_one_tree_are_serialised_and_jobs_use_copies() {
+    let lab = Lab::init();
+    for b in ["s1", "s2", "s3", "s4"] {
+        lab.enroll(b, &[]);
+    }
+    let tree = fake_tree(&lab);
+    let out = lab.tmp.path().join("out");
+    // Two processes at once on one tree: the fixture fails if they overlap.
+    let spawn = |b: &str| {
+        lab.cmd(&[
+            "build",
+            b,
+            "--ipxe-src",
+            s(&tree),
+            "--out",
+            s(&out),
+            "--target",
+            "lkrn",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+    };
+    let (c1, c2) = (spawn("s1"), spawn("s2"));
+    for c in [c1, c2] {
+        let o = c.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let iv = build_log_intervals(&tree);
+    assert_eq!(iv.len(), 2);
+    assert!(
+        iv[0].1 <= iv[1].0 || iv[1].1 <= iv[0].0,
+        "builds overlapped: {iv:?}"
+    );
+    // --jobs 2: two trees (the original and a copy), all boards built.
+    let o = lab.run(&[
+        "build",
+        "--all",
+        "--ipxe-src",
+        s(&tree),
+        "--out",
+        s(&out),
+        "--target",
+        "lkrn",
+        "--jobs",
+        "2",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert_eq!(
+        err.matches("built ").count(),
+        4,
+        "one line per finished board: {err}"
+    );
+    let trees: BTreeSet<String> = ["s1", "s2", "s3", "s4"]
+        .iter()
+        .map(|b| field(&out.join(b).join(format!("{b}-lkrn.lkrn")), "TREE"))
+        .collect();
+    assert_eq!(trees.len(), 2, "{trees:?}");
+    assert!(
+        trees.iter().any(|t| t.contains("cache/ipxe-trees")),
+        "{trees:?}"
+    );
+    // The copy stays and is reused (incremental) the next time.
+    let o = lab.run(&[
+        "build",
+        "--all",
+        "--ipxe-src",
+        s(&tree),
+        "--out",
+        s(&out),
+        "--target",
+        "lkrn",
+        "--jobs",
+        "2",
+    ]);
+    assert!(o.status.success());
+    let copies: Vec<_> = std::fs::read_dir(lab.path("cache/ipxe-trees"))
+        .unwrap()
+        .collect();
+    assert_eq!(copies.len(), 1);
+}
+
+#[test]
+fn a_failing_make_names_board_and_target_and_shows_its_output() {
+    let lab = Lab::init();
+    lab.enroll("good", &[]);
+    lab.enroll("bad", &[]);
+    lab.enroll("gone", &[]);
+    lab.ok(&["revoke", "gone"]);
+    let mut embed = std::fs::read_to_string(lab.path("ipxe-scripts/embed.ipxe")).unwrap();
+    embed.push_str("{% if board.name == \"bad\" %}# FAIL-THIS-BUILD{% endif %}\n");
+    std::fs::write(lab.path("ipxe-scripts/embed.ipxe"), embed).unwrap();
+    let tree = fake_tree(&lab);
+    let out = lab.tmp.path().join("out");
+    let o = lab.run(&[
+        "build",
+        "--all",
+        "--ipxe-src",
+        s(&tree),
+        "--out",
+        s(&out),
+        "--target",
+        "lkrn",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("FAILED bad") && err.contains("bin/ipxe.lkrn"),
+        "{err}"
+    );
+    assert!(
+        err.contains("simulated compiler failure"),
+        "make's output is shown: {err}"
+    );
+    assert!(
+        err.contains("1 of 2 boards failed: bad"),
+        "--all skips the revoked board: {err}"
+    );
+    assert!(out.join("good/manifest.json").exists());
+    assert!(!out.join("gone").exists());
+    let e = lab.fails(&["build", "gone", "--ipxe-src", s(&tree), "--out", s(&out)]);
+    assert!(e.contains("revoked"), "{e}");
+    // A tree without ECDHE gets the warning.
+    std::fs::write(tree.join("src/net/tls.c"), "/* RSA key exchange only */\n").unwrap();
+    let o = lab.run(&[
+        "build",
+        "good",
+        "--ipxe-src",
+        s(&tree),
+        "--out",
+        s(&out),
+        "--target",
+        "lkrn",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        o.status.success() && err.contains("--behind-proxy"),
+        "{err}"
+    );
+    let o = lab.run(&["doctor", "--ipxe-src", s(&tree), "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["tree_warning"].as_str().unwrap().contains("ECDHE"), "{v}");
+    assert!(v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["what"] == "mtools"));
+}
+
+#[test]
+fn prebuilt_image_is_a_fat_disk_with_the_efi_binary_and_the_boards_identity() {
+    let prebuilt = crate::boot::prebuilt_dir();
+    let lab = Lab::init();
+    lab.enroll("pb", &[]);
+    let out = lab.tmp.path().join("out");
+    let o = lab.run(&[
+        "build",
+        "pb",
+        "--prebuilt",
+        s(&prebuilt),
+        "--target",
+        "efi-usb",
+        "--out",
+        s(&out),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("TlsCaCertificate"), "{err}");
+    let img = out.join("pb/pb-efi-usb.img");
+    let (ok, listing) = tool("mdir", &["-i", s(&img), "-/", "-b", "::"]);
+    assert!(ok, "{listing}");
+    assert!(
+        listing.contains("::/EFI/BOOT/BOOTX64.EFI") && listing.contains("::/autoexec.ipxe"),
+        "{listing}"
+    );
+    let efi = lab.tmp.path().join("BOOTX64.EFI");
+    let (ok, o2) = tool(
+        "mcopy",
+        &["-i", s(&img), "::/EFI/BOOT/BOOTX64.EFI", s(&efi)],
+    );
+    assert!(ok, "{o2}");
+    assert_eq!(
+        std::fs::read(&efi).unwrap(),
+        std::fs::read(prebuilt.join("ipxe-amd64.efi")).unwrap()
+    );
+    let (ok, script) = tool("mtype", &["-i", s(&img), "::/autoexec.ipxe"]);
+    assert!(ok);
+    let hex_of = |prefix: &str| {
+        hex::decode(
+            script
+                .lines()
+                .find_map(|l| l.strip_prefix(prefix))
+                .unwrap()
+                .trim(),
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        hex_of("set cert:hexraw "),
+        pem_der(&lab.path("boards/pb/cert.pem"))
+    );
+    let key = lab.tmp.path().join("k.der");
+    std::fs::write(&key, hex_of("set privkey:hexraw ")).unwrap();
+    let from_key = openssl(&["pkey", "-inform", "DER", "-in", s(&key), "-pubout"]);
+    let from_cert = openssl(&[
+        "x509",
+        "-in",
+        s(&lab.path("boards/pb/cert.pem")),
+        "-noout",
+        "-pubkey",
+    ]);
+    assert_eq!(from_key, from_cert);
+    assert!(
+        script.contains("chain https://127.0.0.1:8443/boot.ipxe"),
+        "{script}"
+    );
+    // The CA as an EFI signature list: GUID, sizes, then the DER.
+    let sl = std::fs::read(out.join("pb/ca.siglist")).unwrap();
+    let ca = pem_der(&lab.path("ca/ca.crt"));
+    assert_eq!(&sl[44..], ca.as_slice());
+    assert_eq!(
+        u32::from_le_bytes(sl[16..20].try_into().unwrap()) as usize,
+        sl.len()
+    );
+    assert_eq!(
+        std::fs::metadata(&img).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("pb/manifest.json")).unwrap()).unwrap();
+    assert_eq!(m["mode"], "prebuilt");
+    assert_eq!(
+        m["targets"][0]["sha256"],
+        sha256_hex(&std::fs::read(&img).unwrap())
+    );
+    // A board whose key we never held cannot get an image.
+    let d = lab.tmp.path();
+    openssl(&[
+        "req",
+        "-new",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        s(&d.join("x.key")),
+        "-subj",
+        "/CN=x",
+        "-out",
+        s(&d.join("x.csr")),
+    ]);
+    lab.ok(&["sign", "csr-only", "--csr", s(&d.join("x.csr"))]);
+    let e = lab.fails(&[
+        "build",
+        "csr-only",
+        "--prebuilt",
+        s(&prebuilt),
+        "--out",
+        s(&out),
+    ]);
+    assert!(e.contains("does not hold the key"), "{e}");
+}
