@@ -5,6 +5,7 @@
 pub mod ca;
 pub mod config;
 pub mod error;
+pub mod flash;
 pub mod ipxe_build;
 pub mod lab;
 pub mod registry;

@@ -2,7 +2,7 @@
 
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -47,6 +47,8 @@ enum Command {
     Serve(ServeArgs),
     /// Build per-board iPXE images (iPXE's make, or a prebuilt iPXE for UEFI).
     Build(BuildArgs),
+    /// Write a board's image to a USB stick safely, then read it back to verify.
+    Flash(FlashArgs),
     /// Check that the tools the image build needs are installed.
     Doctor(DoctorArgs),
     /// Print an nginx server block that fronts `serve --behind-proxy` (for iPXE older than 2024).
@@ -118,6 +120,40 @@ struct BuildArgs {
     #[arg(long)]
     ntp: Option<String>,
     /// Print the manifests as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct FlashArgs {
+    /// List candidate devices (removable or USB-attached disks) and exit.
+    #[arg(long, conflicts_with_all = ["source", "device"])]
+    list: bool,
+    /// A board name (its newest hybrid/usb image) or an image file.
+    #[arg(required_unless_present = "list")]
+    source: Option<String>,
+    /// The whole-disk device, e.g. /dev/sdb.
+    #[arg(required_unless_present = "list")]
+    device: Option<PathBuf>,
+    /// Do not ask for confirmation (required without a terminal).
+    #[arg(long)]
+    yes: bool,
+    /// Allow a disk that is neither removable nor USB-attached (e.g. a loop device or SD slot).
+    #[arg(long)]
+    allow_non_removable: bool,
+    /// Skip reading the stick back.
+    #[arg(long, conflicts_with = "verify_only")]
+    no_verify: bool,
+    /// Only compare the device with the image (checks a stick written earlier).
+    #[arg(long)]
+    verify_only: bool,
+    /// Where built images are (default: DIR/out).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// sysfs root to discover devices in (for tests).
+    #[arg(long, env = "IPXE_CA_SYSFS", default_value = "/sys", hide = true)]
+    sysfs: PathBuf,
+    /// Machine-readable output (with --list).
     #[arg(long)]
     json: bool,
 }
@@ -415,6 +451,7 @@ fn run(cli: Cli) -> Result<()> {
             server::run(lab, opts).context("server failed")?;
         }
         Command::Build(a) => build(&lab, a)?,
+        Command::Flash(a) => flash(&lab, a)?,
         Command::Doctor(a) => {
             let checks = ipxe_build::doctor::checks();
             let warning = match &a.ipxe_src {
@@ -462,6 +499,130 @@ fn run(cli: Cli) -> Result<()> {
             let b = lab.registry().get(&a.board)?;
             print_board(&lab, &b, a.json)?;
         }
+    }
+    Ok(())
+}
+
+fn flash(lab: &Lab, a: FlashArgs) -> Result<()> {
+    use ipxe_ca::flash::{self, Progress, System};
+    use std::io::IsTerminal;
+    let sys = System {
+        sysfs: a.sysfs.clone(),
+        ..System::default()
+    };
+    if a.list {
+        let devs: Vec<_> = flash::devices(&sys)?
+            .into_iter()
+            .filter(|d| d.is_candidate())
+            .collect();
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&devs)?);
+        } else if devs.is_empty() {
+            println!("no removable or USB disks found");
+        } else {
+            for d in &devs {
+                println!("{}", d.describe());
+            }
+        }
+        return Ok(());
+    }
+    let (Some(source), Some(device)) = (a.source, a.device) else {
+        anyhow::bail!("give a board or image and a device");
+    };
+    let out = a.out.unwrap_or_else(|| lab.state().out_dir());
+    let (image, expected) = if Path::new(&source).is_file() {
+        (PathBuf::from(&source), None)
+    } else {
+        let board: BoardName = source.parse()?;
+        let (img, sha) = flash::board_image(&out, &board)?;
+        (img, Some(sha))
+    };
+    let plan = flash::plan(
+        &sys,
+        &image,
+        expected.as_deref(),
+        &device,
+        a.allow_non_removable,
+    )?;
+    let dev = plan.device.describe();
+    let term = std::io::stderr().is_terminal();
+    let bar = term.then(|| {
+        let b = indicatif::ProgressBar::new(plan.image_size);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{msg:9} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+        ) {
+            b.set_style(style);
+        }
+        b
+    });
+    let last_decile = std::sync::atomic::AtomicU64::new(u64::MAX);
+    let progress = |p: Progress| {
+        let what = if p.writing { "writing" } else { "verifying" };
+        match &bar {
+            Some(b) => {
+                b.set_message(what);
+                b.set_position(p.done);
+            }
+            None => {
+                let decile = (p.done * 10 / p.total.max(1)) + if p.writing { 0 } else { 100 };
+                if last_decile.swap(decile, std::sync::atomic::Ordering::Relaxed) != decile {
+                    eprintln!(
+                        "flash: {what} {}% ({} of {})",
+                        p.done * 100 / p.total.max(1),
+                        flash::human(p.done),
+                        flash::human(p.total)
+                    );
+                }
+            }
+        }
+    };
+    if a.verify_only {
+        let got = flash::verify_device(&plan.device.path, plan.image_size, &progress)?;
+        if got != plan.sha256 {
+            anyhow::bail!(
+                "verification FAILED: {} does not hold {} (read back SHA-256 {got}, image {})",
+                dev,
+                image.display(),
+                plan.sha256
+            );
+        }
+        println!(
+            "verified: {} holds {} (SHA-256 {got})",
+            plan.device.path.display(),
+            image.display()
+        );
+        return Ok(());
+    }
+    if !a.yes {
+        if !std::io::stdin().is_terminal() {
+            anyhow::bail!("refusing to overwrite {dev} without confirmation: no terminal to ask on; pass --yes");
+        }
+        eprint!(
+            "Write {} ({}) to {dev}?\nEverything on it will be lost. Type 'yes' to continue: ",
+            image.display(),
+            flash::human(plan.image_size)
+        );
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        if answer.trim() != "yes" {
+            anyhow::bail!("not confirmed; nothing was written");
+        }
+    }
+    let verified = flash::flash(&plan, !a.no_verify, &progress)?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    match verified {
+        Some(sha) => println!(
+            "wrote and verified {} on {} (SHA-256 {sha})",
+            image.display(),
+            plan.device.path.display()
+        ),
+        None => println!(
+            "wrote {} to {} (not verified)",
+            image.display(),
+            plan.device.path.display()
+        ),
     }
     Ok(())
 }

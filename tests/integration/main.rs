@@ -5,5 +5,6 @@ mod util;
 
 mod boot;
 mod build;
+mod flash;
 mod foundation;
 mod server;

@@ -1,0 +1,328 @@
+//! `ipxe-ca flash` on real loop devices (root creates them), and device discovery on a fake
+//! sysfs tree.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+
+use crate::util::{s, tool, write_random, Lab};
+
+/// A loop device over a sparse file; detached (and unmounted) on drop.
+struct Loop {
+    dev: PathBuf,
+    backing: PathBuf,
+    mnt: Option<PathBuf>,
+}
+
+impl Loop {
+    fn new(dir: &Path, name: &str, size: u64) -> Loop {
+        let backing = dir.join(name);
+        std::fs::File::create(&backing)
+            .unwrap()
+            .set_len(size)
+            .unwrap();
+        let (ok, out) = tool("losetup", &["--find", "--show", s(&backing)]);
+        assert!(ok, "loop devices need root (losetup): {out}");
+        Loop {
+            dev: PathBuf::from(out.trim()),
+            backing,
+            mnt: None,
+        }
+    }
+
+    fn mount(&mut self, dir: &Path) {
+        let (ok, out) = tool("mkfs.ext2", &["-q", s(&self.dev)]);
+        assert!(ok, "{out}");
+        let mnt = dir.join("mnt");
+        std::fs::create_dir_all(&mnt).unwrap();
+        let (ok, out) = tool("mount", &[s(&self.dev), s(&mnt)]);
+        assert!(ok, "{out}");
+        self.mnt = Some(mnt);
+    }
+
+    /// The first `len` bytes as the device shows them.
+    fn head(&self, len: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; len];
+        std::fs::File::open(&self.dev)
+            .unwrap()
+            .read_exact(&mut buf)
+            .unwrap();
+        buf
+    }
+
+    fn hash(&self) -> Vec<u8> {
+        let data = std::fs::read(&self.backing).unwrap();
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &data)
+            .as_ref()
+            .to_vec()
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        if let Some(m) = &self.mnt {
+            let _ = tool("umount", &[s(m)]);
+        }
+        let _ = tool("losetup", &["-d", s(&self.dev)]);
+    }
+}
+
+fn image(dir: &Path, len: usize) -> PathBuf {
+    let p = dir.join("image.img");
+    write_random(&p, len);
+    p
+}
+
+#[test]
+fn a_board_image_goes_onto_an_unmounted_loop_device_byte_for_byte() {
+    let lab = Lab::init();
+    lab.enroll("stick-board", &[]);
+    let out = lab.tmp.path().join("out");
+    lab.ok(&[
+        "build",
+        "stick-board",
+        "--prebuilt",
+        s(&crate::boot::prebuilt_dir()),
+        "--out",
+        s(&out),
+    ]);
+    let img = out.join("stick-board/stick-board-efi-usb.img");
+    let lo = Loop::new(lab.tmp.path(), "stick", 16 << 20);
+    let stdout = lab.ok(&[
+        "flash",
+        "stick-board",
+        s(&lo.dev),
+        "--out",
+        s(&out),
+        "--allow-non-removable",
+        "--yes",
+    ]);
+    assert!(stdout.contains("wrote and verified"), "{stdout}");
+    let data = std::fs::read(&img).unwrap();
+    assert_eq!(lo.head(data.len()), data);
+    let sha = hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &data).as_ref());
+    assert!(stdout.contains(&sha), "{stdout}");
+    // Without a terminal the progress comes as plain lines.
+    let o = lab.run(&[
+        "flash",
+        s(&img),
+        s(&lo.dev),
+        "--allow-non-removable",
+        "--yes",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        o.status.success()
+            && err.contains("flash: writing 100%")
+            && err.contains("flash: verifying 100%"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unsafe_targets_are_refused_and_left_untouched() {
+    let lab = Lab::init();
+    let d = lab.tmp.path();
+    let img = image(d, 3 << 20);
+    // A regular file is not a block device.
+    let file = d.join("not-a-disk");
+    std::fs::write(&file, b"precious").unwrap();
+    let e = lab.fails(&["flash", s(&img), s(&file), "--allow-non-removable", "--yes"]);
+    assert!(e.contains("not a block device"), "{e}");
+    assert_eq!(std::fs::read(&file).unwrap(), b"precious");
+    // A device smaller than the image.
+    let small = Loop::new(d, "small", 1 << 20);
+    let before = small.hash();
+    let e = lab.fails(&[
+        "flash",
+        s(&img),
+        s(&small.dev),
+        "--allow-non-removable",
+        "--yes",
+    ]);
+    assert!(e.contains("too small"), "{e}");
+    assert_eq!(before, small.hash());
+    // A fixed (non-removable, non-USB) disk without the flag.
+    let fixed = Loop::new(d, "fixed", 8 << 20);
+    let before = fixed.hash();
+    let e = lab.fails(&["flash", s(&img), s(&fixed.dev), "--yes"]);
+    assert!(e.contains("--allow-non-removable"), "{e}");
+    // No --yes and no terminal.
+    let e = lab.fails(&["flash", s(&img), s(&fixed.dev), "--allow-non-removable"]);
+    assert!(e.contains("pass --yes"), "{e}");
+    assert_eq!(before, fixed.hash());
+    // A mounted device, whatever the flags.
+    let mut mounted = Loop::new(d, "mounted", 8 << 20);
+    let mnt_dir = d.join("m");
+    std::fs::create_dir_all(&mnt_dir).unwrap();
+    mounted.mount(&mnt_dir);
+    let before = mounted.hash();
+    let e = lab.fails(&[
+        "flash",
+        s(&img),
+        s(&mounted.dev),
+        "--allow-non-removable",
+        "--yes",
+    ]);
+    assert!(e.contains("mounted"), "{e}");
+    assert_eq!(before, mounted.hash());
+    // The disk holding / is refused whatever the flags.
+    let root = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let root_dev = root
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some("/"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap();
+    if root_dev.starts_with("/dev/") && Path::new(root_dev).exists() {
+        let e = lab.fails(&["flash", s(&img), root_dev, "--allow-non-removable", "--yes"]);
+        assert!(e.contains("refusing") || e.contains("partition"), "{e}");
+    }
+}
+
+#[test]
+fn a_corrupted_read_back_is_a_verification_failure() {
+    let lab = Lab::init();
+    let d = lab.tmp.path();
+    let img = image(d, 2 << 20);
+    let lo = Loop::new(d, "flaky", 8 << 20);
+    lab.ok(&[
+        "flash",
+        s(&img),
+        s(&lo.dev),
+        "--allow-non-removable",
+        "--yes",
+    ]);
+    lab.ok(&[
+        "flash",
+        s(&img),
+        s(&lo.dev),
+        "--allow-non-removable",
+        "--verify-only",
+    ]);
+    // The stick "loses" a byte behind the kernel's back (in the loop device's backing file)
+    // while its pages are cached (an open reader keeps the cache alive): verification must
+    // read the device, not a cached copy of what was written.
+    let mut holder = std::fs::File::open(&lo.dev).unwrap();
+    let mut cached = vec![0u8; 2 << 20];
+    holder.read_exact(&mut cached).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&lo.backing)
+        .unwrap();
+    f.seek(SeekFrom::Start(1_000_000)).unwrap();
+    let mut orig = [0u8; 1];
+    std::fs::File::open(&img)
+        .unwrap()
+        .seek(SeekFrom::Start(1_000_000))
+        .unwrap();
+    {
+        let mut r = std::fs::File::open(&img).unwrap();
+        r.seek(SeekFrom::Start(1_000_000)).unwrap();
+        r.read_exact(&mut orig).unwrap();
+    }
+    f.write_all(&[orig[0] ^ 0xff]).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    let e = lab.fails(&[
+        "flash",
+        s(&img),
+        s(&lo.dev),
+        "--allow-non-removable",
+        "--verify-only",
+    ]);
+    assert!(e.contains("verification FAILED"), "{e}");
+    drop(holder);
+}
+
+/// A fake sysfs with a USB stick, an SD card (removable, partitioned), a SATA disk and a loop device.
+fn fake_sysfs(root: &Path) {
+    let dev = |rel: &str, size: u64, removable: u8, vendor: &str, model: &str| {
+        let d = root.join(rel);
+        std::fs::create_dir_all(d.join("device")).unwrap();
+        std::fs::write(d.join("size"), format!("{}\n", size / 512)).unwrap();
+        std::fs::write(d.join("removable"), format!("{removable}\n")).unwrap();
+        std::fs::write(d.join("device/vendor"), format!("{vendor}\n")).unwrap();
+        std::fs::write(d.join("device/model"), format!("{model}\n")).unwrap();
+        d
+    };
+    std::fs::create_dir_all(root.join("block")).unwrap();
+    let usb =
+        "devices/pci0000:00/0000:00:14.0/usb1/1-2/1-2:1.0/host6/target6:0:0/6:0:0:0/block/sdb";
+    dev(usb, 16_000_000_000, 0, "SanDisk", "Cruzer Blade");
+    std::fs::write(
+        root.join("devices/pci0000:00/0000:00:14.0/usb1/1-2/serial"),
+        "4C530001230117\n",
+    )
+    .unwrap();
+    let sd = dev(
+        "devices/platform/mmc0/mmc_host/mmc0/mmc0:0001/block/mmcblk0",
+        32_000_000_000,
+        1,
+        "",
+        "SD32G",
+    );
+    std::fs::create_dir_all(sd.join("mmcblk0p1")).unwrap();
+    std::fs::write(sd.join("mmcblk0p1/partition"), "1\n").unwrap();
+    dev(
+        "devices/pci0000:00/0000:00:17.0/ata1/host0/target0:0:0/0:0:0:0/block/sda",
+        500_000_000_000,
+        0,
+        "ATA",
+        "Samsung SSD",
+    );
+    dev("devices/virtual/block/loop0", 8 << 20, 0, "", "");
+    for (name, rel) in [
+        ("sdb", format!("../{usb}")),
+        (
+            "mmcblk0",
+            "../devices/platform/mmc0/mmc_host/mmc0/mmc0:0001/block/mmcblk0".to_string(),
+        ),
+        (
+            "sda",
+            "../devices/pci0000:00/0000:00:17.0/ata1/host0/target0:0:0/0:0:0:0/block/sda"
+                .to_string(),
+        ),
+        ("loop0", "../devices/virtual/block/loop0".to_string()),
+    ] {
+        symlink(rel, root.join("block").join(name)).unwrap();
+    }
+}
+
+#[test]
+fn list_shows_exactly_the_usb_stick_and_the_removable_card() {
+    let lab = Lab::init();
+    let sys = lab.tmp.path().join("sys");
+    fake_sysfs(&sys);
+    let o = lab
+        .cmd(&["flash", "--list", "--json"])
+        .env("IPXE_CA_SYSFS", &sys)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let names: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["mmcblk0", "sdb"]);
+    let sdb = &v[1];
+    assert_eq!(sdb["usb"], true);
+    assert_eq!(sdb["serial"], "4C530001230117");
+    assert_eq!(sdb["size"], 16_000_000_000u64);
+    assert_eq!(sdb["model"], "Cruzer Blade");
+    assert_eq!(v[0]["removable"], true);
+    assert_eq!(v[0]["partitions"], serde_json::json!(["mmcblk0p1"]));
+    let o = lab
+        .cmd(&["flash", "--list"])
+        .env("IPXE_CA_SYSFS", &sys)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("/dev/sdb (SanDisk Cruzer Blade, serial 4C530001230117, 16.0 GB, USB)"),
+        "{text}"
+    );
+    assert!(!text.contains("sda") && !text.contains("loop0"), "{text}");
+}
