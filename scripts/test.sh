@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=(openssl curl nginx-light qemu-system-x86 ovmf mtools busybox-static cpio dosfstools
-      debian-archive-keyring util-linux)
+      debian-archive-keyring util-linux e2fsprogs coreutils
+      gunicorn python3-flask)
 missing=()
 for p in "${need[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -18,4 +19,4 @@ fi
 if ! apt-cache show linux-image-cloud-amd64 >/dev/null 2>&1; then $sudo apt-get update -qq; fi
 IPXE_CA_TEST_ASSETS="$(scripts/fetch-boot-assets.sh)"
 export IPXE_CA_TEST_ASSETS
-cargo test --locked --all-targets "$@"
+cargo test --locked --all-targets "$@" -- --nocapture

@@ -386,12 +386,11 @@ impl Ca {
         self.finish(cert, Some(key.serialize_pem()))
     }
 
-    /// A board certificate with a new key: clientAuth, CN=board.
-    pub fn issue_client(&self, cn: &str, size: KeySize, days: u32) -> Result<Issued> {
+    /// A board certificate for `key` (made by [`generate_key`]): clientAuth, CN=board.
+    pub fn issue_client(&self, cn: &str, key: &KeyPair, days: u32) -> Result<Issued> {
         let params = self.leaf_params(cn, days, false)?;
-        let key = generate_key(size)?;
         let cert = params
-            .signed_by(&key, &self.issuer)
+            .signed_by(key, &self.issuer)
             .map_err(|e| Error::crypto("cannot sign board certificate", e))?;
         self.finish(cert, Some(key.serialize_pem()))
     }

@@ -103,6 +103,35 @@ pub struct BoardView {
     pub secrets: Vec<String>,
 }
 
+/// `n` RSA-2048 keys, generated on all cores.
+fn generate_keys(n: usize) -> Result<Vec<rcgen::KeyPair>> {
+    let workers = std::thread::available_parallelism()
+        .map(|c| c.get())
+        .unwrap_or(1)
+        .min(n.max(1));
+    let per = n.div_ceil(workers.max(1));
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers)
+            .map(|w| {
+                let count = per.min(n.saturating_sub(w * per));
+                s.spawn(move || {
+                    (0..count)
+                        .map(|_| ca::generate_key(KeySize::Rsa2048))
+                        .collect::<Result<Vec<_>>>()
+                })
+            })
+            .collect();
+        let mut keys = Vec::with_capacity(n);
+        for h in handles {
+            keys.extend(
+                h.join()
+                    .map_err(|_| Error::crypto("key generation", "worker panicked"))??,
+            );
+        }
+        Ok(keys)
+    })
+}
+
 /// A certificate about to be registered.
 struct NewCert<'a> {
     info: CertInfo,
@@ -320,19 +349,51 @@ impl Lab {
 
     /// New key and certificate for a board, registered.
     pub fn enroll(&self, name: &BoardName, opts: &BoardOptions) -> Result<Board> {
+        let mut boards = self.enroll_many(std::slice::from_ref(name), opts)?;
+        boards
+            .pop()
+            .ok_or_else(|| Error::invalid("nothing enrolled"))
+    }
+
+    /// Enroll several boards with the same options. Keys are generated in parallel on every
+    /// core before the lock is taken (key generation is most of the cost); then each board is
+    /// issued and registered under the lock. Names are all checked first.
+    pub fn enroll_many(&self, names: &[BoardName], opts: &BoardOptions) -> Result<Vec<Board>> {
+        let mut seen = std::collections::BTreeSet::new();
+        for n in names {
+            if !seen.insert(n) {
+                return Err(Error::invalid(format!("board {n:?} is named twice")));
+            }
+        }
+        if names.len() > 1 && opts.mac.is_some() {
+            return Err(Error::invalid(
+                "--mac names one board: enroll boards with MACs one at a time",
+            ));
+        }
+        for n in names {
+            self.precheck(n, opts)?;
+        }
+        let keys = generate_keys(names.len())?;
         let _lock = self.state.lock()?;
-        let profile = self.precheck(name, opts)?;
+        let mut profile = ProfileName::default();
+        for n in names {
+            profile = self.precheck(n, opts)?;
+        }
         let ca = self.ca()?;
         let days = opts.days.unwrap_or(days::BOARD);
-        let (issued, info) =
-            self.issue_unique(|| ca.issue_client(name.as_str(), KeySize::Rsa2048, days))?;
-        let new = NewCert {
-            info,
-            origin: Origin::Enrolled,
-            cert_pem: &issued.cert_pem,
-            key_pem: issued.key_pem.as_deref(),
-        };
-        self.register_issued(name, opts, profile, new)
+        let mut out = Vec::with_capacity(names.len());
+        for (name, key) in names.iter().zip(keys) {
+            let (issued, info) =
+                self.issue_unique(|| ca.issue_client(name.as_str(), &key, days))?;
+            let new = NewCert {
+                info,
+                origin: Origin::Enrolled,
+                cert_pem: &issued.cert_pem,
+                key_pem: Some(&key.serialize_pem()),
+            };
+            out.push(self.register_issued(name, opts, profile.clone(), new)?);
+        }
+        Ok(out)
     }
 
     /// Sign a board's own CSR (PEM or DER), registered.

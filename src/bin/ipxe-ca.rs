@@ -231,9 +231,9 @@ struct BoardArgs {
 
 #[derive(Args, Debug)]
 struct EnrollArgs {
-    /// Board name (a-z, 0-9, '.', '_', '-').
-    #[arg(value_parser = parse::<BoardName>)]
-    board: BoardName,
+    /// Board names (a-z, 0-9, '.', '_', '-'); several at once use every core.
+    #[arg(value_parser = parse::<BoardName>, required = true)]
+    boards: Vec<BoardName>,
     /// Certificate validity in days.
     #[arg(long, default_value_t = lab::days::BOARD)]
     days: u32,
@@ -382,10 +382,18 @@ fn run(cli: Cli) -> Result<()> {
             println!("next: ipxe-ca --dir {} enroll BOARD", cli.dir.display());
         }
         Command::Enroll(a) => {
-            let b = lab
-                .enroll(&a.board, &board_options(&a.common, Some(a.days)))
-                .with_context(|| format!("cannot enroll {}", a.board))?;
-            print_board(&lab, &b, a.common.json)?;
+            let names: Vec<String> = a.boards.iter().map(ToString::to_string).collect();
+            let boards = lab
+                .enroll_many(&a.boards, &board_options(&a.common, Some(a.days)))
+                .with_context(|| format!("cannot enroll {}", names.join(" ")))?;
+            if a.common.json && boards.len() > 1 {
+                let views: Vec<_> = boards.iter().map(|b| lab.view(b)).collect();
+                println!("{}", serde_json::to_string_pretty(&views)?);
+            } else {
+                for b in &boards {
+                    print_board(&lab, b, a.common.json)?;
+                }
+            }
         }
         Command::Sign(a) => {
             let csr = std::fs::read(&a.csr)

@@ -174,7 +174,7 @@ struct Boot {
 
 /// Boot an image under OVMF until `done` matches the serial console (or QEMU exits, or the
 /// hard timeout). Prints a timing line per stage.
-fn boot(name: &str, image: &Path, siglist: &Path, stop_at: &str) -> Boot {
+fn boot(name: &str, image: &Path, siglist: &Path, stop_at: &str, abort_on: &[&str]) -> Boot {
     let _one = ONE_BOOT_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let dir = image.parent().unwrap();
     let serial = dir.join(format!("serial-{name}.log"));
@@ -221,6 +221,11 @@ fn boot(name: &str, image: &Path, siglist: &Path, stop_at: &str) -> Boot {
         if text.contains(stop_at) {
             break text;
         }
+        if let Some(bad) = abort_on.iter().find(|b| text.contains(**b)) {
+            let _ = qemu.kill();
+            let _ = qemu.wait();
+            panic!("boot {name}: {bad:?} on the console before {stop_at:?}; serial:\n{text}");
+        }
         if let Some(status) = qemu.try_wait().unwrap() {
             let text = std::fs::read_to_string(&serial).unwrap_or_default();
             if !text.contains(stop_at) && !status.success() {
@@ -258,7 +263,13 @@ fn a_board_boots_linux_with_its_secret_over_mutual_tls() {
     b.enroll("e2e-board");
     let srv = b.lab.serve_on(b.https, b.http, &[]);
     let (img, siglist) = b.build(&b.lab, "e2e-board");
-    let run = boot("main", &img, &siglist, "CMDLINE:");
+    let run = boot(
+        "main",
+        &img,
+        &siglist,
+        "CMDLINE:",
+        &["ipxe-ca: cannot fetch", "Kernel panic"],
+    );
     let serial = &run.serial;
     assert!(
         serial.contains(MARKER),
@@ -337,7 +348,13 @@ fn boots_that_must_fail_fail_with_the_reason_in_the_log() {
     let (img, siglist) = b.build(&b.lab, "revoked-board");
     b.lab
         .ok(&["revoke", "revoked-board", "--reason", "key-compromise"]);
-    let run = boot("revoked", &img, &siglist, "ipxe-ca: cannot fetch");
+    let run = boot(
+        "revoked",
+        &img,
+        &siglist,
+        "ipxe-ca: cannot fetch",
+        &[MARKER],
+    );
     assert_refused("revoked", &run, &srv.output(), "tls_handshake_failed");
     assert!(
         srv.output().to_lowercase().contains("revoked"),
@@ -359,7 +376,13 @@ fn boots_that_must_fail_fail_with_the_reason_in_the_log() {
     let ours = b.lab.tmp.path().join("ours.siglist");
     std::fs::copy(&siglist, &ours).unwrap();
     let before = srv.output().matches("tls_handshake_failed").count();
-    let run = boot("foreign-ca", &img, &ours, "ipxe-ca: cannot fetch");
+    let run = boot(
+        "foreign-ca",
+        &img,
+        &ours,
+        "ipxe-ca: cannot fetch",
+        &[MARKER],
+    );
     let log = srv.output();
     assert_refused("foreign-ca", &run, &log, "tls_handshake_failed");
     assert!(
@@ -385,7 +408,13 @@ fn boots_that_must_fail_fail_with_the_reason_in_the_log() {
         &["-o", "-i", s(&img), s(&script), "::/autoexec.ipxe"],
     );
     assert!(ok, "{out}");
-    let run = boot("no-cert", &img, &siglist, "ipxe-ca: cannot fetch");
+    let run = boot(
+        "no-cert",
+        &img,
+        &siglist,
+        "ipxe-ca: cannot fetch",
+        &[MARKER],
+    );
     assert_refused(
         "no-cert",
         &run,

@@ -1,0 +1,800 @@
+//! ipxe-ca against the prototype stack (openssl CLI, nginx + gunicorn + Flask), side by side in
+//! one run on this machine. `cargo bench --bench bench` for the full run (minutes),
+//! `cargo bench --bench bench -- --smoke` for a seconds-long run that only proves it works.
+//! Sections: `--only enroll,serve,files,build,registry`. Results: stdout and target/bench/results.md.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+type R<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_ipxe-ca"))
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap_or_default()
+}
+
+fn run(cmd: &mut Command) -> R<String> {
+    let o = cmd.stdin(Stdio::null()).output()?;
+    if !o.status.success() {
+        return Err(format!("{:?} failed: {}", cmd, String::from_utf8_lossy(&o.stderr)).into());
+    }
+    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+fn wait_port(port: u16) {
+    for _ in 0..400 {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// A child process killed on drop.
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(cmd: &mut Command) -> R<Proc> {
+    Ok(Proc(
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    ))
+}
+
+/// CPU seconds (user+system) and peak RSS (kB) of a process and all its descendants.
+fn usage(root: u32) -> (f64, u64) {
+    let mut pids = vec![root];
+    let mut i = 0;
+    while i < pids.len() {
+        let p = pids[i];
+        if let Ok(rd) = std::fs::read_dir("/proc") {
+            for e in rd.flatten() {
+                let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                    continue;
+                };
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                let after = stat.rsplit(')').next().unwrap_or("");
+                let ppid: u32 = after
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|x| x.parse().ok())
+                    .unwrap_or(0);
+                if ppid == p && !pids.contains(&pid) {
+                    pids.push(pid);
+                }
+            }
+        }
+        i += 1;
+    }
+    let tick = 100.0;
+    let mut cpu = 0.0;
+    let mut rss = 0;
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let f: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        // After the command name: field 3 is index 0; utime is field 14, stime 15.
+        let ut: f64 = f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0.0);
+        let st: f64 = f.get(12).and_then(|x| x.parse().ok()).unwrap_or(0.0);
+        cpu += (ut + st) / tick;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        rss += status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    (cpu, rss)
+}
+
+struct Ctx {
+    smoke: bool,
+    dir: PathBuf,
+    report: String,
+}
+
+impl Ctx {
+    fn line(&mut self, l: &str) {
+        println!("{l}");
+        self.report.push_str(l);
+        self.report.push('\n');
+    }
+}
+
+/// A lab with a CA for 127.0.0.1 and `n` boards whose certificates share one key (signed from
+/// one CSR: certificates and fingerprints differ, key generation is skipped).
+fn lab_with_boards(dir: &Path, n: usize) -> R<(PathBuf, PathBuf, Vec<PathBuf>)> {
+    let state = dir.join("state");
+    run(Command::new(bin()).args(["--dir", s(&state), "init", "--san", "IP:127.0.0.1"]))?;
+    let key = dir.join("client.key");
+    let csr = dir.join("client.csr");
+    run(Command::new("openssl").args([
+        "req",
+        "-new",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        s(&key),
+        "-subj",
+        "/CN=bench",
+        "-out",
+        s(&csr),
+    ]))?;
+    let csr_der = std::fs::read(&csr)?;
+    let lab = ipxe_ca::Lab::open(&state);
+    let mut certs = Vec::new();
+    for i in 0..n {
+        let name: ipxe_ca::types::BoardName = format!("b{i:05}").parse()?;
+        let opts = ipxe_ca::lab::BoardOptions {
+            secrets: vec!["s3=bench-secret".parse()?],
+            ..Default::default()
+        };
+        lab.sign(&name, &csr_der, &opts)?;
+        certs.push(lab.registry().cert_path(&name));
+    }
+    Ok((state, key, certs))
+}
+
+// ---------------------------------------------------------------- enroll
+
+fn bench_enroll(cx: &mut Ctx) -> R<()> {
+    let n = if cx.smoke { 3 } else { 20 };
+    let d = cx.dir.join("enroll");
+    let state = d.join("state");
+    run(Command::new(bin()).args(["--dir", s(&state), "init", "--san", "IP:127.0.0.1"]))?;
+    let mut ours = Vec::new();
+    for i in 0..n {
+        let t = Instant::now();
+        run(Command::new(bin()).args(["--dir", s(&state), "enroll", &format!("e{i}")]))?;
+        ours.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let mut theirs = Vec::new();
+    let ca = state.join("ca/ca.crt");
+    let cakey = state.join("ca/ca.key");
+    for i in 0..n {
+        let t = Instant::now();
+        let (k, c, crt) = (
+            d.join(format!("o{i}.key")),
+            d.join(format!("o{i}.csr")),
+            d.join(format!("o{i}.crt")),
+        );
+        run(Command::new("openssl").args([
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            s(&k),
+            "-subj",
+            &format!("/CN=o{i}"),
+            "-out",
+            s(&c),
+        ]))?;
+        run(Command::new("openssl").args([
+            "x509",
+            "-req",
+            "-in",
+            s(&c),
+            "-CA",
+            s(&ca),
+            "-CAkey",
+            s(&cakey),
+            "-days",
+            "1095",
+            "-set_serial",
+            &format!("{}", 1000 + i),
+            "-out",
+            s(&crt),
+        ]))?;
+        theirs.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let batch = if cx.smoke { 4 } else { 100 };
+    let names: Vec<String> = (0..batch).map(|i| format!("batch{i}")).collect();
+    let t = Instant::now();
+    let mut args = vec![
+        "--dir".to_string(),
+        s(&state).to_string(),
+        "enroll".to_string(),
+    ];
+    args.extend(names);
+    run(Command::new(bin()).args(&args))?;
+    let batch_ms = t.elapsed().as_secs_f64() * 1e3 / batch as f64;
+    let (a, b) = (median(&mut ours), median(&mut theirs));
+    cx.line("\n## Enroll (RSA-2048 key + certificate, per board, median)\n");
+    cx.line("| | ms/board | ratio |");
+    cx.line("|---|---|---|");
+    cx.line(&format!(
+        "| openssl CLI (req -newkey + x509 -req) | {b:.0} | 1.0× |"
+    ));
+    cx.line(&format!(
+        "| ipxe-ca enroll (one process per board) | {a:.0} | {:.1}× faster |",
+        b / a
+    ));
+    cx.line(&format!("| ipxe-ca enroll, {batch} boards in one call (both cores) | {batch_ms:.0} | {:.1}× faster |", b / batch_ms));
+    Ok(())
+}
+
+// ---------------------------------------------------------------- serve
+
+struct Load {
+    boots_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: usize,
+    ok: usize,
+}
+
+/// What a booting iPXE does: new TCP + TLS 1.2 (ECDHE-RSA-AES128-GCM-SHA256, X25519, no
+/// resumption) with a board certificate, `GET /boot.ipxe`, expect 200 and `#!ipxe`.
+fn client_configs(ca: &Path, key: &Path, certs: &[PathBuf]) -> R<Vec<Arc<rustls::ClientConfig>>> {
+    use rustls::crypto::aws_lc_rs as p;
+    let provider = Arc::new(rustls::crypto::CryptoProvider {
+        cipher_suites: vec![p::cipher_suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256],
+        kx_groups: vec![p::kx_group::X25519],
+        ..p::default_provider()
+    });
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca)? {
+        roots.add(c?)?;
+    }
+    let key = PrivateKeyDer::from_pem_file(key)?;
+    let mut out = Vec::new();
+    for c in certs {
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_file_iter(c)?.collect::<Result<_, _>>()?;
+        let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS12])?
+            .with_root_certificates(roots.clone())
+            .with_client_auth_cert(chain, key.clone_key())?;
+        cfg.resumption = rustls::client::Resumption::disabled();
+        out.push(Arc::new(cfg));
+    }
+    Ok(out)
+}
+
+async fn one_boot(cfg: Arc<rustls::ClientConfig>, port: u16) -> Result<(), String> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = tcp.set_nodelay(true);
+    let name = ServerName::try_from("127.0.0.1").map_err(|e| e.to_string())?;
+    let mut tls = tokio_rustls::TlsConnector::from(cfg)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    tls.write_all(b"GET /boot.ipxe HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: iPXE/bench\r\nConnection: close\r\n\r\n")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut buf = Vec::with_capacity(2048);
+    let _ = tls.read_to_end(&mut buf).await;
+    let text = String::from_utf8_lossy(&buf);
+    if text.starts_with("HTTP/1.1 200") && text.contains("#!ipxe") {
+        Ok(())
+    } else {
+        Err(text.lines().next().unwrap_or("empty response").to_string())
+    }
+}
+
+fn load(cfgs: &[Arc<rustls::ClientConfig>], port: u16, conc: usize, dur: Duration) -> Load {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(_) => {
+            return Load {
+                boots_per_s: 0.0,
+                p50_ms: 0.0,
+                p99_ms: 0.0,
+                errors: 1,
+                ok: 0,
+            }
+        }
+    };
+    let cfgs = cfgs.to_vec();
+    rt.block_on(async move {
+        let start = Instant::now();
+        let deadline = start + dur;
+        let mut tasks = Vec::new();
+        for w in 0..conc {
+            let cfgs = cfgs.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut lat = Vec::new();
+                let mut errors = 0usize;
+                let mut i = w;
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    let cfg = cfgs[i % cfgs.len()].clone();
+                    i += conc;
+                    match one_boot(cfg, port).await {
+                        Ok(()) => lat.push(t.elapsed().as_secs_f64() * 1e3),
+                        Err(_) => errors += 1,
+                    }
+                }
+                (lat, errors)
+            }));
+        }
+        let mut lat = Vec::new();
+        let mut errors = 0;
+        for t in tasks {
+            if let Ok((l, e)) = t.await {
+                lat.extend(l);
+                errors += e;
+            }
+        }
+        let secs = start.elapsed().as_secs_f64();
+        lat.sort_by(|a, b| a.total_cmp(b));
+        let pct = |p: f64| {
+            lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or(f64::NAN)
+        };
+        Load {
+            boots_per_s: lat.len() as f64 / secs,
+            p50_ms: pct(0.5),
+            p99_ms: pct(0.99),
+            errors,
+            ok: lat.len(),
+        }
+    })
+}
+
+const FLASK_APP: &str = r##"
+import json, os
+from flask import Flask, request, Response
+app = Flask(__name__)
+BOARDS = json.load(open(os.environ["BOARDS_JSON"]))
+@app.route("/boot.ipxe")
+def boot():
+    fp = request.headers.get("X-SSL-Client-Fingerprint", "")
+    b = BOARDS.get(fp)
+    if b is None:
+        return Response("#!ipxe\necho not registered\n", status=403, mimetype="text/plain")
+    script = "#!ipxe\necho board %s\nkernel http://127.0.0.1/files/vmlinuz s3=%s\nboot\n" % (b["name"], b["s3"])
+    return Response(script, mimetype="text/plain")
+"##;
+
+/// Debian's gunicorn with Debian's Flask (packages gunicorn, python3-flask).
+fn gunicorn() -> R<&'static str> {
+    let g = "/usr/bin/gunicorn";
+    if !Path::new(g).exists() {
+        return Err("gunicorn missing: apt-get install gunicorn python3-flask".into());
+    }
+    Ok(g)
+}
+
+fn nginx_bin() -> R<&'static str> {
+    ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .ok_or_else(|| "nginx missing: apt-get install nginx-light".into())
+}
+
+fn nginx_conf(dir: &Path, body: &str) -> R<PathBuf> {
+    let d = s(dir);
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "user root;\nworker_processes auto;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 1024; }}\nhttp {{\n access_log off;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n fastcgi_temp_path {d}/fcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n{body}\n}}\n"
+        ),
+    )?;
+    Ok(conf)
+}
+
+fn bench_serve(cx: &mut Ctx) -> R<()> {
+    let n_boards = if cx.smoke { 20 } else { 1000 };
+    let dur = if cx.smoke {
+        Duration::from_millis(300)
+    } else {
+        Duration::from_secs(5)
+    };
+    let levels: &[usize] = if cx.smoke { &[1, 8] } else { &[1, 8, 64, 256] };
+    let d = cx.dir.join("serve");
+    std::fs::create_dir_all(&d)?;
+    let (state, key, certs) = lab_with_boards(&d, n_boards)?;
+    let cfgs = client_configs(&state.join("ca/ca.crt"), &key, &certs)?;
+    let mut rows: BTreeMap<(String, usize), (Load, f64, u64)> = BTreeMap::new();
+
+    // ipxe-ca serve
+    let (https, http) = (free_port(), free_port());
+    let srv = Proc(
+        Command::new(bin())
+            .args([
+                "--dir",
+                s(&state),
+                "serve",
+                "--https",
+                &format!("127.0.0.1:{https}"),
+                "--http",
+                &format!("127.0.0.1:{http}"),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    wait_port(https);
+    for &c in levels {
+        let (cpu0, _) = usage(srv.0.id());
+        let l = load(&cfgs, https, c, dur);
+        let (cpu1, rss) = usage(srv.0.id());
+        let per = (cpu1 - cpu0) * 1e3 / l.ok.max(1) as f64;
+        rows.insert(("ipxe-ca serve".into(), c), (l, per, rss));
+    }
+    drop(srv);
+
+    // The prototype: nginx (mTLS) -> gunicorn (2 workers) -> Flask, 1000 boards by fingerprint.
+    let proto = (|| -> R<()> {
+        let mut map = serde_json::Map::new();
+        for (i, c) in certs.iter().enumerate() {
+            let der = pem::parse(std::fs::read(c)?)?.into_contents();
+            let fp = hex::encode(
+                aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, &der)
+                    .as_ref(),
+            );
+            map.insert(
+                fp,
+                serde_json::json!({"name": format!("b{i:05}"), "s3": "bench-secret"}),
+            );
+        }
+        let boards = d.join("boards.json");
+        std::fs::write(&boards, serde_json::to_vec(&map)?)?;
+        std::fs::write(d.join("app.py"), FLASK_APP)?;
+        let gport = free_port();
+        let gun = Proc(
+            Command::new(gunicorn()?)
+                .args(["-w", "2", "-b", &format!("127.0.0.1:{gport}"), "app:app"])
+                .current_dir(&d)
+                .env("BOARDS_JSON", &boards)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?,
+        );
+        let port = free_port();
+        let body = format!(
+            "server {{\n listen 127.0.0.1:{port} ssl;\n ssl_certificate {sc};\n ssl_certificate_key {sk};\n ssl_client_certificate {ca};\n ssl_verify_client on;\n ssl_protocols TLSv1.2;\n ssl_session_cache off;\n ssl_session_tickets off;\n location / {{ proxy_pass http://127.0.0.1:{gport}; proxy_set_header X-SSL-Client-Fingerprint $ssl_client_fingerprint; }}\n}}",
+            sc = s(&state.join("server/server.crt")),
+            sk = s(&state.join("server/server.key")),
+            ca = s(&state.join("ca/ca.crt")),
+        );
+        let ndir = d.join("nginx");
+        std::fs::create_dir_all(&ndir)?;
+        let conf = nginx_conf(&ndir, &body)?;
+        let ng = spawn(Command::new(nginx_bin()?).args(["-c", s(&conf)]))?;
+        wait_port(gport);
+        wait_port(port);
+        for &c in levels {
+            let (a0, _) = usage(ng.0.id());
+            let (b0, _) = usage(gun.0.id());
+            let l = load(&cfgs, port, c, dur);
+            let (a1, ra) = usage(ng.0.id());
+            let (b1, rb) = usage(gun.0.id());
+            let per = ((a1 - a0) + (b1 - b0)) * 1e3 / l.ok.max(1) as f64;
+            rows.insert(
+                ("prototype (nginx + gunicorn + Flask)".into(), c),
+                (l, per, ra + rb),
+            );
+        }
+        Ok(())
+    })();
+    proto?;
+    cx.line(&format!(
+        "\n## Boots served ({n_boards} boards, new TLS 1.2 connection per boot, {:?} per level)\n",
+        dur
+    ));
+    cx.line("| server | concurrency | boots/s | p50 ms | p99 ms | errors | server CPU ms/boot | peak RSS MB |");
+    cx.line("|---|---|---|---|---|---|---|---|");
+    for ((name, c), (l, cpu, rss)) in rows.iter().rev() {
+        cx.line(&format!(
+            "| {name} | {c} | {:.0} | {:.1} | {:.1} | {} | {:.2} | {:.1} |",
+            l.boots_per_s,
+            l.p50_ms,
+            l.p99_ms,
+            l.errors,
+            cpu,
+            *rss as f64 / 1024.0
+        ));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- files
+
+fn download_all(url: &str, clients: usize) -> R<f64> {
+    let t = Instant::now();
+    let kids: Vec<Child> = (0..clients)
+        .map(|_| {
+            Command::new("curl")
+                .args(["-sf", "-o", "/dev/null", url])
+                .spawn()
+        })
+        .collect::<Result<_, _>>()?;
+    for mut k in kids {
+        if !k.wait()?.success() {
+            return Err(format!("curl {url} failed").into());
+        }
+    }
+    Ok(t.elapsed().as_secs_f64())
+}
+
+fn bench_files(cx: &mut Ctx) -> R<()> {
+    let size: usize = if cx.smoke { 16 << 20 } else { 256 << 20 };
+    let d = cx.dir.join("files");
+    std::fs::create_dir_all(&d)?;
+    let state = d.join("state");
+    run(Command::new(bin()).args(["--dir", s(&state), "init", "--san", "IP:127.0.0.1"]))?;
+    let f = state.join("files/big.img");
+    let mut data = vec![0u8; size];
+    let mut x: u64 = 0x2545F4914F6CDD1D;
+    for c in data.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let n = c.len();
+        c.copy_from_slice(&x.to_le_bytes()[..n]);
+    }
+    std::fs::write(&f, &data)?;
+    drop(data);
+    let (https, http) = (free_port(), free_port());
+    let srv = spawn(Command::new(bin()).args([
+        "--dir",
+        s(&state),
+        "serve",
+        "--https",
+        &format!("127.0.0.1:{https}"),
+        "--http",
+        &format!("127.0.0.1:{http}"),
+    ]))?;
+    wait_port(http);
+    let ours = download_all(&format!("http://127.0.0.1:{http}/files/big.img"), 4)?;
+    drop(srv);
+    let port = free_port();
+    let ndir = d.join("nginx");
+    std::fs::create_dir_all(&ndir)?;
+    let body = format!(
+        "sendfile on;\nserver {{ listen 127.0.0.1:{port}; location /files/ {{ alias {}/; }} }}",
+        s(&state.join("files"))
+    );
+    let conf = nginx_conf(&ndir, &body)?;
+    let ng = spawn(Command::new(nginx_bin()?).args(["-c", s(&conf)]))?;
+    wait_port(port);
+    let theirs = download_all(&format!("http://127.0.0.1:{port}/files/big.img"), 4)?;
+    drop(ng);
+    let mb = 4.0 * size as f64 / 1e6;
+    cx.line(&format!(
+        "\n## Boot files ({} MiB, 4 concurrent clients, plain HTTP)\n",
+        size >> 20
+    ));
+    cx.line("| server | MB/s | share of nginx |");
+    cx.line("|---|---|---|");
+    cx.line(&format!(
+        "| nginx (sendfile) | {:.0} | 100 % |",
+        mb / theirs
+    ));
+    cx.line(&format!(
+        "| ipxe-ca serve | {:.0} | {:.0} % |",
+        mb / ours,
+        100.0 * theirs / ours
+    ));
+    Ok(())
+}
+
+// ---------------------------------------------------------------- build
+
+fn bench_build(cx: &mut Ctx) -> R<()> {
+    let counts: &[usize] = if cx.smoke { &[1] } else { &[1, 10, 50] };
+    let d = cx.dir.join("build");
+    std::fs::create_dir_all(&d)?;
+    let state = d.join("state");
+    run(Command::new(bin()).args(["--dir", s(&state), "init", "--san", "IP:127.0.0.1"]))?;
+    let max = *counts.iter().max().unwrap_or(&1);
+    let mut names: Vec<String> = (0..max).map(|i| format!("img{i:03}")).collect();
+    let mut args = vec!["--dir".to_string(), s(&state).to_string(), "enroll".into()];
+    args.extend(names.iter().cloned());
+    run(Command::new(bin()).args(&args))?;
+    let tree = match std::env::var_os("IPXE_SRC") {
+        Some(t) => PathBuf::from(t),
+        None => {
+            let t = d.join("fake-ipxe");
+            let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake-ipxe");
+            run(Command::new("cp").args(["-a", s(&fixture), s(&t)]))?;
+            t
+        }
+    };
+    let kind = if std::env::var_os("IPXE_SRC").is_some() {
+        "real iPXE tree (IPXE_SRC)"
+    } else {
+        "fixture tree (tests/fixtures/fake-ipxe)"
+    };
+    cx.line(&format!("\n## Image builds, target lkrn, {kind}\n"));
+    cx.line("| boards | --jobs | s/board | total s |");
+    cx.line("|---|---|---|---|");
+    for &n in counts {
+        for jobs in [1usize, 2] {
+            names.truncate(max);
+            let mut a = vec!["--dir".to_string(), s(&state).to_string(), "build".into()];
+            a.extend(names.iter().take(n).cloned());
+            a.extend([
+                "--ipxe-src".into(),
+                s(&tree).into(),
+                "--target".into(),
+                "lkrn".into(),
+                "--jobs".into(),
+                jobs.to_string(),
+            ]);
+            a.extend(["--out".into(), s(&d.join("out")).into()]);
+            let t = Instant::now();
+            run(Command::new(bin()).args(&a))?;
+            let total = t.elapsed().as_secs_f64();
+            cx.line(&format!(
+                "| {n} | {jobs} | {:.2} | {total:.1} |",
+                total / n as f64
+            ));
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- registry
+
+fn bench_registry(cx: &mut Ctx) -> R<()> {
+    let sizes: &[usize] = if cx.smoke { &[20, 100] } else { &[100, 10_000] };
+    cx.line("\n## Registry scale\n");
+    cx.line(
+        "| boards | sign+register ms/board | `list --json` s | `show` ms | serve p50 ms (c=1) |",
+    );
+    cx.line("|---|---|---|---|---|");
+    for &n in sizes {
+        let d = cx.dir.join(format!("registry-{n}"));
+        std::fs::create_dir_all(&d)?;
+        let t = Instant::now();
+        let (state, key, certs) = lab_with_boards(&d, n)?;
+        let reg_ms = t.elapsed().as_secs_f64() * 1e3 / n as f64;
+        let t = Instant::now();
+        run(Command::new(bin()).args(["--dir", s(&state), "list", "--json"]))?;
+        let list_s = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        run(Command::new(bin()).args(["--dir", s(&state), "show", "b00007"]))?;
+        let show_ms = t.elapsed().as_secs_f64() * 1e3;
+        let sample: Vec<PathBuf> = certs.iter().step_by((n / 20).max(1)).cloned().collect();
+        let cfgs = client_configs(&state.join("ca/ca.crt"), &key, &sample)?;
+        let (https, http) = (free_port(), free_port());
+        let srv = spawn(Command::new(bin()).args([
+            "--dir",
+            s(&state),
+            "serve",
+            "--https",
+            &format!("127.0.0.1:{https}"),
+            "--http",
+            &format!("127.0.0.1:{http}"),
+        ]))?;
+        wait_port(https);
+        let l = load(
+            &cfgs,
+            https,
+            1,
+            if cx.smoke {
+                Duration::from_millis(300)
+            } else {
+                Duration::from_secs(3)
+            },
+        );
+        drop(srv);
+        cx.line(&format!(
+            "| {n} | {reg_ms:.1} | {list_s:.2} | {show_ms:.1} | {:.2} |",
+            l.p50_ms
+        ));
+    }
+    Ok(())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    // `cargo bench` passes --bench; `cargo test --all-targets` runs this binary without it:
+    // then a smoke run keeps the benchmarks from rotting (skipped when a test filter excludes it).
+    let under_test = !args.iter().any(|a| a == "--bench");
+    if under_test {
+        let filters: Vec<&String> = args
+            .iter()
+            .skip(1)
+            .filter(|a| !a.starts_with('-'))
+            .collect();
+        if !filters.is_empty() && !filters.iter().any(|f| "bench".contains(f.as_str())) {
+            return;
+        }
+    }
+    let smoke = under_test || args.iter().any(|a| a == "--smoke");
+    let only: Option<Vec<String>> = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.split(',').map(str::to_string).collect());
+    let want = |s: &str| only.as_ref().is_none_or(|o| o.iter().any(|x| x == s));
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+    let dir = root.join("run");
+    let _ = std::fs::remove_dir_all(&dir);
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        eprintln!("cannot create {}: {e}", dir.display());
+        std::process::exit(1);
+    }
+    let mut cx = Ctx {
+        smoke,
+        dir,
+        report: String::new(),
+    };
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let head = format!(
+        "# ipxe-ca benchmarks ({}; {cores} cores; {})",
+        if smoke { "smoke run" } else { "full run" },
+        time::OffsetDateTime::now_utc().date()
+    );
+    cx.line(&head);
+    let mut failed = false;
+    type Section = fn(&mut Ctx) -> R<()>;
+    let sections: [(&str, Section); 5] = [
+        ("enroll", bench_enroll),
+        ("serve", bench_serve),
+        ("files", bench_files),
+        ("build", bench_build),
+        ("registry", bench_registry),
+    ];
+    for (name, f) in sections {
+        if want(name) {
+            if let Err(e) = f(&mut cx) {
+                cx.line(&format!("\n{name}: FAILED: {e}"));
+                failed = true;
+            }
+        }
+    }
+    let mut out = String::new();
+    let _ = write!(out, "{}", cx.report);
+    let _ = std::fs::write(root.join("results.md"), out);
+    if failed {
+        std::process::exit(1);
+    }
+    if under_test {
+        println!(
+            "bench smoke run: every selected section ran (numbers from a smoke run mean nothing)"
+        );
+    }
+}
