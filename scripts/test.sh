@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 need=(openssl curl nginx-light qemu-system-x86 ovmf mtools busybox-static cpio dosfstools
       debian-archive-keyring util-linux e2fsprogs coreutils
-      gunicorn python3-flask)
+      gunicorn python3-flask
+      make gcc perl liblzma-dev genisoimage isolinux syslinux-common syslinux-utils)
 missing=()
 for p in "${need[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -197,10 +197,10 @@ impl Lab {
         if let Some(u) = &opts.files_url {
             config.files_url = crate::config::check_url(u, "http", "--files-url")?;
         }
-        let _lock = self.state.lock()?;
         if self.state.has_ca() && !opts.force {
             return Err(Error::CaExists(self.state.root().to_path_buf()));
         }
+        // Everything is made and validated before the state dir is touched.
         let (ca_cert, ca_key) = match &opts.from_ca {
             Some((cert, key)) => (state::read(cert)?, state::read(key)?),
             None => {
@@ -214,7 +214,10 @@ impl Lab {
         let server = ca.issue_server(&opts.sans, opts.key_size, days::SERVER)?;
         let crl = ca.crl(&[], 1, days::CRL)?;
 
-        state::create_dir_private(self.state.root())?;
+        let _lock = self.state.lock()?;
+        if self.state.has_ca() && !opts.force {
+            return Err(Error::CaExists(self.state.root().to_path_buf()));
+        }
         let ca_pem = ca::cert_pem(ca.cert_der());
         state::write_atomic(&self.state.ca_key(), &ca_key, MODE_SECRET)?;
         state::write_atomic(&self.state.ca_cert(), ca_pem.as_bytes(), MODE_PUBLIC)?;

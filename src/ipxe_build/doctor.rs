@@ -106,3 +106,44 @@ pub fn tree_warning(tree: &IpxeTree) -> Option<String> {
         )),
     }
 }
+
+/// The checks a build of `targets` depends on (`prebuilt`: only the FAT image tools).
+pub fn required_for(targets: &[super::Target], prebuilt: bool) -> Vec<&'static str> {
+    use super::Target::*;
+    if prebuilt {
+        return vec!["mtools"];
+    }
+    let mut need = vec!["make", "gcc", "perl", "openssl", "csplit", "lzma.h"];
+    let any = |ts: &[super::Target]| targets.iter().any(|t| ts.contains(t));
+    if any(&[Iso, EfiIso, Hybrid]) {
+        need.push("genisoimage or xorriso");
+    }
+    if any(&[Iso, Hybrid]) {
+        need.push("isolinux");
+    }
+    if any(&[EfiIso, Hybrid]) {
+        need.push("mtools");
+    }
+    if any(&[Hybrid]) {
+        need.push("isohybrid");
+    }
+    need
+}
+
+/// Refuse to start a build that would fail for a missing tool, naming the packages.
+pub fn preflight(targets: &[super::Target], prebuilt: bool) -> crate::Result<()> {
+    let need = required_for(targets, prebuilt);
+    let missing: Vec<String> = checks()
+        .into_iter()
+        .filter(|c| !c.ok && need.contains(&c.what))
+        .map(|c| format!("{} (apt-get install {})", c.what, c.package))
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(crate::Error::invalid(format!(
+            "the build needs: {}; `ipxe-ca doctor` checks everything",
+            missing.join(", ")
+        )))
+    }
+}

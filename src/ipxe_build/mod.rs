@@ -254,6 +254,7 @@ pub fn build(
     opts: &BuildOptions,
     on_done: &(dyn Fn(&BoardResult) + Sync),
 ) -> Result<Vec<BoardResult>> {
+    doctor::preflight(&opts.targets, matches!(opts.source, Source::Prebuilt(_)))?;
     state::create_dir_private(&opts.out)?;
     match &opts.source {
         Source::Prebuilt(dir) => {

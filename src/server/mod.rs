@@ -170,12 +170,25 @@ fn local(l: &TcpListener) -> String {
     l.local_addr().map(|a| a.to_string()).unwrap_or_default()
 }
 
+/// A burst of booting boards must wait in the accept queue, not lose SYNs (a lost SYN costs a
+/// client a one-second retransmit): listen with a deep backlog.
+const BACKLOG: u32 = 4096;
+
 async fn bind(addr: SocketAddr) -> Result<TcpListener> {
-    TcpListener::bind(addr).await.map_err(|e| {
+    let fail = |e: std::io::Error| {
         Error::Server(format!(
             "cannot listen on {addr}: {e} (is another server using the port?)"
         ))
-    })
+    };
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(fail)?;
+    socket.set_reuseaddr(true).map_err(fail)?;
+    socket.bind(addr).map_err(fail)?;
+    socket.listen(BACKLOG).map_err(fail)
 }
 
 type Watcher = hyper_util::server::graceful::Watcher;

@@ -313,6 +313,33 @@ fn a_failing_make_names_board_and_target_and_shows_its_output() {
     assert!(!out.join("gone").exists());
     let e = lab.fails(&["build", "gone", "--ipxe-src", s(&tree), "--out", s(&out)]);
     assert!(e.contains("revoked"), "{e}");
+    // Preflight: with the tools missing, the build says which packages to install.
+    let empty = lab.tmp.path().join("empty-path");
+    std::fs::create_dir_all(&empty).unwrap();
+    let o = lab
+        .cmd(&[
+            "build",
+            "good",
+            "--ipxe-src",
+            s(&tree),
+            "--out",
+            s(&out),
+            "--target",
+            "hybrid",
+        ])
+        .env("PATH", &empty)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    for pkg in [
+        "apt-get install make",
+        "apt-get install genisoimage",
+        "apt-get install mtools",
+        "apt-get install syslinux-utils",
+    ] {
+        assert!(err.contains(pkg), "{pkg}: {err}");
+    }
     // A tree without ECDHE gets the warning.
     std::fs::write(tree.join("src/net/tls.c"), "/* RSA key exchange only */\n").unwrap();
     let o = lab.run(&[

@@ -633,6 +633,17 @@ fn bad_input_is_refused_with_one_line_and_changes_nothing() {
         );
         assert_eq!(before, lab.snapshot(), "{args:?} changed the state dir");
     }
+    // A failed init leaves no state dir behind.
+    let fresh = Lab::new();
+    let bogus = fresh.tmp.path().join("bogus.pem");
+    std::fs::write(&bogus, "not a certificate").unwrap();
+    let err = fresh.fails(&["init", "--from-ca", s(&bogus), "--from-key", s(&bogus)]);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        !fresh.dir.exists(),
+        "a failed init created {}",
+        fresh.dir.display()
+    );
     // Without a CA, enroll says what to do.
     let empty = Lab::new();
     let err = empty.fails(&["enroll", "b"]);
