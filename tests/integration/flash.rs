@@ -326,3 +326,53 @@ fn list_shows_exactly_the_usb_stick_and_the_removable_card() {
     );
     assert!(!text.contains("sda") && !text.contains("loop0"), "{text}");
 }
+
+/// Run `ipxe-ca` on a pseudo-terminal (util-linux `script`), typing `answer`.
+fn on_terminal(lab: &Lab, args: &[&str], answer: &str) -> (bool, String) {
+    let mut cmd = format!("'{}' --dir '{}'", s(&crate::util::bin()), s(&lab.dir));
+    for a in args {
+        cmd.push_str(&format!(" '{a}'"));
+    }
+    let mut child = std::process::Command::new("script")
+        .args(["-q", "-e", "-c", &cmd, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("script (util-linux) is needed");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{answer}\n").as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    let mut text = String::from_utf8_lossy(&o.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&o.stderr));
+    (o.status.success(), text)
+}
+
+#[test]
+fn on_a_terminal_flash_asks_and_writes_only_after_yes() {
+    let lab = Lab::init();
+    let d = lab.tmp.path();
+    let img = image(d, 1 << 20);
+    let lo = Loop::new(d, "asked", 4 << 20);
+    let before = lo.hash();
+    let args = ["flash", s(&img), s(&lo.dev), "--allow-non-removable"];
+    let (ok, text) = on_terminal(&lab, &args, "no");
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains(&format!("to {}", s(&lo.dev)))
+            && text.contains("4.2 MB")
+            && text.contains("Type 'yes'"),
+        "{text}"
+    );
+    assert!(text.contains("nothing was written"), "{text}");
+    assert_eq!(before, lo.hash());
+    let (ok, text) = on_terminal(&lab, &args, "yes");
+    assert!(ok, "{text}");
+    assert!(text.contains("wrote and verified"), "{text}");
+    assert_eq!(lo.head(1 << 20), std::fs::read(&img).unwrap());
+}
