@@ -63,6 +63,23 @@ impl Drop for Proc {
     }
 }
 
+/// `ipxe-ca serve` on free loopback ports, ready: (process, https port, http port).
+fn start_serve(state: &Path) -> R<(Proc, u16, u16)> {
+    let (https, http) = (free_port(), free_port());
+    let srv = spawn(Command::new(bin()).args([
+        "--dir",
+        s(state),
+        "serve",
+        "--https",
+        &format!("127.0.0.1:{https}"),
+        "--http",
+        &format!("127.0.0.1:{http}"),
+    ]))?;
+    wait_port(https);
+    wait_port(http);
+    Ok((srv, https, http))
+}
+
 fn spawn(cmd: &mut Command) -> R<Proc> {
     Ok(Proc(
         cmd.stdin(Stdio::null())
@@ -441,24 +458,7 @@ fn bench_serve(cx: &mut Ctx) -> R<()> {
     let mut rows: BTreeMap<(String, usize), (Load, f64, u64)> = BTreeMap::new();
 
     // ipxe-ca serve
-    let (https, http) = (free_port(), free_port());
-    let srv = Proc(
-        Command::new(bin())
-            .args([
-                "--dir",
-                s(&state),
-                "serve",
-                "--https",
-                &format!("127.0.0.1:{https}"),
-                "--http",
-                &format!("127.0.0.1:{http}"),
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
-    wait_port(https);
+    let (srv, https, _) = start_serve(&state)?;
     let mut kernel = Vec::new();
     for &c in levels {
         let (cpu0, sys0, _) = usage_split(srv.0.id());
@@ -622,17 +622,7 @@ fn bench_files(cx: &mut Ctx) -> R<()> {
     }
     std::fs::write(&f, &data)?;
     drop(data);
-    let (https, http) = (free_port(), free_port());
-    let srv = spawn(Command::new(bin()).args([
-        "--dir",
-        s(&state),
-        "serve",
-        "--https",
-        &format!("127.0.0.1:{https}"),
-        "--http",
-        &format!("127.0.0.1:{http}"),
-    ]))?;
-    wait_port(http);
+    let (srv, _, http) = start_serve(&state)?;
     let ours = download_all(&format!("http://127.0.0.1:{http}/files/big.img"), 4)?;
     drop(srv);
     let port = free_port();
@@ -745,17 +735,7 @@ fn bench_registry(cx: &mut Ctx) -> R<()> {
         let show_ms = t.elapsed().as_secs_f64() * 1e3;
         let sample: Vec<PathBuf> = certs.iter().step_by((n / 20).max(1)).cloned().collect();
         let cfgs = client_configs(&state.join("ca/ca.crt"), &key, &sample)?;
-        let (https, http) = (free_port(), free_port());
-        let srv = spawn(Command::new(bin()).args([
-            "--dir",
-            s(&state),
-            "serve",
-            "--https",
-            &format!("127.0.0.1:{https}"),
-            "--http",
-            &format!("127.0.0.1:{http}"),
-        ]))?;
-        wait_port(https);
+        let (srv, https, _) = start_serve(&state)?;
         let l = load(
             &cfgs,
             https,

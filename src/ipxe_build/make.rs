@@ -137,13 +137,7 @@ fn build_board(
 ) -> Result<Manifest> {
     let started = Instant::now();
     let reg = lab.registry();
-    let key_path = reg.key_path(&board.name);
-    if !key_path.exists() {
-        return Err(Error::invalid(format!(
-            "ipxe-ca does not hold the key of board {} (signed from a CSR or registered): PRIVKEY needs it",
-            board.name
-        )));
-    }
+    let key_path = super::held_key(lab, board)?;
     let ca = stage(
         stage_dir,
         "ca",

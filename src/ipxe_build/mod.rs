@@ -215,6 +215,18 @@ pub fn embed_script(lab: &Lab, board: &Board, ntp_server: Option<&str>) -> Resul
     render::render("embed.ipxe", &source, &ctx, &[])
 }
 
+/// The board's private key, which every image embeds: only enrolled boards have one here.
+pub(crate) fn held_key(lab: &Lab, board: &Board) -> Result<PathBuf> {
+    let key = lab.registry().key_path(&board.name);
+    if !key.exists() {
+        return Err(Error::invalid(format!(
+            "ipxe-ca does not hold the key of board {} (it was signed from a CSR or registered): an image needs the key",
+            board.name
+        )));
+    }
+    Ok(key)
+}
+
 /// Boards to build: the named ones (each must be active), or every active board.
 pub fn select_boards(lab: &Lab, names: &[BoardName], all: bool) -> Result<Vec<Board>> {
     let boards = if all {

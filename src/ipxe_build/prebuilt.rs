@@ -38,13 +38,7 @@ pub(crate) fn find_efi(dir: &Path) -> Result<PathBuf> {
 /// The board's `autoexec.ipxe`: its certificate and key as hex, then the embed script.
 pub fn autoexec_script(lab: &Lab, board: &Board, ntp_server: Option<&str>) -> Result<String> {
     let reg = lab.registry();
-    let key_path = reg.key_path(&board.name);
-    if !key_path.exists() {
-        return Err(Error::invalid(format!(
-            "ipxe-ca does not hold the key of board {} (it was signed from a CSR or registered): an image needs the key",
-            board.name
-        )));
-    }
+    let key_path = super::held_key(lab, board)?;
     let cert_der = crate::ca::cert_der_from_bytes(&state::read(&reg.cert_path(&board.name))?)?;
     let key_der = PrivateKeyDer::from_pem_slice(&state::read(&key_path)?)
         .map_err(|e| Error::crypto(format!("cannot read key of {}", board.name), e))?;

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::util::{openssl, s, tool, Lab};
+use crate::util::{openssl, rsa_csr, s, tool, Lab};
 
 /// A private copy of the fixture tree, so tests never write into the repository.
 fn fake_tree(lab: &Lab) -> PathBuf {
@@ -225,18 +225,21 @@ fn builds_in_one_tree_are_serialised_and_jobs_use_copies() {
         "builds overlapped: {iv:?}"
     );
     // --jobs 2: two trees (the original and a copy), all boards built.
-    let o = lab.run(&[
-        "build",
-        "--all",
-        "--ipxe-src",
-        s(&tree),
-        "--out",
-        s(&out),
-        "--target",
-        "lkrn",
-        "--jobs",
-        "2",
-    ]);
+    let build_all_jobs2 = || {
+        lab.run(&[
+            "build",
+            "--all",
+            "--ipxe-src",
+            s(&tree),
+            "--out",
+            s(&out),
+            "--target",
+            "lkrn",
+            "--jobs",
+            "2",
+        ])
+    };
+    let o = build_all_jobs2();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     assert_eq!(
@@ -254,18 +257,7 @@ fn builds_in_one_tree_are_serialised_and_jobs_use_copies() {
         "{trees:?}"
     );
     // The copy stays and is reused (incremental) the next time.
-    let o = lab.run(&[
-        "build",
-        "--all",
-        "--ipxe-src",
-        s(&tree),
-        "--out",
-        s(&out),
-        "--target",
-        "lkrn",
-        "--jobs",
-        "2",
-    ]);
+    let o = build_all_jobs2();
     assert!(o.status.success());
     let copies: Vec<_> = std::fs::read_dir(lab.path("cache/ipxe-trees"))
         .unwrap()
@@ -455,19 +447,7 @@ fn prebuilt_image_is_a_fat_disk_with_the_efi_binary_and_the_boards_identity() {
     );
     // A board whose key we never held cannot get an image.
     let d = lab.tmp.path();
-    openssl(&[
-        "req",
-        "-new",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        s(&d.join("x.key")),
-        "-subj",
-        "/CN=x",
-        "-out",
-        s(&d.join("x.csr")),
-    ]);
+    rsa_csr(s(&d.join("x.key")), "/CN=x", s(&d.join("x.csr")), &[]);
     lab.ok(&["sign", "csr-only", "--csr", s(&d.join("x.csr"))]);
     let e = lab.fails(&[
         "build",

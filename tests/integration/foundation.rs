@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::util::{openssl, s, tool, Lab};
+use crate::util::{openssl, rsa_csr, s, tool, Lab};
 
 fn der_of(pem_path: &std::path::Path) -> Vec<u8> {
     let text = std::fs::read(pem_path).unwrap();
@@ -368,25 +368,19 @@ fn csr_asking_for_ca_true_gets_a_client_certificate() {
     let d = lab.tmp.path();
     let key = d.join("b.key");
     let csr = d.join("b.csr");
-    openssl(&[
-        "req",
-        "-new",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
+    rsa_csr(
         s(&key),
-        "-subj",
         "/CN=evil/O=Other",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=keyCertSign",
-        "-addext",
-        "subjectKeyIdentifier=hash",
-        "-out",
         s(&csr),
-    ]);
+        &[
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=keyCertSign",
+            "-addext",
+            "subjectKeyIdentifier=hash",
+        ],
+    );
     let j: serde_json::Value =
         serde_json::from_str(&lab.ok(&["sign", "csr-board", "--csr", s(&csr), "--json"])).unwrap();
     assert!(j["key"].is_null(), "we never held the key");
@@ -413,21 +407,7 @@ fn csr_asking_for_ca_true_gets_a_client_certificate() {
     assert_eq!(a, b);
     // DER CSRs work too.
     let der = d.join("b2.der");
-    openssl(&[
-        "req",
-        "-new",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        s(&d.join("b2.key")),
-        "-subj",
-        "/CN=x",
-        "-outform",
-        "DER",
-        "-out",
-        s(&der),
-    ]);
+    rsa_csr(s(&d.join("b2.key")), "/CN=x", s(&der), &["-outform", "DER"]);
     lab.ok(&["sign", "der-board", "--csr", s(&der)]);
 }
 
@@ -461,21 +441,7 @@ fn non_rsa_and_garbage_csrs_are_refused_without_changes() {
     assert!(err.contains("CSR"), "{err}");
     // A CSR whose signature does not verify (one byte of the signature flipped).
     let good = d.join("good.der");
-    openssl(&[
-        "req",
-        "-new",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        s(&d.join("g.key")),
-        "-subj",
-        "/CN=x",
-        "-outform",
-        "DER",
-        "-out",
-        s(&good),
-    ]);
+    rsa_csr(s(&d.join("g.key")), "/CN=x", s(&good), &["-outform", "DER"]);
     let mut bytes = std::fs::read(&good).unwrap();
     let n = bytes.len();
     bytes[n - 10] ^= 0xff;
@@ -494,19 +460,7 @@ fn register_adopts_our_certificates_and_refuses_others() {
     let key = d.join("old.key");
     let csr = d.join("old.csr");
     let crt = d.join("old.crt");
-    openssl(&[
-        "req",
-        "-new",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        s(&key),
-        "-subj",
-        "/CN=legacy",
-        "-out",
-        s(&csr),
-    ]);
+    rsa_csr(s(&key), "/CN=legacy", s(&csr), &[]);
     openssl(&[
         "x509",
         "-req",

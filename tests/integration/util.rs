@@ -288,3 +288,13 @@ pub fn write_random(path: &std::path::Path, len: usize) {
     }
     f.flush().unwrap();
 }
+
+/// A new RSA-2048 key and a CSR for `subj`, made by the openssl CLI (`extra` goes last,
+/// e.g. `-outform DER` or `-addext …`).
+pub fn rsa_csr(key: &str, subj: &str, out: &str, extra: &[&str]) {
+    let mut args = vec![
+        "req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-subj", subj, "-out", out,
+    ];
+    args.extend_from_slice(extra);
+    openssl(&args);
+}
