@@ -28,8 +28,9 @@ pub mod days {
     pub const SERVER: u32 = 825;
     /// Boards: 3 years, roughly a board's service life between reflashes.
     pub const BOARD: u32 = 1095;
-    /// The CRL is re-signed on every revoke; this is how long a copy stays valid.
-    pub const CRL: u32 = 30;
+    /// The CRL is re-signed on every revoke and by `ipxe-ca crl`; this is how long a copy stays
+    /// valid. A year: nginx refuses every client once its CRL has expired, and labs are quiet.
+    pub const CRL: u32 = 365;
 }
 
 /// What `init` needs.
@@ -443,33 +444,42 @@ impl Lab {
         board.status = Status::Revoked;
         board.revoked_at = Some(OffsetDateTime::now_utc());
         board.revocation_reason = Some(reason);
-        let mut revoked: Vec<Revoked> = self
+        // The registry is what the server checks on every request: update it first.
+        self.registry.save(&board)?;
+        self.publish_crl(&ca)?;
+        Ok(board)
+    }
+
+    /// Re-sign the CRL now (it is valid for [`days::CRL`] days; nginx refuses every client
+    /// once its `ssl_crl` has expired). Returns its next-update time.
+    pub fn refresh_crl(&self) -> Result<OffsetDateTime> {
+        let _lock = self.state.lock()?;
+        let ca = self.ca()?;
+        self.publish_crl(&ca)
+    }
+
+    /// Sign and write a CRL listing every revoked board. Callers hold the lock.
+    fn publish_crl(&self, ca: &Ca) -> Result<OffsetDateTime> {
+        let revoked: Vec<Revoked> = self
             .registry
             .list()?
             .into_iter()
-            .filter(|b| b.status == Status::Revoked && b.name != board.name)
+            .filter(|b| b.status == Status::Revoked)
             .map(|b| Revoked {
                 serial: b.serial,
                 when: b.revoked_at.unwrap_or(b.not_before),
                 reason: b.revocation_reason.unwrap_or(Reason::Unspecified),
             })
             .collect();
-        revoked.push(Revoked {
-            serial: board.serial.clone(),
-            when: board.revoked_at.unwrap_or_else(OffsetDateTime::now_utc),
-            reason,
-        });
         let number = self.next_crl_number()?;
         let crl = ca.crl(&revoked, number, days::CRL)?;
-        // The registry is what the server checks on every request: update it first.
-        self.registry.save(&board)?;
         state::write_atomic(&self.state.crl(), crl.as_bytes(), MODE_PUBLIC)?;
         state::write_atomic(
             &self.state.crl_number(),
             format!("{number}\n").as_bytes(),
             MODE_PUBLIC,
         )?;
-        Ok(board)
+        Ok(OffsetDateTime::now_utc() + time::Duration::days(i64::from(days::CRL)))
     }
 
     fn next_crl_number(&self) -> Result<u64> {

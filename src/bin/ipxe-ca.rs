@@ -39,6 +39,8 @@ enum Command {
     Register(RegisterArgs),
     /// Revoke a board: the server refuses it at once and the CRL lists it.
     Revoke(RevokeArgs),
+    /// Re-sign the CRL (ca/crl.pem) now; do it before it expires (yearly) if nginx reads it.
+    Crl,
     /// List the registered boards.
     List(JsonArg),
     /// Show one board.
@@ -420,6 +422,14 @@ fn run(cli: Cli) -> Result<()> {
                 b.name,
                 b.serial,
                 lab.state().crl().display()
+            );
+        }
+        Command::Crl => {
+            let next = lab.refresh_crl().context("cannot re-sign the CRL")?;
+            println!(
+                "re-signed {}; valid until {}",
+                lab.state().crl().display(),
+                next.format(&time::format_description::well_known::Rfc3339)?
             );
         }
         Command::List(a) => {

@@ -19,6 +19,7 @@ pub fn server_block(state: &StateDir, listen: &str, upstream: SocketAddr) -> Str
 # nginx terminates TLS and checks the board's certificate against the CA and the CRL;
 # ipxe-ca (serve --behind-proxy --trusted-proxy <this host>) maps the fingerprint to the board.
 # After `ipxe-ca revoke`, ipxe-ca refuses the board at once; `nginx -s reload` also reloads the CRL.
+# nginx refuses every client once ssl_crl has expired: run `ipxe-ca crl` (then reload) yearly.
 server {{
     listen {listen} ssl;
     ssl_certificate     {cert};

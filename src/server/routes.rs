@@ -115,7 +115,16 @@ async fn handle(req: Request<Incoming>, info: &ConnInfo, shared: &Arc<Shared>) -
     let resp = if let Some(rest) = path.strip_prefix("/files/") {
         files::serve(rest, &req, shared, &mut out).await
     } else if let Some(token) = path.strip_prefix("/secret/") {
-        one_time(token, &method, shared, &mut out)
+        if info.tls || trusted_proxy(info, shared) {
+            one_time(token, &method, shared, &mut out)
+        } else {
+            // A one-time secret never crosses the network in clear text.
+            script(
+                StatusCode::FORBIDDEN,
+                "one-time URLs are served over HTTPS only",
+                &mut out,
+            )
+        }
     } else if path == "/boot.ipxe" || path == "/boot/ipxe" || path.starts_with("/ipxe/") {
         let mac = path
             .strip_prefix("/ipxe/")
@@ -185,6 +194,14 @@ fn respond(status: StatusCode, body: String, out: &mut Outcome) -> Response<Body
     r
 }
 
+/// A plain-HTTP peer that terminates TLS for us (proxy mode, `--trusted-proxy`).
+fn trusted_proxy(info: &ConnInfo, shared: &Shared) -> bool {
+    shared.opts.behind_proxy
+        && info
+            .peer
+            .is_some_and(|p| shared.opts.trusted_proxies.contains(&p.ip()))
+}
+
 /// Who is asking: the SHA-1 fingerprint of a verified client certificate, from TLS or
 /// from a trusted proxy's headers; otherwise why not.
 fn identify(
@@ -204,7 +221,7 @@ fn identify(
         return Err("boot scripts are served only over HTTPS with a client certificate".into());
     }
     let peer_ip: Option<IpAddr> = info.peer.map(|p| p.ip());
-    if !peer_ip.is_some_and(|ip| shared.opts.trusted_proxies.contains(&ip)) {
+    if !trusted_proxy(info, shared) {
         return Err(format!(
             "client-certificate headers ignored: peer {} is not a --trusted-proxy",
             peer_ip.map(|i| i.to_string()).unwrap_or_default()

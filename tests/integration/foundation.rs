@@ -239,6 +239,50 @@ fn revoked_board_is_in_a_crl_that_openssl_verifies() {
     assert_eq!(j["status"], "revoked");
     let err = lab.fails(&["revoke", "gone"]);
     assert!(err.contains("already revoked"), "{err}");
+    // `crl` re-signs: a higher CRL number, the same revoked serial, a year of validity.
+    let number = |t: &str| {
+        t.lines()
+            .skip_while(|l| !l.contains("X509v3 CRL Number"))
+            .nth(1)
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let before = number(&text);
+    let out = lab.ok(&["crl"]);
+    assert!(out.contains("valid until"), "{out}");
+    let again = openssl(&["crl", "-in", s(&crl), "-noout", "-text"]);
+    assert_ne!(number(&again), before);
+    let gone_serial = openssl(&[
+        "x509",
+        "-in",
+        s(&lab.path("boards/gone/cert.pem")),
+        "-noout",
+        "-serial",
+    ]);
+    assert!(
+        again.to_lowercase().contains(
+            &gone_serial
+                .trim()
+                .trim_start_matches("serial=")
+                .to_lowercase()
+        ),
+        "{again}"
+    );
+    let out = openssl(&[
+        "crl",
+        "-in",
+        s(&crl),
+        "-CAfile",
+        s(&ca),
+        "-noout",
+        "-verify",
+        "-nextupdate",
+    ]);
+    let year = (time::OffsetDateTime::now_utc() + time::Duration::days(364))
+        .year()
+        .to_string();
+    assert!(out.contains("verify OK") && out.contains(&year), "{out}");
 }
 
 /// A CA made by the openssl CLI with PrintableString names, as the prototype's was.
