@@ -69,6 +69,25 @@ pub struct BoardOptions {
     pub secrets: Vec<KeyValue>,
 }
 
+/// Changes to a registered board (`ipxe-ca set`).
+#[derive(Clone, Debug, Default)]
+pub struct BoardUpdate {
+    /// New MAC.
+    pub mac: Option<Mac>,
+    /// Forget the MAC.
+    pub clear_mac: bool,
+    /// New profile.
+    pub profile: Option<ProfileName>,
+    /// Variables to add or change.
+    pub vars: Vec<KeyValue>,
+    /// Variables to remove.
+    pub unset_vars: Vec<String>,
+    /// Secrets to add or change.
+    pub secrets: Vec<KeyValue>,
+    /// Secrets to remove.
+    pub unset_secrets: Vec<String>,
+}
+
 /// What `list --json` and `show --json` print for a board. Secret values never appear.
 #[derive(Clone, Debug, Serialize)]
 pub struct BoardView {
@@ -431,6 +450,49 @@ impl Lab {
             key_pem: None,
         };
         self.register_issued(name, opts, profile, new)
+    }
+
+    /// Change a board's MAC, profile, variables or secrets; the server sees it on the next boot.
+    pub fn update(&self, name: &BoardName, u: &BoardUpdate) -> Result<Board> {
+        let _lock = self.state.lock()?;
+        let mut board = self.registry.get(name)?;
+        if let Some(p) = &u.profile {
+            let path = self.state.profiles_dir().join(format!("{p}.ipxe"));
+            if !path.exists() {
+                return Err(Error::invalid(format!(
+                    "profile \"{p}\" does not exist: create {} first",
+                    path.display()
+                )));
+            }
+            board.profile = p.clone();
+        }
+        if u.clear_mac {
+            board.mac = None;
+        }
+        if let Some(m) = u.mac {
+            board.mac = Some(m);
+        }
+        for k in &u.unset_vars {
+            if board.vars.remove(k).is_none() {
+                return Err(Error::invalid(format!("board {name} has no var {k:?}")));
+            }
+        }
+        for kv in &u.vars {
+            board.vars.insert(kv.key.clone(), kv.value.clone());
+        }
+        let mut secrets = self.registry.secrets(name)?;
+        for k in &u.unset_secrets {
+            if secrets.remove(k).is_none() {
+                return Err(Error::invalid(format!("board {name} has no secret {k:?}")));
+            }
+        }
+        for kv in &u.secrets {
+            secrets.insert(kv.key.clone(), kv.value.clone());
+        }
+        board.secret_names = secrets.keys().cloned().collect();
+        self.registry.save_secrets(name, &secrets)?;
+        self.registry.save(&board)?;
+        Ok(board)
     }
 
     /// Mark a board revoked and publish a new CRL.

@@ -250,6 +250,21 @@ impl Registry {
         }
     }
 
+    /// Replace a board's secrets (0600; the file goes away when there are none).
+    pub fn save_secrets(&self, name: &BoardName, secrets: &BTreeMap<String, String>) -> Result<()> {
+        let path = self.secrets_path(name);
+        if secrets.is_empty() {
+            return match fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(Error::io("cannot remove", path, e))
+                }
+                _ => Ok(()),
+            };
+        }
+        let text = toml::to_string(secrets).map_err(|e| Error::invalid(e.to_string()))?;
+        state::write_atomic(&path, text.as_bytes(), MODE_SECRET)
+    }
+
     /// Write a board's registry entry atomically.
     pub fn save(&self, board: &Board) -> Result<()> {
         let text = toml::to_string(board).map_err(|e| Error::invalid(e.to_string()))?;

@@ -37,6 +37,8 @@ enum Command {
     Sign(SignArgs),
     /// Register a board whose certificate our CA issued before ipxe-ca existed.
     Register(RegisterArgs),
+    /// Change a board's MAC, profile, vars or secrets (effective on its next boot).
+    Set(SetArgs),
     /// Revoke a board: the server refuses it at once and the CRL lists it.
     Revoke(RevokeArgs),
     /// Re-sign the CRL (ca/crl.pem) now; do it before it expires (yearly) if nginx reads it.
@@ -271,6 +273,37 @@ struct RegisterArgs {
 }
 
 #[derive(Args, Debug)]
+struct SetArgs {
+    /// Board name.
+    #[arg(value_parser = parse::<BoardName>)]
+    board: BoardName,
+    /// New MAC.
+    #[arg(long, value_parser = parse::<Mac>, conflicts_with = "no_mac")]
+    mac: Option<Mac>,
+    /// Forget the MAC (requests naming any MAC are then accepted).
+    #[arg(long)]
+    no_mac: bool,
+    /// New profile.
+    #[arg(long, value_parser = parse::<ProfileName>)]
+    profile: Option<ProfileName>,
+    /// Add or change a template variable KEY=VALUE (repeatable).
+    #[arg(long = "var", value_parser = parse::<KeyValue>)]
+    vars: Vec<KeyValue>,
+    /// Remove a template variable (repeatable).
+    #[arg(long = "unset-var")]
+    unset_vars: Vec<String>,
+    /// Add or change a secret KEY=VALUE (repeatable; never printed).
+    #[arg(long = "secret", value_parser = parse::<KeyValue>)]
+    secrets: Vec<KeyValue>,
+    /// Remove a secret (repeatable).
+    #[arg(long = "unset-secret")]
+    unset_secrets: Vec<String>,
+    /// Print the board as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
 struct RevokeArgs {
     /// Board name.
     #[arg(value_parser = parse::<BoardName>)]
@@ -412,6 +445,21 @@ fn run(cli: Cli) -> Result<()> {
                 .register(&a.board, &cert, &board_options(&a.common, None))
                 .with_context(|| format!("cannot register {}", a.board))?;
             print_board(&lab, &b, a.common.json)?;
+        }
+        Command::Set(a) => {
+            let update = lab::BoardUpdate {
+                mac: a.mac,
+                clear_mac: a.no_mac,
+                profile: a.profile,
+                vars: a.vars,
+                unset_vars: a.unset_vars,
+                secrets: a.secrets,
+                unset_secrets: a.unset_secrets,
+            };
+            let b = lab
+                .update(&a.board, &update)
+                .with_context(|| format!("cannot change {}", a.board))?;
+            print_board(&lab, &b, a.json)?;
         }
         Command::Revoke(a) => {
             let b = lab

@@ -65,6 +65,55 @@ fn each_board_gets_its_own_script_and_strangers_get_nothing() {
         "{none}"
     );
     assert!(!none.contains("SECRET"));
+    // A valid certificate of our CA that was never registered: 403, logged as such.
+    let d = lab.tmp.path();
+    let (key, csr, crt) = (
+        d.join("stray.key"),
+        d.join("stray.csr"),
+        d.join("stray.crt"),
+    );
+    crate::util::rsa_csr(s(&key), "/CN=stray", s(&csr), &[]);
+    let ext = d.join("client.ext");
+    std::fs::write(
+        &ext,
+        "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+    )
+    .unwrap();
+    crate::util::openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        s(&csr),
+        "-CA",
+        s(&lab.path("ca/ca.crt")),
+        "-CAkey",
+        s(&lab.path("ca/ca.key")),
+        "-days",
+        "30",
+        "-extfile",
+        s(&ext),
+        "-out",
+        s(&crt),
+    ]);
+    let (_, out) = tool(
+        "curl",
+        &[
+            "-s",
+            "-w",
+            "\n%{http_code}",
+            "--cacert",
+            s(&lab.path("ca/ca.crt")),
+            "--cert",
+            s(&crt),
+            "--key",
+            s(&key),
+            &srv.url("/boot.ipxe"),
+        ],
+    );
+    assert!(
+        out.ends_with("403") && out.contains("not registered") && !out.contains("SECRET"),
+        "{out}"
+    );
     // A certificate from another CA: the handshake fails, nothing is served.
     let other = Lab::init();
     other.enroll("intruder", &[]);
@@ -148,6 +197,43 @@ fn revoke_and_enroll_take_effect_without_restart() {
     let (code, c) = lab.curl_as(Some("board-c"), &srv.url("/boot.ipxe"));
     assert_eq!(code, 200, "{c}");
     assert!(c.contains("SECRET-CCC"));
+    // `set` changes a board's secret, MAC and profile for its next boot.
+    lab.ok(&[
+        "set",
+        "board-b",
+        "--secret",
+        "s3_key=SECRET-BBB-ROTATED",
+        "--mac",
+        "52:54:00:00:00:0b",
+    ]);
+    let (code, b) = lab.curl_as(
+        Some("board-b"),
+        &srv.url("/boot.ipxe?mac=52:54:00:00:00:0b"),
+    );
+    assert_eq!(code, 200, "{b}");
+    assert!(
+        b.contains("SECRET-BBB-ROTATED") && !b.contains("SECRET-BBB-2222"),
+        "{b}"
+    );
+    assert_eq!(
+        lab.curl_as(
+            Some("board-b"),
+            &srv.url("/boot.ipxe?mac=52:54:00:00:00:0c")
+        )
+        .0,
+        403
+    );
+    let before = lab.snapshot();
+    let e = lab.fails(&["set", "board-b", "--unset-secret", "nosuch"]);
+    assert!(e.contains("no secret"), "{e}");
+    let e = lab.fails(&["set", "board-b", "--profile", "nosuch"]);
+    assert!(e.contains("does not exist"), "{e}");
+    assert_eq!(before, lab.snapshot());
+    let shown = lab.ok(&["show", "board-b", "--json"]);
+    assert!(
+        !shown.contains("ROTATED") && shown.contains("s3_key"),
+        "{shown}"
+    );
     // A profile edit is live too.
     std::fs::write(
         lab.path("profiles/default.ipxe"),
