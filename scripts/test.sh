@@ -20,4 +20,7 @@ fi
 if ! apt-cache show linux-image-cloud-amd64 >/dev/null 2>&1; then $sudo apt-get update -qq; fi
 IPXE_CA_TEST_ASSETS="$(scripts/fetch-boot-assets.sh)"
 export IPXE_CA_TEST_ASSETS
-cargo test --locked --all-targets "$@" -- --nocapture
+# The benchmarks' smoke run first (seconds; it proves they still work, its numbers mean nothing),
+# then every test, so that the run ends with the test summary.
+cargo test --locked --bench bench
+cargo test --locked --lib --bins --tests "$@" -- --nocapture

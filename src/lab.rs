@@ -287,6 +287,11 @@ impl Lab {
             return Err(Error::BoardExists(name.to_string()));
         }
         let profile = opts.profile.clone().unwrap_or_default();
+        self.require_profile(&profile)?;
+        Ok(profile)
+    }
+
+    fn require_profile(&self, profile: &ProfileName) -> Result<()> {
         let p = self.state.profiles_dir().join(format!("{profile}.ipxe"));
         if !p.exists() {
             return Err(Error::invalid(format!(
@@ -294,7 +299,7 @@ impl Lab {
                 p.display()
             )));
         }
-        Ok(profile)
+        Ok(())
     }
 
     fn register_issued(
@@ -457,13 +462,7 @@ impl Lab {
         let _lock = self.state.lock()?;
         let mut board = self.registry.get(name)?;
         if let Some(p) = &u.profile {
-            let path = self.state.profiles_dir().join(format!("{p}.ipxe"));
-            if !path.exists() {
-                return Err(Error::invalid(format!(
-                    "profile \"{p}\" does not exist: create {} first",
-                    path.display()
-                )));
-            }
+            self.require_profile(p)?;
             board.profile = p.clone();
         }
         if u.clear_mac {
