@@ -11,6 +11,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
+use x509_parser::prelude::FromDer;
 
 use super::{routes, ConnInfo, Shared, Watcher};
 use crate::error::{Error, Result};
@@ -69,6 +70,7 @@ fn build(state: &StateDir) -> Result<ServerConfig> {
 
 impl TlsState {
     pub(crate) fn new(state: &StateDir) -> Result<TlsState> {
+        crl_expiry_warning(state);
         let mtime = crl_mtime(state);
         let acceptor = TlsAcceptor::from(Arc::new(build(state)?));
         Ok(TlsState {
@@ -95,6 +97,25 @@ impl TlsState {
         }
         cur.1.clone()
     }
+}
+
+/// nginx (proxy mode, or a second front) refuses every client once `ssl_crl` has expired:
+/// say so at start while there is time to act.
+fn crl_expiry_warning(state: &StateDir) {
+    if let Some(days) = crl_days_left(state).filter(|d| *d < 30) {
+        eprintln!(
+            "ipxe-ca: warning: {} expires in {days} days: run `ipxe-ca crl` (nginx refuses every client on an expired CRL)",
+            state.crl().display()
+        );
+    }
+}
+
+/// Whole days until the CRL's nextUpdate, if there is a readable CRL with one.
+fn crl_days_left(state: &StateDir) -> Option<i64> {
+    let der = CertificateRevocationListDer::from_pem_file(state.crl()).ok()?;
+    let (_, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(&der).ok()?;
+    let next = crl.next_update()?.to_datetime();
+    Some((next - time::OffsetDateTime::now_utc()).whole_days())
 }
 
 pub(crate) async fn serve_tls(
@@ -129,4 +150,25 @@ pub(crate) async fn serve_tls(
         tls: true,
     };
     routes::serve_http(hyper_util::rt::TokioIo::new(stream), info, shared, watcher).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crl_days_left_reads_next_update() {
+        let t = tempfile::tempdir().unwrap();
+        let state = StateDir::new(t.path());
+        assert_eq!(crl_days_left(&state), None);
+        let issued = crate::ca::create_ca("t", crate::ca::KeySize::Rsa2048, 30).unwrap();
+        let ca = crate::ca::Ca::load(
+            issued.cert_pem.as_bytes(),
+            issued.key_pem.unwrap().as_bytes(),
+        )
+        .unwrap();
+        let crl = ca.crl(&[], 1, 5).unwrap();
+        crate::state::write_atomic(&state.crl(), crl.as_bytes(), 0o644).unwrap();
+        assert_eq!(crl_days_left(&state), Some(4));
+    }
 }
