@@ -2,6 +2,7 @@
 //! plain HTTP for boot files. In proxy mode, plain HTTP behind nginx, trusting nginx's
 //! client-certificate headers from trusted peers only.
 
+mod crl;
 mod files;
 mod log;
 pub mod nginx;
@@ -50,6 +51,7 @@ pub(crate) struct Shared {
     pub files_root: PathBuf,
     pub state_root: PathBuf,
     pub one_time: OneTimeStore,
+    pub revoked: crl::RevokedSerials,
     pub opts: ServeOptions,
 }
 
@@ -105,6 +107,7 @@ pub async fn serve(
         files_root,
         state_root,
         one_time: OneTimeStore::default(),
+        revoked: crl::RevokedSerials::new(lab.state())?,
         opts: opts.clone(),
         lab,
     });
@@ -113,7 +116,7 @@ pub async fn serve(
     let mut tasks = Vec::new();
 
     if let Some(addr) = opts.https.filter(|_| !opts.behind_proxy) {
-        let tls = tls::TlsState::new(shared.lab.state())?;
+        let tls = tls::acceptor(shared.lab.state())?;
         let listener = bind(addr).await?;
         eprintln!(
             "ipxe-ca: serving boot scripts on https://{} (mutual TLS)",
@@ -121,7 +124,7 @@ pub async fn serve(
         );
         tasks.push(tokio::spawn(accept_loop(
             listener,
-            Some(Arc::new(tls)),
+            Some(tls),
             shared.clone(),
             graceful.clone(),
             stop_rx.clone(),
@@ -195,7 +198,7 @@ type Watcher = hyper_util::server::graceful::Watcher;
 
 async fn accept_loop(
     listener: TcpListener,
-    tls: Option<Arc<tls::TlsState>>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shared: Arc<Shared>,
     graceful: Arc<hyper_util::server::graceful::GracefulShutdown>,
     mut stop: tokio::sync::watch::Receiver<bool>,

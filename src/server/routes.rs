@@ -290,7 +290,7 @@ fn boot(
         }
     }
     out.serial = Some(board.serial.clone());
-    if board.status == Status::Revoked {
+    if board.status == Status::Revoked || shared.revoked.contains(&board.serial) {
         return script(
             StatusCode::FORBIDDEN,
             &format!("board {} is revoked", board.name),

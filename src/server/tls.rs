@@ -1,33 +1,21 @@
-//! The rustls side: server chain, client verification against our CA and CRL, and reloading
-//! the CRL when `revoke` rewrites it (no restart needed).
+//! The rustls side: the server chain (leaf + CA) and client verification against our CA.
+//! Revocation is checked per request against the registry and the CRL (`crl.rs`), so that a
+//! revoked board gets a 403 script that says so instead of a bare TLS alert.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::sync::Arc;
 
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
-use x509_parser::prelude::FromDer;
 
 use super::{routes, ConnInfo, Shared, Watcher};
 use crate::error::{Error, Result};
 use crate::state::StateDir;
 use crate::types::Fingerprint;
-
-pub(crate) struct TlsState {
-    state: StateDir,
-    current: Mutex<(Option<SystemTime>, TlsAcceptor)>,
-}
-
-fn crl_mtime(state: &StateDir) -> Option<SystemTime> {
-    std::fs::metadata(state.crl())
-        .and_then(|m| m.modified())
-        .ok()
-}
 
 fn build(state: &StateDir) -> Result<ServerConfig> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -45,16 +33,7 @@ fn build(state: &StateDir) -> Result<ServerConfig> {
             .add(ca)
             .map_err(|e| Error::crypto("CA certificate", e))?;
     }
-    let mut crls = Vec::new();
-    if state.crl().exists() {
-        for c in CertificateRevocationListDer::pem_file_iter(state.crl())
-            .map_err(|e| Error::crypto(format!("cannot read {}", state.crl().display()), e))?
-        {
-            crls.push(c.map_err(|e| Error::crypto("CRL", e))?);
-        }
-    }
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .with_crls(crls)
         .allow_unauthenticated()
         .build()
         .map_err(|e| Error::crypto("cannot build client verifier", e))?;
@@ -68,64 +47,18 @@ fn build(state: &StateDir) -> Result<ServerConfig> {
     Ok(config)
 }
 
-impl TlsState {
-    pub(crate) fn new(state: &StateDir) -> Result<TlsState> {
-        crl_expiry_warning(state);
-        let mtime = crl_mtime(state);
-        let acceptor = TlsAcceptor::from(Arc::new(build(state)?));
-        Ok(TlsState {
-            state: state.clone(),
-            current: Mutex::new((mtime, acceptor)),
-        })
-    }
-
-    /// The acceptor, rebuilt when the CRL changed on disk (one `stat` per connection).
-    fn acceptor(&self) -> TlsAcceptor {
-        let mtime = crl_mtime(&self.state);
-        let mut cur = match self.current.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        if mtime != cur.0 {
-            match build(&self.state) {
-                Ok(c) => {
-                    *cur = (mtime, TlsAcceptor::from(Arc::new(c)));
-                    eprintln!("ipxe-ca: reloaded CRL {}", self.state.crl().display());
-                }
-                Err(e) => eprintln!("ipxe-ca: keeping the previous TLS config: {e}"),
-            }
-        }
-        cur.1.clone()
-    }
-}
-
-/// nginx (proxy mode, or a second front) refuses every client once `ssl_crl` has expired:
-/// say so at start while there is time to act.
-fn crl_expiry_warning(state: &StateDir) {
-    if let Some(days) = crl_days_left(state).filter(|d| *d < 30) {
-        eprintln!(
-            "ipxe-ca: warning: {} expires in {days} days: run `ipxe-ca crl` (nginx refuses every client on an expired CRL)",
-            state.crl().display()
-        );
-    }
-}
-
-/// Whole days until the CRL's nextUpdate, if there is a readable CRL with one.
-fn crl_days_left(state: &StateDir) -> Option<i64> {
-    let der = CertificateRevocationListDer::from_pem_file(state.crl()).ok()?;
-    let (_, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(&der).ok()?;
-    let next = crl.next_update()?.to_datetime();
-    Some((next - time::OffsetDateTime::now_utc()).whole_days())
+/// The acceptor of the mTLS listener.
+pub(crate) fn acceptor(state: &StateDir) -> Result<TlsAcceptor> {
+    Ok(TlsAcceptor::from(Arc::new(build(state)?)))
 }
 
 pub(crate) async fn serve_tls(
     stream: TcpStream,
     peer: SocketAddr,
-    tls: Arc<TlsState>,
+    acceptor: TlsAcceptor,
     shared: Arc<Shared>,
     watcher: Watcher,
 ) {
-    let acceptor = tls.acceptor();
     let timeout = shared.opts.timeout;
     let stream = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
         Ok(Ok(s)) => s,
@@ -150,25 +83,4 @@ pub(crate) async fn serve_tls(
         tls: true,
     };
     routes::serve_http(hyper_util::rt::TokioIo::new(stream), info, shared, watcher).await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn crl_days_left_reads_next_update() {
-        let t = tempfile::tempdir().unwrap();
-        let state = StateDir::new(t.path());
-        assert_eq!(crl_days_left(&state), None);
-        let issued = crate::ca::create_ca("t", crate::ca::KeySize::Rsa2048, 30).unwrap();
-        let ca = crate::ca::Ca::load(
-            issued.cert_pem.as_bytes(),
-            issued.key_pem.unwrap().as_bytes(),
-        )
-        .unwrap();
-        let crl = ca.crl(&[], 1, 5).unwrap();
-        crate::state::write_atomic(&state.crl(), crl.as_bytes(), 0o644).unwrap();
-        assert_eq!(crl_days_left(&state), Some(4));
-    }
 }

@@ -189,7 +189,22 @@ fn revoke_and_enroll_take_effect_without_restart() {
     // The very next request, with no wait and no retry, is refused ("within one second"
     // without a timed assertion: nothing in the server polls or caches).
     let (code, body) = lab.curl_as(Some("board-a"), &srv.url("/boot.ipxe"));
-    assert_ne!(code, 200, "{body}");
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        body.starts_with("#!ipxe") && body.contains("board-a is revoked"),
+        "{body}"
+    );
+    // The CRL is checked too, not only the registry: a registry entry set back to active by
+    // hand does not bring a revoked certificate back.
+    let entry = lab.path("boards/board-a.toml");
+    let text = std::fs::read_to_string(&entry).unwrap();
+    std::fs::write(
+        &entry,
+        text.replace("status = \"revoked\"", "status = \"active\""),
+    )
+    .unwrap();
+    let (code, body) = lab.curl_as(Some("board-a"), &srv.url("/boot.ipxe"));
+    assert_eq!(code, 403, "{body}");
     assert!(!body.contains("SECRET"), "{body}");
     // board-b is unaffected; a board enrolled now is served at once.
     assert_eq!(lab.curl_as(Some("board-b"), &srv.url("/boot.ipxe")).0, 200);

@@ -1,0 +1,156 @@
+//! The CRL as the server uses it: the set of revoked serials, reloaded when `revoke` or `crl`
+//! rewrites `ca/crl.pem` (one `stat` per check), accepted only with a valid CA signature.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateRevocationListDer;
+use x509_parser::prelude::{FromDer, X509Certificate};
+use x509_parser::revocation_list::CertificateRevocationList;
+
+use crate::error::{Error, Result};
+use crate::state::{self, StateDir};
+
+/// Revoked serials (lowercase hex without leading zero bytes, as the registry stores them).
+pub(crate) struct RevokedSerials {
+    state: StateDir,
+    ca_der: Vec<u8>,
+    current: Mutex<(Option<SystemTime>, Arc<HashSet<String>>)>,
+}
+
+fn mtime(state: &StateDir) -> Option<SystemTime> {
+    std::fs::metadata(state.crl())
+        .and_then(|m| m.modified())
+        .ok()
+}
+
+fn serial_hex(raw: &[u8]) -> String {
+    let first = raw
+        .iter()
+        .position(|b| *b != 0)
+        .unwrap_or(raw.len().saturating_sub(1));
+    hex::encode(&raw[first..])
+}
+
+/// Parse and verify the CRL; no CRL file means nothing is revoked.
+fn load(state: &StateDir, ca_der: &[u8]) -> Result<HashSet<String>> {
+    let path = state.crl();
+    if !path.exists() {
+        return Ok(HashSet::new());
+    }
+    let der = CertificateRevocationListDer::from_pem_slice(&state::read(&path)?)
+        .map_err(|e| Error::crypto(format!("cannot read {}", path.display()), e))?;
+    let (_, crl) = CertificateRevocationList::from_der(&der)
+        .map_err(|e| Error::crypto(format!("cannot parse {}", path.display()), e))?;
+    let (_, ca) =
+        X509Certificate::from_der(ca_der).map_err(|e| Error::crypto("CA certificate", e))?;
+    crl.verify_signature(ca.public_key())
+        .map_err(|_| Error::crypto(format!("{}", path.display()), "not signed by our CA"))?;
+    Ok(crl
+        .iter_revoked_certificates()
+        .map(|r| serial_hex(r.raw_serial()))
+        .collect())
+}
+
+impl RevokedSerials {
+    pub(crate) fn new(state: &StateDir) -> Result<RevokedSerials> {
+        let ca_der = crate::ca::cert_der_from_bytes(&state::read(&state.ca_cert())?)?;
+        let set = load(state, &ca_der)?;
+        warn_if_expiring(state);
+        Ok(RevokedSerials {
+            current: Mutex::new((mtime(state), Arc::new(set))),
+            state: state.clone(),
+            ca_der,
+        })
+    }
+
+    /// Whether the CRL lists `serial`. A CRL that changed on disk is reloaded first; one that
+    /// does not verify is ignored (the previous one stays) and logged.
+    pub(crate) fn contains(&self, serial: &str) -> bool {
+        let now = mtime(&self.state);
+        let set = {
+            let mut cur = match self.current.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            if now != cur.0 {
+                match load(&self.state, &self.ca_der) {
+                    Ok(set) => {
+                        eprintln!(
+                            "ipxe-ca: reloaded CRL {} ({} revoked)",
+                            self.state.crl().display(),
+                            set.len()
+                        );
+                        *cur = (now, Arc::new(set));
+                    }
+                    Err(e) => eprintln!("ipxe-ca: keeping the previous CRL: {e}"),
+                }
+            }
+            cur.1.clone()
+        };
+        set.contains(serial.trim_start_matches("00"))
+    }
+}
+
+/// nginx (proxy mode) refuses every client once `ssl_crl` has expired: say so at start, while
+/// there is time to act.
+fn warn_if_expiring(state: &StateDir) {
+    if let Some(days) = crl_days_left(state).filter(|d| *d < 30) {
+        eprintln!(
+            "ipxe-ca: warning: {} expires in {days} days: run `ipxe-ca crl` (nginx refuses every client on an expired CRL)",
+            state.crl().display()
+        );
+    }
+}
+
+/// Whole days until the CRL's nextUpdate, if there is a readable CRL with one.
+fn crl_days_left(state: &StateDir) -> Option<i64> {
+    let der = CertificateRevocationListDer::from_pem_file(state.crl()).ok()?;
+    let (_, crl) = CertificateRevocationList::from_der(&der).ok()?;
+    let next = crl.next_update()?.to_datetime();
+    Some((next - time::OffsetDateTime::now_utc()).whole_days())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crl_is_read_verified_and_dated() {
+        let t = tempfile::tempdir().unwrap();
+        let state = StateDir::new(t.path());
+        assert_eq!(crl_days_left(&state), None);
+        let issued = crate::ca::create_ca("t", crate::ca::KeySize::Rsa2048, 30).unwrap();
+        let ca = crate::ca::Ca::load(
+            issued.cert_pem.as_bytes(),
+            issued.key_pem.unwrap().as_bytes(),
+        )
+        .unwrap();
+        let revoked = crate::ca::Revoked {
+            serial: "0badc0de".into(),
+            when: time::OffsetDateTime::now_utc(),
+            reason: crate::ca::Reason::KeyCompromise,
+        };
+        let crl = ca.crl(&[revoked], 1, 5).unwrap();
+        state::write_atomic(&state.crl(), crl.as_bytes(), 0o644).unwrap();
+        state::write_atomic(&state.ca_cert(), issued.cert_pem.as_bytes(), 0o644).unwrap();
+        assert_eq!(crl_days_left(&state), Some(4));
+        let set = RevokedSerials::new(&state).unwrap();
+        assert!(set.contains("0badc0de"));
+        assert!(!set.contains("0badc0df"));
+        // A CRL signed by another CA is refused.
+        let other = crate::ca::create_ca("o", crate::ca::KeySize::Rsa2048, 30).unwrap();
+        let other =
+            crate::ca::Ca::load(other.cert_pem.as_bytes(), other.key_pem.unwrap().as_bytes())
+                .unwrap();
+        state::write_atomic(
+            &state.crl(),
+            other.crl(&[], 2, 5).unwrap().as_bytes(),
+            0o644,
+        )
+        .unwrap();
+        assert!(load(&state, &set.ca_der).is_err());
+    }
+}
