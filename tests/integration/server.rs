@@ -573,3 +573,90 @@ fn nginx_in_front_gives_the_same_answers_and_untrusted_headers_are_ignored() {
     assert!(log.contains("\"board\":\"board-a\""), "{log}");
     assert!(!log.contains("SECRET-"), "{log}");
 }
+
+#[test]
+fn proxy_headers_from_a_trusted_peer_are_checked_against_the_registry() {
+    let lab = two_boards();
+    let srv = lab.serve(&["--behind-proxy", "--trusted-proxy", "127.0.0.1"]);
+    let a: serde_json::Value =
+        serde_json::from_str(&lab.ok(&["show", "board-a", "--json"])).unwrap();
+    let fp = a["fingerprint_sha1"].as_str().unwrap();
+    // nginx prints the serial in upper case.
+    let serial = a["serial"].as_str().unwrap().to_uppercase();
+    let ask = |verify: &str, serial: &str| {
+        let (_, out) = tool(
+            "curl",
+            &[
+                "-s",
+                "-w",
+                "\n%{http_code}",
+                "-H",
+                &format!("X-SSL-Client-Verify: {verify}"),
+                "-H",
+                &format!("X-SSL-Client-Fingerprint: {fp}"),
+                "-H",
+                &format!("X-SSL-Client-Serial: {serial}"),
+                &srv.http_url("/boot.ipxe"),
+            ],
+        );
+        out
+    };
+    let ok = ask("SUCCESS", &serial);
+    assert!(
+        ok.ends_with("200") && ok.contains("SECRET-AAA-1111"),
+        "{ok}"
+    );
+    let wrong_serial = ask("SUCCESS", "0BADC0DE");
+    assert!(
+        wrong_serial.ends_with("403") && wrong_serial.contains("serial does not match"),
+        "{wrong_serial}"
+    );
+    let failed = ask("FAILED:certificate revoked", &serial);
+    assert!(
+        failed.ends_with("403") && failed.contains("could not verify"),
+        "{failed}"
+    );
+    for out in [&wrong_serial, &failed] {
+        assert!(!out.contains("SECRET"), "{out}");
+    }
+}
+
+#[test]
+fn oversized_and_slow_headers_are_cut_off() {
+    use std::io::{Read, Write};
+    let lab = Lab::init();
+    std::fs::write(lab.path("files/f.txt"), b"x").unwrap();
+    let srv = lab.serve(&["--timeout", "1"]);
+    // A 32 KiB header: refused (431), not buffered without bound.
+    let big = format!("X-Big: {}", "a".repeat(32 * 1024));
+    let (_, out) = tool(
+        "curl",
+        &[
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            &big,
+            &srv.http_url("/files/f.txt"),
+        ],
+    );
+    assert!(
+        out == "431" || out == "000",
+        "oversized header answered with {out}"
+    );
+    // Headers that never finish: the connection is closed after the header timeout.
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", srv.http)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(b"GET /files/f.txt HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let mut buf = Vec::new();
+    let r = c.read_to_end(&mut buf);
+    assert!(r.is_ok(), "the server kept a half-sent request open: {r:?}");
+    let text = String::from_utf8_lossy(&buf);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
+}
