@@ -7,12 +7,12 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum Error {
     /// A file or directory under the state dir could not be read or written.
-    #[error("{action} {path}: {source}")]
+    // The OS error is part of the message (not a `source`), so it is printed exactly once.
+    #[error("{action} {path}: {err}")]
     Io {
         action: &'static str,
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        err: std::io::Error,
     },
     /// Input given on the command line or in a file was not acceptable.
     #[error("{0}")]
@@ -52,7 +52,7 @@ impl Error {
         Error::Io {
             action,
             path: path.into(),
-            source,
+            err: source,
         }
     }
 

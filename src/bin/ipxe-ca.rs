@@ -481,6 +481,9 @@ fn run(cli: Cli) -> Result<()> {
             );
         }
         Command::List(a) => {
+            if !lab.state().has_ca() {
+                return Err(ipxe_ca::Error::NoCa(cli.dir.clone()).into());
+            }
             let boards = lab.registry().list().context("cannot list boards")?;
             let mut out = std::io::stdout().lock();
             if a.json {
