@@ -52,7 +52,7 @@ pub struct Device {
     pub serial: Option<String>,
     /// Partition names.
     pub partitions: Vec<String>,
-    /// Mount points of the disk or its partitions (and "[swap]").
+    /// Mount points of the disk or its partitions (and `[swap]`).
     pub mounted: Vec<String>,
     /// Holds `/`.
     pub holds_root: bool,
