@@ -492,16 +492,25 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 writeln!(
                     out,
-                    "{:<24} {:<8} {:<17} {:<10} SHA1",
-                    "NAME", "STATUS", "MAC", "PROFILE"
+                    "{:<24} {:<8} {:<17} {:<10} {:<10} SHA1",
+                    "NAME", "STATUS", "MAC", "PROFILE", "EXPIRES"
                 )?;
+                let soon = time::OffsetDateTime::now_utc() + time::Duration::days(30);
                 for b in &boards {
                     let mac = b.mac.map(|m| m.to_string()).unwrap_or_else(|| "-".into());
-                    let status = format!("{:?}", b.status).to_lowercase();
+                    let mut status = format!("{:?}", b.status).to_lowercase();
+                    if b.status == ipxe_ca::registry::Status::Active && b.not_after < soon {
+                        status = "expiring".into();
+                    }
                     writeln!(
                         out,
-                        "{:<24} {:<8} {:<17} {:<10} {}",
-                        b.name, status, mac, b.profile, b.fingerprint_sha1
+                        "{:<24} {:<8} {:<17} {:<10} {:<10} {}",
+                        b.name,
+                        status,
+                        mac,
+                        b.profile,
+                        b.not_after.date(),
+                        b.fingerprint_sha1
                     )?;
                 }
             }

@@ -186,6 +186,18 @@ fn enrolled_board_verifies_and_fingerprints_match_openssl() {
     assert!(!listing.contains("TOPSECRET"));
     let list: serde_json::Value = serde_json::from_str(&lab.ok(&["list", "--json"])).unwrap();
     assert_eq!(list.as_array().unwrap().len(), 1);
+    // The table flags certificates that expire within 30 days.
+    lab.enroll("short-lived", &["--days", "10"]);
+    let table = lab.ok(&["list"]);
+    let line = |n: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(n))
+            .unwrap()
+            .to_string()
+    };
+    assert!(line("short-lived").contains("expiring"), "{table}");
+    assert!(line("board-1").contains("active"), "{table}");
     assert_eq!(list[0]["fingerprint_sha1"], fp);
 }
 
