@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::util::{openssl, rsa_csr, s, tool, Lab};
+use crate::util::{openssl, rsa_csr, s, sign_with_openssl, tool, verify_strict, Lab};
 
 fn der_of(pem_path: &std::path::Path) -> Vec<u8> {
     let text = std::fs::read(pem_path).unwrap();
@@ -17,16 +17,7 @@ fn init_makes_ca_and_separate_server_cert_that_openssl_accepts() {
     let lab = Lab::init();
     let ca = lab.path("ca/ca.crt");
     let server = lab.path("server/server.crt");
-    let out = openssl(&[
-        "verify",
-        "-x509_strict",
-        "-purpose",
-        "sslserver",
-        "-CAfile",
-        s(&ca),
-        s(&server),
-    ]);
-    assert!(out.contains(": OK"), "{out}");
+    verify_strict("sslserver", s(&ca), s(&server));
     let text = openssl(&["x509", "-in", s(&ca), "-noout", "-text"]);
     assert!(text.contains("CA:TRUE"), "{text}");
     assert!(text.contains("Certificate Sign, CRL Sign"), "{text}");
@@ -109,16 +100,7 @@ fn enrolled_board_verifies_and_fingerprints_match_openssl() {
         ],
     );
     let cert = lab.path("boards/board-1/cert.pem");
-    let out = openssl(&[
-        "verify",
-        "-x509_strict",
-        "-purpose",
-        "sslclient",
-        "-CAfile",
-        s(&lab.path("ca/ca.crt")),
-        s(&cert),
-    ]);
-    assert!(out.contains(": OK"), "{out}");
+    verify_strict("sslclient", s(&lab.path("ca/ca.crt")), s(&cert));
     let fp = openssl(&["x509", "-in", s(&cert), "-noout", "-fingerprint", "-sha1"]);
     let fp = fp
         .trim()
@@ -377,26 +359,12 @@ fn adopted_openssl_ca_keeps_its_subject_bytes_in_every_leaf() {
                 "{leaf}: issuer bytes"
             );
         }
-        let out = openssl(&[
-            "verify",
-            "-x509_strict",
-            "-purpose",
+        verify_strict(
             "sslclient",
-            "-CAfile",
             s(&cert),
             s(&lab.path("boards/old-board/cert.pem")),
-        ]);
-        assert!(out.contains(": OK"), "{out}");
-        let out = openssl(&[
-            "verify",
-            "-x509_strict",
-            "-purpose",
-            "sslserver",
-            "-CAfile",
-            s(&cert),
-            s(&lab.path("server/server.crt")),
-        ]);
-        assert!(out.contains(": OK"), "{out}");
+        );
+        verify_strict("sslserver", s(&cert), s(&lab.path("server/server.crt")));
         lab.ok(&["revoke", "old-board"]);
         let crl = lab.path("ca/crl.pem");
         let (ok, out) = tool(
@@ -447,16 +415,7 @@ fn csr_asking_for_ca_true_gets_a_client_certificate() {
     assert!(!text.contains("Certificate Sign"), "{text}");
     assert!(text.contains("TLS Web Client Authentication"), "{text}");
     assert!(text.contains("Subject: CN = csr-board"), "{text}");
-    let out = openssl(&[
-        "verify",
-        "-x509_strict",
-        "-purpose",
-        "sslclient",
-        "-CAfile",
-        s(&lab.path("ca/ca.crt")),
-        s(&cert),
-    ]);
-    assert!(out.contains(": OK"), "{out}");
+    verify_strict("sslclient", s(&lab.path("ca/ca.crt")), s(&cert));
     // The certificate carries the CSR's key.
     let a = openssl(&["x509", "-in", s(&cert), "-noout", "-pubkey"]);
     let b = openssl(&["pkey", "-in", s(&key), "-pubout"]);
@@ -517,20 +476,7 @@ fn register_adopts_our_certificates_and_refuses_others() {
     let csr = d.join("old.csr");
     let crt = d.join("old.crt");
     rsa_csr(s(&key), "/CN=legacy", s(&csr), &[]);
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        s(&csr),
-        "-CA",
-        s(&lab.path("ca/ca.crt")),
-        "-CAkey",
-        s(&lab.path("ca/ca.key")),
-        "-days",
-        "30",
-        "-out",
-        s(&crt),
-    ]);
+    sign_with_openssl(&lab, s(&csr), s(&crt), &[]);
     let j: serde_json::Value = serde_json::from_str(&lab.ok(&[
         "register",
         "legacy",

@@ -3,7 +3,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::util::{free_port, s, tool, write_random, Lab};
+use crate::util::{free_port, s, sign_with_openssl, tool, write_random, Lab};
 
 /// A lab with boards a and b, each with its own secret in its boot script.
 fn two_boards() -> Lab {
@@ -79,22 +79,7 @@ fn each_board_gets_its_own_script_and_strangers_get_nothing() {
         "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
     )
     .unwrap();
-    crate::util::openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        s(&csr),
-        "-CA",
-        s(&lab.path("ca/ca.crt")),
-        "-CAkey",
-        s(&lab.path("ca/ca.key")),
-        "-days",
-        "30",
-        "-extfile",
-        s(&ext),
-        "-out",
-        s(&crt),
-    ]);
+    sign_with_openssl(&lab, s(&csr), s(&crt), &["-extfile", s(&ext)]);
     let (_, out) = tool(
         "curl",
         &[

@@ -298,3 +298,38 @@ pub fn rsa_csr(key: &str, subj: &str, out: &str, extra: &[&str]) {
     args.extend_from_slice(extra);
     openssl(&args);
 }
+
+/// `openssl verify -x509_strict -purpose PURPOSE`: the certificate must verify against the CA.
+pub fn verify_strict(purpose: &str, ca: &str, cert: &str) {
+    let out = openssl(&[
+        "verify",
+        "-x509_strict",
+        "-purpose",
+        purpose,
+        "-CAfile",
+        ca,
+        cert,
+    ]);
+    assert!(out.contains(": OK"), "{out}");
+}
+
+/// Issue a certificate for `csr` with the lab's CA using the openssl CLI, as the prototype did.
+pub fn sign_with_openssl(lab: &Lab, csr: &str, out: &str, extra: &[&str]) {
+    let (ca, key) = (lab.path("ca/ca.crt"), lab.path("ca/ca.key"));
+    let mut args = vec![
+        "x509",
+        "-req",
+        "-in",
+        csr,
+        "-CA",
+        s(&ca),
+        "-CAkey",
+        s(&key),
+        "-days",
+        "30",
+        "-out",
+        out,
+    ];
+    args.extend_from_slice(extra);
+    openssl(&args);
+}
