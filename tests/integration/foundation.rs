@@ -201,31 +201,9 @@ fn revoked_board_is_in_a_crl_that_openssl_verifies() {
         "-verify",
     ]);
     assert!(out.contains("verify OK"), "{out}");
-    let (ok, out) = tool(
-        "openssl",
-        &[
-            "verify",
-            "-crl_check",
-            "-CAfile",
-            s(&ca),
-            "-CRLfile",
-            s(&crl),
-            s(&lab.path("boards/gone/cert.pem")),
-        ],
-    );
+    let (ok, out) = crl_check(s(&ca), s(&crl), s(&lab.path("boards/gone/cert.pem")));
     assert!(!ok && out.contains("certificate revoked"), "{out}");
-    let (ok, out) = tool(
-        "openssl",
-        &[
-            "verify",
-            "-crl_check",
-            "-CAfile",
-            s(&ca),
-            "-CRLfile",
-            s(&crl),
-            s(&lab.path("boards/keep/cert.pem")),
-        ],
-    );
+    let (ok, out) = crl_check(s(&ca), s(&crl), s(&lab.path("boards/keep/cert.pem")));
     assert!(ok, "{out}");
     let text = openssl(&["crl", "-in", s(&crl), "-noout", "-text"]);
     assert!(text.contains("Key Compromise"), "{text}");
@@ -277,6 +255,14 @@ fn revoked_board_is_in_a_crl_that_openssl_verifies() {
         .year()
         .to_string();
     assert!(out.contains("verify OK") && out.contains(&year), "{out}");
+}
+
+/// `openssl verify -crl_check`: (verified, output).
+fn crl_check(ca: &str, crl: &str, cert: &str) -> (bool, String) {
+    tool(
+        "openssl",
+        &["verify", "-crl_check", "-CAfile", ca, "-CRLfile", crl, cert],
+    )
 }
 
 /// A CA made by the openssl CLI with PrintableString names, as the prototype's was.
@@ -367,18 +353,7 @@ fn adopted_openssl_ca_keeps_its_subject_bytes_in_every_leaf() {
         verify_strict("sslserver", s(&cert), s(&lab.path("server/server.crt")));
         lab.ok(&["revoke", "old-board"]);
         let crl = lab.path("ca/crl.pem");
-        let (ok, out) = tool(
-            "openssl",
-            &[
-                "verify",
-                "-crl_check",
-                "-CAfile",
-                s(&cert),
-                "-CRLfile",
-                s(&crl),
-                s(&lab.path("boards/old-board/cert.pem")),
-            ],
-        );
+        let (ok, out) = crl_check(s(&cert), s(&crl), s(&lab.path("boards/old-board/cert.pem")));
         assert!(
             !ok && out.contains("certificate revoked"),
             "the CRL's AKI must match the adopted CA: {out}"
