@@ -3,7 +3,7 @@
 # and a Debian cloud kernel. Debian packages only, through apt-get, cached for reruns.
 # Prints the cache directory on success.
 set -euo pipefail
-cache="${IPXE_CA_TEST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ipxe-ca-test}"
+cache="${IPXE_CA_TEST_CACHE:-${XDG_CACHE_HOME:-${HOME:-/var/tmp}/.cache}/ipxe-ca-test}"
 mkdir -p "$cache"
 if [ -s "$cache/ipxe/usr/lib/ipxe/ipxe-amd64.efi" ] && [ -s "$cache/vmlinuz" ]; then
   echo "$cache"; exit 0
