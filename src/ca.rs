@@ -103,15 +103,19 @@ pub struct CertInfo {
     pub common_name: Option<String>,
 }
 
+/// A serial as the registry and the CRL check write it: lowercase hex, no leading zero bytes.
+pub fn serial_hex(raw: &[u8]) -> String {
+    let first = raw
+        .iter()
+        .position(|b| *b != 0)
+        .unwrap_or(raw.len().saturating_sub(1));
+    hex::encode(&raw[first..])
+}
+
 /// Parse one certificate's DER.
 pub fn cert_info(der: &[u8]) -> Result<CertInfo> {
     let (_, c) =
         X509Certificate::from_der(der).map_err(|e| Error::crypto("cannot parse certificate", e))?;
-    let serial = c.tbs_certificate.raw_serial();
-    let first = serial
-        .iter()
-        .position(|b| *b != 0)
-        .unwrap_or(serial.len().saturating_sub(1));
     let common_name = c
         .subject()
         .iter_common_name()
@@ -119,7 +123,7 @@ pub fn cert_info(der: &[u8]) -> Result<CertInfo> {
         .and_then(|cn| cn.as_str().ok())
         .map(str::to_string);
     Ok(CertInfo {
-        serial: hex::encode(&serial[first..]),
+        serial: serial_hex(c.tbs_certificate.raw_serial()),
         fingerprint_sha1: Fingerprint::sha1(der),
         fingerprint_sha256: Fingerprint::sha256(der),
         not_before: c.validity().not_before.to_datetime(),
@@ -128,9 +132,14 @@ pub fn cert_info(der: &[u8]) -> Result<CertInfo> {
     })
 }
 
+/// Whether input given as "PEM or DER" is PEM (DER never contains this marker as text).
+fn is_pem(bytes: &[u8]) -> bool {
+    bytes.windows(11).any(|w| w == b"-----BEGIN ")
+}
+
 /// The first certificate of a PEM or DER input, as DER.
 pub fn cert_der_from_bytes(bytes: &[u8]) -> Result<Vec<u8>> {
-    if bytes.starts_with(b"-----") || bytes.windows(11).any(|w| w == b"-----BEGIN ") {
+    if is_pem(bytes) {
         CertificateDer::from_pem_slice(bytes)
             .map(|c| c.to_vec())
             .map_err(|e| Error::crypto("cannot read PEM certificate", e))
@@ -398,7 +407,7 @@ impl Ca {
     /// Sign an external CSR (PEM or DER) for a board. Only the CSR's public key is used:
     /// subject, extensions and validity are ours, never the requester's.
     pub fn sign_csr(&self, csr: &[u8], cn: &str, days: u32) -> Result<Issued> {
-        let der = if csr.windows(11).any(|w| w == b"-----BEGIN ") {
+        let der = if is_pem(csr) {
             pem::parse(csr)
                 .map_err(|e| Error::invalid(format!("the CSR is not valid PEM: {e}")))?
                 .into_contents()

@@ -152,6 +152,12 @@ fn generate_keys(n: usize) -> Result<Vec<rcgen::KeyPair>> {
     })
 }
 
+fn to_map(kvs: &[KeyValue]) -> BTreeMap<String, String> {
+    kvs.iter()
+        .map(|kv| (kv.key.clone(), kv.value.clone()))
+        .collect()
+}
+
 /// A certificate about to be registered.
 struct NewCert<'a> {
     info: CertInfo,
@@ -322,11 +328,7 @@ impl Lab {
                 info.serial
             )));
         }
-        let secrets: BTreeMap<String, String> = opts
-            .secrets
-            .iter()
-            .map(|kv| (kv.key.clone(), kv.value.clone()))
-            .collect();
+        let secrets = to_map(&opts.secrets);
         let NewCert {
             info,
             origin,
@@ -347,11 +349,7 @@ impl Lab {
             revoked_at: None,
             revocation_reason: None,
             secret_names: secrets.keys().cloned().collect(),
-            vars: opts
-                .vars
-                .iter()
-                .map(|kv| (kv.key.clone(), kv.value.clone()))
-                .collect(),
+            vars: to_map(&opts.vars),
         };
         self.registry.add(&board, cert_pem, key_pem, &secrets)?;
         Ok(board)
@@ -417,7 +415,7 @@ impl Lab {
                 info,
                 origin: Origin::Enrolled,
                 cert_pem: &issued.cert_pem,
-                key_pem: Some(&key.serialize_pem()),
+                key_pem: issued.key_pem.as_deref(),
             };
             out.push(self.register_issued(name, opts, profile.clone(), new)?);
         }
@@ -476,18 +474,14 @@ impl Lab {
                 return Err(Error::invalid(format!("board {name} has no var {k:?}")));
             }
         }
-        for kv in &u.vars {
-            board.vars.insert(kv.key.clone(), kv.value.clone());
-        }
+        board.vars.extend(to_map(&u.vars));
         let mut secrets = self.registry.secrets(name)?;
         for k in &u.unset_secrets {
             if secrets.remove(k).is_none() {
                 return Err(Error::invalid(format!("board {name} has no secret {k:?}")));
             }
         }
-        for kv in &u.secrets {
-            secrets.insert(kv.key.clone(), kv.value.clone());
-        }
+        secrets.extend(to_map(&u.secrets));
         board.secret_names = secrets.keys().cloned().collect();
         self.registry.save_secrets(name, &secrets)?;
         self.registry.save(&board)?;

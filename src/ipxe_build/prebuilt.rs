@@ -122,8 +122,9 @@ pub(crate) fn build_board(
         let out = dir.join(Target::EfiUsb.file_name(&board.name));
         std::fs::rename(&img_tmp, &out)
             .map_err(|e| Error::io("cannot move image into", &out, e))?;
-        let ca = lab.ca()?;
-        let siglist = siglist::x509_siglist(&[ca.cert_der()]);
+        // The CA certificate only: building never needs the CA key.
+        let ca = crate::ca::cert_der_from_bytes(&state::read(&lab.state().ca_cert())?)?;
+        let siglist = siglist::x509_siglist(&[&ca]);
         let sl = dir.join("ca.siglist");
         state::write_atomic(&sl, &siglist, state::MODE_PUBLIC)?;
         finish_manifest(

@@ -13,7 +13,7 @@ use x509_parser::revocation_list::CertificateRevocationList;
 use crate::error::{Error, Result};
 use crate::state::{self, StateDir};
 
-/// Revoked serials (lowercase hex without leading zero bytes, as the registry stores them).
+/// Revoked serials, in [`crate::ca::serial_hex`] form as the registry stores them.
 pub(crate) struct RevokedSerials {
     state: StateDir,
     ca_der: Vec<u8>,
@@ -24,14 +24,6 @@ fn mtime(state: &StateDir) -> Option<SystemTime> {
     std::fs::metadata(state.crl())
         .and_then(|m| m.modified())
         .ok()
-}
-
-fn serial_hex(raw: &[u8]) -> String {
-    let first = raw
-        .iter()
-        .position(|b| *b != 0)
-        .unwrap_or(raw.len().saturating_sub(1));
-    hex::encode(&raw[first..])
 }
 
 /// Parse and verify the CRL; no CRL file means nothing is revoked.
@@ -50,7 +42,7 @@ fn load(state: &StateDir, ca_der: &[u8]) -> Result<HashSet<String>> {
         .map_err(|_| Error::crypto(format!("{}", path.display()), "not signed by our CA"))?;
     Ok(crl
         .iter_revoked_certificates()
-        .map(|r| serial_hex(r.raw_serial()))
+        .map(|r| crate::ca::serial_hex(r.raw_serial()))
         .collect())
 }
 
@@ -90,7 +82,7 @@ impl RevokedSerials {
             }
             cur.1.clone()
         };
-        set.contains(serial.trim_start_matches("00"))
+        set.contains(serial)
     }
 }
 

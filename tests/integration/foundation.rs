@@ -101,24 +101,12 @@ fn enrolled_board_verifies_and_fingerprints_match_openssl() {
     );
     let cert = lab.path("boards/board-1/cert.pem");
     verify_strict("sslclient", s(&lab.path("ca/ca.crt")), s(&cert));
-    let fp = openssl(&["x509", "-in", s(&cert), "-noout", "-fingerprint", "-sha1"]);
-    let fp = fp
-        .trim()
-        .split('=')
-        .nth(1)
-        .unwrap()
-        .replace(':', "")
-        .to_lowercase();
+    let fp = openssl_fingerprint(&cert, "-sha1");
     assert_eq!(j["fingerprint_sha1"], fp);
-    let fp256 = openssl(&["x509", "-in", s(&cert), "-noout", "-fingerprint", "-sha256"]);
-    let fp256 = fp256
-        .trim()
-        .split('=')
-        .nth(1)
-        .unwrap()
-        .replace(':', "")
-        .to_lowercase();
-    assert_eq!(j["fingerprint_sha256"], fp256);
+    assert_eq!(
+        j["fingerprint_sha256"],
+        openssl_fingerprint(&cert, "-sha256")
+    );
     let serial = openssl(&["x509", "-in", s(&cert), "-noout", "-serial"]);
     assert_eq!(
         j["serial"],
@@ -255,6 +243,17 @@ fn revoked_board_is_in_a_crl_that_openssl_verifies() {
         .year()
         .to_string();
     assert!(out.contains("verify OK") && out.contains(&year), "{out}");
+}
+
+/// What `openssl x509 -fingerprint` prints, in nginx's form: lowercase hex, no colons.
+fn openssl_fingerprint(cert: &std::path::Path, digest: &str) -> String {
+    let out = openssl(&["x509", "-in", s(cert), "-noout", "-fingerprint", digest]);
+    out.trim()
+        .split('=')
+        .nth(1)
+        .unwrap()
+        .replace(':', "")
+        .to_lowercase()
 }
 
 /// `openssl verify -crl_check`: (verified, output).
@@ -462,16 +461,7 @@ fn register_adopts_our_certificates_and_refuses_others() {
         "--json",
     ]))
     .unwrap();
-    let fp = openssl(&["x509", "-in", s(&crt), "-noout", "-fingerprint", "-sha1"]);
-    assert_eq!(
-        j["fingerprint_sha1"],
-        fp.trim()
-            .split('=')
-            .nth(1)
-            .unwrap()
-            .replace(':', "")
-            .to_lowercase()
-    );
+    assert_eq!(j["fingerprint_sha1"], openssl_fingerprint(&crt, "-sha1"));
     assert!(j["key"].is_null());
     assert_eq!(j["origin"], "registered");
     // The same certificate twice is refused.
