@@ -499,3 +499,79 @@ impl Ca {
             .map_err(|e| Error::crypto("cannot sign CRL", e))
     }
 }
+
+/// The board key as iPXE reads it: DER, PKCS#8 (iPXE from 2023-06) or PKCS#1 (`pkcs1`: older
+/// iPXE parses only `RSAPrivateKey`).
+pub fn board_key_der(key_pem: &[u8], pkcs1: bool) -> Result<Vec<u8>> {
+    let key = PrivateKeyDer::from_pem_slice(key_pem)
+        .map_err(|e| Error::crypto("cannot read the board's key", e))?;
+    match (key, pkcs1) {
+        (PrivateKeyDer::Pkcs8(k), true) => pkcs8_to_pkcs1(k.secret_pkcs8_der()),
+        (PrivateKeyDer::Pkcs1(k), true) => Ok(k.secret_pkcs1_der().to_vec()),
+        (k, _) => Ok(k.secret_der().to_vec()),
+    }
+}
+
+/// One DER TLV: (tag, contents, rest).
+fn der_tlv(d: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = d.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (first as usize, rest)
+    } else {
+        let n = (first & 0x7f) as usize;
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n].iter().fold(0usize, |a, b| (a << 8) | *b as usize);
+        (len, &rest[n..])
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+}
+
+/// The `RSAPrivateKey` inside a PKCS#8 `PrivateKeyInfo`.
+fn pkcs8_to_pkcs1(der: &[u8]) -> Result<Vec<u8>> {
+    let bad = || {
+        Error::crypto(
+            "cannot convert the board's key to PKCS#1",
+            "not an RSA PKCS#8 key",
+        )
+    };
+    let (tag, info, _) = der_tlv(der).ok_or_else(bad)?;
+    let (t1, _version, rest) = der_tlv(info).ok_or_else(bad)?;
+    let (t2, alg, rest) = der_tlv(rest).ok_or_else(bad)?;
+    let (t3, key, _) = der_tlv(rest).ok_or_else(bad)?;
+    // rsaEncryption 1.2.840.113549.1.1.1
+    const RSA_OID: &[u8] = &[
+        0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01,
+    ];
+    if tag != 0x30 || t1 != 0x02 || t2 != 0x30 || t3 != 0x04 || !alg.starts_with(RSA_OID) {
+        return Err(bad());
+    }
+    Ok(key.to_vec())
+}
+
+#[cfg(test)]
+mod pkcs1_tests {
+    use super::*;
+
+    #[test]
+    fn pkcs8_board_key_becomes_the_same_key_in_pkcs1() {
+        let key = generate_key(KeySize::Rsa2048).unwrap();
+        let pem = key.serialize_pem();
+        let p8 = board_key_der(pem.as_bytes(), false).unwrap();
+        let p1 = board_key_der(pem.as_bytes(), true).unwrap();
+        assert_ne!(p8, p1);
+        // PKCS#1 is the OCTET STRING's content at the end of the PKCS#8 structure.
+        assert!(p8.ends_with(&p1));
+        assert_eq!(p1[0], 0x30);
+        let again = aws_lc_rs::rsa::KeyPair::from_der(&p1).unwrap();
+        assert_eq!(
+            aws_lc_rs::signature::KeyPair::public_key(&again).as_ref(),
+            aws_lc_rs::signature::KeyPair::public_key(
+                &aws_lc_rs::rsa::KeyPair::from_pkcs8(&p8).unwrap()
+            )
+            .as_ref()
+        );
+    }
+}

@@ -123,6 +123,10 @@ struct BuildArgs {
     /// NTP server the embed script syncs with before HTTPS (boards without a real-time clock).
     #[arg(long)]
     ntp: Option<String>,
+    /// Compile each board's key into its iPXE binary for every target (a relink per board)
+    /// instead of one shared, CA-pinned binary plus the board's autoexec.ipxe on the medium.
+    #[arg(long)]
+    embed_key: bool,
     /// Print the manifests as JSON.
     #[arg(long)]
     json: bool,
@@ -164,9 +168,15 @@ struct FlashArgs {
 
 #[derive(Args, Debug)]
 struct DoctorArgs {
-    /// Also check this iPXE source tree.
+    /// Also check this iPXE source tree (what it supports, how ipxe-ca builds it).
     #[arg(long)]
     ipxe_src: Option<PathBuf>,
+    /// Check what these targets need (default: hybrid, or efi-usb with --prebuilt).
+    #[arg(long = "target", value_parser = parse::<Target>)]
+    targets: Vec<Target>,
+    /// Check the prebuilt route (no compiler needed).
+    #[arg(long)]
+    prebuilt: bool,
     /// Machine-readable output.
     #[arg(long)]
     json: bool,
@@ -531,30 +541,61 @@ fn run(cli: Cli) -> Result<()> {
         Command::Build(a) => build(&lab, a)?,
         Command::Flash(a) => flash(&lab, a)?,
         Command::Doctor(a) => {
-            let checks = ipxe_build::doctor::checks();
-            let warning = match &a.ipxe_src {
-                Some(p) => ipxe_build::IpxeTree::open(p)
-                    .map(|t| ipxe_build::doctor::tree_warning(&t))
-                    .context("cannot check the iPXE tree")?,
+            let tree = match &a.ipxe_src {
+                Some(p) => {
+                    Some(ipxe_build::IpxeTree::open(p).context("cannot check the iPXE tree")?)
+                }
                 None => None,
             };
-            if a.json {
-                let v = serde_json::json!({ "checks": checks, "tree_warning": warning });
-                println!("{}", serde_json::to_string_pretty(&v)?);
+            let targets = if a.targets.is_empty() {
+                vec![if a.prebuilt {
+                    Target::EfiUsb
+                } else {
+                    Target::Hybrid
+                }]
             } else {
-                for c in &checks {
-                    let mark = if c.ok { "ok     " } else { "MISSING" };
+                a.targets
+            };
+            let r = ipxe_build::doctor::report(&targets, a.prebuilt, tree.as_ref());
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                for c in &r.checks {
+                    let mark = match (c.ok, c.needed) {
+                        (true, _) => "ok     ",
+                        (false, true) => "MISSING",
+                        (false, false) => "absent ",
+                    };
                     println!(
-                        "{mark} {:<24} for {:<40} (apt-get install {})",
+                        "{mark} {:<36} for {:<46} (apt-get install {})",
                         c.what, c.needed_for, c.package
                     );
                 }
-                if let Some(w) = &warning {
-                    println!("warning: {w}");
+                if let Some(t) = r.iso_tool {
+                    println!("ISO images are mastered with {t:?}");
+                }
+                if let Some(f) = &r.tree {
+                    println!(
+                        "tree: ECDHE {}, PKCS#8 keys {}, NO_WERROR {}",
+                        f.ecdhe, f.pkcs8_keys, f.no_werror
+                    );
+                }
+                for n in &r.tree_notes {
+                    println!("note: {n}");
                 }
             }
-            if checks.iter().any(|c| !c.ok) {
-                anyhow::bail!("some build tools are missing: install the packages named above");
+            let missing = r.missing();
+            if !missing.is_empty() {
+                let names: Vec<&str> = missing.iter().map(|c| c.what).collect();
+                anyhow::bail!(
+                    "a build of {} would fail: missing {}",
+                    targets
+                        .iter()
+                        .map(|t| t.name())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    names.join(", ")
+                );
             }
         }
         Command::NginxConfig(a) => {
@@ -729,6 +770,7 @@ fn build(lab: &Lab, a: BuildArgs) -> Result<()> {
         debug: a.debug,
         ntp_server: a.ntp,
         make_jobs: a.make_jobs.unwrap_or((cores / jobs).max(1)),
+        embed_key: a.embed_key,
     };
     let boards = ipxe_build::select_boards(lab, &a.boards, a.all)?;
     let bar = std::io::stderr().is_terminal().then(|| {

@@ -1,10 +1,12 @@
-//! `ipxe-ca doctor`: what the image build needs, each missing piece named with its Debian package.
+//! `ipxe-ca doctor`: what a build of given targets needs, each missing piece named with its
+//! Debian package, and what an iPXE tree supports. It fails exactly where `build` would.
 
 use std::path::Path;
 
 use serde::Serialize;
 
-use super::IpxeTree;
+use super::image::{self, on_path, IsoTool};
+use super::{IpxeTree, Target, TreeFeatures};
 
 /// One requirement.
 #[derive(Clone, Debug, Serialize)]
@@ -17,125 +19,149 @@ pub struct Check {
     pub package: &'static str,
     /// What it is needed for.
     pub needed_for: &'static str,
+    /// Whether the targets asked about need it.
+    pub needed: bool,
 }
 
-fn on_path(prog: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file()))
-        .unwrap_or(false)
+/// What doctor found.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// The targets checked.
+    pub targets: Vec<Target>,
+    /// Every requirement, needed or not.
+    pub checks: Vec<Check>,
+    /// The ISO tool a build would use.
+    pub iso_tool: Option<IsoTool>,
+    /// What the tree supports, when a tree was given.
+    pub tree: Option<TreeFeatures>,
+    /// What the operator should know about the tree.
+    pub tree_notes: Vec<String>,
 }
 
-/// Check the tools iPXE's build and ipxe-ca's image assembly use.
-pub fn checks() -> Vec<Check> {
-    let any_file = |ps: &[&str]| ps.iter().any(|p| Path::new(p).exists());
-    vec![
+impl Report {
+    /// The needed requirements that are missing.
+    pub fn missing(&self) -> Vec<&Check> {
+        self.checks.iter().filter(|c| c.needed && !c.ok).collect()
+    }
+}
+
+fn any_file(ps: &[&str]) -> bool {
+    ps.iter().any(|p| Path::new(p).exists())
+}
+
+/// The checks for building `targets` (`prebuilt`: from a prebuilt iPXE, no compiler).
+pub fn report(targets: &[Target], prebuilt: bool, tree: Option<&IpxeTree>) -> Report {
+    use Target::*;
+    let any = |ts: &[Target]| targets.iter().any(|t| ts.contains(t));
+    let compile = !prebuilt;
+    let iso = any(&[Iso, EfiIso, Hybrid]);
+    let fat = any(&[EfiIso, Hybrid, EfiUsb]);
+    let tool = image::iso_tool();
+    let checks = vec![
         Check {
             what: "make",
             ok: on_path("make"),
             package: "make",
             needed_for: "every iPXE build",
+            needed: compile,
         },
         Check {
             what: "gcc",
             ok: on_path("gcc"),
             package: "build-essential",
             needed_for: "every iPXE build",
+            needed: compile,
         },
         Check {
             what: "perl",
             ok: on_path("perl"),
             package: "perl",
             needed_for: "every iPXE build",
+            needed: compile,
         },
         Check {
             what: "openssl",
             ok: on_path("openssl"),
             package: "openssl",
             needed_for: "TRUST/CERT/PRIVKEY",
+            needed: compile,
         },
         Check {
             what: "csplit",
             ok: on_path("csplit"),
             package: "coreutils",
             needed_for: "CERT",
+            needed: compile,
         },
         Check {
             what: "lzma.h",
             ok: any_file(&["/usr/include/lzma.h"]),
             package: "liblzma-dev",
             needed_for: "every iPXE build",
+            needed: compile,
         },
         Check {
-            what: "genisoimage or xorriso",
-            ok: on_path("genisoimage") || on_path("mkisofs") || on_path("xorrisofs"),
-            package: "genisoimage",
+            what: "xorriso, or genisoimage + isohybrid",
+            ok: tool.is_some(),
+            package: "xorriso (or genisoimage syslinux-utils)",
             needed_for: "iso, efi-iso, hybrid",
+            needed: iso,
         },
         Check {
             what: "isolinux",
             ok: any_file(&[
                 "/usr/lib/ISOLINUX/isolinux.bin",
                 "/usr/share/syslinux/isolinux.bin",
+            ]) && any_file(&[
+                "/usr/lib/syslinux/modules/bios/ldlinux.c32",
+                "/usr/share/syslinux/ldlinux.c32",
             ]),
             package: "isolinux syslinux-common",
-            needed_for: "iso, hybrid",
-        },
-        Check {
-            what: "isohybrid",
-            ok: on_path("isohybrid"),
-            package: "syslinux-utils",
-            needed_for: "hybrid images that boot from a USB stick",
+            needed_for: "iso, efi-iso, hybrid (BIOS boot record, MBR)",
+            needed: iso,
         },
         Check {
             what: "mtools",
-            ok: on_path("mformat") && on_path("mcopy"),
+            ok: on_path("mformat") && on_path("mcopy") && on_path("mmd"),
             package: "mtools",
-            needed_for: "efi-iso, hybrid, efi-usb",
+            needed_for: "efi-iso, hybrid, efi-usb (the FAT image)",
+            needed: fat,
         },
-    ]
-}
-
-/// A warning about the tree itself, if any.
-pub fn tree_warning(tree: &IpxeTree) -> Option<String> {
-    match tree.has_ecdhe() {
-        Some(true) => None,
-        Some(false) => Some(super::make::ECDHE_WARNING.to_string()),
-        None => Some(format!(
-            "{} has no net/tls.c: is it an iPXE src directory?",
-            tree.src.display()
-        )),
+    ];
+    let mut tree_notes = Vec::new();
+    if let Some(t) = tree {
+        let f = t.features;
+        if !f.ecdhe {
+            tree_notes.push(super::make::ECDHE_WARNING.to_string());
+        }
+        if !f.pkcs8_keys {
+            tree_notes.push(
+                "this tree reads only PKCS#1 keys: ipxe-ca converts board keys (openssl rsa -traditional)"
+                    .to_string(),
+            );
+        }
+        if f.no_werror {
+            tree_notes.push(
+                "this tree predates today's gcc warnings: ipxe-ca builds it with NO_WERROR=1"
+                    .to_string(),
+            );
+        }
     }
-}
-
-/// The checks a build of `targets` depends on (`prebuilt`: only the FAT image tools).
-pub fn required_for(targets: &[super::Target], prebuilt: bool) -> Vec<&'static str> {
-    use super::Target::*;
-    if prebuilt {
-        return vec!["mtools"];
+    Report {
+        targets: targets.to_vec(),
+        checks,
+        iso_tool: tool,
+        tree: tree.map(|t| t.features),
+        tree_notes,
     }
-    let mut need = vec!["make", "gcc", "perl", "openssl", "csplit", "lzma.h"];
-    let any = |ts: &[super::Target]| targets.iter().any(|t| ts.contains(t));
-    if any(&[Iso, EfiIso, Hybrid]) {
-        need.push("genisoimage or xorriso");
-    }
-    if any(&[Iso, Hybrid]) {
-        need.push("isolinux");
-    }
-    if any(&[EfiIso, Hybrid]) {
-        need.push("mtools");
-    }
-    if any(&[Hybrid]) {
-        need.push("isohybrid");
-    }
-    need
 }
 
 /// Refuse to start a build that would fail for a missing tool, naming the packages.
-pub fn preflight(targets: &[super::Target], prebuilt: bool) -> crate::Result<()> {
-    let need = required_for(targets, prebuilt);
-    let missing: Vec<String> = checks()
-        .into_iter()
-        .filter(|c| !c.ok && need.contains(&c.what))
+pub fn preflight(targets: &[Target], prebuilt: bool) -> crate::Result<()> {
+    let r = report(targets, prebuilt, None);
+    let missing: Vec<String> = r
+        .missing()
+        .iter()
         .map(|c| format!("{} (apt-get install {})", c.what, c.package))
         .collect();
     if missing.is_empty() {

@@ -1,5 +1,11 @@
-//! The `make` route: stage inputs under content-addressed names, enable HTTPS through a named
-//! local config, and run iPXE's own build, one build per tree at a time.
+//! The `--ipxe-src` routes. Both run iPXE's own `make` with a named local config that enables
+//! HTTPS, one build per tree at a time:
+//! - **farm** (default for iso, efi-iso, hybrid, efi-usb): one compile per farm with our CA
+//!   pinned (`TRUST`) and no board material; each board's image then carries a small
+//!   `autoexec.ipxe` that sets its certificate and key at run time. A fraction of a second
+//!   per board.
+//! - **compile** (lkrn, usb, efi, or `--embed-key`): the board's certificate, key and script
+//!   compiled into the binary, a relink of several seconds per board.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -8,6 +14,9 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::Instant;
 
+use serde::Serialize;
+
+use super::image::{self, IsoTool, Media};
 use super::{finish_manifest, run, BoardResult, BuildOptions, Manifest, Target};
 use crate::error::{Error, Result};
 use crate::registry::Board;
@@ -24,6 +33,24 @@ const GENERAL_H: &str = "/* Written by ipxe-ca (make CONFIG=ipxe-ca); edits are 
 #define IMAGE_TRUST_CMD\t\t/* imgverify */\n\
 #define POWEROFF_CMD\t\t/* poweroff */\n";
 
+/// Headless boards (and QEMU) show the BIOS console on COM1 too; UEFI firmware mirrors its
+/// own console already, so only BIOS builds get it.
+const CONSOLE_H: &str = "/* Written by ipxe-ca (make CONFIG=ipxe-ca); edits are overwritten. */\n\
+#if defined ( PLATFORM_pcbios )\n\
+#define CONSOLE_SERIAL\t\t/* headless boards and QEMU: the console on COM1 too */\n\
+#endif\n";
+
+/// What a tree's source supports, read from the source itself.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+pub struct TreeFeatures {
+    /// TLS with ECDHE (iPXE from 2024-01-30): what `ipxe-ca serve` (rustls) needs.
+    pub ecdhe: bool,
+    /// Parses PKCS#8 private keys (iPXE from 2023-06); older trees get PKCS#1 keys.
+    pub pkcs8_keys: bool,
+    /// Built with `NO_WERROR=1`: older trees do not compile warning-free with today's gcc.
+    pub no_werror: bool,
+}
+
 /// An iPXE source tree (the directory holding iPXE's `Makefile`, i.e. `ipxe/src`).
 #[derive(Clone, Debug)]
 pub struct IpxeTree {
@@ -31,6 +58,8 @@ pub struct IpxeTree {
     pub src: PathBuf,
     /// The git commit, when the tree is a git checkout.
     pub commit: Option<String>,
+    /// What the source supports.
+    pub features: TreeFeatures,
 }
 
 impl IpxeTree {
@@ -49,6 +78,12 @@ impl IpxeTree {
             )));
         };
         check_make_path(&src)?;
+        if !src.join("net/tls.c").is_file() {
+            return Err(Error::invalid(format!(
+                "{} has no net/tls.c: point --ipxe-src at an iPXE checkout or its src/",
+                src.display()
+            )));
+        }
         let commit = Command::new("git")
             .arg("-C")
             .arg(&src)
@@ -58,24 +93,27 @@ impl IpxeTree {
             .filter(|o| o.status.success())
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
             .filter(|c| !c.is_empty());
-        Ok(IpxeTree { src, commit })
+        let features = detect(&src);
+        Ok(IpxeTree {
+            src,
+            commit,
+            features,
+        })
     }
 
-    /// Whether the tree's TLS speaks ECDHE (iPXE from 2024-01-30): `None` if unknown.
-    pub fn has_ecdhe(&self) -> Option<bool> {
-        let tls = std::fs::read_to_string(self.src.join("net/tls.c")).ok()?;
-        Some(tls.to_ascii_lowercase().contains("ecdhe"))
+    /// Whether the tree's TLS speaks ECDHE (iPXE from 2024-01-30).
+    pub fn has_ecdhe(&self) -> bool {
+        self.features.ecdhe
     }
 
     fn ensure_config(&self) -> Result<()> {
-        let p = self
-            .src
-            .join("config/local")
-            .join(CONFIG_NAME)
-            .join("general.h");
-        // Rewriting an unchanged header would rebuild everything: compare first.
-        if std::fs::read_to_string(&p).ok().as_deref() != Some(GENERAL_H) {
-            state::write_atomic(&p, GENERAL_H.as_bytes(), MODE_PUBLIC)?;
+        let dir = self.src.join("config/local").join(CONFIG_NAME);
+        for (name, text) in [("general.h", GENERAL_H), ("console.h", CONSOLE_H)] {
+            let p = dir.join(name);
+            // Rewriting an unchanged header would rebuild everything: compare first.
+            if std::fs::read_to_string(&p).ok().as_deref() != Some(text) {
+                state::write_atomic(&p, text.as_bytes(), MODE_PUBLIC)?;
+            }
         }
         Ok(())
     }
@@ -94,12 +132,29 @@ impl IpxeTree {
     }
 }
 
-/// iPXE's make variables are comma-separated lists: paths must not hold commas or spaces.
+fn detect(src: &Path) -> TreeFeatures {
+    let read = |rel: &str| std::fs::read_to_string(src.join(rel)).unwrap_or_default();
+    let ecdhe = read("net/tls.c").to_ascii_lowercase().contains("ecdhe");
+    // PKCS#8 support (2023-06) made rsa.c step into privateKeyInfo.
+    let pkcs8_keys = read("crypto/rsa.c").contains("privateKeyInfo");
+    TreeFeatures {
+        ecdhe,
+        pkcs8_keys,
+        // Trees from before ECDHE predate gcc 12's array-bounds checks and fail under -Werror.
+        no_werror: !ecdhe,
+    }
+}
+
+/// iPXE's make variables are comma-separated lists and its recipes run in a shell: paths
+/// must stay within a safe alphabet.
 fn check_make_path(p: &Path) -> Result<()> {
     let s = p.to_string_lossy();
-    if s.contains([',', ' ', '\t', '\n', '$', '#', '\'', '"']) {
+    let ok = s
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-+@%=:".contains(c));
+    if !ok {
         return Err(Error::invalid(format!(
-            "{s}: iPXE's build cannot take paths with commas, spaces, quotes, '$' or '#'; use another directory"
+            "{s}: iPXE's build takes only paths of letters, digits and /._-+@%=: (no spaces, commas, quotes or shell characters); use another directory"
         )));
     }
     Ok(())
@@ -119,64 +174,49 @@ fn stage(dir: &Path, prefix: &str, ext: &str, content: &[u8], mode: u32) -> Resu
 fn bin_path(t: Target) -> &'static str {
     match t {
         Target::Lkrn => "bin/ipxe.lkrn",
-        Target::Iso => "bin/ipxe.iso",
         Target::Usb => "bin/ipxe.usb",
         Target::Efi => "bin-x86_64-efi/ipxe.efi",
-        Target::EfiIso => "bin-x86_64-efi/ipxe.iso",
-        Target::Hybrid | Target::EfiUsb => "",
+        Target::Iso | Target::EfiIso | Target::Hybrid | Target::EfiUsb => "",
     }
 }
 
-/// One board in one tree.
-fn build_board(
-    lab: &Lab,
-    tree: &IpxeTree,
-    board: &Board,
-    opts: &BuildOptions,
-    stage_dir: &Path,
-) -> Result<Manifest> {
-    let started = Instant::now();
-    let reg = lab.registry();
-    let key_path = super::held_key(lab, board)?;
-    let ca = stage(
-        stage_dir,
-        "ca",
-        "crt",
-        &state::read(&lab.state().ca_cert())?,
-        MODE_PUBLIC,
-    )?;
-    let cert = stage(
-        stage_dir,
-        "cert",
-        "crt",
-        &state::read(&reg.cert_path(&board.name))?,
-        MODE_PUBLIC,
-    )?;
-    let key = stage(
-        stage_dir,
-        "key",
-        "pem",
-        &state::read(&key_path)?,
-        MODE_SECRET,
-    )?;
-    let script = super::embed_script(lab, board, opts.ntp_server.as_deref())?;
-    let embed = stage(stage_dir, "embed", "ipxe", script.as_bytes(), MODE_PUBLIC)?;
-
-    let _guard = tree.lock()?;
-    tree.ensure_config()?;
-    let mut goals: Vec<&str> = Vec::new();
-    for t in &opts.targets {
-        match t {
-            Target::Hybrid => goals.extend(["bin/ipxe.lkrn", "bin-x86_64-efi/ipxe.efi"]),
-            other => goals.push(bin_path(*other)),
-        }
+/// The binaries an assembled image is made of.
+fn parts(t: Target) -> &'static [&'static str] {
+    match t {
+        Target::Iso => &["bin/ipxe.lkrn"],
+        Target::EfiIso | Target::EfiUsb => &["bin-x86_64-efi/ipxe.efi"],
+        Target::Hybrid => &["bin/ipxe.lkrn", "bin-x86_64-efi/ipxe.efi"],
+        Target::Lkrn => &["bin/ipxe.lkrn"],
+        Target::Usb => &["bin/ipxe.usb"],
+        Target::Efi => &["bin-x86_64-efi/ipxe.efi"],
     }
-    goals.sort_unstable();
-    goals.dedup();
-    let epoch = board.not_before.unix_timestamp().max(0).to_string();
-    // One make per BIN directory, as iPXE recommends.
+}
+
+/// Whether `t` is made by relinking iPXE per board (the key inside the binary).
+fn compiled_per_board(t: Target, embed_key: bool) -> bool {
+    embed_key || matches!(t, Target::Lkrn | Target::Usb | Target::Efi)
+}
+
+/// What one `make` is given.
+struct MakeInputs<'a> {
+    goals: Vec<&'a str>,
+    trust: &'a Path,
+    cert: String,
+    embed: Option<&'a Path>,
+    privkey: Option<&'a Path>,
+    /// A wrapper for `openssl` that writes PKCS#1 keys (trees without PKCS#8 support).
+    openssl: Option<&'a Path>,
+    epoch: i64,
+}
+
+/// Run iPXE's make, one invocation per BIN directory as iPXE recommends. The caller holds
+/// the tree lock.
+fn make(tree: &IpxeTree, inp: &MakeInputs, opts: &BuildOptions, what: &str) -> Result<()> {
+    tree.ensure_config()?;
+    let path = |p: Option<&Path>| p.map(|p| p.display().to_string()).unwrap_or_default();
     for bin in ["bin/", "bin-x86_64-efi/"] {
-        let these: Vec<&str> = goals
+        let these: Vec<&str> = inp
+            .goals
             .iter()
             .copied()
             .filter(|g| g.starts_with(bin))
@@ -188,61 +228,277 @@ fn build_board(
         cmd.current_dir(&tree.src)
             .arg(format!("-j{}", opts.make_jobs.max(1)))
             .args(&these)
-            .arg(format!("EMBED={}", embed.display()))
-            .arg(format!("TRUST={}", ca.display()))
-            .arg(format!("CERT={},{}", ca.display(), cert.display()))
-            .arg(format!("PRIVKEY={}", key.display()))
+            // Always given, even empty: make would otherwise take them from the environment.
+            .arg(format!("EMBED={}", path(inp.embed)))
+            .arg(format!("TRUST={}", inp.trust.display()))
+            .arg(format!("CERT={}", inp.cert))
+            .arg(format!("PRIVKEY={}", path(inp.privkey)))
             .arg(format!("CONFIG={CONFIG_NAME}"))
-            .env("SOURCE_DATE_EPOCH", &epoch);
+            .env("SOURCE_DATE_EPOCH", inp.epoch.to_string());
+        if tree.features.no_werror {
+            cmd.arg("NO_WERROR=1");
+        }
+        if let Some(o) = inp.openssl {
+            cmd.arg(format!("OPENSSL={}", o.display()));
+        }
         if let Some(d) = &opts.debug {
             cmd.arg(format!("DEBUG={d}"));
         }
-        run(
-            &mut cmd,
-            &format!("building {} for board {}", these.join(" "), board.name),
-        )?;
+        run(&mut cmd, &format!("building {} {what}", these.join(" ")))?;
     }
+    Ok(())
+}
+
+/// `openssl` as iPXE's Makefile calls it, but `openssl rsa` writes PKCS#1 (`-traditional`):
+/// OpenSSL 3 writes PKCS#8, which iPXE before 2023-06 cannot read ("could not find
+/// certificate corresponding to private key").
+const OPENSSL_PKCS1: &str = "#!/bin/sh\n\
+# Written by ipxe-ca for an iPXE tree that reads only PKCS#1 RSA keys.\n\
+if [ \"$1\" = rsa ]; then exec openssl \"$@\" -traditional; fi\n\
+exec openssl \"$@\"\n";
+
+fn openssl_wrapper(stage_dir: &Path) -> Result<PathBuf> {
+    let p = stage_dir.join("openssl-pkcs1");
+    if std::fs::read_to_string(&p).ok().as_deref() != Some(OPENSSL_PKCS1) {
+        state::write_atomic(&p, OPENSSL_PKCS1.as_bytes(), 0o700)?;
+    }
+    Ok(p)
+}
+
+/// The one compile of a farm: our CA pinned and sent as the chain's root, nothing per board.
+pub(crate) struct Shared {
+    /// `bin/ipxe.lkrn` → its copy in staging.
+    files: Vec<(&'static str, PathBuf)>,
+    /// SHA-256 of each shared binary, for the manifests.
+    pub sha256: Vec<(String, String)>,
+}
+
+impl Shared {
+    fn get(&self, goal: &str) -> Option<&Path> {
+        self.files
+            .iter()
+            .find(|(g, _)| *g == goal)
+            .map(|(_, p)| p.as_path())
+    }
+}
+
+fn farm_compile(
+    lab: &Lab,
+    tree: &IpxeTree,
+    goals: Vec<&'static str>,
+    opts: &BuildOptions,
+    stage_dir: &Path,
+    run_dir: &Path,
+) -> Result<Shared> {
+    let ca_pem = state::read(&lab.state().ca_cert())?;
+    let ca = stage(stage_dir, "ca", "crt", &ca_pem, MODE_PUBLIC)?;
+    let epoch = crate::ca::cert_info(&crate::ca::cert_der_from_bytes(&ca_pem)?)?
+        .not_before
+        .unix_timestamp();
+    let _guard = tree.lock()?;
+    make(
+        tree,
+        &MakeInputs {
+            goals: goals.clone(),
+            trust: &ca,
+            cert: ca.display().to_string(),
+            embed: None,
+            privkey: None,
+            openssl: None,
+            epoch,
+        },
+        opts,
+        "(shared by every board: our CA pinned, no board material)",
+    )?;
+    let mut files = Vec::new();
+    let mut sha256 = Vec::new();
+    for g in goals {
+        let name = g.replace('/', "-");
+        let dest = run_dir.join(&name);
+        state::write_atomic(&dest, &state::read(&tree.src.join(g))?, MODE_PUBLIC)?;
+        sha256.push((g.to_string(), super::sha256_file(&dest)?));
+        files.push((g, dest));
+    }
+    Ok(Shared { files, sha256 })
+}
+
+/// One board: its compiled binaries (if any target needs them), then its assembled images.
+fn build_board(
+    lab: &Lab,
+    tree: Option<&IpxeTree>,
+    board: &Board,
+    opts: &BuildOptions,
+    shared: Option<&Shared>,
+    stage_dir: &Path,
+    run_dir: &Path,
+    features: TreeFeatures,
+) -> Result<Manifest> {
+    let started = Instant::now();
+    let epoch = board.not_before.unix_timestamp().max(0);
     let dir = opts.out.join(board.name.as_str());
     state::create_dir_private(&dir)?;
-    let mut outputs = Vec::new();
-    for t in &opts.targets {
-        let dest = dir.join(t.file_name(&board.name));
-        if *t == Target::Hybrid {
-            let tmp = stage_dir.join(format!("{}-hybrid.iso", board.name));
-            run(
-                Command::new(tree.src.join("util/genfsimg"))
-                    .current_dir(&tree.src)
-                    .arg("-o")
-                    .arg(&tmp)
-                    .args(["bin/ipxe.lkrn", "bin-x86_64-efi/ipxe.efi"])
-                    .env("SOURCE_DATE_EPOCH", &epoch),
-                &format!(
-                    "building the hybrid image for board {} (genfsimg)",
-                    board.name
-                ),
-            )?;
-            let data = state::read(&tmp)?;
-            let _ = std::fs::remove_file(&tmp);
-            super::write_output(&dest, &data)?;
-        } else {
-            let built = tree.src.join(bin_path(*t));
-            super::write_output(&dest, &state::read(&built)?)?;
+    let own = run_dir.join(format!("board-{}", board.name));
+    state::create_dir_private(&own)?;
+    let result = (|| {
+        let compiled = compile_board(lab, tree, board, opts, stage_dir, &own, features, epoch)?;
+        let script =
+            super::autoexec_script(lab, board, opts.ntp_server.as_deref(), !features.pkcs8_keys)?;
+        let mut outputs = Vec::new();
+        let mut routes = Vec::new();
+        for t in &opts.targets {
+            let dest = dir.join(t.file_name(&board.name));
+            let per_board = compiled_per_board(*t, opts.embed_key);
+            // Compiled binaries carry their own script; shared ones get the board's script.
+            let (find, script): (Box<dyn Fn(&str) -> Option<PathBuf>>, Option<&[u8]>) = if per_board
+            {
+                (
+                    Box::new(|g: &str| {
+                        compiled
+                            .iter()
+                            .find(|(x, _)| *x == g)
+                            .map(|(_, p)| p.clone())
+                    }),
+                    None,
+                )
+            } else {
+                (
+                    Box::new(|g: &str| shared.and_then(|s| s.get(g)).map(Path::to_path_buf)),
+                    Some(script.as_bytes()),
+                )
+            };
+            let part = |g: &str| {
+                find(g).ok_or_else(|| Error::invalid(format!("internal: {g} was not built")))
+            };
+            let tmp = own.join(t.file_name(&board.name));
+            let mut tool: Option<IsoTool> = None;
+            match t {
+                Target::Lkrn | Target::Usb | Target::Efi => {
+                    state::write_atomic(&tmp, &state::read(&part(bin_path(*t))?)?, MODE_SECRET)?
+                }
+                Target::EfiUsb => {
+                    image::fat_image(&tmp, &part("bin-x86_64-efi/ipxe.efi")?, script, epoch)?
+                }
+                Target::Iso | Target::EfiIso | Target::Hybrid => {
+                    let lkrn = matches!(t, Target::Iso | Target::Hybrid)
+                        .then(|| part("bin/ipxe.lkrn"))
+                        .transpose()?;
+                    let efi = matches!(t, Target::EfiIso | Target::Hybrid)
+                        .then(|| part("bin-x86_64-efi/ipxe.efi"))
+                        .transpose()?;
+                    tool = Some(image::iso_image(
+                        &tmp,
+                        &Media {
+                            lkrn: lkrn.as_deref(),
+                            efi: efi.as_deref(),
+                            script,
+                            epoch,
+                        },
+                    )?);
+                }
+            }
+            std::fs::rename(&tmp, &dest)
+                .map_err(|e| Error::io("cannot move image to", &dest, e))?;
+            outputs.push((*t, dest));
+            routes.push(super::TargetRoute {
+                route: if per_board { "compile" } else { "farm" },
+                iso_tool: tool,
+            });
         }
-        outputs.push((*t, dest));
+        let mut notes = Vec::new();
+        if !features.ecdhe {
+            notes.push(ECDHE_WARNING.to_string());
+        }
+        let mut m = finish_manifest(
+            board,
+            "make",
+            tree.and_then(|t| t.commit.clone()),
+            outputs,
+            started,
+            notes,
+        )?;
+        for (o, r) in m.targets.iter_mut().zip(routes) {
+            o.route = Some(r.route);
+            o.iso_tool = r.iso_tool;
+            if r.route == "farm" {
+                o.shared = shared.map(|s| s.sha256.clone()).unwrap_or_default();
+            }
+        }
+        super::save_manifest(&dir, &m)?;
+        Ok(m)
+    })();
+    // Nothing of the board (key, script) stays in staging.
+    let _ = std::fs::remove_dir_all(&own);
+    result
+}
+
+/// The board's own binaries, when a target needs its key compiled in.
+#[allow(clippy::too_many_arguments)]
+fn compile_board(
+    lab: &Lab,
+    tree: Option<&IpxeTree>,
+    board: &Board,
+    opts: &BuildOptions,
+    stage_dir: &Path,
+    own: &Path,
+    features: TreeFeatures,
+    epoch: i64,
+) -> Result<Vec<(&'static str, PathBuf)>> {
+    let mut goals: Vec<&'static str> = opts
+        .targets
+        .iter()
+        .filter(|t| compiled_per_board(**t, opts.embed_key))
+        .flat_map(|t| parts(*t).iter().copied())
+        .collect();
+    goals.sort_unstable();
+    goals.dedup();
+    if goals.is_empty() {
+        return Ok(Vec::new());
     }
-    let mut notes = Vec::new();
-    if tree.has_ecdhe() == Some(false) {
-        notes.push(ECDHE_WARNING.to_string());
+    let tree = tree.ok_or_else(|| Error::invalid("internal: no tree for a compiled target"))?;
+    let reg = lab.registry();
+    let key_path = super::held_key(lab, board)?;
+    let ca = stage(
+        stage_dir,
+        "ca",
+        "crt",
+        &state::read(&lab.state().ca_cert())?,
+        MODE_PUBLIC,
+    )?;
+    let cert = stage(
+        own,
+        "cert",
+        "crt",
+        &state::read(&reg.cert_path(&board.name))?,
+        MODE_PUBLIC,
+    )?;
+    let key = stage(own, "key", "pem", &state::read(&key_path)?, MODE_SECRET)?;
+    let script = super::embed_script(lab, board, opts.ntp_server.as_deref())?;
+    let embed = stage(own, "embed", "ipxe", script.as_bytes(), MODE_SECRET)?;
+    let wrapper = (!features.pkcs8_keys)
+        .then(|| openssl_wrapper(stage_dir))
+        .transpose()?;
+    let _guard = tree.lock()?;
+    make(
+        tree,
+        &MakeInputs {
+            goals: goals.clone(),
+            trust: &ca,
+            cert: format!("{},{}", ca.display(), cert.display()),
+            embed: Some(&embed),
+            privkey: Some(&key),
+            openssl: wrapper.as_deref(),
+            epoch,
+        },
+        opts,
+        &format!("for board {}", board.name),
+    )?;
+    let mut out = Vec::new();
+    for g in goals {
+        let dest = own.join(g.replace('/', "-"));
+        state::write_atomic(&dest, &state::read(&tree.src.join(g))?, MODE_SECRET)?;
+        out.push((g, dest));
     }
-    finish_manifest(
-        board,
-        &dir,
-        "make",
-        tree.commit.clone(),
-        outputs,
-        started,
-        notes,
-    )
+    Ok(out)
 }
 
 /// Said when the tree predates ECDHE.
@@ -278,6 +534,8 @@ fn trees(tree: &IpxeTree, jobs: usize, cache: &Path) -> Result<Vec<IpxeTree>> {
             let root =
                 std::fs::canonicalize(&root).map_err(|e| Error::io("cannot resolve", &root, e))?;
             let src = root.join("src");
+            // Copied under the origin's lock, so the copy starts from a finished build.
+            let _guard = tree.lock()?;
             run(
                 Command::new("cp").arg("-a").arg(&tree.src).arg(&src),
                 "copying the iPXE tree for a parallel build",
@@ -289,10 +547,13 @@ fn trees(tree: &IpxeTree, jobs: usize, cache: &Path) -> Result<Vec<IpxeTree>> {
         v.push(IpxeTree {
             src,
             commit: tree.commit.clone(),
+            features: tree.features,
         });
     }
     Ok(v)
 }
+
+static RUN_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 pub(crate) fn build_all(
     lab: &Lab,
@@ -306,39 +567,96 @@ pub(crate) fn build_all(
     let stage_dir = out.join(".stage");
     check_make_path(&stage_dir)?;
     state::create_dir_private(&stage_dir)?;
+    // Board material of this run lives here and goes when the run ends.
+    let run_dir = stage_dir.join(format!(
+        "run-{}-{}",
+        std::process::id(),
+        RUN_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    state::create_dir_private(&run_dir)?;
     let opts = BuildOptions {
         out,
         ..opts.clone()
     };
-    let jobs = opts.jobs.clamp(1, boards.len().max(1));
-    let trees = trees(tree, jobs, &lab.state().root().join("cache/ipxe-trees"))?;
-    let queue: Mutex<VecDeque<&Board>> = Mutex::new(boards.iter().collect());
-    let results: Mutex<Vec<BoardResult>> = Mutex::new(Vec::new());
-    std::thread::scope(|s| {
-        for t in &trees {
-            let (queue, results, opts, stage_dir) = (&queue, &results, &opts, &stage_dir);
-            s.spawn(move || loop {
-                let next = match queue.lock() {
-                    Ok(mut q) => q.pop_front(),
-                    Err(_) => None,
-                };
-                let Some(board) = next else { break };
-                let r = build_board(lab, t, board, opts, stage_dir)
-                    .map_err(|e| (board.name.to_string(), e));
-                on_done(&r);
-                if let Ok(mut v) = results.lock() {
-                    v.push(r);
-                }
-            });
-        }
-    });
-    let mut results = results.into_inner().unwrap_or_default();
-    results.sort_by(|a, b| {
-        let name = |r: &BoardResult| match r {
-            Ok(m) => m.board.clone(),
-            Err((n, _)) => n.clone(),
+    let result = (|| {
+        let mut farm_goals: Vec<&'static str> = opts
+            .targets
+            .iter()
+            .filter(|t| !compiled_per_board(**t, opts.embed_key))
+            .flat_map(|t| parts(*t).iter().copied())
+            .collect();
+        farm_goals.sort_unstable();
+        farm_goals.dedup();
+        let compiles = opts
+            .targets
+            .iter()
+            .any(|t| compiled_per_board(*t, opts.embed_key));
+        let shared = if farm_goals.is_empty() {
+            None
+        } else {
+            Some(farm_compile(
+                lab, tree, farm_goals, &opts, &stage_dir, &run_dir,
+            )?)
         };
-        name(a).cmp(&name(b))
-    });
-    Ok(results)
+        // Compiles need a tree each; assembly alone uses every core.
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let workers: Vec<Option<IpxeTree>> = if compiles {
+            let jobs = opts.jobs.clamp(1, boards.len().max(1));
+            trees(tree, jobs, &lab.state().root().join("cache/ipxe-trees"))?
+                .into_iter()
+                .map(Some)
+                .collect()
+        } else {
+            vec![None; cores.max(opts.jobs).clamp(1, boards.len().max(1))]
+        };
+        let queue: Mutex<VecDeque<&Board>> = Mutex::new(boards.iter().collect());
+        let results: Mutex<Vec<BoardResult>> = Mutex::new(Vec::new());
+        std::thread::scope(|s| {
+            for t in &workers {
+                let (queue, results, opts, stage_dir, run_dir, shared) = (
+                    &queue,
+                    &results,
+                    &opts,
+                    &stage_dir,
+                    &run_dir,
+                    shared.as_ref(),
+                );
+                s.spawn(move || loop {
+                    let next = match queue.lock() {
+                        Ok(mut q) => q.pop_front(),
+                        Err(_) => None,
+                    };
+                    let Some(board) = next else { break };
+                    let r = build_board(
+                        lab,
+                        t.as_ref(),
+                        board,
+                        opts,
+                        shared,
+                        stage_dir,
+                        run_dir,
+                        tree.features,
+                    )
+                    .map_err(|e| (board.name.to_string(), e));
+                    on_done(&r);
+                    if let Ok(mut v) = results.lock() {
+                        v.push(r);
+                    }
+                });
+            }
+        });
+        let mut results = results.into_inner().unwrap_or_default();
+        results.sort_by(|a, b| {
+            let name = |r: &BoardResult| match r {
+                Ok(m) => m.board.clone(),
+                Err((n, _)) => n.clone(),
+            };
+            name(a).cmp(&name(b))
+        });
+        Ok(results)
+    })();
+    let _ = std::fs::remove_dir_all(&run_dir);
+    result
 }

@@ -5,6 +5,7 @@
 //!   certificate and key at run time; the CA must then come from the UEFI firmware.
 
 pub mod doctor;
+pub mod image;
 mod make;
 mod prebuilt;
 pub mod siglist;
@@ -23,7 +24,8 @@ use crate::state::{self, MODE_SECRET};
 use crate::types::BoardName;
 use crate::Lab;
 
-pub use make::IpxeTree;
+pub use image::IsoTool;
+pub use make::{IpxeTree, TreeFeatures};
 
 /// Image kinds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
@@ -118,6 +120,15 @@ pub struct BuildOptions {
     pub ntp_server: Option<String>,
     /// `make -j` inside each build.
     pub make_jobs: usize,
+    /// Compile the board's key into the iPXE binary for every target (a relink per board)
+    /// instead of one shared binary plus a per-board `autoexec.ipxe`.
+    pub embed_key: bool,
+}
+
+/// How one image was made (for its manifest entry).
+pub(crate) struct TargetRoute {
+    pub route: &'static str,
+    pub iso_tool: Option<IsoTool>,
 }
 
 /// One image in a manifest.
@@ -131,6 +142,16 @@ pub struct TargetOutput {
     pub size: u64,
     /// SHA-256 of the file.
     pub sha256: String,
+    /// `farm` (shared iPXE binary + the board's autoexec.ipxe), `compile` (the board's key
+    /// compiled in) or `prebuilt`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route: Option<&'static str>,
+    /// The ISO mastering tool, for ISO images.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iso_tool: Option<IsoTool>,
+    /// For `farm` images: the shared binaries (make goal, SHA-256) every board's image holds.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub shared: Vec<(String, String)>,
 }
 
 /// `OUT/BOARD/manifest.json`.
@@ -289,11 +310,6 @@ pub fn build(
             Ok(results)
         }
         Source::Tree(dir) => {
-            if opts.targets.contains(&Target::EfiUsb) {
-                return Err(Error::invalid(
-                    "target efi-usb is made from a prebuilt iPXE: use --prebuilt DIR",
-                ));
-            }
             let tree = IpxeTree::open(dir)?;
             make::build_all(lab, &tree, boards, opts, on_done)
         }
@@ -307,7 +323,6 @@ pub(crate) fn write_output(path: &Path, data: &[u8]) -> Result<()> {
 
 pub(crate) fn finish_manifest(
     board: &Board,
-    dir: &Path,
     mode: &'static str,
     ipxe_commit: Option<String>,
     targets: Vec<(Target, PathBuf)>,
@@ -325,6 +340,9 @@ pub(crate) fn finish_manifest(
                 .unwrap_or_default(),
             size: meta.len(),
             sha256: sha256_file(&p)?,
+            route: None,
+            iso_tool: None,
+            shared: Vec::new(),
         });
     }
     let m = Manifest {
@@ -340,7 +358,35 @@ pub(crate) fn finish_manifest(
             .unwrap_or_default(),
         notes,
     };
-    let json = serde_json::to_vec_pretty(&m).map_err(|e| Error::invalid(e.to_string()))?;
-    write_output(&dir.join("manifest.json"), &json)?;
     Ok(m)
+}
+
+/// Write `DIR/manifest.json`.
+pub(crate) fn save_manifest(dir: &Path, m: &Manifest) -> Result<()> {
+    let json = serde_json::to_vec_pretty(m).map_err(|e| Error::invalid(e.to_string()))?;
+    write_output(&dir.join("manifest.json"), &json)
+}
+
+/// The board's `autoexec.ipxe` for an iPXE without its key compiled in: its certificate and
+/// key as hex (iPXE uses a run-time key only when none was built in), then the embed script.
+/// `pkcs1`: the key as PKCS#1, for iPXE older than 2023-06.
+pub fn autoexec_script(
+    lab: &Lab,
+    board: &Board,
+    ntp_server: Option<&str>,
+    pkcs1: bool,
+) -> Result<String> {
+    let reg = lab.registry();
+    let key_path = held_key(lab, board)?;
+    let cert_der = crate::ca::cert_der_from_bytes(&state::read(&reg.cert_path(&board.name))?)?;
+    let key_der = crate::ca::board_key_der(&state::read(&key_path)?, pkcs1)?;
+    let embed = embed_script(lab, board, ntp_server)?;
+    let body = embed.strip_prefix("#!ipxe").unwrap_or(&embed);
+    Ok(format!(
+        "#!ipxe\n# Board {}: certificate and key for mutual TLS (treat this file as secret).\nset cert:hexraw {}\nset privkey:hexraw {}\n{}",
+        board.name,
+        hex::encode(&cert_der),
+        hex::encode(&key_der),
+        body.trim_start_matches('\n')
+    ))
 }

@@ -131,6 +131,10 @@ async fn handle(req: Request<Incoming>, info: &ConnInfo, shared: &Arc<Shared>) -
             .map(|m| m.trim_end_matches(".ipxe").to_string())
             .or_else(|| query_param(&query, "mac"));
         boot(&req, mac, info, shared, &mut out)
+    } else if !info.tls && path.len() > 1 {
+        // The plain port serves the files directory at its root too, so that
+        // `{{ files_url }}/vmlinuz` names `files/vmlinuz` (and `/files/vmlinuz` keeps working).
+        files::serve(&path[1..], &req, shared, &mut out).await
     } else {
         script(
             StatusCode::NOT_FOUND,

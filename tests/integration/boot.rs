@@ -401,7 +401,7 @@ fn boots_that_must_fail_fail_with_the_reason_in_the_log() {
         .filter(|l| !l.starts_with("set cert") && !l.starts_with("set privkey"))
         .map(|l| format!("{l}\n"))
         .collect();
-    assert!(stripped.contains("chain https://"));
+    assert!(stripped.contains("imgfetch --name boot.ipxe https://"));
     std::fs::write(&script, stripped).unwrap();
     let (ok, out) = tool(
         "mcopy",

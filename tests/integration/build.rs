@@ -61,6 +61,8 @@ fn make_gets_our_ca_as_only_trust_the_board_cert_and_key_and_https() {
         "efi-iso",
         "--target",
         "hybrid",
+        "--target",
+        "efi-usb",
         "--debug",
         "tls,x509",
     ]);
@@ -124,19 +126,16 @@ fn make_gets_our_ca_as_only_trust_the_board_cert_and_key_and_https() {
         std::fs::read_to_string(tree.join("src/config/general.h")).unwrap(),
         "/* fixture */\n"
     );
-    // The staged embed script chains to our server with the board's MAC.
-    let embed_path = std::fs::read_to_string(tree.join("src/bin/.embedded.list")).unwrap();
-    let embed = std::fs::read_to_string(embed_path.trim()).unwrap();
-    assert!(
-        embed.contains("chain https://127.0.0.1:8443/boot.ipxe?mac=${netX/mac}"),
-        "{embed}"
+    // The embed script fetches the board's script from our server with the board's MAC.
+    assert_eq!(
+        field(&lkrn, "EMBED_FETCH"),
+        "imgfetch --name boot.ipxe https://127.0.0.1:8443/boot.ipxe?mac=${netX/mac} || goto fetch_failed"
     );
-    assert!(embed.contains("dhcp"), "{embed}");
-    assert_eq!(field(&lkrn, "EMBED_SHA256"), sha256_hex(embed.as_bytes()));
+    let embed_path = std::fs::read_to_string(tree.join("src/bin/.embedded.list")).unwrap();
     assert!(!embed_path.contains(','), "staged paths are comma-free");
     // Every target, each with a correct manifest entry; images 0600 in a 0700 folder.
     let targets = m["targets"].as_array().unwrap();
-    assert_eq!(targets.len(), 6);
+    assert_eq!(targets.len(), 7);
     for t in targets {
         let f = dir.join(t["file"].as_str().unwrap());
         let data = std::fs::read(&f).unwrap();
@@ -146,17 +145,67 @@ fn make_gets_our_ca_as_only_trust_the_board_cert_and_key_and_https() {
             std::fs::metadata(&f).unwrap().permissions().mode() & 0o777,
             0o600
         );
+        let farm = ["iso", "efi-iso", "hybrid", "efi-usb"].contains(&t["target"].as_str().unwrap());
+        assert_eq!(t["route"], if farm { "farm" } else { "compile" }, "{t}");
     }
     assert_eq!(
         std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
         0o700
     );
-    let hybrid = std::fs::read_to_string(dir.join("b1-hybrid.iso")).unwrap();
+    // Farm images: the shared binary pins our CA and holds no board material; the board's
+    // certificate and key travel in its autoexec.ipxe.
+    let x = lab.tmp.path().join("x");
+    std::fs::create_dir_all(&x).unwrap();
+    for f in ["ipxe.lkrn", "autoexec.ipxe"] {
+        let (ok, o) = tool(
+            "xorriso",
+            &[
+                "-osirrox",
+                "on",
+                "-indev",
+                s(&dir.join("b1-hybrid.iso")),
+                "-extract",
+                &format!("/{f}"),
+                s(&x.join(f)),
+            ],
+        );
+        assert!(ok, "{o}");
+    }
+    let shared = x.join("ipxe.lkrn");
+    assert_eq!(field(&shared, "TRUST_FPS"), ca_fp);
+    assert_eq!(field(&shared, "PRIVKEY_DER"), "none");
+    assert_eq!(field(&shared, "EMBED_SHA256"), "none");
+    assert_eq!(
+        field(&shared, "CERT_DERS"),
+        sha256_hex(&pem_der(&lab.path("ca/ca.crt")))
+    );
+    let autoexec = std::fs::read_to_string(x.join("autoexec.ipxe")).unwrap();
+    let cert_hex = hex::encode(pem_der(&lab.path("boards/b1/cert.pem")));
     assert!(
-        hybrid.starts_with("FAKE-HYBRID")
-            && hybrid.contains("bin/ipxe.lkrn")
-            && hybrid.contains("bin-x86_64-efi/ipxe.efi"),
-        "{hybrid}"
+        autoexec.contains(&format!("set cert:hexraw {cert_hex}\n")),
+        "{autoexec}"
+    );
+    assert!(
+        autoexec.contains(&format!(
+            "set privkey:hexraw {}\n",
+            hex::encode(pem_der(&lab.path("boards/b1/key.pem")))
+        )),
+        "{autoexec}"
+    );
+    assert!(autoexec.contains("imgfetch --name boot.ipxe https://127.0.0.1:8443/boot.ipxe"));
+    let (ok, fat) = tool(
+        "mtype",
+        &["-i", s(&dir.join("b1-efi-usb.img")), "::/autoexec.ipxe"],
+    );
+    assert!(ok && fat == autoexec, "{fat}");
+    // Nothing of the board stays in staging: no key, no script, no run folder.
+    let staged: Vec<String> = std::fs::read_dir(out.join(".stage"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        staged.iter().all(|n| n.starts_with("ca-")),
+        "left in staging: {staged:?}"
     );
     assert!(field(&dir.join("b1-efi.efi"), "TRUST_FPS") == ca_fp);
     let on_disk: serde_json::Value =
@@ -326,9 +375,8 @@ fn a_failing_make_names_board_and_target_and_shows_its_output() {
     assert!(!o.status.success(), "{err}");
     for pkg in [
         "apt-get install make",
-        "apt-get install genisoimage",
+        "apt-get install xorriso (or genisoimage syslinux-utils)",
         "apt-get install mtools",
-        "apt-get install syslinux-utils",
     ] {
         assert!(err.contains(pkg), "{pkg}: {err}");
     }
@@ -351,7 +399,11 @@ fn a_failing_make_names_board_and_target_and_shows_its_output() {
     );
     let o = lab.run(&["doctor", "--ipxe-src", s(&tree), "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert!(v["tree_warning"].as_str().unwrap().contains("ECDHE"), "{v}");
+    assert!(
+        v["tree_notes"][0].as_str().unwrap().contains("ECDHE"),
+        "{v}"
+    );
+    assert_eq!(v["tree"]["ecdhe"], false, "{v}");
     assert!(v["checks"]
         .as_array()
         .unwrap()
@@ -423,7 +475,7 @@ fn prebuilt_image_is_a_fat_disk_with_the_efi_binary_and_the_boards_identity() {
     ]);
     assert_eq!(from_key, from_cert);
     assert!(
-        script.contains("chain https://127.0.0.1:8443/boot.ipxe"),
+        script.contains("imgfetch --name boot.ipxe https://127.0.0.1:8443/boot.ipxe"),
         "{script}"
     );
     // The CA as an EFI signature list: GUID, sizes, then the DER.
