@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 need=(openssl curl nginx-light qemu-system-x86 ovmf mtools busybox-static cpio dosfstools
       debian-archive-keyring util-linux e2fsprogs coreutils
       gunicorn python3-flask
-      make gcc perl liblzma-dev genisoimage isolinux syslinux-common syslinux-utils)
+      make gcc perl liblzma-dev xorriso genisoimage isolinux syslinux-common syslinux-utils)
 missing=()
 for p in "${need[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -20,6 +20,25 @@ fi
 if ! apt-cache show linux-image-cloud-amd64 >/dev/null 2>&1; then $sudo apt-get update -qq; fi
 IPXE_CA_TEST_ASSETS="$(scripts/fetch-boot-assets.sh)"
 export IPXE_CA_TEST_ASSETS
+# iPXE's own source (test data in ../shared/ipxe, never copied into the repository), unpacked
+# once per tarball hash into the cache; the trees the tests build stay there between runs.
+unpack_ipxe() { # VAR TARBALL
+  local var=$1 tar=$2 sum dir
+  if [ -n "${!var:-}" ]; then return; fi
+  if [ ! -f "$tar" ]; then
+    echo "WARNING: $tar not found: the real-iPXE tests will say SKIPPED" >&2; return
+  fi
+  sum=$(sha256sum "$tar" | cut -c1-16)
+  dir="$IPXE_CA_TEST_ASSETS/$(basename "$tar" .tar.xz)-$sum"
+  if [ ! -f "$dir/src/Makefile" ]; then
+    rm -rf "$dir.partial" && mkdir -p "$dir.partial"
+    tar -xJf "$tar" -C "$dir.partial" --strip-components=1
+    mv "$dir.partial" "$dir"
+  fi
+  export "$var=$dir"
+}
+unpack_ipxe IPXE_SRC ../shared/ipxe/ipxe-2.0.0.tar.xz
+unpack_ipxe IPXE_SRC_LEGACY ../shared/ipxe/ipxe-1.21.1.tar.xz
 # The benchmarks' smoke run first (seconds; it proves they still work, its numbers mean nothing),
 # then every test, so that the run ends with the test summary.
 cargo test --locked --bench bench

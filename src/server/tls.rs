@@ -47,6 +47,21 @@ fn build(state: &StateDir) -> Result<ServerConfig> {
     Ok(config)
 }
 
+/// A failed handshake in words an operator can act on.
+fn explain(e: &std::io::Error) -> String {
+    use rustls::PeerIncompatible as P;
+    let rustls_error = e.get_ref().and_then(|x| x.downcast_ref::<rustls::Error>());
+    match rustls_error {
+        Some(rustls::Error::PeerIncompatible(
+            P::NoCipherSuitesInCommon | P::NoKxGroupsInCommon | P::Tls12NotOffered,
+        )) => format!(
+            "{e}: the client offers no TLS 1.2 ECDHE suite with AES-GCM; iPXE older than 2024 \
+cannot talk to ipxe-ca directly: put nginx in front (`ipxe-ca nginx-config`, `serve --behind-proxy`)"
+        ),
+        _ => e.to_string(),
+    }
+}
+
 /// The acceptor of the mTLS listener.
 pub(crate) fn acceptor(state: &StateDir) -> Result<TlsAcceptor> {
     Ok(TlsAcceptor::from(Arc::new(build(state)?)))
@@ -63,7 +78,7 @@ pub(crate) async fn serve_tls(
     let stream = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            super::log::tls_failure(peer, &e.to_string());
+            super::log::tls_failure(peer, &explain(&e));
             return;
         }
         Err(_) => {

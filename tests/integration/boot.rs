@@ -5,20 +5,15 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
+use crate::qemu::{self, Boot, Firmware, Machine, Medium, OVMF};
 use crate::util::{free_port, s, tool, Lab};
 
-/// Emulation is CPU-bound: boots never overlap.
-static ONE_BOOT_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-const MARKER: &str = "IPXE-CA-E2E-KERNEL-UP";
-const SECRET: &str = "SECRET-E2E-5a17c0de";
-const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
+pub const MARKER: &str = "IPXE-CA-E2E-KERNEL-UP";
+pub const SECRET: &str = "SECRET-E2E-5a17c0de";
 
 /// Debian 13's iPXE and a Debian cloud kernel, fetched by scripts/test.sh.
-fn assets() -> PathBuf {
+pub fn assets() -> PathBuf {
     let dir = std::env::var_os("IPXE_CA_TEST_ASSETS")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
@@ -52,15 +47,13 @@ fn assets() -> PathBuf {
     dir
 }
 
-const OVMF: &str = "/usr/share/ovmf/OVMF.fd";
-
 /// Debian 13's /usr/lib/ipxe, as fetched by scripts/test.sh.
 pub fn prebuilt_dir() -> PathBuf {
     assets().join("ipxe/usr/lib/ipxe")
 }
 
 /// A busybox initramfs whose /init prints the marker and /proc/cmdline, then powers off.
-fn initramfs(dir: &Path) -> PathBuf {
+pub fn initramfs(dir: &Path) -> PathBuf {
     let root = dir.join("initramfs");
     for d in ["bin", "proc", "dev", "sys"] {
         std::fs::create_dir_all(root.join(d)).unwrap();
@@ -166,96 +159,28 @@ impl BootLab {
     }
 }
 
-/// What one boot showed.
-struct Boot {
-    serial: String,
-    seconds: f64,
+/// Boot a prebuilt image under OVMF with our CA from the firmware.
+fn boot(name: &str, image: &Path, siglist: &Path, stop_at: &str, abort_on: &[&str]) -> Boot {
+    qemu::boot(
+        name,
+        &Machine {
+            firmware: Firmware::Ovmf,
+            medium: Medium::Stick(image.to_path_buf()),
+            siglist: Some(siglist.to_path_buf()),
+        },
+        stop_at,
+        abort_on,
+        &STAGES,
+    )
 }
 
-/// Boot an image under OVMF until `done` matches the serial console (or QEMU exits, or the
-/// hard timeout). Prints a timing line per stage.
-fn boot(name: &str, image: &Path, siglist: &Path, stop_at: &str, abort_on: &[&str]) -> Boot {
-    let _one = ONE_BOOT_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let dir = image.parent().unwrap();
-    let serial = dir.join(format!("serial-{name}.log"));
-    let start = Instant::now();
-    let mut qemu = Command::new("qemu-system-x86_64")
-        .args([
-            "-m",
-            "512",
-            "-bios",
-            OVMF,
-            "-display",
-            "none",
-            "-monitor",
-            "none",
-            "-no-reboot",
-        ])
-        .arg("-fw_cfg")
-        .arg(format!("name=etc/edk2/https/cacerts,file={}", s(siglist)))
-        .arg("-drive")
-        .arg(format!("file={},format=raw,snapshot=on", s(image)))
-        .args(["-nic", "user,model=virtio-net-pci"])
-        .arg("-serial")
-        .arg(format!("file:{}", s(&serial)))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("cannot start qemu-system-x86_64 (apt-get install qemu-system-x86)");
-    let stages = [
-        "iPXE",
-        "ipxe-ca: board",
-        "ipxe-ca-profile:",
-        "Linux version",
-        MARKER,
-    ];
-    let mut seen: Vec<(String, f64)> = Vec::new();
-    let text = loop {
-        let text = std::fs::read_to_string(&serial).unwrap_or_default();
-        for st in stages {
-            if !seen.iter().any(|(s, _)| s == st) && text.contains(st) {
-                seen.push((st.to_string(), start.elapsed().as_secs_f64()));
-            }
-        }
-        if text.contains(stop_at) {
-            break text;
-        }
-        if let Some(bad) = abort_on.iter().find(|b| text.contains(**b)) {
-            let _ = qemu.kill();
-            let _ = qemu.wait();
-            panic!("boot {name}: {bad:?} on the console before {stop_at:?}; serial:\n{text}");
-        }
-        if let Some(status) = qemu.try_wait().unwrap() {
-            let text = std::fs::read_to_string(&serial).unwrap_or_default();
-            if !text.contains(stop_at) && !status.success() {
-                let mut e = String::new();
-                use std::io::Read;
-                let _ = qemu.stderr.take().unwrap().read_to_string(&mut e);
-                panic!("qemu exited with {status} before {stop_at:?}: {e}\nserial:\n{text}");
-            }
-            break text;
-        }
-        if start.elapsed() > BOOT_TIMEOUT {
-            let _ = qemu.kill();
-            let _ = qemu.wait();
-            panic!("boot {name}: no {stop_at:?} within {BOOT_TIMEOUT:?}; serial:\n{text}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let _ = qemu.kill();
-    let _ = qemu.wait();
-    let seconds = start.elapsed().as_secs_f64();
-    let line: Vec<String> = seen.iter().map(|(s, t)| format!("{s} {t:.1}s")).collect();
-    eprintln!(
-        "boot timing [{name}]: {} | end {seconds:.1}s",
-        line.join(" → ")
-    );
-    Boot {
-        serial: text,
-        seconds,
-    }
-}
+const STAGES: [&str; 5] = [
+    "iPXE",
+    "ipxe-ca: board",
+    "ipxe-ca-profile:",
+    "Linux version",
+    MARKER,
+];
 
 #[test]
 fn a_board_boots_linux_with_its_secret_over_mutual_tls() {

@@ -1,10 +1,12 @@
 //! One integration-test binary: every test drives the real `ipxe-ca` binary and checks the
 //! result with independent tools (openssl, curl, nginx, QEMU).
 
+mod qemu;
 mod util;
 
 mod boot;
 mod build;
 mod flash;
 mod foundation;
+mod real_ipxe;
 mod server;

@@ -3,7 +3,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::util::{free_port, s, sign_with_openssl, tool, write_random, Lab};
+use crate::util::{free_port, s, sign_with_openssl, start_nginx, tool, write_random, Lab};
 
 /// A lab with boards a and b, each with its own secret in its boot script.
 fn two_boards() -> Lab {
@@ -433,68 +433,13 @@ fn sigterm_lets_a_running_download_finish() {
 }
 
 /// Kills a helper process even when the test panics.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn nginx_conf(lab: &Lab, listen: u16, upstream: u16) -> std::path::PathBuf {
-    let block = lab.ok(&[
-        "nginx-config",
-        "--listen",
-        &format!("127.0.0.1:{listen}"),
-        "--upstream",
-        &format!("127.0.0.1:{upstream}"),
-    ]);
-    assert!(
-        block.contains("ssl_verify_client")
-            && block.contains("ssl_crl")
-            && block.contains("AES128-SHA"),
-        "{block}"
-    );
-    let t = lab.tmp.path().join("nginx");
-    std::fs::create_dir_all(&t).unwrap();
-    let conf = t.join("nginx.conf");
-    let d = s(&t);
-    std::fs::write(
-        &conf,
-        format!(
-            "user root;\ndaemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 64; }}\nhttp {{\n access_log {d}/access.log;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n fastcgi_temp_path {d}/fcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n{block}}}\n"
-        ),
-    )
-    .unwrap();
-    conf
-}
-
 #[test]
 fn nginx_in_front_gives_the_same_answers_and_untrusted_headers_are_ignored() {
-    let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"].into_iter().find(|p| std::path::Path::new(p).exists())
-        .expect("nginx is needed for proxy-mode tests: apt-get install nginx-light (scripts/test.sh does)");
     let lab = two_boards();
     let srv = lab.serve(&["--behind-proxy", "--trusted-proxy", "127.0.0.1"]);
     let port = free_port();
-    let conf = nginx_conf(&lab, port, srv.http);
-    let (ok, out) = tool(nginx, &["-t", "-c", s(&conf)]);
-    assert!(ok, "nginx rejects the generated config: {out}");
-    let ng = Command::new(nginx)
-        .args(["-c", s(&conf)])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let ng = KillOnDrop(ng);
+    let ng = start_nginx(&lab, port, srv.http);
     let base = format!("https://127.0.0.1:{port}");
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
     let (code, a) = lab.curl_as(Some("board-a"), &format!("{base}/boot.ipxe"));
     let (code_b, b) = lab.curl_as(Some("board-b"), &format!("{base}/boot.ipxe"));
     let (code_none, none) = lab.curl_as(None, &format!("{base}/boot.ipxe"));

@@ -333,3 +333,69 @@ pub fn sign_with_openssl(lab: &Lab, csr: &str, out: &str, extra: &[&str]) {
     args.extend_from_slice(extra);
     openssl(&args);
 }
+
+/// A child process killed when dropped.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// nginx with the block `ipxe-ca nginx-config` writes, listening on 127.0.0.1:`listen`.
+pub fn nginx_conf(lab: &Lab, listen: u16, upstream: u16) -> std::path::PathBuf {
+    let block = lab.ok(&[
+        "nginx-config",
+        "--listen",
+        &format!("127.0.0.1:{listen}"),
+        "--upstream",
+        &format!("127.0.0.1:{upstream}"),
+    ]);
+    assert!(
+        block.contains("ssl_verify_client")
+            && block.contains("ssl_crl")
+            && block.contains("AES128-SHA"),
+        "{block}"
+    );
+    let t = lab.tmp.path().join("nginx");
+    std::fs::create_dir_all(&t).unwrap();
+    let conf = t.join("nginx.conf");
+    let d = s(&t);
+    std::fs::write(
+        &conf,
+        format!(
+            "user root;\ndaemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 64; }}\nhttp {{\n access_log {d}/access.log;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n fastcgi_temp_path {d}/fcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n{block}}}\n"
+        ),
+    )
+    .unwrap();
+    conf
+}
+
+/// Start nginx with the generated config in front of `serve --behind-proxy` on `upstream`;
+/// waits until it listens.
+pub fn start_nginx(lab: &Lab, listen: u16, upstream: u16) -> KillOnDrop {
+    let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("nginx is needed for proxy-mode tests: apt-get install nginx-light (scripts/test.sh does)");
+    let conf = nginx_conf(lab, listen, upstream);
+    let (ok, out) = tool(nginx, &["-t", "-c", s(&conf)]);
+    assert!(ok, "nginx rejects the generated config: {out}");
+    let ng = Command::new(nginx)
+        .args(["-c", s(&conf)])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ng = KillOnDrop(ng);
+    for _ in 0..400 {
+        if std::net::TcpStream::connect(("127.0.0.1", listen)).is_ok() {
+            return ng;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    panic!("nginx did not listen on 127.0.0.1:{listen}");
+}

@@ -1,0 +1,156 @@
+//! QEMU boots for the end-to-end tests: SeaBIOS or OVMF, an image as kernel, CD or USB stick,
+//! the serial console captured. Emulation is CPU-bound: boots never overlap, and each one
+//! has a hard timeout.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::util::s;
+
+/// Emulation is CPU-bound: boots never overlap.
+static ONE_BOOT_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+pub const OVMF: &str = "/usr/share/ovmf/OVMF.fd";
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// Firmware.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Firmware {
+    /// QEMU's default BIOS.
+    SeaBios,
+    /// UEFI.
+    Ovmf,
+}
+
+/// How the image reaches the machine.
+#[derive(Clone, Debug)]
+pub enum Medium {
+    /// `-kernel` (a BIOS `.lkrn`).
+    Kernel(PathBuf),
+    /// A CD-ROM.
+    Cdrom(PathBuf),
+    /// A USB stick (xHCI + usb-storage), written raw.
+    Stick(PathBuf),
+}
+
+/// One machine to boot.
+#[derive(Clone, Debug)]
+pub struct Machine {
+    pub firmware: Firmware,
+    pub medium: Medium,
+    /// UEFI `TlsCaCertificate` from QEMU's fw_cfg (an EFI signature list).
+    pub siglist: Option<PathBuf>,
+}
+
+/// What one boot showed.
+pub struct Boot {
+    pub serial: String,
+    pub seconds: f64,
+}
+
+/// Boot until `stop_at` appears on the serial console (or QEMU exits, or the hard timeout);
+/// `abort_on` strings end the boot early as a failure. Prints a timing line per stage.
+pub fn boot(name: &str, m: &Machine, stop_at: &str, abort_on: &[&str], stages: &[&str]) -> Boot {
+    let _one = ONE_BOOT_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let image = match &m.medium {
+        Medium::Kernel(p) | Medium::Cdrom(p) | Medium::Stick(p) => p.clone(),
+    };
+    let dir = image.parent().unwrap();
+    let serial = dir.join(format!("serial-{name}.log"));
+    let start = Instant::now();
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args([
+        "-m",
+        "512",
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+        "-no-reboot",
+    ]);
+    if m.firmware == Firmware::Ovmf {
+        assert!(
+            Path::new(OVMF).is_file(),
+            "{OVMF} is missing: apt-get install ovmf (scripts/test.sh does)"
+        );
+        cmd.args(["-bios", OVMF]);
+    }
+    if let Some(sl) = &m.siglist {
+        cmd.arg("-fw_cfg")
+            .arg(format!("name=etc/edk2/https/cacerts,file={}", s(sl)));
+    }
+    match &m.medium {
+        Medium::Kernel(p) => {
+            cmd.arg("-kernel").arg(p);
+        }
+        Medium::Cdrom(p) => {
+            cmd.arg("-drive")
+                .arg(format!("file={},media=cdrom,readonly=on", s(p)));
+        }
+        Medium::Stick(p) => {
+            cmd.args(["-device", "qemu-xhci"])
+                .arg("-drive")
+                .arg(format!(
+                    "if=none,id=stick,file={},format=raw,snapshot=on",
+                    s(p)
+                ))
+                .args(["-device", "usb-storage,drive=stick,bootindex=0"]);
+        }
+    }
+    let mut qemu = cmd
+        .args(["-nic", "user,model=virtio-net-pci"])
+        .arg("-serial")
+        .arg(format!("file:{}", s(&serial)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start qemu-system-x86_64 (apt-get install qemu-system-x86)");
+    let mut seen: Vec<(String, f64)> = Vec::new();
+    let text = loop {
+        let text = std::fs::read_to_string(&serial).unwrap_or_default();
+        for st in stages {
+            if !seen.iter().any(|(s, _)| s == st) && text.contains(st) {
+                seen.push((st.to_string(), start.elapsed().as_secs_f64()));
+            }
+        }
+        if text.contains(stop_at) {
+            break text;
+        }
+        if let Some(bad) = abort_on.iter().find(|b| text.contains(**b)) {
+            let _ = qemu.kill();
+            let _ = qemu.wait();
+            panic!("boot {name}: {bad:?} on the console before {stop_at:?}; serial:\n{text}");
+        }
+        if let Some(status) = qemu.try_wait().unwrap() {
+            let text = std::fs::read_to_string(&serial).unwrap_or_default();
+            if !text.contains(stop_at) && !status.success() {
+                let mut e = String::new();
+                use std::io::Read;
+                let _ = qemu.stderr.take().unwrap().read_to_string(&mut e);
+                panic!("qemu exited with {status} before {stop_at:?}: {e}\nserial:\n{text}");
+            }
+            break text;
+        }
+        if start.elapsed() > BOOT_TIMEOUT {
+            let _ = qemu.kill();
+            let _ = qemu.wait();
+            panic!("boot {name}: no {stop_at:?} within {BOOT_TIMEOUT:?}; serial:\n{text}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = qemu.kill();
+    let _ = qemu.wait();
+    let seconds = start.elapsed().as_secs_f64();
+    let line: Vec<String> = seen.iter().map(|(s, t)| format!("{s} {t:.1}s")).collect();
+    eprintln!(
+        "boot timing [{name}]: {} | end {seconds:.1}s",
+        line.join(" → ")
+    );
+    Boot {
+        serial: text,
+        seconds,
+    }
+}

@@ -1,0 +1,457 @@
+//! Real iPXE, built from its own source by `ipxe-ca build` (v2.0.0; v1.21.1 behind nginx), every
+//! target booted in QEMU against `ipxe-ca serve`. No CA comes from the firmware: the CA pinned
+//! in the binary is the only trust. scripts/test.sh unpacks the sources from ../shared/ipxe into
+//! a cache and sets IPXE_SRC / IPXE_SRC_LEGACY; the built trees stay there between runs.
+
+use std::path::{Path, PathBuf};
+
+use crate::qemu::{self, Firmware, Machine, Medium};
+use crate::util::{free_port, s, start_nginx, tool, Lab, Server};
+
+/// The tree named by `var`, or a loud skip.
+fn tree(var: &str, test: &str) -> Option<PathBuf> {
+    match std::env::var_os(var) {
+        Some(p) if Path::new(&p).join("src/Makefile").is_file() => Some(PathBuf::from(p)),
+        other => {
+            eprintln!(
+                "\n==== SKIPPED {test}: {var} is {other:?}, not an iPXE tree. scripts/test.sh unpacks \
+../shared/ipxe/*.tar.xz and sets it; without the source this real-iPXE test cannot run. ====\n"
+            );
+            None
+        }
+    }
+}
+
+const STAGES: [&str; 4] = ["iPXE", "ipxe-ca: board", "REAL-PROFILE", "REAL-FILES-OK"];
+
+/// Fails a boot early: the board's console says something went wrong.
+const TROUBLE: [&str; 3] = [
+    "ipxe-ca: cannot fetch",
+    "ipxe-ca: the boot script",
+    "REAL-FILES-FAILED",
+];
+
+/// A lab whose server the guest reaches at 10.0.2.2, with a profile that fetches a file
+/// through `{{ files_url }}/NAME` and powers off.
+fn real_lab(https: u16, http: u16) -> Lab {
+    let lab = Lab::new();
+    lab.ok(&[
+        "init",
+        "--san",
+        "IP:10.0.2.2",
+        "--san",
+        "IP:127.0.0.1",
+        "--server-url",
+        &format!("https://10.0.2.2:{https}"),
+        "--files-url",
+        &format!("http://10.0.2.2:{http}"),
+    ]);
+    std::fs::write(
+        lab.path("profiles/default.ipxe"),
+        "#!ipxe\necho REAL-PROFILE {{ board.name }}\nimgfetch --name probe {{ files_url }}/probe.txt || goto nofile\necho REAL-FILES-OK {{ board.name }}\npoweroff\n:nofile\necho REAL-FILES-FAILED\npoweroff\n",
+    )
+    .unwrap();
+    std::fs::write(lab.path("files/probe.txt"), "probe\n").unwrap();
+    lab
+}
+
+fn build(lab: &Lab, args: &[&str]) -> serde_json::Value {
+    let mut a = vec!["build", "--json"];
+    a.extend_from_slice(args);
+    let o = lab.run(&a);
+    assert!(
+        o.status.success(),
+        "ipxe-ca {a:?}:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+fn machine(firmware: Firmware, medium: Medium) -> Machine {
+    Machine {
+        firmware,
+        medium,
+        siglist: None,
+    }
+}
+
+/// Boot and require the board's own script and the file fetch through `files_url`.
+fn boots_to_its_script(name: &str, board: &str, m: &Machine) {
+    let run = qemu::boot(
+        name,
+        m,
+        &format!("REAL-FILES-OK {board}"),
+        &TROUBLE,
+        &STAGES,
+    );
+    assert!(
+        run.serial.contains(&format!("REAL-PROFILE {board}")),
+        "{name}: not the board's own script:\n{}",
+        run.serial
+    );
+}
+
+/// 200s for `path` attributed to `board` in the access log.
+fn served(srv: &Server, board: &str, path: &str) -> usize {
+    srv.output()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| {
+            l["board"] == board
+                && l["status"] == 200
+                && l["path"].as_str().is_some_and(|p| p.starts_with(path))
+        })
+        .count()
+}
+
+/// A FAT stick with a bare `ipxe.efi` as the UEFI boot loader.
+fn efi_stick(efi: &Path) -> PathBuf {
+    let img = efi.with_extension("stick.img");
+    let (ok, o) = tool("truncate", &["-s", "8M", s(&img)]);
+    assert!(ok, "{o}");
+    for args in [
+        vec!["mformat", "-i", s(&img), "::"],
+        vec!["mmd", "-i", s(&img), "::/EFI", "::/EFI/BOOT"],
+        vec!["mcopy", "-i", s(&img), s(efi), "::/EFI/BOOT/BOOTX64.EFI"],
+    ] {
+        let (ok, o) = tool(args[0], &args[1..]);
+        assert!(ok, "{o}");
+    }
+    img
+}
+
+/// A PATH like ours without xorriso: the build must master hybrids with genisoimage.
+fn path_without_xorriso(dir: &Path) -> PathBuf {
+    let bin = dir.join("no-xorriso-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for d in ["/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin", "/sbin"] {
+        let Ok(rd) = std::fs::read_dir(d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name();
+            let n = name.to_string_lossy();
+            if n.starts_with("xorriso") || n == "osirrox" || n == "xorrecord" {
+                continue;
+            }
+            let _ = std::os::unix::fs::symlink(e.path(), bin.join(&name));
+        }
+    }
+    bin
+}
+
+#[test]
+fn real_ipxe_every_target_boots_with_the_ca_pinned_and_its_own_script() {
+    let Some(src) = tree("IPXE_SRC", "real_ipxe_every_target_boots") else {
+        return;
+    };
+    let (https, http) = (free_port(), free_port());
+    let lab = real_lab(https, http);
+    lab.enroll("b1", &[]);
+    lab.enroll("b2", &[]);
+    let srv = lab.serve_on(https, http, &[]);
+    let out = lab.tmp.path().join("out");
+    let ms = build(
+        &lab,
+        &[
+            "--all",
+            "--ipxe-src",
+            s(&src),
+            "--out",
+            s(&out),
+            "--target",
+            "lkrn",
+            "--target",
+            "iso",
+            "--target",
+            "usb",
+            "--target",
+            "efi",
+            "--target",
+            "hybrid",
+            "--target",
+            "efi-usb",
+        ],
+    );
+    // One compile for the farm: every board's hybrid holds the same shared binaries; the
+    // per-board compiles differ.
+    let target = |m: &serde_json::Value, t: &str| {
+        m["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["target"] == t)
+            .unwrap()
+            .clone()
+    };
+    let (h1, h2) = (target(&ms[0], "hybrid"), target(&ms[1], "hybrid"));
+    assert_eq!(h1["route"], "farm");
+    assert_eq!(h1["shared"], h2["shared"]);
+    assert_ne!(h1["sha256"], h2["sha256"]);
+    assert_eq!(target(&ms[0], "lkrn")["route"], "compile");
+    assert_ne!(
+        target(&ms[0], "lkrn")["sha256"],
+        target(&ms[1], "lkrn")["sha256"]
+    );
+    let d = out.join("b1");
+    let f = |n: &str| d.join(n);
+    let boots = [
+        (
+            "lkrn-seabios",
+            machine(Firmware::SeaBios, Medium::Kernel(f("b1-lkrn.lkrn"))),
+        ),
+        (
+            "iso-cd-seabios",
+            machine(Firmware::SeaBios, Medium::Cdrom(f("b1-iso.iso"))),
+        ),
+        (
+            "usb-stick-seabios",
+            machine(Firmware::SeaBios, Medium::Stick(f("b1-usb.usb"))),
+        ),
+        (
+            "efi-ovmf",
+            machine(Firmware::Ovmf, Medium::Stick(efi_stick(&f("b1-efi.efi")))),
+        ),
+        (
+            "hybrid-stick-ovmf",
+            machine(Firmware::Ovmf, Medium::Stick(f("b1-hybrid.iso"))),
+        ),
+        (
+            "hybrid-stick-seabios",
+            machine(Firmware::SeaBios, Medium::Stick(f("b1-hybrid.iso"))),
+        ),
+        (
+            "hybrid-cd-seabios",
+            machine(Firmware::SeaBios, Medium::Cdrom(f("b1-hybrid.iso"))),
+        ),
+        (
+            "efi-usb-ovmf",
+            machine(Firmware::Ovmf, Medium::Stick(f("b1-efi-usb.img"))),
+        ),
+    ];
+    for (name, m) in &boots {
+        boots_to_its_script(name, "b1", m);
+    }
+    // Another board's farm image authenticates as that board, not as b1.
+    boots_to_its_script(
+        "b2-hybrid-stick-seabios",
+        "b2",
+        &machine(
+            Firmware::SeaBios,
+            Medium::Stick(out.join("b2/b2-hybrid.iso")),
+        ),
+    );
+    assert_eq!(
+        served(&srv, "b1", "/boot.ipxe"),
+        boots.len(),
+        "{}",
+        srv.output()
+    );
+    assert_eq!(served(&srv, "b2", "/boot.ipxe"), 1);
+    // `{{ files_url }}/probe.txt` fetched files/probe.txt each time.
+    let probes = srv
+        .output()
+        .lines()
+        .filter(|l| l.contains("\"path\":\"/probe.txt\"") && l.contains("\"status\":200"))
+        .count();
+    assert_eq!(probes, boots.len() + 1, "{}", srv.output());
+
+    // Without xorriso the hybrid is mastered by genisoimage + isohybrid, and boots the same.
+    let out2 = lab.tmp.path().join("out-genisoimage");
+    let path = path_without_xorriso(lab.tmp.path());
+    let o = lab
+        .cmd(&[
+            "build",
+            "b1",
+            "--json",
+            "--ipxe-src",
+            s(&src),
+            "--out",
+            s(&out2),
+        ])
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(m[0]["targets"][0]["iso_tool"], "genisoimage", "{m}");
+    assert_eq!(target(&ms[0], "hybrid")["iso_tool"], "xorriso");
+    let hybrid2 = out2.join("b1/b1-hybrid.iso");
+    boots_to_its_script(
+        "genisoimage-hybrid-stick-ovmf",
+        "b1",
+        &machine(Firmware::Ovmf, Medium::Stick(hybrid2.clone())),
+    );
+    boots_to_its_script(
+        "genisoimage-hybrid-stick-seabios",
+        "b1",
+        &machine(Firmware::SeaBios, Medium::Stick(hybrid2)),
+    );
+}
+
+#[test]
+fn real_ipxe_refusals_and_a_failing_script_say_what_failed() {
+    let Some(src) = tree("IPXE_SRC", "real_ipxe_refusals") else {
+        return;
+    };
+    let (https, http) = (free_port(), free_port());
+    let lab = real_lab(https, http);
+    std::fs::write(
+        lab.path("profiles/broken.ipxe"),
+        "#!ipxe\necho REAL-PROFILE {{ board.name }}\nkernel {{ files_url }}/no-such-kernel\nboot\n",
+    )
+    .unwrap();
+    lab.enroll("gone", &[]);
+    lab.enroll("broken", &["--profile", "broken"]);
+    let srv = lab.serve_on(https, http, &[]);
+    let out = lab.tmp.path().join("out");
+    build(
+        &lab,
+        &[
+            "gone",
+            "broken",
+            "--ipxe-src",
+            s(&src),
+            "--out",
+            s(&out),
+            "--target",
+            "lkrn",
+        ],
+    );
+    // Revoked after its image was built: the server refuses it, no script runs.
+    lab.ok(&["revoke", "gone"]);
+    let run = qemu::boot(
+        "revoked-lkrn",
+        &machine(
+            Firmware::SeaBios,
+            Medium::Kernel(out.join("gone/gone-lkrn.lkrn")),
+        ),
+        "ipxe-ca: cannot fetch the boot script",
+        &["REAL-PROFILE"],
+        &STAGES,
+    );
+    assert!(!run.serial.contains("REAL-PROFILE"), "{}", run.serial);
+    let log = srv.output();
+    assert!(log.contains("board gone is revoked"), "{log}");
+    assert_eq!(served(&srv, "gone", "/boot.ipxe"), 0, "{log}");
+    // The script was fetched, then its kernel was missing: the console blames the script,
+    // not the fetch, and names the error.
+    let run = qemu::boot(
+        "failing-script-lkrn",
+        &machine(
+            Firmware::SeaBios,
+            Medium::Kernel(out.join("broken/broken-lkrn.lkrn")),
+        ),
+        "ipxe-ca: retrying",
+        &["ipxe-ca: cannot fetch"],
+        &STAGES,
+    );
+    let line = run
+        .serial
+        .lines()
+        .find(|l| l.contains("ipxe-ca: the boot script from"))
+        .unwrap_or_else(|| panic!("no script-failure line:\n{}", run.serial));
+    assert!(
+        line.contains("failed (0x") && line.contains("https://ipxe.org/"),
+        "{line}"
+    );
+    assert!(
+        run.serial.contains("no-such-kernel"),
+        "iPXE names the failing URL:\n{}",
+        run.serial
+    );
+    assert_eq!(served(&srv, "broken", "/boot.ipxe"), 1);
+}
+
+#[test]
+fn real_ipxe_legacy_boots_through_the_generated_nginx_and_not_straight_at_serve() {
+    let Some(src) = tree("IPXE_SRC_LEGACY", "real_ipxe_legacy") else {
+        return;
+    };
+    let (nginx_port, http) = (free_port(), free_port());
+    let lab = real_lab(nginx_port, http);
+    lab.enroll("old", &[]);
+    let srv = lab.serve_on(
+        free_port(),
+        http,
+        &["--behind-proxy", "--trusted-proxy", "127.0.0.1"],
+    );
+    let _ng = start_nginx(&lab, nginx_port, http);
+    let doctor = lab.ok(&[
+        "doctor",
+        "--ipxe-src",
+        s(&src),
+        "--target",
+        "lkrn",
+        "--json",
+    ]);
+    let d: serde_json::Value = serde_json::from_str(&doctor).unwrap();
+    assert_eq!(d["tree"]["ecdhe"], false, "{d}");
+    assert_eq!(d["tree"]["pkcs8_keys"], false, "{d}");
+    assert_eq!(d["tree"]["no_werror"], true, "{d}");
+    let out = lab.tmp.path().join("out");
+    build(
+        &lab,
+        &[
+            "old",
+            "--ipxe-src",
+            s(&src),
+            "--out",
+            s(&out),
+            "--target",
+            "lkrn",
+        ],
+    );
+    boots_to_its_script(
+        "legacy-lkrn-via-nginx",
+        "old",
+        &machine(
+            Firmware::SeaBios,
+            Medium::Kernel(out.join("old/old-lkrn.lkrn")),
+        ),
+    );
+    assert_eq!(served(&srv, "old", "/boot.ipxe"), 1, "{}", srv.output());
+
+    // The same board pointed straight at `serve` (rustls: ECDHE only) is refused, and the
+    // log says why in words an operator can act on.
+    let (https2, http2) = (free_port(), free_port());
+    let direct = lab.serve_on(https2, http2, &[]);
+    let cfg = std::fs::read_to_string(lab.path("config.toml")).unwrap();
+    std::fs::write(
+        lab.path("config.toml"),
+        cfg.replace(
+            &format!("https://10.0.2.2:{nginx_port}"),
+            &format!("https://10.0.2.2:{https2}"),
+        ),
+    )
+    .unwrap();
+    let out2 = lab.tmp.path().join("out-direct");
+    build(
+        &lab,
+        &[
+            "old",
+            "--ipxe-src",
+            s(&src),
+            "--out",
+            s(&out2),
+            "--target",
+            "lkrn",
+        ],
+    );
+    let run = qemu::boot(
+        "legacy-lkrn-direct",
+        &machine(
+            Firmware::SeaBios,
+            Medium::Kernel(out2.join("old/old-lkrn.lkrn")),
+        ),
+        "ipxe-ca: cannot fetch the boot script",
+        &["REAL-PROFILE"],
+        &STAGES,
+    );
+    assert!(!run.serial.contains("REAL-PROFILE"));
+    let log = direct.output();
+    assert!(
+        log.contains("tls_handshake_failed") && log.contains("nginx-config"),
+        "{log}"
+    );
+}
