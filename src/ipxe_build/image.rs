@@ -87,6 +87,28 @@ fn touch(path: &Path, epoch: i64) -> Result<()> {
         .map_err(|e| Error::io("cannot set the time of", path, e))
 }
 
+fn touch_dir(path: &Path, epoch: i64) -> Result<()> {
+    let t = SystemTime::UNIX_EPOCH + Duration::from_secs(epoch.max(0) as u64);
+    std::fs::File::open(path)
+        .and_then(|f| f.set_modified(t))
+        .map_err(|e| Error::io("cannot set the time of", path, e))
+}
+
+/// `YYYYMMDDhhmmss00`, the date format of xorriso's `--set_all_file_dates`.
+fn iso_date(epoch: i64) -> Result<String> {
+    let t = time::OffsetDateTime::from_unix_timestamp(epoch)
+        .map_err(|e| Error::invalid(format!("bad build time {epoch}: {e}")))?;
+    Ok(format!(
+        "{:04}{:02}{:02}{:02}{:02}{:02}00",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    ))
+}
+
 fn copy_in(from: &Path, to: &Path, epoch: i64) -> Result<()> {
     put(to, &state::read(from)?, epoch)
 }
@@ -217,7 +239,14 @@ pub(crate) fn iso_image(out: &Path, media: &Media) -> Result<IsoTool> {
             "-R".into(),
             "-l".into(),
         ];
+        // Directories get their time too: genisoimage records the root's mtime.
+        touch_dir(&root, epoch)?;
         if tool == IsoTool::Xorriso {
+            // xorriso reads SOURCE_DATE_EPOCH for the volume, these for every file and dir.
+            let date = iso_date(epoch)?;
+            args.push("--set_all_file_dates".into());
+            args.push(date.clone());
+            args.push(format!("--modification-date={date}"));
             let mbr = need("isohdpfx.bin")?;
             args.push("-isohybrid-mbr".into());
             args.push(mbr.to_string_lossy().into_owned());

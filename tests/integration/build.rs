@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::util::{openssl, rsa_csr, s, tool, Lab};
+use crate::util::{openssl, path_without, rsa_csr, s, tool, Lab};
 
 /// A private copy of the fixture tree, so tests never write into the repository.
 fn fake_tree(lab: &Lab) -> PathBuf {
@@ -510,4 +510,117 @@ fn prebuilt_image_is_a_fat_disk_with_the_efi_binary_and_the_boards_identity() {
         s(&out),
     ]);
     assert!(e.contains("does not hold the key"), "{e}");
+}
+
+#[test]
+fn doctor_names_what_each_target_needs_and_fails_where_build_would() {
+    let lab = Lab::init();
+    lab.enroll("d1", &[]);
+    let tree = fake_tree(&lab);
+    let out = lab.tmp.path().join("out");
+    let iso_tools = [
+        "xorriso",
+        "xorrisofs",
+        "genisoimage",
+        "mkisofs",
+        "isohybrid",
+    ];
+    let no_iso = path_without(lab.tmp.path(), &iso_tools);
+    let no_xorriso = path_without(lab.tmp.path(), &["xorriso", "xorrisofs"]);
+    let doctor = |path: &Path, target: &str| {
+        lab.cmd(&[
+            "doctor",
+            "--ipxe-src",
+            s(&tree),
+            "--target",
+            target,
+            "--json",
+        ])
+        .env("PATH", path)
+        .output()
+        .unwrap()
+    };
+    let build = |path: &Path, target: &str| {
+        lab.cmd(&[
+            "build",
+            "d1",
+            "--ipxe-src",
+            s(&tree),
+            "--out",
+            s(&out),
+            "--target",
+            target,
+        ])
+        .env("PATH", path)
+        .output()
+        .unwrap()
+    };
+    // No ISO tool at all: hybrid and iso fail in doctor and in build, naming the packages;
+    // lkrn and efi-usb need none and pass both.
+    for target in ["hybrid", "iso", "efi-iso"] {
+        let d = doctor(&no_iso, target);
+        let err = String::from_utf8_lossy(&d.stderr);
+        assert!(!d.status.success(), "{target}: {err}");
+        assert!(err.contains("xorriso, or genisoimage + isohybrid"), "{err}");
+        let b = build(&no_iso, target);
+        let err = String::from_utf8_lossy(&b.stderr);
+        assert!(!b.status.success(), "{target}");
+        assert!(err.contains("apt-get install xorriso"), "{err}");
+    }
+    for target in ["lkrn", "efi-usb"] {
+        let d = doctor(&no_iso, target);
+        assert!(d.status.success(), "{}", String::from_utf8_lossy(&d.stderr));
+        let b = build(&no_iso, target);
+        assert!(b.status.success(), "{}", String::from_utf8_lossy(&b.stderr));
+    }
+    // Without xorriso but with genisoimage + isohybrid: doctor says which tool, build agrees.
+    let d = doctor(&no_xorriso, "hybrid");
+    assert!(d.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&d.stdout).unwrap();
+    assert_eq!(v["iso_tool"], "genisoimage", "{v}");
+    let b = build(&no_xorriso, "hybrid");
+    assert!(b.status.success(), "{}", String::from_utf8_lossy(&b.stderr));
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("d1/manifest.json")).unwrap()).unwrap();
+    assert_eq!(m["targets"][0]["iso_tool"], "genisoimage");
+    // With both, xorriso (reproducible) wins.
+    let v: serde_json::Value = serde_json::from_slice(
+        &doctor(Path::new(&std::env::var("PATH").unwrap()), "hybrid").stdout,
+    )
+    .unwrap();
+    assert_eq!(v["iso_tool"], "xorriso", "{v}");
+}
+
+#[test]
+fn farm_images_are_reproducible_and_hybrid_with_an_mbr() {
+    let lab = Lab::init();
+    lab.enroll("r1", &[]);
+    let tree = fake_tree(&lab);
+    let build = |out: &str| {
+        let out = lab.tmp.path().join(out);
+        lab.ok(&[
+            "build",
+            "r1",
+            "--ipxe-src",
+            s(&tree),
+            "--out",
+            s(&out),
+            "--target",
+            "hybrid",
+            "--target",
+            "efi-usb",
+        ]);
+        out.join("r1")
+    };
+    let (a, b) = (build("out-a"), build("out-b"));
+    for f in ["r1-hybrid.iso", "r1-efi-usb.img"] {
+        let (x, y) = (
+            std::fs::read(a.join(f)).unwrap(),
+            std::fs::read(b.join(f)).unwrap(),
+        );
+        assert!(x == y, "{f} differs between two builds");
+    }
+    let iso = std::fs::read(a.join("r1-hybrid.iso")).unwrap();
+    assert_eq!(&iso[510..512], &[0x55, 0xaa], "no MBR boot signature");
+    assert_eq!(&iso[512..520], b"EFI PART", "no GPT header");
 }

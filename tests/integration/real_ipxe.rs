@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::qemu::{self, Firmware, Machine, Medium};
-use crate::util::{free_port, s, start_nginx, tool, Lab, Server};
+use crate::util::{free_port, path_without, s, start_nginx, tool, Lab, Server};
 
 /// The tree named by `var`, or a loud skip.
 fn tree(var: &str, test: &str) -> Option<PathBuf> {
@@ -118,26 +118,6 @@ fn efi_stick(efi: &Path) -> PathBuf {
         assert!(ok, "{o}");
     }
     img
-}
-
-/// A PATH like ours without xorriso: the build must master hybrids with genisoimage.
-fn path_without_xorriso(dir: &Path) -> PathBuf {
-    let bin = dir.join("no-xorriso-bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    for d in ["/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin", "/sbin"] {
-        let Ok(rd) = std::fs::read_dir(d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let name = e.file_name();
-            let n = name.to_string_lossy();
-            if n.starts_with("xorriso") || n == "osirrox" || n == "xorrecord" {
-                continue;
-            }
-            let _ = std::os::unix::fs::symlink(e.path(), bin.join(&name));
-        }
-    }
-    bin
 }
 
 #[test]
@@ -258,7 +238,10 @@ fn real_ipxe_every_target_boots_with_the_ca_pinned_and_its_own_script() {
 
     // Without xorriso the hybrid is mastered by genisoimage + isohybrid, and boots the same.
     let out2 = lab.tmp.path().join("out-genisoimage");
-    let path = path_without_xorriso(lab.tmp.path());
+    let path = path_without(
+        lab.tmp.path(),
+        &["xorriso", "xorrisofs", "osirrox", "xorrecord"],
+    );
     let o = lab
         .cmd(&[
             "build",

@@ -399,3 +399,23 @@ pub fn start_nginx(lab: &Lab, listen: u16, upstream: u16) -> KillOnDrop {
     }
     panic!("nginx did not listen on 127.0.0.1:{listen}");
 }
+
+/// A PATH like ours without the named programs (links to everything else), to show what a
+/// machine without them gets.
+pub fn path_without(dir: &Path, hide: &[&str]) -> PathBuf {
+    let bin = dir.join(format!("path-without-{}", hide.join("-")));
+    std::fs::create_dir_all(&bin).unwrap();
+    for d in ["/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin", "/sbin"] {
+        let Ok(rd) = std::fs::read_dir(d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name();
+            if hide.contains(&name.to_string_lossy().as_ref()) {
+                continue;
+            }
+            let _ = std::os::unix::fs::symlink(e.path(), bin.join(&name));
+        }
+    }
+    bin
+}
