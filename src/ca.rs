@@ -266,6 +266,14 @@ pub fn create_ca(name: &str, size: KeySize, days: u32) -> Result<Issued> {
     })
 }
 
+/// What a leaf certificate is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Leaf {
+    Server,
+    Client,
+    CodeSigning,
+}
+
 /// A loaded CA able to issue certificates and CRLs.
 pub struct Ca {
     issuer: Issuer<'static, KeyPair>,
@@ -321,7 +329,7 @@ impl Ca {
         &self.cert_der
     }
 
-    fn leaf_params(&self, cn: &str, days: u32, server: bool) -> Result<CertificateParams> {
+    fn leaf_params(&self, cn: &str, days: u32, kind: Leaf) -> Result<CertificateParams> {
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, cn);
@@ -329,16 +337,26 @@ impl Ca {
         params.is_ca = IsCa::ExplicitNoCa;
         params.use_authority_key_identifier_extension = true;
         params.serial_number = Some(SerialNumber::from_slice(&random_serial()?));
-        if server {
-            params.key_usages = vec![
-                KeyUsagePurpose::DigitalSignature,
-                KeyUsagePurpose::KeyEncipherment,
-            ];
-            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        } else {
-            params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        }
+        let (usages, eku) = match kind {
+            Leaf::Server => (
+                vec![
+                    KeyUsagePurpose::DigitalSignature,
+                    KeyUsagePurpose::KeyEncipherment,
+                ],
+                ExtendedKeyUsagePurpose::ServerAuth,
+            ),
+            Leaf::Client => (
+                vec![KeyUsagePurpose::DigitalSignature],
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ),
+            // What iPXE's imgverify demands of a signer.
+            Leaf::CodeSigning => (
+                vec![KeyUsagePurpose::DigitalSignature],
+                ExtendedKeyUsagePurpose::CodeSigning,
+            ),
+        };
+        params.key_usages = usages;
+        params.extended_key_usages = vec![eku];
         validity(&mut params, days)?;
         Ok(params)
     }
@@ -376,7 +394,7 @@ impl Ca {
             San::Dns(d) => d.clone(),
             San::Ip(a) => a.to_string(),
         };
-        let mut params = self.leaf_params(&cn, days, true)?;
+        let mut params = self.leaf_params(&cn, days, Leaf::Server)?;
         params.subject_alt_names = sans
             .iter()
             .map(|s| match s {
@@ -395,9 +413,20 @@ impl Ca {
         self.finish(cert, Some(key.serialize_pem()))
     }
 
+    /// The signer of boot files: its own key (never the CA's), digitalSignature + codeSigning,
+    /// as iPXE's `imgverify` requires.
+    pub fn issue_codesign(&self, size: KeySize, days: u32) -> Result<Issued> {
+        let params = self.leaf_params("ipxe-ca boot file signer", days, Leaf::CodeSigning)?;
+        let key = generate_key(size)?;
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .map_err(|e| Error::crypto("cannot sign the code-signing certificate", e))?;
+        self.finish(cert, Some(key.serialize_pem()))
+    }
+
     /// A board certificate for `key` (made by [`generate_key`]): clientAuth, CN=board.
     pub fn issue_client(&self, cn: &str, key: &KeyPair, days: u32) -> Result<Issued> {
-        let params = self.leaf_params(cn, days, false)?;
+        let params = self.leaf_params(cn, days, Leaf::Client)?;
         let cert = params
             .signed_by(key, &self.issuer)
             .map_err(|e| Error::crypto("cannot sign board certificate", e))?;
@@ -432,7 +461,7 @@ impl Ca {
         }
         let public = rcgen::SubjectPublicKeyInfo::from_der(spki.raw)
             .map_err(|e| Error::crypto("cannot use the CSR's public key", e))?;
-        let params = self.leaf_params(cn, days, false)?;
+        let params = self.leaf_params(cn, days, Leaf::Client)?;
         let cert = params
             .signed_by(&public, &self.issuer)
             .map_err(|e| Error::crypto("cannot sign CSR", e))?;

@@ -26,6 +26,8 @@ pub mod days {
     pub const CA: u32 = 3650;
     /// The server: 825 days, the longest most TLS clients accept for a server certificate.
     pub const SERVER: u32 = 825;
+    /// The boot-file signer: 3 years, like the boards that check its signatures.
+    pub const CODESIGN: u32 = 1095;
     /// Boards: 3 years, roughly a board's service life between reflashes.
     pub const BOARD: u32 = 1095;
     /// The CRL is re-signed on every revoke and by `ipxe-ca crl`; this is how long a copy stays
@@ -209,6 +211,40 @@ impl Lab {
         )
     }
 
+    fn save_codesign(&self, issued: &ca::Issued) -> Result<()> {
+        let key = issued
+            .key_pem
+            .as_deref()
+            .ok_or_else(|| Error::invalid("internal: the code-signing key is missing"))?;
+        state::write_atomic(&self.state.codesign_key(), key.as_bytes(), MODE_SECRET)?;
+        state::write_atomic(
+            &self.state.codesign_cert(),
+            issued.cert_pem.as_bytes(),
+            MODE_PUBLIC,
+        )
+    }
+
+    /// The signer of boot files. State dirs made before signing existed get their
+    /// code-signing certificate here, once (`created` says so).
+    pub fn signer(&self) -> Result<(crate::codesign::Signer, bool)> {
+        let s = &self.state;
+        let mut created = false;
+        if !s.codesign_cert().exists() || !s.codesign_key().exists() {
+            let ca = self.ca()?;
+            let _lock = s.lock()?;
+            if !s.codesign_cert().exists() || !s.codesign_key().exists() {
+                self.save_codesign(&ca.issue_codesign(KeySize::Rsa2048, days::CODESIGN)?)?;
+                created = true;
+            }
+        }
+        let signer = crate::codesign::Signer::new(
+            &state::read(&s.codesign_cert())?,
+            &state::read(&s.codesign_key())?,
+            &state::read(&s.ca_cert())?,
+        )?;
+        Ok((signer, created))
+    }
+
     /// Create (or adopt) the CA, the separate server certificate, config and templates.
     pub fn init(&self, opts: &InitOptions) -> Result<Config> {
         let first = opts.sans.first().ok_or_else(|| {
@@ -239,6 +275,7 @@ impl Lab {
         let ca = Ca::load(&ca_cert, &ca_key)?;
         let server = ca.issue_server(&opts.sans, opts.key_size, days::SERVER)?;
         let crl = ca.crl(&[], 1, days::CRL)?;
+        let codesign = ca.issue_codesign(opts.key_size, days::CODESIGN)?;
 
         let _lock = self.state.lock()?;
         if self.state.has_ca() && !opts.force {
@@ -257,6 +294,7 @@ impl Lab {
         // Leaf first, then the CA: the server sends the whole chain.
         let chain = format!("{}{}", server.cert_pem, ca_pem);
         state::write_atomic(&self.state.server_cert(), chain.as_bytes(), MODE_PUBLIC)?;
+        self.save_codesign(&codesign)?;
         config.save(&self.state)?;
         self.write_templates()?;
         Ok(config)

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod ca;
+pub mod codesign;
 pub mod config;
 pub mod error;
 pub mod flash;

@@ -51,10 +51,30 @@ pub struct Context {
     pub secrets: BTreeMap<String, String>,
     /// Base URL of the mTLS server.
     pub server_url: String,
-    /// Base URL of the files server.
+    /// The files directory on the plain-HTTP port (`{{ files_url }}/vmlinuz`).
     pub files_url: String,
+    /// The files directory over mutual TLS, for enrolled boards only.
+    pub secure_files_url: String,
     /// NTP server for boards without a real-time clock (embed script), if any.
     pub ntp_server: Option<String>,
+    /// Whether the board's iPXE has `imgverify` (images built from source by ipxe-ca).
+    pub imgverify: bool,
+}
+
+impl Context {
+    /// The context for `board` with no secrets, as the embed script and profiles start.
+    pub fn new(board: &Board, config: &crate::config::Config) -> Context {
+        Context {
+            board: board.into(),
+            vars: board.vars.clone(),
+            secrets: BTreeMap::new(),
+            server_url: config.server_url.clone(),
+            files_url: config.files_url.clone(),
+            secure_files_url: format!("{}/files", config.server_url),
+            ntp_server: None,
+            imgverify: false,
+        }
+    }
 }
 
 /// Render `source` (named `name` in errors) with `ctx`; `extra` adds functions such as

@@ -55,6 +55,14 @@ impl StateDir {
     pub fn server_key(&self) -> PathBuf {
         self.root.join("server/server.key")
     }
+    /// `codesign/codesign.crt`: the signer of boot files (issued by the CA, codeSigning).
+    pub fn codesign_cert(&self) -> PathBuf {
+        self.root.join("codesign/codesign.crt")
+    }
+    /// `codesign/codesign.key`
+    pub fn codesign_key(&self) -> PathBuf {
+        self.root.join("codesign/codesign.key")
+    }
     /// `config.toml`
     pub fn config(&self) -> PathBuf {
         self.root.join("config.toml")

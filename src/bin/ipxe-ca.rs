@@ -43,6 +43,9 @@ enum Command {
     Revoke(RevokeArgs),
     /// Re-sign the CRL (ca/crl.pem) now; do it before it expires (yearly) if nginx reads it.
     Crl,
+    /// Sign boot files (NAME.sig beside NAME, for iPXE's imgverify); run it after adding or
+    /// changing files. Unchanged files keep their signature.
+    SignFiles(SignFilesArgs),
     /// List the registered boards.
     List(JsonArg),
     /// Show one board.
@@ -177,6 +180,24 @@ struct DoctorArgs {
     /// Check the prebuilt route (no compiler needed).
     #[arg(long)]
     prebuilt: bool,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct SignFilesArgs {
+    /// Files to sign (default: every boot file in the files directory).
+    paths: Vec<PathBuf>,
+    /// The files directory (default: DIR/files; the one `serve --files` serves).
+    #[arg(long)]
+    files: Option<PathBuf>,
+    /// Sign again even when a signature is current.
+    #[arg(long)]
+    force: bool,
+    /// Only report missing and stale signatures; exit status 1 if there are any.
+    #[arg(long)]
+    check: bool,
     /// Machine-readable output.
     #[arg(long)]
     json: bool,
@@ -490,6 +511,7 @@ fn run(cli: Cli) -> Result<()> {
                 next.format(&time::format_description::well_known::Rfc3339)?
             );
         }
+        Command::SignFiles(a) => sign_files(&lab, a)?,
         Command::List(a) => {
             if !lab.state().has_ca() {
                 return Err(ipxe_ca::Error::NoCa(cli.dir.clone()).into());
@@ -742,6 +764,50 @@ fn flash(lab: &Lab, a: FlashArgs) -> Result<()> {
             image.display(),
             plan.device.path.display()
         ),
+    }
+    Ok(())
+}
+
+fn sign_files(lab: &Lab, a: SignFilesArgs) -> Result<()> {
+    use ipxe_ca::codesign::{self, SigStatus};
+    let root = a.files.unwrap_or_else(|| lab.state().files_dir());
+    if a.check {
+        let report = codesign::check(&root).context("cannot check the signatures")?;
+        let bad: Vec<_> = report
+            .iter()
+            .filter(|f| f.status != SigStatus::Current)
+            .collect();
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            for f in &report {
+                println!("{:<8} {}", format!("{:?}", f.status).to_lowercase(), f.path);
+            }
+        }
+        if !bad.is_empty() {
+            anyhow::bail!(
+                "{} of {} boot files have no current signature: run `ipxe-ca sign-files`",
+                bad.len(),
+                report.len()
+            );
+        }
+        return Ok(());
+    }
+    let (signer, created) = lab.signer().context("cannot load the code-signing key")?;
+    if created {
+        eprintln!(
+            "created the code-signing certificate {} (this state dir predates signed boot files)",
+            lab.state().codesign_cert().display()
+        );
+    }
+    let done = codesign::sign_files(&signer, &root, &a.paths, a.force)
+        .context("cannot sign the boot files")?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&done)?);
+    } else {
+        for d in &done {
+            println!("{:<9} {}", d.action, d.path);
+        }
     }
     Ok(())
 }

@@ -331,6 +331,6 @@ mod tests {
     fn fat_size_leaves_room_and_rounds_to_mib() {
         assert_eq!(fat_size(0), 2 << 20);
         let s = fat_size(1_200_000);
-        assert!(s >= 1_200_000 + (1 << 20) && s % (1 << 20) == 0);
+        assert!(s >= 1_200_000 + (1 << 20) && s.is_multiple_of(1 << 20));
     }
 }

@@ -273,15 +273,6 @@ pub(crate) struct Shared {
     pub sha256: Vec<(String, String)>,
 }
 
-impl Shared {
-    fn get(&self, goal: &str) -> Option<&Path> {
-        self.files
-            .iter()
-            .find(|(g, _)| *g == goal)
-            .map(|(_, p)| p.as_path())
-    }
-}
-
 fn farm_compile(
     lab: &Lab,
     tree: &IpxeTree,
@@ -322,17 +313,26 @@ fn farm_compile(
     Ok(Shared { files, sha256 })
 }
 
-/// One board: its compiled binaries (if any target needs them), then its assembled images.
-fn build_board(
-    lab: &Lab,
-    tree: Option<&IpxeTree>,
-    board: &Board,
-    opts: &BuildOptions,
-    shared: Option<&Shared>,
-    stage_dir: &Path,
-    run_dir: &Path,
+/// What every board of one build shares.
+struct Job<'a> {
+    lab: &'a Lab,
+    opts: &'a BuildOptions,
+    shared: Option<&'a Shared>,
+    stage_dir: &'a Path,
+    run_dir: &'a Path,
     features: TreeFeatures,
-) -> Result<Manifest> {
+}
+
+/// One board: its compiled binaries (if any target needs them), then its assembled images.
+fn build_board(job: &Job, tree: Option<&IpxeTree>, board: &Board) -> Result<Manifest> {
+    let Job {
+        lab,
+        opts,
+        shared,
+        stage_dir,
+        run_dir,
+        features,
+    } = *job;
     let started = Instant::now();
     let epoch = board.not_before.unix_timestamp().max(0);
     let dir = opts.out.join(board.name.as_str());
@@ -341,33 +341,32 @@ fn build_board(
     state::create_dir_private(&own)?;
     let result = (|| {
         let compiled = compile_board(lab, tree, board, opts, stage_dir, &own, features, epoch)?;
-        let script =
-            super::autoexec_script(lab, board, opts.ntp_server.as_deref(), !features.pkcs8_keys)?;
+        let script = super::autoexec_script(
+            lab,
+            board,
+            opts.ntp_server.as_deref(),
+            !features.pkcs8_keys,
+            true,
+        )?;
         let mut outputs = Vec::new();
         let mut routes = Vec::new();
         for t in &opts.targets {
             let dest = dir.join(t.file_name(&board.name));
             let per_board = compiled_per_board(*t, opts.embed_key);
             // Compiled binaries carry their own script; shared ones get the board's script.
-            let (find, script): (Box<dyn Fn(&str) -> Option<PathBuf>>, Option<&[u8]>) = if per_board
-            {
-                (
-                    Box::new(|g: &str| {
-                        compiled
-                            .iter()
-                            .find(|(x, _)| *x == g)
-                            .map(|(_, p)| p.clone())
-                    }),
-                    None,
-                )
+            let (bins, script): (&[(&str, PathBuf)], Option<&[u8]>) = if per_board {
+                (&compiled, None)
             } else {
                 (
-                    Box::new(|g: &str| shared.and_then(|s| s.get(g)).map(Path::to_path_buf)),
+                    shared.map(|s| s.files.as_slice()).unwrap_or_default(),
                     Some(script.as_bytes()),
                 )
             };
             let part = |g: &str| {
-                find(g).ok_or_else(|| Error::invalid(format!("internal: {g} was not built")))
+                bins.iter()
+                    .find(|(x, _)| *x == g)
+                    .map(|(_, p)| p.clone())
+                    .ok_or_else(|| Error::invalid(format!("internal: {g} was not built")))
             };
             let tmp = own.join(t.file_name(&board.name));
             let mut tool: Option<IsoTool> = None;
@@ -472,7 +471,7 @@ fn compile_board(
         MODE_PUBLIC,
     )?;
     let key = stage(own, "key", "pem", &state::read(&key_path)?, MODE_SECRET)?;
-    let script = super::embed_script(lab, board, opts.ntp_server.as_deref())?;
+    let script = super::embed_script(lab, board, opts.ntp_server.as_deref(), true)?;
     let embed = stage(own, "embed", "ipxe", script.as_bytes(), MODE_SECRET)?;
     let wrapper = (!features.pkcs8_keys)
         .then(|| openssl_wrapper(stage_dir))
@@ -611,35 +610,27 @@ pub(crate) fn build_all(
         } else {
             vec![None; cores.max(opts.jobs).clamp(1, boards.len().max(1))]
         };
+        let job = Job {
+            lab,
+            opts: &opts,
+            shared: shared.as_ref(),
+            stage_dir: &stage_dir,
+            run_dir: &run_dir,
+            features: tree.features,
+        };
         let queue: Mutex<VecDeque<&Board>> = Mutex::new(boards.iter().collect());
         let results: Mutex<Vec<BoardResult>> = Mutex::new(Vec::new());
         std::thread::scope(|s| {
             for t in &workers {
-                let (queue, results, opts, stage_dir, run_dir, shared) = (
-                    &queue,
-                    &results,
-                    &opts,
-                    &stage_dir,
-                    &run_dir,
-                    shared.as_ref(),
-                );
+                let (queue, results, job) = (&queue, &results, &job);
                 s.spawn(move || loop {
                     let next = match queue.lock() {
                         Ok(mut q) => q.pop_front(),
                         Err(_) => None,
                     };
                     let Some(board) = next else { break };
-                    let r = build_board(
-                        lab,
-                        t.as_ref(),
-                        board,
-                        opts,
-                        shared,
-                        stage_dir,
-                        run_dir,
-                        tree.features,
-                    )
-                    .map_err(|e| (board.name.to_string(), e));
+                    let r = build_board(job, t.as_ref(), board)
+                        .map_err(|e| (board.name.to_string(), e));
                     on_done(&r);
                     if let Ok(mut v) = results.lock() {
                         v.push(r);

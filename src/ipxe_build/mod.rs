@@ -217,7 +217,13 @@ pub(crate) fn run(cmd: &mut Command, what: &str) -> Result<String> {
 }
 
 /// The embed script for a board, rendered from `ipxe-scripts/embed.ipxe`.
-pub fn embed_script(lab: &Lab, board: &Board, ntp_server: Option<&str>) -> Result<String> {
+/// `imgverify`: the image's iPXE has the command (built from source with our config).
+pub fn embed_script(
+    lab: &Lab,
+    board: &Board,
+    ntp_server: Option<&str>,
+    imgverify: bool,
+) -> Result<String> {
     let config = crate::config::Config::load(lab.state())?;
     let path = lab.state().scripts_dir().join("embed.ipxe");
     let source = if path.exists() {
@@ -225,14 +231,9 @@ pub fn embed_script(lab: &Lab, board: &Board, ntp_server: Option<&str>) -> Resul
     } else {
         crate::lab::EMBED_TEMPLATE.to_string()
     };
-    let ctx = Context {
-        board: board.into(),
-        vars: board.vars.clone(),
-        secrets: Default::default(),
-        server_url: config.server_url,
-        files_url: config.files_url,
-        ntp_server: ntp_server.map(str::to_string),
-    };
+    let mut ctx = Context::new(board, &config);
+    ctx.ntp_server = ntp_server.map(str::to_string);
+    ctx.imgverify = imgverify;
     render::render("embed.ipxe", &source, &ctx, &[])
 }
 
@@ -375,12 +376,13 @@ pub fn autoexec_script(
     board: &Board,
     ntp_server: Option<&str>,
     pkcs1: bool,
+    imgverify: bool,
 ) -> Result<String> {
     let reg = lab.registry();
     let key_path = held_key(lab, board)?;
     let cert_der = crate::ca::cert_der_from_bytes(&state::read(&reg.cert_path(&board.name))?)?;
     let key_der = crate::ca::board_key_der(&state::read(&key_path)?, pkcs1)?;
-    let embed = embed_script(lab, board, ntp_server)?;
+    let embed = embed_script(lab, board, ntp_server, imgverify)?;
     let body = embed.strip_prefix("#!ipxe").unwrap_or(&embed);
     Ok(format!(
         "#!ipxe\n# Board {}: certificate and key for mutual TLS (treat this file as secret).\nset cert:hexraw {}\nset privkey:hexraw {}\n{}",

@@ -41,7 +41,7 @@ pub(crate) fn build_board(
     let dir = opts.out.join(board.name.as_str());
     state::create_dir_private(&dir)?;
     // Debian 13's prebuilt iPXE (2025) reads PKCS#8 keys.
-    let script = super::autoexec_script(lab, board, opts.ntp_server.as_deref(), false)?;
+    let script = super::autoexec_script(lab, board, opts.ntp_server.as_deref(), false, false)?;
     let out = dir.join(Target::EfiUsb.file_name(&board.name));
     let tmp = dir.join(format!(".{}.tmp", Target::EfiUsb.file_name(&board.name)));
     let epoch = board.not_before.unix_timestamp().max(0);

@@ -47,6 +47,10 @@ fn resolve(raw: &str, shared: &Shared) -> Result<PathBuf, (StatusCode, &'static 
     {
         return Err(BAD);
     }
+    // Dot-names are ipxe-ca's bookkeeping (signature index, build staging), never boot files.
+    if decoded.split('/').any(|seg| seg.starts_with('.')) {
+        return Err((StatusCode::FORBIDDEN, "dot-names are never served"));
+    }
     let joined = shared.files_root.join(&decoded);
     let real = std::fs::canonicalize(&joined).map_err(|_| (StatusCode::NOT_FOUND, "not found"))?;
     if !real.starts_with(&shared.files_root) {
@@ -67,6 +71,26 @@ fn is_state_secret(real: &Path, state_root: &Path, files_root: &Path) -> bool {
             .file_name()
             .and_then(|n| n.to_str())
             .is_some_and(|n| n.ends_with(".key") || n == "key.pem" || n == "secrets.toml")
+}
+
+/// A boot file (or its `.sig`) without a current signature is served, and the log says so.
+fn note_signature(path: &Path, shared: &Shared, out: &mut Outcome) {
+    use crate::codesign::{Index, SigStatus};
+    let Ok(rel) = path.strip_prefix(&shared.files_root) else {
+        return;
+    };
+    let rel = rel.to_string_lossy();
+    let file = rel.strip_suffix(".sig").unwrap_or(&rel);
+    let status = Index::load(&shared.files_root)
+        .map(|i| i.status(&shared.files_root, file))
+        .unwrap_or(SigStatus::Missing);
+    out.note = match status {
+        SigStatus::Current => None,
+        SigStatus::Stale => Some(format!(
+            "{file} changed since it was signed: imgverify refuses it (ipxe-ca sign-files)"
+        )),
+        SigStatus::Missing => Some(format!("{file} has no signature (ipxe-ca sign-files)")),
+    };
 }
 
 /// Parse a single `bytes=` range against a length: `Ok(None)` means the whole file.
@@ -122,6 +146,7 @@ pub(crate) async fn serve(
         Ok(p) => p,
         Err((status, why)) => return refuse(status, why, out),
     };
+    note_signature(&path, shared, out);
     let mut file = match tokio::fs::File::open(&path).await {
         Ok(f) => f,
         Err(_) => return refuse(StatusCode::NOT_FOUND, "not found", out),

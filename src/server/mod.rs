@@ -86,6 +86,35 @@ async fn shutdown_signal() {
     }
 }
 
+/// Boot files without a current signature are served, but never silently: imgverify on the
+/// boards will refuse them.
+fn warn_unsigned(files_root: &std::path::Path) {
+    use crate::codesign::SigStatus;
+    match crate::codesign::check(files_root) {
+        Ok(report) => {
+            for (status, what) in [
+                (SigStatus::Missing, "no signature"),
+                (SigStatus::Stale, "a stale signature (changed since signed)"),
+            ] {
+                let names: Vec<&str> = report
+                    .iter()
+                    .filter(|f| f.status == status)
+                    .map(|f| f.path.as_str())
+                    .collect();
+                if !names.is_empty() {
+                    eprintln!(
+                        "ipxe-ca: warning: {} boot file(s) with {what}: {}; boards that verify \
+(imgverify) will refuse them: run `ipxe-ca sign-files`",
+                        names.len(),
+                        names.join(", ")
+                    );
+                }
+            }
+        }
+        Err(e) => eprintln!("ipxe-ca: warning: cannot check boot file signatures: {e}"),
+    }
+}
+
 /// Serve until `shutdown` completes.
 pub async fn serve(
     lab: Lab,
@@ -102,6 +131,7 @@ pub async fn serve(
     })?;
     let state_root = std::fs::canonicalize(lab.state().root())
         .map_err(|e| Error::io("cannot resolve", lab.state().root(), e))?;
+    warn_unsigned(&files_root);
     let shared = Arc::new(Shared {
         config,
         files_root,

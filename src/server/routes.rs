@@ -113,7 +113,16 @@ async fn handle(req: Request<Incoming>, info: &ConnInfo, shared: &Arc<Shared>) -
         .map(str::to_string);
     let mut out = Outcome::default();
     let resp = if let Some(rest) = path.strip_prefix("/files/") {
-        files::serve(rest, &req, shared, &mut out).await
+        // Over HTTPS (or a trusted proxy), files are for enrolled boards only: the mutual-TLS
+        // route that keeps kernels and initrds from being swapped on the wire.
+        if info.tls || trusted_proxy(info, shared) {
+            match authorize(&req, None, info, shared, &mut out) {
+                Ok(_) => files::serve(rest, &req, shared, &mut out).await,
+                Err((status, why)) => script(status, &why, &mut out),
+            }
+        } else {
+            files::serve(rest, &req, shared, &mut out).await
+        }
     } else if let Some(token) = path.strip_prefix("/secret/") {
         if info.tls || trusted_proxy(info, shared) {
             one_time(token, &method, shared, &mut out)
@@ -130,7 +139,8 @@ async fn handle(req: Request<Incoming>, info: &ConnInfo, shared: &Arc<Shared>) -
             .strip_prefix("/ipxe/")
             .map(|m| m.trim_end_matches(".ipxe").to_string())
             .or_else(|| query_param(&query, "mac"));
-        boot(&req, mac, info, shared, &mut out)
+        let imgverify = query_param(&query, "imgverify").as_deref() == Some("1");
+        boot(&req, mac, imgverify, info, shared, &mut out)
     } else if !info.tls && path.len() > 1 {
         // The plain port serves the files directory at its root too, so that
         // `{{ files_url }}/vmlinuz` names `files/vmlinuz` (and `/files/vmlinuz` keeps working).
@@ -252,71 +262,84 @@ fn identify(
         .map_err(|_| "the proxy sent a malformed fingerprint".to_string())
 }
 
-fn boot(
+/// The board behind this request, verified: a known certificate (TLS or a trusted proxy),
+/// the serial nginx saw, not revoked, the MAC it names (if any) its own. Otherwise the
+/// refusal to send.
+fn authorize(
     req: &Request<Incoming>,
-    mac: Option<String>,
+    mac: Option<&str>,
     info: &ConnInfo,
-    shared: &Arc<Shared>,
+    shared: &Shared,
     out: &mut Outcome,
-) -> Response<Body> {
-    out.mac = mac.clone();
+) -> Result<Board, (StatusCode, String)> {
     let fp = match identify(req, info, shared, out) {
         Ok(fp) => fp,
-        Err(why) => return script(StatusCode::FORBIDDEN, &why, out),
+        Err(why) => return Err((StatusCode::FORBIDDEN, why)),
     };
     out.fingerprint = Some(fp.to_string());
     let board = match shared.lab.registry().by_fingerprint(&fp) {
         Ok(Some(b)) => b,
         Ok(None) => {
-            return script(
+            return Err((
                 StatusCode::FORBIDDEN,
-                &format!("certificate {fp} is not registered (ipxe-ca enroll/register)"),
-                out,
-            )
+                format!("certificate {fp} is not registered (ipxe-ca enroll/register)"),
+            ))
         }
         Err(e) => {
             eprintln!("ipxe-ca: registry lookup failed: {e}");
-            return script(
+            return Err((
                 StatusCode::INTERNAL_SERVER_ERROR,
-                "registry error; see the server log",
-                out,
-            );
+                "registry error; see the server log".to_string(),
+            ));
         }
     };
     out.board = Some(board.name.to_string());
     if let Some(hdr_serial) = out.serial.clone() {
         if hdr_serial.trim_start_matches('0') != board.serial.trim_start_matches('0') {
-            return script(
+            return Err((
                 StatusCode::FORBIDDEN,
-                "certificate serial does not match the registry",
-                out,
-            );
+                "certificate serial does not match the registry".to_string(),
+            ));
         }
     }
     out.serial = Some(board.serial.clone());
     if board.status == Status::Revoked || shared.revoked.contains(&board.serial) {
-        return script(
+        return Err((
             StatusCode::FORBIDDEN,
-            &format!("board {} is revoked", board.name),
-            out,
-        );
+            format!("board {} is revoked", board.name),
+        ));
     }
-    if let (Some(registered), Some(asked)) = (board.mac, mac.as_deref()) {
+    if let (Some(registered), Some(asked)) = (board.mac, mac) {
         match asked.parse::<Mac>() {
             Ok(m) if m == registered => {}
             _ => {
-                return script(
+                return Err((
                     StatusCode::FORBIDDEN,
-                    &format!(
+                    format!(
                     "MAC mismatch: board {} is registered with {registered}, request names {asked}",
                     board.name
                 ),
-                    out,
-                )
+                ))
             }
         }
     }
-    match render_profile(shared, &board) {
+    Ok(board)
+}
+
+fn boot(
+    req: &Request<Incoming>,
+    mac: Option<String>,
+    imgverify: bool,
+    info: &ConnInfo,
+    shared: &Arc<Shared>,
+    out: &mut Outcome,
+) -> Response<Body> {
+    out.mac = mac.clone();
+    let board = match authorize(req, mac.as_deref(), info, shared, out) {
+        Ok(b) => b,
+        Err((status, why)) => return script(status, &why, out),
+    };
+    match render_profile(shared, &board, imgverify) {
         Ok(body) => respond(StatusCode::OK, body, out),
         Err(e) => {
             eprintln!(
@@ -336,25 +359,21 @@ fn boot(
     }
 }
 
-fn context(shared: &Shared, board: &Board) -> crate::Result<Context> {
-    Ok(Context {
-        board: board.into(),
-        vars: board.vars.clone(),
-        secrets: shared.lab.registry().secrets(&board.name)?,
-        server_url: shared.config.server_url.clone(),
-        files_url: shared.config.files_url.clone(),
-        ntp_server: None,
-    })
+fn context(shared: &Shared, board: &Board, imgverify: bool) -> crate::Result<Context> {
+    let mut ctx = Context::new(board, &shared.config);
+    ctx.secrets = shared.lab.registry().secrets(&board.name)?;
+    ctx.imgverify = imgverify;
+    Ok(ctx)
 }
 
-fn render_profile(shared: &Arc<Shared>, board: &Board) -> crate::Result<String> {
+fn render_profile(shared: &Arc<Shared>, board: &Board, imgverify: bool) -> crate::Result<String> {
     let path = shared
         .lab
         .state()
         .profiles_dir()
         .join(format!("{}.ipxe", board.profile));
     let source = crate::state::read_to_string(&path)?;
-    let ctx = context(shared, board)?;
+    let ctx = context(shared, board, imgverify)?;
     let s = shared.clone();
     let c = ctx.clone();
     let one_time =

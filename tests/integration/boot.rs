@@ -114,7 +114,7 @@ fn boot_lab() -> BootLab {
     std::fs::copy(initrd, lab.path("files/initrd.img")).unwrap();
     std::fs::write(
         lab.path("profiles/linux.ipxe"),
-        "#!ipxe\necho ipxe-ca-profile: board {{ board.name }}\nkernel {{ files_url }}/files/vmlinuz initrd=initrd.img console=ttyS0 panic=-1 s3_key={{ secrets.s3_key }}\ninitrd --name initrd.img {{ files_url }}/files/initrd.img\nboot\n",
+        "#!ipxe\necho ipxe-ca-profile: board {{ board.name }}\nkernel {{ secure_files_url }}/vmlinuz initrd=initrd.img console=ttyS0 panic=-1 s3_key={{ secrets.s3_key }}\ninitrd --name initrd.img {{ secure_files_url }}/initrd.img\nboot\n",
     )
     .unwrap();
     BootLab { lab, https, http }
@@ -224,8 +224,10 @@ fn a_board_boots_linux_with_its_secret_over_mutual_tls() {
     let after = &lines[boot_line..];
     for f in ["/files/vmlinuz", "/files/initrd.img"] {
         assert!(
-            after.iter().any(|l| l["path"] == f && l["status"] == 200),
-            "{f} not downloaded after the script:\n{log}"
+            after
+                .iter()
+                .any(|l| l["path"] == f && l["status"] == 200 && l["board"] == "e2e-board"),
+            "{f} not downloaded over mutual TLS after the script:\n{log}"
         );
     }
     assert!(!log.contains(SECRET), "the secret leaked into the log");

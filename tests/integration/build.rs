@@ -129,7 +129,7 @@ fn make_gets_our_ca_as_only_trust_the_board_cert_and_key_and_https() {
     // The embed script fetches the board's script from our server with the board's MAC.
     assert_eq!(
         field(&lkrn, "EMBED_FETCH"),
-        "imgfetch --name boot.ipxe https://127.0.0.1:8443/boot.ipxe?mac=${netX/mac} || goto fetch_failed"
+        "imgfetch --name boot.ipxe https://127.0.0.1:8443/boot.ipxe?mac=${netX/mac}&imgverify=1 || goto fetch_failed"
     );
     let embed_path = std::fs::read_to_string(tree.join("src/bin/.embedded.list")).unwrap();
     assert!(!embed_path.contains(','), "staged paths are comma-free");
@@ -478,6 +478,8 @@ fn prebuilt_image_is_a_fat_disk_with_the_efi_binary_and_the_boards_identity() {
         script.contains("imgfetch --name boot.ipxe https://127.0.0.1:8443/boot.ipxe"),
         "{script}"
     );
+    // Debian's prebuilt iPXE has no imgverify: its boards never claim it.
+    assert!(!script.contains("imgverify=1"), "{script}");
     // The CA as an EFI signature list: GUID, sizes, then the DER.
     let sl = std::fs::read(out.join("pb/ca.siglist")).unwrap();
     let ca = pem_der(&lab.path("ca/ca.crt"));

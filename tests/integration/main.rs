@@ -10,3 +10,4 @@ mod flash;
 mod foundation;
 mod real_ipxe;
 mod server;
+mod trust;

@@ -438,3 +438,126 @@ fn real_ipxe_legacy_boots_through_the_generated_nginx_and_not_straight_at_serve(
         "{log}"
     );
 }
+
+#[test]
+fn real_ipxe_boots_linux_only_with_verified_kernel_and_initrd() {
+    use crate::boot::{assets, initramfs, MARKER, SECRET};
+    let Some(src) = tree("IPXE_SRC", "real_ipxe_boots_linux_verified") else {
+        return;
+    };
+    let (https, http) = (free_port(), free_port());
+    let lab = Lab::new();
+    lab.ok(&[
+        "init",
+        "--san",
+        "IP:10.0.2.2",
+        "--server-url",
+        &format!("https://10.0.2.2:{https}"),
+        "--files-url",
+        &format!("http://10.0.2.2:{http}"),
+    ]);
+    std::fs::copy(assets().join("vmlinuz"), lab.path("files/vmlinuz")).unwrap();
+    std::fs::copy(initramfs(lab.tmp.path()), lab.path("files/initrd.img")).unwrap();
+    lab.ok(&["sign-files"]);
+    // The default profile out of `init`: kernel and initrd over mutual TLS, then imgverify.
+    lab.enroll(
+        "lin",
+        &[
+            "--var",
+            "cmdline=console=ttyS0 panic=-1",
+            "--secret",
+            &format!("s3_key={SECRET}"),
+        ],
+    );
+    let srv = lab.serve_on(https, http, &[]);
+    let out = lab.tmp.path().join("out");
+    build(&lab, &["lin", "--ipxe-src", s(&src), "--out", s(&out)]);
+    let stick = machine(
+        Firmware::SeaBios,
+        Medium::Stick(out.join("lin/lin-hybrid.iso")),
+    );
+    let stages = ["ipxe-ca: board", "ipxe-ca: lin", "Linux version", MARKER];
+    let run = qemu::boot(
+        "verified-linux-mtls",
+        &stick,
+        "CMDLINE:",
+        &[
+            "SIGNATURE CHECK FAILED",
+            "ipxe-ca: cannot fetch",
+            "Kernel panic",
+        ],
+        &stages,
+    );
+    assert!(run.serial.contains(MARKER), "{}", run.serial);
+    let log = srv.output();
+    for f in [
+        "/files/vmlinuz",
+        "/files/vmlinuz.sig",
+        "/files/initrd.img",
+        "/files/initrd.img.sig",
+    ] {
+        assert!(
+            log.lines().any(|l| l.contains(&format!("\"path\":\"{f}\""))
+                && l.contains("\"board\":\"lin\"")
+                && l.contains("\"status\":200")),
+            "{f} not fetched over mutual TLS by lin:\n{log}"
+        );
+    }
+    // The same with kernel and initrd over plain HTTP: imgverify alone keeps them honest.
+    // (Timings of both boots are printed: what TLS costs a real iPXE for a 14 MB kernel.)
+    std::fs::write(
+        lab.path("profiles/plain.ipxe"),
+        "#!ipxe\necho ipxe-ca: {{ board.name }} plain\nkernel --name vmlinuz {{ files_url }}/vmlinuz initrd=initrd.img console=ttyS0 panic=-1\ninitrd --name initrd.img {{ files_url }}/initrd.img\nimgverify vmlinuz {{ files_url }}/vmlinuz.sig || goto bad\nimgverify initrd.img {{ files_url }}/initrd.img.sig || goto bad\nboot\n:bad\necho ipxe-ca: SIGNATURE CHECK FAILED (${errno})\nexit 1\n",
+    )
+    .unwrap();
+    lab.ok(&["set", "lin", "--profile", "plain"]);
+    let run = qemu::boot(
+        "verified-linux-plain",
+        &stick,
+        "CMDLINE:",
+        &[
+            "SIGNATURE CHECK FAILED",
+            "ipxe-ca: cannot fetch",
+            "Kernel panic",
+        ],
+        &stages,
+    );
+    assert!(run.serial.contains(MARKER));
+    // Tampered: the server hands out other bytes than were signed. iPXE refuses before `boot`,
+    // names the file, and no kernel starts.
+    lab.ok(&["set", "lin", "--profile", "default"]);
+    let mut initrd = std::fs::read(lab.path("files/initrd.img")).unwrap();
+    initrd.extend_from_slice(b"evil");
+    std::fs::write(lab.path("files/initrd.img"), &initrd).unwrap();
+    let before = srv.output().lines().count();
+    let run = qemu::boot(
+        "tampered-initrd",
+        &stick,
+        "ipxe-ca: the boot script from",
+        &["Linux version", MARKER],
+        &stages,
+    );
+    assert!(
+        run.serial
+            .contains("SIGNATURE CHECK FAILED for the initrd initrd.img"),
+        "{}",
+        run.serial
+    );
+    assert!(!run.serial.contains("Linux version"));
+    let after: Vec<String> = srv
+        .output()
+        .lines()
+        .skip(before)
+        .map(str::to_string)
+        .collect();
+    assert!(
+        after
+            .iter()
+            .any(|l| l.contains("changed since it was signed")),
+        "the log does not flag the stale file: {after:?}"
+    );
+    assert!(
+        !after.iter().any(|l| l.contains("/secret/")),
+        "a secret left the server after the refusal"
+    );
+}

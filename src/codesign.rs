@@ -1,0 +1,400 @@
+//! Signed boot files: detached CMS signatures (DER, `NAME.sig` beside `NAME`) made with the
+//! code-signing certificate our CA issues, in the form iPXE's `imgverify` checks. With them a
+//! kernel or initrd swapped on the wire stops the boot instead of running.
+//!
+//! iPXE skips signed attributes and checks the signature over the content itself, so the
+//! SignerInfo carries none; `openssl cms -verify` accepts that form too.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::error::{Error, Result};
+use crate::state::{self, MODE_PUBLIC};
+
+/// Where `sign` records what it signed, inside the files directory (dot-names are never
+/// served).
+pub const INDEX_NAME: &str = ".ipxe-ca-signatures.json";
+
+const OID_SIGNED_DATA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x02];
+const OID_DATA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x01];
+const OID_SHA256: &[u8] = &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01];
+const OID_RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
+
+fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    let n = content.len();
+    if n < 0x80 {
+        out.push(n as u8);
+    } else {
+        let bytes: Vec<u8> = n
+            .to_be_bytes()
+            .iter()
+            .copied()
+            .skip_while(|b| *b == 0)
+            .collect();
+        out.push(0x80 | bytes.len() as u8);
+        out.extend(bytes);
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+fn seq(parts: &[&[u8]]) -> Vec<u8> {
+    tlv(0x30, &parts.concat())
+}
+
+fn algorithm(oid: &[u8]) -> Vec<u8> {
+    seq(&[&tlv(0x06, oid), &[0x05, 0x00]])
+}
+
+/// A signer: the code-signing certificate (DER), its chain up to the CA, and its key.
+pub struct Signer {
+    cert_der: Vec<u8>,
+    chain: Vec<Vec<u8>>,
+    key: aws_lc_rs::rsa::KeyPair,
+    issuer_raw: Vec<u8>,
+    serial_raw: Vec<u8>,
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Signer")
+    }
+}
+
+impl Signer {
+    /// A signer from the code-signing certificate and key (PEM) and the CA certificate.
+    pub fn new(cert_pem: &[u8], key_pem: &[u8], ca_cert_pem: &[u8]) -> Result<Signer> {
+        let cert_der = crate::ca::cert_der_from_bytes(cert_pem)?;
+        let ca_der = crate::ca::cert_der_from_bytes(ca_cert_pem)?;
+        let key_der = crate::ca::board_key_der(key_pem, false)?;
+        let key = aws_lc_rs::rsa::KeyPair::from_pkcs8(&key_der)
+            .map_err(|e| Error::crypto("cannot load the code-signing key (RSA)", e))?;
+        let (_, c) = X509Certificate::from_der(&cert_der)
+            .map_err(|e| Error::crypto("cannot parse the code-signing certificate", e))?;
+        if c.public_key().raw != spki_of(&key)?.as_slice() {
+            return Err(Error::invalid(
+                "the code-signing key does not belong to the code-signing certificate",
+            ));
+        }
+        Ok(Signer {
+            issuer_raw: c.issuer().as_raw().to_vec(),
+            serial_raw: c.tbs_certificate.raw_serial().to_vec(),
+            cert_der,
+            chain: vec![ca_der],
+            key,
+        })
+    }
+
+    /// A detached CMS SignedData (DER) over `content`.
+    pub fn sign(&self, content: &[u8]) -> Result<Vec<u8>> {
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let mut sig = vec![0u8; self.key.public_modulus_len()];
+        self.key
+            .sign(
+                &aws_lc_rs::signature::RSA_PKCS1_SHA256,
+                &rng,
+                content,
+                &mut sig,
+            )
+            .map_err(|e| Error::crypto("cannot sign", e))?;
+        let sid = seq(&[&self.issuer_raw, &tlv(0x02, &self.serial_raw)]);
+        let signer_info = seq(&[
+            &tlv(0x02, &[1]),
+            &sid,
+            &algorithm(OID_SHA256),
+            &algorithm(OID_RSA),
+            &tlv(0x04, &sig),
+        ]);
+        let mut certs = self.cert_der.clone();
+        for c in &self.chain {
+            certs.extend_from_slice(c);
+        }
+        let signed_data = seq(&[
+            &tlv(0x02, &[1]),
+            &tlv(0x31, &algorithm(OID_SHA256)),
+            &seq(&[&tlv(0x06, OID_DATA)]),
+            &tlv(0xa0, &certs),
+            &tlv(0x31, &signer_info),
+        ]);
+        Ok(seq(&[
+            &tlv(0x06, OID_SIGNED_DATA),
+            &tlv(0xa0, &signed_data),
+        ]))
+    }
+}
+
+fn spki_of(key: &aws_lc_rs::rsa::KeyPair) -> Result<Vec<u8>> {
+    use aws_lc_rs::signature::KeyPair;
+    // SubjectPublicKeyInfo = SEQUENCE { rsaEncryption NULL, BIT STRING { RSAPublicKey } }.
+    let pk = key.public_key().as_ref();
+    let mut bits = vec![0u8];
+    bits.extend_from_slice(pk);
+    Ok(seq(&[&algorithm(OID_RSA), &tlv(0x03, &bits)]))
+}
+
+/// What `sign` recorded of a file when it signed it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Signed {
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, nanoseconds since the epoch.
+    pub mtime_ns: i128,
+    /// SHA-256 of the content signed.
+    pub sha256: String,
+}
+
+/// The state of one file's signature.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum SigStatus {
+    /// Signed, and unchanged since.
+    Current,
+    /// Changed since it was signed: `imgverify` will refuse it.
+    Stale,
+    /// Never signed.
+    Missing,
+}
+
+/// One file and its signature state.
+#[derive(Clone, Debug, Serialize)]
+pub struct FileStatus {
+    /// Path relative to the files directory.
+    pub path: String,
+    /// Its signature state.
+    pub status: SigStatus,
+}
+
+/// The record of signed files, kept in the files directory.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Index {
+    /// Relative path → what was signed.
+    pub files: BTreeMap<String, Signed>,
+}
+
+impl Index {
+    /// Read the index of `files_root` (empty when there is none yet).
+    pub fn load(files_root: &Path) -> Result<Index> {
+        let p = files_root.join(INDEX_NAME);
+        match std::fs::read(&p) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| Error::Parse {
+                path: p,
+                detail: e.to_string(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Index::default()),
+            Err(e) => Err(Error::io("cannot read", p, e)),
+        }
+    }
+
+    fn save(&self, files_root: &Path) -> Result<()> {
+        let json = serde_json::to_vec_pretty(self).map_err(|e| Error::invalid(e.to_string()))?;
+        state::write_atomic(&files_root.join(INDEX_NAME), &json, MODE_PUBLIC)
+    }
+
+    /// The state of `rel`'s signature, from a stat of the file and its `.sig`.
+    pub fn status(&self, files_root: &Path, rel: &str) -> SigStatus {
+        let Some(rec) = self.files.get(rel) else {
+            return SigStatus::Missing;
+        };
+        let file = files_root.join(rel);
+        let sig = files_root.join(format!("{rel}.sig"));
+        match (stat(&file), sig.is_file()) {
+            (Some((size, mtime)), true) if size == rec.size && mtime == rec.mtime_ns => {
+                SigStatus::Current
+            }
+            (_, false) => SigStatus::Missing,
+            _ => SigStatus::Stale,
+        }
+    }
+}
+
+fn stat(p: &Path) -> Option<(u64, i128)> {
+    let m = std::fs::metadata(p).ok()?;
+    let t = m.modified().ok()?;
+    let ns = t.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos() as i128;
+    Some((m.len(), ns))
+}
+
+/// Files a board may boot: every regular file under the root except signatures and
+/// dot-names (which are never served).
+pub fn boot_files(files_root: &Path) -> Result<Vec<String>> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
+        let rd = std::fs::read_dir(dir).map_err(|e| Error::io("cannot list", dir, e))?;
+        for e in rd {
+            let e = e.map_err(|e| Error::io("cannot list", dir, e))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue;
+            }
+            let p = e.path();
+            let ft = e.file_type().map_err(|e| Error::io("cannot stat", &p, e))?;
+            if ft.is_dir() {
+                walk(root, &p, out)?;
+            } else if ft.is_file() && !name.ends_with(".sig") {
+                if let Ok(rel) = p.strip_prefix(root) {
+                    out.push(rel.to_string_lossy().into_owned());
+                }
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    if files_root.is_dir() {
+        walk(files_root, files_root, &mut out)?;
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Every boot file with the state of its signature.
+pub fn check(files_root: &Path) -> Result<Vec<FileStatus>> {
+    let index = Index::load(files_root)?;
+    Ok(boot_files(files_root)?
+        .into_iter()
+        .map(|path| FileStatus {
+            status: index.status(files_root, &path),
+            path,
+        })
+        .collect())
+}
+
+/// What `sign` did to one file.
+#[derive(Clone, Debug, Serialize)]
+pub struct SignOutcome {
+    /// Path relative to the files directory.
+    pub path: String,
+    /// `signed`, or `unchanged` when its signature was current.
+    pub action: &'static str,
+}
+
+/// Sign `paths` (relative to, or inside, `files_root`; all boot files when empty), skipping
+/// files whose signature is current unless `force`.
+pub fn sign_files(
+    signer: &Signer,
+    files_root: &Path,
+    paths: &[PathBuf],
+    force: bool,
+) -> Result<Vec<SignOutcome>> {
+    let root = std::fs::canonicalize(files_root)
+        .map_err(|e| Error::io("cannot open the files directory", files_root, e))?;
+    let rels: Vec<String> = if paths.is_empty() {
+        boot_files(&root)?
+    } else {
+        paths
+            .iter()
+            .map(|p| relative(&root, p))
+            .collect::<Result<_>>()?
+    };
+    // Refuse before signing anything: bad input changes nothing.
+    for rel in &rels {
+        let file = root.join(rel);
+        let head = read_head(&file)?;
+        if looks_like_key(&head) {
+            return Err(Error::invalid(format!(
+                "{}: this is private key material, not a boot file; move it out of the files directory (everything there is served)",
+                file.display()
+            )));
+        }
+    }
+    let mut index = Index::load(&root)?;
+    let mut out = Vec::new();
+    for rel in rels {
+        if !force && index.status(&root, &rel) == SigStatus::Current {
+            out.push(SignOutcome {
+                path: rel,
+                action: "unchanged",
+            });
+            continue;
+        }
+        let file = root.join(&rel);
+        let before = stat(&file);
+        let data = state::read(&file)?;
+        let sig = signer.sign(&data)?;
+        // A file rewritten while we read it would get a signature for neither version.
+        let (size, mtime_ns) = match (before, stat(&file)) {
+            (Some(a), Some(b)) if a == b && a.0 == data.len() as u64 => a,
+            _ => {
+                return Err(Error::invalid(format!(
+                    "{} changed while it was being signed: sign again once it is complete",
+                    file.display()
+                )))
+            }
+        };
+        state::write_atomic(&root.join(format!("{rel}.sig")), &sig, MODE_PUBLIC)?;
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &data);
+        index.files.insert(
+            rel.clone(),
+            Signed {
+                size,
+                mtime_ns,
+                sha256: hex::encode(digest.as_ref()),
+            },
+        );
+        out.push(SignOutcome {
+            path: rel,
+            action: "signed",
+        });
+    }
+    index.save(&root)?;
+    Ok(out)
+}
+
+/// `p` as a path relative to `root`, refusing anything outside it or not a boot file.
+fn relative(root: &Path, p: &Path) -> Result<String> {
+    let abs = if p.is_absolute() {
+        p.to_path_buf()
+    } else if p.exists() {
+        std::env::current_dir()
+            .map_err(|e| Error::io("cannot read the current directory", ".", e))?
+            .join(p)
+    } else {
+        root.join(p)
+    };
+    let real = std::fs::canonicalize(&abs).map_err(|e| Error::io("cannot sign", &abs, e))?;
+    let rel = real.strip_prefix(root).map_err(|_| {
+        Error::invalid(format!(
+            "{} is not under the files directory {}: only served files are signed",
+            p.display(),
+            root.display()
+        ))
+    })?;
+    let rel = rel.to_string_lossy().into_owned();
+    if !real.is_file() || rel.ends_with(".sig") || rel.split('/').any(|s| s.starts_with('.')) {
+        return Err(Error::invalid(format!(
+            "{}: not a boot file (a regular file, not a .sig, not a dot-name)",
+            p.display()
+        )));
+    }
+    Ok(rel)
+}
+
+fn read_head(p: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    std::fs::File::open(p)
+        .and_then(|f| f.take(64 * 1024).read_to_end(&mut buf))
+        .map_err(|e| Error::io("cannot read", p, e))?;
+    Ok(buf)
+}
+
+/// PEM private keys, whatever the file is called.
+pub fn looks_like_key(data: &[u8]) -> bool {
+    data.windows(16)
+        .take(64 * 1024)
+        .any(|w| w == b"PRIVATE KEY-----")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_lengths_are_encoded_in_the_fewest_bytes() {
+        assert_eq!(tlv(0x04, &[0; 5])[..2], [0x04, 5]);
+        assert_eq!(tlv(0x04, &[0; 200])[..3], [0x04, 0x81, 200]);
+        assert_eq!(tlv(0x04, &[0; 300])[..4], [0x04, 0x82, 0x01, 0x2c]);
+    }
+}
