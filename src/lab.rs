@@ -211,6 +211,48 @@ impl Lab {
         )
     }
 
+    fn save_server(&self, rsa: &ca::Issued, ecdsa: &ca::Issued, ca_pem: &str) -> Result<()> {
+        let s = &self.state;
+        for (issued, cert, key) in [
+            (rsa, s.server_cert(), s.server_key()),
+            (ecdsa, s.server_ecdsa_cert(), s.server_ecdsa_key()),
+        ] {
+            let key_pem = issued
+                .key_pem
+                .as_deref()
+                .ok_or_else(|| Error::invalid("internal: a server key is missing"))?;
+            state::write_atomic(&key, key_pem.as_bytes(), MODE_SECRET)?;
+            // Leaf first, then the CA: the server sends the whole chain.
+            let chain = format!("{}{ca_pem}", issued.cert_pem);
+            state::write_atomic(&cert, chain.as_bytes(), MODE_PUBLIC)?;
+        }
+        Ok(())
+    }
+
+    /// Issue new server certificates (RSA and ECDSA) for `sans`, or for the names of the
+    /// current one: rotation before expiry, a new name, or the ECDSA pair for state dirs made
+    /// before it existed. A running `serve` picks them up at its next start.
+    pub fn renew_server(&self, sans: Option<Vec<San>>) -> Result<Vec<San>> {
+        let ca = self.ca()?;
+        let sans = match sans {
+            Some(v) if !v.is_empty() => v,
+            _ => ca::cert_sans(&ca::cert_der_from_bytes(&state::read(
+                &self.state.server_cert(),
+            )?)?)?,
+        };
+        if sans.is_empty() {
+            return Err(Error::invalid(
+                "the current server certificate names no SAN: give the names boards reach the server by",
+            ));
+        }
+        let key_size = KeySize::Rsa2048;
+        let rsa = ca.issue_server(&sans, key_size, days::SERVER)?;
+        let ecdsa = ca.issue_server_ecdsa(&sans, days::SERVER)?;
+        let _lock = self.state.lock()?;
+        self.save_server(&rsa, &ecdsa, &ca::cert_pem(ca.cert_der()))?;
+        Ok(sans)
+    }
+
     fn save_codesign(&self, issued: &ca::Issued) -> Result<()> {
         let key = issued
             .key_pem
@@ -274,6 +316,7 @@ impl Lab {
         // Validate everything before writing anything.
         let ca = Ca::load(&ca_cert, &ca_key)?;
         let server = ca.issue_server(&opts.sans, opts.key_size, days::SERVER)?;
+        let server_ecdsa = ca.issue_server_ecdsa(&opts.sans, days::SERVER)?;
         let crl = ca.crl(&[], 1, days::CRL)?;
         let codesign = ca.issue_codesign(opts.key_size, days::CODESIGN)?;
 
@@ -286,14 +329,7 @@ impl Lab {
         state::write_atomic(&self.state.ca_cert(), ca_pem.as_bytes(), MODE_PUBLIC)?;
         state::write_atomic(&self.state.crl(), crl.as_bytes(), MODE_PUBLIC)?;
         state::write_atomic(&self.state.crl_number(), b"1\n", MODE_PUBLIC)?;
-        state::write_atomic(
-            &self.state.server_key(),
-            server.key_pem.as_deref().unwrap_or_default().as_bytes(),
-            MODE_SECRET,
-        )?;
-        // Leaf first, then the CA: the server sends the whole chain.
-        let chain = format!("{}{}", server.cert_pem, ca_pem);
-        state::write_atomic(&self.state.server_cert(), chain.as_bytes(), MODE_PUBLIC)?;
+        self.save_server(&server, &server_ecdsa, &ca_pem)?;
         self.save_codesign(&codesign)?;
         config.save(&self.state)?;
         self.write_templates()?;

@@ -55,6 +55,14 @@ impl StateDir {
     pub fn server_key(&self) -> PathBuf {
         self.root.join("server/server.key")
     }
+    /// `server/server-ecdsa.crt`: the ECDSA P-256 chain, chosen for clients that offer ECDSA.
+    pub fn server_ecdsa_cert(&self) -> PathBuf {
+        self.root.join("server/server-ecdsa.crt")
+    }
+    /// `server/server-ecdsa.key`
+    pub fn server_ecdsa_key(&self) -> PathBuf {
+        self.root.join("server/server-ecdsa.key")
+    }
     /// `codesign/codesign.crt`: the signer of boot files (issued by the CA, codeSigning).
     pub fn codesign_cert(&self) -> PathBuf {
         self.root.join("codesign/codesign.crt")

@@ -43,6 +43,9 @@ enum Command {
     Revoke(RevokeArgs),
     /// Re-sign the CRL (ca/crl.pem) now; do it before it expires (yearly) if nginx reads it.
     Crl,
+    /// Issue new server certificates (RSA and ECDSA P-256): rotation, new names, or the ECDSA
+    /// pair for state dirs made before it. Restart `serve` to use them.
+    ServerCert(ServerCertArgs),
     /// Sign boot files (NAME.sig beside NAME, for iPXE's imgverify); run it after adding or
     /// changing files. Unchanged files keep their signature.
     SignFiles(SignFilesArgs),
@@ -88,6 +91,9 @@ struct ServeArgs {
     /// Seconds allowed for a TLS handshake or a request's headers.
     #[arg(long, default_value_t = 10)]
     timeout: u64,
+    /// TLS sessions kept for resumption (a boot makes several HTTPS fetches; about 1 KiB each).
+    #[arg(long, default_value_t = 20_000)]
+    tls_sessions: usize,
 }
 
 #[derive(Args, Debug)]
@@ -183,6 +189,13 @@ struct DoctorArgs {
     /// Machine-readable output.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Args, Debug)]
+struct ServerCertArgs {
+    /// Names boards reach the server by (default: those of the current certificate).
+    #[arg(long = "san", value_parser = parse::<San>)]
+    sans: Vec<San>,
 }
 
 #[derive(Args, Debug)]
@@ -512,6 +525,18 @@ fn run(cli: Cli) -> Result<()> {
             );
         }
         Command::SignFiles(a) => sign_files(&lab, a)?,
+        Command::ServerCert(a) => {
+            let sans = lab
+                .renew_server(Some(a.sans))
+                .context("cannot issue the server certificates")?;
+            let names: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
+            println!(
+                "issued {} and {} for {}; restart `ipxe-ca serve` to use them",
+                lab.state().server_cert().display(),
+                lab.state().server_ecdsa_cert().display(),
+                names.join(", ")
+            );
+        }
         Command::List(a) => {
             if !lab.state().has_ca() {
                 return Err(ipxe_ca::Error::NoCa(cli.dir.clone()).into());
@@ -557,6 +582,7 @@ fn run(cli: Cli) -> Result<()> {
                 one_time_ttl: Duration::from_secs(a.one_time_ttl),
                 max_connections: a.max_connections,
                 timeout: Duration::from_secs(a.timeout.max(1)),
+                tls_sessions: a.tls_sessions,
             };
             server::run(lab, opts).context("server failed")?;
         }

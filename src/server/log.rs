@@ -19,6 +19,9 @@ pub(crate) struct Entry {
     pub bytes: u64,
     pub duration_ms: f64,
     pub user_agent: Option<String>,
+    /// How the connection was made (HTTPS only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<super::TlsSession>,
     /// Why a request was refused, in words an operator can act on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,

@@ -42,6 +42,8 @@ pub struct ServeOptions {
     pub max_connections: usize,
     /// TLS handshake and request-header timeout.
     pub timeout: Duration,
+    /// TLS sessions kept for resumption (session IDs; tickets need no server memory).
+    pub tls_sessions: usize,
 }
 
 /// Shared state of a running server.
@@ -63,6 +65,21 @@ pub(crate) struct ConnInfo {
     pub fingerprint_sha1: Option<String>,
     /// Whether this connection came through the mTLS listener.
     pub tls: bool,
+    /// How the TLS connection was made, for the access log.
+    pub session: Option<TlsSession>,
+}
+
+/// What operators grep for when a board will not boot: how it connected.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub(crate) struct TlsSession {
+    /// `TLSv1_2` or `TLSv1_3`.
+    pub version: Option<&'static str>,
+    /// e.g. `TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256`.
+    pub suite: Option<&'static str>,
+    /// Key-exchange group, e.g. `X25519`.
+    pub group: Option<&'static str>,
+    /// Whether the session was resumed (no signature, no key exchange).
+    pub resumed: bool,
 }
 
 /// Run the server until SIGTERM or SIGINT, then let in-flight requests finish.
@@ -146,7 +163,7 @@ pub async fn serve(
     let mut tasks = Vec::new();
 
     if let Some(addr) = opts.https.filter(|_| !opts.behind_proxy) {
-        let tls = tls::acceptor(shared.lab.state())?;
+        let tls = tls::acceptor(shared.lab.state(), opts.tls_sessions)?;
         let listener = bind(addr).await?;
         eprintln!(
             "ipxe-ca: serving boot scripts on https://{} (mutual TLS)",
@@ -263,6 +280,7 @@ async fn accept_loop(
                         peer: Some(peer),
                         fingerprint_sha1: None,
                         tls: false,
+                        session: None,
                     };
                     routes::serve_http(hyper_util::rt::TokioIo::new(stream), info, shared, watcher)
                         .await

@@ -171,6 +171,7 @@ async fn handle(req: Request<Incoming>, info: &ConnInfo, shared: &Arc<Shared>) -
         bytes: out.bytes,
         duration_ms: (start.elapsed().as_secs_f64() * 1e6).round() / 1e3,
         user_agent: ua,
+        tls: info.session,
         note: out.note,
     });
     resp

@@ -5,25 +5,88 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use rustls::server::WebPkiClientVerifier;
+use rustls::server::{ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
-use super::{routes, ConnInfo, Shared, Watcher};
+use super::{routes, ConnInfo, Shared, TlsSession, Watcher};
 use crate::error::{Error, Result};
 use crate::state::StateDir;
 use crate::types::Fingerprint;
 
-fn build(state: &StateDir) -> Result<ServerConfig> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(state.server_cert())
+/// A chain and its key, ready for rustls.
+fn certified(cert: &std::path::Path, key: &std::path::Path) -> Result<Arc<CertifiedKey>> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .and_then(|it| it.collect::<std::result::Result<_, _>>())
-        .map_err(|e| Error::crypto(format!("cannot read {}", state.server_cert().display()), e))?;
-    let key = PrivateKeyDer::from_pem_file(state.server_key())
-        .map_err(|e| Error::crypto(format!("cannot read {}", state.server_key().display()), e))?;
+        .map_err(|e| Error::crypto(format!("cannot read {}", cert.display()), e))?;
+    let key_der = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| Error::crypto(format!("cannot read {}", key.display()), e))?;
+    let signer = rustls::crypto::aws_lc_rs::sign::any_supported_type(&key_der)
+        .map_err(|e| Error::crypto(format!("cannot use {}", key.display()), e))?;
+    let ck = CertifiedKey::new(chain, signer);
+    ck.keys_match().map_err(|e| {
+        Error::crypto(
+            format!("{} and {} do not match", cert.display(), key.display()),
+            e,
+        )
+    })?;
+    Ok(Arc::new(ck))
+}
+
+/// ECDSA for clients that offer it (iPXE 2.0: a cheaper signature per handshake), RSA for the
+/// rest (iPXE before 2.0 verifies only RSA).
+#[derive(Debug)]
+struct ByClientHello {
+    rsa: Arc<CertifiedKey>,
+    ecdsa: Option<Arc<CertifiedKey>>,
+}
+
+impl ResolvesServerCert for ByClientHello {
+    fn resolve(&self, hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        use rustls::{CipherSuite as C, SignatureScheme as S};
+        if let Some(ec) = &self.ecdsa {
+            let verifies_p256 = hello
+                .signature_schemes()
+                .contains(&S::ECDSA_NISTP256_SHA256);
+            let suite = hello.cipher_suites().iter().any(|c| {
+                matches!(
+                    c,
+                    C::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+                        | C::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+                        | C::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
+                        | C::TLS13_AES_128_GCM_SHA256
+                        | C::TLS13_AES_256_GCM_SHA384
+                        | C::TLS13_CHACHA20_POLY1305_SHA256
+                )
+            });
+            if verifies_p256 && suite {
+                return Some(ec.clone());
+            }
+        }
+        Some(self.rsa.clone())
+    }
+}
+
+fn build(state: &StateDir, sessions: usize) -> Result<ServerConfig> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let rsa = certified(&state.server_cert(), &state.server_key())?;
+    let ecdsa = if state.server_ecdsa_cert().exists() {
+        Some(certified(
+            &state.server_ecdsa_cert(),
+            &state.server_ecdsa_key(),
+        )?)
+    } else {
+        eprintln!(
+            "ipxe-ca: warning: no ECDSA server certificate ({}): every handshake pays an RSA \
+signature; run `ipxe-ca server-cert` to add it",
+            state.server_ecdsa_cert().display()
+        );
+        None
+    };
     let mut roots = RootCertStore::empty();
     for ca in CertificateDer::pem_file_iter(state.ca_cert())
         .map_err(|e| Error::crypto(format!("cannot read {}", state.ca_cert().display()), e))?
@@ -41,9 +104,13 @@ fn build(state: &StateDir) -> Result<ServerConfig> {
         .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])
         .map_err(|e| Error::crypto("TLS versions", e))?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .map_err(|e| Error::crypto("server certificate and key do not match", e))?;
+        .with_cert_resolver(Arc::new(ByClientHello { rsa, ecdsa }));
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // Resumption sized for a farm: iPXE resumes per server name + trust root + client key,
+    // and a boot makes several HTTPS fetches. Revocation is checked per request anyway.
+    config.session_storage = rustls::server::ServerSessionMemoryCache::new(sessions.max(1));
+    config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()
+        .map_err(|e| Error::crypto("cannot start session tickets", e))?;
     Ok(config)
 }
 
@@ -63,8 +130,8 @@ cannot talk to ipxe-ca directly: put nginx in front (`ipxe-ca nginx-config`, `se
 }
 
 /// The acceptor of the mTLS listener.
-pub(crate) fn acceptor(state: &StateDir) -> Result<TlsAcceptor> {
-    Ok(TlsAcceptor::from(Arc::new(build(state)?)))
+pub(crate) fn acceptor(state: &StateDir, sessions: usize) -> Result<TlsAcceptor> {
+    Ok(TlsAcceptor::from(Arc::new(build(state, sessions)?)))
 }
 
 pub(crate) async fn serve_tls(
@@ -86,9 +153,8 @@ pub(crate) async fn serve_tls(
             return;
         }
     };
-    let fingerprint_sha1 = stream
-        .get_ref()
-        .1
+    let conn = stream.get_ref().1;
+    let fingerprint_sha1 = conn
         .peer_certificates()
         .and_then(|c| c.first())
         .map(|leaf| Fingerprint::sha1(leaf).to_string());
@@ -96,6 +162,16 @@ pub(crate) async fn serve_tls(
         peer: Some(peer),
         fingerprint_sha1,
         tls: true,
+        session: Some(TlsSession {
+            version: conn.protocol_version().and_then(|v| v.as_str()),
+            suite: conn
+                .negotiated_cipher_suite()
+                .and_then(|c| c.suite().as_str()),
+            group: conn
+                .negotiated_key_exchange_group()
+                .and_then(|g| g.name().as_str()),
+            resumed: conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
+        }),
     };
     routes::serve_http(hyper_util::rt::TokioIo::new(stream), info, shared, watcher).await;
 }

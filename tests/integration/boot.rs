@@ -220,6 +220,11 @@ fn a_board_boots_linux_with_its_secret_over_mutual_tls() {
         })
         .unwrap_or_else(|| panic!("no 200 for /boot.ipxe in the log:\n{log}"));
     assert_eq!(lines[boot_line]["board"], "e2e-board");
+    // Debian 13's iPXE (2025) verifies only RSA: it gets the RSA certificate.
+    assert_eq!(
+        lines[boot_line]["tls"]["suite"], "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+        "{log}"
+    );
     assert_eq!(lines[boot_line]["fingerprint"], fp);
     let after = &lines[boot_line..];
     for f in ["/files/vmlinuz", "/files/initrd.img"] {

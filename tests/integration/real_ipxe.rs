@@ -228,6 +228,24 @@ fn real_ipxe_every_target_boots_with_the_ca_pinned_and_its_own_script() {
         srv.output()
     );
     assert_eq!(served(&srv, "b2", "/boot.ipxe"), 1);
+    // iPXE 2.0 offers ECDSA: every board negotiated it with the ECDSA server certificate.
+    let suites: std::collections::BTreeSet<String> = srv
+        .output()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| {
+            l["path"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("/boot.ipxe"))
+        })
+        .map(|l| format!("{} {}", l["tls"]["version"], l["tls"]["suite"]))
+        .collect();
+    assert_eq!(
+        suites.into_iter().collect::<Vec<_>>(),
+        ["\"TLSv1_2\" \"TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256\""],
+        "{}",
+        srv.output()
+    );
     // `{{ files_url }}/probe.txt` fetched files/probe.txt each time.
     let probes = srv
         .output()
@@ -503,6 +521,16 @@ fn real_ipxe_boots_linux_only_with_verified_kernel_and_initrd() {
             "{f} not fetched over mutual TLS by lin:\n{log}"
         );
     }
+    // One boot, five HTTPS fetches, one TLS handshake: iPXE keeps the connection alive. (iPXE
+    // 2.0 resumes a session only while another connection of it is open, so sequential
+    // connections would each pay a full handshake; keep-alive is what saves them.)
+    let lin: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["board"] == "lin" && l["status"] == 200)
+        .collect();
+    assert_eq!(lin.len(), 5, "{log}");
+    assert!(lin.iter().all(|l| l["peer"] == lin[0]["peer"]), "{log}");
     // The same with kernel and initrd over plain HTTP: imgverify alone keeps them honest.
     // (Timings of both boots are printed: what TLS costs a real iPXE for a 14 MB kernel.)
     std::fs::write(

@@ -590,3 +590,210 @@ fn oversized_and_slow_headers_are_cut_off() {
         "{text}"
     );
 }
+
+/// `openssl s_client` over TLS 1.2 with only `cipher`, as board `b`, sending one request;
+/// optionally saving or reusing the session. Returns everything it printed.
+fn s_client(lab: &Lab, port: u16, cipher: &str, b: &str, path: &str, sess: &[&str]) -> String {
+    use std::io::Write;
+    let mut c = Command::new("timeout")
+        .args([
+            "10", "openssl", "s_client", "-tls1_2", "-cipher", cipher, "-connect",
+        ])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("-CAfile")
+        .arg(lab.path("ca/ca.crt"))
+        .arg("-cert")
+        .arg(lab.path(&format!("boards/{b}/cert.pem")))
+        .arg("-key")
+        .arg(lab.path(&format!("boards/{b}/key.pem")))
+        .args(sess)
+        .arg("-ign_eof")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin
+        .take()
+        .unwrap()
+        .write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .unwrap();
+    let o = c.wait_with_output().unwrap();
+    String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+}
+
+fn log_lines(srv: &crate::util::Server) -> Vec<serde_json::Value> {
+    srv.output()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[test]
+fn ecdsa_for_clients_that_offer_it_rsa_for_the_rest_and_the_log_says_which() {
+    let lab = two_boards();
+    for cert in ["server/server.crt", "server/server-ecdsa.crt"] {
+        crate::util::verify_strict("sslserver", s(&lab.path("ca/ca.crt")), s(&lab.path(cert)));
+    }
+    let text = crate::util::openssl(&[
+        "x509",
+        "-in",
+        s(&lab.path("server/server-ecdsa.crt")),
+        "-noout",
+        "-text",
+    ]);
+    assert!(
+        text.contains("id-ecPublicKey") && text.contains("P-256"),
+        "{text}"
+    );
+    assert!(
+        text.contains("IP Address:127.0.0.1"),
+        "same SANs as the RSA one: {text}"
+    );
+    let srv = lab.serve(&[]);
+    let rsa = s_client(
+        &lab,
+        srv.https,
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "board-a",
+        "/boot.ipxe",
+        &[],
+    );
+    assert!(
+        rsa.contains("Cipher is ECDHE-RSA-AES128-GCM-SHA256"),
+        "{rsa}"
+    );
+    assert!(rsa.contains("200 OK") && rsa.contains("#!ipxe"), "{rsa}");
+    let ec = s_client(
+        &lab,
+        srv.https,
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "board-a",
+        "/boot.ipxe",
+        &[],
+    );
+    assert!(
+        ec.contains("Cipher is ECDHE-ECDSA-AES128-GCM-SHA256"),
+        "{ec}"
+    );
+    assert!(ec.contains("Peer signature type: ECDSA"), "{ec}");
+    assert!(ec.contains("200 OK"), "{ec}");
+    let suites: Vec<String> = log_lines(&srv)
+        .iter()
+        .filter(|l| l["path"] == "/boot.ipxe")
+        .map(|l| l["tls"]["suite"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(
+        suites,
+        [
+            "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+            "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"
+        ]
+    );
+    assert!(log_lines(&srv)
+        .iter()
+        .all(|l| l["tls"].is_null() || l["tls"]["version"] == "TLSv1_2"));
+}
+
+#[test]
+fn sessions_resume_and_a_revoked_board_is_refused_on_a_resumed_session() {
+    let lab = two_boards();
+    let srv = lab.serve(&[]);
+    let sess = lab.tmp.path().join("sess.pem");
+    let cipher = "ECDHE-ECDSA-AES128-GCM-SHA256";
+    let first = s_client(
+        &lab,
+        srv.https,
+        cipher,
+        "board-a",
+        "/boot.ipxe",
+        &["-sess_out", s(&sess)],
+    );
+    assert!(first.contains("200 OK"), "{first}");
+    let again = s_client(
+        &lab,
+        srv.https,
+        cipher,
+        "board-a",
+        "/boot.ipxe",
+        &["-sess_in", s(&sess)],
+    );
+    assert!(again.contains("Reused, TLSv1.2"), "{again}");
+    assert!(again.contains("200 OK"), "{again}");
+    // Revocation is checked per request, not per handshake: a resumed session does not help.
+    lab.ok(&["revoke", "board-a"]);
+    let revoked = s_client(
+        &lab,
+        srv.https,
+        cipher,
+        "board-a",
+        "/boot.ipxe",
+        &["-sess_in", s(&sess)],
+    );
+    assert!(revoked.contains("Reused, TLSv1.2"), "{revoked}");
+    assert!(
+        revoked.contains("403") && revoked.contains("is revoked"),
+        "{revoked}"
+    );
+    let resumed: Vec<(bool, u64)> = log_lines(&srv)
+        .iter()
+        .filter(|l| l["path"] == "/boot.ipxe")
+        .map(|l| (l["tls"]["resumed"] == true, l["status"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(resumed, [(false, 200), (true, 200), (true, 403)]);
+}
+
+#[test]
+fn server_cert_adds_ecdsa_to_an_old_state_dir_and_keeps_its_names() {
+    let lab = two_boards();
+    std::fs::remove_file(lab.path("server/server-ecdsa.crt")).unwrap();
+    std::fs::remove_file(lab.path("server/server-ecdsa.key")).unwrap();
+    let srv = lab.serve(&[]);
+    let rsa_only = s_client(
+        &lab,
+        srv.https,
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "board-a",
+        "/boot.ipxe",
+        &[],
+    );
+    assert!(!rsa_only.contains("Cipher is ECDHE-ECDSA"), "{rsa_only}");
+    assert!(
+        srv.output().contains("run `ipxe-ca server-cert`"),
+        "{}",
+        srv.output()
+    );
+    drop(srv);
+    let out = lab.ok(&["server-cert"]);
+    assert!(out.contains("127.0.0.1"), "{out}");
+    let text = crate::util::openssl(&[
+        "x509",
+        "-in",
+        s(&lab.path("server/server-ecdsa.crt")),
+        "-noout",
+        "-text",
+    ]);
+    assert!(
+        text.contains("IP Address:127.0.0.1") && text.contains("DNS:localhost"),
+        "{text}"
+    );
+    let key = lab.path("server/server-ecdsa.key");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let srv = lab.serve(&[]);
+    let ec = s_client(
+        &lab,
+        srv.https,
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "board-a",
+        "/boot.ipxe",
+        &[],
+    );
+    assert!(
+        ec.contains("Cipher is ECDHE-ECDSA-AES128-GCM-SHA256") && ec.contains("200 OK"),
+        "{ec}"
+    );
+}
