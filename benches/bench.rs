@@ -40,13 +40,15 @@ fn free_port() -> u16 {
         .unwrap_or(0)
 }
 
-fn wait_port(port: u16) {
+/// Wait until something listens on `port`; a server that never does fails the run.
+fn wait_port(port: u16) -> R<()> {
     for _ in 0..400 {
         if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
+            return Ok(());
         }
         std::thread::sleep(Duration::from_millis(25));
     }
+    Err(format!("nothing listens on 127.0.0.1:{port} after 10 s").into())
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -75,8 +77,8 @@ fn start_serve(state: &Path) -> R<(Proc, u16, u16)> {
         "--http",
         &format!("127.0.0.1:{http}"),
     ]))?;
-    wait_port(https);
-    wait_port(http);
+    wait_port(https)?;
+    wait_port(http)?;
     Ok((srv, https, http))
 }
 
@@ -285,14 +287,32 @@ struct Load {
     ok: usize,
 }
 
-/// What a booting iPXE does: new TCP + TLS 1.2 (ECDHE-RSA-AES128-GCM-SHA256, X25519, no
-/// resumption) with a board certificate, `GET /boot.ipxe`, expect 200 and `#!ipxe`.
-fn client_configs(ca: &Path, key: &Path, certs: &[PathBuf]) -> R<Vec<Arc<rustls::ClientConfig>>> {
+/// What a booting iPXE does: new TCP + TLS 1.2 with a board certificate, no resumption,
+/// `GET /boot.ipxe`, expect 200 and `#!ipxe`. `ipxe2`: offers what iPXE 2.0 offers
+/// (ECDHE-ECDSA first, then ECDHE-RSA; X25519 and P-256); otherwise only ECDHE-RSA over
+/// X25519, like iPXE before 2.0.
+fn client_configs(
+    ca: &Path,
+    key: &Path,
+    certs: &[PathBuf],
+    ipxe2: bool,
+) -> R<Vec<Arc<rustls::ClientConfig>>> {
     use rustls::crypto::aws_lc_rs as p;
-    let provider = Arc::new(rustls::crypto::CryptoProvider {
-        cipher_suites: vec![p::cipher_suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256],
-        kx_groups: vec![p::kx_group::X25519],
-        ..p::default_provider()
+    let provider = Arc::new(if ipxe2 {
+        rustls::crypto::CryptoProvider {
+            cipher_suites: vec![
+                p::cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+                p::cipher_suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+            ],
+            kx_groups: vec![p::kx_group::X25519, p::kx_group::SECP256R1],
+            ..p::default_provider()
+        }
+    } else {
+        rustls::crypto::CryptoProvider {
+            cipher_suites: vec![p::cipher_suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256],
+            kx_groups: vec![p::kx_group::X25519],
+            ..p::default_provider()
+        }
     });
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_file_iter(ca)? {
@@ -454,19 +474,33 @@ fn bench_serve(cx: &mut Ctx) -> R<()> {
     let d = cx.dir.join("serve");
     std::fs::create_dir_all(&d)?;
     let (state, key, certs) = lab_with_boards(&d, n_boards)?;
-    let cfgs = client_configs(&state.join("ca/ca.crt"), &key, &certs)?;
+    let cfgs = client_configs(&state.join("ca/ca.crt"), &key, &certs, false)?;
+    let cfgs2 = client_configs(&state.join("ca/ca.crt"), &key, &certs, true)?;
     let mut rows: BTreeMap<(String, usize), (Load, f64, u64)> = BTreeMap::new();
+    let smoke = cx.smoke;
+    // A smoke run proves the load works: any failed boot fails it.
+    let checked = |what: &str, l: Load| -> R<Load> {
+        if smoke && (l.errors > 0 || l.ok == 0) {
+            return Err(format!("{what}: {} failed boots, {} good", l.errors, l.ok).into());
+        }
+        Ok(l)
+    };
 
-    // ipxe-ca serve
+    // ipxe-ca serve, with clients like iPXE before 2.0 (RSA) and like iPXE 2.0 (ECDSA).
     let (srv, https, _) = start_serve(&state)?;
     let mut kernel = Vec::new();
-    for &c in levels {
-        let (cpu0, sys0, _) = usage_split(srv.0.id());
-        let l = load(&cfgs, https, c, dur);
-        let (cpu1, sys1, rss) = usage_split(srv.0.id());
-        let per = (cpu1 - cpu0) * 1e3 / l.ok.max(1) as f64;
-        kernel.push((c, (sys1 - sys0) * 1e3 / l.ok.max(1) as f64, per));
-        rows.insert(("ipxe-ca serve".into(), c), (l, per, rss));
+    for (name, cf) in [
+        ("ipxe-ca serve, iPXE < 2.0 client (ECDHE-RSA)", &cfgs),
+        ("ipxe-ca serve, iPXE 2.0 client (ECDHE-ECDSA)", &cfgs2),
+    ] {
+        for &c in levels {
+            let (cpu0, sys0, _) = usage_split(srv.0.id());
+            let l = checked(name, load(cf, https, c, dur))?;
+            let (cpu1, sys1, rss) = usage_split(srv.0.id());
+            let per = (cpu1 - cpu0) * 1e3 / l.ok.max(1) as f64;
+            kernel.push((name, c, (sys1 - sys0) * 1e3 / l.ok.max(1) as f64, per));
+            rows.insert((name.into(), c), (l, per, rss));
+        }
     }
     drop(srv);
 
@@ -509,12 +543,12 @@ fn bench_serve(cx: &mut Ctx) -> R<()> {
         std::fs::create_dir_all(&ndir)?;
         let conf = nginx_conf(&ndir, &body)?;
         let ng = spawn(Command::new(nginx_bin()?).args(["-c", s(&conf)]))?;
-        wait_port(gport);
-        wait_port(port);
+        wait_port(gport)?;
+        wait_port(port)?;
         for &c in levels {
             let (a0, _) = usage(ng.0.id());
             let (b0, _) = usage(gun.0.id());
-            let l = load(&cfgs, port, c, dur);
+            let l = checked("prototype", load(&cfgs, port, c, dur))?;
             let (a1, ra) = usage(ng.0.id());
             let (b1, rb) = usage(gun.0.id());
             let per = ((a1 - a0) + (b1 - b0)) * 1e3 / l.ok.max(1) as f64;
@@ -530,12 +564,16 @@ fn bench_serve(cx: &mut Ctx) -> R<()> {
         &state.join("server/server.key"),
         if cx.smoke { 20 } else { 2000 },
     )?;
+    let floor_ec = crypto_floor_ecdsa_ms(
+        &state.join("server/server-ecdsa.key"),
+        if cx.smoke { 20 } else { 2000 },
+    )?;
     cx.line(&format!(
         "\n## Boots served ({n_boards} boards, new TLS 1.2 connection per boot, {:?} per level)\n",
         dur
     ));
     cx.line(&format!(
-        "Cryptographic floor of one server handshake here (one RSA-2048 signature + one X25519 agreement, aws-lc, one core): {floor:.2} ms.\n"
+        "Cryptographic floor of one server handshake here (aws-lc, one core): RSA-2048 signature + X25519 agreement {floor:.2} ms; ECDSA P-256 signature + X25519 agreement {floor_ec:.2} ms (the client's RSA signature, verified by the server, comes on top in both).\n"
     ));
     cx.line("| server | concurrency | boots/s | p50 ms | p99 ms | errors | server CPU ms/boot | peak RSS MB |");
     cx.line("|---|---|---|---|---|---|---|---|");
@@ -550,9 +588,9 @@ fn bench_serve(cx: &mut Ctx) -> R<()> {
             *rss as f64 / 1024.0
         ));
     }
-    for (c, k, total) in kernel {
+    for (name, c, k, total) in kernel {
         cx.line(&format!(
-            "\nipxe-ca at concurrency {c}: {total:.2} ms CPU per boot, of which {k:.2} ms in the kernel (TCP, syscalls) and {:.2} ms in user space (floor {floor:.2}).",
+            "\n{name} at concurrency {c}: {total:.2} ms CPU per boot, of which {k:.2} ms in the kernel (TCP, syscalls) and {:.2} ms in user space.",
             total - k
         ));
     }
@@ -575,6 +613,33 @@ fn crypto_floor_ms(server_key: &Path, n: usize) -> R<f64> {
         let msg = (i as u64).to_le_bytes();
         key.sign(&signature::RSA_PKCS1_SHA256, &rng, &msg, &mut sig)
             .map_err(|e| format!("{e:?}"))?;
+        let mine = agreement::EphemeralPrivateKey::generate(&agreement::X25519, &rng)
+            .map_err(|e| format!("{e:?}"))?;
+        let _ = mine.compute_public_key();
+        let theirs = agreement::UnparsedPublicKey::new(&agreement::X25519, peer_pub.as_ref());
+        agreement::agree_ephemeral(mine, theirs, "x25519", |k| Ok::<_, &str>(k.len()))
+            .map_err(|e| format!("{e:?}"))?;
+    }
+    Ok(t.elapsed().as_secs_f64() * 1e3 / n as f64)
+}
+
+/// The same with an ECDSA P-256 server key.
+fn crypto_floor_ecdsa_ms(server_key: &Path, n: usize) -> R<f64> {
+    use aws_lc_rs::{agreement, rand::SystemRandom, signature};
+    let der = PrivateKeyDer::from_pem_file(server_key)?;
+    let key = signature::EcdsaKeyPair::from_pkcs8(
+        &signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+        der.secret_der(),
+    )
+    .map_err(|e| format!("{e:?}"))?;
+    let rng = SystemRandom::new();
+    let peer = agreement::EphemeralPrivateKey::generate(&agreement::X25519, &rng)
+        .map_err(|e| format!("{e:?}"))?;
+    let peer_pub = peer.compute_public_key().map_err(|e| format!("{e:?}"))?;
+    let t = Instant::now();
+    for i in 0..n {
+        let msg = (i as u64).to_le_bytes();
+        key.sign(&rng, &msg).map_err(|e| format!("{e:?}"))?;
         let mine = agreement::EphemeralPrivateKey::generate(&agreement::X25519, &rng)
             .map_err(|e| format!("{e:?}"))?;
         let _ = mine.compute_public_key();
@@ -634,7 +699,7 @@ fn bench_files(cx: &mut Ctx) -> R<()> {
     );
     let conf = nginx_conf(&ndir, &body)?;
     let ng = spawn(Command::new(nginx_bin()?).args(["-c", s(&conf)]))?;
-    wait_port(port);
+    wait_port(port)?;
     let theirs = download_all(&format!("http://127.0.0.1:{port}/files/big.img"), 4)?;
     drop(ng);
     let mb = 4.0 * size as f64 / 1e6;
@@ -751,7 +816,7 @@ fn bench_registry(cx: &mut Ctx) -> R<()> {
         run(Command::new(bin()).args(["--dir", s(&state), "show", "b00007"]))?;
         let show_ms = t.elapsed().as_secs_f64() * 1e3;
         let sample: Vec<PathBuf> = certs.iter().step_by((n / 20).max(1)).cloned().collect();
-        let cfgs = client_configs(&state.join("ca/ca.crt"), &key, &sample)?;
+        let cfgs = client_configs(&state.join("ca/ca.crt"), &key, &sample, false)?;
         let (srv, https, _) = start_serve(&state)?;
         let l = load(
             &cfgs,
@@ -764,6 +829,9 @@ fn bench_registry(cx: &mut Ctx) -> R<()> {
             },
         );
         drop(srv);
+        if l.errors > 0 || l.ok == 0 {
+            return Err(format!("registry {n}: {} failed boots, {} good", l.errors, l.ok).into());
+        }
         cx.line(&format!(
             "| {n} | {reg_ms:.1} | {list_s:.2} | {show_ms:.1} | {:.2} |",
             l.p50_ms
