@@ -573,9 +573,12 @@ impl Lab {
         board.status = Status::Revoked;
         board.revoked_at = Some(OffsetDateTime::now_utc());
         board.revocation_reason = Some(reason);
+        // The CRL is made (and every other board read) before anything is written: a registry
+        // that cannot be read fails the revoke with nothing changed, never half-done.
+        let crl = self.make_crl(&ca, Some(&board))?;
         // The registry is what the server checks on every request: update it first.
         self.registry.save(&board)?;
-        self.publish_crl(&ca)?;
+        self.write_crl(&crl)?;
         Ok(board)
     }
 
@@ -589,9 +592,18 @@ impl Lab {
 
     /// Sign and write a CRL listing every revoked board. Callers hold the lock.
     fn publish_crl(&self, ca: &Ca) -> Result<OffsetDateTime> {
-        let revoked: Vec<Revoked> = self
-            .registry
-            .list()?
+        let crl = self.make_crl(ca, None)?;
+        self.write_crl(&crl)
+    }
+
+    /// A signed CRL of every revoked board, with `also` (about to be saved) among them.
+    fn make_crl(&self, ca: &Ca, also: Option<&Board>) -> Result<(String, u64)> {
+        let mut boards = self.registry.list()?;
+        if let Some(b) = also {
+            boards.retain(|x| x.name != b.name);
+            boards.push(b.clone());
+        }
+        let revoked: Vec<Revoked> = boards
             .into_iter()
             .filter(|b| b.status == Status::Revoked)
             .map(|b| Revoked {
@@ -601,7 +613,10 @@ impl Lab {
             })
             .collect();
         let number = self.next_crl_number()?;
-        let crl = ca.crl(&revoked, number, days::CRL)?;
+        Ok((ca.crl(&revoked, number, days::CRL)?, number))
+    }
+
+    fn write_crl(&self, (crl, number): &(String, u64)) -> Result<OffsetDateTime> {
         state::write_atomic(&self.state.crl(), crl.as_bytes(), MODE_PUBLIC)?;
         state::write_atomic(
             &self.state.crl_number(),

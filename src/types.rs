@@ -25,6 +25,13 @@ impl FromStr for BoardName {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self, Error> {
         validate_name(s, "board name")?;
+        // boards/NAME.toml is a board's file and boards/NAME/ its folder: "a.toml" would make
+        // board a's file a folder.
+        if s.ends_with(".toml") {
+            return Err(Error::invalid(format!(
+                "invalid board name {s:?}: names may not end in .toml (that is how the registry names its files)"
+            )));
+        }
         Ok(BoardName(s.to_string()))
     }
 }

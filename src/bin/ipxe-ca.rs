@@ -82,17 +82,17 @@ struct ServeArgs {
     /// Address of a proxy whose X-SSL-Client-* headers are trusted (repeatable).
     #[arg(long = "trusted-proxy", requires = "behind_proxy")]
     trusted_proxies: Vec<IpAddr>,
-    /// Seconds a one-time secret URL stays valid.
-    #[arg(long, default_value_t = 60)]
+    /// Seconds a one-time secret URL stays valid (1 to 86400).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     one_time_ttl: u64,
     /// Maximum concurrent connections per listener.
     #[arg(long, default_value_t = 1024)]
     max_connections: usize,
-    /// Seconds allowed for a TLS handshake or a request's headers.
-    #[arg(long, default_value_t = 10)]
+    /// Seconds allowed for a TLS handshake or a request's headers (1 to 3600).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     timeout: u64,
     /// TLS sessions kept for resumption (a boot makes several HTTPS fetches; about 1 KiB each).
-    #[arg(long, default_value_t = 20_000)]
+    #[arg(long, default_value_t = 4096)]
     tls_sessions: usize,
 }
 
@@ -581,7 +581,7 @@ fn run(cli: Cli) -> Result<()> {
                 behind_proxy: a.behind_proxy,
                 one_time_ttl: Duration::from_secs(a.one_time_ttl),
                 max_connections: a.max_connections,
-                timeout: Duration::from_secs(a.timeout.max(1)),
+                timeout: Duration::from_secs(a.timeout),
                 tls_sessions: a.tls_sessions,
             };
             server::run(lab, opts).context("server failed")?;

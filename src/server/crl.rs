@@ -70,14 +70,14 @@ impl RevokedSerials {
             if now != cur.0 {
                 match load(&self.state, &self.ca_der) {
                     Ok(set) => {
-                        eprintln!(
+                        super::log::say(&format!(
                             "ipxe-ca: reloaded CRL {} ({} revoked)",
                             self.state.crl().display(),
                             set.len()
-                        );
+                        ));
                         *cur = (now, Arc::new(set));
                     }
-                    Err(e) => eprintln!("ipxe-ca: keeping the previous CRL: {e}"),
+                    Err(e) => super::log::say(&format!("ipxe-ca: keeping the previous CRL: {e}")),
                 }
             }
             cur.1.clone()
@@ -90,10 +90,10 @@ impl RevokedSerials {
 /// there is time to act.
 fn warn_if_expiring(state: &StateDir) {
     if let Some(days) = crl_days_left(state).filter(|d| *d < 30) {
-        eprintln!(
+        super::log::say(&format!(
             "ipxe-ca: warning: {} expires in {days} days: run `ipxe-ca crl` (nginx refuses every client on an expired CRL)",
             state.crl().display()
-        );
+        ));
     }
 }
 

@@ -33,9 +33,108 @@ pub(crate) fn now() -> String {
         .unwrap_or_default()
 }
 
+/// Lines wait here for the writer thread; a full queue drops lines rather than stall requests.
+const QUEUE: usize = 8192;
+/// How long a request waits for its line to reach stdout, so that the log is in order with
+/// the responses; a stuck stdout turns the wait off until it catches up.
+const WAIT: std::time::Duration = std::time::Duration::from_millis(20);
+
+struct Sink {
+    tx: std::sync::mpsc::SyncSender<String>,
+    /// (lines queued, lines written or dropped by the writer)
+    progress: std::sync::Mutex<(u64, u64)>,
+    done: std::sync::Condvar,
+    stuck: std::sync::atomic::AtomicBool,
+    dropped: std::sync::atomic::AtomicU64,
+}
+
+/// The log goes through one thread: a slow or blocked stdout (a full pipe) never holds a
+/// request for more than [`WAIT`], and a broken one (`serve | tee` with tee gone) never
+/// panics; lines are dropped and counted instead.
+fn sink() -> &'static Sink {
+    static SINK: std::sync::OnceLock<Sink> = std::sync::OnceLock::new();
+    SINK.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<String>(QUEUE);
+        let spawned = std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || {
+                use std::io::Write;
+                let mut out = std::io::stdout().lock();
+                let mut broken = false;
+                while let Ok(line) = rx.recv() {
+                    if !broken && writeln!(out, "{line}").and_then(|_| out.flush()).is_err() {
+                        // Keep draining so senders never block; say it once.
+                        broken = true;
+                        let _ = writeln_stderr(
+                            "ipxe-ca: the access log (stdout) is broken; lines are dropped",
+                        );
+                    }
+                    let s = sink();
+                    let mut p = s.progress.lock().unwrap_or_else(|e| e.into_inner());
+                    p.1 += 1;
+                    if p.1 >= p.0 {
+                        s.stuck.store(false, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    s.done.notify_all();
+                }
+            });
+        if spawned.is_err() {
+            let _ =
+                writeln_stderr("ipxe-ca: cannot start the access-log thread; lines are dropped");
+        }
+        Sink {
+            tx,
+            progress: std::sync::Mutex::new((0, 0)),
+            done: std::sync::Condvar::new(),
+            stuck: std::sync::atomic::AtomicBool::new(spawned.is_err()),
+            dropped: std::sync::atomic::AtomicU64::new(0),
+        }
+    })
+}
+
+fn writeln_stderr(msg: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    writeln!(std::io::stderr(), "{msg}")
+}
+
+/// A server message on stderr that never panics (a closed stderr is ignored).
+pub(crate) fn say(msg: &str) {
+    let _ = writeln_stderr(msg);
+}
+
+fn emit(line: String) {
+    use std::sync::atomic::Ordering;
+    let s = sink();
+    let mut p = s.progress.lock().unwrap_or_else(|e| e.into_inner());
+    if s.tx.try_send(line).is_err() {
+        drop(p);
+        let n = s.dropped.fetch_add(1, Ordering::Relaxed);
+        if n.is_power_of_two() {
+            say(&format!(
+                "ipxe-ca: access log behind; {} line(s) dropped so far",
+                n + 1
+            ));
+        }
+        return;
+    }
+    p.0 += 1;
+    let mine = p.0;
+    if s.stuck.load(Ordering::Relaxed) {
+        return;
+    }
+    let (p, timeout) = s
+        .done
+        .wait_timeout_while(p, WAIT, |p| p.1 < mine)
+        .unwrap_or_else(|e| e.into_inner());
+    drop(p);
+    if timeout.timed_out() {
+        s.stuck.store(true, Ordering::Relaxed);
+    }
+}
+
 pub(crate) fn write(e: &Entry) {
     if let Ok(line) = serde_json::to_string(e) {
-        println!("{line}");
+        emit(line);
     }
 }
 
@@ -54,6 +153,6 @@ pub(crate) fn tls_failure(peer: SocketAddr, why: &str) {
         event: "tls_handshake_failed",
         note: why,
     }) {
-        println!("{line}");
+        emit(line);
     }
 }

@@ -119,16 +119,18 @@ fn warn_unsigned(files_root: &std::path::Path) {
                     .map(|f| f.path.as_str())
                     .collect();
                 if !names.is_empty() {
-                    eprintln!(
+                    log::say(&format!(
                         "ipxe-ca: warning: {} boot file(s) with {what}: {}; boards that verify \
 (imgverify) will refuse them: run `ipxe-ca sign-files`",
                         names.len(),
                         names.join(", ")
-                    );
+                    ));
                 }
             }
         }
-        Err(e) => eprintln!("ipxe-ca: warning: cannot check boot file signatures: {e}"),
+        Err(e) => log::say(&format!(
+            "ipxe-ca: warning: cannot check boot file signatures: {e}"
+        )),
     }
 }
 
@@ -165,10 +167,10 @@ pub async fn serve(
     if let Some(addr) = opts.https.filter(|_| !opts.behind_proxy) {
         let tls = tls::acceptor(shared.lab.state(), opts.tls_sessions)?;
         let listener = bind(addr).await?;
-        eprintln!(
+        log::say(&format!(
             "ipxe-ca: serving boot scripts on https://{} (mutual TLS)",
             local(&listener)
-        );
+        ));
         tasks.push(tokio::spawn(accept_loop(
             listener,
             Some(tls),
@@ -179,16 +181,16 @@ pub async fn serve(
     }
     let listener = bind(opts.http).await?;
     if opts.behind_proxy {
-        eprintln!(
+        log::say(&format!(
             "ipxe-ca: serving boot scripts and files on http://{} behind a proxy (trusted: {:?})",
             local(&listener),
             opts.trusted_proxies
-        );
+        ));
     } else {
-        eprintln!(
+        log::say(&format!(
             "ipxe-ca: serving boot files on http://{}/files/",
             local(&listener)
-        );
+        ));
     }
     tasks.push(tokio::spawn(accept_loop(
         listener,
@@ -199,7 +201,7 @@ pub async fn serve(
     )));
 
     shutdown.await;
-    eprintln!("ipxe-ca: shutting down; letting in-flight requests finish");
+    log::say("ipxe-ca: shutting down; letting in-flight requests finish");
     let _ = stop_tx.send(true);
     for t in tasks {
         let _ = t.await;
@@ -210,7 +212,7 @@ pub async fn serve(
     tokio::select! {
         _ = graceful.shutdown() => {}
         _ = tokio::time::sleep(Duration::from_secs(30)) => {
-            eprintln!("ipxe-ca: requests still running after 30 s; exiting anyway");
+            log::say("ipxe-ca: requests still running after 30 s; exiting anyway");
         }
     }
     Ok(())
@@ -260,7 +262,7 @@ async fn accept_loop(
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
-                    eprintln!("ipxe-ca: accept failed: {e}");
+                    log::say(&format!("ipxe-ca: accept failed: {e}"));
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }

@@ -154,7 +154,7 @@ async fn handle(req: Request<Incoming>, info: &ConnInfo, shared: &Arc<Shared>) -
     };
     let logged_path = match path.strip_prefix("/secret/") {
         // A one-time token is a capability: log only its start.
-        Some(t) => format!("/secret/{}…", &t[..t.len().min(6)]),
+        Some(t) => format!("/secret/{}…", t.chars().take(6).collect::<String>()),
         None if query.is_empty() => path,
         None => format!("{path}?{query}"),
     };
@@ -287,7 +287,7 @@ fn authorize(
             ))
         }
         Err(e) => {
-            eprintln!("ipxe-ca: registry lookup failed: {e}");
+            log::say(&format!("ipxe-ca: registry lookup failed: {e}"));
             return Err((
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "registry error; see the server log".to_string(),
@@ -343,11 +343,11 @@ fn boot(
     match render_profile(shared, &board, imgverify) {
         Ok(body) => respond(StatusCode::OK, body, out),
         Err(e) => {
-            eprintln!(
+            log::say(&format!(
                 "ipxe-ca: cannot render profile {:?} for board {}: {e}",
                 board.profile.as_str(),
                 board.name
-            );
+            ));
             script(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 &format!(

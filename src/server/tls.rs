@@ -80,11 +80,11 @@ fn build(state: &StateDir, sessions: usize) -> Result<ServerConfig> {
             &state.server_ecdsa_key(),
         )?)
     } else {
-        eprintln!(
+        super::log::say(&format!(
             "ipxe-ca: warning: no ECDSA server certificate ({}): every handshake pays an RSA \
 signature; run `ipxe-ca server-cert` to add it",
             state.server_ecdsa_cert().display()
-        );
+        ));
         None
     };
     let mut roots = RootCertStore::empty();

@@ -8,6 +8,7 @@ mod boot;
 mod build;
 mod flash;
 mod foundation;
+mod hostile;
 mod real_ipxe;
 mod server;
 mod trust;
