@@ -15,6 +15,9 @@ pub struct StateDir {
     root: PathBuf,
 }
 
+/// Written into every build output folder: it holds board keys, so it is never served.
+pub const OUT_MARKER: &str = ".ipxe-ca-images";
+
 /// Mode for private keys and secrets.
 pub const MODE_SECRET: u32 = 0o600;
 /// Mode for public material (certificates, templates, registry entries).

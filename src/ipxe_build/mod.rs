@@ -288,8 +288,25 @@ pub fn build(
     opts: &BuildOptions,
     on_done: &(dyn Fn(&BoardResult) + Sync),
 ) -> Result<Vec<BoardResult>> {
+    // Images hold their boards' keys: never where boot files are served from.
+    let files = lab.state().files_dir();
+    let out_abs =
+        std::path::absolute(&opts.out).map_err(|e| Error::io("cannot resolve", &opts.out, e))?;
+    let files_abs = std::fs::canonicalize(&files).unwrap_or(files);
+    if out_abs.starts_with(&files_abs) {
+        return Err(Error::invalid(format!(
+            "--out {} is inside the files directory {}: images hold their boards' keys and everything there is served; build elsewhere",
+            opts.out.display(),
+            files_abs.display()
+        )));
+    }
     doctor::preflight(&opts.targets, matches!(opts.source, Source::Prebuilt(_)))?;
     state::create_dir_private(&opts.out)?;
+    state::write_if_absent(
+        &opts.out.join(state::OUT_MARKER),
+        b"ipxe-ca build output: every image holds its board's private key; never serve this folder\n",
+        state::MODE_PUBLIC,
+    )?;
     match &opts.source {
         Source::Prebuilt(dir) => {
             for t in &opts.targets {

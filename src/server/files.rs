@@ -34,8 +34,8 @@ pub(crate) fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// The file a request path names, or why it is refused.
-fn resolve(raw: &str, shared: &Shared) -> Result<PathBuf, (StatusCode, &'static str)> {
+/// The relative path a request names, or why it is refused.
+fn request_path(raw: &str) -> Result<String, (StatusCode, &'static str)> {
     const BAD: (StatusCode, &str) = (StatusCode::BAD_REQUEST, "bad path");
     let decoded = percent_decode(raw).ok_or(BAD)?;
     if decoded.is_empty() || decoded.starts_with('/') || decoded.contains(['\0', '\\']) {
@@ -51,26 +51,119 @@ fn resolve(raw: &str, shared: &Shared) -> Result<PathBuf, (StatusCode, &'static 
     if decoded.split('/').any(|seg| seg.starts_with('.')) {
         return Err((StatusCode::FORBIDDEN, "dot-names are never served"));
     }
-    let joined = shared.files_root.join(&decoded);
-    let real = std::fs::canonicalize(&joined).map_err(|_| (StatusCode::NOT_FOUND, "not found"))?;
-    if !real.starts_with(&shared.files_root) {
-        return Err((StatusCode::FORBIDDEN, "outside the files directory"));
-    }
-    if is_state_secret(&real, &shared.state_root, &shared.files_root) {
+    let name = decoded.rsplit('/').next().unwrap_or_default();
+    if name.ends_with(".key") || name == "key.pem" || name == "secrets.toml" {
         return Err((StatusCode::FORBIDDEN, "key material is never served"));
     }
-    Ok(real)
+    Ok(decoded)
 }
 
-/// Inside the state dir, only the files dir may be served (keys, secrets and the registry never).
-fn is_state_secret(real: &Path, state_root: &Path, files_root: &Path) -> bool {
-    let in_state = real.starts_with(state_root);
-    let files_in_state = files_root.starts_with(state_root) && files_root != state_root;
-    (in_state && !files_in_state)
-        || real
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.ends_with(".key") || n == "key.pem" || n == "secrets.toml")
+/// Open `rel` beneath `root` in one step, so that what was checked is what is read (a name
+/// checked and then opened again can be swapped for a symlink in between). The kernel resolves
+/// the whole path and refuses anything that leaves `root`, symlinks included; links that stay
+/// inside (`vmlinuz -> vmlinuz-6.1`) keep working.
+fn open_beneath(root: &Path, rel: &str) -> std::io::Result<std::fs::File> {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    let dir = std::fs::File::open(root)?;
+    let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
+    let fd = match rustix::fs::openat2(
+        &dir,
+        rel,
+        flags,
+        Mode::empty(),
+        ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
+    ) {
+        Ok(fd) => fd,
+        // Kernels before 5.6 (or a seccomp filter): one component at a time, no symlink
+        // followed at all.
+        Err(rustix::io::Errno::NOSYS) => {
+            let flags = flags | OFlags::NOFOLLOW;
+            let dir_flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            let mut cur = rustix::fs::openat(&dir, ".", dir_flags, Mode::empty())?;
+            let parts: Vec<&str> = rel.split('/').collect();
+            for (i, part) in parts.iter().enumerate() {
+                let f = if i + 1 == parts.len() {
+                    flags
+                } else {
+                    dir_flags
+                };
+                cur = rustix::fs::openat(&cur, *part, f, Mode::empty())?;
+            }
+            cur
+        }
+        Err(e) => return Err(e.into()),
+    };
+    Ok(std::fs::File::from(fd))
+}
+
+/// Key material is never served, whatever it is called or linked as: a PEM private key in the
+/// first 64 KiB, or a hard link to one of the state dir's key or secret files.
+fn is_key_material(file: &std::fs::File, meta: &std::fs::Metadata, shared: &Shared) -> bool {
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    let mut head = vec![0u8; 64 * 1024];
+    let n = file.read_at(&mut head, 0).unwrap_or(0);
+    if crate::codesign::looks_like_key(&head[..n]) {
+        return true;
+    }
+    meta.nlink() > 1
+        && state_secrets(&shared.state_root).iter().any(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.dev() == meta.dev() && m.ino() == meta.ino())
+        })
+}
+
+/// Whether `rel` lies in a build's output folder (images hold their boards' keys).
+fn in_build_output(root: &Path, rel: &str) -> bool {
+    let mut dir = root.to_path_buf();
+    let parts: Vec<&str> = rel.split('/').collect();
+    for part in &parts[..parts.len().saturating_sub(1)] {
+        dir.push(part);
+        if dir.join(crate::state::OUT_MARKER).exists() {
+            return true;
+        }
+    }
+    false
+}
+
+/// Every key and secret file of the state dir (looked up only for hard-linked files).
+fn state_secrets(root: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = ["ca", "server", "codesign"]
+        .iter()
+        .filter_map(|d| std::fs::read_dir(root.join(d)).ok())
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "key"))
+        .collect();
+    if let Ok(rd) = std::fs::read_dir(root.join("boards")) {
+        for e in rd.flatten() {
+            v.push(e.path().join("key.pem"));
+            v.push(e.path().join("secrets.toml"));
+        }
+    }
+    v
+}
+
+/// Refuse a files root that holds, or sits among, key material: the state dir itself, its
+/// key folders, or a build's output (every image holds its board's key).
+pub(crate) fn check_files_root(files_root: &Path, state_root: &Path) -> crate::Result<()> {
+    let secret_dirs = [
+        "ca", "server", "boards", "codesign", "index", "cache", "out",
+    ];
+    let holds_state = state_root.starts_with(files_root);
+    let in_secret = secret_dirs
+        .iter()
+        .any(|d| files_root.starts_with(state_root.join(d)));
+    let build_output = files_root
+        .ancestors()
+        .any(|a| a.join(crate::state::OUT_MARKER).exists());
+    if holds_state || in_secret || build_output {
+        return Err(crate::Error::invalid(format!(
+            "{} holds key material (the state dir, its key folders, or a build's images): \
+serve boot files from their own directory (default DIR/files, or --files)",
+            files_root.display()
+        )));
+    }
+    Ok(())
 }
 
 /// A boot file (or its `.sig`) without a current signature is served, and the log says so.
@@ -142,19 +235,40 @@ pub(crate) async fn serve(
     if method != Method::GET && method != Method::HEAD {
         return refuse(StatusCode::METHOD_NOT_ALLOWED, "use GET or HEAD", out);
     }
-    let path = match resolve(raw, shared) {
+    let rel = match request_path(raw) {
         Ok(p) => p,
         Err((status, why)) => return refuse(status, why, out),
     };
-    note_signature(&path, shared, out);
-    let mut file = match tokio::fs::File::open(&path).await {
-        Ok(f) => f,
-        Err(_) => return refuse(StatusCode::NOT_FOUND, "not found", out),
+    let root = shared.files_root.clone();
+    let opened = tokio::task::spawn_blocking(move || {
+        let f = open_beneath(&root, &rel)?;
+        let m = f.metadata()?;
+        Ok::<_, std::io::Error>((f, m, rel))
+    })
+    .await;
+    let (std_file, meta, rel) = match opened {
+        Ok(Ok(x)) => x,
+        Ok(Err(e)) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
+            return refuse(
+                StatusCode::FORBIDDEN,
+                "symbolic links are never followed",
+                out,
+            )
+        }
+        Ok(Err(e)) if e.raw_os_error() == Some(rustix::io::Errno::XDEV.raw_os_error()) => {
+            return refuse(StatusCode::FORBIDDEN, "outside the files directory", out)
+        }
+        _ => return refuse(StatusCode::NOT_FOUND, "not found", out),
     };
-    let len = match file.metadata().await {
-        Ok(m) if m.is_file() => m.len(),
-        _ => return refuse(StatusCode::NOT_FOUND, "not a file", out),
-    };
+    if !meta.is_file() {
+        return refuse(StatusCode::NOT_FOUND, "not a file", out);
+    }
+    if is_key_material(&std_file, &meta, shared) || in_build_output(&shared.files_root, &rel) {
+        return refuse(StatusCode::FORBIDDEN, "key material is never served", out);
+    }
+    note_signature(&shared.files_root.join(&rel), shared, out);
+    let len = meta.len();
+    let mut file = tokio::fs::File::from_std(std_file);
     let range = match req.headers().get(RANGE).and_then(|v| v.to_str().ok()) {
         None => None,
         Some(h) => match parse_range(h, len) {

@@ -150,6 +150,7 @@ pub async fn serve(
     })?;
     let state_root = std::fs::canonicalize(lab.state().root())
         .map_err(|e| Error::io("cannot resolve", lab.state().root(), e))?;
+    files::check_files_root(&files_root, &state_root)?;
     warn_unsigned(&files_root);
     let shared = Arc::new(Shared {
         config,

@@ -135,3 +135,118 @@ fn issue12_5_a_broken_stdout_never_stops_serving() {
         .unwrap();
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// GET `path` on the plain port; the whole response.
+fn get(port: u16, path: &str) -> String {
+    raw(
+        port,
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+}
+
+#[test]
+fn issue12_1_no_race_or_link_serves_key_material() {
+    let lab = Lab::init();
+    std::fs::write(lab.path("files/x"), b"just a kernel\n").unwrap();
+    let srv = lab.serve(&[]);
+    // Someone who can write the files dir swaps x between a file and a symlink to the CA key
+    // while boards fetch it.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let swapper = {
+        let (stop, files) = (stop.clone(), lab.path("files"));
+        std::thread::spawn(move || {
+            let (x, tmp_file, tmp_link) = (files.join("x"), files.join("x.f"), files.join("x.l"));
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = std::fs::write(&tmp_file, b"just a kernel\n");
+                let _ = std::fs::rename(&tmp_file, &x);
+                let _ = std::os::unix::fs::symlink("../ca/ca.key", &tmp_link);
+                let _ = std::fs::rename(&tmp_link, &x);
+            }
+        })
+    };
+    let mut leaks = 0;
+    let mut served = 0;
+    for _ in 0..3000 {
+        let r = get(srv.http, "/x");
+        if r.contains("PRIVATE KEY") {
+            leaks += 1;
+        }
+        if r.contains("just a kernel") {
+            served += 1;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    swapper.join().unwrap();
+    assert_eq!(
+        leaks, 0,
+        "the CA key was served {leaks} times ({served} good answers)"
+    );
+    assert!(served > 0, "the plain file was never served");
+    // A hard link to a key is key material whatever its name; so is any PEM private key.
+    std::fs::hard_link(lab.path("ca/ca.key"), lab.path("files/harmless.img")).unwrap();
+    let r = get(srv.http, "/harmless.img");
+    assert!(
+        r.starts_with("HTTP/1.1 403") && !r.contains("PRIVATE KEY"),
+        "{r}"
+    );
+    std::fs::copy(lab.path("server/server.key"), lab.path("files/copy.bin")).unwrap();
+    let r = get(srv.http, "/copy.bin");
+    assert!(
+        r.starts_with("HTTP/1.1 403") && !r.contains("PRIVATE KEY"),
+        "{r}"
+    );
+}
+
+#[test]
+fn issue12_1_a_files_dir_that_holds_keys_or_images_is_refused() {
+    let lab = Lab::init();
+    lab.enroll("k1", &[]);
+    // The state dir itself, or a board folder: keys inside.
+    for files in [lab.dir.clone(), lab.path("boards")] {
+        // Accepted, serve would run: `timeout` ends it, and the test fails on its message.
+        let o = Command::new("timeout")
+            .arg("5")
+            .arg(bin())
+            .arg("--dir")
+            .arg(&lab.dir)
+            .args([
+                "serve",
+                "--https",
+                &format!("127.0.0.1:{}", free_port()),
+                "--http",
+                &format!("127.0.0.1:{}", free_port()),
+                "--files",
+                s(&files),
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success(),
+            "serve accepted --files {}",
+            files.display()
+        );
+        assert!(err.contains("key material"), "{err}");
+    }
+    // Build output holds every board's key: never inside the files dir, never served from.
+    let err = lab.fails(&[
+        "build",
+        "k1",
+        "--prebuilt",
+        s(&lab.tmp.path().join("nowhere")),
+        "--out",
+        s(&lab.path("files/images")),
+    ]);
+    assert!(err.contains("files directory"), "{err}");
+    // Images copied (or built) into a subfolder of a custom files root: still never served.
+    let custom = lab.tmp.path().join("srv");
+    std::fs::create_dir_all(custom.join("images/k1")).unwrap();
+    std::fs::write(custom.join("images/.ipxe-ca-images"), b"").unwrap();
+    std::fs::write(custom.join("images/k1/k1.img"), b"autoexec with a key").unwrap();
+    std::fs::write(custom.join("vmlinuz"), b"kernel").unwrap();
+    let srv = lab.serve(&["--files", s(&custom)]);
+    assert!(get(srv.http, "/vmlinuz").starts_with("HTTP/1.1 200"));
+    let r = get(srv.http, "/images/k1/k1.img");
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+}
