@@ -253,6 +253,29 @@ impl Lab {
         Ok(sans)
     }
 
+    /// The secret nginx sends with every proxied request (`X-IPXE-CA-Proxy-Secret`), made on
+    /// first use: trusting a peer address alone would let any local user pose as nginx.
+    pub fn proxy_secret(&self) -> Result<String> {
+        let p = self.state.proxy_secret();
+        if !p.exists() {
+            let _lock = self.state.lock()?;
+            if !p.exists() {
+                let mut raw = [0u8; 32];
+                aws_lc_rs::rand::fill(&mut raw)
+                    .map_err(|_| Error::crypto("cannot make the proxy secret", "no randomness"))?;
+                state::write_atomic(&p, hex::encode(raw).as_bytes(), MODE_SECRET)?;
+            }
+        }
+        let s = state::read_to_string(&p)?.trim().to_string();
+        if s.len() < 32 || !s.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(Error::Parse {
+                path: p,
+                detail: "expected at least 32 hex digits; delete it and run `ipxe-ca nginx-config` again".into(),
+            });
+        }
+        Ok(s)
+    }
+
     fn save_codesign(&self, issued: &ca::Issued) -> Result<()> {
         let key = issued
             .key_pem

@@ -66,6 +66,10 @@ impl StateDir {
     pub fn server_ecdsa_key(&self) -> PathBuf {
         self.root.join("server/server-ecdsa.key")
     }
+    /// `server/proxy.secret`: what nginx sends to prove it is the proxy (`nginx-config`).
+    pub fn proxy_secret(&self) -> PathBuf {
+        self.root.join("server/proxy.secret")
+    }
     /// `codesign/codesign.crt`: the signer of boot files (issued by the CA, codeSigning).
     pub fn codesign_cert(&self) -> PathBuf {
         self.root.join("codesign/codesign.crt")

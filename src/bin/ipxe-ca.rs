@@ -579,6 +579,11 @@ fn run(cli: Cli) -> Result<()> {
                 files: a.files.unwrap_or_else(|| lab.state().files_dir()),
                 trusted_proxies: a.trusted_proxies,
                 behind_proxy: a.behind_proxy,
+                proxy_secret: if a.behind_proxy {
+                    Some(lab.proxy_secret().context("cannot read the proxy secret")?)
+                } else {
+                    None
+                },
                 one_time_ttl: Duration::from_secs(a.one_time_ttl),
                 max_connections: a.max_connections,
                 timeout: Duration::from_secs(a.timeout),
@@ -657,9 +662,10 @@ fn run(cli: Cli) -> Result<()> {
                         .unwrap_or_else(|| "443".into())
                 }
             };
+            let secret = lab.proxy_secret().context("cannot make the proxy secret")?;
             print!(
                 "{}",
-                server::nginx::server_block(lab.state(), &listen, a.upstream)
+                server::nginx::server_block(lab.state(), &listen, a.upstream, &secret)
             );
         }
         Command::Show(a) => {

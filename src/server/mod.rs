@@ -36,6 +36,8 @@ pub struct ServeOptions {
     pub trusted_proxies: Vec<IpAddr>,
     /// Serve scripts on plain HTTP behind a TLS-terminating proxy.
     pub behind_proxy: bool,
+    /// What the proxy must send as `X-IPXE-CA-Proxy-Secret` (proxy mode).
+    pub proxy_secret: Option<String>,
     /// Lifetime of one-time URLs.
     pub one_time_ttl: Duration,
     /// Cap on concurrent connections per listener.

@@ -211,10 +211,34 @@ fn respond(status: StatusCode, body: String, out: &mut Outcome) -> Response<Body
 
 /// A plain-HTTP peer that terminates TLS for us (proxy mode, `--trusted-proxy`).
 fn trusted_proxy(info: &ConnInfo, shared: &Shared) -> bool {
+    // ::ffff:127.0.0.1 is 127.0.0.1 (a dual-stack listener sees mapped addresses).
     shared.opts.behind_proxy
-        && info
-            .peer
-            .is_some_and(|p| shared.opts.trusted_proxies.contains(&p.ip()))
+        && info.peer.is_some_and(|p| {
+            let ip = p.ip().to_canonical();
+            shared
+                .opts
+                .trusted_proxies
+                .iter()
+                .any(|t| t.to_canonical() == ip)
+        })
+}
+
+/// Equal in constant time (the proxy secret must not leak through timing).
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The proxy proved itself: exactly one X-IPXE-CA-Proxy-Secret, equal to ours.
+fn proxy_authentic(req: &Request<Incoming>, shared: &Shared) -> Result<(), String> {
+    let Some(ours) = shared.opts.proxy_secret.as_deref() else {
+        return Err("proxy mode without a proxy secret".into());
+    };
+    let mut sent = req.headers().get_all("x-ipxe-ca-proxy-secret").iter();
+    match (sent.next(), sent.next()) {
+        (Some(v), None) if same_secret(v.as_bytes(), ours.as_bytes()) => Ok(()),
+        (None, _) => Err("no proxy secret: the request did not come through the nginx block `ipxe-ca nginx-config` writes".into()),
+        _ => Err("wrong proxy secret: regenerate the nginx block with `ipxe-ca nginx-config` and reload nginx".into()),
+    }
 }
 
 /// Who is asking: the SHA-1 fingerprint of a verified client certificate, from TLS or
@@ -241,6 +265,16 @@ fn identify(
             "client-certificate headers ignored: peer {} is not a --trusted-proxy",
             peer_ip.map(|i| i.to_string()).unwrap_or_default()
         ));
+    }
+    proxy_authentic(req, shared)?;
+    for name in [
+        "x-ssl-client-verify",
+        "x-ssl-client-fingerprint",
+        "x-ssl-client-serial",
+    ] {
+        if req.headers().get_all(name).iter().count() > 1 {
+            return Err(format!("{name} appears more than once: refused"));
+        }
     }
     let h = |name: &str| {
         req.headers()

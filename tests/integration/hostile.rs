@@ -250,3 +250,61 @@ fn issue12_1_a_files_dir_that_holds_keys_or_images_is_refused() {
     let r = get(srv.http, "/images/k1/k1.img");
     assert!(r.starts_with("HTTP/1.1 403"), "{r}");
 }
+
+#[test]
+fn issue12_2_a_local_process_cannot_impersonate_the_proxy() {
+    let lab = Lab::init();
+    lab.enroll("px", &["--var", "cmdline=s3_key=SECRET-PX-42"]);
+    // nginx-config first: it holds the shared secret nginx sends on every request.
+    let block = lab.ok(&["nginx-config", "--upstream", "127.0.0.1:1"]);
+    let srv = lab.serve(&["--behind-proxy", "--trusted-proxy", "127.0.0.1"]);
+    let v: serde_json::Value = serde_json::from_str(&lab.ok(&["show", "px", "--json"])).unwrap();
+    let fp = v["fingerprint_sha1"].as_str().unwrap().to_string();
+    let serial = v["serial"].as_str().unwrap().to_uppercase();
+    let forged = |extra: &str| {
+        let req = format!(
+            "GET /boot.ipxe HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-SSL-Client-Verify: SUCCESS\r\nX-SSL-Client-Fingerprint: {fp}\r\nX-SSL-Client-Serial: {serial}\r\n{extra}\r\n"
+        );
+        raw(srv.http, req.as_bytes())
+    };
+    // Any local user (the certificate's fingerprint is not secret) without nginx's secret.
+    let r = forged("");
+    assert!(
+        r.starts_with("HTTP/1.1 403") && !r.contains("SECRET-PX-42"),
+        "{r}"
+    );
+    let r = forged("X-IPXE-CA-Proxy-Secret: guessed\r\n");
+    assert!(
+        r.starts_with("HTTP/1.1 403") && !r.contains("SECRET-PX-42"),
+        "{r}"
+    );
+    // With the secret of the generated config, as nginx sends it: the board's script.
+    let secret = block
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("proxy_set_header X-IPXE-CA-Proxy-Secret ")
+        })
+        .expect("nginx-config sends a proxy secret")
+        .trim_end_matches(';')
+        .trim_matches('"')
+        .to_string();
+    let good = format!("X-IPXE-CA-Proxy-Secret: {secret}\r\n");
+    let r = forged(&good);
+    assert!(
+        r.starts_with("HTTP/1.1 200") && r.contains("SECRET-PX-42"),
+        "{r}"
+    );
+    // A repeated client-certificate header is refused, whichever copy a parser would take.
+    let r = forged(&format!(
+        "{good}X-SSL-Client-Fingerprint: 0000000000000000000000000000000000000000\r\n"
+    ));
+    assert!(
+        r.starts_with("HTTP/1.1 4") && !r.contains("SECRET-PX-42"),
+        "{r}"
+    );
+    assert!(
+        !srv.output().contains(&secret),
+        "the proxy secret reached the log"
+    );
+}

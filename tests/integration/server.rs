@@ -508,6 +508,8 @@ fn nginx_in_front_gives_the_same_answers_and_untrusted_headers_are_ignored() {
 fn proxy_headers_from_a_trusted_peer_are_checked_against_the_registry() {
     let lab = two_boards();
     let srv = lab.serve(&["--behind-proxy", "--trusted-proxy", "127.0.0.1"]);
+    // What nginx sends with each request (the block `nginx-config` writes).
+    let secret = std::fs::read_to_string(lab.path("server/proxy.secret")).unwrap();
     let a: serde_json::Value =
         serde_json::from_str(&lab.ok(&["show", "board-a", "--json"])).unwrap();
     let fp = a["fingerprint_sha1"].as_str().unwrap();
@@ -526,6 +528,8 @@ fn proxy_headers_from_a_trusted_peer_are_checked_against_the_registry() {
                 &format!("X-SSL-Client-Fingerprint: {fp}"),
                 "-H",
                 &format!("X-SSL-Client-Serial: {serial}"),
+                "-H",
+                &format!("X-IPXE-CA-Proxy-Secret: {}", secret.trim()),
                 &srv.http_url("/boot.ipxe"),
             ],
         );
