@@ -166,6 +166,17 @@ pub async fn serve(
     let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
+    // Expired one-time URLs go on a timer, so memory comes back after a burst.
+    let purger = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                tick.tick().await;
+                shared.one_time.purge_expired();
+            }
+        })
+    };
 
     if let Some(addr) = opts.https.filter(|_| !opts.behind_proxy) {
         let tls = tls::acceptor(shared.lab.state(), opts.tls_sessions)?;
@@ -206,6 +217,7 @@ pub async fn serve(
     shutdown.await;
     log::say("ipxe-ca: shutting down; letting in-flight requests finish");
     let _ = stop_tx.send(true);
+    purger.abort();
     for t in tasks {
         let _ = t.await;
     }

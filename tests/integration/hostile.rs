@@ -308,3 +308,38 @@ fn issue12_2_a_local_process_cannot_impersonate_the_proxy() {
         "the proxy secret reached the log"
     );
 }
+
+#[test]
+fn issue12_4_one_time_urls_do_not_pile_up() {
+    let lab = Lab::init();
+    std::fs::write(
+        lab.path("profiles/ot.ipxe"),
+        "#!ipxe\nchain {{ one_time_url(\"creds\") }}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        lab.path("secrets/creds"),
+        "#!ipxe\necho creds for {{ board.name }}\n",
+    )
+    .unwrap();
+    lab.enroll("ot", &["--profile", "ot"]);
+    let srv = lab.serve(&[]);
+    let token = |body: &str| {
+        body.lines()
+            .find_map(|l| l.strip_prefix("chain "))
+            .unwrap_or_else(|| panic!("{body}"))
+            .rsplit_once("/secret/")
+            .unwrap()
+            .1
+            .to_string()
+    };
+    // One certificate asking again and again holds one outstanding URL, not thousands.
+    let (_, first) = lab.curl_as(Some("ot"), &srv.url("/boot.ipxe"));
+    let (_, second) = lab.curl_as(Some("ot"), &srv.url("/boot.ipxe"));
+    let (old, new) = (token(&first), token(&second));
+    let (code, _) = lab.curl_as(None, &srv.url(&format!("/secret/{old}")));
+    assert_eq!(code, 404, "a replaced one-time URL still answered");
+    let (code, body) = lab.curl_as(None, &srv.url(&format!("/secret/{new}")));
+    assert_eq!(code, 200);
+    assert!(body.contains("creds for ot"), "{body}");
+}
