@@ -305,7 +305,10 @@ impl FromStr for KeyValue {
     fn from_str(s: &str) -> Result<Self, Error> {
         let (k, v) = s
             .split_once('=')
-            .ok_or_else(|| Error::invalid(format!("expected KEY=VALUE, got {s:?}")))?;
+            // The value may be a secret: never echo it.
+            .ok_or_else(|| {
+                Error::invalid("expected KEY=VALUE (no '=' found; the text is not repeated here)")
+            })?;
         let ok = k
             .chars()
             .next()
@@ -321,6 +324,43 @@ impl FromStr for KeyValue {
             value: v.to_string(),
         })
     }
+}
+
+/// `KEY=VALUE` lines (blank lines and `#` comments skipped), e.g. secrets read from a file or
+/// stdin instead of the command line, where every local user can read them. Errors name the
+/// line number, never its text.
+pub fn parse_key_values(text: &str) -> Result<Vec<KeyValue>, Error> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if t.is_empty() || t.starts_with('#') {
+            continue;
+        }
+        let kv: KeyValue = t.parse().map_err(|_| {
+            Error::invalid(format!(
+                "line {}: expected KEY=VALUE with KEY of letters, digits and '_' (the line is not repeated here)",
+                i + 1
+            ))
+        })?;
+        out.push(kv);
+    }
+    Ok(out)
+}
+
+/// `KEY=PATH`: the secret KEY is the content of PATH, without its final newline.
+pub fn key_from_file(spec: &str) -> Result<KeyValue, Error> {
+    let (k, path) = spec
+        .split_once('=')
+        .ok_or_else(|| Error::invalid("expected KEY=PATH"))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::io("cannot read the secret file", path, e))?;
+    let value = text.strip_suffix('\n').unwrap_or(&text);
+    let value = value.strip_suffix('\r').unwrap_or(value);
+    let kv: KeyValue = format!("{k}=x").parse()?;
+    Ok(KeyValue {
+        key: kv.key,
+        value: value.to_string(),
+    })
 }
 
 #[cfg(test)]

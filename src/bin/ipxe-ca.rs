@@ -270,11 +270,60 @@ struct BoardArgs {
     #[arg(long = "var", value_parser = parse::<KeyValue>)]
     vars: Vec<KeyValue>,
     /// Secret KEY=VALUE, available to templates as secrets.KEY, never printed (repeatable).
-    #[arg(long = "secret", value_parser = parse::<KeyValue>)]
-    secrets: Vec<KeyValue>,
+    /// Other local users can read command lines: prefer --secret-file or --secrets-from.
+    // Parsed by SecretInput::read, not clap: clap would repeat a malformed value (a secret).
+    #[arg(long = "secret")]
+    secrets: Vec<String>,
+    #[command(flatten)]
+    secret_input: SecretInput,
     /// Print the registered board as JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// Secrets that never appear on a command line.
+#[derive(Args, Debug, Clone)]
+struct SecretInput {
+    /// Secret KEY from the content of file PATH (KEY=PATH, repeatable).
+    #[arg(long = "secret-file")]
+    secret_files: Vec<String>,
+    /// Secrets as KEY=VALUE lines from a file, or from stdin with `-`.
+    #[arg(long = "secrets-from")]
+    secrets_from: Option<PathBuf>,
+}
+
+impl SecretInput {
+    /// Every secret: those of --secret (`cli`), then these. No error repeats a value.
+    fn read(&self, cli: &[String]) -> Result<Vec<KeyValue>> {
+        let mut secrets = Vec::new();
+        for (i, kv) in cli.iter().enumerate() {
+            secrets.push(kv.parse::<KeyValue>().map_err(|_| {
+                anyhow::anyhow!(
+                    "--secret number {}: expected KEY=VALUE with KEY of letters, digits and '_' (the value is not repeated here)",
+                    i + 1
+                )
+            })?);
+        }
+        for spec in &self.secret_files {
+            secrets.push(ipxe_ca::types::key_from_file(spec).context("--secret-file")?);
+        }
+        if let Some(p) = &self.secrets_from {
+            let text = if p.as_os_str() == "-" {
+                let mut t = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut t)
+                    .context("cannot read secrets from stdin")?;
+                t
+            } else {
+                std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read {}", p.display()))?
+            };
+            secrets.extend(
+                ipxe_ca::types::parse_key_values(&text)
+                    .with_context(|| format!("--secrets-from {}", p.display()))?,
+            );
+        }
+        Ok(secrets)
+    }
 }
 
 #[derive(Args, Debug)]
@@ -336,9 +385,13 @@ struct SetArgs {
     /// Remove a template variable (repeatable).
     #[arg(long = "unset-var")]
     unset_vars: Vec<String>,
-    /// Add or change a secret KEY=VALUE (repeatable; never printed).
-    #[arg(long = "secret", value_parser = parse::<KeyValue>)]
-    secrets: Vec<KeyValue>,
+    /// Add or change a secret KEY=VALUE (repeatable; never printed). Other local users can
+    /// read command lines: prefer --secret-file or --secrets-from.
+    // Parsed by SecretInput::read, not clap: clap would repeat a malformed value (a secret).
+    #[arg(long = "secret")]
+    secrets: Vec<String>,
+    #[command(flatten)]
+    secret_input: SecretInput,
     /// Remove a secret (repeatable).
     #[arg(long = "unset-secret")]
     unset_secrets: Vec<String>,
@@ -378,14 +431,14 @@ fn parse<T: std::str::FromStr<Err = ipxe_ca::Error>>(s: &str) -> Result<T, Strin
     s.parse().map_err(|e: ipxe_ca::Error| e.to_string())
 }
 
-fn board_options(c: &BoardArgs, days: Option<u32>) -> BoardOptions {
-    BoardOptions {
+fn board_options(c: &BoardArgs, days: Option<u32>) -> Result<BoardOptions> {
+    Ok(BoardOptions {
         mac: c.mac,
         profile: c.profile.clone(),
         days,
         vars: c.vars.clone(),
-        secrets: c.secrets.clone(),
-    }
+        secrets: c.secret_input.read(&c.secrets)?,
+    })
 }
 
 fn print_board(lab: &Lab, board: &ipxe_ca::registry::Board, json: bool) -> Result<()> {
@@ -463,7 +516,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Enroll(a) => {
             let names: Vec<String> = a.boards.iter().map(ToString::to_string).collect();
             let boards = lab
-                .enroll_many(&a.boards, &board_options(&a.common, Some(a.days)))
+                .enroll_many(&a.boards, &board_options(&a.common, Some(a.days))?)
                 .with_context(|| format!("cannot enroll {}", names.join(" ")))?;
             if a.common.json && boards.len() > 1 {
                 let views: Vec<_> = boards.iter().map(|b| lab.view(b)).collect();
@@ -478,7 +531,7 @@ fn run(cli: Cli) -> Result<()> {
             let csr = std::fs::read(&a.csr)
                 .with_context(|| format!("cannot read CSR {}", a.csr.display()))?;
             let b = lab
-                .sign(&a.board, &csr, &board_options(&a.common, Some(a.days)))
+                .sign(&a.board, &csr, &board_options(&a.common, Some(a.days))?)
                 .with_context(|| format!("cannot sign {} for {}", a.csr.display(), a.board))?;
             print_board(&lab, &b, a.common.json)?;
         }
@@ -486,7 +539,7 @@ fn run(cli: Cli) -> Result<()> {
             let cert = std::fs::read(&a.cert)
                 .with_context(|| format!("cannot read certificate {}", a.cert.display()))?;
             let b = lab
-                .register(&a.board, &cert, &board_options(&a.common, None))
+                .register(&a.board, &cert, &board_options(&a.common, None)?)
                 .with_context(|| format!("cannot register {}", a.board))?;
             print_board(&lab, &b, a.common.json)?;
         }
@@ -497,7 +550,7 @@ fn run(cli: Cli) -> Result<()> {
                 profile: a.profile,
                 vars: a.vars,
                 unset_vars: a.unset_vars,
-                secrets: a.secrets,
+                secrets: a.secret_input.read(&a.secrets)?,
                 unset_secrets: a.unset_secrets,
             };
             let b = lab

@@ -343,3 +343,55 @@ fn issue12_4_one_time_urls_do_not_pile_up() {
     assert_eq!(code, 200);
     assert!(body.contains("creds for ot"), "{body}");
 }
+
+#[test]
+fn issue12_12_secrets_never_need_the_command_line_and_errors_never_echo_them() {
+    let lab = Lab::init();
+    std::fs::write(
+        lab.path("profiles/sec.ipxe"),
+        "#!ipxe\necho {{ secrets.a }} {{ secrets.b }} {{ secrets.c }}\n",
+    )
+    .unwrap();
+    let file = lab.tmp.path().join("a.secret");
+    std::fs::write(&file, "FROM-FILE-111\n").unwrap();
+    let mut child = lab
+        .cmd(&[
+            "enroll",
+            "sx",
+            "--profile",
+            "sec",
+            "--secret-file",
+            &format!("a={}", s(&file)),
+            "--secrets-from",
+            "-",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"# comment\nb=FROM-STDIN-222\n\nc=x=y\n")
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(!out.contains("FROM-"), "a secret was printed: {out}");
+    let srv = lab.serve(&[]);
+    let (code, body) = lab.curl_as(Some("sx"), &srv.url("/boot.ipxe"));
+    assert_eq!(code, 200);
+    assert!(
+        body.contains("echo FROM-FILE-111 FROM-STDIN-222 x=y"),
+        "{body}"
+    );
+    // A malformed secret line is refused without repeating it.
+    let bad = lab.tmp.path().join("bad.secrets");
+    std::fs::write(&bad, "good=1\ns3_key:LEAKED-IN-ERROR-333\n").unwrap();
+    let err = lab.fails(&["set", "sx", "--secrets-from", s(&bad)]);
+    assert!(err.contains("line 2") && !err.contains("LEAKED"), "{err}");
+    let err = lab.fails(&["set", "sx", "--secret", "s3_key:LEAKED-ON-CLI-444"]);
+    assert!(!err.contains("LEAKED"), "{err}");
+}
