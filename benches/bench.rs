@@ -76,6 +76,9 @@ fn start_serve(state: &Path) -> R<(Proc, u16, u16)> {
         &format!("127.0.0.1:{https}"),
         "--http",
         &format!("127.0.0.1:{http}"),
+        // The load generator is every board at once, all from 127.0.0.1.
+        "--max-per-ip",
+        "100000",
     ]))?;
     wait_port(https)?;
     wait_port(http)?;

@@ -85,9 +85,13 @@ struct ServeArgs {
     /// Seconds a one-time secret URL stays valid (1 to 86400).
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     one_time_ttl: u64,
-    /// Maximum concurrent connections per listener.
+    /// Maximum concurrent connections per listener (a quarter of them for clients without a
+    /// certificate).
     #[arg(long, default_value_t = 1024)]
     max_connections: usize,
+    /// Maximum concurrent connections from one address per listener (a board makes one).
+    #[arg(long, default_value_t = 32)]
+    max_per_ip: usize,
     /// Seconds allowed for a TLS handshake or a request's headers (1 to 3600).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     timeout: u64,
@@ -639,6 +643,7 @@ fn run(cli: Cli) -> Result<()> {
                 },
                 one_time_ttl: Duration::from_secs(a.one_time_ttl),
                 max_connections: a.max_connections,
+                max_per_ip: a.max_per_ip,
                 timeout: Duration::from_secs(a.timeout),
                 tls_sessions: a.tls_sessions,
             };

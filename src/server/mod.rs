@@ -4,6 +4,7 @@
 
 mod crl;
 mod files;
+mod guard;
 mod log;
 pub mod nginx;
 mod routes;
@@ -42,6 +43,8 @@ pub struct ServeOptions {
     pub one_time_ttl: Duration,
     /// Cap on concurrent connections per listener.
     pub max_connections: usize,
+    /// Cap on concurrent connections from one address, per listener.
+    pub max_per_ip: usize,
     /// TLS handshake and request-header timeout.
     pub timeout: Duration,
     /// TLS sessions kept for resumption (session IDs; tickets need no server memory).
@@ -86,6 +89,7 @@ pub(crate) struct TlsSession {
 
 /// Run the server until SIGTERM or SIGINT, then let in-flight requests finish.
 pub fn run(lab: Lab, opts: ServeOptions) -> Result<()> {
+    guard::raise_nofile();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -268,6 +272,10 @@ async fn accept_loop(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(shared.opts.max_connections.max(1)));
+    // Connections without a client certificate only ever get a 403 script: a quarter of the
+    // slots at most, so that they cannot crowd out enrolled boards.
+    let anonymous = Arc::new(Semaphore::new((shared.opts.max_connections / 4).max(1)));
+    let per_ip = guard::PerIp::default();
     loop {
         let permit = tokio::select! {
             p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
@@ -284,14 +292,34 @@ async fn accept_loop(
             },
             _ = stop.changed() => return,
         };
+        // A trusted proxy carries every board's connection: it gets the whole budget.
+        let cap = if shared.opts.behind_proxy
+            && shared
+                .opts
+                .trusted_proxies
+                .iter()
+                .any(|t| t.to_canonical() == peer.ip().to_canonical())
+        {
+            shared.opts.max_connections
+        } else {
+            shared.opts.max_per_ip
+        };
+        let Some(ip_slot) = per_ip.take(peer.ip(), cap.max(1)) else {
+            // One address holds its share already: drop the newcomer, not an enrolled board.
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
+        let stream = guard::Stalled::new(stream, shared.opts.timeout);
         let shared = shared.clone();
         let tls = tls.clone();
         let watcher = graceful.watcher();
+        let anonymous = anonymous.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            let _ip_slot = ip_slot;
             match tls {
-                Some(tls) => tls::serve_tls(stream, peer, tls, shared, watcher).await,
+                Some(tls) => tls::serve_tls(stream, peer, tls, shared, watcher, anonymous).await,
                 None => {
                     let info = ConnInfo {
                         peer: Some(peer),

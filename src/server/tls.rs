@@ -13,6 +13,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
+use super::guard::Stalled;
 use super::{routes, ConnInfo, Shared, TlsSession, Watcher};
 use crate::error::{Error, Result};
 use crate::state::StateDir;
@@ -135,11 +136,12 @@ pub(crate) fn acceptor(state: &StateDir, sessions: usize) -> Result<TlsAcceptor>
 }
 
 pub(crate) async fn serve_tls(
-    stream: TcpStream,
+    stream: Stalled<TcpStream>,
     peer: SocketAddr,
     acceptor: TlsAcceptor,
     shared: Arc<Shared>,
     watcher: Watcher,
+    anonymous: Arc<tokio::sync::Semaphore>,
 ) {
     let timeout = shared.opts.timeout;
     let stream = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
@@ -158,6 +160,20 @@ pub(crate) async fn serve_tls(
         .peer_certificates()
         .and_then(|c| c.first())
         .map(|leaf| Fingerprint::sha1(leaf).to_string());
+    // Without a certificate the answer is a 403 script: from a budget of its own.
+    let _anonymous = match fingerprint_sha1 {
+        Some(_) => None,
+        None => match anonymous.try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                super::log::tls_failure(
+                    peer,
+                    "too many connections without a client certificate: closed",
+                );
+                return;
+            }
+        },
+    };
     let info = ConnInfo {
         peer: Some(peer),
         fingerprint_sha1,

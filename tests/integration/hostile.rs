@@ -395,3 +395,65 @@ fn issue12_12_secrets_never_need_the_command_line_and_errors_never_echo_them() {
     let err = lab.fails(&["set", "sx", "--secret", "s3_key:LEAKED-ON-CLI-444"]);
     assert!(!err.contains("LEAKED"), "{err}");
 }
+
+/// A TCP connection to 127.0.0.1:`port` from the local address `from` (another "host").
+fn connect_from(from: &str, port: u16) -> Option<TcpStream> {
+    use rustix::net::{bind, connect, socket, AddressFamily, SocketType};
+    let fd = socket(AddressFamily::INET, SocketType::STREAM, None).ok()?;
+    let local: std::net::SocketAddr = format!("{from}:0").parse().ok()?;
+    bind(&fd, &local).ok()?;
+    let remote: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().ok()?;
+    connect(&fd, &remote).ok()?;
+    Some(TcpStream::from(fd))
+}
+
+#[test]
+fn issue12_3_stalled_readers_and_one_greedy_address_do_not_lock_boards_out() {
+    let lab = Lab::init();
+    lab.enroll("ok", &[]);
+    crate::util::write_random(&lab.path("files/big.img"), 64 << 20);
+    std::fs::write(lab.path("files/small.txt"), b"small").unwrap();
+    let srv = lab.serve(&[
+        "--max-connections",
+        "24",
+        "--max-per-ip",
+        "8",
+        "--timeout",
+        "2",
+    ]);
+    // 127.0.0.2 asks for a large file on many connections and never reads the answer.
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        if let Some(mut c) = connect_from("127.0.0.2", srv.http) {
+            let _ = c.write_all(b"GET /big.img HTTP/1.1\r\nHost: x\r\n\r\n");
+            held.push(c);
+        }
+    }
+    // An enrolled board still gets its script, from another address.
+    let (code, body) = lab.curl_as(Some("ok"), &srv.url("/boot.ipxe"));
+    assert_eq!(code, 200, "{body}");
+    // The stalled downloads are cut off after --timeout without progress, so the greedy
+    // address gets answers again (while they held its slots, it got none).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let answered = loop {
+        let r = connect_from("127.0.0.2", srv.http).map(|mut c| {
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let _ = c.write_all(b"GET /small.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let mut out = Vec::new();
+            let _ = c.read_to_end(&mut out);
+            String::from_utf8_lossy(&out).into_owned()
+        });
+        if r.as_deref().is_some_and(|r| r.starts_with("HTTP/1.1 200")) {
+            break true;
+        }
+        if std::time::Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    drop(held);
+    assert!(
+        answered,
+        "stalled downloads still hold every slot of 127.0.0.2"
+    );
+}
