@@ -7,6 +7,7 @@ use std::time::SystemTime;
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateRevocationListDer;
+use x509_parser::num_bigint::BigUint;
 use x509_parser::prelude::{FromDer, X509Certificate};
 use x509_parser::revocation_list::CertificateRevocationList;
 
@@ -17,21 +18,34 @@ use crate::state::{self, StateDir};
 pub(crate) struct RevokedSerials {
     state: StateDir,
     ca_der: Vec<u8>,
-    current: Mutex<(Option<SystemTime>, Arc<HashSet<String>>)>,
+    current: Mutex<Current>,
 }
 
-fn mtime(state: &StateDir) -> Option<SystemTime> {
-    std::fs::metadata(state.crl())
-        .and_then(|m| m.modified())
-        .ok()
+/// The CRL in force and the file version last looked at (good or not).
+struct Current {
+    seen: Option<FileId>,
+    number: Option<BigUint>,
+    serials: Arc<HashSet<String>>,
 }
 
-/// Parse and verify the CRL; no CRL file means nothing is revoked.
-fn load(state: &StateDir, ca_der: &[u8]) -> Result<HashSet<String>> {
+/// Which version of the file: a new file, a rewrite or a truncation all change it.
+type FileId = (u64, u64, Option<SystemTime>, u64);
+
+fn file_id(state: &StateDir) -> Option<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(state.crl()).ok()?;
+    Some((m.dev(), m.ino(), m.modified().ok(), m.size()))
+}
+
+/// A verified CRL: its number and serials.
+struct Loaded {
+    number: Option<BigUint>,
+    serials: HashSet<String>,
+}
+
+/// Parse and verify the CRL.
+fn load(state: &StateDir, ca_der: &[u8]) -> Result<Loaded> {
     let path = state.crl();
-    if !path.exists() {
-        return Ok(HashSet::new());
-    }
     let der = CertificateRevocationListDer::from_pem_slice(&state::read(&path)?)
         .map_err(|e| Error::crypto(format!("cannot read {}", path.display()), e))?;
     let (_, crl) = CertificateRevocationList::from_der(&der)
@@ -40,47 +54,76 @@ fn load(state: &StateDir, ca_der: &[u8]) -> Result<HashSet<String>> {
         X509Certificate::from_der(ca_der).map_err(|e| Error::crypto("CA certificate", e))?;
     crl.verify_signature(ca.public_key())
         .map_err(|_| Error::crypto(format!("{}", path.display()), "not signed by our CA"))?;
-    Ok(crl
-        .iter_revoked_certificates()
-        .map(|r| crate::ca::serial_hex(r.raw_serial()))
-        .collect())
+    Ok(Loaded {
+        number: crl.crl_number().cloned(),
+        serials: crl
+            .iter_revoked_certificates()
+            .map(|r| crate::ca::serial_hex(r.raw_serial()))
+            .collect(),
+    })
 }
 
 impl RevokedSerials {
     pub(crate) fn new(state: &StateDir) -> Result<RevokedSerials> {
         let ca_der = crate::ca::cert_der_from_bytes(&state::read(&state.ca_cert())?)?;
-        let set = load(state, &ca_der)?;
+        // No CRL yet (a state dir from before CRLs) means nothing revoked at start.
+        let (number, serials) = if state.crl().exists() {
+            let l = load(state, &ca_der)?;
+            (l.number, l.serials)
+        } else {
+            (None, HashSet::new())
+        };
         warn_if_expiring(state);
         Ok(RevokedSerials {
-            current: Mutex::new((mtime(state), Arc::new(set))),
+            current: Mutex::new(Current {
+                seen: file_id(state),
+                number,
+                serials: Arc::new(serials),
+            }),
             state: state.clone(),
             ca_der,
         })
     }
 
-    /// Whether the CRL lists `serial`. A CRL that changed on disk is reloaded first; one that
-    /// does not verify is ignored (the previous one stays) and logged.
+    /// Whether the CRL lists `serial`. A CRL that changed on disk is reloaded first. One that
+    /// is missing, does not verify, or is older (a lower crlNumber) than the one in force is
+    /// refused: the previous one stays, and the log says so once per version of the file.
     pub(crate) fn contains(&self, serial: &str) -> bool {
-        let now = mtime(&self.state);
+        let now = file_id(&self.state);
         let set = {
             let mut cur = match self.current.lock() {
                 Ok(g) => g,
                 Err(p) => p.into_inner(),
             };
-            if now != cur.0 {
-                match load(&self.state, &self.ca_der) {
-                    Ok(set) => {
+            if now != cur.seen {
+                cur.seen = now;
+                let path = self.state.crl();
+                match now.map(|_| load(&self.state, &self.ca_der)) {
+                    None => super::log::say(&format!(
+                        "ipxe-ca: {} is gone: keeping the CRL in force (run `ipxe-ca crl` to write it again)",
+                        path.display()
+                    )),
+                    Some(Err(e)) => {
+                        super::log::say(&format!("ipxe-ca: keeping the CRL in force: {e}"))
+                    }
+                    Some(Ok(l)) if l.number < cur.number => super::log::say(&format!(
+                        "ipxe-ca: {} is older than the CRL in force (crlNumber {:?} < {:?}): keeping the newer one",
+                        path.display(),
+                        l.number,
+                        cur.number
+                    )),
+                    Some(Ok(l)) => {
                         super::log::say(&format!(
                             "ipxe-ca: reloaded CRL {} ({} revoked)",
-                            self.state.crl().display(),
-                            set.len()
+                            path.display(),
+                            l.serials.len()
                         ));
-                        *cur = (now, Arc::new(set));
+                        cur.number = l.number;
+                        cur.serials = Arc::new(l.serials);
                     }
-                    Err(e) => super::log::say(&format!("ipxe-ca: keeping the previous CRL: {e}")),
                 }
             }
-            cur.1.clone()
+            cur.serials.clone()
         };
         set.contains(serial)
     }

@@ -457,3 +457,43 @@ fn issue12_3_stalled_readers_and_one_greedy_address_do_not_lock_boards_out() {
         "stalled downloads still hold every slot of 127.0.0.2"
     );
 }
+
+#[test]
+fn issue12_10_the_crl_never_goes_backwards() {
+    let lab = Lab::init();
+    lab.enroll("r1", &[]);
+    let old_crl = std::fs::read(lab.path("ca/crl.pem")).unwrap();
+    let active_entry = std::fs::read(lab.path("boards/r1.toml")).unwrap();
+    let srv = lab.serve(&[]);
+    lab.ok(&["revoke", "r1"]);
+    // A registry restored from a backup says active; the CRL still says revoked.
+    std::fs::write(lab.path("boards/r1.toml"), &active_entry).unwrap();
+    let url = srv.url("/boot.ipxe");
+    let (code, _) = lab.curl_as(Some("r1"), &url);
+    assert_eq!(code, 403, "the CRL must refuse r1");
+    let crl = lab.path("ca/crl.pem");
+    // An older, validly signed CRL (lower crlNumber) put back: refused, r1 stays revoked.
+    std::fs::write(&crl, &old_crl).unwrap();
+    let (code, _) = lab.curl_as(Some("r1"), &url);
+    assert_eq!(code, 403, "an older CRL un-revoked r1");
+    // A deleted CRL is not "nothing revoked".
+    std::fs::remove_file(&crl).unwrap();
+    let (code, _) = lab.curl_as(Some("r1"), &url);
+    assert_eq!(code, 403, "a deleted CRL un-revoked r1");
+    // A broken CRL is reported once, not re-parsed and logged on every request.
+    std::fs::write(
+        &crl,
+        b"-----BEGIN X509 CRL-----\ngarbage\n-----END X509 CRL-----\n",
+    )
+    .unwrap();
+    for _ in 0..3 {
+        let (code, _) = lab.curl_as(Some("r1"), &url);
+        assert_eq!(code, 403);
+    }
+    let out = srv.output();
+    assert_eq!(
+        out.matches("cannot read").count() + out.matches("cannot parse").count(),
+        1,
+        "{out}"
+    );
+}
