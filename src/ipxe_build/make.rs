@@ -244,7 +244,16 @@ fn make(tree: &IpxeTree, inp: &MakeInputs, opts: &BuildOptions, what: &str) -> R
         if let Some(d) = &opts.debug {
             cmd.arg(format!("DEBUG={d}"));
         }
-        run(&mut cmd, &format!("building {} {what}", these.join(" ")))?;
+        let result = run(&mut cmd, &format!("building {} {what}", these.join(" ")));
+        // The board's key is now in this folder (privkey.o, .private_key.der, blib.a, the
+        // images): whatever the umask made of it, only the tree's owner may enter.
+        let dir = tree.src.join(bin.trim_end_matches('/'));
+        if dir.is_dir() {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| Error::io("cannot make private", &dir, e))?;
+        }
+        result?;
     }
     Ok(())
 }
