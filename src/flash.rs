@@ -225,7 +225,7 @@ pub fn devices(sys: &System) -> Result<Vec<Device>> {
 
 /// What `flash` will do, checked: the target is a whole, unmounted block device big enough
 /// for the image, and removable/USB unless the caller allowed otherwise.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Plan {
     /// The image file.
     pub image: PathBuf,
@@ -235,6 +235,8 @@ pub struct Plan {
     pub sha256: String,
     /// The device.
     pub device: Device,
+    /// The device, open for writing and held exclusively since [`hold`].
+    held: Option<File>,
 }
 
 /// Check everything before a single byte is written.
@@ -323,7 +325,50 @@ pub fn plan(
         image_size,
         sha256: actual,
         device: dev,
+        held: None,
     })
+}
+
+fn open_exclusive(path: &Path) -> Result<File> {
+    // O_EXCL on a block device: the kernel refuses if anything (a mount, another writer)
+    // holds it, and nothing else can take it while we do.
+    OpenOptions::new()
+        .write(true)
+        .custom_flags(rustix::fs::OFlags::EXCL.bits() as i32)
+        .open(path)
+        .map_err(|e| Error::io("cannot open for writing (in use?)", path, e))
+}
+
+/// Open the planned device now and keep it until the write: the disk the operator confirms
+/// is the disk written, even if names change meanwhile. The opened node must be the very
+/// block device sysfs described.
+pub fn hold(plan: &mut Plan, sys: &System) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let f = open_exclusive(&plan.device.path)?;
+    let meta = f
+        .metadata()
+        .map_err(|e| Error::io("cannot stat", &plan.device.path, e))?;
+    let want = std::fs::read_to_string(
+        sys.sysfs
+            .join("class/block")
+            .join(&plan.device.name)
+            .join("dev"),
+    )
+    .unwrap_or_default();
+    let got = format!(
+        "{}:{}",
+        rustix::fs::major(meta.rdev()),
+        rustix::fs::minor(meta.rdev())
+    );
+    if !meta.file_type().is_block_device() || want.trim() != got {
+        return Err(Error::invalid(format!(
+            "{} changed between the checks and opening it (device {got}, expected {}): nothing was written; run flash again",
+            plan.device.path.display(),
+            want.trim()
+        )));
+    }
+    plan.held = Some(f);
+    Ok(())
 }
 
 /// Progress of a write or a verification.
@@ -342,15 +387,14 @@ const BLOCK: usize = 4 << 20;
 
 /// Write the image, flush it to the device, drop the cached copy, then read it back and
 /// compare. Returns the SHA-256 read back.
-pub fn flash(plan: &Plan, verify: bool, progress: &dyn Fn(Progress)) -> Result<Option<String>> {
-    let dev_path = &plan.device.path;
+pub fn flash(plan: &mut Plan, verify: bool, progress: &dyn Fn(Progress)) -> Result<Option<String>> {
+    let dev_path = plan.device.path.clone();
+    let dev_path = &dev_path;
     let mut img = File::open(&plan.image).map_err(|e| Error::io("cannot open", &plan.image, e))?;
-    // O_EXCL on a block device: the kernel refuses if anything (a mount) holds it.
-    let mut dev = OpenOptions::new()
-        .write(true)
-        .custom_flags(rustix::fs::OFlags::EXCL.bits() as i32)
-        .open(dev_path)
-        .map_err(|e| Error::io("cannot open for writing (in use?)", dev_path, e))?;
+    let mut dev = match plan.held.take() {
+        Some(f) => f,
+        None => open_exclusive(dev_path)?,
+    };
     let mut buf = vec![0u8; BLOCK];
     let mut done = 0u64;
     loop {

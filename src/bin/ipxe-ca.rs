@@ -761,14 +761,24 @@ fn flash(lab: &Lab, a: FlashArgs) -> Result<()> {
         anyhow::bail!("give a board or image and a device");
     };
     let out = a.out.unwrap_or_else(|| lab.state().out_dir());
-    let (image, expected) = if Path::new(&source).is_file() {
-        (PathBuf::from(&source), None)
-    } else {
-        let board: BoardName = source.parse()?;
-        let (img, sha) = flash::board_image(&out, &board)?;
-        (img, Some(sha))
+    // A registered board wins over a file of the same name in the current directory.
+    let board = source
+        .parse::<BoardName>()
+        .ok()
+        .filter(|b| lab.registry().exists(b));
+    let (image, expected) = match board {
+        Some(board) => {
+            let (img, sha) = flash::board_image(&out, &board)?;
+            (img, Some(sha))
+        }
+        None if Path::new(&source).is_file() => (PathBuf::from(&source), None),
+        None => {
+            let board: BoardName = source.parse()?;
+            let (img, sha) = flash::board_image(&out, &board)?;
+            (img, Some(sha))
+        }
     };
-    let plan = flash::plan(
+    let mut plan = flash::plan(
         &sys,
         &image,
         expected.as_deref(),
@@ -824,10 +834,14 @@ fn flash(lab: &Lab, a: FlashArgs) -> Result<()> {
         );
         return Ok(());
     }
+    if !a.yes && !std::io::stdin().is_terminal() {
+        anyhow::bail!(
+            "refusing to overwrite {dev} without confirmation: no terminal to ask on; pass --yes"
+        );
+    }
+    // Held from here to the write: the disk confirmed is the disk written.
+    flash::hold(&mut plan, &sys)?;
     if !a.yes {
-        if !std::io::stdin().is_terminal() {
-            anyhow::bail!("refusing to overwrite {dev} without confirmation: no terminal to ask on; pass --yes");
-        }
         eprint!(
             "Write {} ({}) to {dev}?\nEverything on it will be lost. Type 'yes' to continue: ",
             image.display(),
@@ -839,7 +853,7 @@ fn flash(lab: &Lab, a: FlashArgs) -> Result<()> {
             anyhow::bail!("not confirmed; nothing was written");
         }
     }
-    let verified = flash::flash(&plan, !a.no_verify, &progress)?;
+    let verified = flash::flash(&mut plan, !a.no_verify, &progress)?;
     if let Some(b) = bar {
         b.finish_and_clear();
     }

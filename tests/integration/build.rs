@@ -200,7 +200,10 @@ fn make_gets_our_ca_as_only_trust_the_board_cert_and_key_and_https() {
     assert!(ok && fat == autoexec, "{fat}");
     // The tree's build folders hold the last board's key: private whatever the umask.
     for bin in ["src/bin", "src/bin-x86_64-efi"] {
-        let mode = std::fs::metadata(tree.join(bin)).unwrap().permissions().mode();
+        let mode = std::fs::metadata(tree.join(bin))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o077, 0, "{bin} is {mode:o}");
     }
     // Nothing of the board stays in staging: no key, no script, no run folder.

@@ -376,3 +376,95 @@ fn on_a_terminal_flash_asks_and_writes_only_after_yes() {
     assert!(text.contains("wrote and verified"), "{text}");
     assert_eq!(lo.head(1 << 20), std::fs::read(&img).unwrap());
 }
+
+/// Issue 12 item 7: the device shown at the prompt is the device written: flash holds it
+/// open (exclusively) from its checks until the write, so nothing can take or swap it.
+#[test]
+fn issue12_7_the_device_is_held_from_check_to_write_and_a_file_never_shadows_a_board() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let lab = Lab::init();
+    let d = lab.tmp.path();
+    let img = image(d, 1 << 20);
+    let lo = Loop::new(d, "held", 4 << 20);
+    let cmd = format!(
+        "'{}' --dir '{}' flash '{}' '{}' --allow-non-removable",
+        s(&crate::util::bin()),
+        s(&lab.dir),
+        s(&img),
+        s(&lo.dev)
+    );
+    let mut child = std::process::Command::new("script")
+        .args(["-q", "-e", "-c", &cmd, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        let mut text = String::new();
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            text.push_str(&String::from_utf8_lossy(&buf[..n]));
+            if text.contains("Type 'yes'") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(30))
+        .expect("no prompt");
+    // While the operator reads the prompt, nobody else can open the device exclusively.
+    let other = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(rustix::fs::OFlags::EXCL.bits() as i32)
+        .open(&lo.dev);
+    child.stdin.take().unwrap().write_all(b"no\n").unwrap();
+    let _ = child.wait();
+    assert!(
+        other.is_err(),
+        "the device was not held while the prompt waited"
+    );
+
+    // A file in the current directory named like a registered board does not shadow it.
+    lab.enroll("shadowed", &[]);
+    let out = d.join("out");
+    let built = lab.run(&[
+        "build",
+        "shadowed",
+        "--prebuilt",
+        s(&crate::boot::prebuilt_dir()),
+        "--out",
+        s(&out),
+    ]);
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let cwd = d.join("cwd");
+    std::fs::create_dir_all(&cwd).unwrap();
+    std::fs::write(cwd.join("shadowed"), b"not the board's image").unwrap();
+    let o = lab
+        .cmd(&[
+            "flash",
+            "shadowed",
+            s(&lo.dev),
+            "--allow-non-removable",
+            "--yes",
+            "--out",
+            s(&out),
+        ])
+        .current_dir(&cwd)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let want = std::fs::read(out.join("shadowed/shadowed-efi-usb.img")).unwrap();
+    assert_eq!(
+        lo.head(want.len().min(4 << 20)),
+        want[..want.len().min(4 << 20)]
+    );
+}
