@@ -253,6 +253,41 @@ impl Lab {
         Ok(sans)
     }
 
+    /// Every inconsistency between board files, folders, index, certificates and CRL; with
+    /// `repair`, fixed where that is safe (under the state lock) and checked again.
+    pub fn check(&self, repair: bool) -> Result<Vec<crate::registry::Problem>> {
+        let problems = self.check_all()?;
+        if !repair || problems.iter().all(|p| !p.repairable) {
+            return Ok(problems);
+        }
+        let _lock = self.state.lock()?;
+        let problems = self.check_all()?;
+        self.registry.repair(&problems)?;
+        if problems.iter().any(|p| p.kind == "crl-incomplete") {
+            self.publish_crl(&self.ca()?)?;
+        }
+        self.check_all()
+    }
+
+    fn check_all(&self) -> Result<Vec<crate::registry::Problem>> {
+        let mut problems = self.registry.check()?;
+        let listed = crl_serials(&self.state.crl());
+        for b in self.registry.list().unwrap_or_default() {
+            if b.status == Status::Revoked && !listed.contains(&b.serial) {
+                problems.push(crate::registry::Problem {
+                    kind: "crl-incomplete",
+                    path: self.state.crl(),
+                    detail: format!(
+                        "revoked board {} (serial {}) is not in the CRL",
+                        b.name, b.serial
+                    ),
+                    repairable: true,
+                });
+            }
+        }
+        Ok(problems)
+    }
+
     /// The secret nginx sends with every proxied request (`X-IPXE-CA-Proxy-Secret`), made on
     /// first use: trusting a peer address alone would let any local user pose as nginx.
     pub fn proxy_secret(&self) -> Result<String> {
@@ -684,4 +719,20 @@ impl Lab {
     pub fn root(&self) -> &Path {
         self.state.root()
     }
+}
+
+/// Serials a CRL file lists (none if it cannot be read).
+fn crl_serials(path: &Path) -> std::collections::HashSet<String> {
+    use rustls_pki_types::pem::PemObject;
+    use x509_parser::prelude::FromDer;
+    let Ok(der) = rustls_pki_types::CertificateRevocationListDer::from_pem_file(path) else {
+        return Default::default();
+    };
+    let Ok((_, crl)) = x509_parser::revocation_list::CertificateRevocationList::from_der(&der)
+    else {
+        return Default::default();
+    };
+    crl.iter_revoked_certificates()
+        .map(|r| ca::serial_hex(r.raw_serial()))
+        .collect()
 }

@@ -113,7 +113,13 @@ impl Registry {
 
     /// Whether a certificate serial is already used by a board.
     pub fn serial_taken(&self, serial: &str) -> bool {
-        self.state.index_file("serial", serial).exists()
+        // An index entry counts only if it names a board that really has this serial: an
+        // entry left by a crash must not block the serial forever.
+        fs::read_to_string(self.state.index_file("serial", serial))
+            .ok()
+            .and_then(|n| n.trim().parse::<BoardName>().ok())
+            .and_then(|n| self.get(&n).ok())
+            .is_some_and(|b| b.serial == serial)
     }
 
     /// Load one board.
@@ -203,6 +209,12 @@ impl Registry {
         if self.exists(&board.name) {
             return Err(Error::BoardExists(board.name.to_string()));
         }
+        // A folder without a board file is what a crash mid-enroll leaves: start clean, so a
+        // new board never inherits an old one's key or secrets.
+        let dir = self.state.board_dir(&board.name);
+        if dir.exists() {
+            fs::remove_dir_all(&dir).map_err(|e| Error::io("cannot remove leftovers", &dir, e))?;
+        }
         let result = (|| {
             let dir = self.state.board_dir(&board.name);
             state::create_dir_private(&dir)?;
@@ -274,4 +286,146 @@ impl Registry {
             MODE_PUBLIC,
         )
     }
+}
+
+/// One inconsistency between board files, folders and the index.
+#[derive(Clone, Debug, Serialize)]
+pub struct Problem {
+    /// `orphan-folder`, `dangling-index`, `missing-index`, `unreadable-board`,
+    /// `certificate-mismatch` or `crl-incomplete`.
+    pub kind: &'static str,
+    /// The file or folder concerned.
+    pub path: PathBuf,
+    /// What is wrong, in words.
+    pub detail: String,
+    /// Whether `check --repair` fixes it.
+    pub repairable: bool,
+}
+
+impl Registry {
+    /// Every inconsistency of the registry (the CRL is checked by the caller).
+    pub fn check(&self) -> Result<Vec<Problem>> {
+        let mut out = Vec::new();
+        let dir = self.state.boards_dir();
+        let mut boards = Vec::new();
+        if let Ok(rd) = fs::read_dir(&dir) {
+            for e in rd.flatten() {
+                let file = e.file_name().to_string_lossy().into_owned();
+                let path = e.path();
+                if let Some(stem) = file.strip_suffix(".toml") {
+                    let Ok(name) = stem.parse::<BoardName>() else {
+                        continue;
+                    };
+                    match self.get(&name) {
+                        Ok(b) => boards.push(b),
+                        Err(err) => out.push(Problem {
+                            kind: "unreadable-board",
+                            path,
+                            detail: err.to_string(),
+                            repairable: false,
+                        }),
+                    }
+                } else if path.is_dir()
+                    && file
+                        .parse::<BoardName>()
+                        .is_ok_and(|n| !self.state.board_file(&n).exists())
+                {
+                    out.push(Problem {
+                        kind: "orphan-folder",
+                        path,
+                        detail:
+                            "a board folder without a board file (left by an interrupted enroll)"
+                                .into(),
+                        repairable: true,
+                    });
+                }
+            }
+        }
+        for b in &boards {
+            match fs::read(self.cert_path(&b.name))
+                .ok()
+                .and_then(|pem| crate::ca::cert_der_from_bytes(&pem).ok())
+            {
+                Some(der) if Fingerprint::sha256(&der) == b.fingerprint_sha256 => {}
+                _ => out.push(Problem {
+                    kind: "certificate-mismatch",
+                    path: self.cert_path(&b.name),
+                    detail: format!(
+                        "board {} has no certificate matching its fingerprint",
+                        b.name
+                    ),
+                    repairable: false,
+                }),
+            }
+            for (kind, value) in index_values(b) {
+                let p = self.state.index_file(kind, value);
+                if fs::read_to_string(&p).ok().as_deref().map(str::trim) != Some(b.name.as_str()) {
+                    out.push(Problem {
+                        kind: "missing-index",
+                        path: p,
+                        detail: format!("board {} is not found by its {kind}", b.name),
+                        repairable: true,
+                    });
+                }
+            }
+        }
+        for kind in ["sha1", "sha256", "serial"] {
+            let Ok(rd) = fs::read_dir(self.state.root().join("index").join(kind)) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let value = e.file_name().to_string_lossy().into_owned();
+                let named = fs::read_to_string(e.path()).unwrap_or_default();
+                let ok = boards.iter().any(|b| {
+                    b.name.as_str() == named.trim()
+                        && index_values(b)
+                            .iter()
+                            .any(|(k, v)| *k == kind && *v == value)
+                });
+                if !ok {
+                    out.push(Problem {
+                        kind: "dangling-index",
+                        path: e.path(),
+                        detail: format!("names {:?}, which has no such {kind}", named.trim()),
+                        repairable: true,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Fix what `problems` says can be fixed: remove orphan folders and dangling index
+    /// entries, write missing index entries. The caller holds the state lock.
+    pub fn repair(&self, problems: &[Problem]) -> Result<()> {
+        for p in problems.iter().filter(|p| p.repairable) {
+            match p.kind {
+                "orphan-folder" => fs::remove_dir_all(&p.path)
+                    .map_err(|e| Error::io("cannot remove", &p.path, e))?,
+                "dangling-index" => {
+                    fs::remove_file(&p.path).map_err(|e| Error::io("cannot remove", &p.path, e))?
+                }
+                _ => {}
+            }
+        }
+        for p in problems.iter().filter(|p| p.kind == "missing-index") {
+            // Rewritten from the board files, the source of truth.
+            for b in self.list()? {
+                for (kind, value) in index_values(&b) {
+                    if self.state.index_file(kind, value) == p.path {
+                        state::write_atomic(&p.path, b.name.as_str().as_bytes(), MODE_PUBLIC)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn index_values(b: &Board) -> [(&'static str, &str); 3] {
+    [
+        ("sha1", b.fingerprint_sha1.as_str()),
+        ("sha256", b.fingerprint_sha256.as_str()),
+        ("serial", b.serial.as_str()),
+    ]
 }

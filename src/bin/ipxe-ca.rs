@@ -43,6 +43,9 @@ enum Command {
     Revoke(RevokeArgs),
     /// Re-sign the CRL (ca/crl.pem) now; do it before it expires (yearly) if nginx reads it.
     Crl,
+    /// Check the registry (board files, folders, index, certificates, CRL) for what a crash
+    /// or a hand edit left; `--repair` fixes what is safe to fix.
+    Check(CheckArgs),
     /// Issue new server certificates (RSA and ECDSA P-256): rotation, new names, or the ECDSA
     /// pair for state dirs made before it. Restart `serve` to use them.
     ServerCert(ServerCertArgs),
@@ -190,6 +193,16 @@ struct DoctorArgs {
     /// Check the prebuilt route (no compiler needed).
     #[arg(long)]
     prebuilt: bool,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct CheckArgs {
+    /// Remove leftovers of interrupted commands, rewrite the index, re-sign an incomplete CRL.
+    #[arg(long)]
+    repair: bool,
     /// Machine-readable output.
     #[arg(long)]
     json: bool,
@@ -582,6 +595,26 @@ fn run(cli: Cli) -> Result<()> {
             );
         }
         Command::SignFiles(a) => sign_files(&lab, a)?,
+        Command::Check(a) => {
+            let problems = lab.check(a.repair).context("cannot check the registry")?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&problems)?);
+            } else if problems.is_empty() {
+                println!("registry consistent");
+            } else {
+                for p in &problems {
+                    let fix = if p.repairable {
+                        " (--repair fixes it)"
+                    } else {
+                        ""
+                    };
+                    println!("{:<21} {}: {}{fix}", p.kind, p.path.display(), p.detail);
+                }
+            }
+            if !problems.is_empty() {
+                anyhow::bail!("{} problem(s) in the registry", problems.len());
+            }
+        }
         Command::ServerCert(a) => {
             let sans = lab
                 .renew_server(Some(a.sans))

@@ -497,3 +497,58 @@ fn issue12_10_the_crl_never_goes_backwards() {
         "{out}"
     );
 }
+
+#[test]
+fn issue12_9_crash_leftovers_are_never_inherited_and_check_repairs_them() {
+    let lab = Lab::init();
+    std::fs::write(
+        lab.path("profiles/s.ipxe"),
+        "#!ipxe\necho secret=[{{ secrets.s3_key | default(\"none\") }}]\n",
+    )
+    .unwrap();
+    // A kill before the board file (the commit point) leaves the board's folder and index.
+    lab.enroll(
+        "k1",
+        &["--profile", "s", "--secret", "s3_key=OLD-OWNER-SECRET"],
+    );
+    std::fs::remove_file(lab.path("boards/k1.toml")).unwrap();
+    let k2 = lab.enroll("k2", &[]);
+    let k2_cert = lab.tmp.path().join("k2.pem");
+    std::fs::copy(lab.path("boards/k2/cert.pem"), &k2_cert).unwrap();
+    std::fs::remove_file(lab.path("boards/k2.toml")).unwrap();
+    std::fs::remove_dir_all(lab.path("boards/k2")).unwrap();
+    // check sees all of it, and changes nothing without --repair.
+    let before = lab.snapshot();
+    let o = lab.run(&["check", "--json"]);
+    assert!(!o.status.success(), "check found nothing");
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let kinds: Vec<&str> = report
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["kind"].as_str().unwrap())
+        .collect();
+    assert!(kinds.contains(&"orphan-folder"), "{report}");
+    assert!(kinds.contains(&"dangling-index"), "{report}");
+    assert_eq!(before, lab.snapshot());
+    // Re-enrolling the name starts clean: the old owner's secret is not inherited.
+    lab.enroll("k1", &["--profile", "s"]);
+    let srv = lab.serve(&[]);
+    let (code, body) = lab.curl_as(Some("k1"), &srv.url("/boot.ipxe"));
+    assert_eq!(code, 200);
+    assert!(body.contains("secret=[none]"), "{body}");
+    // The dangling index of k2 does not block adopting its certificate.
+    lab.ok(&["register", "k2-again", "--cert", s(&k2_cert)]);
+    let _ = k2;
+    // --repair leaves a consistent registry.
+    std::fs::create_dir_all(lab.path("boards/ghost")).unwrap();
+    std::fs::write(
+        lab.path("index/sha1/0000000000000000000000000000000000000000"),
+        "ghost",
+    )
+    .unwrap();
+    let o = lab.run(&["check", "--repair"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    lab.ok(&["check"]);
+    assert!(!lab.path("boards/ghost").exists());
+}
