@@ -552,3 +552,83 @@ fn issue12_9_crash_leftovers_are_never_inherited_and_check_repairs_them() {
     lab.ok(&["check"]);
     assert!(!lab.path("boards/ghost").exists());
 }
+
+#[test]
+fn issue12_tls_scan_finds_no_weak_protocol_cipher_compression_or_renegotiation() {
+    let testssl = ["/usr/bin/testssl", "/usr/bin/testssl.sh"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("testssl.sh is needed: apt-get install testssl.sh (scripts/test.sh does)");
+    let lab = Lab::init();
+    let srv = lab.serve(&[]);
+    let json = lab.tmp.path().join("testssl.json");
+    let o = Command::new("timeout")
+        .args([
+            "240",
+            testssl,
+            "--quiet",
+            "--warnings",
+            "off",
+            "--color",
+            "0",
+        ])
+        .arg("--add-ca")
+        .arg(lab.path("ca/ca.crt"))
+        .arg("--jsonfile")
+        .arg(&json)
+        .args(["-p", "-s", "-R", "-C", "-S"])
+        .arg(format!("127.0.0.1:{}", srv.https))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    // testssl's exit status counts findings; the JSON is what the assertions read.
+    assert!(json.exists(), "{}", String::from_utf8_lossy(&o.stdout));
+    let findings: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let find = |id: &str| -> Vec<String> {
+        findings
+            .iter()
+            .filter(|f| {
+                // Per-certificate findings are named "ID <cert#N>".
+                f["id"].as_str().is_some_and(|x| {
+                    x == id || x.strip_prefix(id).is_some_and(|r| r.starts_with(" <cert#"))
+                })
+            })
+            .map(|f| f["finding"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    for id in ["SSLv2", "SSLv3", "TLS1", "TLS1_1"] {
+        assert_eq!(find(id), ["not offered"], "{id}");
+    }
+    assert_eq!(find("TLS1_2"), ["offered"]);
+    for id in [
+        "cipherlist_NULL",
+        "cipherlist_aNULL",
+        "cipherlist_EXPORT",
+        "cipherlist_LOW",
+        "cipherlist_3DES_IDEA",
+        "cipherlist_AVERAGE",
+    ] {
+        assert_eq!(find(id), ["not offered"], "{id} (CBC and weaker suites)");
+    }
+    assert_eq!(find("cipherlist_STRONG"), ["offered"]);
+    assert_eq!(find("CRIME_TLS"), ["not vulnerable"], "TLS compression");
+    assert_eq!(find("secure_client_renego"), ["not vulnerable"]);
+    // Both server certificates (RSA and ECDSA), chained to our CA.
+    assert_eq!(
+        find("certs_countServer").first().map(String::as_str),
+        Some("2")
+    );
+    let chain = find("cert_chain_of_trust");
+    assert_eq!(chain.len(), 2, "{chain:?}");
+    assert!(chain.iter().all(|c| c.starts_with("passed")), "{chain:?}");
+    // Nothing worse than MEDIUM, except the deliberate absence of CRL/OCSP URLs: iPXE insists
+    // on OCSP when a certificate names one, and revocation is checked by the server.
+    let bad: Vec<String> = findings
+        .iter()
+        .filter(|f| matches!(f["severity"].as_str(), Some("HIGH" | "CRITICAL" | "MEDIUM")))
+        .filter(|f| !f["id"].as_str().unwrap_or("").starts_with("cert_revocation"))
+        .map(|f| format!("{} {} {}", f["id"], f["severity"], f["finding"]))
+        .collect();
+    assert!(bad.is_empty(), "{bad:#?}");
+}
