@@ -16,4 +16,7 @@ pub mod state;
 pub mod types;
 
 pub use error::{Error, Result};
+
+#[cfg(test)]
+mod proptests;
 pub use lab::Lab;

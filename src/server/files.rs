@@ -335,6 +335,31 @@ mod tests {
         assert_eq!(parse_range("items=0-1", 100), Ok(None));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn ranges_of_any_header_stay_inside_the_file(h in "\\PC{0,40}", len in 0u64..1_000_000) {
+            if let Ok(Some((a, b))) = parse_range(&h, len) {
+                proptest::prop_assert!(a <= b && b < len);
+            }
+        }
+
+        #[test]
+        fn percent_decoding_inverts_encoding(s in "\\PC{0,60}") {
+            let enc: String = s.bytes().map(|b| format!("%{b:02X}")).collect();
+            proptest::prop_assert_eq!(percent_decode(&enc), Some(s.clone()));
+            let _ = percent_decode(&s);
+        }
+
+        #[test]
+        fn accepted_request_paths_stay_beneath_the_root(raw in "[a-zA-Z0-9./%_-]{0,60}") {
+            if let Ok(p) = request_path(&raw) {
+                proptest::prop_assert!(!p.starts_with('/'));
+                proptest::prop_assert!(p.split('/').all(|seg| !seg.is_empty() && !seg.starts_with('.')));
+                proptest::prop_assert!(!p.contains('\0') && !p.contains('\\'));
+            }
+        }
+    }
+
     #[test]
     fn decoding() {
         assert_eq!(percent_decode("a%2e%2E/b").as_deref(), Some("a../b"));

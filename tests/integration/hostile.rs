@@ -627,8 +627,126 @@ fn issue12_tls_scan_finds_no_weak_protocol_cipher_compression_or_renegotiation()
     let bad: Vec<String> = findings
         .iter()
         .filter(|f| matches!(f["severity"].as_str(), Some("HIGH" | "CRITICAL" | "MEDIUM")))
-        .filter(|f| !f["id"].as_str().unwrap_or("").starts_with("cert_revocation"))
+        .filter(|f| {
+            !f["id"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("cert_revocation")
+        })
         .map(|f| format!("{} {} {}", f["id"], f["severity"], f["finding"]))
         .collect();
     assert!(bad.is_empty(), "{bad:#?}");
+}
+
+/// Peak resident memory of a process, in KiB.
+fn vm_hwm_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn issue12_soak_every_enrolled_board_boots_through_a_hostile_mix() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let lab = Lab::init();
+    for b in ["s1", "s2", "s3"] {
+        lab.enroll(b, &[]);
+    }
+    crate::util::write_random(&lab.path("files/big.img"), 32 << 20);
+    let srv = lab.serve(&["--timeout", "2", "--max-per-ip", "16"]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let noise = Arc::new(AtomicUsize::new(0));
+    let mut threads = Vec::new();
+    // Garbage bytes at both ports, from 127.0.0.2.
+    for port in [srv.https, srv.http] {
+        let (stop, noise) = (stop.clone(), noise.clone());
+        threads.push(std::thread::spawn(move || {
+            let mut x: u64 = 0x2545f4914f6cdd1d ^ port as u64;
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(mut c) = connect_from("127.0.0.2", port) {
+                    let junk: Vec<u8> = (0..512)
+                        .map(|_| {
+                            x ^= x << 13;
+                            x ^= x >> 7;
+                            x ^= x << 17;
+                            x as u8
+                        })
+                        .collect();
+                    let _ = c.write_all(&junk);
+                    noise.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    // Stalled downloads and certificate-less TLS clients, from 127.0.0.3.
+    {
+        let (stop, noise, port) = (stop.clone(), noise.clone(), srv.http);
+        threads.push(std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(mut c) = connect_from("127.0.0.3", port) {
+                    let _ = c.write_all(b"GET /big.img HTTP/1.1\r\nHost: x\r\n\r\n");
+                    held.push(c);
+                    noise.fetch_add(1, Ordering::Relaxed);
+                }
+                if held.len() > 64 {
+                    held.remove(0);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }));
+    }
+    {
+        let (stop, noise, url) = (stop.clone(), noise.clone(), srv.url("/boot.ipxe"));
+        let ca = lab.path("ca/ca.crt");
+        threads.push(std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let _ = Command::new("curl")
+                    .args([
+                        "-s",
+                        "-o",
+                        "/dev/null",
+                        "--max-time",
+                        "5",
+                        "--interface",
+                        "127.0.0.3",
+                        "--cacert",
+                    ])
+                    .arg(&ca)
+                    .arg(&url)
+                    .status();
+                noise.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    // Meanwhile the boards boot, again and again.
+    let start = std::time::Instant::now();
+    let mut boots = 0;
+    while start.elapsed() < Duration::from_secs(15) {
+        for b in ["s1", "s2", "s3"] {
+            let (code, body) = lab.curl_as(Some(b), &srv.url("/boot.ipxe"));
+            assert_eq!(code, 200, "board {b} was refused during the soak: {body}");
+            boots += 1;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    let rss_mb = vm_hwm_kib(srv.child.id()) / 1024;
+    eprintln!(
+        "soak: {boots} board boots, {} hostile connections, server peak RSS {rss_mb} MB",
+        noise.load(Ordering::Relaxed)
+    );
+    assert!(
+        noise.load(Ordering::Relaxed) > 100,
+        "the hostile mix did not run"
+    );
+    assert!(rss_mb < 200, "server memory grew to {rss_mb} MB");
+    let out = srv.output();
+    assert!(!out.contains("panicked"), "{out}");
 }
