@@ -310,16 +310,29 @@ fn farm_compile(
         opts,
         "(shared by every board: our CA pinned, no board material)",
     )?;
-    let mut files = Vec::new();
-    let mut sha256 = Vec::new();
-    for g in goals {
-        let name = g.replace('/', "-");
-        let dest = run_dir.join(&name);
-        state::write_atomic(&dest, &state::read(&tree.src.join(g))?, MODE_PUBLIC)?;
-        sha256.push((g.to_string(), super::sha256_file(&dest)?));
-        files.push((g, dest));
-    }
+    let files = copy_out(tree, goals, run_dir, MODE_PUBLIC)?;
+    let sha256 = files
+        .iter()
+        .map(|(g, p)| Ok((g.to_string(), super::sha256_file(p)?)))
+        .collect::<Result<_>>()?;
     Ok(Shared { files, sha256 })
+}
+
+/// Copy built goals out of the tree (the next build there overwrites them).
+fn copy_out(
+    tree: &IpxeTree,
+    goals: Vec<&'static str>,
+    dir: &Path,
+    mode: u32,
+) -> Result<Vec<(&'static str, PathBuf)>> {
+    goals
+        .into_iter()
+        .map(|g| {
+            let dest = dir.join(g.replace('/', "-"));
+            state::write_atomic(&dest, &state::read(&tree.src.join(g))?, mode)?;
+            Ok((g, dest))
+        })
+        .collect()
 }
 
 /// What every board of one build shares.
@@ -500,13 +513,7 @@ fn compile_board(
         opts,
         &format!("for board {}", board.name),
     )?;
-    let mut out = Vec::new();
-    for g in goals {
-        let dest = own.join(g.replace('/', "-"));
-        state::write_atomic(&dest, &state::read(&tree.src.join(g))?, MODE_SECRET)?;
-        out.push((g, dest));
-    }
-    Ok(out)
+    copy_out(tree, goals, own, MODE_SECRET)
 }
 
 /// Said when the tree predates ECDHE.

@@ -36,8 +36,9 @@ pub(crate) fn now() -> String {
 /// Lines wait here for the writer thread; a full queue drops lines rather than stall requests.
 const QUEUE: usize = 8192;
 /// How long a request waits for its line to reach stdout, so that the log is in order with
-/// the responses; a stuck stdout turns the wait off until it catches up.
-const WAIT: std::time::Duration = std::time::Duration::from_millis(20);
+/// the responses even on a loaded machine; a stdout stuck for that long turns the wait off
+/// (requests no longer wait at all) until it catches up.
+const WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 struct Sink {
     tx: std::sync::mpsc::SyncSender<String>,
@@ -49,7 +50,7 @@ struct Sink {
 }
 
 /// The log goes through one thread: a slow or blocked stdout (a full pipe) never holds a
-/// request for more than [`WAIT`], and a broken one (`serve | tee` with tee gone) never
+/// request for more than [`WAIT`] (once), and a broken one (`serve | tee` with tee gone) never
 /// panics; lines are dropped and counted instead.
 fn sink() -> &'static Sink {
     static SINK: std::sync::OnceLock<Sink> = std::sync::OnceLock::new();

@@ -626,6 +626,11 @@ fn s_client(lab: &Lab, port: u16, cipher: &str, b: &str, path: &str, sess: &[&st
     String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
 }
 
+/// `openssl x509 -text` of a certificate in the state dir.
+fn x509_text(lab: &Lab, rel: &str) -> String {
+    crate::util::openssl(&["x509", "-in", s(&lab.path(rel)), "-noout", "-text"])
+}
+
 fn log_lines(srv: &crate::util::Server) -> Vec<serde_json::Value> {
     srv.output()
         .lines()
@@ -639,13 +644,7 @@ fn ecdsa_for_clients_that_offer_it_rsa_for_the_rest_and_the_log_says_which() {
     for cert in ["server/server.crt", "server/server-ecdsa.crt"] {
         crate::util::verify_strict("sslserver", s(&lab.path("ca/ca.crt")), s(&lab.path(cert)));
     }
-    let text = crate::util::openssl(&[
-        "x509",
-        "-in",
-        s(&lab.path("server/server-ecdsa.crt")),
-        "-noout",
-        "-text",
-    ]);
+    let text = x509_text(&lab, "server/server-ecdsa.crt");
     assert!(
         text.contains("id-ecPublicKey") && text.contains("P-256"),
         "{text}"
@@ -770,13 +769,7 @@ fn server_cert_adds_ecdsa_to_an_old_state_dir_and_keeps_its_names() {
     drop(srv);
     let out = lab.ok(&["server-cert"]);
     assert!(out.contains("127.0.0.1"), "{out}");
-    let text = crate::util::openssl(&[
-        "x509",
-        "-in",
-        s(&lab.path("server/server-ecdsa.crt")),
-        "-noout",
-        "-text",
-    ]);
+    let text = x509_text(&lab, "server/server-ecdsa.crt");
     assert!(
         text.contains("IP Address:127.0.0.1") && text.contains("DNS:localhost"),
         "{text}"
