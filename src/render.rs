@@ -2,7 +2,9 @@
 //! and the embed script. Undefined names fail loudly, except in `if` tests, so that a typo
 //! in a template shows up as an error instead of a silently wrong kernel command line.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use minijinja::{Environment, UndefinedBehavior, Value};
 use serde::Serialize;
@@ -85,17 +87,84 @@ pub fn render(
     ctx: &Context,
     extra: &[(&'static str, Value)],
 ) -> Result<String> {
+    let env = environment(name.to_string(), source.to_string())?;
+    render_with(&env, name, ctx, extra)
+}
+
+fn environment(name: String, source: String) -> Result<Environment<'static>> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::SemiStrict);
     env.set_keep_trailing_newline(true);
-    env.add_template(name, source)
+    env.add_template_owned(name.clone(), source)
         .map_err(|e| Error::invalid(format!("template {name}: {e}")))?;
-    for (fname, f) in extra {
-        env.add_global(*fname, f.clone());
-    }
+    Ok(env)
+}
+
+fn render_with(
+    env: &Environment<'static>,
+    name: &str,
+    ctx: &Context,
+    extra: &[(&'static str, Value)],
+) -> Result<String> {
     let tmpl = env
         .get_template(name)
         .map_err(|e| Error::invalid(format!("template {name}: {e}")))?;
-    tmpl.render(Value::from_serialize(ctx))
+    // Functions travel in the context, so one compiled template serves every request.
+    let extras: BTreeMap<&str, Value> = extra.iter().map(|(k, v)| (*k, v.clone())).collect();
+    let value = minijinja::value::merge_maps([Value::from(extras), Value::from_serialize(ctx)]);
+    tmpl.render(value)
         .map_err(|e| Error::invalid(format!("template {name}: {e}")))
+}
+
+/// Which version of a template file: a rewrite (atomic rename: a new inode) or an edit in
+/// place (size, mtime) is a new version.
+type FileKey = (u64, u64, Option<std::time::SystemTime>);
+
+/// Compiled templates, reused until their file changes: a profile is compiled once per edit,
+/// not once per boot, and an edit still takes effect on the next request.
+#[derive(Default)]
+pub struct Templates {
+    cache: Mutex<HashMap<PathBuf, (FileKey, Arc<Environment<'static>>)>>,
+}
+
+impl std::fmt::Debug for Templates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Templates")
+    }
+}
+
+impl Templates {
+    /// Render the template file at `path` with `ctx` (and `extra` functions).
+    pub fn render_file(
+        &self,
+        path: &Path,
+        ctx: &Context,
+        extra: &[(&'static str, Value)],
+    ) -> Result<String> {
+        use std::os::unix::fs::MetadataExt;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let meta = std::fs::metadata(path).map_err(|e| Error::io("cannot read", path, e))?;
+        let key = (meta.ino(), meta.len(), meta.modified().ok());
+        let cached = {
+            let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            cache
+                .get(path)
+                .filter(|(k, _)| *k == key)
+                .map(|(_, env)| env.clone())
+        };
+        let env = match cached {
+            Some(env) => env,
+            None => {
+                let source = crate::state::read_to_string(path)?;
+                let env = Arc::new(environment(name.clone(), source)?);
+                let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+                cache.insert(path.to_path_buf(), (key, env.clone()));
+                env
+            }
+        };
+        render_with(&env, &name, ctx, extra)
+    }
 }

@@ -59,6 +59,8 @@ pub(crate) struct Shared {
     pub state_root: PathBuf,
     pub one_time: OneTimeStore,
     pub revoked: crl::RevokedSerials,
+    /// Profiles and secret templates, compiled once per version of their file.
+    pub templates: crate::render::Templates,
     pub opts: ServeOptions,
 }
 
@@ -164,6 +166,7 @@ pub async fn serve(
         state_root,
         one_time: OneTimeStore::default(),
         revoked: crl::RevokedSerials::new(lab.state())?,
+        templates: crate::render::Templates::default(),
         opts: opts.clone(),
         lab,
     });

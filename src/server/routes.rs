@@ -16,7 +16,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use super::log::{self, Entry};
 use super::{files, ConnInfo, Shared, Watcher};
 use crate::registry::{Board, Status};
-use crate::render::{self, Context};
+use crate::render::Context;
 use crate::types::{validate_name, Fingerprint, Mac};
 
 pub(crate) type Body = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
@@ -506,7 +506,6 @@ fn render_profile(shared: &Arc<Shared>, board: &Board, imgverify: bool) -> crate
         .state()
         .profiles_dir()
         .join(format!("{}.ipxe", board.profile));
-    let source = crate::state::read_to_string(&path)?;
     let ctx = context(shared, board, imgverify)?;
     let s = shared.clone();
     let c = ctx.clone();
@@ -515,20 +514,19 @@ fn render_profile(shared: &Arc<Shared>, board: &Board, imgverify: bool) -> crate
             let err = |m: String| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, m);
             validate_name(&name, "secret template name").map_err(|e| err(e.to_string()))?;
             let p = s.lab.state().secrets_dir().join(&name);
-            let src = crate::state::read_to_string(&p).map_err(|e| err(e.to_string()))?;
-            let body = render::render(&name, &src, &c, &[]).map_err(|e| err(e.to_string()))?;
+            let body = s
+                .templates
+                .render_file(&p, &c, &[])
+                .map_err(|e| err(e.to_string()))?;
             let token = s
                 .one_time
                 .insert(&c.board.name, &name, body, s.opts.one_time_ttl)
                 .ok_or_else(|| err("random number generator failed".into()))?;
             Ok(format!("{}/secret/{token}", s.config.server_url))
         });
-    render::render(
-        &format!("{}.ipxe", board.profile),
-        &source,
-        &ctx,
-        &[("one_time_url", one_time)],
-    )
+    shared
+        .templates
+        .render_file(&path, &ctx, &[("one_time_url", one_time)])
 }
 
 fn one_time(token: &str, method: &Method, shared: &Shared, out: &mut Outcome) -> Response<Body> {
