@@ -9,6 +9,7 @@ mod build;
 mod flash;
 mod foundation;
 mod hostile;
+mod mutations;
 mod real_ipxe;
 mod server;
 mod trust;
