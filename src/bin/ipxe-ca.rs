@@ -18,7 +18,7 @@ use std::time::Duration;
 /// Boot a farm of boards securely over the network with iPXE: a private CA, per-board
 /// client certificates and images, and the mTLS server that gives each board its own script.
 #[derive(Parser, Debug)]
-#[command(name = "ipxe-ca", version, about, max_term_width = 100)]
+#[command(name = "ipxe-ca", version = env!("IPXE_CA_VERSION"), about, max_term_width = 100)]
 struct Cli {
     /// State directory holding the CA, the registry, profiles and files.
     #[arg(long, global = true, env = "IPXE_CA_DIR", default_value = "./ipxe-ca")]

@@ -570,3 +570,24 @@ fn bad_input_is_refused_with_one_line_and_changes_nothing() {
     let err = empty.fails(&["enroll", "b"]);
     assert!(err.contains("ipxe-ca init"), "{err}");
 }
+
+#[test]
+fn version_names_the_commit_it_was_built_from() {
+    let lab = Lab::new();
+    let v = lab.ok(&["--version"]);
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    assert!(
+        v.starts_with(&format!("ipxe-ca {}", env!("CARGO_PKG_VERSION"))),
+        "{v}"
+    );
+    match head {
+        Some(h) => assert!(v.contains(&format!("git {h}")), "{v}"),
+        None => assert!(v.contains("not built from a git checkout"), "{v}"),
+    }
+}
