@@ -56,6 +56,9 @@ pub struct Device {
     pub mounted: Vec<String>,
     /// Holds `/`.
     pub holds_root: bool,
+    /// The kernel's media sequence number (5.15 and later): a new stick under the same name
+    /// gets a new one.
+    pub diskseq: Option<u64>,
 }
 
 impl Device {
@@ -216,6 +219,7 @@ pub fn devices(sys: &System) -> Result<Vec<Device>> {
             partitions,
             mounted,
             holds_root,
+            diskseq: read_trim(&dir.join("diskseq")).and_then(|d| d.parse().ok()),
             name,
         });
     }
@@ -360,6 +364,16 @@ pub fn hold(plan: &mut Plan, sys: &System) -> Result<()> {
         rustix::fs::major(meta.rdev()),
         rustix::fs::minor(meta.rdev())
     );
+    let seq_dir = sys.sysfs.join("class/block").join(&plan.device.name);
+    let seq_now = read_trim(&seq_dir.join("diskseq")).and_then(|d| d.parse::<u64>().ok());
+    if plan.device.diskseq.is_some() && seq_now != plan.device.diskseq {
+        return Err(Error::invalid(format!(
+            "{} is another medium than the one checked (diskseq {:?}, was {:?}): nothing was written; run flash again",
+            plan.device.path.display(),
+            seq_now,
+            plan.device.diskseq
+        )));
+    }
     if !meta.file_type().is_block_device() || want.trim() != got {
         return Err(Error::invalid(format!(
             "{} changed between the checks and opening it (device {got}, expected {}): nothing was written; run flash again",

@@ -47,7 +47,7 @@ pub struct ServeOptions {
     pub max_per_ip: usize,
     /// TLS handshake and request-header timeout.
     pub timeout: Duration,
-    /// TLS sessions kept for resumption (session IDs; tickets need no server memory).
+    /// TLS sessions kept for resumption by session ID (no tickets are issued).
     pub tls_sessions: usize,
 }
 
