@@ -254,6 +254,56 @@ impl Lab {
         Ok(sans)
     }
 
+    /// What expires within `days`: active boards, both server certificates, the CA, the
+    /// code-signing certificate and the CRL's next update (nginx refuses every client once
+    /// its CRL has expired). Soonest first.
+    pub fn expiring(&self, days: u32) -> Result<Vec<Expiry>> {
+        let limit = OffsetDateTime::now_utc() + time::Duration::days(i64::from(days));
+        let mut all = Vec::new();
+        for b in self.registry.list()? {
+            if b.status == Status::Active {
+                all.push((
+                    format!("board {}", b.name),
+                    self.registry.cert_path(&b.name),
+                    b.not_after,
+                ));
+            }
+        }
+        for (what, path) in [
+            ("CA certificate", self.state.ca_cert()),
+            ("RSA server certificate", self.state.server_cert()),
+            ("ECDSA server certificate", self.state.server_ecdsa_cert()),
+            ("code-signing certificate", self.state.codesign_cert()),
+        ] {
+            if let Ok(pem) = state::read(&path) {
+                let info = ca::cert_info(&ca::cert_der_from_bytes(&pem)?)?;
+                all.push((what.to_string(), path, info.not_after));
+            }
+        }
+        if let Some(next) = crl_next_update(&self.state.crl()) {
+            all.push((
+                "CRL (next update; `ipxe-ca crl` re-signs it)".to_string(),
+                self.state.crl(),
+                next,
+            ));
+        }
+        let now = OffsetDateTime::now_utc();
+        let mut out: Vec<Expiry> = all
+            .into_iter()
+            .filter(|(_, _, t)| *t <= limit)
+            .map(|(what, path, t)| Expiry {
+                what,
+                path,
+                expires: t
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default(),
+                days_left: (t - now).whole_days(),
+            })
+            .collect();
+        out.sort_by_key(|e| e.days_left);
+        Ok(out)
+    }
+
     /// Every inconsistency between board files, folders, index, certificates and CRL; with
     /// `repair`, fixed where that is safe (under the state lock) and checked again.
     pub fn check(&self, repair: bool) -> Result<Vec<crate::registry::Problem>> {
@@ -736,4 +786,26 @@ fn crl_serials(path: &Path) -> std::collections::HashSet<String> {
     crl.iter_revoked_certificates()
         .map(|r| ca::serial_hex(r.raw_serial()))
         .collect()
+}
+
+/// Something that expires, for `list --expiring`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Expiry {
+    /// What it is ("board b1", "CA certificate", …).
+    pub what: String,
+    /// Its file.
+    pub path: PathBuf,
+    /// RFC 3339.
+    pub expires: String,
+    /// Whole days from now (negative: already expired).
+    pub days_left: i64,
+}
+
+/// A CRL file's nextUpdate, if it has one and can be read.
+fn crl_next_update(path: &Path) -> Option<OffsetDateTime> {
+    use rustls_pki_types::pem::PemObject;
+    use x509_parser::prelude::FromDer;
+    let der = rustls_pki_types::CertificateRevocationListDer::from_pem_file(path).ok()?;
+    let (_, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(&der).ok()?;
+    Some(crl.next_update()?.to_datetime())
 }

@@ -53,7 +53,7 @@ enum Command {
     /// changing files. Unchanged files keep their signature.
     SignFiles(SignFilesArgs),
     /// List the registered boards.
-    List(JsonArg),
+    List(ListArgs),
     /// Show one board.
     Show(ShowArgs),
     /// Serve each board its own script over mutual TLS, and boot files over HTTP.
@@ -428,6 +428,18 @@ struct RevokeArgs {
 }
 
 #[derive(Args, Debug)]
+struct ListArgs {
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+    /// Instead of the boards: everything that expires within DAYS (boards, server and
+    /// code-signing certificates, the CA, the CRL's next update); exit status 1 if anything
+    /// does, for cron and CI.
+    #[arg(long, value_name = "DAYS")]
+    expiring: Option<u32>,
+}
+
+#[derive(Args, Debug)]
 struct JsonArg {
     /// Machine-readable output.
     #[arg(long)]
@@ -630,6 +642,20 @@ fn run(cli: Cli) -> Result<()> {
         Command::List(a) => {
             if !lab.state().has_ca() {
                 return Err(ipxe_ca::Error::NoCa(cli.dir.clone()).into());
+            }
+            if let Some(days) = a.expiring {
+                let soon = lab.expiring(days).context("cannot check expiry dates")?;
+                if a.json {
+                    println!("{}", serde_json::to_string_pretty(&soon)?);
+                } else {
+                    for e in &soon {
+                        println!("{:>5} days  {:<50} {}", e.days_left, e.what, e.expires);
+                    }
+                }
+                if !soon.is_empty() {
+                    anyhow::bail!("{} item(s) expire within {days} days", soon.len());
+                }
+                return Ok(());
             }
             let boards = lab.registry().list().context("cannot list boards")?;
             let mut out = std::io::stdout().lock();

@@ -591,3 +591,52 @@ fn version_names_the_commit_it_was_built_from() {
         None => assert!(v.contains("not built from a git checkout"), "{v}"),
     }
 }
+
+#[test]
+fn list_expiring_names_what_runs_out_and_exits_1_for_cron() {
+    let lab = Lab::init();
+    lab.enroll("short", &["--days", "10"]);
+    lab.enroll("long", &[]);
+    lab.enroll("gone", &["--days", "3"]);
+    lab.ok(&["revoke", "gone"]);
+    // Nothing within 5 days (the revoked board does not count): exit 0.
+    let o = lab.run(&["list", "--expiring", "5", "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 0, "{v}");
+    // Within 30 days: the short board, and exit status 1.
+    let o = lab.run(&["list", "--expiring", "30", "--json"]);
+    assert_eq!(o.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let what: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["what"].as_str().unwrap())
+        .collect();
+    assert_eq!(what, ["board short"], "{v}");
+    assert!(v[0]["days_left"].as_i64().unwrap() <= 10);
+    // Within 400 days the CRL's next update (365) comes in too; the server certificates
+    // (824 days) and the CA (10 years) do not.
+    let o = lab.run(&["list", "--expiring", "400", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let what: Vec<String> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["what"].as_str().unwrap().to_string())
+        .collect();
+    assert!(what.iter().any(|w| w.starts_with("CRL")), "{what:?}");
+    assert!(
+        !what
+            .iter()
+            .any(|w| w.contains("server") || w.starts_with("CA")),
+        "{what:?}"
+    );
+    let o = lab.run(&["list", "--expiring", "900"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("RSA server certificate") && text.contains("ECDSA server certificate"),
+        "{text}"
+    );
+}
