@@ -73,7 +73,6 @@ impl RevokedSerials {
         } else {
             (None, HashSet::new())
         };
-        warn_if_expiring(state);
         Ok(RevokedSerials {
             current: Mutex::new(Current {
                 seen: file_id(state),
@@ -129,25 +128,6 @@ impl RevokedSerials {
     }
 }
 
-/// nginx (proxy mode) refuses every client once `ssl_crl` has expired: say so at start, while
-/// there is time to act.
-fn warn_if_expiring(state: &StateDir) {
-    if let Some(days) = crl_days_left(state).filter(|d| *d < 30) {
-        super::log::say(&format!(
-            "ipxe-ca: warning: {} expires in {days} days: run `ipxe-ca crl` (nginx refuses every client on an expired CRL)",
-            state.crl().display()
-        ));
-    }
-}
-
-/// Whole days until the CRL's nextUpdate, if there is a readable CRL with one.
-fn crl_days_left(state: &StateDir) -> Option<i64> {
-    let der = CertificateRevocationListDer::from_pem_file(state.crl()).ok()?;
-    let (_, crl) = CertificateRevocationList::from_der(&der).ok()?;
-    let next = crl.next_update()?.to_datetime();
-    Some((next - time::OffsetDateTime::now_utc()).whole_days())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,7 +136,6 @@ mod tests {
     fn crl_is_read_verified_and_dated() {
         let t = tempfile::tempdir().unwrap();
         let state = StateDir::new(t.path());
-        assert_eq!(crl_days_left(&state), None);
         let issued = crate::ca::create_ca("t", crate::ca::KeySize::Rsa2048, 30).unwrap();
         let ca = crate::ca::Ca::load(
             issued.cert_pem.as_bytes(),
@@ -171,7 +150,6 @@ mod tests {
         let crl = ca.crl(&[revoked], 1, 5).unwrap();
         state::write_atomic(&state.crl(), crl.as_bytes(), 0o644).unwrap();
         state::write_atomic(&state.ca_cert(), issued.cert_pem.as_bytes(), 0o644).unwrap();
-        assert_eq!(crl_days_left(&state), Some(4));
         let set = RevokedSerials::new(&state).unwrap();
         assert!(set.contains("0badc0de"));
         assert!(!set.contains("0badc0df"));

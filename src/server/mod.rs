@@ -173,6 +173,29 @@ pub async fn serve(
     let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
+    // What runs out within 30 days is said at start and once a day after, while it lasts.
+    let expiry_watch = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(24 * 3600));
+            loop {
+                tick.tick().await;
+                match shared.lab.expiring(30) {
+                    Ok(soon) => {
+                        for e in soon {
+                            log::say(&format!(
+                                "ipxe-ca: warning: {} expires in {} days ({}): renew it before boards stop booting",
+                                e.what, e.days_left, e.expires
+                            ));
+                        }
+                    }
+                    Err(e) => {
+                        log::say(&format!("ipxe-ca: warning: cannot check expiry dates: {e}"))
+                    }
+                }
+            }
+        })
+    };
     // Expired one-time URLs go on a timer, so memory comes back after a burst.
     let purger = {
         let shared = shared.clone();
@@ -225,6 +248,7 @@ pub async fn serve(
     log::say("ipxe-ca: shutting down; letting in-flight requests finish");
     let _ = stop_tx.send(true);
     purger.abort();
+    expiry_watch.abort();
     for t in tasks {
         let _ = t.await;
     }
