@@ -59,7 +59,19 @@ fn median(v: &mut [f64]) -> f64 {
 /// A child process killed on drop.
 struct Proc(Child);
 impl Drop for Proc {
+    /// SIGTERM first, so that nginx and gunicorn stop their workers too (SIGKILL to the master
+    /// alone left nginx's workers running), then SIGKILL if it lingers.
     fn drop(&mut self) {
+        use rustix::process::{kill_process, Pid, Signal};
+        if let Some(pid) = Pid::from_raw(self.0.id() as i32) {
+            let _ = kill_process(pid, Signal::TERM);
+            for _ in 0..200 {
+                if matches!(self.0.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(25));
+            }
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
