@@ -280,7 +280,7 @@ impl Lab {
                 all.push((what.to_string(), path, info.not_after));
             }
         }
-        if let Some(next) = crl_next_update(&self.state.crl()) {
+        if let Some(next) = crl_facts(&self.state.crl()).and_then(|(_, next)| next) {
             all.push((
                 "CRL (next update; `ipxe-ca crl` re-signs it)".to_string(),
                 self.state.crl(),
@@ -322,7 +322,9 @@ impl Lab {
 
     fn check_all(&self) -> Result<Vec<crate::registry::Problem>> {
         let mut problems = self.registry.check()?;
-        let listed = crl_serials(&self.state.crl());
+        let listed = crl_facts(&self.state.crl())
+            .map(|(serials, _)| serials)
+            .unwrap_or_default();
         for b in self.registry.list().unwrap_or_default() {
             if b.status == Status::Revoked && !listed.contains(&b.serial) {
                 problems.push(crate::registry::Problem {
@@ -772,20 +774,17 @@ impl Lab {
     }
 }
 
-/// Serials a CRL file lists (none if it cannot be read).
-fn crl_serials(path: &Path) -> std::collections::HashSet<String> {
+/// What a CRL file says: the serials it lists and its nextUpdate (`None` if unreadable).
+fn crl_facts(path: &Path) -> Option<(std::collections::HashSet<String>, Option<OffsetDateTime>)> {
     use rustls_pki_types::pem::PemObject;
     use x509_parser::prelude::FromDer;
-    let Ok(der) = rustls_pki_types::CertificateRevocationListDer::from_pem_file(path) else {
-        return Default::default();
-    };
-    let Ok((_, crl)) = x509_parser::revocation_list::CertificateRevocationList::from_der(&der)
-    else {
-        return Default::default();
-    };
-    crl.iter_revoked_certificates()
+    let der = rustls_pki_types::CertificateRevocationListDer::from_pem_file(path).ok()?;
+    let (_, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(&der).ok()?;
+    let serials = crl
+        .iter_revoked_certificates()
         .map(|r| ca::serial_hex(r.raw_serial()))
-        .collect()
+        .collect();
+    Some((serials, crl.next_update().map(|t| t.to_datetime())))
 }
 
 /// Something that expires, for `list --expiring`.
@@ -799,13 +798,4 @@ pub struct Expiry {
     pub expires: String,
     /// Whole days from now (negative: already expired).
     pub days_left: i64,
-}
-
-/// A CRL file's nextUpdate, if it has one and can be read.
-fn crl_next_update(path: &Path) -> Option<OffsetDateTime> {
-    use rustls_pki_types::pem::PemObject;
-    use x509_parser::prelude::FromDer;
-    let der = rustls_pki_types::CertificateRevocationListDer::from_pem_file(path).ok()?;
-    let (_, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(&der).ok()?;
-    Some(crl.next_update()?.to_datetime())
 }

@@ -235,11 +235,7 @@ impl Registry {
                 )?;
             }
             let name = board.name.as_str().as_bytes();
-            for (kind, value) in [
-                ("sha1", board.fingerprint_sha1.as_str()),
-                ("sha256", board.fingerprint_sha256.as_str()),
-                ("serial", board.serial.as_str()),
-            ] {
+            for (kind, value) in index_values(board) {
                 state::write_atomic(&self.state.index_file(kind, value), name, MODE_PUBLIC)?;
             }
             self.save(board)
@@ -253,11 +249,7 @@ impl Registry {
     fn remove_files(&self, board: &Board) {
         let _ = fs::remove_file(self.state.board_file(&board.name));
         let _ = fs::remove_dir_all(self.state.board_dir(&board.name));
-        for (kind, value) in [
-            ("sha1", board.fingerprint_sha1.as_str()),
-            ("sha256", board.fingerprint_sha256.as_str()),
-            ("serial", board.serial.as_str()),
-        ] {
+        for (kind, value) in index_values(board) {
             let _ = fs::remove_file(self.state.index_file(kind, value));
         }
     }
@@ -422,6 +414,7 @@ impl Registry {
     }
 }
 
+/// The index entries a board has: how it is found by fingerprint and by serial.
 fn index_values(b: &Board) -> [(&'static str, &str); 3] {
     [
         ("sha1", b.fingerprint_sha1.as_str()),

@@ -51,6 +51,15 @@ pub struct ServeOptions {
     pub tls_sessions: usize,
 }
 
+impl ServeOptions {
+    /// Whether `ip` is a `--trusted-proxy` in proxy mode (::ffff:127.0.0.1 is 127.0.0.1: a
+    /// dual-stack listener sees mapped addresses).
+    pub(crate) fn is_trusted_proxy(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.behind_proxy && self.trusted_proxies.iter().any(|t| t.to_canonical() == ip)
+    }
+}
+
 /// Shared state of a running server.
 pub(crate) struct Shared {
     pub lab: Lab,
@@ -320,13 +329,7 @@ async fn accept_loop(
             _ = stop.changed() => return,
         };
         // A trusted proxy carries every board's connection: it gets the whole budget.
-        let cap = if shared.opts.behind_proxy
-            && shared
-                .opts
-                .trusted_proxies
-                .iter()
-                .any(|t| t.to_canonical() == peer.ip().to_canonical())
-        {
+        let cap = if shared.opts.is_trusted_proxy(peer.ip()) {
             shared.opts.max_connections
         } else {
             shared.opts.max_per_ip

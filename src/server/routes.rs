@@ -310,16 +310,8 @@ fn respond(status: StatusCode, body: String, out: &mut Outcome) -> Response<Body
 
 /// A plain-HTTP peer that terminates TLS for us (proxy mode, `--trusted-proxy`).
 fn trusted_proxy(info: &ConnInfo, shared: &Shared) -> bool {
-    // ::ffff:127.0.0.1 is 127.0.0.1 (a dual-stack listener sees mapped addresses).
-    shared.opts.behind_proxy
-        && info.peer.is_some_and(|p| {
-            let ip = p.ip().to_canonical();
-            shared
-                .opts
-                .trusted_proxies
-                .iter()
-                .any(|t| t.to_canonical() == ip)
-        })
+    info.peer
+        .is_some_and(|p| shared.opts.is_trusted_proxy(p.ip()))
 }
 
 /// Equal in constant time (the proxy secret must not leak through timing).
