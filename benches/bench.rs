@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -15,14 +14,15 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::{bin, free_port, s, Proc};
+
 type R<T> = Result<T, Box<dyn std::error::Error>>;
 
-fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_ipxe-ca"))
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap_or_default()
+/// Wait until something listens on `port`; a server that never does fails the run.
+fn wait_port(port: u16) -> R<()> {
+    Ok(common::wait_port(port, Duration::from_secs(10))?)
 }
 
 fn run(cmd: &mut Command) -> R<String> {
@@ -33,48 +33,9 @@ fn run(cmd: &mut Command) -> R<String> {
     Ok(String::from_utf8_lossy(&o.stdout).into_owned())
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
-}
-
-/// Wait until something listens on `port`; a server that never does fails the run.
-fn wait_port(port: u16) -> R<()> {
-    for _ in 0..400 {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    Err(format!("nothing listens on 127.0.0.1:{port} after 10 s").into())
-}
-
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
-/// A child process killed on drop.
-struct Proc(Child);
-impl Drop for Proc {
-    /// SIGTERM first, so that nginx and gunicorn stop their workers too (SIGKILL to the master
-    /// alone left nginx's workers running), then SIGKILL if it lingers.
-    fn drop(&mut self) {
-        use rustix::process::{kill_process, Pid, Signal};
-        if let Some(pid) = Pid::from_raw(self.0.id() as i32) {
-            let _ = kill_process(pid, Signal::TERM);
-            for _ in 0..200 {
-                if matches!(self.0.try_wait(), Ok(Some(_))) {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(25));
-            }
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// `ipxe-ca serve` on free loopback ports, ready: (process, https port, http port).
@@ -208,7 +169,7 @@ fn lab_with_boards(dir: &Path, n: usize) -> R<(PathBuf, PathBuf, Vec<PathBuf>)> 
             ..Default::default()
         };
         lab.sign(&name, &csr_der, &opts)?;
-        certs.push(lab.registry().cert_path(&name));
+        certs.push(lab.state().board_cert(&name));
     }
     Ok((state, key, certs))
 }

@@ -15,7 +15,7 @@ use time::{Duration, OffsetDateTime};
 use x509_parser::prelude::{FromDer, ParsedExtension, X509Certificate};
 
 use crate::error::{Error, Result};
-use crate::types::{Fingerprint, San};
+use crate::types::{Fingerprint, San, Serial};
 
 /// OID of rsaEncryption: iPXE before v2.0 speaks only RSA, so every key we accept is RSA.
 const OID_RSA: &str = "1.2.840.113549.1.1.1";
@@ -115,8 +115,8 @@ pub fn cert_sans(der: &[u8]) -> Result<Vec<San>> {
 /// Facts about a certificate, read from its DER.
 #[derive(Clone, Debug)]
 pub struct CertInfo {
-    /// Serial in lowercase hex, without leading zero bytes.
-    pub serial: String,
+    /// Serial.
+    pub serial: Serial,
     /// SHA-1 fingerprint (nginx's `$ssl_client_fingerprint`).
     pub fingerprint_sha1: Fingerprint,
     /// SHA-256 fingerprint.
@@ -127,15 +127,6 @@ pub struct CertInfo {
     pub not_after: OffsetDateTime,
     /// The subject's common name, if any.
     pub common_name: Option<String>,
-}
-
-/// A serial as the registry and the CRL check write it: lowercase hex, no leading zero bytes.
-pub fn serial_hex(raw: &[u8]) -> String {
-    let first = raw
-        .iter()
-        .position(|b| *b != 0)
-        .unwrap_or(raw.len().saturating_sub(1));
-    hex::encode(&raw[first..])
 }
 
 /// Parse one certificate's DER.
@@ -149,7 +140,7 @@ pub fn cert_info(der: &[u8]) -> Result<CertInfo> {
         .and_then(|cn| cn.as_str().ok())
         .map(str::to_string);
     Ok(CertInfo {
-        serial: serial_hex(c.tbs_certificate.raw_serial()),
+        serial: Serial::from_der_bytes(c.tbs_certificate.raw_serial()),
         fingerprint_sha1: Fingerprint::sha1(der),
         fingerprint_sha256: Fingerprint::sha256(der),
         not_before: c.validity().not_before.to_datetime(),
@@ -182,22 +173,50 @@ pub fn cert_pem(der: &[u8]) -> String {
     )
 }
 
-/// A newly issued certificate and, when we generated it, its key.
+/// A newly issued certificate whose key someone else holds (a signed CSR).
 #[derive(Debug)]
-pub struct Issued {
+pub struct Signed {
     /// The certificate in PEM.
     pub cert_pem: String,
     /// The certificate in DER.
     pub cert_der: Vec<u8>,
-    /// The private key in PKCS#8 PEM, when we made the key.
-    pub key_pem: Option<String>,
+}
+
+/// A newly issued certificate with the key we generated for it.
+#[derive(Debug)]
+pub struct Issued {
+    /// The certificate.
+    pub cert: Signed,
+    /// The private key in PKCS#8 PEM.
+    pub key_pem: String,
+}
+
+impl Issued {
+    fn new(cert: Signed, key: &KeyPair) -> Issued {
+        Issued {
+            cert,
+            key_pem: key.serialize_pem(),
+        }
+    }
+}
+
+impl AsRef<Signed> for Signed {
+    fn as_ref(&self) -> &Signed {
+        self
+    }
+}
+
+impl AsRef<Signed> for Issued {
+    fn as_ref(&self) -> &Signed {
+        &self.cert
+    }
 }
 
 /// One revoked certificate for the CRL.
 #[derive(Clone, Debug)]
 pub struct Revoked {
-    /// Serial in hex.
-    pub serial: String,
+    /// Its serial.
+    pub serial: Serial,
     /// When it was revoked.
     pub when: OffsetDateTime,
     /// Why.
@@ -285,11 +304,13 @@ pub fn create_ca(name: &str, size: KeySize, days: u32) -> Result<Issued> {
     let cert = params
         .self_signed(&key)
         .map_err(|e| Error::crypto("cannot create CA certificate", e))?;
-    Ok(Issued {
-        cert_pem: cert.pem(),
-        cert_der: cert.der().to_vec(),
-        key_pem: Some(key.serialize_pem()),
-    })
+    Ok(Issued::new(
+        Signed {
+            cert_pem: cert.pem(),
+            cert_der: cert.der().to_vec(),
+        },
+        &key,
+    ))
 }
 
 /// What a leaf certificate is for.
@@ -401,19 +422,18 @@ impl Ca {
         if c.issuer().as_raw() != self.subject_raw.as_slice() {
             return Err(Error::crypto(
                 "cannot issue certificate",
-                "the CA's subject name cannot be reproduced byte for byte (iPXE would reject the chain); re-create the CA with `ipxe-ca init --force`",
+                "the CA's subject name cannot be reproduced byte for byte (iPXE would reject the chain); re-create the CA with `ipxe-ca init`, replacing this one",
             ));
         }
         Ok(())
     }
 
-    fn finish(&self, cert: rcgen::Certificate, key_pem: Option<String>) -> Result<Issued> {
+    fn finish(&self, cert: rcgen::Certificate) -> Result<Signed> {
         let der = cert.der().to_vec();
         self.check_issuer_bytes(&der)?;
-        Ok(Issued {
+        Ok(Signed {
             cert_pem: cert.pem(),
             cert_der: der,
-            key_pem,
         })
     }
 
@@ -459,7 +479,7 @@ impl Ca {
         let cert = params
             .signed_by(&key, &self.issuer)
             .map_err(|e| Error::crypto("cannot sign server certificate", e))?;
-        self.finish(cert, Some(key.serialize_pem()))
+        Ok(Issued::new(self.finish(cert)?, &key))
     }
 
     /// The signer of boot files: its own key (never the CA's), digitalSignature + codeSigning,
@@ -470,7 +490,7 @@ impl Ca {
         let cert = params
             .signed_by(&key, &self.issuer)
             .map_err(|e| Error::crypto("cannot sign the code-signing certificate", e))?;
-        self.finish(cert, Some(key.serialize_pem()))
+        Ok(Issued::new(self.finish(cert)?, &key))
     }
 
     /// A board certificate for `key` (made by [`generate_key`]): clientAuth, CN=board.
@@ -479,12 +499,12 @@ impl Ca {
         let cert = params
             .signed_by(key, &self.issuer)
             .map_err(|e| Error::crypto("cannot sign board certificate", e))?;
-        self.finish(cert, Some(key.serialize_pem()))
+        Ok(Issued::new(self.finish(cert)?, key))
     }
 
     /// Sign an external CSR (PEM or DER) for a board. Only the CSR's public key is used:
     /// subject, extensions and validity are ours, never the requester's.
-    pub fn sign_csr(&self, csr: &[u8], cn: &str, days: u32) -> Result<Issued> {
+    pub fn sign_csr(&self, csr: &[u8], cn: &str, days: u32) -> Result<Signed> {
         let der = if is_pem(csr) {
             pem::parse(csr)
                 .map_err(|e| Error::invalid(format!("the CSR is not valid PEM: {e}")))?
@@ -514,7 +534,7 @@ impl Ca {
         let cert = params
             .signed_by(&public, &self.issuer)
             .map_err(|e| Error::crypto("cannot sign CSR", e))?;
-        self.finish(cert, None)
+        self.finish(cert)
     }
 
     /// Verify that `der` was issued by this CA (signature and issuer name); used to adopt
@@ -550,8 +570,8 @@ impl Ca {
         let revoked_certs = revoked
             .iter()
             .map(|r| {
-                let serial = hex::decode(&r.serial).map_err(|_| {
-                    Error::invalid(format!("bad serial {:?} in registry", r.serial))
+                let serial = hex::decode(r.serial.as_str()).map_err(|_| {
+                    Error::invalid(format!("bad serial {:?} in registry", r.serial.as_str()))
                 })?;
                 Ok(RevokedCertParams {
                     serial_number: SerialNumber::from_slice(&serial),

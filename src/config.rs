@@ -50,13 +50,50 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The port of the server URL (443 when it names none): where a proxy in front listens.
+    pub fn server_port(&self) -> u16 {
+        let authority = self
+            .server_url
+            .split_once("://")
+            .map_or(self.server_url.as_str(), |(_, r)| r);
+        let authority = authority.split('/').next().unwrap_or_default();
+        // The part after the last ':' is a port only outside an IPv6 literal's brackets.
+        match authority.rsplit_once(':') {
+            Some((_, p)) if !p.contains(']') => p.parse().unwrap_or(443),
+            _ => 443,
+        }
+    }
+}
+
 /// Check that a URL has the scheme we expect and no trailing slash issues.
-pub fn check_url(url: &str, scheme: &str, flag: &str) -> Result<String> {
+pub fn check_url(url: &str, scheme: &str, what: &str) -> Result<String> {
     let rest = url
         .strip_prefix(&format!("{scheme}://"))
-        .ok_or_else(|| Error::invalid(format!("{flag} {url:?} must start with {scheme}://")))?;
+        .ok_or_else(|| Error::invalid(format!("{what} {url:?} must start with {scheme}://")))?;
     if rest.is_empty() || rest.contains(char::is_whitespace) {
-        return Err(Error::invalid(format!("{flag} {url:?} has no valid host")));
+        return Err(Error::invalid(format!("{what} {url:?} has no valid host")));
     }
     Ok(url.trim_end_matches('/').to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_port_comes_from_the_url() {
+        let port = |u: &str| {
+            Config {
+                server_url: u.into(),
+                files_url: String::new(),
+            }
+            .server_port()
+        };
+        assert_eq!(port("https://boot.lab:8443"), 8443);
+        assert_eq!(port("https://boot.lab"), 443);
+        assert_eq!(port("https://boot.lab:9443/x"), 9443);
+        assert_eq!(port("https://[fd00::1]"), 443);
+        assert_eq!(port("https://[fd00::1]:8443"), 8443);
+    }
 }

@@ -18,10 +18,10 @@ pub enum Error {
     #[error("{0}")]
     Invalid(String),
     /// The state dir has no CA yet.
-    #[error("no CA in {0}: run `ipxe-ca init` first (or pass --dir / set IPXE_CA_DIR)")]
+    #[error("no CA in {0}: run `ipxe-ca init` first, or use the state dir that holds the CA")]
     NoCa(PathBuf),
     /// `init` would replace an existing CA and every board certificate with it.
-    #[error("a CA already exists in {0}: refusing to replace it (every enrolled board would stop booting); pass --force to replace it anyway")]
+    #[error("a CA already exists in {0}: refusing to replace it (every enrolled board would stop booting)")]
     CaExists(PathBuf),
     /// A board of that name is already registered.
     #[error("board {0:?} is already registered: choose another name, or `ipxe-ca revoke` it and use a new name")]
@@ -38,6 +38,9 @@ pub enum Error {
     /// An external program failed or could not be started.
     #[error("{program} failed: {detail}")]
     Command { program: String, detail: String },
+    /// `flash` refuses a disk that is neither removable nor USB-attached unless told otherwise.
+    #[error("refusing {0}: neither removable nor USB-attached (a fixed disk?)")]
+    NotRemovable(String),
     /// The server could not start or stopped with an error.
     #[error("server: {0}")]
     Server(String),

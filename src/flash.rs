@@ -257,7 +257,7 @@ pub fn plan(
     let meta = std::fs::metadata(device).map_err(|e| Error::io("cannot open device", device, e))?;
     if !meta.file_type().is_block_device() {
         return Err(Error::invalid(format!(
-            "{} is not a block device: give the whole disk, e.g. /dev/sdb (`ipxe-ca flash --list` shows candidates)",
+            "{} is not a block device: give the whole disk, e.g. /dev/sdb (`ipxe-ca flash` can list candidates)",
             device.display()
         )));
     }
@@ -303,10 +303,7 @@ pub fn plan(
         )));
     }
     if !dev.is_candidate() && !allow_non_removable {
-        return Err(Error::invalid(format!(
-            "refusing {}: neither removable nor USB-attached; if this really is the stick, pass --allow-non-removable",
-            dev.describe()
-        )));
+        return Err(Error::NotRemovable(dev.describe()));
     }
     if dev.size < image_size {
         return Err(Error::invalid(format!(
@@ -315,7 +312,7 @@ pub fn plan(
             human(image_size)
         )));
     }
-    let actual = crate::ipxe_build::sha256_file(image)?;
+    let actual = crate::digest::sha256_file(image)?;
     if let Some(want) = expected_sha256 {
         if want != actual {
             return Err(Error::invalid(format!(
@@ -432,15 +429,22 @@ pub fn flash(plan: &mut Plan, verify: bool, progress: &dyn Fn(Progress)) -> Resu
     if !verify {
         return Ok(None);
     }
-    let got = verify_device(dev_path, plan.image_size, progress)?;
+    self::verify(plan, progress).map(Some)
+}
+
+/// Read the device back (past the page cache) and compare it with the image; returns the
+/// SHA-256 read. `flash` does this after writing; alone, it checks a stick written earlier.
+pub fn verify(plan: &Plan, progress: &dyn Fn(Progress)) -> Result<String> {
+    let got = verify_device(&plan.device.path, plan.image_size, progress)?;
     if got != plan.sha256 {
         return Err(Error::invalid(format!(
-            "verification FAILED: {} reads back SHA-256 {got}, the image is {}; the stick may be faulty",
-            dev_path.display(),
+            "verification FAILED: {} does not hold {} (read back SHA-256 {got}, image {}); the stick may be faulty",
+            plan.device.describe(),
+            plan.image.display(),
             plan.sha256
         )));
     }
-    Ok(Some(got))
+    Ok(got)
 }
 
 /// SHA-256 of the first `len` bytes of a device, read past the page cache.
@@ -451,7 +455,7 @@ pub fn verify_device(dev_path: &Path, len: u64, progress: &dyn Fn(Progress)) -> 
     let _ = rustix::fs::fadvise(&dev, 0, None, rustix::fs::Advice::DontNeed);
     dev.seek(SeekFrom::Start(0))
         .map_err(|e| Error::io("cannot seek", dev_path, e))?;
-    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    let mut ctx = crate::digest::Sha256::default();
     let mut buf = vec![0u8; BLOCK];
     let mut done = 0u64;
     while done < len {
@@ -472,7 +476,7 @@ pub fn verify_device(dev_path: &Path, len: u64, progress: &dyn Fn(Progress)) -> 
             total: len,
         });
     }
-    Ok(hex::encode(ctx.finish().as_ref()))
+    Ok(ctx.hex())
 }
 
 fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -486,32 +490,4 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
         }
     }
     Ok(n)
-}
-
-/// The image for a board: the preferred target of the newest manifest under `out`.
-pub fn board_image(out: &Path, board: &crate::types::BoardName) -> Result<(PathBuf, String)> {
-    let manifest = out.join(board.as_str()).join("manifest.json");
-    let text = std::fs::read(&manifest).map_err(|e| {
-        Error::io(
-            "no image built for this board (run `ipxe-ca build` first; or pass --out)",
-            &manifest,
-            e,
-        )
-    })?;
-    let m: serde_json::Value = serde_json::from_slice(&text).map_err(|e| Error::Parse {
-        path: manifest.clone(),
-        detail: e.to_string(),
-    })?;
-    let targets = m["targets"].as_array().cloned().unwrap_or_default();
-    for want in ["hybrid", "usb", "efi-usb"] {
-        if let Some(t) = targets.iter().find(|t| t["target"] == want) {
-            let file = t["file"].as_str().unwrap_or_default();
-            let sha = t["sha256"].as_str().unwrap_or_default().to_string();
-            return Ok((out.join(board.as_str()).join(file), sha));
-        }
-    }
-    Err(Error::invalid(format!(
-        "the manifest {} has no image for a stick (hybrid, usb or efi-usb): build one with --target hybrid",
-        manifest.display()
-    )))
 }

@@ -7,12 +7,13 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::ca::{self, Ca, CertInfo, Issued, KeySize, Reason, Revoked};
+use crate::board::{Board, BoardView, Origin, Status};
+use crate::ca::{self, Ca, CertInfo, KeySize, Reason, Revoked};
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::registry::{Board, Origin, Registry, Status};
+use crate::registry::Registry;
 use crate::state::{self, StateDir, MODE_PUBLIC, MODE_SECRET};
-use crate::types::{BoardName, KeyValue, Mac, ProfileName, San};
+use crate::types::{BoardName, KeyValue, Mac, ProfileName, San, Serial};
 
 /// The embed script compiled into images (written to `ipxe-scripts/embed.ipxe`).
 pub const EMBED_TEMPLATE: &str = include_str!("../ipxe-scripts/embed.ipxe");
@@ -41,7 +42,7 @@ pub mod days {
 pub struct InitOptions {
     /// The CA's common name.
     pub name: String,
-    /// The server certificate's names; the first decides the default URLs.
+    /// The server certificate's names; the first decides the default URLs. Empty: [`default_sans`].
     pub sans: Vec<San>,
     /// Overrides the server URL in config.toml.
     pub server_url: Option<String>,
@@ -55,6 +56,38 @@ pub struct InitOptions {
     pub force: bool,
     /// Adopt an existing CA (certificate, key) instead of creating one.
     pub from_ca: Option<(PathBuf, PathBuf)>,
+}
+
+impl Default for InitOptions {
+    /// A new 10-year RSA-2048 CA named "ipxe-ca boot CA"; the server is reached as localhost.
+    fn default() -> Self {
+        InitOptions {
+            name: "ipxe-ca boot CA".into(),
+            sans: Vec::new(),
+            server_url: None,
+            files_url: None,
+            key_size: KeySize::Rsa2048,
+            days: days::CA,
+            force: false,
+            from_ca: None,
+        }
+    }
+}
+
+/// The server names `init` uses when given none: enough for a first boot on this host.
+pub fn default_sans() -> Vec<San> {
+    vec![San::Dns("localhost".into()), San::Ip([127, 0, 0, 1].into())]
+}
+
+/// What `init` made.
+#[derive(Clone, Debug)]
+pub struct Initialized {
+    /// The URLs boards use.
+    pub config: Config,
+    /// The server certificate's names.
+    pub sans: Vec<San>,
+    /// Whether an existing CA was adopted (instead of created).
+    pub adopted: bool,
 }
 
 /// Options shared by `enroll`, `sign` and `register`.
@@ -89,41 +122,6 @@ pub struct BoardUpdate {
     pub secrets: Vec<KeyValue>,
     /// Secrets to remove.
     pub unset_secrets: Vec<String>,
-}
-
-/// What `list --json` and `show --json` print for a board. Secret values never appear.
-#[derive(Clone, Debug, Serialize)]
-pub struct BoardView {
-    /// Board name.
-    pub name: String,
-    /// Serial, lowercase hex.
-    pub serial: String,
-    /// SHA-1 fingerprint, lowercase hex without colons (nginx's form).
-    pub fingerprint_sha1: String,
-    /// SHA-256 fingerprint.
-    pub fingerprint_sha256: String,
-    /// MAC or null.
-    pub mac: Option<String>,
-    /// Profile name.
-    pub profile: String,
-    /// RFC 3339.
-    pub not_before: String,
-    /// RFC 3339.
-    pub not_after: String,
-    /// `active` or `revoked`.
-    pub status: Status,
-    /// How the certificate came to us.
-    pub origin: Origin,
-    /// RFC 3339, when revoked.
-    pub revoked_at: Option<String>,
-    /// Certificate path.
-    pub cert: PathBuf,
-    /// Key path, or null when we never had the key.
-    pub key: Option<PathBuf>,
-    /// Template variables.
-    pub vars: BTreeMap<String, String>,
-    /// Names of the secrets (never their values).
-    pub secrets: Vec<String>,
 }
 
 /// `n` RSA-2048 keys, generated on all cores.
@@ -176,11 +174,6 @@ pub struct Lab {
     registry: Registry,
 }
 
-fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| t.to_string())
-}
-
 impl Lab {
     /// The lab at `dir` (it may not be initialised yet).
     pub fn open(dir: impl Into<PathBuf>) -> Lab {
@@ -218,13 +211,9 @@ impl Lab {
             (rsa, s.server_cert(), s.server_key()),
             (ecdsa, s.server_ecdsa_cert(), s.server_ecdsa_key()),
         ] {
-            let key_pem = issued
-                .key_pem
-                .as_deref()
-                .ok_or_else(|| Error::invalid("internal: a server key is missing"))?;
-            state::write_atomic(&key, key_pem.as_bytes(), MODE_SECRET)?;
+            state::write_atomic(&key, issued.key_pem.as_bytes(), MODE_SECRET)?;
             // Leaf first, then the CA: the server sends the whole chain.
-            let chain = format!("{}{ca_pem}", issued.cert_pem);
+            let chain = format!("{}{ca_pem}", issued.cert.cert_pem);
             state::write_atomic(&cert, chain.as_bytes(), MODE_PUBLIC)?;
         }
         Ok(())
@@ -264,7 +253,7 @@ impl Lab {
             if b.status == Status::Active {
                 all.push((
                     format!("board {}", b.name),
-                    self.registry.cert_path(&b.name),
+                    self.state.board_cert(&b.name),
                     b.not_after,
                 ));
             }
@@ -280,7 +269,7 @@ impl Lab {
                 all.push((what.to_string(), path, info.not_after));
             }
         }
-        if let Some(next) = crl_facts(&self.state.crl()).and_then(|(_, next)| next) {
+        if let Some(next) = crl_facts(&self.state.crl()).and_then(|f| f.next_update) {
             all.push((
                 "CRL (next update; `ipxe-ca crl` re-signs it)".to_string(),
                 self.state.crl(),
@@ -323,7 +312,7 @@ impl Lab {
     fn check_all(&self) -> Result<Vec<crate::registry::Problem>> {
         let mut problems = self.registry.check()?;
         let listed = crl_facts(&self.state.crl())
-            .map(|(serials, _)| serials)
+            .map(|f| f.serials)
             .unwrap_or_default();
         for b in self.registry.list().unwrap_or_default() {
             if b.status == Status::Revoked && !listed.contains(&b.serial) {
@@ -365,14 +354,14 @@ impl Lab {
     }
 
     fn save_codesign(&self, issued: &ca::Issued) -> Result<()> {
-        let key = issued
-            .key_pem
-            .as_deref()
-            .ok_or_else(|| Error::invalid("internal: the code-signing key is missing"))?;
-        state::write_atomic(&self.state.codesign_key(), key.as_bytes(), MODE_SECRET)?;
+        state::write_atomic(
+            &self.state.codesign_key(),
+            issued.key_pem.as_bytes(),
+            MODE_SECRET,
+        )?;
         state::write_atomic(
             &self.state.codesign_cert(),
-            issued.cert_pem.as_bytes(),
+            issued.cert.cert_pem.as_bytes(),
             MODE_PUBLIC,
         )
     }
@@ -399,18 +388,19 @@ impl Lab {
     }
 
     /// Create (or adopt) the CA, the separate server certificate, config and templates.
-    pub fn init(&self, opts: &InitOptions) -> Result<Config> {
-        let first = opts.sans.first().ok_or_else(|| {
-            Error::invalid(
-                "give at least one --san (e.g. --san DNS:boot.lab --san IP:192.168.1.10)",
-            )
-        })?;
+    pub fn init(&self, opts: &InitOptions) -> Result<Initialized> {
+        let sans = if opts.sans.is_empty() {
+            default_sans()
+        } else {
+            opts.sans.clone()
+        };
+        let first = &sans[0];
         let mut config = Config::from_san(first);
         if let Some(u) = &opts.server_url {
-            config.server_url = crate::config::check_url(u, "https", "--server-url")?;
+            config.server_url = crate::config::check_url(u, "https", "the server URL")?;
         }
         if let Some(u) = &opts.files_url {
-            config.files_url = crate::config::check_url(u, "http", "--files-url")?;
+            config.files_url = crate::config::check_url(u, "http", "the files URL")?;
         }
         if self.state.has_ca() && !opts.force {
             return Err(Error::CaExists(self.state.root().to_path_buf()));
@@ -420,14 +410,16 @@ impl Lab {
             Some((cert, key)) => (state::read(cert)?, state::read(key)?),
             None => {
                 let issued = ca::create_ca(&opts.name, opts.key_size, opts.days)?;
-                let key = issued.key_pem.unwrap_or_default();
-                (issued.cert_pem.into_bytes(), key.into_bytes())
+                (
+                    issued.cert.cert_pem.into_bytes(),
+                    issued.key_pem.into_bytes(),
+                )
             }
         };
         // Validate everything before writing anything.
         let ca = Ca::load(&ca_cert, &ca_key)?;
-        let server = ca.issue_server(&opts.sans, opts.key_size, days::SERVER)?;
-        let server_ecdsa = ca.issue_server_ecdsa(&opts.sans, days::SERVER)?;
+        let server = ca.issue_server(&sans, opts.key_size, days::SERVER)?;
+        let server_ecdsa = ca.issue_server_ecdsa(&sans, days::SERVER)?;
         let crl = ca.crl(&[], 1, days::CRL)?;
         let codesign = ca.issue_codesign(opts.key_size, days::CODESIGN)?;
 
@@ -444,26 +436,22 @@ impl Lab {
         self.save_codesign(&codesign)?;
         config.save(&self.state)?;
         self.write_templates()?;
-        Ok(config)
+        Ok(Initialized {
+            config,
+            sans,
+            adopted: opts.from_ca.is_some(),
+        })
     }
 
     fn write_templates(&self) -> Result<()> {
         let s = &self.state;
+        state::write_if_absent(&s.embed_script(), EMBED_TEMPLATE.as_bytes(), MODE_PUBLIC)?;
         state::write_if_absent(
-            &s.scripts_dir().join("embed.ipxe"),
-            EMBED_TEMPLATE.as_bytes(),
-            MODE_PUBLIC,
-        )?;
-        state::write_if_absent(
-            &s.profiles_dir().join("default.ipxe"),
+            &s.profile(&ProfileName::default()),
             DEFAULT_PROFILE.as_bytes(),
             MODE_PUBLIC,
         )?;
-        state::write_if_absent(
-            &s.root().join(".gitignore"),
-            STATE_GITIGNORE.as_bytes(),
-            MODE_PUBLIC,
-        )?;
+        state::write_if_absent(&s.gitignore(), STATE_GITIGNORE.as_bytes(), MODE_PUBLIC)?;
         state::create_dir_private(&s.secrets_dir())?;
         state::create_dir_private(&s.files_dir())?;
         state::create_dir_private(&s.boards_dir())
@@ -483,7 +471,7 @@ impl Lab {
     }
 
     fn require_profile(&self, profile: &ProfileName) -> Result<()> {
-        let p = self.state.profiles_dir().join(format!("{profile}.ipxe"));
+        let p = self.state.profile(profile);
         if !p.exists() {
             return Err(Error::invalid(format!(
                 "profile \"{profile}\" does not exist: create {} first",
@@ -540,14 +528,14 @@ impl Lab {
         Ok(board)
     }
 
-    fn issue_unique(
+    fn issue_unique<T: AsRef<ca::Signed>>(
         &self,
-        mut issue: impl FnMut() -> Result<Issued>,
-    ) -> Result<(Issued, CertInfo)> {
+        mut issue: impl FnMut() -> Result<T>,
+    ) -> Result<(T, CertInfo)> {
         // 127-bit random serials collide essentially never; the loop makes "unique" a guarantee.
         for _ in 0..8 {
             let issued = issue()?;
-            let info = ca::cert_info(&issued.cert_der)?;
+            let info = ca::cert_info(&issued.as_ref().cert_der)?;
             if !self.registry.serial_taken(&info.serial) {
                 return Ok((issued, info));
             }
@@ -556,14 +544,6 @@ impl Lab {
             "cannot issue certificate",
             "no unused serial found",
         ))
-    }
-
-    /// New key and certificate for a board, registered.
-    pub fn enroll(&self, name: &BoardName, opts: &BoardOptions) -> Result<Board> {
-        let mut boards = self.enroll_many(std::slice::from_ref(name), opts)?;
-        boards
-            .pop()
-            .ok_or_else(|| Error::invalid("nothing enrolled"))
     }
 
     /// Enroll several boards with the same options. Keys are generated in parallel on every
@@ -578,7 +558,7 @@ impl Lab {
         }
         if names.len() > 1 && opts.mac.is_some() {
             return Err(Error::invalid(
-                "--mac names one board: enroll boards with MACs one at a time",
+                "a MAC names one board: enroll boards with MACs one at a time",
             ));
         }
         for n in names {
@@ -599,8 +579,8 @@ impl Lab {
             let new = NewCert {
                 info,
                 origin: Origin::Enrolled,
-                cert_pem: &issued.cert_pem,
-                key_pem: issued.key_pem.as_deref(),
+                cert_pem: &issued.cert.cert_pem,
+                key_pem: Some(&issued.key_pem),
             };
             out.push(self.register_issued(name, opts, profile.clone(), new)?);
         }
@@ -737,54 +717,52 @@ impl Lab {
         Ok(OffsetDateTime::now_utc() + time::Duration::days(i64::from(days::CRL)))
     }
 
+    /// One more than the CRL in force: from `ca/crlnumber`, or from the CRL itself when that
+    /// file is gone. Never guessed: a CRL number that went backwards would make nginx and
+    /// `serve` keep the older list.
     fn next_crl_number(&self) -> Result<u64> {
-        let p = self.state.crl_number();
-        let current = std::fs::read_to_string(&p)
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .unwrap_or(1);
+        let current = match self.state.read_crl_number() {
+            Ok(n) => n,
+            Err(e) => crl_facts(&self.state.crl())
+                .and_then(|f| f.number)
+                .ok_or(e)?,
+        };
         Ok(current + 1)
+    }
+
+    /// Every board, sorted by name; refused where there is no CA (a mistyped state dir
+    /// should not look like an empty farm).
+    pub fn boards(&self) -> Result<Vec<Board>> {
+        self.state.require_ca()?;
+        self.registry.list()
     }
 
     /// The JSON view of a board.
     pub fn view(&self, board: &Board) -> BoardView {
-        let key = self.registry.key_path(&board.name);
-        BoardView {
-            name: board.name.to_string(),
-            serial: board.serial.clone(),
-            fingerprint_sha1: board.fingerprint_sha1.to_string(),
-            fingerprint_sha256: board.fingerprint_sha256.to_string(),
-            mac: board.mac.map(|m| m.to_string()),
-            profile: board.profile.to_string(),
-            not_before: rfc3339(board.not_before),
-            not_after: rfc3339(board.not_after),
-            status: board.status,
-            origin: board.origin,
-            revoked_at: board.revoked_at.map(rfc3339),
-            cert: self.registry.cert_path(&board.name),
-            key: key.exists().then_some(key),
-            vars: board.vars.clone(),
-            secrets: board.secret_names.clone(),
-        }
-    }
-
-    /// Where the state dir is, for messages.
-    pub fn root(&self) -> &Path {
-        self.state.root()
+        BoardView::new(board, &self.state, OffsetDateTime::now_utc())
     }
 }
 
-/// What a CRL file says: the serials it lists and its nextUpdate (`None` if unreadable).
-fn crl_facts(path: &Path) -> Option<(std::collections::HashSet<String>, Option<OffsetDateTime>)> {
+/// What a CRL file says (`None` if it cannot be read).
+struct CrlFacts {
+    serials: std::collections::HashSet<Serial>,
+    next_update: Option<OffsetDateTime>,
+    number: Option<u64>,
+}
+
+fn crl_facts(path: &Path) -> Option<CrlFacts> {
     use rustls_pki_types::pem::PemObject;
     use x509_parser::prelude::FromDer;
     let der = rustls_pki_types::CertificateRevocationListDer::from_pem_file(path).ok()?;
     let (_, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(&der).ok()?;
-    let serials = crl
-        .iter_revoked_certificates()
-        .map(|r| ca::serial_hex(r.raw_serial()))
-        .collect();
-    Some((serials, crl.next_update().map(|t| t.to_datetime())))
+    Some(CrlFacts {
+        serials: crl
+            .iter_revoked_certificates()
+            .map(|r| Serial::from_der_bytes(r.raw_serial()))
+            .collect(),
+        next_update: crl.next_update().map(|t| t.to_datetime()),
+        number: crl.crl_number().and_then(|n| u64::try_from(n).ok()),
+    })
 }
 
 /// Something that expires, for `list --expiring`.

@@ -2,9 +2,11 @@
 //! that boot over the network. The binary `ipxe-ca` is a thin shell over this library.
 #![forbid(unsafe_code)]
 
+pub mod board;
 pub mod ca;
 pub mod codesign;
 pub mod config;
+pub mod digest;
 pub mod error;
 pub mod flash;
 pub mod ipxe_build;

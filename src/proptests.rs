@@ -107,7 +107,7 @@ proptest! {
 
     #[test]
     fn registry_toml_of_any_text_is_an_error_not_a_panic(s in "\\PC{0,400}") {
-        let _ = toml::from_str::<crate::registry::Board>(&s);
+        let _ = toml::from_str::<crate::board::Board>(&s);
         let _ = toml::from_str::<crate::config::Config>(&s);
     }
 }
@@ -119,11 +119,7 @@ proptest! {
 fn mutated_csrs_are_refused_not_signed() {
     use proptest::test_runner::{Config, TestRunner};
     let issued = crate::ca::create_ca("prop", crate::ca::KeySize::Rsa2048, 30).unwrap();
-    let ca = crate::ca::Ca::load(
-        issued.cert_pem.as_bytes(),
-        issued.key_pem.unwrap().as_bytes(),
-    )
-    .unwrap();
+    let ca = crate::ca::Ca::load(issued.cert.cert_pem.as_bytes(), issued.key_pem.as_bytes()).unwrap();
     let key = crate::ca::generate_key(crate::ca::KeySize::Rsa2048).unwrap();
     let csr = rcgen::CertificateParams::new(vec!["x".to_string()])
         .unwrap()

@@ -5,80 +5,12 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::PathBuf;
 
-use serde::{Deserialize, Serialize};
-use time::OffsetDateTime;
+use serde::Serialize;
 
-use crate::ca::Reason;
+use crate::board::Board;
 use crate::error::{Error, Result};
 use crate::state::{self, StateDir, MODE_PUBLIC, MODE_SECRET};
-use crate::types::{BoardName, Fingerprint, Mac, ProfileName};
-
-/// Whether a board may boot.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    /// Served.
-    Active,
-    /// Refused, and listed in the CRL.
-    Revoked,
-}
-
-/// How the board's certificate entered the registry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Origin {
-    /// `enroll`: we made key and certificate.
-    Enrolled,
-    /// `sign`: we signed the board's CSR; we never saw its key.
-    Signed,
-    /// `register`: an existing certificate of our CA was adopted.
-    Registered,
-}
-
-/// One board's public registry entry (`boards/NAME.toml`). Secrets live elsewhere.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Board {
-    /// The board's name (also its certificate's CN when we issued it).
-    pub name: BoardName,
-    /// Certificate serial, lowercase hex.
-    pub serial: String,
-    /// SHA-1 of the certificate, as nginx's `$ssl_client_fingerprint`.
-    pub fingerprint_sha1: Fingerprint,
-    /// SHA-256 of the certificate.
-    pub fingerprint_sha256: Fingerprint,
-    /// The board's MAC, when known; a request naming another MAC is refused.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mac: Option<Mac>,
-    /// The profile (`profiles/NAME.ipxe`) its boot script is rendered from.
-    #[serde(default)]
-    pub profile: ProfileName,
-    /// Certificate validity start.
-    #[serde(with = "time::serde::rfc3339")]
-    pub not_before: OffsetDateTime,
-    /// Certificate validity end.
-    #[serde(with = "time::serde::rfc3339")]
-    pub not_after: OffsetDateTime,
-    /// Active or revoked.
-    pub status: Status,
-    /// How the certificate came to us.
-    pub origin: Origin,
-    /// When it was revoked.
-    #[serde(
-        default,
-        with = "time::serde::rfc3339::option",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub revoked_at: Option<OffsetDateTime>,
-    /// Why it was revoked.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub revocation_reason: Option<Reason>,
-    /// Names of the board's secrets (values are in `boards/NAME/secrets.toml`, 0600).
-    #[serde(default)]
-    pub secret_names: Vec<String>,
-    /// Template variables for its profile.
-    #[serde(default)]
-    pub vars: BTreeMap<String, String>,
-}
+use crate::types::{BoardName, Fingerprint, Serial};
 
 /// Read-only and write access to boards. Writers must hold the state lock.
 #[derive(Clone, Debug)]
@@ -92,34 +24,20 @@ impl Registry {
         Registry { state }
     }
 
-    /// Path of the board's certificate.
-    pub fn cert_path(&self, name: &BoardName) -> PathBuf {
-        self.state.board_dir(name).join("cert.pem")
-    }
-
-    /// Path of the board's private key (exists only for enrolled boards).
-    pub fn key_path(&self, name: &BoardName) -> PathBuf {
-        self.state.board_dir(name).join("key.pem")
-    }
-
-    fn secrets_path(&self, name: &BoardName) -> PathBuf {
-        self.state.board_dir(name).join("secrets.toml")
-    }
-
     /// Whether a board of that name exists.
     pub fn exists(&self, name: &BoardName) -> bool {
         self.state.board_file(name).exists()
     }
 
     /// Whether a certificate serial is already used by a board.
-    pub fn serial_taken(&self, serial: &str) -> bool {
+    pub fn serial_taken(&self, serial: &Serial) -> bool {
         // An index entry counts only if it names a board that really has this serial: an
         // entry left by a crash must not block the serial forever.
-        fs::read_to_string(self.state.index_file("serial", serial))
+        fs::read_to_string(self.state.index_file("serial", serial.as_str()))
             .ok()
             .and_then(|n| n.trim().parse::<BoardName>().ok())
             .and_then(|n| self.get(&n).ok())
-            .is_some_and(|b| b.serial == serial)
+            .is_some_and(|b| &b.serial == serial)
     }
 
     /// Load one board.
@@ -141,12 +59,7 @@ impl Registry {
     /// Find a board by the SHA-1 or SHA-256 fingerprint of its certificate: two small
     /// file reads, no scan.
     pub fn by_fingerprint(&self, fp: &Fingerprint) -> Result<Option<Board>> {
-        let kind = if fp.as_str().len() == 40 {
-            "sha1"
-        } else {
-            "sha256"
-        };
-        let idx = self.state.index_file(kind, fp.as_str());
+        let idx = self.state.index_file(fp.digest().name(), fp.as_str());
         let name = match fs::read_to_string(&idx) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -172,10 +85,7 @@ impl Registry {
         for entry in entries {
             let entry = entry.map_err(|e| Error::io("cannot list", &dir, e))?;
             let file = entry.file_name();
-            let Some(stem) = file.to_str().and_then(|f| f.strip_suffix(".toml")) else {
-                continue;
-            };
-            let Ok(name) = stem.parse::<BoardName>() else {
+            let Some(name) = file.to_str().and_then(StateDir::board_of_file) else {
                 continue;
             };
             boards.push(self.get(&name)?);
@@ -186,7 +96,7 @@ impl Registry {
 
     /// The board's secret values (for rendering its script only).
     pub fn secrets(&self, name: &BoardName) -> Result<BTreeMap<String, String>> {
-        let path = self.secrets_path(name);
+        let path = self.state.board_secrets(name);
         match fs::read_to_string(&path) {
             Ok(t) => toml::from_str(&t).map_err(|e| Error::Parse {
                 path,
@@ -219,17 +129,21 @@ impl Registry {
             let dir = self.state.board_dir(&board.name);
             state::create_dir_private(&dir)?;
             state::write_atomic(
-                &self.cert_path(&board.name),
+                &self.state.board_cert(&board.name),
                 cert_pem.as_bytes(),
                 MODE_PUBLIC,
             )?;
             if let Some(k) = key_pem {
-                state::write_atomic(&self.key_path(&board.name), k.as_bytes(), MODE_SECRET)?;
+                state::write_atomic(
+                    &self.state.board_key(&board.name),
+                    k.as_bytes(),
+                    MODE_SECRET,
+                )?;
             }
             if !secrets.is_empty() {
                 let text = toml::to_string(secrets).map_err(|e| Error::invalid(e.to_string()))?;
                 state::write_atomic(
-                    &self.secrets_path(&board.name),
+                    &self.state.board_secrets(&board.name),
                     text.as_bytes(),
                     MODE_SECRET,
                 )?;
@@ -256,7 +170,7 @@ impl Registry {
 
     /// Replace a board's secrets (0600; the file goes away when there are none).
     pub fn save_secrets(&self, name: &BoardName, secrets: &BTreeMap<String, String>) -> Result<()> {
-        let path = self.secrets_path(name);
+        let path = self.state.board_secrets(name);
         if secrets.is_empty() {
             return match fs::remove_file(&path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -304,10 +218,7 @@ impl Registry {
             for e in rd.flatten() {
                 let file = e.file_name().to_string_lossy().into_owned();
                 let path = e.path();
-                if let Some(stem) = file.strip_suffix(".toml") {
-                    let Ok(name) = stem.parse::<BoardName>() else {
-                        continue;
-                    };
+                if let Some(name) = StateDir::board_of_file(&file) {
                     match self.get(&name) {
                         Ok(b) => boards.push(b),
                         Err(err) => out.push(Problem {
@@ -334,14 +245,14 @@ impl Registry {
             }
         }
         for b in &boards {
-            match fs::read(self.cert_path(&b.name))
+            match fs::read(self.state.board_cert(&b.name))
                 .ok()
                 .and_then(|pem| crate::ca::cert_der_from_bytes(&pem).ok())
             {
                 Some(der) if Fingerprint::sha256(&der) == b.fingerprint_sha256 => {}
                 _ => out.push(Problem {
                     kind: "certificate-mismatch",
-                    path: self.cert_path(&b.name),
+                    path: self.state.board_cert(&b.name),
                     detail: format!(
                         "board {} has no certificate matching its fingerprint",
                         b.name
@@ -362,7 +273,7 @@ impl Registry {
             }
         }
         for kind in ["sha1", "sha256", "serial"] {
-            let Ok(rd) = fs::read_dir(self.state.root().join("index").join(kind)) else {
+            let Ok(rd) = fs::read_dir(self.state.index_dir(kind)) else {
                 continue;
             };
             for e in rd.flatten() {
@@ -417,8 +328,14 @@ impl Registry {
 /// The index entries a board has: how it is found by fingerprint and by serial.
 fn index_values(b: &Board) -> [(&'static str, &str); 3] {
     [
-        ("sha1", b.fingerprint_sha1.as_str()),
-        ("sha256", b.fingerprint_sha256.as_str()),
+        (
+            b.fingerprint_sha1.digest().name(),
+            b.fingerprint_sha1.as_str(),
+        ),
+        (
+            b.fingerprint_sha256.digest().name(),
+            b.fingerprint_sha256.as_str(),
+        ),
         ("serial", b.serial.as_str()),
     ]
 }

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use minijinja::{Environment, UndefinedBehavior, Value};
 use serde::Serialize;
 
+use crate::board::Board;
 use crate::error::{Error, Result};
-use crate::registry::Board;
 
 /// What a template sees of a board.
 #[derive(Clone, Debug, Serialize)]
@@ -34,7 +34,7 @@ impl From<&Board> for BoardContext {
         BoardContext {
             name: b.name.to_string(),
             mac: b.mac.map(|m| m.to_string()).unwrap_or_default(),
-            serial: b.serial.clone(),
+            serial: b.serial.to_string(),
             fingerprint: b.fingerprint_sha256.to_string(),
             fingerprint_sha1: b.fingerprint_sha1.to_string(),
             profile: b.profile.to_string(),
@@ -64,17 +64,23 @@ pub struct Context {
 }
 
 impl Context {
-    /// The context for `board` with no secrets, as the embed script and profiles start.
-    pub fn new(board: &Board, config: &crate::config::Config) -> Context {
+    /// What `board`'s templates see: its variables, `secrets` (empty for the embed script,
+    /// which goes on a medium), the URLs, and whether its iPXE has `imgverify`.
+    pub fn for_board(
+        board: &Board,
+        config: &crate::config::Config,
+        secrets: BTreeMap<String, String>,
+        imgverify: bool,
+    ) -> Context {
         Context {
             board: board.into(),
             vars: board.vars.clone(),
-            secrets: BTreeMap::new(),
+            secrets,
             server_url: config.server_url.clone(),
             files_url: config.files_url.clone(),
             secure_files_url: format!("{}/files", config.server_url),
             ntp_server: None,
-            imgverify: false,
+            imgverify,
         }
     }
 }

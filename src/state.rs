@@ -6,7 +6,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::types::BoardName;
+use crate::types::{BoardName, ProfileName};
 
 /// The state directory. Every path ipxe-ca reads or writes comes from here, so operators can
 /// point nginx, backups and git at fixed names.
@@ -17,6 +17,13 @@ pub struct StateDir {
 
 /// Written into every build output folder: it holds board keys, so it is never served.
 pub const OUT_MARKER: &str = ".ipxe-ca-images";
+const BOARD_FILE_EXT: &str = ".toml";
+const BOARD_KEY: &str = "key.pem";
+const BOARD_SECRETS: &str = "secrets.toml";
+/// Top-level folders of the state dir that hold keys, secrets or board records: never served.
+const PRIVATE_DIRS: [&str; 7] = [
+    "ca", "server", "boards", "codesign", "index", "cache", "out",
+];
 
 /// Mode for private keys and secrets.
 pub const MODE_SECRET: u32 = 0o600;
@@ -88,27 +95,70 @@ impl StateDir {
     }
     /// `boards/NAME.toml`: the public registry entry.
     pub fn board_file(&self, name: &BoardName) -> PathBuf {
-        self.root.join("boards").join(format!("{name}.toml"))
+        self.root
+            .join("boards")
+            .join(format!("{name}{BOARD_FILE_EXT}"))
     }
     /// `boards/NAME/`: the board's certificate, key and secrets.
     pub fn board_dir(&self, name: &BoardName) -> PathBuf {
         self.root.join("boards").join(name.as_str())
     }
-    /// `index/KIND/VALUE`: one tiny file per fingerprint or serial naming the board.
+    /// Whether `file` (a name inside `boards/`) is a board file, and whose.
+    pub fn board_of_file(file: &str) -> Option<BoardName> {
+        file.strip_suffix(BOARD_FILE_EXT)?.parse().ok()
+    }
+    /// `boards/NAME/cert.pem`
+    pub fn board_cert(&self, name: &BoardName) -> PathBuf {
+        self.board_dir(name).join("cert.pem")
+    }
+    /// `boards/NAME/key.pem` (enrolled boards only; 0600).
+    pub fn board_key(&self, name: &BoardName) -> PathBuf {
+        self.board_dir(name).join(BOARD_KEY)
+    }
+    /// `boards/NAME/secrets.toml` (0600).
+    pub fn board_secrets(&self, name: &BoardName) -> PathBuf {
+        self.board_dir(name).join(BOARD_SECRETS)
+    }
+    /// `boards/NAME/history.jsonl`: the board's recent boots and refusals, bounded.
+    pub fn board_history(&self, name: &BoardName) -> PathBuf {
+        self.board_dir(name).join("history.jsonl")
+    }
+    /// `index/KIND/`: one tiny file per fingerprint or serial naming the board.
+    pub fn index_dir(&self, kind: &str) -> PathBuf {
+        self.root.join("index").join(kind)
+    }
+    /// `index/KIND/VALUE`
     pub fn index_file(&self, kind: &str, value: &str) -> PathBuf {
-        self.root.join("index").join(kind).join(value)
+        self.index_dir(kind).join(value)
     }
     /// `profiles/`
     pub fn profiles_dir(&self) -> PathBuf {
         self.root.join("profiles")
     }
+    /// `profiles/NAME.ipxe`: a board's boot script template.
+    pub fn profile(&self, name: &ProfileName) -> PathBuf {
+        self.profiles_dir().join(format!("{name}.ipxe"))
+    }
     /// `secrets/`: one-time secret templates.
     pub fn secrets_dir(&self) -> PathBuf {
         self.root.join("secrets")
     }
-    /// `ipxe-scripts/`: the script compiled into images.
-    pub fn scripts_dir(&self) -> PathBuf {
-        self.root.join("ipxe-scripts")
+    /// `secrets/NAME`: a one-time secret template (`name` checked by `validate_name`).
+    pub fn secret_template(&self, name: &str) -> Result<PathBuf> {
+        crate::types::validate_name(name, "secret template name")?;
+        Ok(self.secrets_dir().join(name))
+    }
+    /// `ipxe-scripts/embed.ipxe`: the script compiled into images.
+    pub fn embed_script(&self) -> PathBuf {
+        self.root.join("ipxe-scripts/embed.ipxe")
+    }
+    /// `.gitignore`: keeps keys and secrets out of a git-tracked state dir.
+    pub fn gitignore(&self) -> PathBuf {
+        self.root.join(".gitignore")
+    }
+    /// `cache/ipxe-trees/`: private copies of iPXE trees, built once per farm.
+    pub fn ipxe_trees(&self) -> PathBuf {
+        self.root.join("cache/ipxe-trees")
     }
     /// `files/`: default root of the plain-HTTP boot files.
     pub fn files_dir(&self) -> PathBuf {
@@ -139,6 +189,90 @@ impl StateDir {
     /// Whether a CA exists here.
     pub fn has_ca(&self) -> bool {
         self.ca_cert().exists() || self.ca_key().exists()
+    }
+
+    /// The state dir, refusing one without a CA (what every command but `init` needs).
+    pub fn require_ca(&self) -> Result<()> {
+        if self.has_ca() {
+            Ok(())
+        } else {
+            Err(Error::NoCa(self.root.clone()))
+        }
+    }
+
+    /// The CRL's sequence number; an error if the file is missing or broken (a CRL number
+    /// must only ever grow, so it is never guessed).
+    pub fn read_crl_number(&self) -> Result<u64> {
+        let p = self.crl_number();
+        let text = read_to_string(&p)?;
+        text.trim().parse::<u64>().map_err(|_| Error::Parse {
+            path: p,
+            detail: format!("expected one decimal number, found {:?}", text.trim()),
+        })
+    }
+
+    /// Whether `dir` is (inside) one of the folders that hold keys, secrets or records.
+    pub fn is_private(&self, dir: &Path) -> bool {
+        PRIVATE_DIRS
+            .iter()
+            .any(|d| dir.starts_with(self.root.join(d)))
+    }
+
+    /// Every key and secret file here (CA, server, code-signing, boards).
+    pub fn secret_files(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = [self.ca_key(), self.server_key(), self.codesign_key()]
+            .iter()
+            .filter_map(|k| k.parent().and_then(|d| fs::read_dir(d).ok()))
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "key"))
+            .collect();
+        if let Ok(rd) = fs::read_dir(self.boards_dir()) {
+            for e in rd.flatten() {
+                v.push(e.path().join(BOARD_KEY));
+                v.push(e.path().join(BOARD_SECRETS));
+            }
+        }
+        v
+    }
+}
+
+/// File names that are key material or secrets wherever they are found.
+pub fn is_secret_name(name: &str) -> bool {
+    name.ends_with(".key") || name == BOARD_KEY || name == BOARD_SECRETS
+}
+
+/// A build's output directory (`build --out`, default `DIR/out`): one folder per board.
+#[derive(Clone, Debug)]
+pub struct OutDir {
+    root: PathBuf,
+}
+
+impl OutDir {
+    /// The output directory at `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        OutDir { root: root.into() }
+    }
+    /// The root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    /// `OUT/BOARD/`: the board's images (0700: they hold its key).
+    pub fn board_dir(&self, name: &BoardName) -> PathBuf {
+        self.root.join(name.as_str())
+    }
+    /// `OUT/BOARD/manifest.json`: what was built, from what, with which hashes.
+    pub fn manifest(&self, name: &BoardName) -> PathBuf {
+        self.board_dir(name).join("manifest.json")
+    }
+    /// `OUT/.ipxe-ca-images`: says "build output, holds keys" to `serve`.
+    pub fn marker(&self) -> PathBuf {
+        self.root.join(OUT_MARKER)
+    }
+    /// `OUT/.stage/`: per-run staging of a build, removed after it.
+    pub fn stage(&self) -> PathBuf {
+        self.root.join(".stage")
     }
 }
 

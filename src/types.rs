@@ -169,27 +169,62 @@ impl fmt::Display for Mac {
     }
 }
 
-/// A certificate fingerprint as lowercase hex without colons (nginx's `$ssl_client_fingerprint` form).
+/// Which digest a fingerprint is: nginx's `$ssl_client_fingerprint` is SHA-1, iPXE's TRUST
+/// list and our records use SHA-256 too.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Digest {
+    /// 20 bytes, as nginx prints it.
+    Sha1,
+    /// 32 bytes.
+    Sha256,
+}
+
+impl Digest {
+    /// The short name (`sha1`, `sha256`), also the registry's index folder.
+    pub fn name(self) -> &'static str {
+        match self {
+            Digest::Sha1 => "sha1",
+            Digest::Sha256 => "sha256",
+        }
+    }
+}
+
+/// A certificate fingerprint as lowercase hex without colons (nginx's `$ssl_client_fingerprint`
+/// form), knowing which digest it is.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct Fingerprint(String);
+pub struct Fingerprint {
+    digest: Digest,
+    hex: String,
+}
 
 impl Fingerprint {
     /// SHA-1 of the DER certificate, as nginx prints it.
     pub fn sha1(der: &[u8]) -> Self {
         let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, der);
-        Fingerprint(hex::encode(d.as_ref()))
+        Fingerprint {
+            digest: Digest::Sha1,
+            hex: hex::encode(d.as_ref()),
+        }
     }
 
     /// SHA-256 of the DER certificate (what iPXE's TRUST list holds).
     pub fn sha256(der: &[u8]) -> Self {
         let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
-        Fingerprint(hex::encode(d.as_ref()))
+        Fingerprint {
+            digest: Digest::Sha256,
+            hex: hex::encode(d.as_ref()),
+        }
+    }
+
+    /// SHA-1 or SHA-256.
+    pub fn digest(&self) -> Digest {
+        self.digest
     }
 
     /// The hex text.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.hex
     }
 }
 
@@ -202,12 +237,19 @@ impl FromStr for Fingerprint {
             .filter(|c| *c != ':')
             .map(|c| c.to_ascii_lowercase())
             .collect();
-        if !(hex.len() == 40 || hex.len() == 64) || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(Error::invalid(format!(
+        let digest = match hex.len() {
+            40 => Some(Digest::Sha1),
+            64 => Some(Digest::Sha256),
+            _ => None,
+        };
+        match digest {
+            Some(digest) if hex.chars().all(|c| c.is_ascii_hexdigit()) => {
+                Ok(Fingerprint { digest, hex })
+            }
+            _ => Err(Error::invalid(format!(
                 "invalid fingerprint {s:?}: expected 40 (SHA-1) or 64 (SHA-256) hex digits"
-            )));
+            ))),
         }
-        Ok(Fingerprint(hex))
     }
 }
 
@@ -220,11 +262,78 @@ impl TryFrom<String> for Fingerprint {
 
 impl From<Fingerprint> for String {
     fn from(f: Fingerprint) -> String {
-        f.0
+        f.hex
     }
 }
 
 impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(&self.hex)
+    }
+}
+
+/// A certificate serial in one form everywhere (registry, index, CRL, nginx's header):
+/// lowercase hex without leading zero bytes, as openssl prints it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Serial(String);
+
+impl Serial {
+    /// The serial of a certificate's raw DER integer.
+    pub fn from_der_bytes(raw: &[u8]) -> Serial {
+        let first = raw
+            .iter()
+            .position(|b| *b != 0)
+            .unwrap_or(raw.len().saturating_sub(1));
+        Serial(hex::encode(&raw[first..]))
+    }
+
+    /// The hex text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for Serial {
+    type Err = Error;
+    /// Hex in any case, with or without leading zeros or colons (nginx's `$ssl_client_serial`
+    /// is upper case and keeps them).
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let digits: String = s
+            .trim()
+            .chars()
+            .filter(|c| *c != ':')
+            .map(|c| c.to_ascii_lowercase())
+            .collect();
+        if digits.is_empty() || digits.len() > 64 || !digits.chars().all(|c| c.is_ascii_hexdigit())
+        {
+            return Err(Error::invalid(format!(
+                "invalid serial {s:?}: expected up to 64 hex digits"
+            )));
+        }
+        let t = digits.trim_start_matches('0');
+        Ok(Serial(match t.len() {
+            0 => "00".to_string(),
+            n if n % 2 == 1 => format!("0{t}"),
+            _ => t.to_string(),
+        }))
+    }
+}
+
+impl TryFrom<String> for Serial {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self, Error> {
+        s.parse()
+    }
+}
+
+impl From<Serial> for String {
+    fn from(s: Serial) -> String {
+        s.0
+    }
+}
+
+impl fmt::Display for Serial {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.pad(&self.0)
     }
@@ -366,6 +475,26 @@ pub fn key_from_file(spec: &str) -> Result<KeyValue, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn serials_have_one_form() {
+        let ours = Serial::from_der_bytes(&[0x00, 0x0a, 0xbc]);
+        assert_eq!(ours.as_str(), "0abc");
+        for nginx in ["0ABC", "000ABC", "abc", "0a:bc"] {
+            assert_eq!(nginx.parse::<Serial>().unwrap(), ours, "{nginx}");
+        }
+        assert_ne!("1abc".parse::<Serial>().unwrap(), ours);
+        assert!("xyz".parse::<Serial>().is_err());
+        assert!("".parse::<Serial>().is_err());
+    }
+
+    #[test]
+    fn fingerprints_know_their_digest() {
+        assert_eq!(Fingerprint::sha1(b"x").digest(), Digest::Sha1);
+        assert_eq!(Fingerprint::sha256(b"x").digest(), Digest::Sha256);
+        let fp: Fingerprint = Fingerprint::sha1(b"x").as_str().parse().unwrap();
+        assert_eq!(fp.digest(), Digest::Sha1);
+    }
 
     #[test]
     fn board_names() {

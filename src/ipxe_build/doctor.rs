@@ -43,15 +43,36 @@ impl Report {
     pub fn missing(&self) -> Vec<&Check> {
         self.checks.iter().filter(|c| c.needed && !c.ok).collect()
     }
+
+    /// An error naming what a build of these targets would miss, if anything.
+    pub fn verdict(&self) -> crate::Result<()> {
+        let missing: Vec<&str> = self.missing().iter().map(|c| c.what).collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let targets: Vec<&str> = self.targets.iter().map(|t| t.name()).collect();
+        Err(crate::Error::invalid(format!(
+            "a build of {} would fail: missing {}",
+            targets.join(", "),
+            missing.join(", ")
+        )))
+    }
 }
 
 fn any_file(ps: &[&str]) -> bool {
     ps.iter().any(|p| Path::new(p).exists())
 }
 
-/// The checks for building `targets` (`prebuilt`: from a prebuilt iPXE, no compiler).
+/// The checks for building `targets` (`prebuilt`: from a prebuilt iPXE, no compiler; no
+/// targets: what `build` makes by default).
 pub fn report(targets: &[Target], prebuilt: bool, tree: Option<&IpxeTree>) -> Report {
     use Target::*;
+    let default = [if prebuilt { EfiUsb } else { Hybrid }];
+    let targets = if targets.is_empty() {
+        &default[..]
+    } else {
+        targets
+    };
     let any = |ts: &[Target]| targets.iter().any(|t| ts.contains(t));
     let compile = !prebuilt;
     let iso = any(&[Iso, EfiIso, Hybrid]);

@@ -19,7 +19,7 @@ use crate::state::{self, MODE_SECRET};
 
 /// The ISO mastering tool in use: chosen by what is installed, xorriso first because its
 /// output is byte-for-byte reproducible (isohybrid writes random GPT GUIDs).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum IsoTool {
     /// `xorrisofs` with isolinux's MBR and a GPT (`-isohybrid-gpt-basdat`).

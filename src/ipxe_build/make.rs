@@ -18,9 +18,9 @@ use serde::Serialize;
 
 use super::image::{self, IsoTool, Media};
 use super::{finish_manifest, run, BoardResult, BuildOptions, Manifest, Target};
+use crate::board::Board;
 use crate::error::{Error, Result};
-use crate::registry::Board;
-use crate::state::{self, MODE_PUBLIC, MODE_SECRET};
+use crate::state::{self, OutDir, MODE_PUBLIC, MODE_SECRET};
 use crate::Lab;
 
 /// Name of our local configuration: `config/local/ipxe-ca/` (`make CONFIG=ipxe-ca`).
@@ -80,7 +80,7 @@ impl IpxeTree {
         check_make_path(&src)?;
         if !src.join("net/tls.c").is_file() {
             return Err(Error::invalid(format!(
-                "{} has no net/tls.c: point --ipxe-src at an iPXE checkout or its src/",
+                "{} has no net/tls.c: give an iPXE checkout or its src/",
                 src.display()
             )));
         }
@@ -313,7 +313,7 @@ fn farm_compile(
     let files = copy_out(tree, goals, run_dir, MODE_PUBLIC)?;
     let sha256 = files
         .iter()
-        .map(|(g, p)| Ok((g.to_string(), super::sha256_file(p)?)))
+        .map(|(g, p)| Ok((g.to_string(), crate::digest::sha256_file(p)?)))
         .collect::<Result<_>>()?;
     Ok(Shared { files, sha256 })
 }
@@ -357,7 +357,7 @@ fn build_board(job: &Job, tree: Option<&IpxeTree>, board: &Board) -> Result<Mani
     } = *job;
     let started = Instant::now();
     let epoch = board.not_before.unix_timestamp().max(0);
-    let dir = opts.out.join(board.name.as_str());
+    let dir = opts.out.board_dir(&board.name);
     state::create_dir_private(&dir)?;
     let own = run_dir.join(format!("board-{}", board.name));
     state::create_dir_private(&own)?;
@@ -438,13 +438,13 @@ fn build_board(job: &Job, tree: Option<&IpxeTree>, board: &Board) -> Result<Mani
             notes,
         )?;
         for (o, r) in m.targets.iter_mut().zip(routes) {
-            o.route = Some(r.route);
+            o.route = Some(r.route.to_string());
             o.iso_tool = r.iso_tool;
             if r.route == "farm" {
                 o.shared = shared.map(|s| s.sha256.clone()).unwrap_or_default();
             }
         }
-        super::save_manifest(&dir, &m)?;
+        m.save(&opts.out)?;
         Ok(m)
     })();
     // Nothing of the board (key, script) stays in staging.
@@ -476,7 +476,6 @@ fn compile_board(
         return Ok(Vec::new());
     }
     let tree = tree.ok_or_else(|| Error::invalid("internal: no tree for a compiled target"))?;
-    let reg = lab.registry();
     let key_path = super::held_key(lab, board)?;
     let ca = stage(
         stage_dir,
@@ -489,7 +488,7 @@ fn compile_board(
         own,
         "cert",
         "crt",
-        &state::read(&reg.cert_path(&board.name))?,
+        &state::read(&lab.state().board_cert(&board.name))?,
         MODE_PUBLIC,
     )?;
     let key = stage(own, "key", "pem", &state::read(&key_path)?, MODE_SECRET)?;
@@ -577,9 +576,11 @@ pub(crate) fn build_all(
     opts: &BuildOptions,
     on_done: &(dyn Fn(&BoardResult) + Sync),
 ) -> Result<Vec<BoardResult>> {
-    let out =
-        std::fs::canonicalize(&opts.out).map_err(|e| Error::io("cannot resolve", &opts.out, e))?;
-    let stage_dir = out.join(".stage");
+    let out = OutDir::new(
+        std::fs::canonicalize(opts.out.root())
+            .map_err(|e| Error::io("cannot resolve", opts.out.root(), e))?,
+    );
+    let stage_dir = out.stage();
     check_make_path(&stage_dir)?;
     state::create_dir_private(&stage_dir)?;
     // Board material of this run lives here and goes when the run ends.
@@ -619,7 +620,7 @@ pub(crate) fn build_all(
             .unwrap_or(1);
         let workers: Vec<Option<IpxeTree>> = if compiles {
             let jobs = opts.jobs.clamp(1, boards.len().max(1));
-            trees(tree, jobs, &lab.state().root().join("cache/ipxe-trees"))?
+            trees(tree, jobs, &lab.state().ipxe_trees())?
                 .into_iter()
                 .map(Some)
                 .collect()

@@ -15,12 +15,12 @@ use std::process::Command;
 use std::str::FromStr;
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
+use crate::board::{Board, Status};
 use crate::error::{Error, Result};
-use crate::registry::{Board, Status};
 use crate::render::{self, Context};
-use crate::state::{self, MODE_SECRET};
+use crate::state::{self, OutDir, MODE_SECRET};
 use crate::types::BoardName;
 use crate::Lab;
 
@@ -28,7 +28,7 @@ pub use image::IsoTool;
 pub use make::{IpxeTree, TreeFeatures};
 
 /// Image kinds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "kebab-case")]
 pub enum Target {
     /// BIOS: a Linux-kernel-format iPXE (`bin/ipxe.lkrn`).
@@ -60,7 +60,7 @@ impl FromStr for Target {
             "efi-usb" => Target::EfiUsb,
             _ => {
                 return Err(Error::invalid(format!(
-                    "unknown target {s:?}: use lkrn, iso, usb, efi, efi-iso, hybrid (make) or efi-usb (--prebuilt)"
+                    "unknown target {s:?}: use lkrn, iso, usb, efi, efi-iso, hybrid (from source) or efi-usb (prebuilt iPXE)"
                 )))
             }
         })
@@ -111,7 +111,7 @@ pub struct BuildOptions {
     /// Targets per board.
     pub targets: Vec<Target>,
     /// Output root; images go to `OUT/BOARD/`.
-    pub out: PathBuf,
+    pub out: OutDir,
     /// Parallel builds, each in its own copy of the tree.
     pub jobs: usize,
     /// iPXE `DEBUG=` value, passed through.
@@ -125,6 +125,52 @@ pub struct BuildOptions {
     pub embed_key: bool,
 }
 
+impl Source {
+    /// What `build` makes from this source unless told otherwise: the hybrid image (BIOS and
+    /// UEFI, stick and CD) from a tree, the UEFI stick from a prebuilt iPXE.
+    pub fn default_target(&self) -> Target {
+        match self {
+            Source::Tree(_) => Target::Hybrid,
+            Source::Prebuilt(_) => Target::EfiUsb,
+        }
+    }
+}
+
+impl BuildOptions {
+    /// Build `targets` (none: the source's default) into `out`, one board at a time, with
+    /// `make -j` on every core.
+    pub fn new(source: Source, targets: Vec<Target>, out: impl Into<PathBuf>) -> BuildOptions {
+        let targets = if targets.is_empty() {
+            vec![source.default_target()]
+        } else {
+            targets
+        };
+        BuildOptions {
+            source,
+            targets,
+            out: OutDir::new(out),
+            jobs: 1,
+            debug: None,
+            ntp_server: None,
+            make_jobs: cores(),
+            embed_key: false,
+        }
+    }
+
+    /// `jobs` boards at once; `make -j` shares the cores among them unless `make_jobs` says.
+    pub fn with_jobs(mut self, jobs: usize, make_jobs: Option<usize>) -> BuildOptions {
+        self.jobs = jobs.max(1);
+        self.make_jobs = make_jobs.unwrap_or((cores() / self.jobs).max(1)).max(1);
+        self
+    }
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
 /// How one image was made (for its manifest entry).
 pub(crate) struct TargetRoute {
     pub route: &'static str,
@@ -132,7 +178,7 @@ pub(crate) struct TargetRoute {
 }
 
 /// One image in a manifest.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TargetOutput {
     /// Target name.
     pub target: Target,
@@ -144,27 +190,27 @@ pub struct TargetOutput {
     pub sha256: String,
     /// `farm` (shared iPXE binary + the board's autoexec.ipxe), `compile` (the board's key
     /// compiled in) or `prebuilt`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub route: Option<&'static str>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
     /// The ISO mastering tool, for ISO images.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iso_tool: Option<IsoTool>,
     /// For `farm` images: the shared binaries (make goal, SHA-256) every board's image holds.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shared: Vec<(String, String)>,
 }
 
 /// `OUT/BOARD/manifest.json`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Manifest {
     /// Board name.
     pub board: String,
     /// SHA-256 of the board's certificate.
     pub fingerprint: String,
     /// Certificate serial.
-    pub serial: String,
+    pub serial: crate::types::Serial,
     /// `make` or `prebuilt`.
-    pub mode: &'static str,
+    pub mode: String,
     /// Git commit of the iPXE tree, when it is a git checkout.
     pub ipxe_commit: Option<String>,
     /// The images.
@@ -175,24 +221,6 @@ pub struct Manifest {
     pub built_at: String,
     /// What the operator must know (e.g. where the trusted CA must come from).
     pub notes: Vec<String>,
-}
-
-/// SHA-256 of a file, streamed.
-pub fn sha256_file(path: &Path) -> Result<String> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io("cannot open", path, e))?;
-    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f
-            .read(&mut buf)
-            .map_err(|e| Error::io("cannot read", path, e))?;
-        if n == 0 {
-            break;
-        }
-        ctx.update(&buf[..n]);
-    }
-    Ok(hex::encode(ctx.finish().as_ref()))
 }
 
 /// Run a program with an explicit argument vector; on failure the error carries the tail of
@@ -225,21 +253,20 @@ pub fn embed_script(
     imgverify: bool,
 ) -> Result<String> {
     let config = crate::config::Config::load(lab.state())?;
-    let path = lab.state().scripts_dir().join("embed.ipxe");
+    let path = lab.state().embed_script();
     let source = if path.exists() {
         state::read_to_string(&path)?
     } else {
         crate::lab::EMBED_TEMPLATE.to_string()
     };
-    let mut ctx = Context::new(board, &config);
+    let mut ctx = Context::for_board(board, &config, Default::default(), imgverify);
     ctx.ntp_server = ntp_server.map(str::to_string);
-    ctx.imgverify = imgverify;
     render::render("embed.ipxe", &source, &ctx, &[])
 }
 
 /// The board's private key, which every image embeds: only enrolled boards have one here.
 pub(crate) fn held_key(lab: &Lab, board: &Board) -> Result<PathBuf> {
-    let key = lab.registry().key_path(&board.name);
+    let key = lab.state().board_key(&board.name);
     if !key.exists() {
         return Err(Error::invalid(format!(
             "ipxe-ca does not hold the key of board {} (it was signed from a CSR or registered): an image needs the key",
@@ -272,7 +299,7 @@ pub fn select_boards(lab: &Lab, names: &[BoardName], all: bool) -> Result<Vec<Bo
     };
     if boards.is_empty() {
         return Err(Error::invalid(
-            "no boards to build: name some, or use --all with active boards",
+            "no boards to build: name some, or build every active board",
         ));
     }
     Ok(boards)
@@ -280,6 +307,37 @@ pub fn select_boards(lab: &Lab, names: &[BoardName], all: bool) -> Result<Vec<Bo
 
 /// Result of one board's build.
 pub type BoardResult = std::result::Result<Manifest, (String, Error)>;
+
+/// A build run at a glance: what was built, the notes the operator must read (once each),
+/// the boards that failed.
+#[derive(Debug)]
+pub struct Summary<'a> {
+    /// Manifests of the boards built.
+    pub manifests: Vec<&'a Manifest>,
+    /// Distinct notes, sorted.
+    pub notes: Vec<&'a String>,
+    /// Boards that failed.
+    pub failed: Vec<&'a str>,
+}
+
+impl<'a> Summary<'a> {
+    /// Summarise `results`.
+    pub fn of(results: &'a [BoardResult]) -> Summary<'a> {
+        let manifests: Vec<&Manifest> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+        let mut notes: Vec<&String> = manifests.iter().flat_map(|m| m.notes.iter()).collect();
+        notes.sort();
+        notes.dedup();
+        let failed = results
+            .iter()
+            .filter_map(|r| r.as_ref().err().map(|(b, _)| b.as_str()))
+            .collect();
+        Summary {
+            manifests,
+            notes,
+            failed,
+        }
+    }
+}
 
 /// Build images for `boards`. `on_done` is called as each board finishes (for progress).
 pub fn build(
@@ -290,20 +348,20 @@ pub fn build(
 ) -> Result<Vec<BoardResult>> {
     // Images hold their boards' keys: never where boot files are served from.
     let files = lab.state().files_dir();
-    let out_abs =
-        std::path::absolute(&opts.out).map_err(|e| Error::io("cannot resolve", &opts.out, e))?;
+    let out_abs = std::path::absolute(opts.out.root())
+        .map_err(|e| Error::io("cannot resolve", opts.out.root(), e))?;
     let files_abs = std::fs::canonicalize(&files).unwrap_or(files);
     if out_abs.starts_with(&files_abs) {
         return Err(Error::invalid(format!(
-            "--out {} is inside the files directory {}: images hold their boards' keys and everything there is served; build elsewhere",
-            opts.out.display(),
+            "the output directory {} is inside the files directory {}: images hold their boards' keys and everything there is served; build elsewhere",
+            opts.out.root().display(),
             files_abs.display()
         )));
     }
     doctor::preflight(&opts.targets, matches!(opts.source, Source::Prebuilt(_)))?;
-    state::create_dir_private(&opts.out)?;
+    state::create_dir_private(opts.out.root())?;
     state::write_if_absent(
-        &opts.out.join(state::OUT_MARKER),
+        &opts.out.marker(),
         b"ipxe-ca build output: every image holds its board's private key; never serve this folder\n",
         state::MODE_PUBLIC,
     )?;
@@ -312,7 +370,7 @@ pub fn build(
             for t in &opts.targets {
                 if *t != Target::EfiUsb {
                     return Err(Error::invalid(format!(
-                        "target {} needs an iPXE source tree (--ipxe-src); --prebuilt makes efi-usb only",
+                        "target {} needs an iPXE source tree; a prebuilt iPXE makes efi-usb only",
                         t.name()
                     )));
                 }
@@ -341,7 +399,7 @@ pub(crate) fn write_output(path: &Path, data: &[u8]) -> Result<()> {
 
 pub(crate) fn finish_manifest(
     board: &Board,
-    mode: &'static str,
+    mode: &str,
     ipxe_commit: Option<String>,
     targets: Vec<(Target, PathBuf)>,
     started: Instant,
@@ -357,7 +415,7 @@ pub(crate) fn finish_manifest(
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default(),
             size: meta.len(),
-            sha256: sha256_file(&p)?,
+            sha256: crate::digest::sha256_file(&p)?,
             route: None,
             iso_tool: None,
             shared: Vec::new(),
@@ -367,7 +425,7 @@ pub(crate) fn finish_manifest(
         board: board.name.to_string(),
         fingerprint: board.fingerprint_sha256.to_string(),
         serial: board.serial.clone(),
-        mode,
+        mode: mode.to_string(),
         ipxe_commit,
         targets: outs,
         duration_s: (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
@@ -379,10 +437,65 @@ pub(crate) fn finish_manifest(
     Ok(m)
 }
 
-/// Write `DIR/manifest.json`.
-pub(crate) fn save_manifest(dir: &Path, m: &Manifest) -> Result<()> {
-    let json = serde_json::to_vec_pretty(m).map_err(|e| Error::invalid(e.to_string()))?;
-    write_output(&dir.join("manifest.json"), &json)
+impl Manifest {
+    /// The manifest of `board`'s newest build in `out`.
+    pub fn load(out: &OutDir, board: &BoardName) -> Result<Manifest> {
+        let path = out.manifest(board);
+        let text = std::fs::read(&path).map_err(|e| {
+            Error::io(
+                "no image built for this board (run `ipxe-ca build` first, or name the output directory)",
+                &path,
+                e,
+            )
+        })?;
+        serde_json::from_slice(&text).map_err(|e| Error::Parse {
+            path,
+            detail: e.to_string(),
+        })
+    }
+
+    /// Write it to `OUT/BOARD/manifest.json` (0600, beside the images).
+    pub fn save(&self, out: &OutDir) -> Result<()> {
+        let board: BoardName = self.board.parse()?;
+        let json = serde_json::to_vec_pretty(self).map_err(|e| Error::invalid(e.to_string()))?;
+        write_output(&out.manifest(&board), &json)
+    }
+
+    /// The image to put on a stick (hybrid, else usb, else efi-usb) and its SHA-256.
+    pub fn stick_image(&self, out: &OutDir) -> Result<(PathBuf, String)> {
+        let board: BoardName = self.board.parse()?;
+        for want in [Target::Hybrid, Target::Usb, Target::EfiUsb] {
+            if let Some(t) = self.targets.iter().find(|t| t.target == want) {
+                return Ok((out.board_dir(&board).join(&t.file), t.sha256.clone()));
+            }
+        }
+        Err(Error::invalid(format!(
+            "the manifest {} has no image for a stick (hybrid, usb or efi-usb): build one with target hybrid",
+            out.manifest(&board).display()
+        )))
+    }
+}
+
+/// What to write to a stick, given a board name or an image file: a registered board's
+/// newest stick image (with the SHA-256 its manifest records) wins over a file of the same
+/// name in the current directory.
+pub fn stick_source(lab: &Lab, out: &OutDir, source: &str) -> Result<(PathBuf, Option<String>)> {
+    let board = source
+        .parse::<BoardName>()
+        .ok()
+        .filter(|b| lab.registry().exists(b));
+    match board {
+        Some(b) => {
+            let (img, sha) = Manifest::load(out, &b)?.stick_image(out)?;
+            Ok((img, Some(sha)))
+        }
+        None if Path::new(source).is_file() => Ok((PathBuf::from(source), None)),
+        None => {
+            let b: BoardName = source.parse()?;
+            let (img, sha) = Manifest::load(out, &b)?.stick_image(out)?;
+            Ok((img, Some(sha)))
+        }
+    }
 }
 
 /// The board's `autoexec.ipxe` for an iPXE without its key compiled in: its certificate and
@@ -395,9 +508,9 @@ pub fn autoexec_script(
     pkcs1: bool,
     imgverify: bool,
 ) -> Result<String> {
-    let reg = lab.registry();
     let key_path = held_key(lab, board)?;
-    let cert_der = crate::ca::cert_der_from_bytes(&state::read(&reg.cert_path(&board.name))?)?;
+    let cert_der =
+        crate::ca::cert_der_from_bytes(&state::read(&lab.state().board_cert(&board.name))?)?;
     let key_der = crate::ca::board_key_der(&state::read(&key_path)?, pkcs1)?;
     let embed = embed_script(lab, board, ntp_server, imgverify)?;
     let body = embed.strip_prefix("#!ipxe").unwrap_or(&embed);

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::{finish_manifest, image, siglist, BuildOptions, Manifest, Target};
+use crate::board::Board;
 use crate::error::{Error, Result};
-use crate::registry::Board;
 use crate::state;
 use crate::Lab;
 
@@ -26,7 +26,7 @@ pub(crate) fn find_efi(dir: &Path) -> Result<PathBuf> {
         }
     }
     Err(Error::invalid(format!(
-        "no ipxe-amd64.efi or ipxe.efi in {}: point --prebuilt at Debian's /usr/lib/ipxe (package ipxe, Debian 13 or later for HTTPS)",
+        "no ipxe-amd64.efi or ipxe.efi in {}: use Debian's /usr/lib/ipxe (package ipxe, Debian 13 or later for HTTPS)",
         dir.display()
     )))
 }
@@ -38,7 +38,7 @@ pub(crate) fn build_board(
     opts: &BuildOptions,
 ) -> Result<Manifest> {
     let started = Instant::now();
-    let dir = opts.out.join(board.name.as_str());
+    let dir = opts.out.board_dir(&board.name);
     state::create_dir_private(&dir)?;
     // Debian 13's prebuilt iPXE (2025) reads PKCS#8 keys.
     let script = super::autoexec_script(lab, board, opts.ntp_server.as_deref(), false, false)?;
@@ -61,8 +61,8 @@ pub(crate) fn build_board(
         vec![TRUST_NOTE.to_string()],
     )?;
     for t in &mut m.targets {
-        t.route = Some("prebuilt");
+        t.route = Some("prebuilt".to_string());
     }
-    super::save_manifest(&dir, &m)?;
+    m.save(&opts.out)?;
     Ok(m)
 }

@@ -13,8 +13,9 @@ use x509_parser::revocation_list::CertificateRevocationList;
 
 use crate::error::{Error, Result};
 use crate::state::{self, StateDir};
+use crate::types::Serial;
 
-/// Revoked serials, in [`crate::ca::serial_hex`] form as the registry stores them.
+/// Revoked serials.
 pub(crate) struct RevokedSerials {
     state: StateDir,
     ca_der: Vec<u8>,
@@ -25,7 +26,7 @@ pub(crate) struct RevokedSerials {
 struct Current {
     seen: Option<FileId>,
     number: Option<BigUint>,
-    serials: Arc<HashSet<String>>,
+    serials: Arc<HashSet<Serial>>,
 }
 
 /// Which version of the file: a new file, a rewrite or a truncation all change it.
@@ -40,7 +41,7 @@ fn file_id(state: &StateDir) -> Option<FileId> {
 /// A verified CRL: its number and serials.
 struct Loaded {
     number: Option<BigUint>,
-    serials: HashSet<String>,
+    serials: HashSet<Serial>,
 }
 
 /// Parse and verify the CRL.
@@ -58,7 +59,7 @@ fn load(state: &StateDir, ca_der: &[u8]) -> Result<Loaded> {
         number: crl.crl_number().cloned(),
         serials: crl
             .iter_revoked_certificates()
-            .map(|r| crate::ca::serial_hex(r.raw_serial()))
+            .map(|r| Serial::from_der_bytes(r.raw_serial()))
             .collect(),
     })
 }
@@ -87,7 +88,7 @@ impl RevokedSerials {
     /// Whether the CRL lists `serial`. A CRL that changed on disk is reloaded first. One that
     /// is missing, does not verify, or is older (a lower crlNumber) than the one in force is
     /// refused: the previous one stays, and the log says so once per version of the file.
-    pub(crate) fn contains(&self, serial: &str) -> bool {
+    pub(crate) fn contains(&self, serial: &Serial) -> bool {
         let now = file_id(&self.state);
         let set = {
             let mut cur = match self.current.lock() {
@@ -137,27 +138,23 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let state = StateDir::new(t.path());
         let issued = crate::ca::create_ca("t", crate::ca::KeySize::Rsa2048, 30).unwrap();
-        let ca = crate::ca::Ca::load(
-            issued.cert_pem.as_bytes(),
-            issued.key_pem.unwrap().as_bytes(),
-        )
-        .unwrap();
+        let ca =
+            crate::ca::Ca::load(issued.cert.cert_pem.as_bytes(), issued.key_pem.as_bytes()).unwrap();
         let revoked = crate::ca::Revoked {
-            serial: "0badc0de".into(),
+            serial: "0badc0de".parse().unwrap(),
             when: time::OffsetDateTime::now_utc(),
             reason: crate::ca::Reason::KeyCompromise,
         };
         let crl = ca.crl(&[revoked], 1, 5).unwrap();
         state::write_atomic(&state.crl(), crl.as_bytes(), 0o644).unwrap();
-        state::write_atomic(&state.ca_cert(), issued.cert_pem.as_bytes(), 0o644).unwrap();
+        state::write_atomic(&state.ca_cert(), issued.cert.cert_pem.as_bytes(), 0o644).unwrap();
         let set = RevokedSerials::new(&state).unwrap();
-        assert!(set.contains("0badc0de"));
-        assert!(!set.contains("0badc0df"));
+        assert!(set.contains(&"0badc0de".parse().unwrap()));
+        assert!(!set.contains(&"0badc0df".parse().unwrap()));
         // A CRL signed by another CA is refused.
         let other = crate::ca::create_ca("o", crate::ca::KeySize::Rsa2048, 30).unwrap();
         let other =
-            crate::ca::Ca::load(other.cert_pem.as_bytes(), other.key_pem.unwrap().as_bytes())
-                .unwrap();
+            crate::ca::Ca::load(other.cert.cert_pem.as_bytes(), other.key_pem.as_bytes()).unwrap();
         state::write_atomic(
             &state.crl(),
             other.crl(&[], 2, 5).unwrap().as_bytes(),

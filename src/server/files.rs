@@ -2,7 +2,7 @@
 //! Paths are checked segment by segment and again after resolving symlinks, so nothing
 //! outside the files root (and nothing of the state dir's keys) is ever served.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use futures_util::TryStreamExt;
 use http_body_util::{BodyExt, StreamBody};
@@ -13,8 +13,9 @@ use hyper::header::{
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use super::routes::{full, Body, Outcome};
+use super::response::{full, Body, Outcome};
 use super::Shared;
+use crate::state::StateDir;
 
 /// Decode `%XX` escapes; `None` for malformed escapes or non-UTF-8 results.
 pub(crate) fn percent_decode(s: &str) -> Option<String> {
@@ -52,7 +53,7 @@ fn request_path(raw: &str) -> Result<String, (StatusCode, &'static str)> {
         return Err((StatusCode::FORBIDDEN, "dot-names are never served"));
     }
     let name = decoded.rsplit('/').next().unwrap_or_default();
-    if name.ends_with(".key") || name == "key.pem" || name == "secrets.toml" {
+    if crate::state::is_secret_name(name) {
         return Err((StatusCode::FORBIDDEN, "key material is never served"));
     }
     Ok(decoded)
@@ -106,9 +107,12 @@ fn is_key_material(file: &std::fs::File, meta: &std::fs::Metadata, shared: &Shar
         return true;
     }
     meta.nlink() > 1
-        && state_secrets(&shared.state_root).iter().any(|p| {
-            std::fs::metadata(p).is_ok_and(|m| m.dev() == meta.dev() && m.ino() == meta.ino())
-        })
+        && StateDir::new(&shared.state_root)
+            .secret_files()
+            .iter()
+            .any(|p| {
+                std::fs::metadata(p).is_ok_and(|m| m.dev() == meta.dev() && m.ino() == meta.ino())
+            })
 }
 
 /// Whether `rel` lies in a build's output folder (images hold their boards' keys).
@@ -124,35 +128,11 @@ fn in_build_output(root: &Path, rel: &str) -> bool {
     false
 }
 
-/// Every key and secret file of the state dir (looked up only for hard-linked files).
-fn state_secrets(root: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = ["ca", "server", "codesign"]
-        .iter()
-        .filter_map(|d| std::fs::read_dir(root.join(d)).ok())
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "key"))
-        .collect();
-    if let Ok(rd) = std::fs::read_dir(root.join("boards")) {
-        for e in rd.flatten() {
-            v.push(e.path().join("key.pem"));
-            v.push(e.path().join("secrets.toml"));
-        }
-    }
-    v
-}
-
 /// Refuse a files root that holds, or sits among, key material: the state dir itself, its
 /// key folders, or a build's output (every image holds its board's key).
 pub(crate) fn check_files_root(files_root: &Path, state_root: &Path) -> crate::Result<()> {
-    let secret_dirs = [
-        "ca", "server", "boards", "codesign", "index", "cache", "out",
-    ];
     let holds_state = state_root.starts_with(files_root);
-    let in_secret = secret_dirs
-        .iter()
-        .any(|d| files_root.starts_with(state_root.join(d)));
+    let in_secret = StateDir::new(state_root).is_private(files_root);
     let build_output = files_root
         .ancestors()
         .any(|a| a.join(crate::state::OUT_MARKER).exists());

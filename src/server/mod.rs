@@ -7,6 +7,8 @@ mod files;
 mod guard;
 mod log;
 pub mod nginx;
+mod one_time;
+mod response;
 mod routes;
 mod tls;
 
@@ -22,23 +24,36 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::Lab;
 
-pub use routes::OneTimeStore;
+pub use one_time::OneTimeStore;
+pub use response::Verdict;
+
+/// Where the boards' TLS ends.
+#[derive(Clone, Debug)]
+pub enum Front {
+    /// `serve` does mutual TLS itself, on this address.
+    Mtls {
+        /// The HTTPS listener.
+        https: SocketAddr,
+    },
+    /// A TLS-terminating proxy (nginx, for iPXE older than 2024) passes the client
+    /// certificate's facts in headers over plain HTTP.
+    Proxy {
+        /// Peers whose X-SSL-Client-* headers are believed.
+        trusted: Vec<IpAddr>,
+        /// What the proxy must send as `X-IPXE-CA-Proxy-Secret`.
+        secret: String,
+    },
+}
 
 /// How `serve` runs.
 #[derive(Clone, Debug)]
 pub struct ServeOptions {
-    /// HTTPS (mTLS) listener; `None` in proxy mode.
-    pub https: Option<SocketAddr>,
+    /// Who terminates the boards' TLS.
+    pub front: Front,
     /// Plain-HTTP listener (files; in proxy mode also the scripts).
     pub http: SocketAddr,
     /// Root of `/files/`.
     pub files: PathBuf,
-    /// Trust client-certificate headers from these peers (proxy mode).
-    pub trusted_proxies: Vec<IpAddr>,
-    /// Serve scripts on plain HTTP behind a TLS-terminating proxy.
-    pub behind_proxy: bool,
-    /// What the proxy must send as `X-IPXE-CA-Proxy-Secret` (proxy mode).
-    pub proxy_secret: Option<String>,
     /// Lifetime of one-time URLs.
     pub one_time_ttl: Duration,
     /// Cap on concurrent connections per listener.
@@ -56,7 +71,10 @@ impl ServeOptions {
     /// dual-stack listener sees mapped addresses).
     pub(crate) fn is_trusted_proxy(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
-        self.behind_proxy && self.trusted_proxies.iter().any(|t| t.to_canonical() == ip)
+        match &self.front {
+            Front::Proxy { trusted, .. } => trusted.iter().any(|t| t.to_canonical() == ip),
+            Front::Mtls { .. } => false,
+        }
     }
 }
 
@@ -160,7 +178,7 @@ pub async fn serve(
     let config = Config::load(lab.state())?;
     let files_root = std::fs::canonicalize(&opts.files).map_err(|e| {
         Error::io(
-            "files directory missing (create it or pass --files)",
+            "files directory missing (create it, or serve another one)",
             &opts.files,
             e,
         )
@@ -217,7 +235,7 @@ pub async fn serve(
         })
     };
 
-    if let Some(addr) = opts.https.filter(|_| !opts.behind_proxy) {
+    if let Front::Mtls { https: addr } = opts.front {
         let tls = tls::acceptor(shared.lab.state(), opts.tls_sessions)?;
         let listener = bind(addr).await?;
         log::say(&format!(
@@ -233,11 +251,10 @@ pub async fn serve(
         )));
     }
     let listener = bind(opts.http).await?;
-    if opts.behind_proxy {
+    if let Front::Proxy { trusted, .. } = &opts.front {
         log::say(&format!(
-            "ipxe-ca: serving boot scripts and files on http://{} behind a proxy (trusted: {:?})",
+            "ipxe-ca: serving boot scripts and files on http://{} behind a proxy (trusted: {trusted:?})",
             local(&listener),
-            opts.trusted_proxies
         ));
     } else {
         log::say(&format!(

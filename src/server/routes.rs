@@ -1,169 +1,21 @@
 //! Request routing: boot scripts per board, one-time secret URLs, boot files.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, USER_AGENT};
+use hyper::header::USER_AGENT;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 
 use super::log::{self, Entry};
-use super::{files, ConnInfo, Shared, Watcher};
-use crate::registry::{Board, Status};
+use super::response::{respond, script, Body, Outcome, Refusal, Verdict};
+use super::{files, ConnInfo, Front, Shared, Watcher};
+use crate::board::{Board, Status};
 use crate::render::Context;
-use crate::types::{validate_name, Fingerprint, Mac};
-
-pub(crate) type Body = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
-
-pub(crate) fn full(data: impl Into<Bytes>) -> Body {
-    Full::new(data.into())
-        .map_err(|never| match never {})
-        .boxed()
-}
-
-/// In-memory one-time secrets: each answers once, within its TTL. Bounded: a board has at
-/// most one outstanding URL per secret name (a new one replaces the old), the whole store at
-/// most [`OneTimeStore::CAP`], and expired ones are purged on a timer.
-#[derive(Default)]
-pub struct OneTimeStore {
-    inner: Mutex<OneTime>,
-}
-
-#[derive(Default)]
-struct OneTime {
-    /// token → (deadline, body, owner)
-    by_token: HashMap<String, (Instant, String, (String, String))>,
-    /// (board, secret name) → its outstanding token
-    by_owner: HashMap<(String, String), String>,
-}
-
-impl OneTime {
-    fn remove(&mut self, token: &str) -> Option<(Instant, String)> {
-        let (deadline, body, owner) = self.by_token.remove(token)?;
-        if self.by_owner.get(&owner).is_some_and(|t| t == token) {
-            self.by_owner.remove(&owner);
-        }
-        Some((deadline, body))
-    }
-
-    fn purge(&mut self, now: Instant) {
-        let dead: Vec<String> = self
-            .by_token
-            .iter()
-            .filter(|(_, (d, _, _))| *d <= now)
-            .map(|(t, _)| t.clone())
-            .collect();
-        for t in dead {
-            self.remove(&t);
-        }
-    }
-}
-
-impl std::fmt::Debug for OneTimeStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("OneTimeStore")
-    }
-}
-
-impl OneTimeStore {
-    /// Outstanding one-time URLs at most (a few MB of secrets at worst).
-    pub const CAP: usize = 10_000;
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, OneTime> {
-        match self.inner.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        }
-    }
-
-    /// Keep `body` for `board`'s secret `name` and return the token that fetches it once.
-    /// The board's previous URL for the same secret stops working.
-    pub fn insert(&self, board: &str, name: &str, body: String, ttl: Duration) -> Option<String> {
-        let mut raw = [0u8; 24];
-        aws_lc_rs::rand::fill(&mut raw).ok()?;
-        let token = hex::encode(raw);
-        let now = Instant::now();
-        let owner = (board.to_string(), name.to_string());
-        let mut m = self.lock();
-        if let Some(old) = m.by_owner.get(&owner).cloned() {
-            m.remove(&old);
-        }
-        if m.by_token.len() >= Self::CAP {
-            m.purge(now);
-        }
-        if m.by_token.len() >= Self::CAP {
-            // Still full of live URLs: the one closest to expiry goes.
-            if let Some(t) = m
-                .by_token
-                .iter()
-                .min_by_key(|(_, (d, _, _))| *d)
-                .map(|(t, _)| t.clone())
-            {
-                m.remove(&t);
-            }
-        }
-        m.by_token
-            .insert(token.clone(), (now.checked_add(ttl)?, body, owner.clone()));
-        m.by_owner.insert(owner, token.clone());
-        Some(token)
-    }
-
-    /// Take the secret: it is gone afterwards, whether or not it had expired.
-    pub fn take(&self, token: &str) -> Option<String> {
-        let (deadline, body) = self.lock().remove(token)?;
-        (deadline > Instant::now()).then_some(body)
-    }
-
-    /// Drop expired URLs (run on a timer, so that memory returns after a burst).
-    pub fn purge_expired(&self) {
-        self.lock().purge(Instant::now());
-    }
-
-    /// Outstanding URLs.
-    pub fn len(&self) -> usize {
-        self.lock().by_token.len()
-    }
-
-    /// Whether none are outstanding.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-#[cfg(test)]
-mod one_time_tests {
-    use super::*;
-
-    #[test]
-    fn a_new_url_replaces_the_boards_old_one_and_the_store_is_bounded() {
-        let s = OneTimeStore::default();
-        let ttl = Duration::from_secs(60);
-        let a = s.insert("b1", "x", "one".into(), ttl).unwrap();
-        let b = s.insert("b1", "x", "two".into(), ttl).unwrap();
-        let c = s.insert("b1", "y", "other".into(), ttl).unwrap();
-        assert_eq!(s.len(), 2);
-        assert_eq!(s.take(&a), None);
-        assert_eq!(s.take(&b).as_deref(), Some("two"));
-        assert_eq!(s.take(&c).as_deref(), Some("other"));
-        for i in 0..OneTimeStore::CAP + 50 {
-            s.insert(&format!("b{i}"), "x", "s".into(), ttl).unwrap();
-        }
-        assert_eq!(s.len(), OneTimeStore::CAP);
-        let short = OneTimeStore::default();
-        short
-            .insert("b", "x", "s".into(), Duration::from_nanos(1))
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(2));
-        short.purge_expired();
-        assert!(short.is_empty());
-    }
-}
+use crate::types::{Fingerprint, Mac, Serial};
 
 pub(crate) async fn serve_http<I>(
     io: TokioIo<I>,
@@ -189,17 +41,6 @@ pub(crate) async fn serve_http<I>(
     let _ = watcher.watch(conn).await;
 }
 
-/// What a handler returns besides the response: facts for the access log.
-#[derive(Default)]
-pub(crate) struct Outcome {
-    pub board: Option<String>,
-    pub fingerprint: Option<String>,
-    pub serial: Option<String>,
-    pub mac: Option<String>,
-    pub bytes: u64,
-    pub note: Option<String>,
-}
-
 async fn handle(req: Request<Incoming>, info: &ConnInfo, shared: &Arc<Shared>) -> Response<Body> {
     let start = Instant::now();
     let method = req.method().clone();
@@ -217,7 +58,7 @@ async fn handle(req: Request<Incoming>, info: &ConnInfo, shared: &Arc<Shared>) -
         if info.tls || trusted_proxy(info, shared) {
             match authorize(&req, None, info, shared, &mut out) {
                 Ok(_) => files::serve(rest, &req, shared, &mut out).await,
-                Err((status, why)) => script(status, &why, &mut out),
+                Err(refusal) => refusal.respond(&mut out),
             }
         } else {
             files::serve(rest, &req, shared, &mut out).await
@@ -283,31 +124,6 @@ fn query_param(query: &str, key: &str) -> Option<String> {
     })
 }
 
-/// A `#!ipxe` answer; for refusals it echoes why on the board's console.
-fn script(status: StatusCode, why: &str, out: &mut Outcome) -> Response<Body> {
-    let body = format!(
-        "#!ipxe\necho ipxe-ca: {} {}: {}\necho ipxe-ca: ask the operator to check `ipxe-ca list` and the server log\nexit 1\n",
-        status.as_u16(),
-        status.canonical_reason().unwrap_or(""),
-        why.replace(['\n', '\r'], " ")
-    );
-    out.note = Some(why.to_string());
-    respond(status, body, out)
-}
-
-fn respond(status: StatusCode, body: String, out: &mut Outcome) -> Response<Body> {
-    out.bytes = body.len() as u64;
-    let mut r = Response::new(full(body));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r.headers_mut()
-        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    r
-}
-
 /// A plain-HTTP peer that terminates TLS for us (proxy mode, `--trusted-proxy`).
 fn trusted_proxy(info: &ConnInfo, shared: &Shared) -> bool {
     info.peer
@@ -320,138 +136,162 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// The proxy proved itself: exactly one X-IPXE-CA-Proxy-Secret, equal to ours.
-fn proxy_authentic(req: &Request<Incoming>, shared: &Shared) -> Result<(), String> {
-    let Some(ours) = shared.opts.proxy_secret.as_deref() else {
-        return Err("proxy mode without a proxy secret".into());
-    };
+fn proxy_authentic(req: &Request<Incoming>, ours: &str) -> Result<(), Refusal> {
     let mut sent = req.headers().get_all("x-ipxe-ca-proxy-secret").iter();
     match (sent.next(), sent.next()) {
         (Some(v), None) if same_secret(v.as_bytes(), ours.as_bytes()) => Ok(()),
-        (None, _) => Err("no proxy secret: the request did not come through the nginx block `ipxe-ca nginx-config` writes".into()),
-        _ => Err("wrong proxy secret: regenerate the nginx block with `ipxe-ca nginx-config` and reload nginx".into()),
+        (None, _) => Err(Refusal::forbidden(Verdict::Refused, "no proxy secret: the request did not come through the nginx block `ipxe-ca nginx-config` writes")),
+        _ => Err(Refusal::forbidden(Verdict::Refused, "wrong proxy secret: regenerate the nginx block with `ipxe-ca nginx-config` and reload nginx")),
     }
 }
 
-/// Who is asking: the SHA-1 fingerprint of a verified client certificate, from TLS or
-/// from a trusted proxy's headers; otherwise why not.
+/// Step 1, who is asking: the SHA-1 fingerprint of a verified client certificate, from TLS
+/// or from a trusted proxy's headers (with the serial the proxy saw).
 fn identify(
     req: &Request<Incoming>,
     info: &ConnInfo,
     shared: &Shared,
-    out: &mut Outcome,
-) -> Result<Fingerprint, String> {
+) -> Result<(Fingerprint, Option<Serial>), Refusal> {
     if info.tls {
-        let fp = info
-            .fingerprint_sha1
-            .clone()
-            .ok_or("no client certificate was presented; the board's image must carry its certificate (ipxe-ca build)")?;
-        return fp.parse().map_err(|_| "bad fingerprint".to_string());
+        let fp = info.fingerprint_sha1.as_deref().ok_or_else(|| {
+            Refusal::forbidden(Verdict::NoCertificate, "no client certificate was presented; the board's image must carry its certificate (ipxe-ca build)")
+        })?;
+        let fp = fp
+            .parse()
+            .map_err(|_| Refusal::forbidden(Verdict::Refused, "bad fingerprint"))?;
+        return Ok((fp, None));
     }
-    if !shared.opts.behind_proxy {
-        return Err("boot scripts are served only over HTTPS with a client certificate".into());
-    }
-    let peer_ip: Option<IpAddr> = info.peer.map(|p| p.ip());
+    let Front::Proxy { secret, .. } = &shared.opts.front else {
+        return Err(Refusal::forbidden(
+            Verdict::NoCertificate,
+            "boot scripts are served only over HTTPS with a client certificate",
+        ));
+    };
     if !trusted_proxy(info, shared) {
-        return Err(format!(
-            "client-certificate headers ignored: peer {} is not a --trusted-proxy",
-            peer_ip.map(|i| i.to_string()).unwrap_or_default()
+        let peer: Option<IpAddr> = info.peer.map(|p| p.ip());
+        return Err(Refusal::forbidden(
+            Verdict::Refused,
+            format!(
+                "client-certificate headers ignored: peer {} is not a --trusted-proxy",
+                peer.map(|i| i.to_string()).unwrap_or_default()
+            ),
         ));
     }
-    proxy_authentic(req, shared)?;
+    proxy_authentic(req, secret)?;
     for name in [
         "x-ssl-client-verify",
         "x-ssl-client-fingerprint",
         "x-ssl-client-serial",
     ] {
         if req.headers().get_all(name).iter().count() > 1 {
-            return Err(format!("{name} appears more than once: refused"));
+            return Err(Refusal::forbidden(
+                Verdict::Refused,
+                format!("{name} appears more than once: refused"),
+            ));
         }
     }
-    let h = |name: &str| {
-        req.headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
-    match h("x-ssl-client-verify").as_deref() {
+    let h = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    match h("x-ssl-client-verify") {
         Some("SUCCESS") => {}
         Some(other) => {
-            return Err(format!(
-                "the proxy could not verify the client certificate ({other})"
+            return Err(Refusal::forbidden(
+                Verdict::NoCertificate,
+                format!("the proxy could not verify the client certificate ({other})"),
             ))
         }
-        None => return Err("no client certificate was presented to the proxy".into()),
+        None => {
+            return Err(Refusal::forbidden(
+                Verdict::NoCertificate,
+                "no client certificate was presented to the proxy",
+            ))
+        }
     }
-    out.serial = h("x-ssl-client-serial").map(|s| s.to_lowercase());
-    let fp = h("x-ssl-client-fingerprint").ok_or("the proxy sent no X-SSL-Client-Fingerprint")?;
-    fp.parse()
-        .map_err(|_| "the proxy sent a malformed fingerprint".to_string())
+    let serial = match h("x-ssl-client-serial") {
+        Some(s) => Some(s.parse::<Serial>().map_err(|_| {
+            Refusal::forbidden(Verdict::Refused, "the proxy sent a malformed serial")
+        })?),
+        None => None,
+    };
+    let fp = h("x-ssl-client-fingerprint").ok_or_else(|| {
+        Refusal::forbidden(
+            Verdict::NoCertificate,
+            "the proxy sent no X-SSL-Client-Fingerprint",
+        )
+    })?;
+    let fp = fp.parse().map_err(|_| {
+        Refusal::forbidden(Verdict::Refused, "the proxy sent a malformed fingerprint")
+    })?;
+    Ok((fp, serial))
 }
 
-/// The board behind this request, verified: a known certificate (TLS or a trusted proxy),
-/// the serial nginx saw, not revoked, the MAC it names (if any) its own. Otherwise the
-/// refusal to send.
+/// Step 2, which board that is and whether it may have what it asks for: a registered
+/// certificate, the serial the proxy saw, not revoked, the MAC it names (if any) its own.
+fn select(
+    fp: &Fingerprint,
+    seen_serial: Option<&Serial>,
+    mac: Option<&str>,
+    shared: &Shared,
+    out: &mut Outcome,
+) -> Result<Board, Refusal> {
+    out.fingerprint = Some(fp.to_string());
+    let board = match shared.lab.registry().by_fingerprint(fp) {
+        Ok(Some(b)) => b,
+        Ok(None) => {
+            return Err(Refusal::forbidden(
+                Verdict::Unknown,
+                format!("certificate {fp} is not registered (ipxe-ca enroll/register)"),
+            ))
+        }
+        Err(e) => {
+            log::say(&format!("ipxe-ca: registry lookup failed: {e}"));
+            return Err(Refusal {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                why: "registry error; see the server log".to_string(),
+                verdict: Verdict::ServerError,
+            });
+        }
+    };
+    out.board = Some(board.name.to_string());
+    out.serial = Some(seen_serial.unwrap_or(&board.serial).to_string());
+    if seen_serial.is_some_and(|s| *s != board.serial) {
+        return Err(Refusal::forbidden(
+            Verdict::Refused,
+            "certificate serial does not match the registry",
+        ));
+    }
+    if board.status == Status::Revoked || shared.revoked.contains(&board.serial) {
+        return Err(Refusal::forbidden(
+            Verdict::Revoked,
+            format!("board {} is revoked", board.name),
+        ));
+    }
+    if let (Some(registered), Some(asked)) = (board.mac, mac) {
+        if asked.parse::<Mac>().ok() != Some(registered) {
+            return Err(Refusal::forbidden(
+                Verdict::MacMismatch,
+                format!(
+                    "MAC mismatch: board {} is registered with {registered}, request names {asked}",
+                    board.name
+                ),
+            ));
+        }
+    }
+    Ok(board)
+}
+
+/// The board behind this request, verified (identify, then select); otherwise the refusal.
 fn authorize(
     req: &Request<Incoming>,
     mac: Option<&str>,
     info: &ConnInfo,
     shared: &Shared,
     out: &mut Outcome,
-) -> Result<Board, (StatusCode, String)> {
-    let fp = match identify(req, info, shared, out) {
-        Ok(fp) => fp,
-        Err(why) => return Err((StatusCode::FORBIDDEN, why)),
-    };
-    out.fingerprint = Some(fp.to_string());
-    let board = match shared.lab.registry().by_fingerprint(&fp) {
-        Ok(Some(b)) => b,
-        Ok(None) => {
-            return Err((
-                StatusCode::FORBIDDEN,
-                format!("certificate {fp} is not registered (ipxe-ca enroll/register)"),
-            ))
-        }
-        Err(e) => {
-            log::say(&format!("ipxe-ca: registry lookup failed: {e}"));
-            return Err((
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "registry error; see the server log".to_string(),
-            ));
-        }
-    };
-    out.board = Some(board.name.to_string());
-    if let Some(hdr_serial) = out.serial.clone() {
-        if hdr_serial.trim_start_matches('0') != board.serial.trim_start_matches('0') {
-            return Err((
-                StatusCode::FORBIDDEN,
-                "certificate serial does not match the registry".to_string(),
-            ));
-        }
-    }
-    out.serial = Some(board.serial.clone());
-    if board.status == Status::Revoked || shared.revoked.contains(&board.serial) {
-        return Err((
-            StatusCode::FORBIDDEN,
-            format!("board {} is revoked", board.name),
-        ));
-    }
-    if let (Some(registered), Some(asked)) = (board.mac, mac) {
-        match asked.parse::<Mac>() {
-            Ok(m) if m == registered => {}
-            _ => {
-                return Err((
-                    StatusCode::FORBIDDEN,
-                    format!(
-                    "MAC mismatch: board {} is registered with {registered}, request names {asked}",
-                    board.name
-                ),
-                ))
-            }
-        }
-    }
-    Ok(board)
+) -> Result<Board, Refusal> {
+    let (fp, serial) = identify(req, info, shared)?;
+    select(&fp, serial.as_ref(), mac, shared, out)
 }
 
+/// A board's boot script: authorize, then render its profile.
 fn boot(
     req: &Request<Incoming>,
     mac: Option<String>,
@@ -461,64 +301,64 @@ fn boot(
     out: &mut Outcome,
 ) -> Response<Body> {
     out.mac = mac.clone();
-    let board = match authorize(req, mac.as_deref(), info, shared, out) {
-        Ok(b) => b,
-        Err((status, why)) => return script(status, &why, out),
-    };
-    match render_profile(shared, &board, imgverify) {
-        Ok(body) => respond(StatusCode::OK, body, out),
-        Err(e) => {
-            log::say(&format!(
-                "ipxe-ca: cannot render profile {:?} for board {}: {e}",
-                board.profile.as_str(),
-                board.name
-            ));
-            script(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                &format!(
-                    "profile {} cannot be rendered; see the server log",
-                    board.profile
-                ),
-                out,
-            )
+    let rendered = authorize(req, mac.as_deref(), info, shared, out)
+        .and_then(|board| render_profile(shared, &board, imgverify));
+    match rendered {
+        Ok(body) => {
+            out.verdict = Some(Verdict::Served);
+            respond(StatusCode::OK, body, out)
         }
+        Err(refusal) => refusal.respond(out),
     }
 }
 
-fn context(shared: &Shared, board: &Board, imgverify: bool) -> crate::Result<Context> {
-    let mut ctx = Context::new(board, &shared.config);
-    ctx.secrets = shared.lab.registry().secrets(&board.name)?;
-    ctx.imgverify = imgverify;
-    Ok(ctx)
-}
-
-fn render_profile(shared: &Arc<Shared>, board: &Board, imgverify: bool) -> crate::Result<String> {
-    let path = shared
-        .lab
-        .state()
-        .profiles_dir()
-        .join(format!("{}.ipxe", board.profile));
-    let ctx = context(shared, board, imgverify)?;
-    let s = shared.clone();
-    let c = ctx.clone();
-    let one_time =
-        minijinja::Value::from_function(move |name: String| -> Result<String, minijinja::Error> {
-            let err = |m: String| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, m);
-            validate_name(&name, "secret template name").map_err(|e| err(e.to_string()))?;
-            let p = s.lab.state().secrets_dir().join(&name);
-            let body = s
-                .templates
-                .render_file(&p, &c, &[])
-                .map_err(|e| err(e.to_string()))?;
-            let token = s
-                .one_time
-                .insert(&c.board.name, &name, body, s.opts.one_time_ttl)
-                .ok_or_else(|| err("random number generator failed".into()))?;
-            Ok(format!("{}/secret/{token}", s.config.server_url))
-        });
-    shared
-        .templates
-        .render_file(&path, &ctx, &[("one_time_url", one_time)])
+/// Step 3, the script: the board's profile rendered with its variables and secrets.
+fn render_profile(shared: &Arc<Shared>, board: &Board, imgverify: bool) -> Result<String, Refusal> {
+    let rendered = (|| {
+        let secrets = shared.lab.registry().secrets(&board.name)?;
+        let ctx = Context::for_board(board, &shared.config, secrets, imgverify);
+        let path = shared.lab.state().profile(&board.profile);
+        let s = shared.clone();
+        let c = ctx.clone();
+        let one_time = minijinja::Value::from_function(
+            move |name: String| -> Result<String, minijinja::Error> {
+                let err =
+                    |m: String| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, m);
+                let p = s
+                    .lab
+                    .state()
+                    .secret_template(&name)
+                    .map_err(|e| err(e.to_string()))?;
+                let body = s
+                    .templates
+                    .render_file(&p, &c, &[])
+                    .map_err(|e| err(e.to_string()))?;
+                let token = s
+                    .one_time
+                    .insert(&c.board.name, &name, body, s.opts.one_time_ttl)
+                    .ok_or_else(|| err("random number generator failed".into()))?;
+                Ok(format!("{}/secret/{token}", s.config.server_url))
+            },
+        );
+        shared
+            .templates
+            .render_file(&path, &ctx, &[("one_time_url", one_time)])
+    })();
+    rendered.map_err(|e| {
+        log::say(&format!(
+            "ipxe-ca: cannot render profile {:?} for board {}: {e}",
+            board.profile.as_str(),
+            board.name
+        ));
+        Refusal {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            why: format!(
+                "profile {} cannot be rendered; see the server log",
+                board.profile
+            ),
+            verdict: Verdict::TemplateError,
+        }
+    })
 }
 
 fn one_time(token: &str, method: &Method, shared: &Shared, out: &mut Outcome) -> Response<Body> {

@@ -1,6 +1,8 @@
 //! One integration-test binary: every test drives the real `ipxe-ca` binary and checks the
 //! result with independent tools (openssl, curl, nginx, QEMU).
 
+#[path = "../common/mod.rs"]
+mod common;
 mod qemu;
 mod util;
 

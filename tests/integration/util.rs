@@ -3,14 +3,10 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-/// Path of the binary under test (built once by cargo for all tests).
-pub fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_ipxe-ca"))
-}
+pub use crate::common::{bin, free_port, s, Proc};
 
 /// A test's own temporary directory and state dir.
 pub struct Lab {
@@ -127,19 +123,6 @@ pub fn openssl(args: &[&str]) -> String {
     let (ok, out) = tool("openssl", args);
     assert!(ok, "openssl {args:?} failed: {out}");
     out
-}
-
-/// A free TCP port on 127.0.0.1.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-pub fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 /// A running `ipxe-ca serve` on free loopback ports; SIGTERM on drop.
@@ -334,16 +317,6 @@ pub fn sign_with_openssl(lab: &Lab, csr: &str, out: &str, extra: &[&str]) {
     openssl(&args);
 }
 
-/// A child process killed when dropped.
-pub struct KillOnDrop(pub std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// nginx with the block `ipxe-ca nginx-config` writes, listening on 127.0.0.1:`listen`.
 pub fn nginx_conf(lab: &Lab, listen: u16, upstream: u16) -> std::path::PathBuf {
     let block = lab.ok(&[
@@ -375,7 +348,7 @@ pub fn nginx_conf(lab: &Lab, listen: u16, upstream: u16) -> std::path::PathBuf {
 
 /// Start nginx with the generated config in front of `serve --behind-proxy` on `upstream`;
 /// waits until it listens.
-pub fn start_nginx(lab: &Lab, listen: u16, upstream: u16) -> KillOnDrop {
+pub fn start_nginx(lab: &Lab, listen: u16, upstream: u16) -> Proc {
     let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
         .into_iter()
         .find(|p| std::path::Path::new(p).exists())
@@ -390,7 +363,7 @@ pub fn start_nginx(lab: &Lab, listen: u16, upstream: u16) -> KillOnDrop {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let ng = KillOnDrop(ng);
+    let ng = Proc(ng);
     for _ in 0..400 {
         if std::net::TcpStream::connect(("127.0.0.1", listen)).is_ok() {
             return ng;

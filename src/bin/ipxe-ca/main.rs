@@ -1,0 +1,345 @@
+//! `ipxe-ca`: parse arguments, call the library, print. Decisions live in the library.
+
+mod cli;
+mod print;
+
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use cli::{board_options, Cli, Command};
+use ipxe_ca::ipxe_build;
+use ipxe_ca::server;
+use ipxe_ca::state::OutDir;
+use ipxe_ca::Lab;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind::*;
+            if matches!(
+                e.kind(),
+                DisplayHelp | DisplayVersion | DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                e.exit();
+            }
+            // One line: scripts read the first line of stderr.
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!("ipxe-ca: {first} (see --help)");
+            return ExitCode::from(2);
+        }
+    };
+    match try_main(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let chain: Vec<String> = e.chain().map(ToString::to_string).collect();
+            let hint = e
+                .chain()
+                .find_map(|c| c.downcast_ref::<ipxe_ca::Error>())
+                .and_then(hint);
+            match hint {
+                Some(h) => eprintln!("ipxe-ca: error: {}; {h}", chain.join(": ")),
+                None => eprintln!("ipxe-ca: error: {}", chain.join(": ")),
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The flag that answers a library refusal (the library never names flags).
+fn hint(e: &ipxe_ca::Error) -> Option<&'static str> {
+    use ipxe_ca::Error::*;
+    match e {
+        NoCa(_) => Some("pass --dir or set IPXE_CA_DIR to the state dir"),
+        CaExists(_) => Some("pass --force to replace it anyway"),
+        NotRemovable(_) => Some("if this really is the stick, pass --allow-non-removable"),
+        _ => None,
+    }
+}
+
+fn try_main(cli: Cli) -> Result<()> {
+    let lab = Lab::open(&cli.dir);
+    let dir = cli.dir.display();
+    match cli.command {
+        Command::Init(a) => {
+            let done = lab
+                .init(&a.options())
+                .with_context(|| format!("cannot initialise {dir}"))?;
+            print::initialized(lab.state(), &done);
+            println!("next: ipxe-ca --dir {dir} enroll BOARD");
+        }
+        Command::Enroll(a) => {
+            let names: Vec<String> = a.boards.iter().map(ToString::to_string).collect();
+            let boards = lab
+                .enroll_many(&a.boards, &board_options(&a.common, Some(a.days))?)
+                .with_context(|| format!("cannot enroll {}", names.join(" ")))?;
+            let views: Vec<_> = boards.iter().map(|b| lab.view(b)).collect();
+            match (a.common.json, views.as_slice()) {
+                (true, [one]) => print::json(one)?,
+                (true, _) => print::json(&views)?,
+                (false, _) => views.iter().try_for_each(print::board)?,
+            }
+        }
+        Command::Sign(a) => {
+            let csr = std::fs::read(&a.csr)
+                .with_context(|| format!("cannot read CSR {}", a.csr.display()))?;
+            let b = lab
+                .sign(&a.board, &csr, &board_options(&a.common, Some(a.days))?)
+                .with_context(|| format!("cannot sign {} for {}", a.csr.display(), a.board))?;
+            show(&lab, &b, a.common.json)?;
+        }
+        Command::Register(a) => {
+            let cert = std::fs::read(&a.cert)
+                .with_context(|| format!("cannot read certificate {}", a.cert.display()))?;
+            let b = lab
+                .register(&a.board, &cert, &board_options(&a.common, None)?)
+                .with_context(|| format!("cannot register {}", a.board))?;
+            show(&lab, &b, a.common.json)?;
+        }
+        Command::Set(a) => {
+            let b = lab
+                .update(&a.board, &a.update()?)
+                .with_context(|| format!("cannot change {}", a.board))?;
+            show(&lab, &b, a.json)?;
+        }
+        Command::Revoke(a) => {
+            let b = lab
+                .revoke(&a.board, a.reason)
+                .with_context(|| format!("cannot revoke {}", a.board))?;
+            let crl = lab.state().crl();
+            println!(
+                "revoked {} (serial {}); CRL {}",
+                b.name,
+                b.serial,
+                crl.display()
+            );
+        }
+        Command::Crl => {
+            let next = lab.refresh_crl().context("cannot re-sign the CRL")?;
+            let next = next.format(&time::format_description::well_known::Rfc3339)?;
+            println!(
+                "re-signed {}; valid until {next}",
+                lab.state().crl().display()
+            );
+        }
+        Command::SignFiles(a) => sign_files(&lab, a)?,
+        Command::Check(a) => {
+            let problems = lab.check(a.repair).context("cannot check the registry")?;
+            if a.json {
+                print::json(&problems)?;
+            } else {
+                print::problems(&problems);
+            }
+            if !problems.is_empty() {
+                bail!("{} problem(s) in the registry", problems.len());
+            }
+        }
+        Command::ServerCert(a) => {
+            let sans = lab
+                .renew_server(Some(a.sans))
+                .context("cannot issue the server certificates")?;
+            let names: Vec<String> = sans.iter().map(ToString::to_string).collect();
+            println!(
+                "issued {} and {} for {}; restart `ipxe-ca serve` to use them",
+                lab.state().server_cert().display(),
+                lab.state().server_ecdsa_cert().display(),
+                names.join(", ")
+            );
+        }
+        Command::List(a) => {
+            if let Some(days) = a.expiring {
+                let soon = lab.expiring(days).context("cannot check expiry dates")?;
+                if a.json {
+                    print::json(&soon)?;
+                } else {
+                    for e in &soon {
+                        println!("{:>5} days  {:<50} {}", e.days_left, e.what, e.expires);
+                    }
+                }
+                if !soon.is_empty() {
+                    bail!("{} item(s) expire within {days} days", soon.len());
+                }
+                return Ok(());
+            }
+            let boards = lab.boards().context("cannot list boards")?;
+            let views: Vec<_> = boards.iter().map(|b| lab.view(b)).collect();
+            if a.json {
+                print::json(&views)?;
+            } else {
+                print::board_table(&views)?;
+            }
+        }
+        Command::Show(a) => show(&lab, &lab.registry().get(&a.board)?, a.json)?,
+        Command::Serve(a) => {
+            let opts = a.options(&lab)?;
+            server::run(lab, opts).context("server failed")?;
+        }
+        Command::Build(a) => build(&lab, a)?,
+        Command::Flash(a) => flash(&lab, a)?,
+        Command::Doctor(a) => {
+            let tree = match &a.ipxe_src {
+                Some(p) => {
+                    Some(ipxe_build::IpxeTree::open(p).context("cannot check the iPXE tree")?)
+                }
+                None => None,
+            };
+            let r = ipxe_build::doctor::report(&a.targets, a.prebuilt, tree.as_ref());
+            if a.json {
+                print::json(&r)?;
+            } else {
+                print::doctor(&r);
+            }
+            r.verdict()?;
+        }
+        Command::NginxConfig(a) => {
+            let config = ipxe_ca::config::Config::load(lab.state())?;
+            let listen = a.listen.unwrap_or_else(|| config.server_port().to_string());
+            let secret = lab.proxy_secret().context("cannot make the proxy secret")?;
+            let block = server::nginx::server_block(lab.state(), &listen, a.upstream, &secret);
+            print!("{block}");
+        }
+    }
+    Ok(())
+}
+
+fn show(lab: &Lab, b: &ipxe_ca::board::Board, json: bool) -> Result<()> {
+    let v = lab.view(b);
+    if json {
+        print::json(&v)
+    } else {
+        print::board(&v)
+    }
+}
+
+fn flash(lab: &Lab, a: cli::FlashArgs) -> Result<()> {
+    use ipxe_ca::flash::{self, System};
+    use std::io::IsTerminal;
+    let sys = System {
+        sysfs: a.sysfs.clone(),
+        ..System::default()
+    };
+    if a.list {
+        let devs: Vec<_> = flash::devices(&sys)?
+            .into_iter()
+            .filter(|d| d.is_candidate())
+            .collect();
+        if a.json {
+            return print::json(&devs);
+        }
+        if devs.is_empty() {
+            println!("no removable or USB disks found");
+        }
+        devs.iter().for_each(|d| println!("{}", d.describe()));
+        return Ok(());
+    }
+    let (Some(source), Some(device)) = (a.source, a.device) else {
+        bail!("give a board or image and a device");
+    };
+    let out = OutDir::new(a.out.unwrap_or_else(|| lab.state().out_dir()));
+    let (image, expected) = ipxe_build::stick_source(lab, &out, &source)?;
+    let mut plan = flash::plan(
+        &sys,
+        &image,
+        expected.as_deref(),
+        &device,
+        a.allow_non_removable,
+    )?;
+    let dev = plan.device.describe();
+    let progress = print::flash_progress(plan.image_size);
+    let (img, path) = (image.display(), plan.device.path.display().to_string());
+    if a.verify_only {
+        let got = flash::verify(&plan, &progress)?;
+        println!("verified: {path} holds {img} (SHA-256 {got})");
+        return Ok(());
+    }
+    if !a.yes && !std::io::stdin().is_terminal() {
+        bail!(
+            "refusing to overwrite {dev} without confirmation: no terminal to ask on; pass --yes"
+        );
+    }
+    // Held from here to the write: the disk confirmed is the disk written.
+    flash::hold(&mut plan, &sys)?;
+    if !a.yes {
+        let size = flash::human(plan.image_size);
+        eprint!("Write {img} ({size}) to {dev}?\nEverything on it will be lost. Type 'yes' to continue: ");
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        if answer.trim() != "yes" {
+            bail!("not confirmed; nothing was written");
+        }
+    }
+    match flash::flash(&mut plan, !a.no_verify, &progress)? {
+        Some(sha) => println!("wrote and verified {img} on {path} (SHA-256 {sha})"),
+        None => println!("wrote {img} to {path} (not verified)"),
+    }
+    Ok(())
+}
+
+fn sign_files(lab: &Lab, a: cli::SignFilesArgs) -> Result<()> {
+    use ipxe_ca::codesign::{self, SigStatus};
+    let root = a.files.unwrap_or_else(|| lab.state().files_dir());
+    if a.check {
+        let report = codesign::check(&root).context("cannot check the signatures")?;
+        if a.json {
+            print::json(&report)?;
+        } else {
+            for f in &report {
+                println!("{:<8} {}", format!("{:?}", f.status).to_lowercase(), f.path);
+            }
+        }
+        let bad = report
+            .iter()
+            .filter(|f| f.status != SigStatus::Current)
+            .count();
+        if bad > 0 {
+            bail!(
+                "{bad} of {} boot files have no current signature: run `ipxe-ca sign-files`",
+                report.len()
+            );
+        }
+        return Ok(());
+    }
+    let (signer, created) = lab.signer().context("cannot load the code-signing key")?;
+    if created {
+        eprintln!(
+            "created the code-signing certificate {} (this state dir predates signed boot files)",
+            lab.state().codesign_cert().display()
+        );
+    }
+    let done = codesign::sign_files(&signer, &root, &a.paths, a.force)
+        .context("cannot sign the boot files")?;
+    if a.json {
+        return print::json(&done);
+    }
+    done.iter()
+        .for_each(|d| println!("{:<9} {}", d.action, d.path));
+    Ok(())
+}
+
+fn build(lab: &Lab, a: cli::BuildArgs) -> Result<()> {
+    let opts = a.options(lab)?;
+    let boards = ipxe_build::select_boards(lab, &a.boards, a.all)?;
+    let progress = print::BuildProgress::new(boards.len());
+    let results = ipxe_build::build(lab, &boards, &opts, &|r| progress.done(r))?;
+    progress.finish();
+    let summary = ipxe_build::Summary::of(&results);
+    summary.notes.iter().for_each(|n| eprintln!("note: {n}"));
+    if a.json {
+        print::json(&summary.manifests)?;
+    } else {
+        for m in &summary.manifests {
+            println!("{}", opts.out.manifest(&m.board.parse()?).display());
+        }
+    }
+    if !summary.failed.is_empty() {
+        bail!(
+            "{} of {} boards failed: {}",
+            summary.failed.len(),
+            results.len(),
+            summary.failed.join(", ")
+        );
+    }
+    Ok(())
+}

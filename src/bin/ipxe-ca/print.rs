@@ -1,0 +1,204 @@
+//! What the commands print: tables for people, JSON for scripts, progress on a terminal.
+
+use std::io::{IsTerminal, Write};
+
+use anyhow::Result;
+use ipxe_ca::board::BoardView;
+use ipxe_ca::flash::Progress;
+use ipxe_ca::ipxe_build::doctor::Report;
+use ipxe_ca::registry::Problem;
+
+/// Pretty JSON on stdout.
+pub fn json<T: serde::Serialize + ?Sized>(v: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// What `init` made.
+pub fn initialized(s: &ipxe_ca::state::StateDir, done: &ipxe_ca::lab::Initialized) {
+    let how = if done.adopted { "adopted" } else { "created" };
+    println!("{how} CA {}", s.ca_cert().display());
+    let names: Vec<String> = done.sans.iter().map(ToString::to_string).collect();
+    println!(
+        "server certificate {} ({})",
+        s.server_cert().display(),
+        names.join(", ")
+    );
+    let c = &done.config;
+    println!("server URL {}  files URL {}", c.server_url, c.files_url);
+}
+
+/// One board, as `show` prints it.
+pub fn board(v: &BoardView) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "board        {}", v.name)?;
+    writeln!(out, "status       {}", v.label())?;
+    writeln!(out, "serial       {}", v.serial)?;
+    writeln!(out, "sha1         {}", v.fingerprint_sha1)?;
+    writeln!(out, "sha256       {}", v.fingerprint_sha256)?;
+    writeln!(out, "mac          {}", v.mac.as_deref().unwrap_or("-"))?;
+    writeln!(out, "profile      {}", v.profile)?;
+    writeln!(out, "valid        {} .. {}", v.not_before, v.not_after)?;
+    writeln!(out, "cert         {}", v.cert.display())?;
+    let key = v.key.as_ref().map(|k| k.display().to_string());
+    writeln!(
+        out,
+        "key          {}",
+        key.as_deref().unwrap_or("- (not held)")
+    )?;
+    for (k, val) in &v.vars {
+        writeln!(out, "var          {k}={val}")?;
+    }
+    for s in &v.secrets {
+        writeln!(out, "secret       {s} (value hidden)")?;
+    }
+    Ok(())
+}
+
+/// The `list` table.
+pub fn board_table(views: &[BoardView]) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{:<24} {:<8} {:<17} {:<10} {:<10} SHA1",
+        "NAME", "STATUS", "MAC", "PROFILE", "EXPIRES"
+    )?;
+    for v in views {
+        writeln!(
+            out,
+            "{:<24} {:<8} {:<17} {:<10} {:<10} {}",
+            v.name,
+            v.label(),
+            v.mac.as_deref().unwrap_or("-"),
+            v.profile,
+            v.not_after.get(..10).unwrap_or(&v.not_after),
+            v.fingerprint_sha1
+        )?;
+    }
+    Ok(())
+}
+
+/// `check`'s findings.
+pub fn problems(problems: &[Problem]) {
+    if problems.is_empty() {
+        println!("registry consistent");
+    }
+    for p in problems {
+        let fix = if p.repairable {
+            " (--repair fixes it)"
+        } else {
+            ""
+        };
+        println!("{:<21} {}: {}{fix}", p.kind, p.path.display(), p.detail);
+    }
+}
+
+/// `doctor`'s findings.
+pub fn doctor(r: &Report) {
+    for c in &r.checks {
+        let mark = match (c.ok, c.needed) {
+            (true, _) => "ok     ",
+            (false, true) => "MISSING",
+            (false, false) => "absent ",
+        };
+        println!(
+            "{mark} {:<36} for {:<46} (apt-get install {})",
+            c.what, c.needed_for, c.package
+        );
+    }
+    if let Some(t) = r.iso_tool {
+        println!("ISO images are mastered with {t:?}");
+    }
+    if let Some(f) = &r.tree {
+        println!(
+            "tree: ECDHE {}, PKCS#8 keys {}, NO_WERROR {}",
+            f.ecdhe, f.pkcs8_keys, f.no_werror
+        );
+    }
+    for n in &r.tree_notes {
+        println!("note: {n}");
+    }
+}
+
+/// A progress bar on a terminal, else nothing (the caller prints lines).
+pub fn bar(len: u64, template: &str) -> Option<indicatif::ProgressBar> {
+    std::io::stderr().is_terminal().then(|| {
+        let b = indicatif::ProgressBar::new(len);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+            b.set_style(style);
+        }
+        b
+    })
+}
+
+/// Progress of a flash: a bar on a terminal, else a line per tenth (for logs and scripts).
+pub fn flash_progress(total: u64) -> impl Fn(Progress) {
+    let bar = bar(
+        total,
+        "{msg:9} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+    );
+    let last = std::sync::atomic::AtomicU64::new(u64::MAX);
+    move |p: Progress| {
+        let what = if p.writing { "writing" } else { "verifying" };
+        match &bar {
+            Some(b) => {
+                b.set_message(what);
+                b.set_position(p.done);
+                if !p.writing && p.done >= p.total {
+                    b.finish_and_clear();
+                }
+            }
+            None => {
+                let decile = (p.done * 10 / p.total.max(1)) + if p.writing { 0 } else { 100 };
+                if last.swap(decile, std::sync::atomic::Ordering::Relaxed) != decile {
+                    eprintln!(
+                        "flash: {what} {}% ({} of {})",
+                        p.done * 100 / p.total.max(1),
+                        ipxe_ca::flash::human(p.done),
+                        ipxe_ca::flash::human(p.total)
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Progress of a build: a bar on a terminal, a line per board either way.
+pub struct BuildProgress(Option<indicatif::ProgressBar>);
+
+impl BuildProgress {
+    pub fn new(boards: usize) -> Self {
+        BuildProgress(bar(
+            boards as u64,
+            "{elapsed_precise} [{bar:30}] {pos}/{len} boards {msg}",
+        ))
+    }
+
+    pub fn done(&self, r: &ipxe_ca::ipxe_build::BoardResult) {
+        let line = match r {
+            Ok(m) => {
+                let files: Vec<&str> = m.targets.iter().map(|t| t.file.as_str()).collect();
+                format!(
+                    "built {} in {:.1} s: {}",
+                    m.board,
+                    m.duration_s,
+                    files.join(", ")
+                )
+            }
+            Err((b, e)) => format!("FAILED {b}: {e}"),
+        };
+        match &self.0 {
+            Some(bar) => {
+                bar.inc(1);
+                bar.println(line);
+            }
+            None => eprintln!("{line}"),
+        }
+    }
+
+    pub fn finish(&self) {
+        if let Some(bar) = &self.0 {
+            bar.finish_and_clear();
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! The board model: what a board is, whatever stores, serves or builds it. The server, the
+//! image build and templates name boards through this module, never through the store.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::ca::Reason;
+use crate::state::StateDir;
+use crate::types::{BoardName, Fingerprint, Mac, ProfileName, Serial};
+
+/// Whether a board may boot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Served.
+    Active,
+    /// Refused, and listed in the CRL.
+    Revoked,
+}
+
+/// How the board's certificate entered the registry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    /// `enroll`: we made key and certificate.
+    Enrolled,
+    /// `sign`: we signed the board's CSR; we never saw its key.
+    Signed,
+    /// `register`: an existing certificate of our CA was adopted.
+    Registered,
+}
+
+/// One board's public registry entry (`boards/NAME.toml`). Secrets live elsewhere.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Board {
+    /// The board's name (also its certificate's CN when we issued it).
+    pub name: BoardName,
+    /// Certificate serial, lowercase hex.
+    pub serial: Serial,
+    /// SHA-1 of the certificate, as nginx's `$ssl_client_fingerprint`.
+    pub fingerprint_sha1: Fingerprint,
+    /// SHA-256 of the certificate.
+    pub fingerprint_sha256: Fingerprint,
+    /// The board's MAC, when known; a request naming another MAC is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<Mac>,
+    /// The profile (`profiles/NAME.ipxe`) its boot script is rendered from.
+    #[serde(default)]
+    pub profile: ProfileName,
+    /// Certificate validity start.
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_before: OffsetDateTime,
+    /// Certificate validity end.
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_after: OffsetDateTime,
+    /// Active or revoked.
+    pub status: Status,
+    /// How the certificate came to us.
+    pub origin: Origin,
+    /// When it was revoked.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub revoked_at: Option<OffsetDateTime>,
+    /// Why it was revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation_reason: Option<Reason>,
+    /// Names of the board's secrets (values are in `boards/NAME/secrets.toml`, 0600).
+    #[serde(default)]
+    pub secret_names: Vec<String>,
+    /// Template variables for its profile.
+    #[serde(default)]
+    pub vars: BTreeMap<String, String>,
+}
+
+/// What `list --json` and `show --json` print for a board. Secret values never appear.
+#[derive(Clone, Debug, Serialize)]
+pub struct BoardView {
+    /// Board name.
+    pub name: String,
+    /// Serial, lowercase hex.
+    pub serial: String,
+    /// SHA-1 fingerprint, lowercase hex without colons (nginx's form).
+    pub fingerprint_sha1: String,
+    /// SHA-256 fingerprint.
+    pub fingerprint_sha256: String,
+    /// MAC or null.
+    pub mac: Option<String>,
+    /// Profile name.
+    pub profile: String,
+    /// RFC 3339.
+    pub not_before: String,
+    /// RFC 3339.
+    pub not_after: String,
+    /// `active` or `revoked`.
+    pub status: Status,
+    /// Active, and the certificate ends within 30 days: renew it.
+    pub expires_soon: bool,
+    /// How the certificate came to us.
+    pub origin: Origin,
+    /// RFC 3339, when revoked.
+    pub revoked_at: Option<String>,
+    /// Certificate path.
+    pub cert: PathBuf,
+    /// Key path, or null when we never had the key.
+    pub key: Option<PathBuf>,
+    /// Template variables.
+    pub vars: BTreeMap<String, String>,
+    /// Names of the secrets (never their values).
+    pub secrets: Vec<String>,
+}
+
+/// Days before a certificate's end from which `list` and `serve` say it is expiring.
+pub const WARN_DAYS: i64 = 30;
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.to_string())
+}
+
+impl Board {
+    /// Active, and its certificate ends within [`WARN_DAYS`] of `now`.
+    pub fn expires_soon(&self, now: OffsetDateTime) -> bool {
+        self.status == Status::Active && self.not_after < now + time::Duration::days(WARN_DAYS)
+    }
+}
+
+impl BoardView {
+    /// The view of `board` kept in `state`, as of `now`.
+    pub fn new(board: &Board, state: &StateDir, now: OffsetDateTime) -> BoardView {
+        let key = state.board_key(&board.name);
+        BoardView {
+            name: board.name.to_string(),
+            serial: board.serial.to_string(),
+            fingerprint_sha1: board.fingerprint_sha1.to_string(),
+            fingerprint_sha256: board.fingerprint_sha256.to_string(),
+            mac: board.mac.map(|m| m.to_string()),
+            profile: board.profile.to_string(),
+            not_before: rfc3339(board.not_before),
+            not_after: rfc3339(board.not_after),
+            status: board.status,
+            expires_soon: board.expires_soon(now),
+            origin: board.origin,
+            revoked_at: board.revoked_at.map(rfc3339),
+            cert: state.board_cert(&board.name),
+            key: key.exists().then_some(key),
+            vars: board.vars.clone(),
+            secrets: board.secret_names.clone(),
+        }
+    }
+
+    /// `active`, `expiring` (active, ends within [`WARN_DAYS`]) or `revoked`: the STATUS column.
+    pub fn label(&self) -> &'static str {
+        match (self.status, self.expires_soon) {
+            (Status::Revoked, _) => "revoked",
+            (Status::Active, true) => "expiring",
+            (Status::Active, false) => "active",
+        }
+    }
+}

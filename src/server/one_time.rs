@@ -1,0 +1,163 @@
+//! One-time secret URLs: a profile's `one_time_url("name")` renders a secret template once and
+//! hands the board a capability URL that answers once, within its TTL.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// In-memory one-time secrets: each answers once, within its TTL. Bounded: a board has at
+/// most one outstanding URL per secret name (a new one replaces the old), the whole store at
+/// most [`OneTimeStore::CAP`], and expired ones are purged on a timer.
+#[derive(Default)]
+pub struct OneTimeStore {
+    inner: Mutex<OneTime>,
+}
+
+#[derive(Default)]
+struct OneTime {
+    /// token → (deadline, body, owner)
+    by_token: HashMap<String, (Instant, String, (String, String))>,
+    /// (board, secret name) → its outstanding token
+    by_owner: HashMap<(String, String), String>,
+}
+
+impl OneTime {
+    fn remove(&mut self, token: &str) -> Option<(Instant, String)> {
+        let (deadline, body, owner) = self.by_token.remove(token)?;
+        if self.by_owner.get(&owner).is_some_and(|t| t == token) {
+            self.by_owner.remove(&owner);
+        }
+        Some((deadline, body))
+    }
+
+    fn purge(&mut self, now: Instant) {
+        let dead: Vec<String> = self
+            .by_token
+            .iter()
+            .filter(|(_, (d, _, _))| *d <= now)
+            .map(|(t, _)| t.clone())
+            .collect();
+        for t in dead {
+            self.remove(&t);
+        }
+    }
+}
+
+impl std::fmt::Debug for OneTimeStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OneTimeStore")
+    }
+}
+
+impl OneTimeStore {
+    /// Outstanding one-time URLs at most (a few MB of secrets at worst).
+    pub const CAP: usize = 10_000;
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, OneTime> {
+        match self.inner.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Keep `body` for `board`'s secret `name` and return the token that fetches it once.
+    /// The board's previous URL for the same secret stops working.
+    pub fn insert(&self, board: &str, name: &str, body: String, ttl: Duration) -> Option<String> {
+        self.insert_at(Instant::now(), board, name, body, ttl)
+    }
+
+    fn insert_at(
+        &self,
+        now: Instant,
+        board: &str,
+        name: &str,
+        body: String,
+        ttl: Duration,
+    ) -> Option<String> {
+        let mut raw = [0u8; 24];
+        aws_lc_rs::rand::fill(&mut raw).ok()?;
+        let token = hex::encode(raw);
+        let owner = (board.to_string(), name.to_string());
+        let mut m = self.lock();
+        if let Some(old) = m.by_owner.get(&owner).cloned() {
+            m.remove(&old);
+        }
+        if m.by_token.len() >= Self::CAP {
+            m.purge(now);
+        }
+        if m.by_token.len() >= Self::CAP {
+            // Still full of live URLs: the one closest to expiry goes.
+            if let Some(t) = m
+                .by_token
+                .iter()
+                .min_by_key(|(_, (d, _, _))| *d)
+                .map(|(t, _)| t.clone())
+            {
+                m.remove(&t);
+            }
+        }
+        m.by_token
+            .insert(token.clone(), (now.checked_add(ttl)?, body, owner.clone()));
+        m.by_owner.insert(owner, token.clone());
+        Some(token)
+    }
+
+    /// Take the secret: it is gone afterwards, whether or not it had expired.
+    pub fn take(&self, token: &str) -> Option<String> {
+        self.take_at(Instant::now(), token)
+    }
+
+    fn take_at(&self, now: Instant, token: &str) -> Option<String> {
+        let (deadline, body) = self.lock().remove(token)?;
+        (deadline > now).then_some(body)
+    }
+
+    /// Drop expired URLs (run on a timer, so that memory returns after a burst).
+    pub fn purge_expired(&self) {
+        self.lock().purge(Instant::now());
+    }
+
+    /// Outstanding URLs.
+    pub fn len(&self) -> usize {
+        self.lock().by_token.len()
+    }
+
+    /// Whether none are outstanding.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_url_replaces_the_boards_old_one_and_the_store_is_bounded() {
+        let s = OneTimeStore::default();
+        let ttl = Duration::from_secs(60);
+        let a = s.insert("b1", "x", "one".into(), ttl).unwrap();
+        let b = s.insert("b1", "x", "two".into(), ttl).unwrap();
+        let c = s.insert("b1", "y", "other".into(), ttl).unwrap();
+        assert_eq!(s.len(), 2);
+        assert_eq!(s.take(&a), None);
+        assert_eq!(s.take(&b).as_deref(), Some("two"));
+        assert_eq!(s.take(&c).as_deref(), Some("other"));
+        for i in 0..OneTimeStore::CAP + 50 {
+            s.insert(&format!("b{i}"), "x", "s".into(), ttl).unwrap();
+        }
+        assert_eq!(s.len(), OneTimeStore::CAP);
+        // A fake clock: no sleep races the deadline.
+        let t0 = Instant::now();
+        let short = OneTimeStore::default();
+        let tok = short.insert_at(t0, "b", "x", "s".into(), ttl).unwrap();
+        let late = t0 + ttl;
+        short.lock().purge(late - Duration::from_millis(1));
+        assert_eq!(short.len(), 1, "purged before its deadline");
+        let tok2 = short.insert_at(t0, "b", "y", "s".into(), ttl).unwrap();
+        assert_eq!(short.take_at(late, &tok2), None, "taken at its deadline");
+        short.lock().purge(late);
+        assert!(short.is_empty());
+        assert_eq!(short.take_at(t0, &tok), None, "purged, so gone");
+    }
+}

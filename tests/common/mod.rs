@@ -1,0 +1,60 @@
+//! Helpers shared by the integration tests and the benchmarks: the binary under test, free
+//! ports, waiting for a listener, child processes that never outlive their owner.
+#![allow(dead_code)]
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+/// Path of the binary under test (built once by cargo for all tests and benches).
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_ipxe-ca"))
+}
+
+/// A path as `&str` (test paths are UTF-8).
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap_or_default()
+}
+
+/// A free TCP port on 127.0.0.1 (0 if none could be found: the caller's bind then fails loudly).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+/// Wait until something listens on 127.0.0.1:`port`; an error after `limit`.
+pub fn wait_port(port: u16, limit: Duration) -> Result<(), String> {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    Err(format!("nothing listens on 127.0.0.1:{port} after {limit:?}"))
+}
+
+/// A child process stopped on drop: SIGTERM first, so that nginx and gunicorn stop their
+/// workers too (SIGKILL to the master alone leaves nginx's workers running), then SIGKILL.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        use rustix::process::{kill_process, Pid, Signal};
+        if let Some(pid) = Pid::from_raw(self.0.id() as i32) {
+            let _ = kill_process(pid, Signal::TERM);
+            let end = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < end {
+                if matches!(self.0.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(25));
+            }
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
