@@ -113,6 +113,10 @@ pub struct BoardView {
     pub vars: BTreeMap<String, String>,
     /// Names of the secrets (never their values).
     pub secrets: Vec<String>,
+    /// RFC 3339: the last request `serve` attributed to the board (`ipxe-ca history`).
+    pub last_seen: Option<String>,
+    /// How that request ended (`served`, `revoked`, …).
+    pub last_outcome: Option<String>,
 }
 
 /// Days before a certificate's end from which `list` and `serve` say it is expiring.
@@ -134,6 +138,7 @@ impl BoardView {
     /// The view of `board` kept in `state`, as of `now`.
     pub fn new(board: &Board, state: &StateDir, now: OffsetDateTime) -> BoardView {
         let key = state.board_key(&board.name);
+        let last = crate::history::last(state, &board.name);
         BoardView {
             name: board.name.to_string(),
             serial: board.serial.to_string(),
@@ -151,6 +156,8 @@ impl BoardView {
             key: key.exists().then_some(key),
             vars: board.vars.clone(),
             secrets: board.secret_names.clone(),
+            last_seen: last.as_ref().map(|r| r.time.clone()),
+            last_outcome: last.map(|r| r.outcome),
         }
     }
 

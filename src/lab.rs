@@ -252,25 +252,35 @@ impl Lab {
         for b in self.registry.list()? {
             if b.status == Status::Active {
                 all.push((
+                    "board",
                     format!("board {}", b.name),
                     self.state.board_cert(&b.name),
                     b.not_after,
                 ));
             }
         }
-        for (what, path) in [
-            ("CA certificate", self.state.ca_cert()),
-            ("RSA server certificate", self.state.server_cert()),
-            ("ECDSA server certificate", self.state.server_ecdsa_cert()),
-            ("code-signing certificate", self.state.codesign_cert()),
+        for (kind, what, path) in [
+            ("ca", "CA certificate", self.state.ca_cert()),
+            ("server", "RSA server certificate", self.state.server_cert()),
+            (
+                "server",
+                "ECDSA server certificate",
+                self.state.server_ecdsa_cert(),
+            ),
+            (
+                "codesign",
+                "code-signing certificate",
+                self.state.codesign_cert(),
+            ),
         ] {
             if let Ok(pem) = state::read(&path) {
                 let info = ca::cert_info(&ca::cert_der_from_bytes(&pem)?)?;
-                all.push((what.to_string(), path, info.not_after));
+                all.push((kind, what.to_string(), path, info.not_after));
             }
         }
         if let Some(next) = crl_facts(&self.state.crl()).and_then(|f| f.next_update) {
             all.push((
+                "crl",
                 "CRL (next update; `ipxe-ca crl` re-signs it)".to_string(),
                 self.state.crl(),
                 next,
@@ -279,14 +289,16 @@ impl Lab {
         let now = OffsetDateTime::now_utc();
         let mut out: Vec<Expiry> = all
             .into_iter()
-            .filter(|(_, _, t)| *t <= limit)
-            .map(|(what, path, t)| Expiry {
+            .filter(|(_, _, _, t)| *t <= limit)
+            .map(|(kind, what, path, t)| Expiry {
+                kind,
                 what,
                 path,
                 expires: t
                     .format(&time::format_description::well_known::Rfc3339)
                     .unwrap_or_default(),
                 days_left: (t - now).whole_days(),
+                seconds_left: (t - now).whole_seconds(),
             })
             .collect();
         out.sort_by_key(|e| e.days_left);
@@ -737,6 +749,12 @@ impl Lab {
         self.registry.list()
     }
 
+    /// The board's newest `n` requests as `serve` recorded them, oldest first.
+    pub fn history(&self, name: &BoardName, n: usize) -> Result<Vec<crate::history::Record>> {
+        self.registry.get(name)?;
+        crate::history::read(&self.state, name, n)
+    }
+
     /// The JSON view of a board.
     pub fn view(&self, board: &Board) -> BoardView {
         BoardView::new(board, &self.state, OffsetDateTime::now_utc())
@@ -768,6 +786,8 @@ fn crl_facts(path: &Path) -> Option<CrlFacts> {
 /// Something that expires, for `list --expiring`.
 #[derive(Clone, Debug, Serialize)]
 pub struct Expiry {
+    /// `board`, `server`, `ca`, `codesign` or `crl` (the metrics' label).
+    pub kind: &'static str,
     /// What it is ("board b1", "CA certificate", …).
     pub what: String,
     /// Its file.
@@ -776,4 +796,6 @@ pub struct Expiry {
     pub expires: String,
     /// Whole days from now (negative: already expired).
     pub days_left: i64,
+    /// Seconds from now (negative: already expired).
+    pub seconds_left: i64,
 }

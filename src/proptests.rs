@@ -119,7 +119,8 @@ proptest! {
 fn mutated_csrs_are_refused_not_signed() {
     use proptest::test_runner::{Config, TestRunner};
     let issued = crate::ca::create_ca("prop", crate::ca::KeySize::Rsa2048, 30).unwrap();
-    let ca = crate::ca::Ca::load(issued.cert.cert_pem.as_bytes(), issued.key_pem.as_bytes()).unwrap();
+    let ca =
+        crate::ca::Ca::load(issued.cert.cert_pem.as_bytes(), issued.key_pem.as_bytes()).unwrap();
     let key = crate::ca::generate_key(crate::ca::KeySize::Rsa2048).unwrap();
     let csr = rcgen::CertificateParams::new(vec!["x".to_string()])
         .unwrap()

@@ -138,8 +138,8 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let state = StateDir::new(t.path());
         let issued = crate::ca::create_ca("t", crate::ca::KeySize::Rsa2048, 30).unwrap();
-        let ca =
-            crate::ca::Ca::load(issued.cert.cert_pem.as_bytes(), issued.key_pem.as_bytes()).unwrap();
+        let ca = crate::ca::Ca::load(issued.cert.cert_pem.as_bytes(), issued.key_pem.as_bytes())
+            .unwrap();
         let revoked = crate::ca::Revoked {
             serial: "0badc0de".parse().unwrap(),
             when: time::OffsetDateTime::now_utc(),

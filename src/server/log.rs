@@ -9,6 +9,8 @@ use serde::Serialize;
 pub(crate) struct Entry {
     pub time: String,
     pub peer: Option<String>,
+    /// `served`, `revoked`, `mac-mismatch`, … (the metrics' outcome label).
+    pub outcome: &'static str,
     pub board: Option<String>,
     pub fingerprint: Option<String>,
     pub serial: Option<String>,

@@ -6,6 +6,7 @@ mod crl;
 mod files;
 mod guard;
 mod log;
+mod metrics;
 pub mod nginx;
 mod one_time;
 mod response;
@@ -64,6 +65,8 @@ pub struct ServeOptions {
     pub timeout: Duration,
     /// TLS sessions kept for resumption by session ID (no tickets are issued).
     pub tls_sessions: usize,
+    /// Where Prometheus scrapes `/metrics` (keep it off the boards' network).
+    pub metrics: Option<SocketAddr>,
 }
 
 impl ServeOptions {
@@ -88,6 +91,9 @@ pub(crate) struct Shared {
     pub revoked: crl::RevokedSerials,
     /// Profiles and secret templates, compiled once per version of their file.
     pub templates: crate::render::Templates,
+    /// Each board's recent requests.
+    pub journal: crate::history::Journal,
+    pub metrics: metrics::Metrics,
     pub opts: ServeOptions,
 }
 
@@ -194,6 +200,8 @@ pub async fn serve(
         one_time: OneTimeStore::default(),
         revoked: crl::RevokedSerials::new(lab.state())?,
         templates: crate::render::Templates::default(),
+        journal: crate::history::Journal::start(lab.state().clone(), log::say),
+        metrics: metrics::Metrics::default(),
         opts: opts.clone(),
         lab,
     });
@@ -250,6 +258,18 @@ pub async fn serve(
             stop_rx.clone(),
         )));
     }
+    if let Some(addr) = opts.metrics {
+        let listener = bind(addr).await?;
+        log::say(&format!(
+            "ipxe-ca: metrics on http://{}/metrics",
+            local(&listener)
+        ));
+        tasks.push(tokio::spawn(metrics_loop(
+            listener,
+            shared.clone(),
+            stop_rx.clone(),
+        )));
+    }
     let listener = bind(opts.http).await?;
     if let Front::Proxy { trusted, .. } = &opts.front {
         log::say(&format!(
@@ -294,6 +314,20 @@ fn local(l: &TcpListener) -> String {
     l.local_addr().map(|a| a.to_string()).unwrap_or_default()
 }
 
+/// Counts a connection as open until dropped.
+struct OpenGuard(Arc<Shared>, bool);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        let g = if self.1 {
+            &self.0.metrics.open_https
+        } else {
+            &self.0.metrics.open_http
+        };
+        g.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// A burst of booting boards must wait in the accept queue, not lose SYNs (a lost SYN costs a
 /// client a one-second retransmit): listen with a deep backlog.
 const BACKLOG: u32 = 4096;
@@ -316,6 +350,61 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener> {
 }
 
 type Watcher = hyper_util::server::graceful::Watcher;
+
+/// The admin listener: `GET /metrics` only.
+async fn metrics_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use hyper::{Response, StatusCode};
+    loop {
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
+            _ = stop.changed() => return,
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let svc =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let shared = shared.clone();
+                    async move {
+                        let mut r = if req.uri().path() == "/metrics" {
+                            Response::new(response::full(scrape(&shared)))
+                        } else {
+                            let mut r = Response::new(response::full("see /metrics\n"));
+                            *r.status_mut() = StatusCode::NOT_FOUND;
+                            r
+                        };
+                        r.headers_mut().insert(
+                            hyper::header::CONTENT_TYPE,
+                            hyper::header::HeaderValue::from_static(
+                                "text/plain; version=0.0.4; charset=utf-8",
+                            ),
+                        );
+                        Ok::<_, std::convert::Infallible>(r)
+                    }
+                });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, svc);
+            let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
+        });
+    }
+}
+
+fn scrape(shared: &Shared) -> String {
+    let mut earliest: std::collections::BTreeMap<&'static str, i64> = Default::default();
+    // Everything within a century: the earliest expiry of each kind.
+    for e in shared.lab.expiring(36_500).unwrap_or_default() {
+        let v = earliest.entry(e.kind).or_insert(i64::MAX);
+        *v = (*v).min(e.seconds_left);
+    }
+    let (issued, used, expired) = shared.one_time.counts();
+    let expiry: Vec<(&'static str, i64)> = earliest.into_iter().collect();
+    shared
+        .metrics
+        .render((issued, used, expired, shared.one_time.len()), &expiry)
+}
 
 async fn accept_loop(
     listener: TcpListener,
@@ -354,6 +443,7 @@ async fn accept_loop(
         let Some(ip_slot) = per_ip.take(peer.ip(), cap.max(1)) else {
             // One address holds its share already: drop the newcomer, not an enrolled board.
             drop(stream);
+            shared.metrics.refused_connection("per-address-cap");
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -365,6 +455,12 @@ async fn accept_loop(
         tokio::spawn(async move {
             let _permit = permit;
             let _ip_slot = ip_slot;
+            let open = match tls {
+                Some(_) => &shared.metrics.open_https,
+                None => &shared.metrics.open_http,
+            };
+            open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let _open = OpenGuard(shared.clone(), tls.is_some());
             match tls {
                 Some(tls) => tls::serve_tls(stream, peer, tls, shared, watcher, anonymous).await,
                 None => {

@@ -2,6 +2,7 @@
 //! hands the board a capability URL that answers once, within its TTL.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -11,6 +12,9 @@ use std::time::{Duration, Instant};
 #[derive(Default)]
 pub struct OneTimeStore {
     inner: Mutex<OneTime>,
+    issued: AtomicU64,
+    used: AtomicU64,
+    expired: AtomicU64,
 }
 
 #[derive(Default)]
@@ -30,16 +34,18 @@ impl OneTime {
         Some((deadline, body))
     }
 
-    fn purge(&mut self, now: Instant) {
+    fn purge(&mut self, now: Instant) -> u64 {
         let dead: Vec<String> = self
             .by_token
             .iter()
             .filter(|(_, (d, _, _))| *d <= now)
             .map(|(t, _)| t.clone())
             .collect();
+        let n = dead.len() as u64;
         for t in dead {
             self.remove(&t);
         }
+        n
     }
 }
 
@@ -83,7 +89,8 @@ impl OneTimeStore {
             m.remove(&old);
         }
         if m.by_token.len() >= Self::CAP {
-            m.purge(now);
+            let n = m.purge(now);
+            self.expired.fetch_add(n, Relaxed);
         }
         if m.by_token.len() >= Self::CAP {
             // Still full of live URLs: the one closest to expiry goes.
@@ -99,6 +106,7 @@ impl OneTimeStore {
         m.by_token
             .insert(token.clone(), (now.checked_add(ttl)?, body, owner.clone()));
         m.by_owner.insert(owner, token.clone());
+        self.issued.fetch_add(1, Relaxed);
         Some(token)
     }
 
@@ -109,12 +117,28 @@ impl OneTimeStore {
 
     fn take_at(&self, now: Instant, token: &str) -> Option<String> {
         let (deadline, body) = self.lock().remove(token)?;
+        let counter = if deadline > now {
+            &self.used
+        } else {
+            &self.expired
+        };
+        counter.fetch_add(1, Relaxed);
         (deadline > now).then_some(body)
     }
 
     /// Drop expired URLs (run on a timer, so that memory returns after a burst).
     pub fn purge_expired(&self) {
-        self.lock().purge(Instant::now());
+        let n = self.lock().purge(Instant::now());
+        self.expired.fetch_add(n, Relaxed);
+    }
+
+    /// (issued, used, expired) since start.
+    pub fn counts(&self) -> (u64, u64, u64) {
+        (
+            self.issued.load(Relaxed),
+            self.used.load(Relaxed),
+            self.expired.load(Relaxed),
+        )
     }
 
     /// Outstanding URLs.

@@ -11,9 +11,11 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 
 use super::log::{self, Entry};
+use super::metrics::Route;
 use super::response::{respond, script, Body, Outcome, Refusal, Verdict};
 use super::{files, ConnInfo, Front, Shared, Watcher};
 use crate::board::{Board, Status};
+use crate::history;
 use crate::render::Context;
 use crate::types::{Fingerprint, Mac, Serial};
 
@@ -52,6 +54,16 @@ async fn handle(req: Request<Incoming>, info: &ConnInfo, shared: &Arc<Shared>) -
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let mut out = Outcome::default();
+    let is_boot = path == "/boot.ipxe" || path == "/boot/ipxe" || path.starts_with("/ipxe/");
+    let route = if path.starts_with("/files/") || (!info.tls && !is_boot && path.len() > 1) {
+        Route::Files
+    } else if path.starts_with("/secret/") {
+        Route::Secret
+    } else if is_boot {
+        Route::Boot
+    } else {
+        Route::Other
+    };
     let resp = if let Some(rest) = path.strip_prefix("/files/") {
         // Over HTTPS (or a trusted proxy), files are for enrolled boards only: the mutual-TLS
         // route that keeps kernels and initrds from being swapped on the wire.
@@ -74,7 +86,7 @@ async fn handle(req: Request<Incoming>, info: &ConnInfo, shared: &Arc<Shared>) -
                 &mut out,
             )
         }
-    } else if path == "/boot.ipxe" || path == "/boot/ipxe" || path.starts_with("/ipxe/") {
+    } else if is_boot {
         let mac = path
             .strip_prefix("/ipxe/")
             .map(|m| m.trim_end_matches(".ipxe").to_string())
@@ -98,16 +110,51 @@ async fn handle(req: Request<Incoming>, info: &ConnInfo, shared: &Arc<Shared>) -
         None if query.is_empty() => path,
         None => format!("{path}?{query}"),
     };
+    let status = resp.status();
+    let verdict = out.verdict.unwrap_or(match status.as_u16() {
+        200..=399 => Verdict::Served,
+        404 => Verdict::NotFound,
+        500.. => Verdict::ServerError,
+        _ => Verdict::Refused,
+    });
+    shared.metrics.request(route, verdict);
+    if route == Route::Files && verdict == Verdict::Served {
+        shared
+            .metrics
+            .file_bytes
+            .fetch_add(out.bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+    let time = log::now();
+    if let Some(board) = out.board.as_deref().and_then(|b| b.parse().ok()) {
+        shared.journal.record(
+            board,
+            history::Record {
+                time: time.clone(),
+                peer: info.peer.map(|p| p.to_string()),
+                path: logged_path.clone(),
+                status: status.as_u16(),
+                outcome: verdict.name().to_string(),
+                reason: out.note.clone(),
+                tls: info.session.map(|s| history::TlsFacts {
+                    version: s.version.map(str::to_string),
+                    suite: s.suite.map(str::to_string),
+                    group: s.group.map(str::to_string),
+                    resumed: s.resumed,
+                }),
+            },
+        );
+    }
     log::write(&Entry {
-        time: log::now(),
+        time,
         peer: info.peer.map(|p| p.to_string()),
+        outcome: verdict.name(),
         board: out.board,
         fingerprint: out.fingerprint,
         serial: out.serial,
         mac: out.mac,
         method: method.to_string(),
         path: logged_path,
-        status: resp.status().as_u16(),
+        status: status.as_u16(),
         bytes: out.bytes,
         duration_ms: (start.elapsed().as_secs_f64() * 1e6).round() / 1e3,
         user_agent: ua,

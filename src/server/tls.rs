@@ -147,10 +147,14 @@ pub(crate) async fn serve_tls(
     let stream = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
+            shared
+                .metrics
+                .handshake_failure(super::metrics::failure_reason(&e));
             super::log::tls_failure(peer, &explain(&e));
             return;
         }
         Err(_) => {
+            shared.metrics.handshake_failure("timeout");
             super::log::tls_failure(peer, &format!("handshake timed out after {timeout:?}"));
             return;
         }
@@ -166,6 +170,7 @@ pub(crate) async fn serve_tls(
         None => match anonymous.try_acquire_owned() {
             Ok(p) => Some(p),
             Err(_) => {
+                shared.metrics.refused_connection("anonymous-budget");
                 super::log::tls_failure(
                     peer,
                     "too many connections without a client certificate: closed",
@@ -189,5 +194,8 @@ pub(crate) async fn serve_tls(
             resumed: conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
         }),
     };
+    if let Some(s) = &info.session {
+        shared.metrics.handshake(s.version, s.suite, s.resumed);
+    }
     routes::serve_http(hyper_util::rt::TokioIo::new(stream), info, shared, watcher).await;
 }

@@ -34,7 +34,9 @@ pub fn wait_port(port: u16, limit: Duration) -> Result<(), String> {
         }
         std::thread::sleep(Duration::from_millis(25));
     }
-    Err(format!("nothing listens on 127.0.0.1:{port} after {limit:?}"))
+    Err(format!(
+        "nothing listens on 127.0.0.1:{port} after {limit:?}"
+    ))
 }
 
 /// A child process stopped on drop: SIGTERM first, so that nginx and gunicorn stop their

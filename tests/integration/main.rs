@@ -12,6 +12,7 @@ mod flash;
 mod foundation;
 mod hostile;
 mod mutations;
+mod ops;
 mod real_ipxe;
 mod server;
 mod trust;

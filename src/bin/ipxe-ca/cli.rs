@@ -55,6 +55,8 @@ pub enum Command {
     List(ListArgs),
     /// Show one board.
     Show(ShowArgs),
+    /// A board's recent boots and refusals, as `serve` saw them (newest last).
+    History(HistoryArgs),
     /// Serve each board its own script over mutual TLS, and boot files over HTTP.
     Serve(ServeArgs),
     /// Build per-board iPXE images (iPXE's make, or a prebuilt iPXE for UEFI).
@@ -100,6 +102,10 @@ pub struct ServeArgs {
     /// TLS sessions kept for resumption (a boot makes several HTTPS fetches; about 1 KiB each).
     #[arg(long, default_value_t = 4096)]
     pub tls_sessions: usize,
+    /// Serve Prometheus metrics on http://ADDR/metrics (e.g. 127.0.0.1:9469; keep it off
+    /// the boards' network).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
 }
 
 #[derive(Args, Debug)]
@@ -439,6 +445,19 @@ pub struct ListArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct HistoryArgs {
+    /// Board name.
+    #[arg(value_parser = parse::<BoardName>)]
+    pub board: BoardName,
+    /// How many of the newest requests.
+    #[arg(short = 'n', long, default_value_t = 20)]
+    pub count: usize,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
 pub struct ShowArgs {
     /// Board name.
     #[arg(value_parser = parse::<BoardName>)]
@@ -512,6 +531,7 @@ impl ServeArgs {
             max_per_ip: self.max_per_ip,
             timeout: Duration::from_secs(self.timeout),
             tls_sessions: self.tls_sessions,
+            metrics: self.metrics,
         })
     }
 }

@@ -172,6 +172,14 @@ fn try_main(cli: Cli) -> Result<()> {
             }
         }
         Command::Show(a) => show(&lab, &lab.registry().get(&a.board)?, a.json)?,
+        Command::History(a) => {
+            let records = lab.history(&a.board, a.count)?;
+            if a.json {
+                print::json(&records)?;
+            } else {
+                print::history(&a.board, &records);
+            }
+        }
         Command::Serve(a) => {
             let opts = a.options(&lab)?;
             server::run(lab, opts).context("server failed")?;

@@ -60,22 +60,52 @@ pub fn board_table(views: &[BoardView]) -> Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "{:<24} {:<8} {:<17} {:<10} {:<10} SHA1",
-        "NAME", "STATUS", "MAC", "PROFILE", "EXPIRES"
+        "{:<24} {:<8} {:<17} {:<10} {:<10} {:<20} SHA1",
+        "NAME", "STATUS", "MAC", "PROFILE", "EXPIRES", "LAST SEEN"
     )?;
     for v in views {
         writeln!(
             out,
-            "{:<24} {:<8} {:<17} {:<10} {:<10} {}",
+            "{:<24} {:<8} {:<17} {:<10} {:<10} {:<20} {}",
             v.name,
             v.label(),
             v.mac.as_deref().unwrap_or("-"),
             v.profile,
             v.not_after.get(..10).unwrap_or(&v.not_after),
+            v.last_seen
+                .as_deref()
+                .map_or("never", |t| t.get(..19).unwrap_or(t)),
             v.fingerprint_sha1
         )?;
     }
     Ok(())
+}
+
+/// A board's recent requests.
+pub fn history(board: &ipxe_ca::types::BoardName, records: &[ipxe_ca::history::Record]) {
+    if records.is_empty() {
+        println!("{board}: no request recorded yet (serve records each board's requests)");
+    }
+    for r in records {
+        let tls = r.tls.as_ref().map(|t| {
+            let resumed = if t.resumed { " resumed" } else { "" };
+            format!(" {}{resumed}", t.suite.as_deref().unwrap_or("-"))
+        });
+        let reason = r
+            .reason
+            .as_deref()
+            .map(|w| format!(": {w}"))
+            .unwrap_or_default();
+        println!(
+            "{}  {:<15} {} {:<21} {}{}{reason}",
+            r.time,
+            r.outcome,
+            r.status,
+            r.peer.as_deref().unwrap_or("-"),
+            r.path,
+            tls.unwrap_or_default()
+        );
+    }
 }
 
 /// `check`'s findings.

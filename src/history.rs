@@ -1,0 +1,227 @@
+//! Each board's recent boots and refusals, kept beside it (`boards/NAME/history.jsonl`) so that
+//! "why didn't board 17 boot?" has an answer without grepping logs.
+//!
+//! One JSON line per request, appended with a single write; a line torn by a crash is skipped
+//! when read. The file is bounded: past [`KEEP`] × 2 lines it is rewritten atomically with the
+//! newest [`KEEP`]. The server appends from one writer thread, so requests never wait on disk.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::state::{self, StateDir, MODE_SECRET};
+use crate::types::BoardName;
+
+/// Records kept per board (at least; at most twice as many between compactions).
+pub const KEEP: usize = 200;
+
+/// How a TLS connection was made.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsFacts {
+    /// `TLSv1_2` or `TLSv1_3`.
+    pub version: Option<String>,
+    /// The cipher suite.
+    pub suite: Option<String>,
+    /// The key-exchange group.
+    pub group: Option<String>,
+    /// Whether the session was resumed.
+    pub resumed: bool,
+}
+
+/// One request a board made.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// RFC 3339.
+    pub time: String,
+    /// The peer's address (the proxy's, behind nginx).
+    pub peer: Option<String>,
+    /// What was asked for (one-time tokens shortened).
+    pub path: String,
+    /// HTTP status.
+    pub status: u16,
+    /// `served`, `revoked`, `mac-mismatch`, … (see `serve`'s metrics).
+    pub outcome: String,
+    /// Why it was refused, in the words the board's console showed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// How it connected (HTTPS only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsFacts>,
+}
+
+/// The newest `n` records of a board, oldest first (none: never seen).
+pub fn read(state: &StateDir, board: &BoardName, n: usize) -> Result<Vec<Record>> {
+    let path = state.board_history(board);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io("cannot read", path, e)),
+    };
+    let all: Vec<Record> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    Ok(all[all.len().saturating_sub(n)..].to_vec())
+}
+
+/// The board's newest record.
+pub fn last(state: &StateDir, board: &BoardName) -> Option<Record> {
+    read(state, board, 1).ok()?.pop()
+}
+
+/// Appends records for the server, off the request path.
+pub struct Journal {
+    tx: std::sync::mpsc::SyncSender<(BoardName, Record)>,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Journal")
+    }
+}
+
+/// Records waiting for the writer; a full queue drops records rather than stall boards.
+const QUEUE: usize = 4096;
+
+impl Journal {
+    /// Start the writer thread for `state`. `on_error` hears of a failed write (once per
+    /// board until one succeeds).
+    pub fn start(state: StateDir, on_error: fn(&str)) -> Journal {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(BoardName, Record)>(QUEUE);
+        let spawned = std::thread::Builder::new()
+            .name("board-history".into())
+            .spawn(move || {
+                let mut lines: HashMap<BoardName, usize> = HashMap::new();
+                let mut failing: std::collections::HashSet<BoardName> = Default::default();
+                while let Ok((board, rec)) = rx.recv() {
+                    match append(&state, &board, &rec, &mut lines) {
+                        Ok(()) => {
+                            failing.remove(&board);
+                        }
+                        Err(e) => {
+                            if failing.insert(board) {
+                                on_error(&format!("ipxe-ca: cannot record board history: {e}"));
+                            }
+                        }
+                    }
+                }
+            });
+        if spawned.is_err() {
+            on_error("ipxe-ca: cannot start the board-history writer; history is not kept");
+        }
+        Journal { tx }
+    }
+
+    /// Queue a record for `board` (dropped if the writer is far behind).
+    pub fn record(&self, board: BoardName, rec: Record) {
+        let _ = self.tx.try_send((board, rec));
+    }
+}
+
+fn append(
+    state: &StateDir,
+    board: &BoardName,
+    rec: &Record,
+    lines: &mut HashMap<BoardName, usize>,
+) -> Result<()> {
+    let path = state.board_history(board);
+    // A board removed (or never written) has no folder: nothing to keep.
+    if !state.board_file(board).exists() {
+        return Ok(());
+    }
+    let mut line = Vec::new();
+    let count = match lines.get(board) {
+        Some(c) => *c,
+        None => {
+            let text = std::fs::read(&path).unwrap_or_default();
+            // Half a line left by a crash: end it, so that it does not swallow this one.
+            if text.last().is_some_and(|b| *b != b'\n') {
+                line.push(b'\n');
+            }
+            text.split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .count()
+        }
+    };
+    line.extend(serde_json::to_vec(rec).map_err(|e| Error::invalid(e.to_string()))?);
+    line.push(b'\n');
+    if count + 1 > 2 * KEEP {
+        // Rewrite with the newest KEEP, atomically: a crash leaves the old or the new file.
+        let mut keep: Vec<u8> = Vec::new();
+        for r in read(state, board, KEEP - 1)? {
+            keep.extend(serde_json::to_vec(&r).map_err(|e| Error::invalid(e.to_string()))?);
+            keep.push(b'\n');
+        }
+        keep.extend(&line);
+        state::write_atomic(&path, &keep, MODE_SECRET)?;
+        lines.insert(board.clone(), KEEP);
+        return Ok(());
+    }
+    state::create_dir_private(&state.board_dir(board))?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(MODE_SECRET)
+        .open(&path)
+        .map_err(|e| Error::io("cannot open", &path, e))?;
+    // One write per line: appends of whole lines, so a crash tears at most the last one.
+    f.write_all(&line)
+        .map_err(|e| Error::io("cannot append to", &path, e))?;
+    lines.insert(board.clone(), count + 1);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(i: usize) -> Record {
+        Record {
+            time: format!("t{i}"),
+            peer: None,
+            path: "/boot.ipxe".into(),
+            status: 200,
+            outcome: "served".into(),
+            reason: None,
+            tls: None,
+        }
+    }
+
+    #[test]
+    fn the_journal_is_bounded_keeps_the_newest_and_skips_a_torn_line() {
+        let t = tempfile::tempdir().unwrap();
+        let state = StateDir::new(t.path());
+        let b: BoardName = "b1".parse().unwrap();
+        state::write_atomic(&state.board_file(&b), b"x", 0o644).unwrap();
+        let mut lines = HashMap::new();
+        for i in 0..2 * KEEP + 5 {
+            append(&state, &b, &rec(i), &mut lines).unwrap();
+        }
+        let all = read(&state, &b, usize::MAX).unwrap();
+        assert!(all.len() >= KEEP && all.len() <= 2 * KEEP, "{}", all.len());
+        assert_eq!(all.last().unwrap().time, format!("t{}", 2 * KEEP + 4));
+        let first: usize = all[0].time[1..].parse().unwrap();
+        assert_eq!(first + all.len(), 2 * KEEP + 5, "contiguous, newest kept");
+        // A crash mid-append leaves half a line: it is skipped, the rest still reads.
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(state.board_history(&b))
+            .unwrap();
+        f.write_all(b"{\"time\":\"torn").unwrap();
+        assert_eq!(last(&state, &b).unwrap().time, format!("t{}", 2 * KEEP + 4));
+        // A new writer (a restarted server) ends the torn line before appending.
+        append(&state, &b, &rec(9999), &mut HashMap::new()).unwrap();
+        assert_eq!(last(&state, &b).unwrap().time, "t9999");
+        let before = read(&state, &b, usize::MAX).unwrap();
+        assert_eq!(before[before.len() - 2].time, format!("t{}", 2 * KEEP + 4));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(state.board_history(&b))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}

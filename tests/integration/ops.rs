@@ -1,0 +1,157 @@
+//! Issue 15: what an operator needs on day 30: boot history, metrics, renewal, packaging.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::util::{free_port, Lab};
+
+/// Poll `f` until it returns Some, or fail after `limit` (no fixed sleeps).
+fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn curl_plain(url: &str) -> (u16, String) {
+    let o = Command::new("curl")
+        .args(["-s", "--max-time", "10", "-w", "\n%{http_code}", url])
+        .output()
+        .expect("curl");
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let (body, code) = out.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+fn metric(text: &str, line_start: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no metric {line_start} in:\n{text}"))
+}
+
+#[test]
+fn history_and_metrics_say_why_a_board_did_not_boot() {
+    let lab = Lab::init();
+    lab.enroll("h1", &["--mac", "52:54:00:00:00:01"]);
+    lab.enroll("h2", &[]);
+    lab.enroll("quiet", &[]);
+    lab.ok(&["revoke", "h2"]);
+    let mport = free_port();
+    let maddr = format!("127.0.0.1:{mport}");
+    let srv = lab.serve(&["--metrics", &maddr]);
+    crate::common::wait_port(mport, Duration::from_secs(10)).unwrap();
+
+    assert_eq!(lab.curl_as(Some("h1"), &srv.url("/boot.ipxe")).0, 200);
+    let (code, _) = lab.curl_as(Some("h1"), &srv.url("/ipxe/52:54:00:00:00:99"));
+    assert_eq!(code, 403);
+    assert_eq!(lab.curl_as(Some("h2"), &srv.url("/boot.ipxe")).0, 403);
+    assert_eq!(lab.curl_as(None, &srv.url("/boot.ipxe")).0, 403);
+
+    // history: written by a background thread; wait for it, do not sleep.
+    let h1: serde_json::Value = wait_for("h1's history", Duration::from_secs(10), || {
+        let v: serde_json::Value =
+            serde_json::from_str(&lab.ok(&["history", "h1", "--json"])).ok()?;
+        (v.as_array()?.len() == 2).then_some(v)
+    });
+    assert_eq!(h1[0]["outcome"], "served", "{h1}");
+    assert_eq!(h1[0]["status"], 200);
+    assert!(
+        h1[0]["tls"]["suite"].as_str().unwrap().starts_with("TLS"),
+        "{h1}"
+    );
+    assert_eq!(h1[1]["outcome"], "mac-mismatch", "{h1}");
+    assert!(
+        h1[1]["reason"].as_str().unwrap().contains("MAC mismatch"),
+        "{h1}"
+    );
+    let h2 = wait_for("h2's history", Duration::from_secs(10), || {
+        let t = lab.ok(&["history", "h2"]);
+        t.contains("revoked").then_some(t)
+    });
+    assert!(h2.contains("403") && h2.contains("is revoked"), "{h2}");
+    assert!(lab
+        .ok(&["history", "quiet"])
+        .contains("no request recorded"));
+    assert!(lab.fails(&["history", "nobody"]).contains("no board named"));
+
+    // list: LAST SEEN, in the table and in JSON.
+    let table = lab.ok(&["list"]);
+    assert!(table.contains("LAST SEEN"), "{table}");
+    let quiet = table.lines().find(|l| l.starts_with("quiet")).unwrap();
+    assert!(quiet.contains("never"), "{table}");
+    let list: serde_json::Value = serde_json::from_str(&lab.ok(&["list", "--json"])).unwrap();
+    let b = |n: &str| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["name"] == n)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(b("h1")["last_outcome"], "mac-mismatch");
+    assert!(b("h1")["last_seen"].as_str().unwrap().starts_with("20"));
+    assert_eq!(b("quiet")["last_seen"], serde_json::Value::Null);
+
+    // metrics: on their own listener only, with the counts of what just happened.
+    let (code, text) = curl_plain(&format!("http://{maddr}/metrics"));
+    assert_eq!(code, 200, "{text}");
+    let boot = |o: &str| {
+        metric(
+            &text,
+            &format!("ipxe_ca_requests_total{{route=\"boot\",outcome=\"{o}\"}}"),
+        )
+    };
+    assert_eq!(boot("served"), 1.0);
+    assert_eq!(boot("mac-mismatch"), 1.0);
+    assert_eq!(boot("revoked"), 1.0);
+    assert_eq!(boot("no-certificate"), 1.0);
+    assert_eq!(boot("template-error"), 0.0);
+    let tls: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("ipxe_ca_tls_handshakes_total{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert_eq!(tls, 4.0, "{text}");
+    for kind in ["board", "server", "ca", "codesign", "crl"] {
+        let secs = metric(
+            &text,
+            &format!("ipxe_ca_expiry_remaining_seconds{{kind=\"{kind}\"}}"),
+        );
+        assert!(secs > 300.0 * 86400.0, "{kind}: {secs}");
+    }
+    assert!(
+        metric(&text, "ipxe_ca_open_connections{listener=\"https\"}") >= 0.0,
+        "{text}"
+    );
+    // Prometheus' own checker accepts the exposition.
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is needed (apt-get install prometheus)");
+    use std::io::Write;
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let o = promtool.wait_with_output().unwrap();
+    assert!(
+        o.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // The boards' ports do not serve metrics.
+    let (_, on_http) = curl_plain(&srv.http_url("/metrics"));
+    assert!(!on_http.contains("ipxe_ca_"), "{on_http}");
+}
