@@ -76,6 +76,47 @@ pub struct Board {
     /// Template variables for its profile.
     #[serde(default)]
     pub vars: BTreeMap<String, String>,
+    /// Certificates the board had before (`renew`, `enroll --replace`), oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous: Vec<PreviousCert>,
+}
+
+/// A certificate a board used to have. `Active` means still accepted: the grace period after
+/// `renew`, until the new image is in place and `revoke --previous` ends it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PreviousCert {
+    /// Its serial.
+    pub serial: Serial,
+    /// SHA-1 fingerprint.
+    pub fingerprint_sha1: Fingerprint,
+    /// SHA-256 fingerprint.
+    pub fingerprint_sha256: Fingerprint,
+    /// Its end of validity.
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_after: OffsetDateTime,
+    /// When a new certificate replaced it.
+    #[serde(with = "time::serde::rfc3339")]
+    pub replaced_at: OffsetDateTime,
+    /// Still accepted (grace) or revoked (in the CRL).
+    pub status: Status,
+    /// When it was revoked.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub revoked_at: Option<OffsetDateTime>,
+}
+
+/// Which of a board's certificates a request presented.
+#[derive(Clone, Debug)]
+pub struct Presented<'a> {
+    /// Its serial.
+    pub serial: &'a Serial,
+    /// Whether it is refused: the board or this certificate is revoked.
+    pub revoked: bool,
+    /// Whether it is a previous certificate still in its grace period.
+    pub previous: bool,
 }
 
 /// What `list --json` and `show --json` print for a board. Secret values never appear.
@@ -113,6 +154,8 @@ pub struct BoardView {
     pub vars: BTreeMap<String, String>,
     /// Names of the secrets (never their values).
     pub secrets: Vec<String>,
+    /// Serials of earlier certificates, oldest first, with `grace` or `revoked`.
+    pub previous: Vec<String>,
     /// RFC 3339: the last request `serve` attributed to the board (`ipxe-ca history`).
     pub last_seen: Option<String>,
     /// How that request ended (`served`, `revoked`, …).
@@ -128,6 +171,36 @@ fn rfc3339(t: OffsetDateTime) -> String {
 }
 
 impl Board {
+    /// The board's certificate with fingerprint `fp`: the current one or a previous one.
+    pub fn presented(&self, fp: &Fingerprint) -> Option<Presented<'_>> {
+        if &self.fingerprint_sha1 == fp || &self.fingerprint_sha256 == fp {
+            return Some(Presented {
+                serial: &self.serial,
+                revoked: self.status == Status::Revoked,
+                previous: false,
+            });
+        }
+        self.previous
+            .iter()
+            .find(|p| &p.fingerprint_sha1 == fp || &p.fingerprint_sha256 == fp)
+            .map(|p| Presented {
+                serial: &p.serial,
+                revoked: self.status == Status::Revoked || p.status == Status::Revoked,
+                previous: true,
+            })
+    }
+
+    /// Whether an image built for `fingerprint` (SHA-256, from its manifest) is out of date:
+    /// the board has had a new certificate since.
+    pub fn image_is_stale(&self, fingerprint: &str) -> bool {
+        self.fingerprint_sha256.as_str() != fingerprint
+    }
+
+    /// Previous certificates still accepted (after `renew`, before `revoke --previous`).
+    pub fn in_grace(&self) -> impl Iterator<Item = &PreviousCert> {
+        self.previous.iter().filter(|p| p.status == Status::Active)
+    }
+
     /// Active, and its certificate ends within [`WARN_DAYS`] of `now`.
     pub fn expires_soon(&self, now: OffsetDateTime) -> bool {
         self.status == Status::Active && self.not_after < now + time::Duration::days(WARN_DAYS)
@@ -156,17 +229,32 @@ impl BoardView {
             key: key.exists().then_some(key),
             vars: board.vars.clone(),
             secrets: board.secret_names.clone(),
+            previous: board
+                .previous
+                .iter()
+                .map(|p| {
+                    let s = if p.status == Status::Active {
+                        "grace"
+                    } else {
+                        "revoked"
+                    };
+                    format!("{} ({s})", p.serial)
+                })
+                .collect(),
             last_seen: last.as_ref().map(|r| r.time.clone()),
             last_outcome: last.map(|r| r.outcome),
         }
     }
 
-    /// `active`, `expiring` (active, ends within [`WARN_DAYS`]) or `revoked`: the STATUS column.
+    /// `active`, `expiring` (active, ends within [`WARN_DAYS`]), `renewed` (an old
+    /// certificate is still accepted) or `revoked`: the STATUS column.
     pub fn label(&self) -> &'static str {
-        match (self.status, self.expires_soon) {
-            (Status::Revoked, _) => "revoked",
-            (Status::Active, true) => "expiring",
-            (Status::Active, false) => "active",
+        let grace = self.previous.iter().any(|p| p.ends_with("(grace)"));
+        match (self.status, self.expires_soon, grace) {
+            (Status::Revoked, _, _) => "revoked",
+            (Status::Active, true, _) => "expiring",
+            (Status::Active, false, true) => "renewed",
+            (Status::Active, false, false) => "active",
         }
     }
 }

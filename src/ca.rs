@@ -537,6 +537,20 @@ impl Ca {
         self.finish(cert)
     }
 
+    /// A new board certificate for the key of `old` (a certificate of ours): renewal without
+    /// touching the board's key, whoever holds it.
+    pub fn reissue(&self, old: &[u8], cn: &str, days: u32) -> Result<Signed> {
+        let (_, c) = X509Certificate::from_der(old)
+            .map_err(|e| Error::crypto("cannot parse the board's certificate", e))?;
+        let public = rcgen::SubjectPublicKeyInfo::from_der(c.public_key().raw)
+            .map_err(|e| Error::crypto("cannot use the board's public key", e))?;
+        let params = self.leaf_params(cn, days, Leaf::Client)?;
+        let cert = params
+            .signed_by(&public, &self.issuer)
+            .map_err(|e| Error::crypto("cannot sign board certificate", e))?;
+        self.finish(cert)
+    }
+
     /// Verify that `der` was issued by this CA (signature and issuer name); used to adopt
     /// certificates of boards flashed before ipxe-ca.
     pub fn verify_issued(&self, der: &[u8]) -> Result<CertInfo> {

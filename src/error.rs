@@ -24,7 +24,9 @@ pub enum Error {
     #[error("a CA already exists in {0}: refusing to replace it (every enrolled board would stop booting)")]
     CaExists(PathBuf),
     /// A board of that name is already registered.
-    #[error("board {0:?} is already registered: choose another name, or `ipxe-ca revoke` it and use a new name")]
+    #[error(
+        "board {0:?} is already registered: choose another name, or `ipxe-ca revoke` it first"
+    )]
     BoardExists(String),
     /// No board of that name.
     #[error("no board named {0:?}: `ipxe-ca list` shows the registered boards")]

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::board::{Board, BoardView, Origin, Status};
+use crate::board::{Board, BoardView, Origin, PreviousCert, Status};
 use crate::ca::{self, Ca, CertInfo, KeySize, Reason, Revoked};
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -103,6 +103,20 @@ pub struct BoardOptions {
     pub vars: Vec<KeyValue>,
     /// Secret template variables.
     pub secrets: Vec<KeyValue>,
+    /// Take the name of a revoked board (its old certificates stay revoked, in the CRL and in
+    /// its history). An active board's name is never taken.
+    pub replace: bool,
+}
+
+/// What `renew` does.
+#[derive(Clone, Debug, Default)]
+pub struct RenewOptions {
+    /// A new key too (the board's image must then be rebuilt before the old one is revoked).
+    pub new_key: bool,
+    /// Validity of the new certificate (default: [`days::BOARD`]).
+    pub days: Option<u32>,
+    /// Revoke the old certificate at once instead of after a grace period.
+    pub revoke_old: bool,
 }
 
 /// Changes to a registered board (`ipxe-ca set`).
@@ -475,7 +489,14 @@ impl Lab {
             return Err(Error::NoCa(self.state.root().to_path_buf()));
         }
         if self.registry.exists(name) {
-            return Err(Error::BoardExists(name.to_string()));
+            if !opts.replace {
+                return Err(Error::BoardExists(name.to_string()));
+            }
+            if self.registry.get(name)?.status != Status::Revoked {
+                return Err(Error::invalid(format!(
+                    "board {name:?} is active: only a revoked board's name can be taken again; revoke it first"
+                )));
+            }
         }
         let profile = opts.profile.clone().unwrap_or_default();
         self.require_profile(&profile)?;
@@ -535,7 +556,25 @@ impl Lab {
             revocation_reason: None,
             secret_names: secrets.keys().cloned().collect(),
             vars: to_map(&opts.vars),
+            previous: Vec::new(),
         };
+        if opts.replace && self.registry.exists(name) {
+            let old = self.registry.get(name)?;
+            let mut board = board;
+            board.previous = old.previous.clone();
+            board.previous.push(PreviousCert {
+                serial: old.serial,
+                fingerprint_sha1: old.fingerprint_sha1,
+                fingerprint_sha256: old.fingerprint_sha256,
+                not_after: old.not_after,
+                replaced_at: OffsetDateTime::now_utc(),
+                status: Status::Revoked,
+                revoked_at: old.revoked_at,
+            });
+            self.registry.save_secrets(name, &secrets)?;
+            self.registry.replace_cert(&board, cert_pem, key_pem)?;
+            return Ok(board);
+        }
         self.registry.add(&board, cert_pem, key_pem, &secrets)?;
         Ok(board)
     }
@@ -685,6 +724,111 @@ impl Lab {
         Ok(board)
     }
 
+    /// A new certificate for each board (same name, MAC, profile, variables and secrets; a
+    /// new serial; the same key unless `new_key`). The old certificate stays accepted until
+    /// [`Lab::revoke_previous`] (or at once with `revoke_old`), so that a board keeps booting
+    /// until its new image is in place. Rebuild the boards' images afterwards.
+    pub fn renew(&self, names: &[BoardName], opts: &RenewOptions) -> Result<Vec<Board>> {
+        let keys = if opts.new_key {
+            generate_keys(names.len())?
+        } else {
+            Vec::new()
+        };
+        let _lock = self.state.lock()?;
+        let ca = self.ca()?;
+        let mut boards = Vec::new();
+        for n in names {
+            let b = self.registry.get(n)?;
+            if b.status == Status::Revoked {
+                return Err(Error::invalid(format!(
+                    "board {n} is revoked: a revoked board is not renewed; enroll it again deliberately (enroll --replace)"
+                )));
+            }
+            boards.push(b);
+        }
+        let days = opts.days.unwrap_or(days::BOARD);
+        let now = OffsetDateTime::now_utc();
+        let mut keys = keys.into_iter();
+        let mut done = Vec::new();
+        for mut board in boards {
+            let name = board.name.clone();
+            let (cert_pem, key_pem, origin) = match keys.next() {
+                Some(key) => {
+                    let (issued, _) =
+                        self.issue_unique(|| ca.issue_client(name.as_str(), &key, days))?;
+                    (issued.cert.cert_pem, Some(issued.key_pem), Origin::Enrolled)
+                }
+                None => {
+                    let old =
+                        ca::cert_der_from_bytes(&state::read(&self.state.board_cert(&name))?)?;
+                    let (signed, _) =
+                        self.issue_unique(|| ca.reissue(&old, name.as_str(), days))?;
+                    let key = state::read_to_string(&self.state.board_key(&name)).ok();
+                    (signed.cert_pem, key, board.origin)
+                }
+            };
+            let info = ca::cert_info(&ca::cert_der_from_bytes(cert_pem.as_bytes())?)?;
+            board.previous.push(PreviousCert {
+                serial: board.serial.clone(),
+                fingerprint_sha1: board.fingerprint_sha1.clone(),
+                fingerprint_sha256: board.fingerprint_sha256.clone(),
+                not_after: board.not_after,
+                replaced_at: now,
+                status: if opts.revoke_old {
+                    Status::Revoked
+                } else {
+                    Status::Active
+                },
+                revoked_at: opts.revoke_old.then_some(now),
+            });
+            board.serial = info.serial;
+            board.fingerprint_sha1 = info.fingerprint_sha1;
+            board.fingerprint_sha256 = info.fingerprint_sha256;
+            board.not_before = info.not_before;
+            board.not_after = info.not_after;
+            board.origin = origin;
+            let crl = opts
+                .revoke_old
+                .then(|| self.make_crl(&ca, Some(&board)))
+                .transpose()?;
+            self.registry
+                .replace_cert(&board, &cert_pem, key_pem.as_deref())?;
+            if let Some(crl) = crl {
+                self.write_crl(&crl)?;
+            }
+            done.push(board);
+        }
+        Ok(done)
+    }
+
+    /// End the grace period of a board's previous certificates: revoked, in the CRL, refused.
+    /// Run it once the board boots from its new image.
+    pub fn revoke_previous(&self, name: &BoardName) -> Result<Board> {
+        let _lock = self.state.lock()?;
+        let ca = self.ca()?;
+        let mut board = self.registry.get(name)?;
+        let now = OffsetDateTime::now_utc();
+        let mut any = false;
+        for p in board
+            .previous
+            .iter_mut()
+            .filter(|p| p.status == Status::Active)
+        {
+            p.status = Status::Revoked;
+            p.revoked_at = Some(now);
+            any = true;
+        }
+        if !any {
+            return Err(Error::invalid(format!(
+                "board {name} has no previous certificate still accepted (nothing to revoke)"
+            )));
+        }
+        let crl = self.make_crl(&ca, Some(&board))?;
+        self.registry.save(&board)?;
+        self.write_crl(&crl)?;
+        Ok(board)
+    }
+
     /// Re-sign the CRL now (it is valid for [`days::CRL`] days; nginx refuses every client
     /// once its `ssl_crl` has expired). Returns its next-update time.
     pub fn refresh_crl(&self) -> Result<OffsetDateTime> {
@@ -706,15 +850,23 @@ impl Lab {
             boards.retain(|x| x.name != b.name);
             boards.push(b.clone());
         }
-        let revoked: Vec<Revoked> = boards
-            .into_iter()
-            .filter(|b| b.status == Status::Revoked)
-            .map(|b| Revoked {
-                serial: b.serial,
-                when: b.revoked_at.unwrap_or(b.not_before),
-                reason: b.revocation_reason.unwrap_or(Reason::Unspecified),
-            })
-            .collect();
+        let mut revoked: Vec<Revoked> = Vec::new();
+        for b in boards {
+            for p in b.previous.iter().filter(|p| p.status == Status::Revoked) {
+                revoked.push(Revoked {
+                    serial: p.serial.clone(),
+                    when: p.revoked_at.unwrap_or(p.replaced_at),
+                    reason: Reason::Superseded,
+                });
+            }
+            if b.status == Status::Revoked {
+                revoked.push(Revoked {
+                    serial: b.serial,
+                    when: b.revoked_at.unwrap_or(b.not_before),
+                    reason: b.revocation_reason.unwrap_or(Reason::Unspecified),
+                });
+            }
+        }
         let number = self.next_crl_number()?;
         Ok((ca.crl(&revoked, number, days::CRL)?, number))
     }

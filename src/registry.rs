@@ -37,7 +37,7 @@ impl Registry {
             .ok()
             .and_then(|n| n.trim().parse::<BoardName>().ok())
             .and_then(|n| self.get(&n).ok())
-            .is_some_and(|b| &b.serial == serial)
+            .is_some_and(|b| &b.serial == serial || b.previous.iter().any(|p| &p.serial == serial))
     }
 
     /// Load one board.
@@ -67,7 +67,7 @@ impl Registry {
         };
         let name: BoardName = name.trim().parse()?;
         match self.get(&name) {
-            Ok(b) if &b.fingerprint_sha1 == fp || &b.fingerprint_sha256 == fp => Ok(Some(b)),
+            Ok(b) if b.presented(fp).is_some() => Ok(Some(b)),
             Ok(_) | Err(Error::NoBoard(_)) => Ok(None),
             Err(e) => Err(e),
         }
@@ -166,6 +166,32 @@ impl Registry {
         for (kind, value) in index_values(board) {
             let _ = fs::remove_file(self.state.index_file(kind, value));
         }
+    }
+
+    /// Give a board a new certificate (and key, if `key_pem`): the files first, then its index
+    /// entries, the board file last (the source of truth). The caller holds the lock.
+    pub fn replace_cert(&self, board: &Board, cert_pem: &str, key_pem: Option<&str>) -> Result<()> {
+        let name = &board.name;
+        state::create_dir_private(&self.state.board_dir(name))?;
+        state::write_atomic(
+            &self.state.board_cert(name),
+            cert_pem.as_bytes(),
+            MODE_PUBLIC,
+        )?;
+        match key_pem {
+            Some(k) => state::write_atomic(&self.state.board_key(name), k.as_bytes(), MODE_SECRET)?,
+            None => {
+                let _ = fs::remove_file(self.state.board_key(name));
+            }
+        }
+        for (kind, value) in index_values(board) {
+            state::write_atomic(
+                &self.state.index_file(kind, value),
+                name.as_str().as_bytes(),
+                MODE_PUBLIC,
+            )?;
+        }
+        self.save(board)
     }
 
     /// Replace a board's secrets (0600; the file goes away when there are none).
@@ -325,9 +351,11 @@ impl Registry {
     }
 }
 
-/// The index entries a board has: how it is found by fingerprint and by serial.
-fn index_values(b: &Board) -> [(&'static str, &str); 3] {
-    [
+/// The index entries a board has: how it is found by fingerprint and by serial, for its
+/// current certificate and its previous ones (so that an old one is refused as revoked, not
+/// as unknown, and its serial is never reused).
+fn index_values(b: &Board) -> Vec<(&'static str, &str)> {
+    let mut v = vec![
         (
             b.fingerprint_sha1.digest().name(),
             b.fingerprint_sha1.as_str(),
@@ -337,5 +365,17 @@ fn index_values(b: &Board) -> [(&'static str, &str); 3] {
             b.fingerprint_sha256.as_str(),
         ),
         ("serial", b.serial.as_str()),
-    ]
+    ];
+    for p in &b.previous {
+        v.push((
+            p.fingerprint_sha1.digest().name(),
+            p.fingerprint_sha1.as_str(),
+        ));
+        v.push((
+            p.fingerprint_sha256.digest().name(),
+            p.fingerprint_sha256.as_str(),
+        ));
+        v.push(("serial", p.serial.as_str()));
+    }
+    v
 }

@@ -277,6 +277,18 @@ pub(crate) fn held_key(lab: &Lab, board: &Board) -> Result<PathBuf> {
 }
 
 /// Boards to build: the named ones (each must be active), or every active board.
+/// Active boards whose image in `out` is missing or was built for an older certificate
+/// (after `renew`): what must be rebuilt and flashed.
+pub fn stale_boards(lab: &Lab, out: &OutDir) -> Result<Vec<Board>> {
+    Ok(lab
+        .registry()
+        .list()?
+        .into_iter()
+        .filter(|b| b.status == Status::Active)
+        .filter(|b| Manifest::load(out, &b.name).map_or(true, |m| b.image_is_stale(&m.fingerprint)))
+        .collect())
+}
+
 pub fn select_boards(lab: &Lab, names: &[BoardName], all: bool) -> Result<Vec<Board>> {
     let boards = if all {
         lab.registry()

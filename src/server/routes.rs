@@ -299,14 +299,29 @@ fn select(
         }
     };
     out.board = Some(board.name.to_string());
-    out.serial = Some(seen_serial.unwrap_or(&board.serial).to_string());
-    if seen_serial.is_some_and(|s| *s != board.serial) {
+    let Some(cert) = board.presented(fp) else {
+        return Err(Refusal::forbidden(
+            Verdict::Unknown,
+            "certificate not registered",
+        ));
+    };
+    out.serial = Some(seen_serial.unwrap_or(cert.serial).to_string());
+    if seen_serial.is_some_and(|s| s != cert.serial) {
         return Err(Refusal::forbidden(
             Verdict::Refused,
             "certificate serial does not match the registry",
         ));
     }
-    if board.status == Status::Revoked || shared.revoked.contains(&board.serial) {
+    if cert.revoked && cert.previous && board.status == Status::Active {
+        return Err(Refusal::forbidden(
+            Verdict::Revoked,
+            format!(
+                "this is an old certificate of board {}, revoked after renewal: flash its new image (ipxe-ca build)",
+                board.name
+            ),
+        ));
+    }
+    if cert.revoked || shared.revoked.contains(cert.serial) {
         return Err(Refusal::forbidden(
             Verdict::Revoked,
             format!("board {} is revoked", board.name),

@@ -155,3 +155,153 @@ fn history_and_metrics_say_why_a_board_did_not_boot() {
     let (_, on_http) = curl_plain(&srv.http_url("/metrics"));
     assert!(!on_http.contains("ipxe_ca_"), "{on_http}");
 }
+
+fn serial_of(cert: &str) -> String {
+    crate::util::openssl(&["x509", "-in", cert, "-noout", "-serial"])
+        .trim()
+        .trim_start_matches("serial=")
+        .to_lowercase()
+}
+
+fn crl_text(lab: &Lab) -> String {
+    crate::util::openssl(&[
+        "crl",
+        "-in",
+        crate::util::s(&lab.path("ca/crl.pem")),
+        "-noout",
+        "-text",
+    ])
+    .to_lowercase()
+}
+
+#[test]
+fn renew_keeps_the_board_booting_until_the_old_certificate_is_revoked() {
+    let lab = Lab::init();
+    lab.enroll(
+        "r1",
+        &[
+            "--mac",
+            "52:54:00:00:00:11",
+            "--var",
+            "cmdline=R1-MARK",
+            "--secret",
+            "s=R1-SECRET",
+        ],
+    );
+    // The old image's certificate and key, as a flashed stick holds them.
+    let old = lab.tmp.path().join("old");
+    std::fs::create_dir(&old).unwrap();
+    for f in ["cert.pem", "key.pem"] {
+        std::fs::copy(lab.path(&format!("boards/r1/{f}")), old.join(f)).unwrap();
+    }
+    let old_cert = crate::util::s(&old.join("cert.pem")).to_string();
+    let old_serial = serial_of(&old_cert);
+    let out: serde_json::Value = serde_json::from_str(&lab.ok(&["renew", "r1", "--json"])).unwrap();
+    let new_serial = out[0]["serial"].as_str().unwrap().to_string();
+    assert_ne!(new_serial, old_serial);
+    assert_eq!(out[0]["mac"], "52:54:00:00:00:11");
+    assert_eq!(out[0]["secrets"][0], "s");
+    // Same key (no --new-key): the key file did not change.
+    assert_eq!(
+        std::fs::read(old.join("key.pem")).unwrap(),
+        std::fs::read(lab.path("boards/r1/key.pem")).unwrap()
+    );
+    crate::util::verify_strict(
+        "sslclient",
+        crate::util::s(&lab.path("ca/ca.crt")),
+        crate::util::s(&lab.path("boards/r1/cert.pem")),
+    );
+    assert!(lab
+        .ok(&["list"])
+        .lines()
+        .any(|l| l.starts_with("r1") && l.contains("renewed")));
+
+    let srv = lab.serve(&[]);
+    let curl_old = |path: &str| {
+        let o = Command::new("curl")
+            .args(["-s", "--max-time", "10", "-w", "\n%{http_code}", "--cacert"])
+            .arg(lab.path("ca/ca.crt"))
+            .args(["--cert", &old_cert, "--key"])
+            .arg(old.join("key.pem"))
+            .arg(srv.url(path))
+            .output()
+            .unwrap();
+        let t = String::from_utf8_lossy(&o.stdout).into_owned();
+        let (body, code) = t.rsplit_once('\n').unwrap();
+        (code.parse::<u16>().unwrap(), body.to_string())
+    };
+    // Grace: the old stick still boots, with the board's own script.
+    let (code, body) = curl_old("/boot.ipxe");
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains("ipxe-ca: r1") && body.contains("R1-MARK"),
+        "{body}"
+    );
+    assert_eq!(lab.curl_as(Some("r1"), &srv.url("/boot.ipxe")).0, 200);
+
+    // The new image is in place: the old certificate goes.
+    lab.ok(&["revoke", "--previous", "r1"]);
+    let (code, body) = curl_old("/boot.ipxe");
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        body.contains("old certificate") && !body.contains("R1-MARK"),
+        "{body}"
+    );
+    assert_eq!(lab.curl_as(Some("r1"), &srv.url("/boot.ipxe")).0, 200);
+    let crl = crl_text(&lab);
+    assert!(
+        crl.contains(&old_serial) && !crl.contains(&new_serial),
+        "{crl}"
+    );
+    assert!(lab
+        .fails(&["revoke", "--previous", "r1"])
+        .contains("nothing to revoke"));
+    let show: serde_json::Value = serde_json::from_str(&lab.ok(&["show", "r1", "--json"])).unwrap();
+    assert_eq!(show["status"], "active");
+    assert!(
+        show["previous"][0].as_str().unwrap().contains("revoked"),
+        "{show}"
+    );
+
+    // --new-key --revoke-old: a new key, and the old certificate refused at once.
+    lab.enroll("r2", &[]);
+    let r2_old_key = std::fs::read(lab.path("boards/r2/key.pem")).unwrap();
+    let r2_old = serial_of(crate::util::s(&lab.path("boards/r2/cert.pem")));
+    lab.ok(&["renew", "r2", "--new-key", "--revoke-old"]);
+    assert_ne!(
+        std::fs::read(lab.path("boards/r2/key.pem")).unwrap(),
+        r2_old_key
+    );
+    assert!(crl_text(&lab).contains(&r2_old));
+    assert_eq!(lab.curl_as(Some("r2"), &srv.url("/boot.ipxe")).0, 200);
+    assert_eq!(lab.ok(&["check"]).trim(), "registry consistent");
+}
+
+#[test]
+fn a_revoked_name_is_re_enrolled_only_on_purpose() {
+    let lab = Lab::init();
+    lab.enroll("x1", &[]);
+    let e = lab.fails(&["enroll", "x1"]);
+    assert!(
+        e.contains("already registered") && e.contains("--replace"),
+        "{e}"
+    );
+    let e = lab.fails(&["enroll", "x1", "--replace"]);
+    assert!(e.contains("is active"), "{e}");
+    let old_serial = serial_of(crate::util::s(&lab.path("boards/x1/cert.pem")));
+    let old = lab.tmp.path().join("x1-old.pem");
+    std::fs::copy(lab.path("boards/x1/cert.pem"), &old).unwrap();
+    lab.ok(&["revoke", "x1", "--reason", "key-compromise"]);
+    let renewed = lab.fails(&["renew", "x1"]);
+    assert!(renewed.contains("revoked"), "{renewed}");
+    lab.ok(&["enroll", "x1", "--replace"]);
+    let show: serde_json::Value = serde_json::from_str(&lab.ok(&["show", "x1", "--json"])).unwrap();
+    assert_eq!(show["status"], "active");
+    assert_ne!(show["serial"].as_str().unwrap(), old_serial);
+    // The old certificate stays revoked: in the CRL, refused by the server.
+    assert!(crl_text(&lab).contains(&old_serial));
+    let srv = lab.serve(&[]);
+    assert_eq!(lab.curl_as(Some("x1"), &srv.url("/boot.ipxe")).0, 200);
+    assert_eq!(lab.ok(&["check"]).trim(), "registry consistent");
+    let _ = old;
+}

@@ -36,6 +36,9 @@ pub enum Command {
     Sign(SignArgs),
     /// Register a board whose certificate our CA issued before ipxe-ca existed.
     Register(RegisterArgs),
+    /// New certificates for boards (same name, MAC, profile, vars, secrets); the old one stays
+    /// accepted until `revoke --previous` (or `--revoke-old`). Rebuild their images after.
+    Renew(RenewArgs),
     /// Change a board's MAC, profile, vars or secrets (effective on its next boot).
     Set(SetArgs),
     /// Revoke a board: the server refuses it at once and the CRL lists it.
@@ -111,11 +114,15 @@ pub struct ServeArgs {
 #[derive(Args, Debug)]
 pub struct BuildArgs {
     /// Boards to build.
-    #[arg(value_parser = parse::<BoardName>, required_unless_present = "all")]
+    #[arg(value_parser = parse::<BoardName>, required_unless_present_any = ["all", "stale"])]
     pub boards: Vec<BoardName>,
     /// Build every active board.
     #[arg(long, conflicts_with = "boards")]
     pub all: bool,
+    /// Build the active boards whose image is missing or older than their certificate
+    /// (after `renew`).
+    #[arg(long, conflicts_with_all = ["boards", "all"])]
+    pub stale: bool,
     /// iPXE source tree (a checkout or its src/), built with make.
     #[arg(
         long,
@@ -298,6 +305,9 @@ pub struct BoardArgs {
     pub secrets: Vec<String>,
     #[command(flatten)]
     pub secret_input: SecretInput,
+    /// Take the name of a revoked board (re-enrolling it deliberately; never an active one).
+    #[arg(long)]
+    pub replace: bool,
     /// Print the registered board as JSON.
     #[arg(long)]
     pub json: bool,
@@ -423,10 +433,32 @@ pub struct SetArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct RenewArgs {
+    /// Boards to renew.
+    #[arg(value_parser = parse::<BoardName>, required = true)]
+    pub boards: Vec<BoardName>,
+    /// A new key too (needed when the old key may be compromised).
+    #[arg(long)]
+    pub new_key: bool,
+    /// Certificate validity in days.
+    #[arg(long)]
+    pub days: Option<u32>,
+    /// Revoke the old certificate now (boards booting old images are refused at once).
+    #[arg(long)]
+    pub revoke_old: bool,
+    /// Print the boards as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
 pub struct RevokeArgs {
     /// Board name.
     #[arg(value_parser = parse::<BoardName>)]
     pub board: BoardName,
+    /// Revoke only the certificates `renew` replaced (the board's new image is in place).
+    #[arg(long)]
+    pub previous: bool,
     /// unspecified, key-compromise, affiliation-changed, superseded, cessation-of-operation.
     #[arg(long, default_value = "unspecified", value_parser = parse::<Reason>)]
     pub reason: Reason,
@@ -479,6 +511,7 @@ pub fn board_options(c: &BoardArgs, days: Option<u32>) -> Result<BoardOptions> {
         days,
         vars: c.vars.clone(),
         secrets: c.secret_input.read(&c.secrets)?,
+        replace: c.replace,
     })
 }
 

@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use cli::{board_options, Cli, Command};
 use ipxe_ca::ipxe_build;
+use ipxe_ca::lab;
 use ipxe_ca::server;
 use ipxe_ca::state::OutDir;
 use ipxe_ca::Lab;
@@ -54,6 +55,7 @@ fn hint(e: &ipxe_ca::Error) -> Option<&'static str> {
     match e {
         NoCa(_) => Some("pass --dir or set IPXE_CA_DIR to the state dir"),
         CaExists(_) => Some("pass --force to replace it anyway"),
+        BoardExists(_) => Some("to re-enroll a revoked board under its name, pass --replace"),
         NotRemovable(_) => Some("if this really is the stick, pass --allow-non-removable"),
         _ => None,
     }
@@ -103,6 +105,35 @@ fn try_main(cli: Cli) -> Result<()> {
                 .update(&a.board, &a.update()?)
                 .with_context(|| format!("cannot change {}", a.board))?;
             show(&lab, &b, a.json)?;
+        }
+        Command::Renew(a) => {
+            let opts = lab::RenewOptions {
+                new_key: a.new_key,
+                days: a.days,
+                revoke_old: a.revoke_old,
+            };
+            let boards = lab.renew(&a.boards, &opts).context("cannot renew")?;
+            let views: Vec<_> = boards.iter().map(|b| lab.view(b)).collect();
+            if a.json {
+                return print::json(&views);
+            }
+            for v in &views {
+                println!(
+                    "renewed {} (new serial {}; {})",
+                    v.name,
+                    v.serial,
+                    v.previous.join(", ")
+                );
+            }
+            println!("next: rebuild and flash their images (ipxe-ca build --stale), then `ipxe-ca revoke --previous BOARD`");
+        }
+        Command::Revoke(a) if a.previous => {
+            let b = lab.revoke_previous(&a.board).context("cannot revoke")?;
+            println!(
+                "revoked the previous certificates of {}; CRL {}",
+                b.name,
+                lab.state().crl().display()
+            );
         }
         Command::Revoke(a) => {
             let b = lab
@@ -328,7 +359,15 @@ fn sign_files(lab: &Lab, a: cli::SignFilesArgs) -> Result<()> {
 
 fn build(lab: &Lab, a: cli::BuildArgs) -> Result<()> {
     let opts = a.options(lab)?;
-    let boards = ipxe_build::select_boards(lab, &a.boards, a.all)?;
+    let boards = if a.stale {
+        ipxe_build::stale_boards(lab, &opts.out)?
+    } else {
+        ipxe_build::select_boards(lab, &a.boards, a.all)?
+    };
+    if boards.is_empty() {
+        println!("every active board's image is current");
+        return Ok(());
+    }
     let progress = print::BuildProgress::new(boards.len());
     let results = ipxe_build::build(lab, &boards, &opts, &|r| progress.done(r))?;
     progress.finish();
