@@ -585,3 +585,13 @@ impl BuildArgs {
         Ok(opts)
     }
 }
+
+impl RenewArgs {
+    pub fn options(&self) -> lab::RenewOptions {
+        lab::RenewOptions {
+            new_key: self.new_key,
+            days: self.days,
+            revoke_old: self.revoke_old,
+        }
+    }
+}

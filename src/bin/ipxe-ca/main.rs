@@ -9,7 +9,6 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use cli::{board_options, Cli, Command};
 use ipxe_ca::ipxe_build;
-use ipxe_ca::lab;
 use ipxe_ca::server;
 use ipxe_ca::state::OutDir;
 use ipxe_ca::Lab;
@@ -107,25 +106,12 @@ fn try_main(cli: Cli) -> Result<()> {
             show(&lab, &b, a.json)?;
         }
         Command::Renew(a) => {
-            let opts = lab::RenewOptions {
-                new_key: a.new_key,
-                days: a.days,
-                revoke_old: a.revoke_old,
-            };
-            let boards = lab.renew(&a.boards, &opts).context("cannot renew")?;
+            let boards = lab.renew(&a.boards, &a.options()).context("cannot renew")?;
             let views: Vec<_> = boards.iter().map(|b| lab.view(b)).collect();
             if a.json {
                 return print::json(&views);
             }
-            for v in &views {
-                println!(
-                    "renewed {} (new serial {}; {})",
-                    v.name,
-                    v.serial,
-                    v.previous.join(", ")
-                );
-            }
-            println!("next: rebuild and flash their images (ipxe-ca build --stale), then `ipxe-ca revoke --previous BOARD`");
+            print::renewed(&views);
         }
         Command::Revoke(a) if a.previous => {
             let b = lab.revoke_previous(&a.board).context("cannot revoke")?;
@@ -185,9 +171,7 @@ fn try_main(cli: Cli) -> Result<()> {
                 if a.json {
                     print::json(&soon)?;
                 } else {
-                    for e in &soon {
-                        println!("{:>5} days  {:<50} {}", e.days_left, e.what, e.expires);
-                    }
+                    print::expiring(&soon);
                 }
                 if !soon.is_empty() {
                     bail!("{} item(s) expire within {days} days", soon.len());
@@ -321,31 +305,22 @@ fn sign_files(lab: &Lab, a: cli::SignFilesArgs) -> Result<()> {
     let root = a.files.unwrap_or_else(|| lab.state().files_dir());
     if a.check {
         let report = codesign::check(&root).context("cannot check the signatures")?;
-        if a.json {
-            print::json(&report)?;
-        } else {
-            for f in &report {
-                println!("{:<8} {}", format!("{:?}", f.status).to_lowercase(), f.path);
-            }
-        }
-        let bad = report
-            .iter()
-            .filter(|f| f.status != SigStatus::Current)
-            .count();
+        print::signatures(&report, a.json)?;
+        let (bad, all) = (
+            report
+                .iter()
+                .filter(|f| f.status != SigStatus::Current)
+                .count(),
+            report.len(),
+        );
         if bad > 0 {
-            bail!(
-                "{bad} of {} boot files have no current signature: run `ipxe-ca sign-files`",
-                report.len()
-            );
+            bail!("{bad} of {all} boot files have no current signature: run `ipxe-ca sign-files`");
         }
         return Ok(());
     }
     let (signer, created) = lab.signer().context("cannot load the code-signing key")?;
     if created {
-        eprintln!(
-            "created the code-signing certificate {} (this state dir predates signed boot files)",
-            lab.state().codesign_cert().display()
-        );
+        print::created_codesign(lab.state());
     }
     let done = codesign::sign_files(&signer, &root, &a.paths, a.force)
         .context("cannot sign the boot files")?;

@@ -232,3 +232,38 @@ impl BuildProgress {
         }
     }
 }
+
+/// What `renew` did, and what the operator does next.
+pub fn renewed(views: &[BoardView]) {
+    for v in views {
+        let old = v.previous.join(", ");
+        println!("renewed {} (new serial {}; {old})", v.name, v.serial);
+    }
+    println!("next: rebuild and flash their images (ipxe-ca build --stale), then `ipxe-ca revoke --previous BOARD`");
+}
+
+/// `list --expiring`.
+pub fn expiring(soon: &[ipxe_ca::lab::Expiry]) {
+    for e in soon {
+        println!("{:>5} days  {:<50} {}", e.days_left, e.what, e.expires);
+    }
+}
+
+/// `sign-files --check`.
+pub fn signatures(report: &[ipxe_ca::codesign::FileStatus], json_out: bool) -> Result<()> {
+    if json_out {
+        return json(report);
+    }
+    for f in report {
+        println!("{:<8} {}", format!("{:?}", f.status).to_lowercase(), f.path);
+    }
+    Ok(())
+}
+
+/// A state dir from before signed boot files got its signer.
+pub fn created_codesign(s: &ipxe_ca::state::StateDir) {
+    eprintln!(
+        "created the code-signing certificate {} (this state dir predates signed boot files)",
+        s.codesign_cert().display()
+    );
+}
