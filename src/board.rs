@@ -106,6 +106,9 @@ pub struct PreviousCert {
         skip_serializing_if = "Option::is_none"
     )]
     pub revoked_at: Option<OffsetDateTime>,
+    /// Why it was revoked (the CRL's reason; `superseded` when none is recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation_reason: Option<Reason>,
 }
 
 /// Which of a board's certificates a request presented.

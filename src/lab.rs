@@ -570,6 +570,7 @@ impl Lab {
                 replaced_at: OffsetDateTime::now_utc(),
                 status: Status::Revoked,
                 revoked_at: old.revoked_at,
+                revocation_reason: old.revocation_reason,
             });
             self.registry.save_secrets(name, &secrets)?;
             self.registry.replace_cert(&board, cert_pem, key_pem)?;
@@ -752,22 +753,26 @@ impl Lab {
         let mut done = Vec::new();
         for mut board in boards {
             let name = board.name.clone();
-            let (cert_pem, key_pem, origin) = match keys.next() {
+            let (cert_pem, key_pem, origin, info) = match keys.next() {
                 Some(key) => {
-                    let (issued, _) =
+                    let (issued, info) =
                         self.issue_unique(|| ca.issue_client(name.as_str(), &key, days))?;
-                    (issued.cert.cert_pem, Some(issued.key_pem), Origin::Enrolled)
+                    (
+                        issued.cert.cert_pem,
+                        Some(issued.key_pem),
+                        Origin::Enrolled,
+                        info,
+                    )
                 }
                 None => {
                     let old =
                         ca::cert_der_from_bytes(&state::read(&self.state.board_cert(&name))?)?;
-                    let (signed, _) =
+                    let (signed, info) =
                         self.issue_unique(|| ca.reissue(&old, name.as_str(), days))?;
                     let key = state::read_to_string(&self.state.board_key(&name)).ok();
-                    (signed.cert_pem, key, board.origin)
+                    (signed.cert_pem, key, board.origin, info)
                 }
             };
-            let info = ca::cert_info(&ca::cert_der_from_bytes(cert_pem.as_bytes())?)?;
             board.previous.push(PreviousCert {
                 serial: board.serial.clone(),
                 fingerprint_sha1: board.fingerprint_sha1.clone(),
@@ -780,6 +785,7 @@ impl Lab {
                     Status::Active
                 },
                 revoked_at: opts.revoke_old.then_some(now),
+                revocation_reason: opts.revoke_old.then_some(Reason::Superseded),
             });
             board.serial = info.serial;
             board.fingerprint_sha1 = info.fingerprint_sha1;
@@ -816,6 +822,7 @@ impl Lab {
         {
             p.status = Status::Revoked;
             p.revoked_at = Some(now);
+            p.revocation_reason = Some(Reason::Superseded);
             any = true;
         }
         if !any {
@@ -856,7 +863,7 @@ impl Lab {
                 revoked.push(Revoked {
                     serial: p.serial.clone(),
                     when: p.revoked_at.unwrap_or(p.replaced_at),
-                    reason: Reason::Superseded,
+                    reason: p.revocation_reason.unwrap_or(Reason::Superseded),
                 });
             }
             if b.status == Status::Revoked {

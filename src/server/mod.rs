@@ -317,14 +317,26 @@ fn local(l: &TcpListener) -> String {
 /// Counts a connection as open until dropped.
 struct OpenGuard(Arc<Shared>, bool);
 
-impl Drop for OpenGuard {
-    fn drop(&mut self) {
-        let g = if self.1 {
+impl OpenGuard {
+    fn new(shared: Arc<Shared>, https: bool) -> OpenGuard {
+        let g = OpenGuard(shared, https);
+        g.gauge().fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        g
+    }
+
+    fn gauge(&self) -> &std::sync::atomic::AtomicI64 {
+        if self.1 {
             &self.0.metrics.open_https
         } else {
             &self.0.metrics.open_http
-        };
-        g.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.gauge()
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -455,12 +467,7 @@ async fn accept_loop(
         tokio::spawn(async move {
             let _permit = permit;
             let _ip_slot = ip_slot;
-            let open = match tls {
-                Some(_) => &shared.metrics.open_https,
-                None => &shared.metrics.open_http,
-            };
-            open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let _open = OpenGuard(shared.clone(), tls.is_some());
+            let _open = OpenGuard::new(shared.clone(), tls.is_some());
             match tls {
                 Some(tls) => tls::serve_tls(stream, peer, tls, shared, watcher, anonymous).await,
                 None => {

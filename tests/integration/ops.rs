@@ -298,8 +298,12 @@ fn a_revoked_name_is_re_enrolled_only_on_purpose() {
     let show: serde_json::Value = serde_json::from_str(&lab.ok(&["show", "x1", "--json"])).unwrap();
     assert_eq!(show["status"], "active");
     assert_ne!(show["serial"].as_str().unwrap(), old_serial);
-    // The old certificate stays revoked: in the CRL, refused by the server.
-    assert!(crl_text(&lab).contains(&old_serial));
+    // The old certificate stays revoked: in the CRL (with its reason), refused by the server.
+    let crl = crl_text(&lab);
+    assert!(
+        crl.contains(&old_serial) && crl.contains("key compromise"),
+        "{crl}"
+    );
     let srv = lab.serve(&[]);
     assert_eq!(lab.curl_as(Some("x1"), &srv.url("/boot.ipxe")).0, 200);
     assert_eq!(lab.ok(&["check"]).trim(), "registry consistent");
