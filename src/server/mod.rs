@@ -244,7 +244,7 @@ pub async fn serve(
     };
 
     if let Front::Mtls { https: addr } = opts.front {
-        let tls = tls::acceptor(shared.lab.state(), opts.tls_sessions)?;
+        let tls = Arc::new(tls::Reloading::new(shared.lab.state(), opts.tls_sessions)?);
         let listener = bind(addr).await?;
         log::say(&format!(
             "ipxe-ca: serving boot scripts on https://{} (mutual TLS)",
@@ -420,7 +420,7 @@ fn scrape(shared: &Shared) -> String {
 
 async fn accept_loop(
     listener: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<Arc<tls::Reloading>>,
     shared: Arc<Shared>,
     graceful: Arc<hyper_util::server::graceful::GracefulShutdown>,
     mut stop: tokio::sync::watch::Receiver<bool>,
@@ -461,7 +461,7 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let stream = guard::Stalled::new(stream, shared.opts.timeout);
         let shared = shared.clone();
-        let tls = tls.clone();
+        let tls = tls.as_ref().map(|t| t.current());
         let watcher = graceful.watcher();
         let anonymous = anonymous.clone();
         tokio::spawn(async move {

@@ -130,9 +130,84 @@ cannot talk to ipxe-ca directly: put nginx in front (`ipxe-ca nginx-config`, `se
     }
 }
 
-/// The acceptor of the mTLS listener.
-pub(crate) fn acceptor(state: &StateDir, sessions: usize) -> Result<TlsAcceptor> {
-    Ok(TlsAcceptor::from(Arc::new(build(state, sessions)?)))
+/// Which version of a file: a rename, a rewrite or a truncation all change it.
+type FileId = Option<(u64, u64, Option<std::time::SystemTime>, u64)>;
+
+fn file_id(path: &std::path::Path) -> FileId {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.dev(), m.ino(), m.modified().ok(), m.size()))
+}
+
+/// How often the certificate files are looked at (a `stat` each), at most.
+const RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The acceptor of the mTLS listener, rebuilt when `server-cert` rotates the server
+/// certificates or the CA bundle changes, so that no restart (and no dropped connection) is
+/// needed: open connections keep the configuration they started with. A half-written
+/// rotation (key new, certificate old) fails to load and keeps the acceptor in force until
+/// the next change.
+pub(crate) struct Reloading {
+    state: StateDir,
+    sessions: usize,
+    current: std::sync::Mutex<Loaded>,
+}
+
+struct Loaded {
+    acceptor: TlsAcceptor,
+    seen: Vec<FileId>,
+    checked: std::time::Instant,
+}
+
+impl Reloading {
+    pub(crate) fn new(state: &StateDir, sessions: usize) -> Result<Reloading> {
+        let seen = Self::ids(state);
+        let acceptor = TlsAcceptor::from(Arc::new(build(state, sessions)?));
+        Ok(Reloading {
+            state: state.clone(),
+            sessions,
+            current: std::sync::Mutex::new(Loaded {
+                acceptor,
+                seen,
+                checked: std::time::Instant::now(),
+            }),
+        })
+    }
+
+    fn ids(state: &StateDir) -> Vec<FileId> {
+        [
+            state.ca_cert(),
+            state.server_cert(),
+            state.server_key(),
+            state.server_ecdsa_cert(),
+            state.server_ecdsa_key(),
+        ]
+        .iter()
+        .map(|p| file_id(p))
+        .collect()
+    }
+
+    /// The acceptor for a new connection.
+    pub(crate) fn current(&self) -> TlsAcceptor {
+        let mut cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        if cur.checked.elapsed() >= RECHECK {
+            cur.checked = std::time::Instant::now();
+            let ids = Self::ids(&self.state);
+            if ids != cur.seen {
+                cur.seen = ids;
+                match build(&self.state, self.sessions) {
+                    Ok(config) => {
+                        cur.acceptor = TlsAcceptor::from(Arc::new(config));
+                        super::log::say("ipxe-ca: reloaded the server certificates and CA bundle");
+                    }
+                    Err(e) => super::log::say(&format!(
+                        "ipxe-ca: warning: kept the previous server certificates: {e}"
+                    )),
+                }
+            }
+        }
+        cur.acceptor.clone()
+    }
 }
 
 pub(crate) async fn serve_tls(

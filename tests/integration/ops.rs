@@ -352,3 +352,127 @@ fn the_systemd_unit_verifies_and_is_hardened() {
         assert!(unit.contains(must), "{must}");
     }
 }
+
+/// The serial of the certificate `serve` presents to a client offering `args` (openssl
+/// s_client, no client certificate).
+fn served_serial(port: u16, args: &[&str]) -> Option<String> {
+    use std::io::Write;
+    use std::process::Stdio;
+    let o = Command::new("timeout")
+        .args(["10", "openssl", "s_client", "-connect"])
+        .arg(format!("127.0.0.1:{port}"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    let mut x = Command::new("openssl")
+        .args(["x509", "-noout", "-serial"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    x.stdin.take()?.write_all(&o.stdout).ok()?;
+    let out = x.wait_with_output().ok()?;
+    let s = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    s.starts_with("serial=").then_some(s)
+}
+
+fn file_serial(lab: &Lab, rel: &str) -> String {
+    crate::util::openssl(&[
+        "x509",
+        "-noout",
+        "-serial",
+        "-in",
+        &lab.path(rel).to_string_lossy(),
+    ])
+    .trim()
+    .to_string()
+}
+
+#[test]
+fn server_cert_rotation_takes_effect_without_restart_or_dropped_connections() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::process::Stdio;
+    let lab = Lab::init();
+    lab.enroll("r1", &[]);
+    let srv = lab.serve(&["--timeout", "60"]);
+    let rsa_only = ["-tls1_2", "-cipher", "ECDHE-RSA-AES128-GCM-SHA256"];
+    let (rsa0, ec0) = (
+        file_serial(&lab, "server/server.crt"),
+        file_serial(&lab, "server/server-ecdsa.crt"),
+    );
+    assert_eq!(served_serial(srv.https, &rsa_only).as_deref(), Some(&*rsa0));
+    assert_eq!(served_serial(srv.https, &[]).as_deref(), Some(&*ec0));
+
+    // A board's connection, handshake done, request not yet sent.
+    let mut held = Command::new("timeout")
+        .args(["60", "openssl", "s_client", "-connect"])
+        .arg(format!("127.0.0.1:{}", srv.https))
+        .arg("-CAfile")
+        .arg(lab.path("ca/ca.crt"))
+        .arg("-cert")
+        .arg(lab.path("boards/r1/cert.pem"))
+        .arg("-key")
+        .arg(lab.path("boards/r1/key.pem"))
+        .arg("-ign_eof")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(held.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("Verify return code") {
+        line.clear();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "s_client ended early"
+        );
+    }
+
+    let said = lab.ok(&["server-cert", "--san", "localhost", "--san", "127.0.0.1"]);
+    assert!(said.contains("picks them up"), "{said}");
+    let (rsa1, ec1) = (
+        file_serial(&lab, "server/server.crt"),
+        file_serial(&lab, "server/server-ecdsa.crt"),
+    );
+    assert_ne!(rsa0, rsa1);
+    assert_ne!(ec0, ec1);
+    wait_for("the new RSA certificate", Duration::from_secs(10), || {
+        (served_serial(srv.https, &rsa_only)? == rsa1).then_some(())
+    });
+    wait_for("the new ECDSA certificate", Duration::from_secs(10), || {
+        (served_serial(srv.https, &[])? == ec1).then_some(())
+    });
+    assert!(srv.output().contains("reloaded the server certificates"));
+
+    // The connection opened before the rotation still gets its script.
+    held.stdin
+        .take()
+        .unwrap()
+        .write_all(b"GET /boot.ipxe HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    let _ = held.wait();
+    assert!(
+        rest.contains("HTTP/1.1 200") && rest.contains("#!ipxe"),
+        "{rest}"
+    );
+
+    // A broken key (a rotation half done by hand) is not loaded: the last good pair stays.
+    std::fs::write(lab.path("server/server.key"), "not a key\n").unwrap();
+    wait_for(
+        "the warning about the broken key",
+        Duration::from_secs(10),
+        || {
+            let _ = served_serial(srv.https, &rsa_only);
+            srv.output()
+                .contains("kept the previous server certificates")
+                .then_some(())
+        },
+    );
+    assert_eq!(served_serial(srv.https, &rsa_only).as_deref(), Some(&*rsa1));
+    assert_eq!(lab.curl_as(Some("r1"), &srv.url("/boot.ipxe")).0, 200);
+}

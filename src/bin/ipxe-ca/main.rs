@@ -159,7 +159,7 @@ fn try_main(cli: Cli) -> Result<()> {
                 .context("cannot issue the server certificates")?;
             let names: Vec<String> = sans.iter().map(ToString::to_string).collect();
             println!(
-                "issued {} and {} for {}; restart `ipxe-ca serve` to use them",
+                "issued {} and {} for {}; a running `ipxe-ca serve` picks them up within seconds",
                 lab.state().server_cert().display(),
                 lab.state().server_ecdsa_cert().display(),
                 names.join(", ")
