@@ -249,6 +249,21 @@ pub fn boot_files(files_root: &Path) -> Result<Vec<String>> {
     Ok(out)
 }
 
+/// Whether every boot file of a `check` report can pass `imgverify`.
+pub fn verdict(report: &[FileStatus]) -> Result<()> {
+    let bad = report
+        .iter()
+        .filter(|f| f.status != SigStatus::Current)
+        .count();
+    if bad == 0 {
+        return Ok(());
+    }
+    Err(Error::invalid(format!(
+        "{bad} of {} boot files have no current signature: run `ipxe-ca sign-files`",
+        report.len()
+    )))
+}
+
 /// Every boot file with the state of its signature.
 pub fn check(files_root: &Path) -> Result<Vec<FileStatus>> {
     let index = Index::load(files_root)?;

@@ -17,12 +17,34 @@ pub fn s(p: &Path) -> &str {
     p.to_str().unwrap_or_default()
 }
 
-/// A free TCP port on 127.0.0.1 (0 if none could be found: the caller's bind then fails loudly).
+/// Ports handed out: below Linux's ephemeral range (32768–60999), so that no client socket
+/// of another test takes one between `free_port` and the server's bind, and each port once per
+/// process, so that two tests never get the same one. The start depends on the pid, so that
+/// the bench and test binaries (and two suites) start apart.
+static NEXT_PORT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+const PORTS: std::ops::Range<u32> = 20_000..32_000;
+
+/// A TCP port on 127.0.0.1 that no test of this process has had and nothing listens on
+/// (0 if none could be found: the caller's bind then fails loudly).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
+    use std::sync::atomic::Ordering;
+    let span = PORTS.end - PORTS.start;
+    let _ = NEXT_PORT.compare_exchange(
+        0,
+        (std::process::id() * 97) % span + 1,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..span {
+        let n = NEXT_PORT.fetch_add(1, Ordering::SeqCst);
+        let port = (PORTS.start + n % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && TcpListener::bind(("0.0.0.0", port)).is_ok()
+        {
+            return port;
+        }
+    }
+    0
 }
 
 /// Wait until something listens on 127.0.0.1:`port`; an error after `limit`.

@@ -154,3 +154,16 @@ fn bug_a_crl_not_signed_by_our_ca_is_believed() {
         srv.output()
     );
 }
+
+/// Ports for servers come from below the ephemeral range (no client socket can hold one) and
+/// are never handed out twice in one run.
+#[test]
+fn free_ports_are_distinct_and_outside_the_ephemeral_range() {
+    let ports: Vec<u16> = (0..200).map(|_| crate::util::free_port()).collect();
+    let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+    assert_eq!(distinct.len(), ports.len());
+    assert!(
+        ports.iter().all(|p| (20_000..32_000).contains(p)),
+        "{ports:?}"
+    );
+}

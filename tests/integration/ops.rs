@@ -476,3 +476,139 @@ fn server_cert_rotation_takes_effect_without_restart_or_dropped_connections() {
     assert_eq!(served_serial(srv.https, &rsa_only).as_deref(), Some(&*rsa1));
     assert_eq!(lab.curl_as(Some("r1"), &srv.url("/boot.ipxe")).0, 200);
 }
+
+/// Purges the package if a test installed it and then failed.
+struct Installed;
+impl Drop for Installed {
+    fn drop(&mut self) {
+        let _ = Command::new("dpkg").args(["--purge", "ipxe-ca"]).output();
+    }
+}
+
+fn run(prog: &str, args: &[&str]) -> String {
+    let o = Command::new(prog)
+        .args(args)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .env("DEB_COMPRESSION", "gzip")
+        .output()
+        .unwrap_or_else(|e| panic!("{prog}: {e}"));
+    let text =
+        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{prog} {args:?} failed: {text}");
+    text
+}
+
+fn processes_of(exe: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            std::fs::read_link(e.path().join("exe"))
+                .map(|p| p.to_string_lossy().starts_with(exe))
+                .unwrap_or(false)
+        })
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn the_deb_package_lints_clean_installs_with_apt_and_removes() {
+    let root = effective_uid();
+    assert_eq!(
+        root, 0,
+        "installing a .deb needs root (CI runs as root): run the suite as root"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("deb");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/deb.sh");
+    let bin = crate::util::bin();
+    let built = run(script, &[crate::util::s(&bin), crate::util::s(&out)]);
+    let deb = built.lines().last().unwrap().trim().to_string();
+    assert!(
+        deb.ends_with("_amd64.deb") || deb.ends_with(".deb"),
+        "{built}"
+    );
+
+    // lintian: no error and no warning.
+    let o = Command::new("lintian")
+        .args(["--fail-on", "error,warning", &deb])
+        .output()
+        .expect("lintian is needed (apt-get install lintian)");
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "lintian: {text}");
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("E:") || l.starts_with("W:")),
+        "{text}"
+    );
+
+    // Every asset `cargo deb` would install (Cargo.toml) is in the package.
+    let listing = run("dpkg-deb", &["-c", &deb]);
+    let manifest: toml::Value = toml::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")).unwrap(),
+    )
+    .unwrap();
+    let assets = manifest["package"]["metadata"]["deb"]["assets"]
+        .as_array()
+        .unwrap();
+    assert!(assets.len() >= 6);
+    for a in assets {
+        let (src, dest) = (a[0].as_str().unwrap(), a[1].as_str().unwrap());
+        let name = src.rsplit('/').next().unwrap();
+        let want = if dest.ends_with('/') {
+            format!("./{dest}{}", name.replace("*", ""))
+        } else {
+            format!("./{dest}")
+        };
+        let want = want.trim_end_matches(".1.gz");
+        assert!(
+            listing.contains(want),
+            "{want} (asset {src}) not in:\n{listing}"
+        );
+    }
+    // Generated assets left for cargo-deb where Cargo.toml looks for them.
+    assert!(out.join("assets/man/ipxe-ca.1.gz").exists());
+
+    // apt installs it (dependencies from the archive), starts nothing, and removes it.
+    let _guard = Installed;
+    run("apt-get", &["install", "-y", "-q", &deb]);
+    let version = run("/usr/bin/ipxe-ca", &["--version"]);
+    assert_eq!(version, run(crate::util::s(&bin), &["--version"]));
+    assert!(version.contains("(git "), "{version}");
+    assert!(run("getent", &["passwd", "ipxe-ca"]).contains("/var/lib/ipxe-ca"));
+    assert!(std::path::Path::new("/lib/systemd/system/ipxe-ca.service").exists());
+    let man = run("zcat", &["/usr/share/man/man1/ipxe-ca-enroll.1.gz"]);
+    assert!(man.contains(".TH ipxe-ca-enroll 1"), "{man}");
+    let complete = run(
+        "bash",
+        &[
+            "-c",
+            "source /usr/share/bash-completion/completions/ipxe-ca && complete -p ipxe-ca",
+        ],
+    );
+    assert!(complete.contains("ipxe-ca"), "{complete}");
+    assert!(
+        processes_of("/usr/bin/ipxe-ca").is_empty(),
+        "the package started ipxe-ca"
+    );
+    run("apt-get", &["remove", "--purge", "-y", "-q", "ipxe-ca"]);
+    assert!(!std::path::Path::new("/usr/bin/ipxe-ca").exists());
+    assert!(!std::path::Path::new("/lib/systemd/system/ipxe-ca.service").exists());
+    assert!(Command::new("dpkg")
+        .args(["-s", "ipxe-ca"])
+        .output()
+        .map(|o| !o.status.success())
+        .unwrap());
+}
+
+/// The effective uid, read from /proc (no libc call).
+fn effective_uid() -> u32 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|u| u.parse().ok())
+        .unwrap()
+}

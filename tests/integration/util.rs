@@ -363,10 +363,19 @@ pub fn start_nginx(lab: &Lab, listen: u16, upstream: u16) -> Proc {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let ng = Proc(ng);
+    let mut ng = Proc(ng);
     for _ in 0..400 {
+        // Listening, and it is our nginx that listens (not a server that holds the port).
+        if let Some(st) = ng.0.try_wait().unwrap() {
+            let log = std::fs::read_to_string(conf.with_file_name("error.log")).unwrap_or_default();
+            panic!("nginx exited with {st}: {log}");
+        }
         if std::net::TcpStream::connect(("127.0.0.1", listen)).is_ok() {
-            return ng;
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            if ng.0.try_wait().unwrap().is_none() {
+                return ng;
+            }
+            continue;
         }
         std::thread::sleep(std::time::Duration::from_millis(25));
     }

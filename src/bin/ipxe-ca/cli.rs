@@ -49,7 +49,7 @@ pub enum Command {
     /// or a hand edit left; `--repair` fixes what is safe to fix.
     Check(CheckArgs),
     /// Issue new server certificates (RSA and ECDSA P-256): rotation, new names, or the ECDSA
-    /// pair for state dirs made before it. Restart `serve` to use them.
+    /// pair for state dirs made before it. A running `serve` picks them up within a second.
     ServerCert(ServerCertArgs),
     /// Sign boot files (NAME.sig beside NAME, for iPXE's imgverify); run it after adding or
     /// changing files. Unchanged files keep their signature.
@@ -70,6 +70,24 @@ pub enum Command {
     Doctor(DoctorArgs),
     /// Print an nginx server block that fronts `serve --behind-proxy` (for iPXE older than 2024).
     NginxConfig(NginxArgs),
+    /// Print the shell completion script, e.g. `ipxe-ca completions bash >
+    /// /etc/bash_completion.d/ipxe-ca`.
+    Completions(CompletionsArgs),
+    /// Write the man pages (ipxe-ca.1 and one per command) into DIR; for packagers.
+    #[command(hide = true)]
+    Manpages(ManpagesArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CompletionsArgs {
+    /// bash, zsh, fish, elvish or powershell.
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Args, Debug)]
+pub struct ManpagesArgs {
+    /// Where to write them (created if missing).
+    pub dir: PathBuf,
 }
 
 #[derive(Args, Debug)]

@@ -77,10 +77,11 @@ fn try_main(cli: Cli) -> Result<()> {
                 .enroll_many(&a.boards, &board_options(&a.common, Some(a.days))?)
                 .with_context(|| format!("cannot enroll {}", names.join(" ")))?;
             let views: Vec<_> = boards.iter().map(|b| lab.view(b)).collect();
-            match (a.common.json, views.as_slice()) {
-                (true, [one]) => print::json(one)?,
-                (true, _) => print::json(&views)?,
-                (false, _) => views.iter().try_for_each(print::board)?,
+            match views.as_slice() {
+                [one] => print::out(a.common.json, one, print::board)?,
+                _ => print::out(a.common.json, &views[..], |v| {
+                    v.iter().try_for_each(print::board)
+                })?,
             }
         }
         Command::Sign(a) => {
@@ -108,30 +109,17 @@ fn try_main(cli: Cli) -> Result<()> {
         Command::Renew(a) => {
             let boards = lab.renew(&a.boards, &a.options()).context("cannot renew")?;
             let views: Vec<_> = boards.iter().map(|b| lab.view(b)).collect();
-            if a.json {
-                return print::json(&views);
-            }
-            print::renewed(&views);
+            print::out(a.json, &views[..], print::renewed)?;
         }
         Command::Revoke(a) if a.previous => {
             let b = lab.revoke_previous(&a.board).context("cannot revoke")?;
-            println!(
-                "revoked the previous certificates of {}; CRL {}",
-                b.name,
-                lab.state().crl().display()
-            );
+            print::revoked(lab.state(), &b, true);
         }
         Command::Revoke(a) => {
             let b = lab
                 .revoke(&a.board, a.reason)
                 .with_context(|| format!("cannot revoke {}", a.board))?;
-            let crl = lab.state().crl();
-            println!(
-                "revoked {} (serial {}); CRL {}",
-                b.name,
-                b.serial,
-                crl.display()
-            );
+            print::revoked(lab.state(), &b, false);
         }
         Command::Crl => {
             let next = lab.refresh_crl().context("cannot re-sign the CRL")?;
@@ -144,11 +132,7 @@ fn try_main(cli: Cli) -> Result<()> {
         Command::SignFiles(a) => sign_files(&lab, a)?,
         Command::Check(a) => {
             let problems = lab.check(a.repair).context("cannot check the registry")?;
-            if a.json {
-                print::json(&problems)?;
-            } else {
-                print::problems(&problems);
-            }
+            print::out(a.json, &problems[..], print::problems)?;
             if !problems.is_empty() {
                 bail!("{} problem(s) in the registry", problems.len());
             }
@@ -157,22 +141,12 @@ fn try_main(cli: Cli) -> Result<()> {
             let sans = lab
                 .renew_server(Some(a.sans))
                 .context("cannot issue the server certificates")?;
-            let names: Vec<String> = sans.iter().map(ToString::to_string).collect();
-            println!(
-                "issued {} and {} for {}; a running `ipxe-ca serve` picks them up within seconds",
-                lab.state().server_cert().display(),
-                lab.state().server_ecdsa_cert().display(),
-                names.join(", ")
-            );
+            print::server_certs(lab.state(), &sans);
         }
         Command::List(a) => {
             if let Some(days) = a.expiring {
                 let soon = lab.expiring(days).context("cannot check expiry dates")?;
-                if a.json {
-                    print::json(&soon)?;
-                } else {
-                    print::expiring(&soon);
-                }
+                print::out(a.json, &soon[..], print::expiring)?;
                 if !soon.is_empty() {
                     bail!("{} item(s) expire within {days} days", soon.len());
                 }
@@ -180,20 +154,12 @@ fn try_main(cli: Cli) -> Result<()> {
             }
             let boards = lab.boards().context("cannot list boards")?;
             let views: Vec<_> = boards.iter().map(|b| lab.view(b)).collect();
-            if a.json {
-                print::json(&views)?;
-            } else {
-                print::board_table(&views)?;
-            }
+            print::out(a.json, &views[..], print::board_table)?;
         }
         Command::Show(a) => show(&lab, &lab.registry().get(&a.board)?, a.json)?,
         Command::History(a) => {
             let records = lab.history(&a.board, a.count)?;
-            if a.json {
-                print::json(&records)?;
-            } else {
-                print::history(&a.board, &records);
-            }
+            print::out(a.json, &records[..], |r| print::history(&a.board, r))?;
         }
         Command::Serve(a) => {
             let opts = a.options(&lab)?;
@@ -209,12 +175,20 @@ fn try_main(cli: Cli) -> Result<()> {
                 None => None,
             };
             let r = ipxe_build::doctor::report(&a.targets, a.prebuilt, tree.as_ref());
-            if a.json {
-                print::json(&r)?;
-            } else {
-                print::doctor(&r);
-            }
+            print::out(a.json, &r, print::doctor)?;
             r.verdict()?;
+        }
+        Command::Completions(a) => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(a.shell, &mut cmd, "ipxe-ca", &mut script);
+            std::io::Write::write_all(&mut std::io::stdout(), &script)?;
+        }
+        Command::Manpages(a) => {
+            std::fs::create_dir_all(&a.dir)
+                .with_context(|| format!("cannot create {}", a.dir.display()))?;
+            clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), &a.dir)
+                .with_context(|| format!("cannot write man pages in {}", a.dir.display()))?;
         }
         Command::NginxConfig(a) => {
             let config = ipxe_ca::config::Config::load(lab.state())?;
@@ -228,12 +202,7 @@ fn try_main(cli: Cli) -> Result<()> {
 }
 
 fn show(lab: &Lab, b: &ipxe_ca::board::Board, json: bool) -> Result<()> {
-    let v = lab.view(b);
-    if json {
-        print::json(&v)
-    } else {
-        print::board(&v)
-    }
+    print::out(json, &lab.view(b), print::board)
 }
 
 fn flash(lab: &Lab, a: cli::FlashArgs) -> Result<()> {
@@ -301,22 +270,12 @@ fn flash(lab: &Lab, a: cli::FlashArgs) -> Result<()> {
 }
 
 fn sign_files(lab: &Lab, a: cli::SignFilesArgs) -> Result<()> {
-    use ipxe_ca::codesign::{self, SigStatus};
+    use ipxe_ca::codesign;
     let root = a.files.unwrap_or_else(|| lab.state().files_dir());
     if a.check {
         let report = codesign::check(&root).context("cannot check the signatures")?;
         print::signatures(&report, a.json)?;
-        let (bad, all) = (
-            report
-                .iter()
-                .filter(|f| f.status != SigStatus::Current)
-                .count(),
-            report.len(),
-        );
-        if bad > 0 {
-            bail!("{bad} of {all} boot files have no current signature: run `ipxe-ca sign-files`");
-        }
-        return Ok(());
+        return Ok(codesign::verdict(&report)?);
     }
     let (signer, created) = lab.signer().context("cannot load the code-signing key")?;
     if created {

@@ -14,6 +14,64 @@ pub fn json<T: serde::Serialize + ?Sized>(v: &T) -> Result<()> {
     Ok(())
 }
 
+/// What a text printer returns: nothing, or a write that can fail.
+pub trait Done {
+    fn done(self) -> Result<()>;
+}
+impl Done for () {
+    fn done(self) -> Result<()> {
+        Ok(())
+    }
+}
+impl Done for Result<()> {
+    fn done(self) -> Result<()> {
+        self
+    }
+}
+
+/// JSON for scripts, or `text` for people.
+pub fn out<T: serde::Serialize + ?Sized, D: Done>(
+    json_out: bool,
+    v: &T,
+    text: impl FnOnce(&T) -> D,
+) -> Result<()> {
+    if json_out {
+        json(v)
+    } else {
+        text(v).done()
+    }
+}
+
+/// What `revoke` did.
+pub fn revoked(s: &ipxe_ca::state::StateDir, b: &ipxe_ca::board::Board, previous: bool) {
+    let crl = s.crl();
+    if previous {
+        println!(
+            "revoked the previous certificates of {}; CRL {}",
+            b.name,
+            crl.display()
+        );
+    } else {
+        println!(
+            "revoked {} (serial {}); CRL {}",
+            b.name,
+            b.serial,
+            crl.display()
+        );
+    }
+}
+
+/// What `server-cert` issued.
+pub fn server_certs(s: &ipxe_ca::state::StateDir, sans: &[ipxe_ca::types::San]) {
+    let names: Vec<String> = sans.iter().map(ToString::to_string).collect();
+    println!(
+        "issued {} and {} for {}; a running `ipxe-ca serve` picks them up within seconds",
+        s.server_cert().display(),
+        s.server_ecdsa_cert().display(),
+        names.join(", ")
+    );
+}
+
 /// What `init` made.
 pub fn initialized(s: &ipxe_ca::state::StateDir, done: &ipxe_ca::lab::Initialized) {
     let how = if done.adopted { "adopted" } else { "created" };
