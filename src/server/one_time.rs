@@ -26,12 +26,12 @@ struct OneTime {
 }
 
 impl OneTime {
-    fn remove(&mut self, token: &str) -> Option<(Instant, String)> {
+    fn remove(&mut self, token: &str) -> Option<(Instant, String, (String, String))> {
         let (deadline, body, owner) = self.by_token.remove(token)?;
         if self.by_owner.get(&owner).is_some_and(|t| t == token) {
             self.by_owner.remove(&owner);
         }
-        Some((deadline, body))
+        Some((deadline, body, owner))
     }
 
     fn purge(&mut self, now: Instant) -> u64 {
@@ -110,20 +110,21 @@ impl OneTimeStore {
         Some(token)
     }
 
-    /// Take the secret: it is gone afterwards, whether or not it had expired.
-    pub fn take(&self, token: &str) -> Option<String> {
+    /// Take the secret: it is gone afterwards, whether or not it had expired. None for a
+    /// token never issued (or used, replaced or purged already).
+    pub fn take(&self, token: &str) -> Option<Taken> {
         self.take_at(Instant::now(), token)
     }
 
-    fn take_at(&self, now: Instant, token: &str) -> Option<String> {
-        let (deadline, body) = self.lock().remove(token)?;
-        let counter = if deadline > now {
-            &self.used
-        } else {
-            &self.expired
-        };
+    fn take_at(&self, now: Instant, token: &str) -> Option<Taken> {
+        let (deadline, body, (board, _)) = self.lock().remove(token)?;
+        let live = deadline > now;
+        let counter = if live { &self.used } else { &self.expired };
         counter.fetch_add(1, Relaxed);
-        (deadline > now).then_some(body)
+        Some(Taken {
+            board,
+            body: live.then_some(body),
+        })
     }
 
     /// Drop expired URLs (run on a timer, so that memory returns after a burst).
@@ -152,6 +153,16 @@ impl OneTimeStore {
     }
 }
 
+/// A token's secret as taken: its board (for the board's history) and the secret, unless the
+/// URL had expired.
+#[derive(Debug, PartialEq)]
+pub struct Taken {
+    /// The board the URL was issued to.
+    pub board: String,
+    /// The secret; None when the URL had expired.
+    pub body: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,9 +175,14 @@ mod tests {
         let b = s.insert("b1", "x", "two".into(), ttl).unwrap();
         let c = s.insert("b1", "y", "other".into(), ttl).unwrap();
         assert_eq!(s.len(), 2);
+        let body = |t: Option<Taken>| t.and_then(|t| t.body);
         assert_eq!(s.take(&a), None);
-        assert_eq!(s.take(&b).as_deref(), Some("two"));
-        assert_eq!(s.take(&c).as_deref(), Some("other"));
+        let two = s.take(&b).unwrap();
+        assert_eq!(
+            (two.board.as_str(), two.body.as_deref()),
+            ("b1", Some("two"))
+        );
+        assert_eq!(body(s.take(&c)).as_deref(), Some("other"));
         for i in 0..OneTimeStore::CAP + 50 {
             s.insert(&format!("b{i}"), "x", "s".into(), ttl).unwrap();
         }
@@ -179,7 +195,9 @@ mod tests {
         short.lock().purge(late - Duration::from_millis(1));
         assert_eq!(short.len(), 1, "purged before its deadline");
         let tok2 = short.insert_at(t0, "b", "y", "s".into(), ttl).unwrap();
-        assert_eq!(short.take_at(late, &tok2), None, "taken at its deadline");
+        let at_deadline = short.take_at(late, &tok2).unwrap();
+        assert_eq!(at_deadline.body, None, "taken at its deadline");
+        assert_eq!(at_deadline.board, "b");
         short.lock().purge(late);
         assert!(short.is_empty());
         assert_eq!(short.take_at(t0, &tok), None, "purged, so gone");

@@ -427,7 +427,9 @@ fn one_time(token: &str, method: &Method, shared: &Shared, out: &mut Outcome) ->
     if method != Method::GET {
         return script(StatusCode::METHOD_NOT_ALLOWED, "use GET", out);
     }
-    match shared.one_time.take(token) {
+    let taken = shared.one_time.take(token);
+    out.board = taken.as_ref().map(|t| t.board.clone());
+    match taken.and_then(|t| t.body) {
         Some(body) => respond(StatusCode::OK, body, out),
         None => script(
             StatusCode::NOT_FOUND,

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use crate::util::{free_port, Lab};
 
 /// Poll `f` until it returns Some, or fail after `limit` (no fixed sleeps).
-fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+pub(crate) fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let end = Instant::now() + limit;
     loop {
         if let Some(v) = f() {

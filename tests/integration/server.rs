@@ -288,6 +288,23 @@ fn one_time_urls_answer_once_and_expire() {
     let (code, body) = lab.curl_as(None, &url);
     assert_eq!(code, 404);
     assert!(!body.contains("SECRET"));
+    // The fetch is in the board's history (the token names its board; a used token names
+    // none), the token is not.
+    let token = url.rsplit_once("/secret/").unwrap().1.to_string();
+    let h = crate::ops::wait_for("b1's history", Duration::from_secs(10), || {
+        let h: serde_json::Value =
+            serde_json::from_str(&lab.ok(&["history", "b1", "--json"])).ok()?;
+        let secret: Vec<serde_json::Value> = h
+            .as_array()?
+            .iter()
+            .filter(|r| r["path"].as_str().unwrap_or("").starts_with("/secret/"))
+            .cloned()
+            .collect();
+        (!secret.is_empty()).then_some(secret)
+    });
+    assert_eq!(h.len(), 1, "{h:?}");
+    assert_eq!(h[0]["status"], 200, "{h:?}");
+    assert!(!serde_json::to_string(&h).unwrap().contains(&token));
     // Unused, it expires with its TTL.
     let (_, script) = lab.curl_as(Some("b1"), &srv.url("/boot.ipxe"));
     let url = url_of(&script).replace("127.0.0.1:8443", &format!("127.0.0.1:{}", srv.https));
