@@ -639,4 +639,19 @@ fn list_expiring_names_what_runs_out_and_exits_1_for_cron() {
         text.contains("RSA server certificate") && text.contains("ECDSA server certificate"),
         "{text}"
     );
+    // serve says it at start (and daily after), for what runs out within 30 days only.
+    let srv = lab.serve(&[]);
+    let said = crate::ops::wait_for(
+        "the expiry warning",
+        std::time::Duration::from_secs(10),
+        || {
+            let out = srv.output();
+            out.contains("renew it before").then_some(out)
+        },
+    );
+    assert!(said.contains("board short expires in"), "{said}");
+    assert!(
+        !said.contains("board long") && !said.contains("CRL"),
+        "{said}"
+    );
 }
