@@ -3,7 +3,7 @@
 # fetches the real iPXE and kernel the boot tests use, then runs the whole suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-need=(openssl curl nginx-light qemu-system-x86 ovmf mtools busybox-static cpio dosfstools
+need=(openssl curl strace nginx-light qemu-system-x86 ovmf mtools busybox-static cpio dosfstools
       debian-archive-keyring util-linux e2fsprogs coreutils
       gunicorn python3-flask testssl.sh prometheus systemd lintian binutils
       make gcc perl liblzma-dev xorriso genisoimage isolinux syslinux-common syslinux-utils)

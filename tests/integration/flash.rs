@@ -468,3 +468,69 @@ fn issue12_7_the_device_is_held_from_check_to_write_and_a_file_never_shadows_a_b
         want[..want.len().min(4 << 20)]
     );
 }
+
+/// Issue 16: the write is flushed to the device (fsync) before the read-back opens it, and the
+/// read-back drops the page cache first.
+#[test]
+fn bug_flash_reads_back_before_the_write_is_flushed() {
+    let lab = Lab::init();
+    let d = lab.tmp.path();
+    let img = image(d, 1 << 20);
+    let lo = Loop::new(d, "traced", 4 << 20);
+    let dev = s(&lo.dev);
+    let calls = crate::util::strace(
+        &lab,
+        "openat,fsync,fdatasync,fadvise64",
+        &["flash", s(&img), dev, "--allow-non-removable", "--yes"],
+    );
+    let opened = |c: &crate::util::Syscall, how: &str| {
+        c.name == "openat" && c.path() == Some(dev) && c.args.contains(how)
+    };
+    let w = calls
+        .iter()
+        .position(|c| opened(c, "O_WRONLY"))
+        .unwrap_or_else(|| panic!("no write open of {dev}: {calls:#?}"));
+    let wfd = calls[w].ret.clone();
+    let sync = w + calls[w..]
+        .iter()
+        .position(|c| (c.name == "fsync" || c.name == "fdatasync") && c.args == wfd && c.ret == "0")
+        .unwrap_or_else(|| panic!("{dev} (fd {wfd}) never fsynced: {calls:#?}"));
+    let r = sync
+        + calls[sync..]
+            .iter()
+            .position(|c| opened(c, "O_RDONLY"))
+            .unwrap_or_else(|| panic!("no read-back open after the fsync: {calls:#?}"));
+    let rfd = calls[r].ret.clone();
+    assert!(
+        calls[r..].iter().any(|c| c.name == "fadvise64"
+            && c.args.starts_with(&format!("{rfd},"))
+            && c.args.contains("POSIX_FADV_DONTNEED")),
+        "the read-back does not drop the page cache: {calls:#?}"
+    );
+}
+
+/// Issue 16: after a real write, what is read back is compared with the image as planned (the
+/// image changed on disk between the check and the write here, as a rebuild would do it).
+#[test]
+fn bug_flash_does_not_compare_the_read_back_after_a_real_write() {
+    use ipxe_ca::flash;
+    let lab = Lab::init();
+    let d = lab.tmp.path();
+    let img = image(d, 1 << 20);
+    let lo = Loop::new(d, "changed", 4 << 20);
+    let sys = flash::System::default();
+    let mut plan = flash::plan(&sys, &img, None, &lo.dev, true).unwrap();
+    let mut f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+    f.seek(SeekFrom::Start(12_345)).unwrap();
+    f.write_all(b"rebuilt").unwrap();
+    drop(f);
+    let e = flash::flash(&mut plan, true, &|_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("verification FAILED"), "{e}");
+    // The same write of an unchanged image verifies.
+    let img2 = image(&d.join(""), 1 << 20);
+    let mut plan = flash::plan(&sys, &img2, None, &lo.dev, true).unwrap();
+    let sha = flash::flash(&mut plan, true, &|_| {}).unwrap();
+    assert_eq!(sha.as_deref(), Some(plan.sha256.as_str()));
+}

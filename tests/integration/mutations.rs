@@ -167,3 +167,52 @@ fn free_ports_are_distinct_and_outside_the_ephemeral_range() {
         "{ports:?}"
     );
 }
+
+/// Checks a trace: every rename is of a file fsynced before it, and the target's directory is
+/// fsynced after it. Returns how many renames there were.
+fn renames_are_durable(calls: &[crate::util::Syscall]) -> usize {
+    let mut fds = std::collections::HashMap::new();
+    let mut synced: Vec<(usize, String)> = Vec::new();
+    let mut renamed: Vec<(usize, String)> = Vec::new();
+    for (i, c) in calls.iter().enumerate() {
+        match c.name.as_str() {
+            "openat" if !c.ret.starts_with('-') => {
+                fds.insert(c.ret.clone(), c.path().unwrap_or_default().to_string());
+            }
+            "fsync" | "fdatasync" if c.ret == "0" => {
+                if let Some(p) = fds.get(c.args.trim()) {
+                    synced.push((i, p.clone()));
+                }
+            }
+            "rename" | "renameat" | "renameat2" if c.ret == "0" => {
+                let (from, to) = (c.path().unwrap(), c.path2().unwrap());
+                assert!(
+                    synced.iter().any(|(_, p)| p == from),
+                    "{from} renamed to {to} without an fsync first"
+                );
+                let dir = std::path::Path::new(to).parent().unwrap();
+                renamed.push((i, dir.to_string_lossy().into_owned()));
+            }
+            _ => {}
+        }
+    }
+    for (i, dir) in &renamed {
+        assert!(
+            synced.iter().any(|(j, p)| j > i && p == dir),
+            "directory {dir} not fsynced after a rename into it"
+        );
+    }
+    renamed.len()
+}
+
+#[test]
+fn bug_atomic_writes_without_fsync() {
+    use crate::util::strace;
+    let lab = Lab::new();
+    let calls = "openat,fsync,fdatasync,rename,renameat,renameat2";
+    let mut n = renames_are_durable(&strace(&lab, calls, &["init", "--san", "IP:127.0.0.1"]));
+    n += renames_are_durable(&strace(&lab, calls, &["enroll", "b1", "--secret", "k=v"]));
+    n += renames_are_durable(&strace(&lab, calls, &["revoke", "b1"]));
+    // CA key and cert, CRL, server keys and certs, config, board key, cert, file, index...
+    assert!(n >= 12, "only {n} atomic writes traced");
+}

@@ -401,3 +401,69 @@ pub fn path_without(dir: &Path, hide: &[&str]) -> PathBuf {
     }
     bin
 }
+
+/// One system call as strace printed it: name, raw arguments, return value.
+#[derive(Debug, Clone)]
+pub struct Syscall {
+    pub name: String,
+    pub args: String,
+    pub ret: String,
+}
+
+impl Syscall {
+    /// The first string argument (a path), if any.
+    pub fn path(&self) -> Option<&str> {
+        let start = self.args.find('"')? + 1;
+        let len = self.args[start..].find('"')?;
+        Some(&self.args[start..start + len])
+    }
+    /// The second string argument (rename's target).
+    pub fn path2(&self) -> Option<&str> {
+        let first_end = self.args.find('"')? + 1;
+        let after = first_end + self.args[first_end..].find('"')? + 1;
+        let start = after + self.args[after..].find('"')? + 1;
+        let len = self.args[start..].find('"')?;
+        Some(&self.args[start..start + len])
+    }
+}
+
+/// Run the binary under strace (Debian package strace), tracing `calls`; the calls in order.
+pub fn strace(lab: &Lab, calls: &str, args: &[&str]) -> Vec<Syscall> {
+    let trace = lab
+        .tmp
+        .path()
+        .join(format!("strace-{}", args.join("-").replace('/', "_")));
+    let o = Command::new("strace")
+        .args(["-f", "-qq", "-s", "512", "-e"])
+        .arg(format!("trace={calls}"))
+        .arg("-o")
+        .arg(&trace)
+        .arg(bin())
+        .arg("--dir")
+        .arg(&lab.dir)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("strace is needed (apt-get install strace)");
+    assert!(
+        o.status.success(),
+        "{args:?} under strace: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    std::fs::read_to_string(&trace)
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            // "PID name(args) = ret"
+            let l = l.split_once(' ')?.1.trim_start();
+            let open = l.find('(')?;
+            let eq = l.rfind(" = ")?;
+            let close = l[..eq].rfind(')')?;
+            Some(Syscall {
+                name: l[..open].to_string(),
+                args: l[open + 1..close].to_string(),
+                ret: l[eq + 3..].split_whitespace().next()?.to_string(),
+            })
+        })
+        .collect()
+}
