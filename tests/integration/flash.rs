@@ -63,6 +63,9 @@ impl Drop for Loop {
         if let Some(m) = &self.mnt {
             let _ = tool("umount", &[s(m)]);
         }
+        if std::fs::read_to_string("/proc/swaps").is_ok_and(|t| t.contains(s(&self.dev))) {
+            let _ = tool("swapoff", &[s(&self.dev)]);
+        }
         let _ = tool("losetup", &["-d", s(&self.dev)]);
     }
 }
@@ -176,7 +179,28 @@ fn unsafe_targets_are_refused_and_left_untouched() {
     if root_dev.starts_with("/dev/") && Path::new(root_dev).exists() {
         let e = lab.fails(&["flash", s(&img), root_dev, "--allow-non-removable", "--yes"]);
         assert!(e.contains("refusing") || e.contains("partition"), "{e}");
+    } else {
+        eprintln!(
+            "\n==== SKIPPED the root-disk refusal: / is on {root_dev}, not a block device here \
+(the swap refusal below runs instead)\n"
+        );
     }
+    // A disk in use as swap is refused whatever the flags (a real swap on a loop device).
+    let swap = Loop::new(d, "swap", 16 << 20);
+    let (ok, out) = tool("mkswap", &[s(&swap.dev)]);
+    assert!(ok, "{out}");
+    let (ok, out) = tool("swapon", &[s(&swap.dev)]);
+    assert!(ok, "swapon (root) failed: {out}");
+    let before = swap.hash();
+    let e = lab.fails(&[
+        "flash",
+        s(&img),
+        s(&swap.dev),
+        "--allow-non-removable",
+        "--yes",
+    ]);
+    assert!(e.contains("swap"), "{e}");
+    assert_eq!(before, swap.hash());
 }
 
 #[test]
