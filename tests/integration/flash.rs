@@ -364,15 +364,22 @@ fn on_terminal(lab: &Lab, args: &[&str], answer: &str) -> (bool, String) {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("script (util-linux) is needed");
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{answer}\n").as_bytes())
-        .unwrap();
+    // Answer once the question is on the terminal (or the program has ended without asking).
+    let mut out = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("Type 'yes'") {
+        match out.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(format!("{answer}\n").as_bytes());
+    }
+    out.read_to_end(&mut seen).unwrap();
     let o = child.wait_with_output().unwrap();
-    let mut text = String::from_utf8_lossy(&o.stdout).into_owned();
+    let mut text = String::from_utf8_lossy(&seen).into_owned();
     text.push_str(&String::from_utf8_lossy(&o.stderr));
     (o.status.success(), text)
 }

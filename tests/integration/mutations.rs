@@ -94,14 +94,27 @@ fn bug_enroll_without_the_lock_lets_one_name_be_taken_twice() {
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(std::time::Duration::from_secs(1));
-        let early = child.try_wait().unwrap();
+        // Wait until the child sleeps in flock(2) (syscall 73 on x86_64) on our lock: proof that
+        // it waits for the lock, with no sleep guessing how long it would take otherwise.
+        let syscall = format!("/proc/{}/syscall", child.id());
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "{args:?} finished while the state lock was held"
+            );
+            let now = std::fs::read_to_string(&syscall).unwrap_or_default();
+            if now.starts_with("73 ") {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < end,
+                "{args:?} never waited for the lock"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         lock.unlock().unwrap();
         let status = child.wait().unwrap();
-        assert!(
-            early.is_none(),
-            "{args:?} finished while the state lock was held"
-        );
         assert!(status.success(), "{args:?}");
     }
 }

@@ -433,6 +433,8 @@ fn sigterm_lets_a_running_download_finish() {
     let mut dl = Command::new("curl")
         .args([
             "-sf",
+            "--max-time",
+            "30",
             "--limit-rate",
             "4M",
             "-o",
@@ -441,7 +443,10 @@ fn sigterm_lets_a_running_download_finish() {
         ])
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // SIGTERM once the download is under way (its first bytes are on disk), not after a guess.
+    crate::ops::wait_for("the download to start", Duration::from_secs(10), || {
+        (std::fs::metadata(&got).map(|m| m.len()).unwrap_or(0) > 0).then_some(())
+    });
     let status = srv.terminate();
     assert!(status.success(), "{status}");
     assert!(dl.wait().unwrap().success());

@@ -108,7 +108,14 @@ fn snap(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
 
 /// Run an external tool, returning (success, stdout+stderr).
 pub fn tool(prog: &str, args: &[&str]) -> (bool, String) {
+    // A client that never gives up would hang the suite instead of failing one test.
+    let limit: &[&str] = if prog == "curl" && !args.contains(&"--max-time") {
+        &["--max-time", "30"]
+    } else {
+        &[]
+    };
     let o = Command::new(prog)
+        .args(limit)
         .args(args)
         .stdin(Stdio::null())
         .output()
