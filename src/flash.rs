@@ -163,6 +163,14 @@ fn source_names(sys: &System, src: &str) -> Vec<String> {
     out
 }
 
+/// The disks a stick could be: removable or USB-attached, not empty.
+pub fn candidates(sys: &System) -> Result<Vec<Device>> {
+    Ok(devices(sys)?
+        .into_iter()
+        .filter(Device::is_candidate)
+        .collect())
+}
+
 /// Every whole disk sysfs knows.
 pub fn devices(sys: &System) -> Result<Vec<Device>> {
     let block = sys.sysfs.join("block");

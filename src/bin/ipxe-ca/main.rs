@@ -213,10 +213,7 @@ fn flash(lab: &Lab, a: cli::FlashArgs) -> Result<()> {
         ..System::default()
     };
     if a.list {
-        let devs: Vec<_> = flash::devices(&sys)?
-            .into_iter()
-            .filter(|d| d.is_candidate())
-            .collect();
+        let devs = flash::candidates(&sys)?;
         if a.json {
             return print::json(&devs);
         }
