@@ -1,7 +1,7 @@
 //! ipxe-ca against the prototype stack (openssl CLI, nginx + gunicorn + Flask), side by side in
 //! one run on this machine. `cargo bench --bench bench` for the full run (minutes),
 //! `cargo bench --bench bench -- --smoke` for a seconds-long run that only proves it works.
-//! Sections: `--only enroll,serve,files,build,registry`. Results: stdout and target/bench/results.md.
+//! Sections: `--only enroll,serve,fullboot,files,build,registry`. Results: stdout and target/bench/results.md.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -332,7 +332,116 @@ async fn one_boot(cfg: Arc<rustls::ClientConfig>, port: u16) -> Result<(), Strin
     }
 }
 
+/// Read and drop `n` bytes.
+async fn skip<S: tokio::io::AsyncRead + Unpin>(
+    r: &mut S,
+    sink: &mut [u8],
+    n: u64,
+) -> Result<(), String> {
+    let mut left = n;
+    while left > 0 {
+        let want = left.min(sink.len() as u64) as usize;
+        let got = r.read(&mut sink[..want]).await.map_err(|e| e.to_string())?;
+        if got == 0 {
+            return Err("connection closed in a body".to_string());
+        }
+        left -= got as u64;
+    }
+    Ok(())
+}
+
+/// One response on a kept-alive connection: the status line, and the body's length (read and
+/// dropped), by Content-Length or chunked.
+async fn response<S: tokio::io::AsyncBufRead + Unpin>(r: &mut S) -> Result<(String, u64), String> {
+    use tokio::io::AsyncBufReadExt;
+    let e = |e: std::io::Error| e.to_string();
+    let mut status = String::new();
+    r.read_line(&mut status).await.map_err(e)?;
+    let (mut len, mut chunked) = (None, false);
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h).await.map_err(e)? == 0 {
+            return Err("connection closed in the headers".into());
+        }
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        let lower = h.to_ascii_lowercase();
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            len = v.trim().parse::<u64>().ok();
+        } else if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
+            chunked = true;
+        }
+    }
+    let mut sink = vec![0u8; 64 << 10];
+    let mut total = 0;
+    if chunked {
+        loop {
+            let mut line = String::new();
+            r.read_line(&mut line).await.map_err(e)?;
+            let n = u64::from_str_radix(line.trim(), 16).map_err(|x| x.to_string())?;
+            skip(r, &mut sink, n + 2).await?;
+            total += n;
+            if n == 0 {
+                break;
+            }
+        }
+    } else {
+        let n = len.ok_or("no Content-Length")?;
+        skip(r, &mut sink, n).await?;
+        total = n;
+    }
+    Ok((status.trim_end().to_string(), total))
+}
+
+/// A whole boot as a real iPXE makes it: one TLS connection kept alive for the script and
+/// then each file (kernel, initrd), each checked for status and size.
+async fn full_boot(
+    cfg: Arc<rustls::ClientConfig>,
+    port: u16,
+    files: &[(String, u64)],
+) -> Result<(), String> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = tcp.set_nodelay(true);
+    let name = ServerName::try_from("127.0.0.1").map_err(|e| e.to_string())?;
+    let tls = tokio_rustls::TlsConnector::from(cfg)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut tls = tokio::io::BufReader::with_capacity(64 << 10, tls);
+    let mut paths = vec![("/boot.ipxe".to_string(), None)];
+    paths.extend(files.iter().map(|(p, n)| (p.clone(), Some(*n))));
+    for (path, want) in paths {
+        let req =
+            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: iPXE/bench\r\n\r\n");
+        tls.get_mut()
+            .write_all(req.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let (status, got) = response(&mut tls).await?;
+        if !status.starts_with("HTTP/1.1 200") || want.is_some_and(|w| w != got) {
+            return Err(format!("{path}: {status}, {got} bytes"));
+        }
+    }
+    Ok(())
+}
+
 fn load(cfgs: &[Arc<rustls::ClientConfig>], port: u16, conc: usize, dur: Duration) -> Load {
+    load_boots(cfgs, port, conc, dur, None)
+}
+
+/// `files`: a full boot (script, then these files on the same kept-alive connection, as a real
+/// iPXE fetches them); None: the script only.
+fn load_boots(
+    cfgs: &[Arc<rustls::ClientConfig>],
+    port: u16,
+    conc: usize,
+    dur: Duration,
+    files: Option<Arc<Vec<(String, u64)>>>,
+) -> Load {
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -355,6 +464,7 @@ fn load(cfgs: &[Arc<rustls::ClientConfig>], port: u16, conc: usize, dur: Duratio
         let mut tasks = Vec::new();
         for w in 0..conc {
             let cfgs = cfgs.clone();
+            let files = files.clone();
             tasks.push(tokio::spawn(async move {
                 let mut lat = Vec::new();
                 let mut errors = 0usize;
@@ -363,7 +473,11 @@ fn load(cfgs: &[Arc<rustls::ClientConfig>], port: u16, conc: usize, dur: Duratio
                     let t = Instant::now();
                     let cfg = cfgs[i % cfgs.len()].clone();
                     i += conc;
-                    match one_boot(cfg, port).await {
+                    let r = match &files {
+                        None => one_boot(cfg, port).await,
+                        Some(f) => full_boot(cfg, port, f).await,
+                    };
+                    match r {
                         Ok(()) => lat.push(t.elapsed().as_secs_f64() * 1e3),
                         Err(_) => errors += 1,
                     }
@@ -568,6 +682,120 @@ fn bench_serve(cx: &mut Ctx) -> R<()> {
         cx.line(&format!(
             "\n{name} at concurrency {c}: {total:.2} ms CPU per boot, of which {k:.2} ms in the kernel (TCP, syscalls) and {:.2} ms in user space.",
             total - k
+        ));
+    }
+    Ok(())
+}
+
+/// Full boots (script + kernel + initrd on one kept-alive TLS connection per boot, iPXE 2.0's
+/// offer) against the prototype stack serving the same files: nginx with mutual TLS and
+/// `ssl_session_cache`, the script from gunicorn + Flask.
+fn bench_fullboot(cx: &mut Ctx) -> R<()> {
+    let (n_boards, size, conc, dur) = if cx.smoke {
+        (4, 256 << 10, 2, Duration::from_millis(500))
+    } else {
+        (200, 16 << 20, 64, Duration::from_secs(10))
+    };
+    let d = cx.dir.join("fullboot");
+    std::fs::create_dir_all(&d)?;
+    let (state, key, certs) = lab_with_boards(&d, n_boards)?;
+    let cfgs = client_configs(&state.join("ca/ca.crt"), &key, &certs, true)?;
+    let mut files = Vec::new();
+    for name in ["vmlinuz", "initrd.img"] {
+        common::write_random(&state.join("files").join(name), size);
+        files.push((format!("/files/{name}"), size as u64));
+    }
+    let files = Arc::new(files);
+    let smoke = cx.smoke;
+    let checked = |what: &str, l: Load| -> R<Load> {
+        if l.errors > 0 && smoke || l.ok == 0 {
+            return Err(format!("{what}: {} failed boots, {} good", l.errors, l.ok).into());
+        }
+        Ok(l)
+    };
+    let mut rows = Vec::new();
+    let (srv, https, _) = start_serve(&state)?;
+    let (c0, _) = usage(srv.0.id());
+    let l = checked(
+        "ipxe-ca full boot",
+        load_boots(&cfgs, https, conc, dur, Some(files.clone())),
+    )?;
+    let (c1, rss) = usage(srv.0.id());
+    rows.push((
+        "ipxe-ca serve",
+        (c1 - c0) * 1e3 / l.ok.max(1) as f64,
+        rss,
+        l,
+    ));
+    drop(srv);
+
+    let mut map = serde_json::Map::new();
+    for (i, c) in certs.iter().enumerate() {
+        let der = pem::parse(std::fs::read(c)?)?.into_contents();
+        let fp = hex::encode(
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, &der).as_ref(),
+        );
+        map.insert(
+            fp,
+            serde_json::json!({"name": format!("b{i:05}"), "s3": "bench-secret"}),
+        );
+    }
+    let boards = d.join("boards.json");
+    std::fs::write(&boards, serde_json::to_vec(&map)?)?;
+    std::fs::write(d.join("app.py"), FLASK_APP)?;
+    let gport = free_port();
+    let gun = spawn(
+        Command::new(gunicorn()?)
+            .args(["-w", "2", "-b", &format!("127.0.0.1:{gport}"), "app:app"])
+            .current_dir(&d)
+            .env("BOARDS_JSON", &boards),
+    )?;
+    let port = free_port();
+    let body = format!(
+        "server {{\n listen 127.0.0.1:{port} ssl;\n ssl_certificate {sc};\n ssl_certificate_key {sk};\n ssl_certificate {ec};\n ssl_certificate_key {ek};\n ssl_client_certificate {ca};\n ssl_verify_client on;\n ssl_protocols TLSv1.2;\n ssl_session_cache shared:SSL:10m;\n keepalive_requests 1000;\n location /files/ {{ alias {files}/; }}\n location / {{ proxy_pass http://127.0.0.1:{gport}; proxy_set_header X-SSL-Client-Fingerprint $ssl_client_fingerprint; }}\n}}",
+        sc = s(&state.join("server/server.crt")),
+        sk = s(&state.join("server/server.key")),
+        ec = s(&state.join("server/server-ecdsa.crt")),
+        ek = s(&state.join("server/server-ecdsa.key")),
+        ca = s(&state.join("ca/ca.crt")),
+        files = s(&state.join("files")),
+    );
+    let ndir = d.join("nginx");
+    std::fs::create_dir_all(&ndir)?;
+    let conf = nginx_conf(&ndir, &body)?;
+    let ng = spawn(Command::new(nginx_bin()?).args(["-c", s(&conf)]))?;
+    wait_port(gport)?;
+    wait_port(port)?;
+    let (a0, _) = usage(ng.0.id());
+    let (b0, _) = usage(gun.0.id());
+    let l = checked(
+        "prototype full boot",
+        load_boots(&cfgs, port, conc, dur, Some(files.clone())),
+    )?;
+    let (a1, ra) = usage(ng.0.id());
+    let (b1, rb) = usage(gun.0.id());
+    rows.push((
+        "prototype (nginx with ssl_session_cache + gunicorn + Flask)",
+        ((a1 - a0) + (b1 - b0)) * 1e3 / l.ok.max(1) as f64,
+        ra + rb,
+        l,
+    ));
+    drop((ng, gun));
+    cx.line(&format!(
+        "\n## Full boots: script + 2 × {} KiB over one kept-alive TLS connection ({n_boards} boards, c={conc}, {dur:?}, iPXE 2.0's offer)\n",
+        size >> 10
+    ));
+    cx.line("| server | boots/s | p50 ms | p99 ms | errors | server CPU ms/boot | peak RSS MB |");
+    cx.line("|---|---|---|---|---|---|---|");
+    for (name, cpu, rss, l) in rows {
+        cx.line(&format!(
+            "| {name} | {:.1} | {:.0} | {:.0} | {} | {:.1} | {:.1} |",
+            l.boots_per_s,
+            l.p50_ms,
+            l.p99_ms,
+            l.errors,
+            cpu,
+            rss as f64 / 1024.0
         ));
     }
     Ok(())
@@ -861,9 +1089,10 @@ fn main() {
     cx.line(&head);
     let mut failed = false;
     type Section = fn(&mut Ctx) -> R<()>;
-    let sections: [(&str, Section); 5] = [
+    let sections: [(&str, Section); 6] = [
         ("enroll", bench_enroll),
         ("serve", bench_serve),
+        ("fullboot", bench_fullboot),
         ("files", bench_files),
         ("build", bench_build),
         ("registry", bench_registry),

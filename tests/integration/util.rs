@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-pub use crate::common::{bin, free_port, s, Proc};
+pub use crate::common::{bin, free_port, s, write_random, Proc};
 
 /// A test's own temporary directory and state dir.
 pub struct Lab {
@@ -256,27 +256,6 @@ impl Drop for Server {
             let _ = self.child.wait();
         }
     }
-}
-
-/// Deterministic pseudo-random bytes (xorshift), so a large file has a meaningful hash.
-pub fn write_random(path: &std::path::Path, len: usize) {
-    use std::io::Write;
-    let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path).unwrap());
-    let mut x: u64 = 0x9e3779b97f4a7c15;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut left = len;
-    while left > 0 {
-        for c in buf.chunks_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            c.copy_from_slice(&x.to_le_bytes()[..c.len()]);
-        }
-        let n = left.min(buf.len());
-        f.write_all(&buf[..n]).unwrap();
-        left -= n;
-    }
-    f.flush().unwrap();
 }
 
 /// A new RSA-2048 key and a CSR for `subj`, made by the openssl CLI (`extra` goes last,
