@@ -417,10 +417,11 @@ async fn full_boot(
     for (path, want) in paths {
         let req =
             format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: iPXE/bench\r\n\r\n");
-        tls.get_mut()
-            .write_all(req.as_bytes())
+        let w = tls.get_mut();
+        w.write_all(req.as_bytes())
             .await
             .map_err(|e| e.to_string())?;
+        w.flush().await.map_err(|e| e.to_string())?;
         let (status, got) = response(&mut tls).await?;
         if !status.starts_with("HTTP/1.1 200") || want.is_some_and(|w| w != got) {
             return Err(format!("{path}: {status}, {got} bytes"));
