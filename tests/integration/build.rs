@@ -111,7 +111,16 @@ fn make_gets_our_ca_as_only_trust_the_board_cert_and_key_and_https() {
     );
     assert_eq!(field(&lkrn, "CONFIG"), "ipxe-ca");
     assert_eq!(field(&lkrn, "DEBUG"), "tls,x509");
-    assert!(!field(&lkrn, "SOURCE_DATE_EPOCH").is_empty());
+    // Reproducible: the build's clock is the board certificate's notBefore, not "now".
+    let not_before = time::OffsetDateTime::parse(
+        board["not_before"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    assert_eq!(
+        field(&lkrn, "SOURCE_DATE_EPOCH"),
+        not_before.unix_timestamp().to_string()
+    );
     // HTTPS (and the commands our scripts use) through the named local config only.
     let general = std::fs::read_to_string(tree.join("src/config/local/ipxe-ca/general.h")).unwrap();
     for d in [
@@ -313,6 +322,32 @@ fn builds_in_one_tree_are_serialised_and_jobs_use_copies() {
         trees.iter().any(|t| t.contains("cache/ipxe-trees")),
         "{trees:?}"
     );
+    // Issue 16: built side by side, each image holds its own board's certificate, key and
+    // script (staging that mixed two boards' files up would show here).
+    let mut embeds = BTreeSet::new();
+    for b in ["s1", "s2", "s3", "s4"] {
+        let img = out.join(b).join(format!("{b}-lkrn.lkrn"));
+        let cert = sha256_hex(&pem_der(&lab.path(&format!("boards/{b}/cert.pem"))));
+        assert!(field(&img, "CERT_DERS").ends_with(&cert), "{b}");
+        let key_der = lab.tmp.path().join(format!("{b}.der"));
+        openssl(&[
+            "pkey",
+            "-in",
+            s(&lab.path(&format!("boards/{b}/key.pem"))),
+            "-outform",
+            "DER",
+            "-out",
+            s(&key_der),
+        ]);
+        assert_eq!(
+            field(&img, "PRIVKEY_DER"),
+            sha256_hex(&std::fs::read(&key_der).unwrap()),
+            "{b}"
+        );
+        assert!(field(&img, "EMBED_BOARD").contains(b), "{b}");
+        embeds.insert(field(&img, "EMBED_SHA256"));
+    }
+    assert_eq!(embeds.len(), 4, "two boards got one script: {embeds:?}");
     // The copy stays and is reused (incremental) the next time.
     let o = build_all_jobs2();
     assert!(o.status.success());
@@ -633,4 +668,61 @@ fn farm_images_are_reproducible_and_hybrid_with_an_mbr() {
     let iso = std::fs::read(a.join("r1-hybrid.iso")).unwrap();
     assert_eq!(&iso[510..512], &[0x55, 0xaa], "no MBR boot signature");
     assert_eq!(&iso[512..520], b"EFI PART", "no GPT header");
+}
+
+/// Issue 16 (staging hash over the wrong bytes): staged files are named by their content, so a
+/// new CA (or certificate) is staged anew, never mistaken for the one a previous build left.
+#[test]
+fn a_replaced_ca_is_staged_anew_not_reused() {
+    let lab = Lab::init();
+    lab.enroll("r1", &[]);
+    let tree = fake_tree(&lab);
+    let out = lab.tmp.path().join("out");
+    let build = || {
+        lab.ok(&[
+            "build",
+            "r1",
+            "--ipxe-src",
+            s(&tree),
+            "--out",
+            s(&out),
+            "--target",
+            "lkrn",
+        ])
+    };
+    let fp = || {
+        let f = openssl(&[
+            "x509",
+            "-in",
+            s(&lab.path("ca/ca.crt")),
+            "-noout",
+            "-sha256",
+            "-fingerprint",
+        ]);
+        f.trim().split('=').nth(1).unwrap().to_string()
+    };
+    let img = out.join("r1/r1-lkrn.lkrn");
+    build();
+    let first = fp();
+    assert_eq!(field(&img, "TRUST_FPS"), first);
+    lab.ok(&[
+        "init",
+        "--force",
+        "--san",
+        "IP:127.0.0.1",
+        "--san",
+        "IP:10.0.2.2",
+    ]);
+    lab.ok(&["revoke", "r1"]);
+    lab.ok(&["enroll", "r1", "--replace"]);
+    build();
+    let second = fp();
+    assert_ne!(first, second);
+    assert_eq!(
+        field(&img, "TRUST_FPS"),
+        second,
+        "the old CA was staged again"
+    );
+    let cert = sha256_hex(&pem_der(&lab.path("boards/r1/cert.pem")));
+    assert!(field(&img, "CERT_DERS").ends_with(&cert));
 }
