@@ -462,6 +462,7 @@ fn server_cert_rotation_takes_effect_without_restart_or_dropped_connections() {
     );
 
     // A broken key (a rotation half done by hand) is not loaded: the last good pair stays.
+    let good_key = std::fs::read(lab.path("server/server.key")).unwrap();
     std::fs::write(lab.path("server/server.key"), "not a key\n").unwrap();
     wait_for(
         "the warning about the broken key",
@@ -474,6 +475,36 @@ fn server_cert_rotation_takes_effect_without_restart_or_dropped_connections() {
         },
     );
     assert_eq!(served_serial(srv.https, &rsa_only).as_deref(), Some(&*rsa1));
+    assert_eq!(lab.curl_as(Some("r1"), &srv.url("/boot.ipxe")).0, 200);
+
+    // The CA bundle too: a board of another CA fails the handshake until that CA is added to
+    // ca/ca.crt; then it completes and the registry answers (403: not registered here).
+    std::fs::write(lab.path("server/server.key"), &good_key).unwrap();
+    let other = Lab::init();
+    other.enroll("stranger", &[]);
+    let stranger = |lab: &Lab| {
+        let o = Command::new("curl")
+            .args(["-s", "--max-time", "10", "-w", "\n%{http_code}", "--cacert"])
+            .arg(lab.path("ca/ca.crt"))
+            .arg("--cert")
+            .arg(other.path("boards/stranger/cert.pem"))
+            .arg("--key")
+            .arg(other.path("boards/stranger/key.pem"))
+            .arg(srv.url("/boot.ipxe"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let before = stranger(&lab);
+    assert!(before.ends_with("000"), "{before}");
+    let mut bundle = std::fs::read(lab.path("ca/ca.crt")).unwrap();
+    bundle.extend(std::fs::read(other.path("ca/ca.crt")).unwrap());
+    std::fs::write(lab.path("ca/ca.crt"), bundle).unwrap();
+    let after = wait_for("the new CA bundle", Duration::from_secs(10), || {
+        let t = stranger(&lab);
+        t.ends_with("403").then_some(t)
+    });
+    assert!(after.contains("not registered"), "{after}");
     assert_eq!(lab.curl_as(Some("r1"), &srv.url("/boot.ipxe")).0, 200);
 }
 
