@@ -65,7 +65,7 @@ pub fn revoked(s: &ipxe_ca::state::StateDir, b: &ipxe_ca::board::Board, previous
 pub fn server_certs(s: &ipxe_ca::state::StateDir, sans: &[ipxe_ca::types::San]) {
     let names: Vec<String> = sans.iter().map(ToString::to_string).collect();
     println!(
-        "issued {} and {} for {}; a running `ipxe-ca serve` picks them up within seconds",
+        "issued {} and {} for {}; a running `ipxe-ca serve` picks them up within a second",
         s.server_cert().display(),
         s.server_ecdsa_cert().display(),
         names.join(", ")
