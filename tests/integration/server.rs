@@ -718,6 +718,25 @@ fn ecdsa_for_clients_that_offer_it_rsa_for_the_rest_and_the_log_says_which() {
     assert!(log_lines(&srv)
         .iter()
         .all(|l| l["tls"].is_null() || l["tls"]["version"] == "TLSv1_2"));
+    // A client with only the suites old iPXE has (RSA key exchange, CBC) is refused, and the
+    // log tells the operator what to do about it.
+    let old = s_client(
+        &lab,
+        srv.https,
+        "AES128-SHA256:AES128-SHA",
+        "board-a",
+        "/",
+        &[],
+    );
+    assert!(!old.contains("200 OK"), "{old}");
+    let said = crate::ops::wait_for("the handshake failure", Duration::from_secs(10), || {
+        let out = srv.output();
+        out.contains("tls_handshake_failed").then_some(out)
+    });
+    assert!(
+        said.contains("no TLS 1.2 ECDHE suite") && said.contains("nginx-config"),
+        "{said}"
+    );
 }
 
 #[test]
