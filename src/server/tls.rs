@@ -48,23 +48,13 @@ struct ByClientHello {
 
 impl ResolvesServerCert for ByClientHello {
     fn resolve(&self, hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        use rustls::{CipherSuite as C, SignatureScheme as S};
+        // rustls hands over only the signature schemes usable with a cipher suite both sides
+        // have, so P-256 here means the client can take an ECDSA suite too.
         if let Some(ec) = &self.ecdsa {
-            let verifies_p256 = hello
+            if hello
                 .signature_schemes()
-                .contains(&S::ECDSA_NISTP256_SHA256);
-            let suite = hello.cipher_suites().iter().any(|c| {
-                matches!(
-                    c,
-                    C::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
-                        | C::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
-                        | C::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
-                        | C::TLS13_AES_128_GCM_SHA256
-                        | C::TLS13_AES_256_GCM_SHA384
-                        | C::TLS13_CHACHA20_POLY1305_SHA256
-                )
-            });
-            if verifies_p256 && suite {
+                .contains(&rustls::SignatureScheme::ECDSA_NISTP256_SHA256)
+            {
                 return Some(ec.clone());
             }
         }

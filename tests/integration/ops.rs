@@ -431,6 +431,9 @@ fn server_cert_rotation_takes_effect_without_restart_or_dropped_connections() {
         );
     }
 
+    // After more than the one second between looks at the files (an idle server), the next
+    // connection must still notice the rotation.
+    std::thread::sleep(Duration::from_millis(1200));
     let said = lab.ok(&["server-cert", "--san", "localhost", "--san", "127.0.0.1"]);
     assert!(said.contains("picks them up"), "{said}");
     let (rsa1, ec1) = (
