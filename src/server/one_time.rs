@@ -201,5 +201,30 @@ mod tests {
         short.lock().purge(late);
         assert!(short.is_empty());
         assert_eq!(short.take_at(t0, &tok), None, "purged, so gone");
+        // Taken or purged, a URL leaves no trace: the owner map empties too.
+        assert!(short.lock().by_owner.is_empty());
+        assert!(s.lock().by_owner.len() <= OneTimeStore::CAP);
+    }
+
+    #[test]
+    fn a_full_store_of_expired_urls_is_purged_not_evicted_one_by_one() {
+        let s = OneTimeStore::default();
+        let t0 = Instant::now();
+        let ttl = Duration::from_secs(60);
+        for i in 0..OneTimeStore::CAP {
+            s.insert_at(t0, &format!("b{i}"), "x", "s".into(), ttl)
+                .unwrap();
+        }
+        let tok = s
+            .insert_at(t0 + 2 * ttl, "late", "x", "fresh".into(), ttl)
+            .unwrap();
+        assert_eq!(s.len(), 1, "every expired URL goes when the store is full");
+        assert_eq!(
+            s.counts(),
+            (OneTimeStore::CAP as u64 + 1, 0, OneTimeStore::CAP as u64)
+        );
+        let taken = s.take_at(t0 + 2 * ttl, &tok).unwrap();
+        assert_eq!(taken.body.as_deref(), Some("fresh"));
+        assert!(s.lock().by_owner.is_empty());
     }
 }
