@@ -223,8 +223,15 @@ mod tests {
             s.counts(),
             (OneTimeStore::CAP as u64 + 1, 0, OneTimeStore::CAP as u64)
         );
+        assert!(!s.is_empty());
         let taken = s.take_at(t0 + 2 * ttl, &tok).unwrap();
         assert_eq!(taken.body.as_deref(), Some("fresh"));
         assert!(s.lock().by_owner.is_empty());
+        assert!(s.is_empty());
+        // The timer's purge: a URL past its deadline goes, and counts as expired.
+        s.insert("b", "x", "s".into(), Duration::ZERO).unwrap();
+        s.purge_expired();
+        assert!(s.is_empty());
+        assert_eq!(s.counts().2, OneTimeStore::CAP as u64 + 1);
     }
 }
