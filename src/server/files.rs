@@ -4,14 +4,12 @@
 
 use std::path::Path;
 
-use futures_util::TryStreamExt;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::header::{
     HeaderValue, ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RANGE,
 };
 use hyper::{Method, Request, Response, StatusCode};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::response::{full, Body, Outcome};
 use super::Shared;
@@ -205,6 +203,41 @@ fn refuse(status: StatusCode, why: &str, out: &mut Outcome) -> Response<Body> {
     r
 }
 
+/// Frames of a file read back to back.
+const FRAME: u64 = 256 * 1024;
+
+/// The next `count` bytes of `file` as hyper frames, each read on the blocking pool straight
+/// into the frame's own buffer: tokio's `File` would read into a buffer of its own and copy,
+/// one more pass over every byte of a kernel or initrd.
+fn frames(file: std::fs::File, count: u64) -> Body {
+    let chunks = futures_util::stream::try_unfold((file, count), |(file, left)| async move {
+        if left == 0 {
+            return Ok(None);
+        }
+        let want = left.min(FRAME);
+        let (file, buf) = tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let mut buf = Vec::with_capacity(want as usize);
+            (&file).take(want).read_to_end(&mut buf)?;
+            Ok::<_, std::io::Error>((file, buf))
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        if buf.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the file shrank while it was being sent",
+            ));
+        }
+        let got = buf.len() as u64;
+        Ok(Some((
+            Frame::data(bytes::Bytes::from(buf)),
+            (file, left - got),
+        )))
+    });
+    StreamBody::new(chunks).boxed()
+}
+
 pub(crate) async fn serve(
     raw: &str,
     req: &Request<Incoming>,
@@ -248,7 +281,6 @@ pub(crate) async fn serve(
     }
     note_signature(&shared.files_root.join(&rel), shared, out);
     let len = meta.len();
-    let mut file = tokio::fs::File::from_std(std_file);
     let range = match req.headers().get(RANGE).and_then(|v| v.to_str().ok()) {
         None => None,
         Some(h) => match parse_range(h, len) {
@@ -273,12 +305,14 @@ pub(crate) async fn serve(
     let body = if method == Method::HEAD {
         full(bytes::Bytes::new())
     } else {
-        if start > 0 && file.seek(std::io::SeekFrom::Start(start)).await.is_err() {
+        // lseek on a regular file does not block.
+        if start > 0
+            && std::io::Seek::seek(&mut &std_file, std::io::SeekFrom::Start(start)).is_err()
+        {
             return refuse(StatusCode::INTERNAL_SERVER_ERROR, "seek failed", out);
         }
         out.bytes = count;
-        let stream = tokio_util::io::ReaderStream::with_capacity(file.take(count), 256 * 1024);
-        StreamBody::new(stream.map_ok(Frame::data)).boxed()
+        frames(std_file, count)
     };
     let mut r = Response::new(body);
     *r.status_mut() = status;
