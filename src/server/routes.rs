@@ -55,28 +55,21 @@ async fn handle(req: Request<Incoming>, info: &ConnInfo, shared: &Arc<Shared>) -
         .map(str::to_string);
     let mut out = Outcome::default();
     let is_boot = path == "/boot.ipxe" || path == "/boot/ipxe" || path.starts_with("/ipxe/");
-    let route = if path.starts_with("/files/") || (!info.tls && !is_boot && path.len() > 1) {
-        Route::Files
-    } else if path.starts_with("/secret/") {
-        Route::Secret
-    } else if is_boot {
-        Route::Boot
-    } else {
-        Route::Other
-    };
-    let resp = if let Some(rest) = path.strip_prefix("/files/") {
+    // The route (a metrics label) is decided where the request is dispatched, nowhere else.
+    let (route, resp) = if let Some(rest) = path.strip_prefix("/files/") {
         // Over HTTPS (or a trusted proxy), files are for enrolled boards only: the mutual-TLS
         // route that keeps kernels and initrds from being swapped on the wire.
-        if info.tls || trusted_proxy(info, shared) {
+        let resp = if info.tls || trusted_proxy(info, shared) {
             match authorize(&req, None, info, shared, &mut out) {
                 Ok(_) => files::serve(rest, &req, shared, &mut out).await,
                 Err(refusal) => refusal.respond(&mut out),
             }
         } else {
             files::serve(rest, &req, shared, &mut out).await
-        }
+        };
+        (Route::Files, resp)
     } else if let Some(token) = path.strip_prefix("/secret/") {
-        if info.tls || trusted_proxy(info, shared) {
+        let resp = if info.tls || trusted_proxy(info, shared) {
             one_time(token, &method, shared, &mut out)
         } else {
             // A one-time secret never crosses the network in clear text.
@@ -85,24 +78,32 @@ async fn handle(req: Request<Incoming>, info: &ConnInfo, shared: &Arc<Shared>) -
                 "one-time URLs are served over HTTPS only",
                 &mut out,
             )
-        }
+        };
+        (Route::Secret, resp)
     } else if is_boot {
         let mac = path
             .strip_prefix("/ipxe/")
             .map(|m| m.trim_end_matches(".ipxe").to_string())
             .or_else(|| query_param(&query, "mac"));
         let imgverify = query_param(&query, "imgverify").as_deref() == Some("1");
-        boot(&req, mac, imgverify, info, shared, &mut out)
+        (
+            Route::Boot,
+            boot(&req, mac, imgverify, info, shared, &mut out),
+        )
     } else if !info.tls && path.len() > 1 {
         // The plain port serves the files directory at its root too, so that
         // `{{ files_url }}/vmlinuz` names `files/vmlinuz` (and `/files/vmlinuz` keeps working).
-        files::serve(&path[1..], &req, shared, &mut out).await
+        (
+            Route::Files,
+            files::serve(&path[1..], &req, shared, &mut out).await,
+        )
     } else {
-        script(
+        let resp = script(
             StatusCode::NOT_FOUND,
             "not found: boards fetch /boot.ipxe",
             &mut out,
-        )
+        );
+        (Route::Other, resp)
     };
     let logged_path = match path.strip_prefix("/secret/") {
         // A one-time token is a capability: log only its start.

@@ -98,6 +98,14 @@ fn history_and_metrics_say_why_a_board_did_not_boot() {
     assert!(b("h1")["last_seen"].as_str().unwrap().starts_with("20"));
     assert_eq!(b("quiet")["last_seen"], serde_json::Value::Null);
 
+    // Files (at the plain port's root and under /files/), a secret over plain HTTP (refused)
+    // and an unknown path over HTTPS, each counted under its own route.
+    std::fs::write(lab.path("files/vmlinuz"), vec![7u8; 1000]).unwrap();
+    assert_eq!(curl_plain(&srv.http_url("/vmlinuz")).0, 200);
+    assert_eq!(curl_plain(&srv.http_url("/files/vmlinuz")).0, 200);
+    assert_eq!(curl_plain(&srv.http_url("/secret/abcdef")).0, 403);
+    assert_eq!(lab.curl_as(Some("h1"), &srv.url("/nope")).0, 404);
+
     // metrics: on their own listener only, with the counts of what just happened.
     let (code, text) = curl_plain(&format!("http://{maddr}/metrics"));
     assert_eq!(code, 200, "{text}");
@@ -117,7 +125,17 @@ fn history_and_metrics_say_why_a_board_did_not_boot() {
         .filter(|l| l.starts_with("ipxe_ca_tls_handshakes_total{"))
         .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
         .sum();
-    assert_eq!(tls, 4.0, "{text}");
+    assert_eq!(tls, 5.0, "{text}");
+    let req = |route: &str, o: &str| {
+        metric(
+            &text,
+            &format!("ipxe_ca_requests_total{{route=\"{route}\",outcome=\"{o}\"}}"),
+        )
+    };
+    assert_eq!(req("files", "served"), 2.0, "{text}");
+    assert_eq!(metric(&text, "ipxe_ca_file_sent_bytes_total"), 2000.0);
+    assert_eq!(req("secret", "refused"), 1.0, "{text}");
+    assert_eq!(req("other", "not-found"), 1.0, "{text}");
     for kind in ["board", "server", "ca", "codesign", "crl"] {
         let secs = metric(
             &text,
