@@ -193,6 +193,10 @@ fn boot_files_over_mutual_tls_are_for_enrolled_boards_only() {
     let (code, body) = lab.curl_as(None, &url);
     assert_eq!(code, 403, "{body}");
     assert!(body.contains("no client certificate"), "{body}");
+    // Nor by the plain port's other spelling (files at the root) on the HTTPS port.
+    let (code, body) = lab.curl_as(None, &srv.url("/vmlinuz"));
+    assert_eq!(code, 404, "{body}");
+    assert!(!body.as_bytes().starts_with(&want[..64]));
     lab.ok(&["revoke", "fb"]);
     let (code, body) = lab.curl_as(Some("fb"), &url);
     assert_eq!(code, 403, "{body}");
