@@ -248,5 +248,8 @@ fn the_default_profile_fetches_over_mutual_tls_and_verifies_where_the_board_can(
     assert_eq!(code, 200);
     assert!(!cannot.contains("\nimgverify "), "{cannot}");
     assert!(cannot.contains(&format!("{secure}/vmlinuz")), "{cannot}");
+    // The access log keeps the query: it tells which board could verify.
+    let log = srv.output();
+    assert!(log.contains("\"path\":\"/boot.ipxe?imgverify=1\""), "{log}");
     assert!(!cannot.contains("http://"), "{cannot}");
 }
