@@ -718,6 +718,12 @@ fn ecdsa_for_clients_that_offer_it_rsa_for_the_rest_and_the_log_says_which() {
     assert!(log_lines(&srv)
         .iter()
         .all(|l| l["tls"].is_null() || l["tls"]["version"] == "TLSv1_2"));
+    // Durations are milliseconds: a script on loopback takes more than nothing and far less
+    // than a second.
+    for l in log_lines(&srv).iter().filter(|l| l["path"] == "/boot.ipxe") {
+        let ms = l["duration_ms"].as_f64().unwrap();
+        assert!(ms > 0.0 && ms < 1000.0, "{l}");
+    }
     // A client with only the suites old iPXE has (RSA key exchange, CBC) is refused, and the
     // log tells the operator what to do about it.
     let old = s_client(
