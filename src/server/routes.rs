@@ -178,9 +178,10 @@ fn trusted_proxy(info: &ConnInfo, shared: &Shared) -> bool {
         .is_some_and(|p| shared.opts.is_trusted_proxy(p.ip()))
 }
 
-/// Equal in constant time (the proxy secret must not leak through timing).
+/// Equal in constant time (the proxy secret must not leak through timing): aws-lc's compare,
+/// not one of ours.
 fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    aws_lc_rs::constant_time::verify_slices_are_equal(a, b).is_ok()
 }
 
 /// The proxy proved itself: exactly one X-IPXE-CA-Proxy-Secret, equal to ours.

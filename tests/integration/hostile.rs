@@ -289,6 +289,23 @@ fn issue12_2_a_local_process_cannot_impersonate_the_proxy() {
         .trim_end_matches(';')
         .trim_matches('"')
         .to_string();
+    // Wrong secrets of the right length: one byte off, and two bytes off by the same bit (a
+    // comparison that XORs the differences together would take that one).
+    let flip = |s: &str, at: &[usize]| {
+        let mut b = s.as_bytes().to_vec();
+        for &i in at {
+            b[i] ^= 0x01;
+        }
+        String::from_utf8(b).unwrap()
+    };
+    for wrong in [flip(&secret, &[0]), flip(&secret, &[1, 2])] {
+        assert_eq!(wrong.len(), secret.len());
+        let r = forged(&format!("X-IPXE-CA-Proxy-Secret: {wrong}\r\n"));
+        assert!(
+            r.starts_with("HTTP/1.1 403") && !r.contains("SECRET-PX-42"),
+            "{r}"
+        );
+    }
     let good = format!("X-IPXE-CA-Proxy-Secret: {secret}\r\n");
     let r = forged(&good);
     assert!(
