@@ -26,7 +26,7 @@ run crl src/server/crl.rs crl revoke mutations::bug_a_crl hostile::issue12_10
 run tls src/server/tls.rs server::ecdsa server::sessions server::each_board ops::server_cert \
   boots_over_mutual_tls
 run one_time src/server/one_time.rs one_time issue12_4 issue12_12
-run routes src/server/routes.rs server:: mutations:: trust:: ops::history \
+run routes src/server/routes.rs server:: mutations:: trust:: ops::history ops::renew ops::a_revoked \
   issue12_2 issue12_8 issue12_12
 run registry src/registry.rs registry mutations:: foundation:: issue12_6 issue12_9 \
   server::revoke server::each_board

@@ -273,11 +273,13 @@ fn issue12_2_a_local_process_cannot_impersonate_the_proxy() {
         r.starts_with("HTTP/1.1 403") && !r.contains("SECRET-PX-42"),
         "{r}"
     );
+    assert!(r.contains("no proxy secret"), "{r}");
     let r = forged("X-IPXE-CA-Proxy-Secret: guessed\r\n");
     assert!(
         r.starts_with("HTTP/1.1 403") && !r.contains("SECRET-PX-42"),
         "{r}"
     );
+    assert!(r.contains("wrong proxy secret"), "{r}");
     // With the secret of the generated config, as nginx sends it: the board's script.
     let secret = block
         .lines()
