@@ -105,6 +105,7 @@ fn history_and_metrics_say_why_a_board_did_not_boot() {
     assert_eq!(curl_plain(&srv.http_url("/files/vmlinuz")).0, 200);
     assert_eq!(curl_plain(&srv.http_url("/secret/abcdef")).0, 403);
     assert_eq!(lab.curl_as(Some("h1"), &srv.url("/nope")).0, 404);
+    assert_eq!(curl_plain(&srv.http_url("/")).0, 404);
 
     // metrics: on their own listener only, with the counts of what just happened.
     let (code, text) = curl_plain(&format!("http://{maddr}/metrics"));
@@ -135,7 +136,7 @@ fn history_and_metrics_say_why_a_board_did_not_boot() {
     assert_eq!(req("files", "served"), 2.0, "{text}");
     assert_eq!(metric(&text, "ipxe_ca_file_sent_bytes_total"), 2000.0);
     assert_eq!(req("secret", "refused"), 1.0, "{text}");
-    assert_eq!(req("other", "not-found"), 1.0, "{text}");
+    assert_eq!(req("other", "not-found"), 2.0, "{text}");
     for kind in ["board", "server", "ca", "codesign", "crl"] {
         let secs = metric(
             &text,
