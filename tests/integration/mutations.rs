@@ -229,3 +229,28 @@ fn bug_atomic_writes_without_fsync() {
     // CA key and cert, CRL, server keys and certs, config, board key, cert, file, index...
     assert!(n >= 12, "only {n} atomic writes traced");
 }
+
+/// A certificate whose serial another board already has is refused: CRLs name certificates by
+/// serial, so revoking one would revoke both.
+#[test]
+fn bug_a_second_certificate_with_a_used_serial_is_registered() {
+    use crate::util::{rsa_csr, sign_with_openssl};
+    let lab = Lab::init();
+    let b1 = lab.enroll("b1", &[]);
+    let serial = b1["serial"].as_str().unwrap().to_string();
+    let d = lab.tmp.path();
+    let (key, csr, crt) = (d.join("dup.key"), d.join("dup.csr"), d.join("dup.crt"));
+    rsa_csr(s(&key), "/CN=dup", s(&csr), &[]);
+    sign_with_openssl(
+        &lab,
+        s(&csr),
+        s(&crt),
+        &["-set_serial", &format!("0x{serial}")],
+    );
+    let got = openssl(&["x509", "-in", s(&crt), "-noout", "-serial"]);
+    assert!(got.to_lowercase().contains(&serial), "{got} vs {serial}");
+    let before = lab.snapshot();
+    let err = lab.fails(&["register", "b2", "--cert", s(&crt)]);
+    assert!(err.contains("already used"), "{err}");
+    assert_eq!(before, lab.snapshot());
+}
