@@ -254,3 +254,48 @@ fn bug_a_second_certificate_with_a_used_serial_is_registered() {
     assert!(err.contains("already used"), "{err}");
     assert_eq!(before, lab.snapshot());
 }
+
+/// An index entry that names a board which does not hold that certificate (a crash leftover,
+/// a hand edit) is no match: registering the certificate under a new name works.
+#[test]
+fn bug_a_stale_index_entry_blocks_a_new_certificate() {
+    use crate::util::{rsa_csr, sign_with_openssl};
+    let lab = Lab::init();
+    lab.enroll("ib", &[]);
+    let d = lab.tmp.path();
+    let (key, csr, crt) = (d.join("n.key"), d.join("n.csr"), d.join("n.crt"));
+    rsa_csr(s(&key), "/CN=new", s(&csr), &[]);
+    sign_with_openssl(&lab, s(&csr), s(&crt), &[]);
+    let fp = openssl(&["x509", "-in", s(&crt), "-noout", "-fingerprint", "-sha256"]);
+    let fp = fp
+        .trim()
+        .rsplit('=')
+        .next()
+        .unwrap()
+        .replace(':', "")
+        .to_lowercase();
+    std::fs::write(lab.path(&format!("index/sha256/{fp}")), "ib\n").unwrap();
+    let out = lab.ok(&["register", "newb", "--cert", s(&crt), "--json"]);
+    assert!(out.contains("\"newb\""), "{out}");
+}
+
+/// What cannot be read is an error that says so, not "no such board" or an empty list.
+#[test]
+fn bug_unreadable_registry_files_pass_for_missing_ones() {
+    let lab = Lab::init();
+    lab.enroll("gone", &[]);
+    // The board's file replaced by a directory: show fails with a read error.
+    let file = lab.path("boards/gone.toml");
+    std::fs::remove_file(&file).unwrap();
+    std::fs::create_dir(&file).unwrap();
+    let err = lab.fails(&["show", "gone"]);
+    assert!(err.contains("cannot read"), "{err}");
+    assert!(!err.contains("no board named"), "{err}");
+    // The boards folder replaced by a file: list fails instead of listing nothing.
+    let lab2 = Lab::init();
+    lab2.enroll("x", &[]);
+    std::fs::rename(lab2.path("boards"), lab2.path("boards.moved")).unwrap();
+    std::fs::write(lab2.path("boards"), "not a folder").unwrap();
+    let err = lab2.fails(&["list"]);
+    assert!(err.contains("cannot list"), "{err}");
+}
