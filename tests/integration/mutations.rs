@@ -298,4 +298,7 @@ fn bug_unreadable_registry_files_pass_for_missing_ones() {
     std::fs::write(lab2.path("boards"), "not a folder").unwrap();
     let err = lab2.fails(&["list"]);
     assert!(err.contains("cannot list"), "{err}");
+    // No boards folder at all (removed by hand) is no board, not an error.
+    std::fs::remove_file(lab2.path("boards")).unwrap();
+    assert_eq!(lab2.ok(&["list", "--json"]).trim(), "[]");
 }
