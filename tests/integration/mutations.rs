@@ -253,6 +253,10 @@ fn bug_a_second_certificate_with_a_used_serial_is_registered() {
     let err = lab.fails(&["register", "b2", "--cert", s(&crt)]);
     assert!(err.contains("already used"), "{err}");
     assert_eq!(before, lab.snapshot());
+    // The serial of a certificate the board had before its renewal counts too.
+    lab.ok(&["renew", "b1"]);
+    let err = lab.fails(&["register", "b3", "--cert", s(&crt)]);
+    assert!(err.contains("already used"), "{err}");
 }
 
 /// An index entry that names a board which does not hold that certificate (a crash leftover,
