@@ -554,6 +554,61 @@ fn nginx_conf(dir: &Path, body: &str) -> R<PathBuf> {
     Ok(conf)
 }
 
+/// The prototype stack: nginx with the server block `block(port, gunicorn_port)` in front of
+/// gunicorn (2 workers) running the Flask app, which maps the SHA-1 fingerprints of `certs` to
+/// boards `b00000`, `b00001`, …
+struct Prototype {
+    nginx: Proc,
+    gunicorn: Proc,
+    port: u16,
+}
+
+impl Prototype {
+    fn start(d: &Path, certs: &[PathBuf], block: impl FnOnce(u16, u16) -> String) -> R<Prototype> {
+        let mut map = serde_json::Map::new();
+        for (i, c) in certs.iter().enumerate() {
+            let der = pem::parse(std::fs::read(c)?)?.into_contents();
+            let fp = hex::encode(
+                aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, &der)
+                    .as_ref(),
+            );
+            map.insert(
+                fp,
+                serde_json::json!({"name": format!("b{i:05}"), "s3": "bench-secret"}),
+            );
+        }
+        let boards = d.join("boards.json");
+        std::fs::write(&boards, serde_json::to_vec(&map)?)?;
+        std::fs::write(d.join("app.py"), FLASK_APP)?;
+        let gport = free_port();
+        let gunicorn = spawn(
+            Command::new(gunicorn()?)
+                .args(["-w", "2", "-b", &format!("127.0.0.1:{gport}"), "app:app"])
+                .current_dir(d)
+                .env("BOARDS_JSON", &boards),
+        )?;
+        let port = free_port();
+        let ndir = d.join("nginx");
+        std::fs::create_dir_all(&ndir)?;
+        let conf = nginx_conf(&ndir, &block(port, gport))?;
+        let nginx = spawn(Command::new(nginx_bin()?).args(["-c", s(&conf)]))?;
+        wait_port(gport)?;
+        wait_port(port)?;
+        Ok(Prototype {
+            nginx,
+            gunicorn,
+            port,
+        })
+    }
+
+    /// CPU seconds and peak RSS (kB) of nginx and gunicorn together, workers included.
+    fn usage(&self) -> (f64, u64) {
+        let (a, ra) = usage(self.nginx.0.id());
+        let (b, rb) = usage(self.gunicorn.0.id());
+        (a + b, ra + rb)
+    }
+}
+
 fn bench_serve(cx: &mut Ctx) -> R<()> {
     let n_boards = if cx.smoke { 20 } else { 1000 };
     let dur = if cx.smoke {
@@ -596,61 +651,25 @@ fn bench_serve(cx: &mut Ctx) -> R<()> {
     drop(srv);
 
     // The prototype: nginx (mTLS) -> gunicorn (2 workers) -> Flask, 1000 boards by fingerprint.
-    let proto = (|| -> R<()> {
-        let mut map = serde_json::Map::new();
-        for (i, c) in certs.iter().enumerate() {
-            let der = pem::parse(std::fs::read(c)?)?.into_contents();
-            let fp = hex::encode(
-                aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, &der)
-                    .as_ref(),
-            );
-            map.insert(
-                fp,
-                serde_json::json!({"name": format!("b{i:05}"), "s3": "bench-secret"}),
-            );
-        }
-        let boards = d.join("boards.json");
-        std::fs::write(&boards, serde_json::to_vec(&map)?)?;
-        std::fs::write(d.join("app.py"), FLASK_APP)?;
-        let gport = free_port();
-        let gun = Proc(
-            Command::new(gunicorn()?)
-                .args(["-w", "2", "-b", &format!("127.0.0.1:{gport}"), "app:app"])
-                .current_dir(&d)
-                .env("BOARDS_JSON", &boards)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()?,
-        );
-        let port = free_port();
-        let body = format!(
+    let proto = Prototype::start(&d, &certs, |port, gport| {
+        format!(
             "server {{\n listen 127.0.0.1:{port} ssl;\n ssl_certificate {sc};\n ssl_certificate_key {sk};\n ssl_client_certificate {ca};\n ssl_verify_client on;\n ssl_protocols TLSv1.2;\n ssl_session_cache off;\n ssl_session_tickets off;\n location / {{ proxy_pass http://127.0.0.1:{gport}; proxy_set_header X-SSL-Client-Fingerprint $ssl_client_fingerprint; }}\n}}",
             sc = s(&state.join("server/server.crt")),
             sk = s(&state.join("server/server.key")),
             ca = s(&state.join("ca/ca.crt")),
+        )
+    })?;
+    for &c in levels {
+        let (c0, _) = proto.usage();
+        let l = checked("prototype", load(&cfgs, proto.port, c, dur))?;
+        let (c1, rss) = proto.usage();
+        let per = (c1 - c0) * 1e3 / l.ok.max(1) as f64;
+        rows.insert(
+            ("prototype (nginx + gunicorn + Flask)".into(), c),
+            (l, per, rss),
         );
-        let ndir = d.join("nginx");
-        std::fs::create_dir_all(&ndir)?;
-        let conf = nginx_conf(&ndir, &body)?;
-        let ng = spawn(Command::new(nginx_bin()?).args(["-c", s(&conf)]))?;
-        wait_port(gport)?;
-        wait_port(port)?;
-        for &c in levels {
-            let (a0, _) = usage(ng.0.id());
-            let (b0, _) = usage(gun.0.id());
-            let l = checked("prototype", load(&cfgs, port, c, dur))?;
-            let (a1, ra) = usage(ng.0.id());
-            let (b1, rb) = usage(gun.0.id());
-            let per = ((a1 - a0) + (b1 - b0)) * 1e3 / l.ok.max(1) as f64;
-            rows.insert(
-                ("prototype (nginx + gunicorn + Flask)".into(), c),
-                (l, per, ra + rb),
-            );
-        }
-        Ok(())
-    })();
-    proto?;
+    }
+    drop(proto);
     let floor = crypto_floor_ms(
         &state.join("server/server.key"),
         if cx.smoke { 20 } else { 2000 },
@@ -730,58 +749,30 @@ fn bench_fullboot(cx: &mut Ctx) -> R<()> {
     ));
     drop(srv);
 
-    let mut map = serde_json::Map::new();
-    for (i, c) in certs.iter().enumerate() {
-        let der = pem::parse(std::fs::read(c)?)?.into_contents();
-        let fp = hex::encode(
-            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, &der).as_ref(),
-        );
-        map.insert(
-            fp,
-            serde_json::json!({"name": format!("b{i:05}"), "s3": "bench-secret"}),
-        );
-    }
-    let boards = d.join("boards.json");
-    std::fs::write(&boards, serde_json::to_vec(&map)?)?;
-    std::fs::write(d.join("app.py"), FLASK_APP)?;
-    let gport = free_port();
-    let gun = spawn(
-        Command::new(gunicorn()?)
-            .args(["-w", "2", "-b", &format!("127.0.0.1:{gport}"), "app:app"])
-            .current_dir(&d)
-            .env("BOARDS_JSON", &boards),
-    )?;
-    let port = free_port();
-    let body = format!(
-        "server {{\n listen 127.0.0.1:{port} ssl;\n ssl_certificate {sc};\n ssl_certificate_key {sk};\n ssl_certificate {ec};\n ssl_certificate_key {ek};\n ssl_client_certificate {ca};\n ssl_verify_client on;\n ssl_protocols TLSv1.2;\n ssl_session_cache shared:SSL:10m;\n keepalive_requests 1000;\n location /files/ {{ alias {files}/; }}\n location / {{ proxy_pass http://127.0.0.1:{gport}; proxy_set_header X-SSL-Client-Fingerprint $ssl_client_fingerprint; }}\n}}",
-        sc = s(&state.join("server/server.crt")),
-        sk = s(&state.join("server/server.key")),
-        ec = s(&state.join("server/server-ecdsa.crt")),
-        ek = s(&state.join("server/server-ecdsa.key")),
-        ca = s(&state.join("ca/ca.crt")),
-        files = s(&state.join("files")),
-    );
-    let ndir = d.join("nginx");
-    std::fs::create_dir_all(&ndir)?;
-    let conf = nginx_conf(&ndir, &body)?;
-    let ng = spawn(Command::new(nginx_bin()?).args(["-c", s(&conf)]))?;
-    wait_port(gport)?;
-    wait_port(port)?;
-    let (a0, _) = usage(ng.0.id());
-    let (b0, _) = usage(gun.0.id());
+    let proto = Prototype::start(&d, &certs, |port, gport| {
+        format!(
+            "server {{\n listen 127.0.0.1:{port} ssl;\n ssl_certificate {sc};\n ssl_certificate_key {sk};\n ssl_certificate {ec};\n ssl_certificate_key {ek};\n ssl_client_certificate {ca};\n ssl_verify_client on;\n ssl_protocols TLSv1.2;\n ssl_session_cache shared:SSL:10m;\n keepalive_requests 1000;\n location /files/ {{ alias {files}/; }}\n location / {{ proxy_pass http://127.0.0.1:{gport}; proxy_set_header X-SSL-Client-Fingerprint $ssl_client_fingerprint; }}\n}}",
+            sc = s(&state.join("server/server.crt")),
+            sk = s(&state.join("server/server.key")),
+            ec = s(&state.join("server/server-ecdsa.crt")),
+            ek = s(&state.join("server/server-ecdsa.key")),
+            ca = s(&state.join("ca/ca.crt")),
+            files = s(&state.join("files")),
+        )
+    })?;
+    let (c0, _) = proto.usage();
     let l = checked(
         "prototype full boot",
-        load_boots(&cfgs, port, conc, dur, Some(files.clone())),
+        load_boots(&cfgs, proto.port, conc, dur, Some(files.clone())),
     )?;
-    let (a1, ra) = usage(ng.0.id());
-    let (b1, rb) = usage(gun.0.id());
+    let (c1, rss) = proto.usage();
     rows.push((
         "prototype (nginx with ssl_session_cache + gunicorn + Flask)",
-        ((a1 - a0) + (b1 - b0)) * 1e3 / l.ok.max(1) as f64,
-        ra + rb,
+        (c1 - c0) * 1e3 / l.ok.max(1) as f64,
+        rss,
         l,
     ));
-    drop((ng, gun));
+    drop(proto);
     cx.line(&format!(
         "\n## Full boots: script + 2 × {} KiB over one kept-alive TLS connection ({n_boards} boards, c={conc}, {dur:?}, iPXE 2.0's offer)\n",
         size >> 10
