@@ -29,6 +29,34 @@ fn sha256_hex(data: &[u8]) -> String {
     hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data).as_ref())
 }
 
+/// The CA's SHA-256 fingerprint as openssl prints it (what iPXE's TRUST takes).
+fn ca_fingerprint(lab: &Lab) -> String {
+    let f = openssl(&[
+        "x509",
+        "-in",
+        s(&lab.path("ca/ca.crt")),
+        "-noout",
+        "-sha256",
+        "-fingerprint",
+    ]);
+    f.trim().split('=').nth(1).unwrap().to_string()
+}
+
+/// SHA-256 of a board's key in DER, converted by openssl (what iPXE's PRIVKEY gets).
+fn key_der_sha256(lab: &Lab, board: &str) -> String {
+    let der = lab.tmp.path().join(format!("{board}-key.der"));
+    openssl(&[
+        "pkey",
+        "-in",
+        s(&lab.path(&format!("boards/{board}/key.pem"))),
+        "-outform",
+        "DER",
+        "-out",
+        s(&der),
+    ]);
+    sha256_hex(&std::fs::read(&der).unwrap())
+}
+
 fn pem_der(path: &Path) -> Vec<u8> {
     pem::parse(std::fs::read(path).unwrap())
         .unwrap()
@@ -75,15 +103,8 @@ fn make_gets_our_ca_as_only_trust_the_board_cert_and_key_and_https() {
     assert_eq!(m["fingerprint"], board["fingerprint_sha256"]);
     let dir = out.join("b1");
     // TRUST: our CA only, as openssl fingerprints it.
-    let ca_fp = openssl(&[
-        "x509",
-        "-in",
-        s(&lab.path("ca/ca.crt")),
-        "-noout",
-        "-sha256",
-        "-fingerprint",
-    ]);
-    let ca_fp = ca_fp.trim().split('=').nth(1).unwrap();
+    let ca_fp = ca_fingerprint(&lab);
+    let ca_fp = ca_fp.as_str();
     let lkrn = dir.join("b1-lkrn.lkrn");
     assert_eq!(field(&lkrn, "TRUST_FPS"), ca_fp);
     // CERT: the CA then the board, split and converted by csplit/openssl as iPXE does.
@@ -95,20 +116,7 @@ fn make_gets_our_ca_as_only_trust_the_board_cert_and_key_and_https() {
     );
     assert_eq!(ders, want);
     // PRIVKEY: the board's key.
-    let key_der = lab.tmp.path().join("key.der");
-    openssl(&[
-        "pkey",
-        "-in",
-        s(&lab.path("boards/b1/key.pem")),
-        "-outform",
-        "DER",
-        "-out",
-        s(&key_der),
-    ]);
-    assert_eq!(
-        field(&lkrn, "PRIVKEY_DER"),
-        sha256_hex(&std::fs::read(&key_der).unwrap())
-    );
+    assert_eq!(field(&lkrn, "PRIVKEY_DER"), key_der_sha256(&lab, "b1"));
     assert_eq!(field(&lkrn, "CONFIG"), "ipxe-ca");
     assert_eq!(field(&lkrn, "DEBUG"), "tls,x509");
     // Reproducible: the build's clock is the board certificate's notBefore, not "now".
@@ -329,21 +337,7 @@ fn builds_in_one_tree_are_serialised_and_jobs_use_copies() {
         let img = out.join(b).join(format!("{b}-lkrn.lkrn"));
         let cert = sha256_hex(&pem_der(&lab.path(&format!("boards/{b}/cert.pem"))));
         assert!(field(&img, "CERT_DERS").ends_with(&cert), "{b}");
-        let key_der = lab.tmp.path().join(format!("{b}.der"));
-        openssl(&[
-            "pkey",
-            "-in",
-            s(&lab.path(&format!("boards/{b}/key.pem"))),
-            "-outform",
-            "DER",
-            "-out",
-            s(&key_der),
-        ]);
-        assert_eq!(
-            field(&img, "PRIVKEY_DER"),
-            sha256_hex(&std::fs::read(&key_der).unwrap()),
-            "{b}"
-        );
+        assert_eq!(field(&img, "PRIVKEY_DER"), key_der_sha256(&lab, b), "{b}");
         assert!(field(&img, "EMBED_BOARD").contains(b), "{b}");
         embeds.insert(field(&img, "EMBED_SHA256"));
     }
@@ -690,17 +684,7 @@ fn a_replaced_ca_is_staged_anew_not_reused() {
             "lkrn",
         ])
     };
-    let fp = || {
-        let f = openssl(&[
-            "x509",
-            "-in",
-            s(&lab.path("ca/ca.crt")),
-            "-noout",
-            "-sha256",
-            "-fingerprint",
-        ]);
-        f.trim().split('=').nth(1).unwrap().to_string()
-    };
+    let fp = || ca_fingerprint(&lab);
     let img = out.join("r1/r1-lkrn.lkrn");
     build();
     let first = fp();
