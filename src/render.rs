@@ -122,15 +122,11 @@ fn render_with(
         .map_err(|e| Error::invalid(format!("template {name}: {e}")))
 }
 
-/// Which version of a template file: a rewrite (atomic rename: a new inode) or an edit in
-/// place (size, mtime) is a new version.
-type FileKey = (u64, u64, Option<std::time::SystemTime>);
-
 /// Compiled templates, reused until their file changes: a profile is compiled once per edit,
 /// not once per boot, and an edit still takes effect on the next request.
 #[derive(Default)]
 pub struct Templates {
-    cache: Mutex<HashMap<PathBuf, (FileKey, Arc<Environment<'static>>)>>,
+    cache: Mutex<HashMap<PathBuf, (crate::state::FileVersion, Arc<Environment<'static>>)>>,
 }
 
 impl std::fmt::Debug for Templates {
@@ -147,13 +143,12 @@ impl Templates {
         ctx: &Context,
         extra: &[(&'static str, Value)],
     ) -> Result<String> {
-        use std::os::unix::fs::MetadataExt;
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let meta = std::fs::metadata(path).map_err(|e| Error::io("cannot read", path, e))?;
-        let key = (meta.ino(), meta.len(), meta.modified().ok());
+        let key = crate::state::version_of(&meta);
         let cached = {
             let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
             cache

@@ -351,6 +351,21 @@ pub fn read(path: &Path) -> Result<Vec<u8>> {
     fs::read(path).map_err(|e| Error::io("cannot read", path, e))
 }
 
+/// Which version of a file: a new file, a rename, a rewrite or a truncation all change it.
+/// What the server compares to reload a CRL, certificates or a template only when they change.
+pub type FileVersion = (u64, u64, Option<std::time::SystemTime>, u64);
+
+/// The version of a file from its metadata.
+pub fn version_of(m: &fs::Metadata) -> FileVersion {
+    use std::os::unix::fs::MetadataExt;
+    (m.dev(), m.ino(), m.modified().ok(), m.size())
+}
+
+/// The version of the file at `path`, if there is one.
+pub fn file_version(path: &Path) -> Option<FileVersion> {
+    fs::metadata(path).ok().map(|m| version_of(&m))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,7 +3,6 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateRevocationListDer;
@@ -24,18 +23,9 @@ pub(crate) struct RevokedSerials {
 
 /// The CRL in force and the file version last looked at (good or not).
 struct Current {
-    seen: Option<FileId>,
+    seen: Option<state::FileVersion>,
     number: Option<BigUint>,
     serials: Arc<HashSet<Serial>>,
-}
-
-/// Which version of the file: a new file, a rewrite or a truncation all change it.
-type FileId = (u64, u64, Option<SystemTime>, u64);
-
-fn file_id(state: &StateDir) -> Option<FileId> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(state.crl()).ok()?;
-    Some((m.dev(), m.ino(), m.modified().ok(), m.size()))
 }
 
 /// A verified CRL: its number and serials.
@@ -76,7 +66,7 @@ impl RevokedSerials {
         };
         Ok(RevokedSerials {
             current: Mutex::new(Current {
-                seen: file_id(state),
+                seen: state::file_version(&state.crl()),
                 number,
                 serials: Arc::new(serials),
             }),
@@ -89,7 +79,7 @@ impl RevokedSerials {
     /// is missing, does not verify, or is older (a lower crlNumber) than the one in force is
     /// refused: the previous one stays, and the log says so once per version of the file.
     pub(crate) fn contains(&self, serial: &Serial) -> bool {
-        let now = file_id(&self.state);
+        let now = state::file_version(&self.state.crl());
         let set = {
             let mut cur = match self.current.lock() {
                 Ok(g) => g,

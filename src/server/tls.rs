@@ -120,15 +120,6 @@ cannot talk to ipxe-ca directly: put nginx in front (`ipxe-ca nginx-config`, `se
     }
 }
 
-/// Which version of a file: a rename, a rewrite or a truncation all change it.
-type FileId = Option<(u64, u64, Option<std::time::SystemTime>, u64)>;
-
-fn file_id(path: &std::path::Path) -> FileId {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.dev(), m.ino(), m.modified().ok(), m.size()))
-}
-
 /// How often the certificate files are looked at (a `stat` each), at most.
 const RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -145,7 +136,7 @@ pub(crate) struct Reloading {
 
 struct Loaded {
     acceptor: TlsAcceptor,
-    seen: Vec<FileId>,
+    seen: Vec<Option<crate::state::FileVersion>>,
     checked: std::time::Instant,
 }
 
@@ -164,7 +155,7 @@ impl Reloading {
         })
     }
 
-    fn ids(state: &StateDir) -> Vec<FileId> {
+    fn ids(state: &StateDir) -> Vec<Option<crate::state::FileVersion>> {
         [
             state.ca_cert(),
             state.server_cert(),
@@ -173,7 +164,7 @@ impl Reloading {
             state.server_ecdsa_key(),
         ]
         .iter()
-        .map(|p| file_id(p))
+        .map(|p| crate::state::file_version(p))
         .collect()
     }
 
