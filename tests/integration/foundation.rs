@@ -641,7 +641,7 @@ fn list_expiring_names_what_runs_out_and_exits_1_for_cron() {
     );
     // serve says it at start (and daily after), for what runs out within 30 days only.
     let srv = lab.serve(&[]);
-    let said = crate::ops::wait_for(
+    let said = crate::util::wait_for(
         "the expiry warning",
         std::time::Duration::from_secs(10),
         || {

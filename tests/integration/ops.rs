@@ -1,21 +1,9 @@
 //! Issue 15: what an operator needs on day 30: boot history, metrics, renewal, packaging.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::util::{free_port, Lab};
-
-/// Poll `f` until it returns Some, or fail after `limit` (no fixed sleeps).
-pub(crate) fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let end = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+use crate::util::{free_port, wait_for, Lab};
 
 fn curl_plain(url: &str) -> (u16, String) {
     let o = Command::new("curl")

@@ -291,7 +291,7 @@ fn one_time_urls_answer_once_and_expire() {
     // The fetch is in the board's history (the token names its board; a used token names
     // none), the token is not.
     let token = url.rsplit_once("/secret/").unwrap().1.to_string();
-    let h = crate::ops::wait_for("b1's history", Duration::from_secs(10), || {
+    let h = crate::util::wait_for("b1's history", Duration::from_secs(10), || {
         let h: serde_json::Value =
             serde_json::from_str(&lab.ok(&["history", "b1", "--json"])).ok()?;
         let secret: Vec<serde_json::Value> = h
@@ -444,7 +444,7 @@ fn sigterm_lets_a_running_download_finish() {
         .spawn()
         .unwrap();
     // SIGTERM once the download is under way (its first bytes are on disk), not after a guess.
-    crate::ops::wait_for("the download to start", Duration::from_secs(10), || {
+    crate::util::wait_for("the download to start", Duration::from_secs(10), || {
         (std::fs::metadata(&got).map(|m| m.len()).unwrap_or(0) > 0).then_some(())
     });
     let status = srv.terminate();
@@ -735,7 +735,7 @@ fn ecdsa_for_clients_that_offer_it_rsa_for_the_rest_and_the_log_says_which() {
         &[],
     );
     assert!(!old.contains("200 OK"), "{old}");
-    let said = crate::ops::wait_for("the handshake failure", Duration::from_secs(10), || {
+    let said = crate::util::wait_for("the handshake failure", Duration::from_secs(10), || {
         let out = srv.output();
         out.contains("tls_handshake_failed").then_some(out)
     });

@@ -453,3 +453,18 @@ pub fn strace(lab: &Lab, calls: &str, args: &[&str]) -> Vec<Syscall> {
         })
         .collect()
 }
+
+/// Poll `f` until it returns Some, or fail after `limit` (no fixed sleeps).
+pub fn wait_for<T>(what: &str, limit: std::time::Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = std::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
