@@ -5,7 +5,9 @@ use std::os::unix::fs::PermissionsExt;
 
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::util::{openssl, rsa_csr, s, sign_with_openssl, tool, verify_strict, Lab};
+use crate::util::{
+    openssl, openssl_fingerprint, rsa_csr, s, sign_with_openssl, tool, verify_strict, Lab,
+};
 
 fn der_of(pem_path: &std::path::Path) -> Vec<u8> {
     let text = std::fs::read(pem_path).unwrap();
@@ -246,16 +248,6 @@ fn revoked_board_is_in_a_crl_that_openssl_verifies() {
 }
 
 /// What `openssl x509 -fingerprint` prints, in nginx's form: lowercase hex, no colons.
-fn openssl_fingerprint(cert: &std::path::Path, digest: &str) -> String {
-    let out = openssl(&["x509", "-in", s(cert), "-noout", "-fingerprint", digest]);
-    out.trim()
-        .split('=')
-        .nth(1)
-        .unwrap()
-        .replace(':', "")
-        .to_lowercase()
-}
-
 /// `openssl verify -crl_check`: (verified, output).
 fn crl_check(ca: &str, crl: &str, cert: &str) -> (bool, String) {
     tool(

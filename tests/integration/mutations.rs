@@ -3,7 +3,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 
-use crate::util::{openssl, s, Lab};
+use crate::util::{openssl, openssl_fingerprint, rsa_csr, s, sign_with_openssl, Lab};
 
 fn mode(p: &std::path::Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
@@ -305,4 +305,23 @@ fn bug_unreadable_registry_files_pass_for_missing_ones() {
     // No boards folder at all (removed by hand) is no board, not an error.
     std::fs::remove_file(lab2.path("boards")).unwrap();
     assert_eq!(lab2.ok(&["list", "--json"]).trim(), "[]");
+    // An unreadable secrets file fails an edit instead of passing for "no secrets" (which the
+    // server would render into a script without them).
+    let lab3 = Lab::init();
+    lab3.enroll("keeps", &["--secret", "s3=SECRET"]);
+    let secrets3 = lab3.path("boards/keeps/secrets.toml");
+    assert!(secrets3.is_file(), "{secrets3:?}");
+    std::fs::remove_file(&secrets3).unwrap();
+    std::fs::create_dir(&secrets3).unwrap();
+    let err = lab3.fails(&["set", "keeps", "--var", "x=1"]);
+    assert!(err.contains("cannot read") && err.contains("secrets.toml"), "{err}");
+    // An unreadable index entry fails a registration instead of passing for "not registered".
+    let d = lab3.tmp.path();
+    let (key, csr, crt) = (d.join("b.key"), d.join("b.csr"), d.join("b.crt"));
+    rsa_csr(s(&key), "/CN=b", s(&csr), &[]);
+    sign_with_openssl(&lab3, s(&csr), s(&crt), &[]);
+    let idx = lab3.path("index/sha256").join(openssl_fingerprint(&crt, "-sha256"));
+    std::fs::create_dir(&idx).unwrap();
+    let err = lab3.fails(&["register", "b", "--cert", s(&crt)]);
+    assert!(err.contains("cannot read") && err.contains("index"), "{err}");
 }

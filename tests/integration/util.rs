@@ -268,6 +268,17 @@ pub fn rsa_csr(key: &str, subj: &str, out: &str, extra: &[&str]) {
     openssl(&args);
 }
 
+/// The certificate's fingerprint as openssl computes it, in the registry's form (lowercase hex).
+pub fn openssl_fingerprint(cert: &std::path::Path, digest: &str) -> String {
+    let out = openssl(&["x509", "-in", s(cert), "-noout", "-fingerprint", digest]);
+    out.trim()
+        .split('=')
+        .nth(1)
+        .unwrap()
+        .replace(':', "")
+        .to_lowercase()
+}
+
 /// `openssl verify -x509_strict -purpose PURPOSE`: the certificate must verify against the CA.
 pub fn verify_strict(purpose: &str, ca: &str, cert: &str) {
     let out = openssl(&[
