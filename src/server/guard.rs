@@ -79,6 +79,21 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Stalled<S> {
         self.progress(cx, r)
     }
 
+    // rustls hands its records over in one vectored write; without these, tokio's default
+    // would send them one 16 KiB record per syscall.
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.progress(cx, r)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let r = Pin::new(&mut self.inner).poll_flush(cx);
         self.progress(cx, r)
@@ -138,5 +153,28 @@ pub(crate) fn raise_nofile() {
     if l.current < l.maximum {
         l.current = l.maximum;
         let _ = setrlimit(Resource::Nofile, l);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn vectored_writes_reach_the_socket_whole() {
+        let (mut a, mut b) = tokio::net::UnixStream::pair().unwrap();
+        let mut s = Stalled::new(&mut a, Duration::from_secs(5));
+        assert!(s.is_write_vectored());
+        let (x, y) = ([1u8; 100], [2u8; 200]);
+        let bufs = [std::io::IoSlice::new(&x), std::io::IoSlice::new(&y)];
+        // One call, both buffers: what rustls relies on to send many records per syscall.
+        assert_eq!(s.write_vectored(&bufs).await.unwrap(), 300);
+        drop(s);
+        drop(a);
+        let mut got = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut b, &mut got).await.unwrap();
+        assert_eq!(got.len(), 300);
+        assert_eq!((got[99], got[100]), (1, 2));
     }
 }

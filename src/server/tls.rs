@@ -191,6 +191,9 @@ impl Reloading {
     }
 }
 
+/// TLS bytes a connection may have queued for the socket.
+const SEND_BUFFER: usize = 256 * 1024;
+
 pub(crate) async fn serve_tls(
     stream: Stalled<TcpStream>,
     peer: SocketAddr,
@@ -200,7 +203,7 @@ pub(crate) async fn serve_tls(
     anonymous: Arc<tokio::sync::Semaphore>,
 ) {
     let timeout = shared.opts.timeout;
-    let stream = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+    let mut stream = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             shared
@@ -215,6 +218,9 @@ pub(crate) async fn serve_tls(
             return;
         }
     };
+    // A kernel goes out in writes of up to this much TLS at a time (rustls' default, 64 KiB,
+    // costs four times the syscalls); small answers never fill it.
+    stream.get_mut().1.set_buffer_limit(Some(SEND_BUFFER));
     let conn = stream.get_ref().1;
     let fingerprint_sha1 = conn
         .peer_certificates()
