@@ -3,7 +3,7 @@
 //!
 //! One JSON line per request, appended with a single write; a line torn by a crash is skipped
 //! when read. The file is bounded: past [`KEEP`] × 2 lines it is rewritten atomically with the
-//! newest [`KEEP`]. The server appends from one writer thread, so requests never wait on disk.
+//! newest [`KEEP`]. The server appends from one writer thread, in batches, so requests never wait on disk.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -74,7 +74,15 @@ pub fn last(state: &StateDir, board: &BoardName) -> Option<Record> {
 
 /// Appends records for the server, off the request path.
 pub struct Journal {
-    tx: std::sync::mpsc::SyncSender<(BoardName, Record)>,
+    tx: std::sync::mpsc::SyncSender<Msg>,
+}
+
+// Boxing the record would cost an allocation per request to shrink the rare Flush.
+#[allow(clippy::large_enum_variant)]
+enum Msg {
+    Record(BoardName, Record),
+    /// Answered once everything queued before it is on disk.
+    Flush(std::sync::mpsc::SyncSender<()>),
 }
 
 impl std::fmt::Debug for Journal {
@@ -86,26 +94,53 @@ impl std::fmt::Debug for Journal {
 /// Records waiting for the writer; a full queue drops records rather than stall boards.
 const QUEUE: usize = 4096;
 
+/// The writer rests this long after each batch. Meanwhile a request's record is a queue push
+/// that wakes no thread (a wake per request cost more than the append), and a board that
+/// boots and fetches files gets one append for all its lines.
+const PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+
 impl Journal {
     /// Start the writer thread for `state`. `on_error` hears of a failed write (once per
     /// board until one succeeds).
     pub fn start(state: StateDir, on_error: fn(&str)) -> Journal {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<(BoardName, Record)>(QUEUE);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Msg>(QUEUE);
         let spawned = std::thread::Builder::new()
             .name("board-history".into())
             .spawn(move || {
                 let mut lines: HashMap<BoardName, usize> = HashMap::new();
                 let mut failing: std::collections::HashSet<BoardName> = Default::default();
-                while let Ok((board, rec)) = rx.recv() {
-                    match append(&state, &board, &rec, &mut lines) {
-                        Ok(()) => {
-                            failing.remove(&board);
+                while let Ok(first) = rx.recv() {
+                    let mut boards: Vec<(BoardName, Vec<Record>)> = Vec::new();
+                    let mut flushes = Vec::new();
+                    for msg in std::iter::once(first).chain(rx.try_iter()) {
+                        match msg {
+                            Msg::Record(board, rec) => {
+                                match boards.iter_mut().find(|(b, _)| *b == board) {
+                                    Some((_, recs)) => recs.push(rec),
+                                    None => boards.push((board, vec![rec])),
+                                }
+                            }
+                            Msg::Flush(done) => flushes.push(done),
                         }
-                        Err(e) => {
-                            if failing.insert(board) {
-                                on_error(&format!("ipxe-ca: cannot record board history: {e}"));
+                    }
+                    for (board, recs) in boards {
+                        match append(&state, &board, &recs, &mut lines) {
+                            Ok(()) => {
+                                failing.remove(&board);
+                            }
+                            Err(e) => {
+                                if failing.insert(board) {
+                                    on_error(&format!("ipxe-ca: cannot record board history: {e}"));
+                                }
                             }
                         }
+                    }
+                    let flushed = !flushes.is_empty();
+                    for done in flushes {
+                        let _ = done.send(());
+                    }
+                    if !flushed {
+                        std::thread::sleep(PAUSE);
                     }
                 }
             });
@@ -117,14 +152,23 @@ impl Journal {
 
     /// Queue a record for `board` (dropped if the writer is far behind).
     pub fn record(&self, board: BoardName, rec: Record) {
-        let _ = self.tx.try_send((board, rec));
+        let _ = self.tx.try_send(Msg::Record(board, rec));
+    }
+
+    /// Wait until every record queued so far is written (at shutdown), `limit` at most.
+    pub fn flush(&self, limit: std::time::Duration) {
+        let (done, wait) = std::sync::mpsc::sync_channel(1);
+        if self.tx.send(Msg::Flush(done)).is_ok() {
+            let _ = wait.recv_timeout(limit);
+        }
     }
 }
 
+/// Append `recs` to the board's history in one write.
 fn append(
     state: &StateDir,
     board: &BoardName,
-    rec: &Record,
+    recs: &[Record],
     lines: &mut HashMap<BoardName, usize>,
 ) -> Result<()> {
     let path = state.board_history(board);
@@ -132,33 +176,38 @@ fn append(
     if !state.board_file(board).exists() {
         return Ok(());
     }
-    let mut line = Vec::new();
+    let mut text = Vec::new();
     let count = match lines.get(board) {
         Some(c) => *c,
         None => {
-            let text = std::fs::read(&path).unwrap_or_default();
+            let old = std::fs::read(&path).unwrap_or_default();
             // Half a line left by a crash: end it, so that it does not swallow this one.
-            if text.last().is_some_and(|b| *b != b'\n') {
-                line.push(b'\n');
+            if old.last().is_some_and(|b| *b != b'\n') {
+                text.push(b'\n');
             }
-            text.split(|b| *b == b'\n')
-                .filter(|l| !l.is_empty())
-                .count()
+            old.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count()
         }
     };
-    line.extend(serde_json::to_vec(rec).map_err(|e| Error::invalid(e.to_string()))?);
-    line.push(b'\n');
-    if count + 1 > 2 * KEEP {
+    let line = |r: &Record, out: &mut Vec<u8>| -> Result<()> {
+        out.extend(serde_json::to_vec(r).map_err(|e| Error::invalid(e.to_string()))?);
+        out.push(b'\n');
+        Ok(())
+    };
+    if count + recs.len() > 2 * KEEP {
         // Rewrite with the newest KEEP, atomically: a crash leaves the old or the new file.
-        let mut keep: Vec<u8> = Vec::new();
-        for r in read(state, board, KEEP - 1)? {
-            keep.extend(serde_json::to_vec(&r).map_err(|e| Error::invalid(e.to_string()))?);
-            keep.push(b'\n');
+        let mut all = read(state, board, KEEP)?;
+        all.extend_from_slice(recs);
+        let newest = &all[all.len().saturating_sub(KEEP)..];
+        let mut keep = Vec::new();
+        for r in newest {
+            line(r, &mut keep)?;
         }
-        keep.extend(&line);
         state::write_atomic(&path, &keep, MODE_SECRET)?;
-        lines.insert(board.clone(), KEEP);
+        lines.insert(board.clone(), newest.len());
         return Ok(());
+    }
+    for r in recs {
+        line(r, &mut text)?;
     }
     state::create_dir_private(&state.board_dir(board))?;
     let mut f = std::fs::OpenOptions::new()
@@ -167,10 +216,10 @@ fn append(
         .mode(MODE_SECRET)
         .open(&path)
         .map_err(|e| Error::io("cannot open", &path, e))?;
-    // One write per line: appends of whole lines, so a crash tears at most the last one.
-    f.write_all(&line)
+    // One write of whole lines: a crash tears at most the last one.
+    f.write_all(&text)
         .map_err(|e| Error::io("cannot append to", &path, e))?;
-    lines.insert(board.clone(), count + 1);
+    lines.insert(board.clone(), count + recs.len());
     Ok(())
 }
 
@@ -198,7 +247,7 @@ mod tests {
         state::write_atomic(&state.board_file(&b), b"x", 0o644).unwrap();
         let mut lines = HashMap::new();
         for i in 0..2 * KEEP + 5 {
-            append(&state, &b, &rec(i), &mut lines).unwrap();
+            append(&state, &b, &[rec(i)], &mut lines).unwrap();
         }
         let all = read(&state, &b, usize::MAX).unwrap();
         assert!(all.len() >= KEEP && all.len() <= 2 * KEEP, "{}", all.len());
@@ -213,7 +262,7 @@ mod tests {
         f.write_all(b"{\"time\":\"torn").unwrap();
         assert_eq!(last(&state, &b).unwrap().time, format!("t{}", 2 * KEEP + 4));
         // A new writer (a restarted server) ends the torn line before appending.
-        append(&state, &b, &rec(9999), &mut HashMap::new()).unwrap();
+        append(&state, &b, &[rec(9999)], &mut HashMap::new()).unwrap();
         assert_eq!(last(&state, &b).unwrap().time, "t9999");
         let before = read(&state, &b, usize::MAX).unwrap();
         assert_eq!(before[before.len() - 2].time, format!("t{}", 2 * KEEP + 4));
@@ -223,5 +272,31 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn the_writer_batches_keeps_order_and_flush_waits_for_it() {
+        let t = tempfile::tempdir().unwrap();
+        let state = StateDir::new(t.path());
+        let b: BoardName = "b1".parse().unwrap();
+        state::write_atomic(&state.board_file(&b), b"x", 0o644).unwrap();
+        let j = Journal::start(state.clone(), |e| panic!("{e}"));
+        for i in 0..50 {
+            j.record(b.clone(), rec(i));
+        }
+        j.flush(std::time::Duration::from_secs(10));
+        let times: Vec<String> = read(&state, &b, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.time)
+            .collect();
+        assert_eq!(times, (0..50).map(|i| format!("t{i}")).collect::<Vec<_>>());
+        // One batch larger than the bound: the newest KEEP, in order.
+        let recs: Vec<Record> = (100..100 + 2 * KEEP + 1).map(rec).collect();
+        append(&state, &b, &recs, &mut HashMap::new()).unwrap();
+        let all = read(&state, &b, usize::MAX).unwrap();
+        assert_eq!(all.len(), KEEP);
+        assert_eq!(all[0].time, format!("t{}", 100 + KEEP + 1));
+        assert_eq!(all[KEEP - 1].time, format!("t{}", 100 + 2 * KEEP));
     }
 }

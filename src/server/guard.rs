@@ -173,7 +173,9 @@ mod tests {
         drop(s);
         drop(a);
         let mut got = Vec::new();
-        tokio::io::AsyncReadExt::read_to_end(&mut b, &mut got).await.unwrap();
+        tokio::io::AsyncReadExt::read_to_end(&mut b, &mut got)
+            .await
+            .unwrap();
         assert_eq!(got.len(), 300);
         assert_eq!((got[99], got[100]), (1, 2));
     }

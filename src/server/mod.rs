@@ -298,15 +298,16 @@ pub async fn serve(
     for t in tasks {
         let _ = t.await;
     }
-    let Ok(graceful) = Arc::try_unwrap(graceful) else {
-        return Ok(());
-    };
-    tokio::select! {
-        _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(Duration::from_secs(30)) => {
-            log::say("ipxe-ca: requests still running after 30 s; exiting anyway");
+    if let Ok(graceful) = Arc::try_unwrap(graceful) {
+        tokio::select! {
+            _ = graceful.shutdown() => {}
+            _ = tokio::time::sleep(Duration::from_secs(30)) => {
+                log::say("ipxe-ca: requests still running after 30 s; exiting anyway");
+            }
         }
     }
+    // The last requests' history is on disk before the process ends.
+    let _ = tokio::task::spawn_blocking(move || shared.journal.flush(Duration::from_secs(5))).await;
     Ok(())
 }
 

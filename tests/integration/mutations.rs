@@ -314,14 +314,22 @@ fn bug_unreadable_registry_files_pass_for_missing_ones() {
     std::fs::remove_file(&secrets3).unwrap();
     std::fs::create_dir(&secrets3).unwrap();
     let err = lab3.fails(&["set", "keeps", "--var", "x=1"]);
-    assert!(err.contains("cannot read") && err.contains("secrets.toml"), "{err}");
+    assert!(
+        err.contains("cannot read") && err.contains("secrets.toml"),
+        "{err}"
+    );
     // An unreadable index entry fails a registration instead of passing for "not registered".
     let d = lab3.tmp.path();
     let (key, csr, crt) = (d.join("b.key"), d.join("b.csr"), d.join("b.crt"));
     rsa_csr(s(&key), "/CN=b", s(&csr), &[]);
     sign_with_openssl(&lab3, s(&csr), s(&crt), &[]);
-    let idx = lab3.path("index/sha256").join(openssl_fingerprint(&crt, "-sha256"));
+    let idx = lab3
+        .path("index/sha256")
+        .join(openssl_fingerprint(&crt, "-sha256"));
     std::fs::create_dir(&idx).unwrap();
     let err = lab3.fails(&["register", "b", "--cert", s(&crt)]);
-    assert!(err.contains("cannot read") && err.contains("index"), "{err}");
+    assert!(
+        err.contains("cannot read") && err.contains("index"),
+        "{err}"
+    );
 }

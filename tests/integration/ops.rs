@@ -161,6 +161,15 @@ fn history_and_metrics_say_why_a_board_did_not_boot() {
     // The boards' ports do not serve metrics.
     let (_, on_http) = curl_plain(&srv.http_url("/metrics"));
     assert!(!on_http.contains("ipxe_ca_"), "{on_http}");
+    // The writer appends in batches and rests between them: what was queued when SIGTERM came
+    // is written before serve exits (two requests, so that the second lands in a rest).
+    let mut srv = srv;
+    assert_eq!(lab.curl_as(Some("quiet"), &srv.url("/boot.ipxe")).0, 200);
+    assert_eq!(lab.curl_as(Some("quiet"), &srv.url("/boot.ipxe")).0, 200);
+    assert!(srv.terminate().success());
+    let last = lab.ok(&["history", "quiet", "--json"]);
+    let last: serde_json::Value = serde_json::from_str(&last).unwrap();
+    assert_eq!(last.as_array().map(Vec::len), Some(2), "{last}");
 }
 
 fn serial_of(cert: &str) -> String {
