@@ -16,7 +16,9 @@ group() { # NAME "FILES" TEST-FILTERS…
   local f=()
   for x in $files; do f+=(-f "$x"); done
   # shellcheck disable=SC2086 # MUTANTS_FLAGS is a list of flags
-  cargo mutants --no-shuffle -o "mutants.out-$name" ${MUTANTS_FLAGS:-} "${f[@]}" \
+  # A mutant that loops forever is caught by the timeout: 2× the clean run is plenty.
+  cargo mutants --no-shuffle --timeout-multiplier 2 -o "mutants.out-$name" ${MUTANTS_FLAGS:-} \
+    "${f[@]}" \
     -- --lib --test integration -- "$@" || true
   echo "== $name: $(wc -l < "mutants.out-$name/mutants.out/caught.txt") caught," \
        "$(wc -l < "mutants.out-$name/mutants.out/missed.txt") missed," \
