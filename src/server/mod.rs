@@ -231,11 +231,14 @@ pub async fn serve(
             }
         })
     };
-    // Expired one-time URLs go on a timer, so memory comes back after a burst.
+    // Expired one-time URLs go on a timer (every TTL, 1 to 10 s), so memory comes back after a
+    // burst and the expired count is current.
     let purger = {
         let shared = shared.clone();
+        let opts_ttl = shared.opts.one_time_ttl;
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            let every = opts_ttl.clamp(Duration::from_secs(1), Duration::from_secs(10));
+            let mut tick = tokio::time::interval(every);
             loop {
                 tick.tick().await;
                 shared.one_time.purge_expired();

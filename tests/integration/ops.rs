@@ -3,25 +3,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::util::{free_port, wait_for, Lab};
-
-fn curl_plain(url: &str) -> (u16, String) {
-    let o = Command::new("curl")
-        .args(["-s", "--max-time", "10", "-w", "\n%{http_code}", url])
-        .output()
-        .expect("curl");
-    let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    let (body, code) = out.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_string())
-}
-
-fn metric(text: &str, line_start: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no metric {line_start} in:\n{text}"))
-}
+use crate::util::{curl_plain, free_port, metric, wait_for, Lab};
 
 #[test]
 fn history_and_metrics_say_why_a_board_did_not_boot() {

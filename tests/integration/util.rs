@@ -279,6 +279,26 @@ pub fn openssl_fingerprint(cert: &std::path::Path, digest: &str) -> String {
         .to_lowercase()
 }
 
+/// GET `url` without a client certificate: (status, body); 0 when curl got no answer.
+pub fn curl_plain(url: &str) -> (u16, String) {
+    let o = std::process::Command::new("curl")
+        .args(["-s", "--max-time", "10", "-w", "\n%{http_code}", url])
+        .output()
+        .expect("curl");
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let (body, code) = out.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// The value of the first Prometheus sample line that starts with `line_start`.
+pub fn metric(text: &str, line_start: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no metric {line_start} in:\n{text}"))
+}
+
 /// `openssl verify -x509_strict -purpose PURPOSE`: the certificate must verify against the CA.
 pub fn verify_strict(purpose: &str, ca: &str, cert: &str) {
     let out = openssl(&[
