@@ -114,12 +114,7 @@ fn issue12_5_a_broken_stdout_never_stops_serving() {
         .unwrap();
     // Like `serve | tee log` with tee gone: the reading end of stdout is closed.
     drop(child.stdout.take());
-    for _ in 0..400 {
-        if TcpStream::connect(("127.0.0.1", https)).is_ok() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
+    crate::common::wait_port(https, Duration::from_secs(10)).unwrap();
     for _ in 0..3 {
         let (code, body) = lab.curl_as(Some("p1"), &format!("https://127.0.0.1:{https}/boot.ipxe"));
         assert_eq!(code, 200, "{body}");
