@@ -37,9 +37,10 @@ pub(crate) fn percent_decode(s: &str) -> Option<String> {
 fn request_path(raw: &str) -> Result<String, (StatusCode, &'static str)> {
     const BAD: (StatusCode, &str) = (StatusCode::BAD_REQUEST, "bad path");
     let decoded = percent_decode(raw).ok_or(BAD)?;
-    if decoded.is_empty() || decoded.starts_with('/') || decoded.contains(['\0', '\\']) {
+    if decoded.contains(['\0', '\\']) {
         return Err(BAD);
     }
+    // An empty path or a leading '/' is an empty segment.
     if decoded
         .split('/')
         .any(|seg| seg.is_empty() || seg == "." || seg == "..")
@@ -372,6 +373,32 @@ mod tests {
                 proptest::prop_assert!(!p.contains('\0') && !p.contains('\\'));
             }
         }
+    }
+
+    #[test]
+    fn paths_that_escape_or_smuggle_are_bad_requests() {
+        for raw in [
+            "",
+            "/etc/passwd",
+            "a//b",
+            "a/./b",
+            "a/../b",
+            "a%00b",
+            "a%5Cb",
+            "a%5cb",
+            "a\\b",
+        ] {
+            assert_eq!(
+                request_path(raw).map_err(|e| e.0),
+                Err(StatusCode::BAD_REQUEST),
+                "{raw:?}"
+            );
+        }
+        assert_eq!(
+            request_path("a/.sigs").map_err(|e| e.0),
+            Err(StatusCode::FORBIDDEN)
+        );
+        assert_eq!(request_path("boot/vmlinuz").as_deref(), Ok("boot/vmlinuz"));
     }
 
     #[test]
