@@ -74,26 +74,33 @@ fn open_beneath(root: &Path, rel: &str) -> std::io::Result<std::fs::File> {
         ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
     ) {
         Ok(fd) => fd,
-        // Kernels before 5.6 (or a seccomp filter): one component at a time, no symlink
-        // followed at all.
-        Err(rustix::io::Errno::NOSYS) => {
-            let flags = flags | OFlags::NOFOLLOW;
-            let dir_flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-            let mut cur = rustix::fs::openat(&dir, ".", dir_flags, Mode::empty())?;
-            let parts: Vec<&str> = rel.split('/').collect();
-            for (i, part) in parts.iter().enumerate() {
-                let f = if i + 1 == parts.len() {
-                    flags
-                } else {
-                    dir_flags
-                };
-                cur = rustix::fs::openat(&cur, *part, f, Mode::empty())?;
-            }
-            cur
-        }
+        Err(rustix::io::Errno::NOSYS) => open_each_component(&dir, rel, flags)?,
         Err(e) => return Err(e.into()),
     };
     Ok(std::fs::File::from(fd))
+}
+
+/// `open_beneath` for kernels before 5.6 (or behind a seccomp filter that hides `openat2`):
+/// one component at a time, no symlink followed at all. `rel` has no `..` (`request_path`).
+fn open_each_component(
+    dir: &std::fs::File,
+    rel: &str,
+    flags: rustix::fs::OFlags,
+) -> rustix::io::Result<rustix::fd::OwnedFd> {
+    use rustix::fs::{Mode, OFlags};
+    let flags = flags | OFlags::NOFOLLOW;
+    let dir_flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let mut cur = rustix::fs::openat(dir, ".", dir_flags, Mode::empty())?;
+    let parts: Vec<&str> = rel.split('/').collect();
+    for (i, part) in parts.iter().enumerate() {
+        let f = if i + 1 == parts.len() {
+            flags
+        } else {
+            dir_flags
+        };
+        cur = rustix::fs::openat(&cur, *part, f, Mode::empty())?;
+    }
+    Ok(cur)
 }
 
 /// Key material is never served, whatever it is called or linked as: a PEM private key in the
@@ -373,6 +380,62 @@ mod tests {
                 proptest::prop_assert!(!p.contains('\0') && !p.contains('\\'));
             }
         }
+    }
+
+    /// A files dir with `a/b/c.txt`, a FIFO, and symlinks inside it.
+    fn tree() -> tempfile::TempDir {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join("a/b")).unwrap();
+        std::fs::write(t.path().join("a/b/c.txt"), "inside").unwrap();
+        std::os::unix::fs::symlink("b", t.path().join("a/link")).unwrap();
+        std::os::unix::fs::symlink("b/c.txt", t.path().join("a/file-link")).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            t.path().join("pipe"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        t
+    }
+
+    #[test]
+    fn a_fifo_in_the_files_dir_never_blocks_the_open() {
+        let t = tree();
+        let root = t.path().to_path_buf();
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Without O_NONBLOCK this open waits for a writer forever (a blocking-pool thread
+        // lost per request).
+        std::thread::spawn(move || {
+            let _ = tx.send(open_beneath(&root, "pipe").map(|f| f.metadata().unwrap()));
+        });
+        let meta = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("open of a FIFO blocked")
+            .unwrap();
+        assert!(std::os::unix::fs::FileTypeExt::is_fifo(&meta.file_type()));
+    }
+
+    #[test]
+    fn without_openat2_each_component_is_opened_and_no_symlink_is_followed() {
+        use std::io::Read;
+        let t = tree();
+        let dir = std::fs::File::open(t.path()).unwrap();
+        let flags = rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC;
+        let mut text = String::new();
+        std::fs::File::from(open_each_component(&dir, "a/b/c.txt", flags).unwrap())
+            .read_to_string(&mut text)
+            .unwrap();
+        assert_eq!(text, "inside");
+        for linked in ["a/link/c.txt", "a/file-link"] {
+            let e = open_each_component(&dir, linked, flags).unwrap_err();
+            assert!(
+                [rustix::io::Errno::LOOP, rustix::io::Errno::NOTDIR].contains(&e),
+                "{linked}: {e}"
+            );
+        }
+        assert!(open_each_component(&dir, "a/b/missing", flags).is_err());
     }
 
     #[test]
