@@ -353,6 +353,7 @@ mod tests {
         assert_eq!(parse_range("bytes=50-500", 100), Ok(Some((50, 99))));
         assert_eq!(parse_range("bytes=100-", 100), Err(()));
         assert_eq!(parse_range("bytes=5-1", 100), Err(()));
+        assert_eq!(parse_range("bytes=5-5", 100), Ok(Some((5, 5))), "one byte");
         assert_eq!(parse_range("bytes=0-1,5-6", 100), Ok(None));
         assert_eq!(parse_range("items=0-1", 100), Ok(None));
     }

@@ -190,6 +190,26 @@ fn issue12_1_no_race_or_link_serves_key_material() {
         r.starts_with("HTTP/1.1 403") && !r.contains("PRIVATE KEY"),
         "{r}"
     );
+    // Secrets are no PEM: only the link itself gives them away.
+    lab.enroll("linked", &["--secret", "s3=TOPSECRET-LINKED"]);
+    std::fs::hard_link(
+        lab.path("boards/linked/secrets.toml"),
+        lab.path("files/notes.txt"),
+    )
+    .unwrap();
+    let r = get(srv.http, "/notes.txt");
+    assert!(
+        r.starts_with("HTTP/1.1 403") && !r.contains("TOPSECRET"),
+        "{r}"
+    );
+    // Two names for one boot file (`vmlinuz` linked to `vmlinuz-6.1`) are still served.
+    std::fs::write(lab.path("files/vmlinuz-6.1"), "KERNEL-BYTES").unwrap();
+    std::fs::hard_link(lab.path("files/vmlinuz-6.1"), lab.path("files/vmlinuz")).unwrap();
+    let r = get(srv.http, "/vmlinuz");
+    assert!(
+        r.starts_with("HTTP/1.1 200") && r.ends_with("KERNEL-BYTES"),
+        "{r}"
+    );
 }
 
 #[test]
