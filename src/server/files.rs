@@ -80,6 +80,18 @@ fn open_beneath(root: &Path, rel: &str) -> std::io::Result<std::fs::File> {
     Ok(std::fs::File::from(fd))
 }
 
+/// What a failed open tells the board: the kernel's refusals to leave the files dir are
+/// 403s that say so, anything else a 404.
+fn open_refusal(e: &std::io::Error) -> (StatusCode, &'static str) {
+    match rustix::io::Errno::from_io_error(e) {
+        Some(rustix::io::Errno::LOOP) => {
+            (StatusCode::FORBIDDEN, "symbolic links are never followed")
+        }
+        Some(rustix::io::Errno::XDEV) => (StatusCode::FORBIDDEN, "outside the files directory"),
+        _ => (StatusCode::NOT_FOUND, "not found"),
+    }
+}
+
 /// `open_beneath` for kernels before 5.6 (or behind a seccomp filter that hides `openat2`):
 /// one component at a time, no symlink followed at all. `rel` has no `..` (`request_path`).
 fn open_each_component(
@@ -269,17 +281,11 @@ pub(crate) async fn serve(
     .await;
     let (std_file, meta, rel) = match opened {
         Ok(Ok(x)) => x,
-        Ok(Err(e)) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
-            return refuse(
-                StatusCode::FORBIDDEN,
-                "symbolic links are never followed",
-                out,
-            )
+        Ok(Err(e)) => {
+            let (status, why) = open_refusal(&e);
+            return refuse(status, why, out);
         }
-        Ok(Err(e)) if e.raw_os_error() == Some(rustix::io::Errno::XDEV.raw_os_error()) => {
-            return refuse(StatusCode::FORBIDDEN, "outside the files directory", out)
-        }
-        _ => return refuse(StatusCode::NOT_FOUND, "not found", out),
+        Err(_) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, "open failed", out),
     };
     if !meta.is_file() {
         return refuse(StatusCode::NOT_FOUND, "not a file", out);
@@ -437,6 +443,44 @@ mod tests {
             );
         }
         assert!(open_each_component(&dir, "a/b/missing", flags).is_err());
+    }
+
+    #[test]
+    fn refused_opens_say_why() {
+        let e = |n: rustix::io::Errno| {
+            open_refusal(&std::io::Error::from_raw_os_error(n.raw_os_error()))
+        };
+        assert_eq!(
+            e(rustix::io::Errno::LOOP),
+            (StatusCode::FORBIDDEN, "symbolic links are never followed")
+        );
+        assert_eq!(
+            e(rustix::io::Errno::XDEV),
+            (StatusCode::FORBIDDEN, "outside the files directory")
+        );
+        assert_eq!(
+            e(rustix::io::Errno::NOENT),
+            (StatusCode::NOT_FOUND, "not found")
+        );
+        // What the kernel answers for each way out (openat2 with RESOLVE_BENEATH; without it,
+        // each component without following links).
+        let t = tree();
+        std::os::unix::fs::symlink("/etc/passwd", t.path().join("abs")).unwrap();
+        std::os::unix::fs::symlink("../../outside", t.path().join("a/up")).unwrap();
+        for link in ["abs", "a/up"] {
+            let err = open_beneath(t.path(), link).unwrap_err();
+            assert_eq!(
+                open_refusal(&err).1,
+                "outside the files directory",
+                "{link}: {err}"
+            );
+        }
+        let dir = std::fs::File::open(t.path()).unwrap();
+        let err = open_each_component(&dir, "a/file-link", rustix::fs::OFlags::RDONLY).unwrap_err();
+        assert_eq!(
+            open_refusal(&err.into()).1,
+            "symbolic links are never followed"
+        );
     }
 
     #[test]
