@@ -12,6 +12,7 @@ mod one_time;
 mod response;
 mod routes;
 mod tls;
+mod verified;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;

@@ -94,7 +94,7 @@ signature; run `ipxe-ca server-cert` to add it",
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])
         .map_err(|e| Error::crypto("TLS versions", e))?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(Arc::new(super::verified::Remembering::new(verifier)))
         .with_cert_resolver(Arc::new(ByClientHello { rsa, ecdsa }));
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     // Resumption sized for a farm. Revocation is checked per request anyway.

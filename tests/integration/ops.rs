@@ -488,7 +488,8 @@ fn server_cert_rotation_takes_effect_without_restart_or_dropped_connections() {
     };
     let before = stranger(&lab);
     assert!(before.ends_with("000"), "{before}");
-    let mut bundle = std::fs::read(lab.path("ca/ca.crt")).unwrap();
+    let ours = std::fs::read(lab.path("ca/ca.crt")).unwrap();
+    let mut bundle = ours.clone();
     bundle.extend(std::fs::read(other.path("ca/ca.crt")).unwrap());
     std::fs::write(lab.path("ca/ca.crt"), bundle).unwrap();
     let after = wait_for("the new CA bundle", Duration::from_secs(10), || {
@@ -496,6 +497,13 @@ fn server_cert_rotation_takes_effect_without_restart_or_dropped_connections() {
         t.ends_with("403").then_some(t)
     });
     assert!(after.contains("not registered"), "{after}");
+    assert_eq!(lab.curl_as(Some("r1"), &srv.url("/boot.ipxe")).0, 200);
+    // And out again: serve remembers chains it verified (a board's second boot skips the
+    // chain check), but never across a CA bundle change.
+    std::fs::write(lab.path("ca/ca.crt"), &ours).unwrap();
+    wait_for("the CA removed from the bundle", Duration::from_secs(10), || {
+        stranger(&lab).ends_with("000").then_some(())
+    });
     assert_eq!(lab.curl_as(Some("r1"), &srv.url("/boot.ipxe")).0, 200);
 }
 

@@ -77,7 +77,8 @@ impl Lab {
         serde_json::from_str(&self.ok(&args)).unwrap()
     }
 
-    /// Every file under the state dir with its content (the lock file excepted).
+    /// Every file under the state dir with its content, except the lock file and the boards'
+    /// histories (a running `serve` appends to those in batches, a moment after each request).
     pub fn snapshot(&self) -> BTreeMap<PathBuf, Vec<u8>> {
         let mut out = BTreeMap::new();
         if self.dir.exists() {
@@ -97,7 +98,7 @@ fn snap(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
                 b"<dir>".to_vec(),
             );
             snap(root, &p, out);
-        } else if p.file_name().unwrap() != ".lock" {
+        } else if ![".lock", "history.jsonl"].contains(&p.file_name().unwrap().to_str().unwrap()) {
             out.insert(
                 p.strip_prefix(root).unwrap().to_path_buf(),
                 std::fs::read(&p).unwrap(),
