@@ -202,6 +202,18 @@ fn issue12_1_no_race_or_link_serves_key_material() {
         r.starts_with("HTTP/1.1 403") && !r.contains("TOPSECRET"),
         "{r}"
     );
+    // Nor a copy of it: `secrets.toml` is never served by that name, wherever it lies.
+    std::fs::create_dir_all(lab.path("files/sub")).unwrap();
+    std::fs::copy(
+        lab.path("boards/linked/secrets.toml"),
+        lab.path("files/sub/secrets.toml"),
+    )
+    .unwrap();
+    let r = get(srv.http, "/sub/secrets.toml");
+    assert!(
+        r.starts_with("HTTP/1.1 403") && !r.contains("TOPSECRET"),
+        "{r}"
+    );
     // Two names for one boot file (`vmlinuz` linked to `vmlinuz-6.1`) are still served.
     std::fs::write(lab.path("files/vmlinuz-6.1"), "KERNEL-BYTES").unwrap();
     std::fs::hard_link(lab.path("files/vmlinuz-6.1"), lab.path("files/vmlinuz")).unwrap();
