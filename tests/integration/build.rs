@@ -549,6 +549,37 @@ fn prebuilt_image_is_a_fat_disk_with_the_efi_binary_and_the_boards_identity() {
         s(&out),
     ]);
     assert!(e.contains("does not hold the key"), "{e}");
+    // Without --out the images go to DIR/out (0700: they hold keys), never where the command
+    // happens to run.
+    let cwd = lab.tmp.path().join("elsewhere");
+    std::fs::create_dir(&cwd).unwrap();
+    let o = lab
+        .cmd(&[
+            "build",
+            "pb",
+            "--prebuilt",
+            s(&prebuilt),
+            "--target",
+            "efi-usb",
+        ])
+        .current_dir(&cwd)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(lab.path("out/pb/pb-efi-usb.img").is_file());
+    assert_eq!(
+        std::fs::metadata(lab.path("out/pb"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o700
+    );
+    assert_eq!(
+        std::fs::read_dir(&cwd).unwrap().count(),
+        0,
+        "written to the cwd"
+    );
 }
 
 #[test]

@@ -501,9 +501,11 @@ fn server_cert_rotation_takes_effect_without_restart_or_dropped_connections() {
     // And out again: serve remembers chains it verified (a board's second boot skips the
     // chain check), but never across a CA bundle change.
     std::fs::write(lab.path("ca/ca.crt"), &ours).unwrap();
-    wait_for("the CA removed from the bundle", Duration::from_secs(10), || {
-        stranger(&lab).ends_with("000").then_some(())
-    });
+    wait_for(
+        "the CA removed from the bundle",
+        Duration::from_secs(10),
+        || stranger(&lab).ends_with("000").then_some(()),
+    );
     assert_eq!(lab.curl_as(Some("r1"), &srv.url("/boot.ipxe")).0, 200);
 }
 
