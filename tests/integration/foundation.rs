@@ -557,10 +557,13 @@ fn bad_input_is_refused_with_one_line_and_changes_nothing() {
         "a failed init created {}",
         fresh.dir.display()
     );
-    // Without a CA, enroll says what to do.
+    // Without a CA, enroll says what to do, and a mistyped state dir is no empty farm.
     let empty = Lab::new();
     let err = empty.fails(&["enroll", "b"]);
     assert!(err.contains("ipxe-ca init"), "{err}");
+    let err = empty.fails(&["list"]);
+    assert!(err.contains("ipxe-ca init"), "{err}");
+    assert!(!empty.dir.exists(), "list created {}", empty.dir.display());
 }
 
 #[test]

@@ -506,6 +506,30 @@ fn issue12_3_stalled_readers_and_one_greedy_address_do_not_lock_boards_out() {
 
 #[test]
 fn issue12_10_the_crl_never_goes_backwards() {
+    // Each CRL our CA writes has the next number (openssl reads it): 1 at init, then 2, 3.
+    let seq = Lab::init();
+    let number = |lab: &Lab| {
+        let out = crate::util::openssl(&[
+            "crl",
+            "-in",
+            s(&lab.path("ca/crl.pem")),
+            "-noout",
+            "-crlnumber",
+        ]);
+        let hex = out
+            .trim()
+            .rsplit('=')
+            .next()
+            .unwrap()
+            .trim_start_matches("0x");
+        u64::from_str_radix(hex, 16).unwrap()
+    };
+    assert_eq!(number(&seq), 1);
+    for (i, b) in ["n1", "n2"].iter().enumerate() {
+        seq.enroll(b, &[]);
+        seq.ok(&["revoke", b]);
+        assert_eq!(number(&seq), 2 + i as u64, "after revoking {b}");
+    }
     let lab = Lab::init();
     lab.enroll("r1", &[]);
     let old_crl = std::fs::read(lab.path("ca/crl.pem")).unwrap();
