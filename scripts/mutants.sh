@@ -35,7 +35,9 @@ run routes src/server/routes.rs server:: mutations:: trust:: ops::history ops::r
   issue12_2 issue12_8 issue12_12
 run files src/server/files.rs server::files server::sigterm issue12_1_ issue12_8 trust::boot_files
 run state src/state.rs state:: mutations::bug_atomic mutations::bug_secrets mutations::bug_enroll \
-  mutations::bug_unreadable issue12_6 issue12_9 ops::server_cert_rotation server::template_errors
+  mutations::bug_unreadable issue12_6 issue12_9 ops::server_cert_rotation server::template_errors \
+  issue12_1_ issue12_2 issue12_10 ops::history server::one_time foundation::bad_input \
+  build::prebuilt build::a_replaced build::builds_in_one_tree
 run registry src/registry.rs registry mutations::bug_an_index mutations::bug_a_stale \
   mutations::bug_a_second mutations::bug_unreadable mutations::bug_enroll foundation::register \
   foundation::twenty foundation::list_expiring server::each_board server::revoke issue12_6 issue12_9
