@@ -295,6 +295,8 @@ fn fake_sysfs(root: &Path) {
         "Samsung SSD",
     );
     dev("devices/virtual/block/loop0", 8 << 20, 0, "", "");
+    // A card reader with no card: removable, 0 bytes, never a candidate.
+    dev("devices/platform/mmc1/block/mmcblk1", 0, 1, "", "");
     for (name, rel) in [
         ("sdb", format!("../{usb}")),
         (
@@ -307,9 +309,42 @@ fn fake_sysfs(root: &Path) {
                 .to_string(),
         ),
         ("loop0", "../devices/virtual/block/loop0".to_string()),
+        (
+            "mmcblk1",
+            "../devices/platform/mmc1/block/mmcblk1".to_string(),
+        ),
     ] {
         symlink(rel, root.join("block").join(name)).unwrap();
     }
+}
+
+#[test]
+fn the_disk_that_holds_root_is_known_whatever_else_is_mounted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sys = tmp.path().join("sys");
+    fake_sysfs(&sys);
+    let mounts = tmp.path().join("mounts");
+    // The SD card's partition holds `/` (a board booted from its card); the stick is mounted
+    // elsewhere.
+    std::fs::write(
+        &mounts,
+        "proc /proc proc rw 0 0\n/dev/mmcblk0p1 / ext4 rw 0 0\n/dev/sdb /media/my\\040stick vfat rw 0 0\n",
+    )
+    .unwrap();
+    let swaps = tmp.path().join("swaps");
+    std::fs::write(&swaps, "Filename Type Size Used Priority\n").unwrap();
+    let devs = ipxe_ca::flash::devices(&ipxe_ca::flash::System {
+        sysfs: sys,
+        mounts,
+        swaps,
+    })
+    .unwrap();
+    let dev = |n: &str| devs.iter().find(|d| d.name == n).unwrap();
+    assert!(dev("mmcblk0").holds_root);
+    assert_eq!(dev("mmcblk0").mounted, ["/"]);
+    assert!(!dev("sdb").holds_root);
+    assert_eq!(dev("sdb").mounted, ["/media/my stick"]);
+    assert!(!dev("sda").holds_root && dev("sda").mounted.is_empty());
 }
 
 #[test]
