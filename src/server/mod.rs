@@ -236,9 +236,9 @@ pub async fn serve(
     // burst and the expired count is current.
     let purger = {
         let shared = shared.clone();
-        let opts_ttl = shared.opts.one_time_ttl;
+        let ttl = shared.opts.one_time_ttl;
         tokio::spawn(async move {
-            let every = opts_ttl.clamp(Duration::from_secs(1), Duration::from_secs(10));
+            let every = ttl.clamp(Duration::from_secs(1), Duration::from_secs(10));
             let mut tick = tokio::time::interval(every);
             loop {
                 tick.tick().await;
