@@ -120,6 +120,17 @@ fn a_board_image_goes_onto_an_unmounted_loop_device_byte_for_byte() {
             && err.contains("flash: verifying 100%"),
         "{err}"
     );
+    // A stick exactly the image's size takes it.
+    let exact = Loop::new(lab.tmp.path(), "exact", data.len() as u64);
+    let stdout = lab.ok(&[
+        "flash",
+        s(&img),
+        s(&exact.dev),
+        "--allow-non-removable",
+        "--yes",
+    ]);
+    assert!(stdout.contains("wrote and verified"), "{stdout}");
+    assert_eq!(exact.head(data.len()), data);
 }
 
 #[test]
@@ -446,6 +457,25 @@ fn on_a_terminal_flash_asks_and_writes_only_after_yes() {
 
 /// Issue 12 item 7: the device shown at the prompt is the device written: flash holds it
 /// open (exclusively) from its checks until the write, so nothing can take or swap it.
+#[test]
+fn a_node_that_leads_to_another_disk_than_the_one_checked_is_never_held() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let img = image(d, 1 << 20);
+    let (a, b) = (Loop::new(d, "a", 4 << 20), Loop::new(d, "b", 4 << 20));
+    let sys = ipxe_ca::flash::System::default();
+    let mut plan = ipxe_ca::flash::plan(&sys, &img, None, &a.dev, true).unwrap();
+    // Between the checks and the open, the name comes to lead to another disk (a udev rename,
+    // a swapped symlink): both are block devices, only their numbers differ.
+    plan.device.path = b.dev.clone();
+    let e = ipxe_ca::flash::hold(&mut plan, &sys)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("changed between the checks"), "{e}");
+    let mut plan = ipxe_ca::flash::plan(&sys, &img, None, &a.dev, true).unwrap();
+    ipxe_ca::flash::hold(&mut plan, &sys).unwrap();
+}
+
 #[test]
 fn issue12_7_the_device_is_held_from_check_to_write_and_a_file_never_shadows_a_board() {
     use std::os::unix::fs::OpenOptionsExt;
