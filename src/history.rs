@@ -3,7 +3,8 @@
 //!
 //! One JSON line per request, appended with a single write; a line torn by a crash is skipped
 //! when read. The file is bounded: past [`KEEP`] × 2 lines it is rewritten atomically with the
-//! newest [`KEEP`]. The server appends from one writer thread, in batches, so requests never wait on disk.
+//! newest [`KEEP`]. The server appends from one writer thread, in batches, so requests never
+//! wait on disk.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -110,16 +111,19 @@ impl Journal {
                 let mut lines: HashMap<BoardName, usize> = HashMap::new();
                 let mut failing: std::collections::HashSet<BoardName> = Default::default();
                 while let Ok(first) = rx.recv() {
+                    // Per board, in arrival order.
                     let mut boards: Vec<(BoardName, Vec<Record>)> = Vec::new();
+                    let mut slot: HashMap<BoardName, usize> = HashMap::new();
                     let mut flushes = Vec::new();
                     for msg in std::iter::once(first).chain(rx.try_iter()) {
                         match msg {
-                            Msg::Record(board, rec) => {
-                                match boards.iter_mut().find(|(b, _)| *b == board) {
-                                    Some((_, recs)) => recs.push(rec),
-                                    None => boards.push((board, vec![rec])),
+                            Msg::Record(board, rec) => match slot.get(&board) {
+                                Some(&i) => boards[i].1.push(rec),
+                                None => {
+                                    slot.insert(board.clone(), boards.len());
+                                    boards.push((board, vec![rec]));
                                 }
-                            }
+                            },
                             Msg::Flush(done) => flushes.push(done),
                         }
                     }
