@@ -333,3 +333,45 @@ fn bug_unreadable_registry_files_pass_for_missing_ones() {
         "{err}"
     );
 }
+
+#[test]
+fn bug_a_failed_registration_leaves_files_behind_or_secrets_are_half_changed() {
+    let lab = Lab::init();
+    let d = lab.tmp.path();
+    // The SHA-1 index entry is blocked: the registration fails after the certificate, the
+    // board folder and the SHA-256 entry were written, and must take them all back.
+    let (key, csr, crt) = (d.join("b.key"), d.join("b.csr"), d.join("b.crt"));
+    rsa_csr(s(&key), "/CN=b", s(&csr), &[]);
+    sign_with_openssl(&lab, s(&csr), s(&crt), &[]);
+    let blocker = lab
+        .path("index/sha1")
+        .join(openssl_fingerprint(&crt, "-sha1"));
+    std::fs::create_dir_all(blocker.join("x")).unwrap();
+    let before = lab.snapshot();
+    lab.fails(&["register", "b", "--cert", s(&crt)]);
+    assert_eq!(
+        before,
+        lab.snapshot(),
+        "a failed register left files behind"
+    );
+    // A board without secrets can be changed (no secrets file to remove is no error)...
+    lab.enroll("plain", &[]);
+    lab.ok(&["set", "plain", "--mac", "52:54:00:00:00:21"]);
+    // ...but a secrets file that cannot be removed (immutable: even root cannot) fails the
+    // change loudly instead of leaving the secret in place behind a board that says none.
+    lab.enroll("s", &["--secret", "s3=ONE"]);
+    let secrets = lab.path("boards/s/secrets.toml");
+    let (ok, out) = crate::util::tool("chattr", &["+i", s(&secrets)]);
+    if !ok {
+        eprintln!("\n==== SKIPPED the unremovable-secrets case: chattr +i failed here: {out}\n");
+        return;
+    }
+    let err = lab.fails(&["set", "s", "--unset-secret", "s3"]);
+    crate::util::tool("chattr", &["-i", s(&secrets)]);
+    assert!(err.contains("cannot remove"), "{err}");
+    let shown = lab.ok(&["show", "s", "--json"]);
+    assert!(
+        shown.contains("s3"),
+        "the board no longer lists its secret: {shown}"
+    );
+}
