@@ -40,7 +40,8 @@ run state src/state.rs state:: mutations::bug_atomic mutations::bug_secrets muta
   build::prebuilt build::a_replaced build::builds_in_one_tree
 run registry src/registry.rs registry mutations::bug_an_index mutations::bug_a_stale \
   mutations::bug_a_second mutations::bug_unreadable mutations::bug_enroll foundation::register \
-  foundation::twenty foundation::list_expiring server::each_board server::revoke issue12_6 issue12_9
+  foundation::twenty foundation::list_expiring server::each_board server::revoke issue12_6 issue12_9 \
+  mutations::bug_a_failed ops::renew
 run flash src/flash.rs flash::
 run ca src/ca.rs ca:: foundation::init foundation::enrolled foundation::csr foundation::non_rsa \
   foundation::revoked foundation::adopted foundation::register foundation::bad_input \
