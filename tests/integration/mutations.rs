@@ -375,3 +375,31 @@ fn bug_a_failed_registration_leaves_files_behind_or_secrets_are_half_changed() {
         "the board no longer lists its secret: {shown}"
     );
 }
+
+#[test]
+fn bug_check_misses_a_swapped_certificate_or_a_stray_index_entry() {
+    let lab = Lab::init();
+    lab.enroll("a", &[]);
+    lab.enroll("b", &[]);
+    assert!(lab.run(&["check"]).status.success());
+    // An index entry that names a real board under a fingerprint it does not have.
+    let stray = lab.path("index/sha256").join("ab".repeat(32));
+    std::fs::write(&stray, "a").unwrap();
+    let o = lab.run(&["check"]);
+    let text =
+        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && text.contains("dangling-index"),
+        "{text}"
+    );
+    std::fs::remove_file(&stray).unwrap();
+    // Board a's certificate file replaced by b's: its registry entry no longer matches.
+    std::fs::copy(lab.path("boards/b/cert.pem"), lab.path("boards/a/cert.pem")).unwrap();
+    let o = lab.run(&["check"]);
+    let text =
+        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && text.contains("certificate-mismatch"),
+        "{text}"
+    );
+}
