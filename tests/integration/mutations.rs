@@ -393,6 +393,26 @@ fn bug_check_misses_a_swapped_certificate_or_a_stray_index_entry() {
         "{text}"
     );
     std::fs::remove_file(&stray).unwrap();
+    // A missing index entry is reported, and `--repair` writes it back from the board file
+    // (board a's: not the last board, whose name a repair that wrote the wrong one would
+    // leave there by chance).
+    lab.enroll("c", &[]);
+    let shown: serde_json::Value = serde_json::from_str(&lab.ok(&["show", "a", "--json"])).unwrap();
+    let fp = shown["fingerprint_sha1"].as_str().unwrap().to_string();
+    let entry = lab.path("index/sha1").join(&fp);
+    std::fs::remove_file(&entry).unwrap();
+    let before = lab.snapshot();
+    let o = lab.run(&["check"]);
+    assert!(!o.status.success());
+    lab.ok(&["check", "--repair"]);
+    assert_eq!(std::fs::read_to_string(&entry).unwrap().trim(), "a");
+    let mut after = lab.snapshot();
+    after.remove(std::path::Path::new(&format!("index/sha1/{fp}")));
+    assert_eq!(
+        before, after,
+        "the repair wrote more than the missing entry"
+    );
+    lab.ok(&["check"]);
     // Board a's certificate file replaced by b's: its registry entry no longer matches.
     std::fs::copy(lab.path("boards/b/cert.pem"), lab.path("boards/a/cert.pem")).unwrap();
     let o = lab.run(&["check"]);
