@@ -687,3 +687,32 @@ mod pkcs1_tests {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_sizes_parse_exactly_the_three_we_offer() {
+        assert_eq!("2048".parse::<KeySize>().ok(), Some(KeySize::Rsa2048));
+        assert_eq!("3072".parse::<KeySize>().ok(), Some(KeySize::Rsa3072));
+        assert_eq!("4096".parse::<KeySize>().ok(), Some(KeySize::Rsa4096));
+        for bad in ["1024", "2047", "", "4096 "] {
+            assert!(bad.parse::<KeySize>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn serials_are_positive_minimal_and_random_in_every_byte() {
+        let mut firsts = std::collections::BTreeSet::new();
+        for _ in 0..256 {
+            let s = random_serial().unwrap();
+            assert_eq!(s.len(), 16);
+            // Positive as a DER INTEGER (top bit clear), minimal (no leading zero byte).
+            assert!(s[0] < 0x80 && s[0] != 0, "{s:02x?}");
+            firsts.insert(s[0]);
+        }
+        // The first byte keeps its entropy (not forced to one value).
+        assert!(firsts.len() > 32, "{firsts:?}");
+    }
+}
