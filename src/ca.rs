@@ -715,4 +715,37 @@ mod tests {
         // The first byte keeps its entropy (not forced to one value).
         assert!(firsts.len() > 32, "{firsts:?}");
     }
+
+    #[test]
+    fn every_revocation_reason_parses() {
+        for (s, r) in [
+            ("unspecified", Reason::Unspecified),
+            ("key-compromise", Reason::KeyCompromise),
+            ("affiliation-changed", Reason::AffiliationChanged),
+            ("superseded", Reason::Superseded),
+            ("cessation-of-operation", Reason::CessationOfOperation),
+        ] {
+            assert_eq!(s.parse::<Reason>().ok(), Some(r), "{s}");
+        }
+        assert!("lost".parse::<Reason>().is_err());
+    }
+
+    #[test]
+    fn sans_are_read_back_for_reissue_ipv4_ipv6_and_dns() {
+        let mut p = rcgen::CertificateParams::new(vec!["boot.example".to_string()]).unwrap();
+        p.subject_alt_names
+            .push(rcgen::SanType::IpAddress("10.0.2.2".parse().unwrap()));
+        p.subject_alt_names
+            .push(rcgen::SanType::IpAddress("fd00::2".parse().unwrap()));
+        let cert = p.self_signed(&KeyPair::generate().unwrap()).unwrap();
+        let sans = cert_sans(cert.der()).unwrap();
+        assert_eq!(
+            sans,
+            vec![
+                San::Dns("boot.example".into()),
+                San::Ip("10.0.2.2".parse().unwrap()),
+                San::Ip("fd00::2".parse().unwrap()),
+            ]
+        );
+    }
 }
