@@ -748,4 +748,17 @@ mod tests {
             ]
         );
     }
+
+    #[test]
+    fn ca_names_and_validity_have_exact_bounds() {
+        assert!(create_ca("", KeySize::Rsa2048, 30).is_err());
+        assert!(create_ca("   ", KeySize::Rsa2048, 30).is_err());
+        assert!(create_ca(&"x".repeat(65), KeySize::Rsa2048, 30).is_err());
+        for days in [0, 36501] {
+            assert!(create_ca("ok", KeySize::Rsa2048, days).is_err(), "{days}");
+        }
+        // The bounds themselves are allowed.
+        assert!(create_ca(&"x".repeat(64), KeySize::Rsa2048, 36500).is_ok());
+        assert!(create_ca("x", KeySize::Rsa2048, 1).is_ok());
+    }
 }
