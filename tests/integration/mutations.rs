@@ -3,7 +3,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 
-use crate::util::{openssl, openssl_fingerprint, rsa_csr, s, sign_with_openssl, Lab};
+use crate::util::{openssl, openssl_fingerprint, openssl_signed_cert, s, Lab};
 
 fn mode(p: &std::path::Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
@@ -234,19 +234,10 @@ fn bug_atomic_writes_without_fsync() {
 /// serial, so revoking one would revoke both.
 #[test]
 fn bug_a_second_certificate_with_a_used_serial_is_registered() {
-    use crate::util::{rsa_csr, sign_with_openssl};
     let lab = Lab::init();
     let b1 = lab.enroll("b1", &[]);
     let serial = b1["serial"].as_str().unwrap().to_string();
-    let d = lab.tmp.path();
-    let (key, csr, crt) = (d.join("dup.key"), d.join("dup.csr"), d.join("dup.crt"));
-    rsa_csr(s(&key), "/CN=dup", s(&csr), &[]);
-    sign_with_openssl(
-        &lab,
-        s(&csr),
-        s(&crt),
-        &["-set_serial", &format!("0x{serial}")],
-    );
+    let crt = openssl_signed_cert(&lab, "dup", &["-set_serial", &format!("0x{serial}")]);
     let got = openssl(&["x509", "-in", s(&crt), "-noout", "-serial"]);
     assert!(got.to_lowercase().contains(&serial), "{got} vs {serial}");
     let before = lab.snapshot();
@@ -263,21 +254,10 @@ fn bug_a_second_certificate_with_a_used_serial_is_registered() {
 /// a hand edit) is no match: registering the certificate under a new name works.
 #[test]
 fn bug_a_stale_index_entry_blocks_a_new_certificate() {
-    use crate::util::{rsa_csr, sign_with_openssl};
     let lab = Lab::init();
     lab.enroll("ib", &[]);
-    let d = lab.tmp.path();
-    let (key, csr, crt) = (d.join("n.key"), d.join("n.csr"), d.join("n.crt"));
-    rsa_csr(s(&key), "/CN=new", s(&csr), &[]);
-    sign_with_openssl(&lab, s(&csr), s(&crt), &[]);
-    let fp = openssl(&["x509", "-in", s(&crt), "-noout", "-fingerprint", "-sha256"]);
-    let fp = fp
-        .trim()
-        .rsplit('=')
-        .next()
-        .unwrap()
-        .replace(':', "")
-        .to_lowercase();
+    let crt = openssl_signed_cert(&lab, "new", &[]);
+    let fp = openssl_fingerprint(&crt, "-sha256");
     std::fs::write(lab.path(&format!("index/sha256/{fp}")), "ib\n").unwrap();
     let out = lab.ok(&["register", "newb", "--cert", s(&crt), "--json"]);
     assert!(out.contains("\"newb\""), "{out}");
@@ -319,10 +299,7 @@ fn bug_unreadable_registry_files_pass_for_missing_ones() {
         "{err}"
     );
     // An unreadable index entry fails a registration instead of passing for "not registered".
-    let d = lab3.tmp.path();
-    let (key, csr, crt) = (d.join("b.key"), d.join("b.csr"), d.join("b.crt"));
-    rsa_csr(s(&key), "/CN=b", s(&csr), &[]);
-    sign_with_openssl(&lab3, s(&csr), s(&crt), &[]);
+    let crt = openssl_signed_cert(&lab3, "b", &[]);
     let idx = lab3
         .path("index/sha256")
         .join(openssl_fingerprint(&crt, "-sha256"));
@@ -337,12 +314,9 @@ fn bug_unreadable_registry_files_pass_for_missing_ones() {
 #[test]
 fn bug_a_failed_registration_leaves_files_behind_or_secrets_are_half_changed() {
     let lab = Lab::init();
-    let d = lab.tmp.path();
     // The SHA-1 index entry is blocked: the registration fails after the certificate, the
     // board folder and the SHA-256 entry were written, and must take them all back.
-    let (key, csr, crt) = (d.join("b.key"), d.join("b.csr"), d.join("b.crt"));
-    rsa_csr(s(&key), "/CN=b", s(&csr), &[]);
-    sign_with_openssl(&lab, s(&csr), s(&crt), &[]);
+    let crt = openssl_signed_cert(&lab, "b", &[]);
     let blocker = lab
         .path("index/sha1")
         .join(openssl_fingerprint(&crt, "-sha1"));

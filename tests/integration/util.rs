@@ -269,6 +269,20 @@ pub fn rsa_csr(key: &str, subj: &str, out: &str, extra: &[&str]) {
     openssl(&args);
 }
 
+/// A board certificate our CA signed with the openssl CLI, as before ipxe-ca existed: key, CSR
+/// and certificate `NAME.{key,csr,crt}` in the lab's temp dir (`extra` goes to `x509 -req`).
+pub fn openssl_signed_cert(lab: &Lab, name: &str, extra: &[&str]) -> PathBuf {
+    let d = lab.tmp.path();
+    let (key, csr, crt) = (
+        d.join(format!("{name}.key")),
+        d.join(format!("{name}.csr")),
+        d.join(format!("{name}.crt")),
+    );
+    rsa_csr(s(&key), &format!("/CN={name}"), s(&csr), &[]);
+    sign_with_openssl(lab, s(&csr), s(&crt), extra);
+    crt
+}
+
 /// The certificate's fingerprint as openssl computes it, in the registry's form (lowercase hex).
 pub fn openssl_fingerprint(cert: &std::path::Path, digest: &str) -> String {
     let out = openssl(&["x509", "-in", s(cert), "-noout", "-fingerprint", digest]);
