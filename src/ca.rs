@@ -761,4 +761,61 @@ mod tests {
         assert!(create_ca(&"x".repeat(64), KeySize::Rsa2048, 36500).is_ok());
         assert!(create_ca("x", KeySize::Rsa2048, 1).is_ok());
     }
+
+    #[test]
+    fn der_lengths_outside_what_a_key_uses_are_refused() {
+        let body = vec![0u8; 300];
+        let tlv = |head: &[u8]| {
+            let mut d = head.to_vec();
+            d.extend_from_slice(&body);
+            d
+        };
+        // Short form, and long form in 1 to 4 bytes, are read.
+        assert_eq!(der_tlv(&tlv(&[0x04, 0x7f])).unwrap().1.len(), 0x7f);
+        assert_eq!(der_tlv(&tlv(&[0x04, 0x81, 0x80])).unwrap().1.len(), 0x80);
+        assert_eq!(
+            der_tlv(&tlv(&[0x04, 0x84, 0, 0, 1, 0x2c])).unwrap().1.len(),
+            300
+        );
+        // 0x80 is BER's indefinite length, not 128; more than 4 length bytes; fewer length
+        // bytes than announced.
+        assert!(der_tlv(&tlv(&[0x04, 0x80])).is_none());
+        assert!(der_tlv(&tlv(&[0x04, 0x85, 0, 0, 0, 1, 0])).is_none());
+        assert!(der_tlv(&[0x04, 0x82, 0x01]).is_none());
+        assert!(der_tlv(&[0x04, 0x81]).is_none());
+        // Exactly the announced length bytes and no contents: an empty value, not an error.
+        assert_eq!(der_tlv(&[0x04, 0x81, 0x00]), Some((0x04, &[][..], &[][..])));
+    }
+
+    #[test]
+    fn only_an_rsa_pkcs8_key_is_converted_to_pkcs1() {
+        let rsa = generate_key(KeySize::Rsa2048).unwrap().serialize_der();
+        let pkcs1 = pkcs8_to_pkcs1(&rsa).unwrap();
+        assert_eq!(
+            der_tlv(&pkcs1).unwrap().0,
+            0x30,
+            "RSAPrivateKey is a SEQUENCE"
+        );
+        // Where the four tags of PrivateKeyInfo are: SEQUENCE { INTEGER, SEQUENCE, OCTET STRING }.
+        let (_, info, _) = der_tlv(&rsa).unwrap();
+        let head = rsa.len() - info.len();
+        let (_, _, after_version) = der_tlv(info).unwrap();
+        let (_, _, after_alg) = der_tlv(after_version).unwrap();
+        let tags = [
+            0,
+            head,
+            head + info.len() - after_version.len(),
+            head + info.len() - after_alg.len(),
+        ];
+        assert_eq!(tags.map(|at| rsa[at]), [0x30, 0x02, 0x30, 0x04]);
+        // Each wrong tag alone is refused.
+        for at in tags {
+            let mut bad = rsa.clone();
+            bad[at] ^= 0x01;
+            assert!(pkcs8_to_pkcs1(&bad).is_err(), "tag at {at}");
+        }
+        // So is a key of another algorithm (P-256), whose tags are all right.
+        let ec = KeyPair::generate().unwrap().serialize_der();
+        assert!(pkcs8_to_pkcs1(&ec).is_err());
+    }
 }
