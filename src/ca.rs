@@ -818,4 +818,43 @@ mod tests {
         let ec = KeyPair::generate().unwrap().serialize_der();
         assert!(pkcs8_to_pkcs1(&ec).is_err());
     }
+
+    #[test]
+    fn crl_numbers_are_written_whole_and_minimal() {
+        use x509_parser::num_bigint::BigUint;
+        let issued = create_ca("Numbers", KeySize::Rsa2048, 30).unwrap();
+        let ca = Ca::load(issued.cert.cert_pem.as_bytes(), issued.key_pem.as_bytes()).unwrap();
+        for n in [1u64, 2, 255, 256, 65_536, u64::MAX >> 1] {
+            let pem = ca.crl(&[], n, 7).unwrap();
+            let der = ::pem::parse(pem.as_bytes()).unwrap().into_contents();
+            let (_, crl) =
+                x509_parser::revocation_list::CertificateRevocationList::from_der(&der).unwrap();
+            assert_eq!(crl.crl_number(), Some(&BigUint::from(n)), "CRL number {n}");
+            // The extension's INTEGER carries no leading zero byte (DER), except to keep
+            // the number positive.
+            let ext = crl
+                .extensions()
+                .iter()
+                .find(|e| e.oid == x509_parser::oid_registry::OID_X509_EXT_CRL_NUMBER)
+                .unwrap();
+            let (tag, int, _) = der_tlv(ext.value).unwrap();
+            assert_eq!(tag, 0x02);
+            assert!(
+                int[0] != 0 || int.get(1).is_some_and(|b| b & 0x80 != 0),
+                "{n}: {int:02x?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_ca_prints_its_issuer_never_its_key() {
+        let issued = create_ca("Printed", KeySize::Rsa2048, 30).unwrap();
+        let ca = Ca::load(issued.cert.cert_pem.as_bytes(), issued.key_pem.as_bytes()).unwrap();
+        let shown = format!("{ca:?}");
+        assert!(
+            shown.starts_with("Ca") && shown.contains("issuer"),
+            "{shown}"
+        );
+        assert!(!shown.contains("PRIVATE"), "{shown}");
+    }
 }

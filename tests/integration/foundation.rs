@@ -352,6 +352,49 @@ fn adopted_openssl_ca_keeps_its_subject_bytes_in_every_leaf() {
     }
 }
 
+/// rcgen writes a domainComponent (IA5String) back as UTF8String: every leaf would name an
+/// issuer iPXE cannot match to the CA. `init` must refuse such a CA before writing anything.
+#[test]
+fn adopted_ca_whose_name_cannot_be_reproduced_is_refused_before_any_write() {
+    let lab = Lab::new();
+    let d = lab.tmp.path();
+    let (key, cert) = (d.join("dc-ca.key"), d.join("dc-ca.crt"));
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        s(&key),
+        "-out",
+        s(&cert),
+        "-days",
+        "30",
+        "-subj",
+        "/DC=org/DC=example/CN=Directory CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    let before = lab.snapshot();
+    let err = lab.fails(&[
+        "init",
+        "--san",
+        "IP:127.0.0.1",
+        "--from-ca",
+        s(&cert),
+        "--from-key",
+        s(&key),
+    ]);
+    assert!(
+        err.contains("cannot be reproduced byte for byte") && err.contains("ipxe-ca init"),
+        "{err}"
+    );
+    assert_eq!(lab.snapshot(), before, "nothing written");
+}
+
 #[test]
 fn csr_asking_for_ca_true_gets_a_client_certificate() {
     let lab = Lab::init();
