@@ -1,7 +1,9 @@
 //! ipxe-ca against the prototype stack (openssl CLI, nginx + gunicorn + Flask), side by side in
 //! one run on this machine. `cargo bench --bench bench` for the full run (minutes),
 //! `cargo bench --bench bench -- --smoke` for a seconds-long run that only proves it works.
-//! Sections: `--only enroll,serve,fullboot,files,build,registry`. Results: stdout and target/bench/results.md.
+//! Sections: `--only enroll,serve,fullboot,files,build,registry`; `--only ab` with
+//! `IPXE_CA_AB_BIN=OTHER-BINARY` compares two builds of `serve` in paired rounds.
+//! Results: stdout and target/bench/results.md.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -40,8 +42,13 @@ fn median(v: &mut [f64]) -> f64 {
 
 /// `ipxe-ca serve` on free loopback ports, ready: (process, https port, http port).
 fn start_serve(state: &Path) -> R<(Proc, u16, u16)> {
+    start_serve_with(&bin(), state)
+}
+
+/// The same with another build of `ipxe-ca` (or a wrapper that execs one).
+fn start_serve_with(program: &Path, state: &Path) -> R<(Proc, u16, u16)> {
     let (https, http) = (free_port(), free_port());
-    let srv = spawn(Command::new(bin()).args([
+    let srv = spawn(Command::new(program).args([
         "--dir",
         s(state),
         "serve",
@@ -256,6 +263,8 @@ fn bench_enroll(cx: &mut Ctx) -> R<()> {
 // ---------------------------------------------------------------- serve
 
 struct Load {
+    /// CPU ms per good boot the load generator itself spent (it shares the cores).
+    client_cpu_ms: f64,
     boots_per_s: f64,
     p50_ms: f64,
     p99_ms: f64,
@@ -450,6 +459,7 @@ fn load_boots(
         Ok(rt) => rt,
         Err(_) => {
             return Load {
+                client_cpu_ms: 0.0,
                 boots_per_s: 0.0,
                 p50_ms: 0.0,
                 p99_ms: 0.0,
@@ -459,7 +469,8 @@ fn load_boots(
         }
     };
     let cfgs = cfgs.to_vec();
-    rt.block_on(async move {
+    let cpu0 = self_cpu();
+    let mut l = rt.block_on(async move {
         let start = Instant::now();
         let deadline = start + dur;
         let mut tasks = Vec::new();
@@ -502,13 +513,29 @@ fn load_boots(
                 .unwrap_or(f64::NAN)
         };
         Load {
+            client_cpu_ms: 0.0,
             boots_per_s: lat.len() as f64 / secs,
             p50_ms: pct(0.5),
             p99_ms: pct(0.99),
             errors,
             ok: lat.len(),
         }
-    })
+    });
+    l.client_cpu_ms = (self_cpu() - cpu0) * 1e3 / l.ok.max(1) as f64;
+    l
+}
+
+/// CPU seconds (user+system) of this process alone, all its threads.
+fn self_cpu() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let f: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let t = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+    (t(11) + t(12)) / 100.0
 }
 
 const FLASK_APP: &str = r##"
@@ -678,25 +705,57 @@ fn bench_serve(cx: &mut Ctx) -> R<()> {
         &state.join("server/server-ecdsa.key"),
         if cx.smoke { 20 } else { 2000 },
     )?;
+    let (verify_each, verify_kept) = board_verify_ms(&key, if cx.smoke { 20 } else { 2000 })?;
     cx.line(&format!(
         "\n## Boots served ({n_boards} boards, new TLS 1.2 connection per boot, {:?} per level)\n",
         dur
     ));
     cx.line(&format!(
-        "Cryptographic floor of one server handshake here (aws-lc, one core): RSA-2048 signature + X25519 agreement {floor:.2} ms; ECDSA P-256 signature + X25519 agreement {floor_ec:.2} ms (the client's RSA signature, verified by the server, comes on top in both).\n"
+        "Cryptographic floor of one server handshake here (aws-lc, one core): RSA-2048 signature + X25519 agreement {floor:.2} ms; ECDSA P-256 signature + X25519 agreement {floor_ec:.2} ms (the client's RSA signature, verified by the server, comes on top in both). One RSA-2048 verification of a board's signature: {verify_each:.3} ms with the key parsed each time, {verify_kept:.3} ms with it parsed once. The RSA target's floor (an RSA signature, X25519, two verifications): {:.2} ms.\n",
+        floor + 2.0 * verify_kept
     ));
-    cx.line("| server | concurrency | boots/s | p50 ms | p99 ms | errors | server CPU ms/boot | peak RSS MB |");
-    cx.line("|---|---|---|---|---|---|---|---|");
+    cx.line("| server | concurrency | boots/s | p50 ms | p99 ms | errors | server CPU ms/boot | peak RSS MB | load generator CPU ms/boot |");
+    cx.line("|---|---|---|---|---|---|---|---|---|");
     for ((name, c), (l, cpu, rss)) in rows.iter().rev() {
         cx.line(&format!(
-            "| {name} | {c} | {:.0} | {:.1} | {:.1} | {} | {:.2} | {:.1} |",
+            "| {name} | {c} | {:.0} | {:.1} | {:.1} | {} | {:.2} | {:.1} | {:.2} |",
             l.boots_per_s,
             l.p50_ms,
             l.p99_ms,
             l.errors,
             cpu,
-            *rss as f64 / 1024.0
+            *rss as f64 / 1024.0,
+            l.client_cpu_ms
         ));
+    }
+    // The load generator shares the cores: when both runs fill them, boots/s go as
+    // 1 / (its CPU + the server's CPU) per boot. A server doing nothing but its crypto floor
+    // would reach at most this many times the prototype's boots/s.
+    let proto_name = "prototype (nginx + gunicorn + Flask)";
+    for &c in levels {
+        let Some((pl, pcpu, _)) = rows.get(&(proto_name.to_string(), c)) else {
+            continue;
+        };
+        for (name, f) in [
+            (
+                "ipxe-ca serve, iPXE < 2.0 client (ECDHE-RSA)",
+                floor + 2.0 * verify_kept,
+            ),
+            (
+                "ipxe-ca serve, iPXE 2.0 client (ECDHE-ECDSA)",
+                floor_ec + 2.0 * verify_kept,
+            ),
+        ] {
+            if let Some((l, _, _)) = rows.get(&(name.to_string(), c)) {
+                cx.line(&format!(
+                    "\n{name} at concurrency {c}: boots/s {:.2}× the prototype's; a server at the crypto floor ({f:.2} ms) with this load generator ({:.2} ms per boot) would reach at most {:.2}× (prototype: {pcpu:.2} + {:.2} ms per boot).",
+                    l.boots_per_s / pl.boots_per_s.max(1e-9),
+                    l.client_cpu_ms,
+                    (pcpu + pl.client_cpu_ms) / (f + l.client_cpu_ms),
+                    pl.client_cpu_ms
+                ));
+            }
+        }
     }
     for (name, c, k, total) in kernel {
         cx.line(&format!(
@@ -817,6 +876,39 @@ fn crypto_floor_ms(server_key: &Path, n: usize) -> R<f64> {
             .map_err(|e| format!("{e:?}"))?;
     }
     Ok(t.elapsed().as_secs_f64() * 1e3 / n as f64)
+}
+
+/// What the server's check of a board's CertificateVerify (RSA-PSS-SHA256, as rustls clients
+/// sign; iPXE signs PKCS#1) costs: (key parsed for every check, as WebPKI does; key parsed
+/// once and kept, as `serve` does).
+fn board_verify_ms(board_key: &Path, n: usize) -> R<(f64, f64)> {
+    use aws_lc_rs::{rand::SystemRandom, signature};
+    let der = PrivateKeyDer::from_pem_file(board_key)?;
+    let key = signature::RsaKeyPair::from_pkcs8(der.secret_der()).map_err(|e| format!("{e:?}"))?;
+    let msg = b"the transcript of a handshake, or its hash";
+    let mut sig = vec![0u8; key.public_modulus_len()];
+    key.sign(
+        &signature::RSA_PSS_SHA256,
+        &SystemRandom::new(),
+        msg,
+        &mut sig,
+    )
+    .map_err(|e| format!("{e:?}"))?;
+    let public = signature::KeyPair::public_key(&key).as_ref().to_vec();
+    let alg = &signature::RSA_PSS_2048_8192_SHA256;
+    let t = Instant::now();
+    for _ in 0..n {
+        signature::UnparsedPublicKey::new(alg, &public)
+            .verify(msg, &sig)
+            .map_err(|e| format!("{e:?}"))?;
+    }
+    let each = t.elapsed().as_secs_f64() * 1e3 / n as f64;
+    let parsed = signature::ParsedPublicKey::new(alg, &public).map_err(|e| format!("{e:?}"))?;
+    let t = Instant::now();
+    for _ in 0..n {
+        parsed.verify_sig(msg, &sig).map_err(|e| format!("{e:?}"))?;
+    }
+    Ok((each, t.elapsed().as_secs_f64() * 1e3 / n as f64))
 }
 
 /// The same with an ECDSA P-256 server key.
@@ -1036,6 +1128,89 @@ fn bench_registry(cx: &mut Ctx) -> R<()> {
     Ok(())
 }
 
+// ---------------------------------------------------------------- ab
+
+/// Two builds of `serve` compared in one window: this one and `IPXE_CA_AB_BIN`, both up at
+/// once, loaded in turn (ABBA order) with iPXE 2.0 clients at c=64. This machine's speed drifts
+/// by a quarter between runs minutes apart; paired rounds cancel most of that drift. Both are
+/// started afresh each round, in alternating order. Even so, A/A runs (one binary twice) put
+/// the median ratio anywhere from 0.94 to 1.09: trust a difference well beyond that, and count
+/// instructions (`scripts/callgrind-boots.sh`) for smaller ones.
+/// Only with `--only ab`.
+fn bench_ab(cx: &mut Ctx) -> R<()> {
+    let other = std::env::var_os("IPXE_CA_AB_BIN")
+        .map(PathBuf::from)
+        .ok_or("set IPXE_CA_AB_BIN to the ipxe-ca binary to compare with")?;
+    let (rounds, dur) = if cx.smoke {
+        (2, Duration::from_millis(300))
+    } else {
+        (8, Duration::from_secs(4))
+    };
+    let d = cx.dir.join("ab");
+    std::fs::create_dir_all(&d)?;
+    let (state, key, certs) = lab_with_boards(&d, if cx.smoke { 20 } else { 1000 })?;
+    let mut cfgs = Vec::new();
+    for ipxe2 in [true, false] {
+        cfgs.push(client_configs(
+            &state.join("ca/ca.crt"),
+            &key,
+            &certs,
+            ipxe2,
+        )?);
+    }
+    cx.line(&format!(
+        "\n## A/B: A = this build, B = {} (c=64, {rounds} rounds of {dur:?} each, ABBA)\n",
+        other.display()
+    ));
+    cx.line("| client | A CPU ms/boot (median) | B CPU ms/boot (median) | B/A per round (median) | A boots/s | B boots/s |");
+    cx.line("|---|---|---|---|---|---|");
+    for (client, cf) in ["iPXE 2.0 (ECDHE-ECDSA)", "iPXE < 2.0 (ECDHE-RSA)"]
+        .into_iter()
+        .zip(&cfgs)
+    {
+        let (mut a_cpu, mut b_cpu, mut ratio, mut a_rate, mut b_rate) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for r in 0..rounds {
+            let one = |pid: u32, port: u16| -> R<(f64, f64)> {
+                let (c0, _) = usage(pid);
+                let l = load(cf, port, 64, dur);
+                let (c1, _) = usage(pid);
+                if l.errors > 0 || l.ok == 0 {
+                    return Err(
+                        format!("{client}: {} failed boots, {} good", l.errors, l.ok).into(),
+                    );
+                }
+                Ok(((c1 - c0) * 1e3 / l.ok as f64, l.boots_per_s))
+            };
+            let ((ac, ar), (bc, br)) = if r % 2 == 0 {
+                let (a, a_port, _) = start_serve(&state)?;
+                let (b, b_port, _) = start_serve_with(&other, &state)?;
+                let x = one(a.0.id(), a_port)?;
+                (x, one(b.0.id(), b_port)?)
+            } else {
+                let (b, b_port, _) = start_serve_with(&other, &state)?;
+                let (a, a_port, _) = start_serve(&state)?;
+                let y = one(b.0.id(), b_port)?;
+                (one(a.0.id(), a_port)?, y)
+            };
+            a_cpu.push(ac);
+            b_cpu.push(bc);
+            ratio.push(bc / ac);
+            a_rate.push(ar);
+            b_rate.push(br);
+        }
+        cx.line(&format!(
+            "| {client} | {:.3} | {:.3} | {:.3} | {:.0} | {:.0} |",
+            median(&mut a_cpu),
+            median(&mut b_cpu),
+            median(&mut ratio),
+            median(&mut a_rate),
+            median(&mut b_rate)
+        ));
+    }
+    Ok(())
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     // `cargo bench` passes --bench; `cargo test --all-targets` runs this binary without it:
@@ -1089,7 +1264,11 @@ fn main() {
         ("build", bench_build),
         ("registry", bench_registry),
     ];
-    for (name, f) in sections {
+    // The A/B section needs a second binary: only when asked for by name.
+    let ab = [("ab", bench_ab as Section)]
+        .into_iter()
+        .filter(|_| only.as_ref().is_some_and(|o| o.iter().any(|x| x == "ab")));
+    for (name, f) in sections.into_iter().chain(ab) {
         if want(name) {
             if let Err(e) = f(&mut cx) {
                 cx.line(&format!("\n{name}: FAILED: {e}"));
