@@ -536,4 +536,119 @@ mod tests {
         assert_eq!(f.as_str().len(), 40);
         assert!("xyz".parse::<Fingerprint>().is_err());
     }
+
+    #[test]
+    fn fingerprints_of_the_right_length_but_not_hex_never_become_paths() {
+        // A fingerprint names a file of the index: 40 or 64 characters of anything else
+        // (a path, a NUL, a non-ASCII digit) must be refused.
+        let escape = format!("{}{}", "../".repeat(13), "x");
+        assert_eq!(escape.len(), 40);
+        for bad in [
+            escape,
+            format!("{}/", "a".repeat(39)),
+            format!("{}g", "a".repeat(63)),
+            format!("{}\0", "a".repeat(39)),
+            format!("{}\u{0663}", "a".repeat(39)), // ARABIC-INDIC DIGIT THREE
+        ] {
+            assert!(bad.parse::<Fingerprint>().is_err(), "{bad:?}");
+        }
+        assert!("a".repeat(64).parse::<Fingerprint>().is_ok());
+    }
+
+    #[test]
+    fn serials_are_minimal_even_length_hex_of_at_most_64_digits() {
+        for (given, stored) in [
+            ("0", "00"),
+            ("00:00", "00"),
+            ("a", "0a"),
+            ("ab", "ab"),
+            ("abc", "0abc"),
+            ("ABCD", "abcd"),
+            ("12345", "012345"),
+            ("0012:3456", "123456"),
+        ] {
+            let s: Serial = given.parse().unwrap();
+            assert_eq!(s.as_str(), stored, "{given}");
+            assert_eq!(s.to_string(), stored, "{given}: Display");
+        }
+        // 64 digits (32 bytes) is the longest a serial may be (RFC 5280 says 20 octets;
+        // foreign CAs exceed it).
+        assert!("f".repeat(64).parse::<Serial>().is_ok());
+        assert!("f".repeat(65).parse::<Serial>().is_err());
+    }
+
+    #[test]
+    fn profile_names_are_checked_wherever_they_come_from() {
+        let p: ProfileName = "rescue".parse().unwrap();
+        assert_eq!(p.as_str(), "rescue");
+        assert_eq!(p.to_string(), "rescue");
+        // From a board file (serde goes through TryFrom<String>): a bad name is an error,
+        // never the default profile.
+        #[derive(Deserialize)]
+        struct B {
+            profile: ProfileName,
+        }
+        let ok: B = toml::from_str("profile = \"rescue\"").unwrap();
+        assert_eq!(ok.profile, p);
+        for bad in ["../../etc/passwd", "", "Rescue"] {
+            assert!(
+                toml::from_str::<B>(&format!("profile = {bad:?}")).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn index_folders_keep_their_names() {
+        // Existing state dirs hold index/sha1/… and index/sha256/…: another name would make
+        // every registered certificate unknown after an upgrade.
+        assert_eq!(Digest::Sha1.name(), "sha1");
+        assert_eq!(Digest::Sha256.name(), "sha256");
+    }
+
+    #[test]
+    fn dns_sans_take_hyphens_wildcards_and_at_most_253_characters() {
+        for good in ["DNS:boot-1.lab", "DNS:*.lab"] {
+            assert!(good.parse::<San>().is_ok(), "{good}");
+        }
+        // 253 characters is the longest DNS name: labels of 63 and dots.
+        let name = |len: usize| {
+            let mut n = String::new();
+            while n.len() < len {
+                if !n.is_empty() {
+                    n.push('.');
+                }
+                let take = (len - n.len()).min(63);
+                n.push_str(&"a".repeat(take));
+            }
+            n
+        };
+        assert_eq!(name(253).len(), 253);
+        assert!(format!("DNS:{}", name(253)).parse::<San>().is_ok());
+        assert!(format!("DNS:{}", name(254)).parse::<San>().is_err());
+        assert!(format!("DNS:{}", name(400)).parse::<San>().is_err());
+        assert!("DNS:".parse::<San>().is_err());
+    }
+
+    #[test]
+    fn keys_are_identifiers_and_key_files_skip_comments() {
+        assert_eq!(
+            "s3_key=a=b".parse::<KeyValue>().unwrap(),
+            KeyValue {
+                key: "s3_key".into(),
+                value: "a=b".into()
+            }
+        );
+        for bad in ["s3-key=x", "1a=x", "=x", "a b=x"] {
+            assert!(bad.parse::<KeyValue>().is_err(), "{bad}");
+        }
+        let kv = parse_key_values("# S3\n\n  s3_key = ignored?\ns3_key=AKIA\n  # end\ntoken=t0k\n");
+        assert!(kv.is_err(), "a key with a space is refused, by line number");
+        let kv = parse_key_values("# S3\n\ns3_key=AKIA\n  # end\ntoken=t0k\n").unwrap();
+        let keys: Vec<(&str, &str)> = kv
+            .iter()
+            .map(|k| (k.key.as_str(), k.value.as_str()))
+            .collect();
+        assert_eq!(keys, [("s3_key", "AKIA"), ("token", "t0k")]);
+    }
 }
