@@ -352,7 +352,8 @@ fn adopted_openssl_ca_keeps_its_subject_bytes_in_every_leaf() {
     }
 }
 
-/// rcgen writes a domainComponent (IA5String) back as UTF8String: every leaf would name an
+/// rcgen keeps one value per attribute type in a name: a CA named with two domainComponents
+/// (or two OUs) would be written back without one of them, and every leaf would name an
 /// issuer iPXE cannot match to the CA. `init` must refuse such a CA before writing anything.
 #[test]
 fn adopted_ca_whose_name_cannot_be_reproduced_is_refused_before_any_write() {
