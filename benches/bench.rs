@@ -105,23 +105,13 @@ fn usage_split(root: u32) -> (f64, f64, u64) {
         }
         i += 1;
     }
-    let tick = 100.0;
     let mut cpu = 0.0;
     let mut sys = 0.0;
     let mut rss = 0;
     for pid in pids {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let f: Vec<&str> = stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .split_whitespace()
-            .collect();
-        // After the command name: field 3 is index 0; utime is field 14, stime 15.
-        let ut: f64 = f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0.0);
-        let st: f64 = f.get(12).and_then(|x| x.parse().ok()).unwrap_or(0.0);
-        cpu += (ut + st) / tick;
-        sys += st / tick;
+        let (c, k) = stat_cpu(&format!("/proc/{pid}/stat"));
+        cpu += c;
+        sys += k;
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         rss += status
             .lines()
@@ -527,15 +517,21 @@ fn load_boots(
 
 /// CPU seconds (user+system) of this process alone, all its threads.
 fn self_cpu() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    stat_cpu("/proc/self/stat").0
+}
+
+/// CPU seconds (user+system, and system alone) from a `/proc/…/stat` file; zero if it is gone.
+fn stat_cpu(path: &str) -> (f64, f64) {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
     let f: Vec<&str> = stat
         .rsplit(')')
         .next()
         .unwrap_or("")
         .split_whitespace()
         .collect();
-    let t = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
-    (t(11) + t(12)) / 100.0
+    // After the command name: field 3 is index 0; utime is field 14, stime 15 (in ticks).
+    let t = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0) / 100.0;
+    (t(11) + t(12), t(12))
 }
 
 const FLASK_APP: &str = r##"
