@@ -292,6 +292,19 @@ fn openssl_ca(
     (cert, key)
 }
 
+/// `init` adopting a CA made elsewhere.
+fn adopt<'a>(cert: &'a std::path::Path, key: &'a std::path::Path) -> [&'a str; 7] {
+    [
+        "init",
+        "--san",
+        "IP:127.0.0.1",
+        "--from-ca",
+        s(cert),
+        "--from-key",
+        s(key),
+    ]
+}
+
 #[test]
 fn adopted_openssl_ca_keeps_its_subject_bytes_in_every_leaf() {
     for traditional in [true, false] {
@@ -310,15 +323,7 @@ fn adopted_openssl_ca_keeps_its_subject_bytes_in_every_leaf() {
             names.contains("PRINTABLESTRING"),
             "fixture must use PrintableString: {names}"
         );
-        lab.ok(&[
-            "init",
-            "--san",
-            "IP:127.0.0.1",
-            "--from-ca",
-            s(&cert),
-            "--from-key",
-            s(&key),
-        ]);
+        lab.ok(&adopt(&cert, &key));
         lab.enroll("old-board", &[]);
         let ca_der = der_of(&lab.path("ca/ca.crt"));
         assert_eq!(
@@ -380,15 +385,7 @@ fn adopted_ca_whose_name_cannot_be_reproduced_is_refused_before_any_write() {
         "keyUsage=critical,keyCertSign,cRLSign",
     ]);
     let before = lab.snapshot();
-    let err = lab.fails(&[
-        "init",
-        "--san",
-        "IP:127.0.0.1",
-        "--from-ca",
-        s(&cert),
-        "--from-key",
-        s(&key),
-    ]);
+    let err = lab.fails(&adopt(&cert, &key));
     assert!(
         err.contains("cannot be reproduced byte for byte") && err.contains("ipxe-ca init"),
         "{err}"

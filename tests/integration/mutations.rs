@@ -359,13 +359,7 @@ fn bug_check_misses_a_swapped_certificate_or_a_stray_index_entry() {
     // An index entry that names a real board under a fingerprint it does not have.
     let stray = lab.path("index/sha256").join("ab".repeat(32));
     std::fs::write(&stray, "a").unwrap();
-    let o = lab.run(&["check"]);
-    let text =
-        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
-    assert!(
-        !o.status.success() && text.contains("dangling-index"),
-        "{text}"
-    );
+    check_finds(&lab, "dangling-index");
     std::fs::remove_file(&stray).unwrap();
     // A missing index entry is reported, and `--repair` writes it back from the board file
     // (board a's: not the last board, whose name a repair that wrote the wrong one would
@@ -389,11 +383,13 @@ fn bug_check_misses_a_swapped_certificate_or_a_stray_index_entry() {
     lab.ok(&["check"]);
     // Board a's certificate file replaced by b's: its registry entry no longer matches.
     std::fs::copy(lab.path("boards/b/cert.pem"), lab.path("boards/a/cert.pem")).unwrap();
+    check_finds(&lab, "certificate-mismatch");
+}
+
+/// `check` fails and names `finding` (on stdout or stderr).
+fn check_finds(lab: &Lab, finding: &str) {
     let o = lab.run(&["check"]);
     let text =
         String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
-    assert!(
-        !o.status.success() && text.contains("certificate-mismatch"),
-        "{text}"
-    );
+    assert!(!o.status.success() && text.contains(finding), "{text}");
 }
