@@ -213,13 +213,22 @@ fn append(
     for r in recs {
         line(r, &mut text)?;
     }
-    state::create_dir_private(&state.board_dir(board))?;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(MODE_SECRET)
-        .open(&path)
-        .map_err(|e| Error::io("cannot open", &path, e))?;
+    let open = || {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(MODE_SECRET)
+            .open(&path)
+    };
+    // The board's folder is made only when it is missing, not checked per append.
+    let opened = match open() {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            state::create_dir_private(&state.board_dir(board))?;
+            open()
+        }
+        other => other,
+    };
+    let mut f = opened.map_err(|e| Error::io("cannot open", &path, e))?;
     // One write of whole lines: a crash tears at most the last one.
     f.write_all(&text)
         .map_err(|e| Error::io("cannot append to", &path, e))?;

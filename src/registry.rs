@@ -220,6 +220,103 @@ impl Registry {
     }
 }
 
+/// Boards as `serve` looks them up on every request, parsed once per version of their files.
+/// A hit costs two `stat`s (the index entry and the board file) instead of two reads and a
+/// TOML parse; every revoke, renew or edit is still seen on the next request, because each
+/// write through ipxe-ca is a rename (a new file) and an edit in place changes mtime or size.
+#[derive(Debug)]
+pub struct BoardCache {
+    registry: Registry,
+    seen: std::sync::Mutex<std::collections::HashMap<Fingerprint, std::sync::Arc<Cached>>>,
+}
+
+#[derive(Debug)]
+struct Cached {
+    index: state::FileVersion,
+    path: PathBuf,
+    board_file: state::FileVersion,
+    board: std::sync::Arc<Board>,
+}
+
+/// Entries kept at most; past that the cache starts again (a farm has far fewer).
+const CACHE_MAX: usize = 100_000;
+
+/// A file's content with the version it was read at (the same open file: a rename between
+/// the two cannot pair one version with another's bytes). None: there is no such file.
+fn read_versioned(path: &std::path::Path) -> Result<Option<(state::FileVersion, String)>> {
+    use std::io::Read;
+    let mut f = match fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("cannot read", path, e)),
+    };
+    let meta = f
+        .metadata()
+        .map_err(|e| Error::io("cannot read", path, e))?;
+    let mut text = String::with_capacity(meta.len() as usize);
+    f.read_to_string(&mut text)
+        .map_err(|e| Error::io("cannot read", path, e))?;
+    Ok(Some((state::version_of(&meta), text)))
+}
+
+impl BoardCache {
+    /// An empty cache over `registry`.
+    pub fn new(registry: Registry) -> Self {
+        BoardCache {
+            registry,
+            seen: Default::default(),
+        }
+    }
+
+    /// What [`Registry::by_fingerprint`] would answer now.
+    pub fn by_fingerprint(&self, fp: &Fingerprint) -> Result<Option<std::sync::Arc<Board>>> {
+        let st = &self.registry.state;
+        let idx = st.index_file(fp.digest().name(), fp.as_str());
+        let Some(index) = state::file_version(&idx) else {
+            return Ok(None);
+        };
+        let hit = {
+            let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            seen.get(fp).filter(|c| c.index == index).cloned()
+        };
+        if let Some(c) = hit {
+            if state::file_version(&c.path) == Some(c.board_file) {
+                return Ok(Some(c.board.clone()));
+            }
+        }
+        let Some((index, name)) = read_versioned(&idx)? else {
+            return Ok(None);
+        };
+        let name: BoardName = name.trim().parse()?;
+        let path = st.board_file(&name);
+        let Some((board_file, text)) = read_versioned(&path)? else {
+            return Ok(None);
+        };
+        let board: Board = toml::from_str(&text).map_err(|e| Error::Parse {
+            path: path.clone(),
+            detail: e.to_string(),
+        })?;
+        if board.presented(fp).is_none() {
+            return Ok(None);
+        }
+        let board = std::sync::Arc::new(board);
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.len() >= CACHE_MAX {
+            seen.clear();
+        }
+        seen.insert(
+            fp.clone(),
+            std::sync::Arc::new(Cached {
+                index,
+                path,
+                board_file,
+                board: board.clone(),
+            }),
+        );
+        Ok(Some(board))
+    }
+}
+
 /// One inconsistency between board files, folders and the index.
 #[derive(Clone, Debug, Serialize)]
 pub struct Problem {
@@ -378,4 +475,71 @@ fn index_values(b: &Board) -> Vec<(&'static str, &str)> {
         v.push(("serial", p.serial.as_str()));
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lab::{BoardOptions, InitOptions, Lab};
+
+    /// The cache's answer, as text, beside the registry's.
+    fn both(cache: &BoardCache, fp: &Fingerprint) -> (Option<String>, Option<String>) {
+        let direct = cache.registry.by_fingerprint(fp).unwrap();
+        let cached = cache.by_fingerprint(fp).unwrap();
+        let text = |b: &Board| toml::to_string(b).unwrap();
+        (cached.as_deref().map(text), direct.as_ref().map(text))
+    }
+
+    #[test]
+    fn the_board_cache_answers_what_the_registry_answers_after_every_change() {
+        let t = tempfile::tempdir().unwrap();
+        let lab = Lab::open(t.path().join("s"));
+        lab.init(&InitOptions::default()).unwrap();
+        let name: BoardName = "b1".parse().unwrap();
+        let board = lab
+            .enroll_many(std::slice::from_ref(&name), &BoardOptions::default())
+            .unwrap()
+            .remove(0);
+        let cache = BoardCache::new(lab.registry().clone());
+        let (sha1, sha256) = (
+            board.fingerprint_sha1.clone(),
+            board.fingerprint_sha256.clone(),
+        );
+
+        // A hit hands out the board parsed before.
+        let first = cache.by_fingerprint(&sha1).unwrap().unwrap();
+        let again = cache.by_fingerprint(&sha1).unwrap().unwrap();
+        assert!(std::sync::Arc::ptr_eq(&first, &again), "not cached");
+        assert_eq!(first.name, name);
+        let (c, d) = both(&cache, &sha256);
+        assert!(c.is_some() && c == d);
+
+        // A revoke (a rename of the board file) is seen on the next lookup.
+        lab.revoke(&name, crate::ca::Reason::Unspecified).unwrap();
+        let revoked = cache.by_fingerprint(&sha1).unwrap().unwrap();
+        assert_eq!(revoked.status, crate::board::Status::Revoked);
+        assert_eq!(both(&cache, &sha1).0, both(&cache, &sha1).1);
+
+        // An edit in place (same file, new size) too.
+        let path = lab.state().board_file(&name);
+        let text = fs::read_to_string(&path).unwrap();
+        let edited = text.replace("status = \"revoked\"", "status = \"active\"");
+        assert_ne!(text, edited);
+        fs::write(&path, edited).unwrap();
+        assert_eq!(
+            cache.by_fingerprint(&sha1).unwrap().unwrap().status,
+            crate::board::Status::Active
+        );
+
+        // An index entry that names another board, or none, ends the hit.
+        let idx = lab.state().index_file("sha1", sha1.as_str());
+        fs::write(&idx, "nosuchboard").unwrap();
+        assert_eq!(both(&cache, &sha1), (None, None));
+        fs::remove_file(&idx).unwrap();
+        assert_eq!(both(&cache, &sha1), (None, None));
+
+        // A fingerprint nobody registered.
+        let stranger: Fingerprint = "00".repeat(20).parse().unwrap();
+        assert_eq!(both(&cache, &stranger), (None, None));
+    }
 }

@@ -92,6 +92,8 @@ pub(crate) struct Shared {
     pub revoked: crl::RevokedSerials,
     /// Profiles and secret templates, compiled once per version of their file.
     pub templates: crate::render::Templates,
+    /// Board files, parsed once per version.
+    pub boards: crate::registry::BoardCache,
     /// Each board's recent requests.
     pub journal: crate::history::Journal,
     pub metrics: metrics::Metrics,
@@ -201,6 +203,7 @@ pub async fn serve(
         one_time: OneTimeStore::default(),
         revoked: crl::RevokedSerials::new(lab.state())?,
         templates: crate::render::Templates::default(),
+        boards: crate::registry::BoardCache::new(lab.registry().clone()),
         journal: crate::history::Journal::start(lab.state().clone(), log::say),
         metrics: metrics::Metrics::default(),
         opts: opts.clone(),

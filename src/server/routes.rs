@@ -281,9 +281,9 @@ fn select(
     mac: Option<&str>,
     shared: &Shared,
     out: &mut Outcome,
-) -> Result<Board, Refusal> {
+) -> Result<Arc<Board>, Refusal> {
     out.fingerprint = Some(fp.to_string());
-    let board = match shared.lab.registry().by_fingerprint(fp) {
+    let board = match shared.boards.by_fingerprint(fp) {
         Ok(Some(b)) => b,
         Ok(None) => {
             return Err(Refusal::forbidden(
@@ -350,7 +350,7 @@ fn authorize(
     info: &ConnInfo,
     shared: &Shared,
     out: &mut Outcome,
-) -> Result<Board, Refusal> {
+) -> Result<Arc<Board>, Refusal> {
     let (fp, serial) = identify(req, info, shared)?;
     select(&fp, serial.as_ref(), mac, shared, out)
 }
