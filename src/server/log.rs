@@ -42,18 +42,56 @@ const QUEUE: usize = 8192;
 /// (requests no longer wait at all) until it catches up.
 const WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// How a line reaches stdout, by what stdout is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route {
+    /// A regular file or /dev/null: written by the request's own thread (one `write`), which
+    /// costs no hand-off to another thread and no wake-up.
+    Direct,
+    /// A socket (systemd's journal): sent by the request's thread without waiting; when the
+    /// socket is full, the line goes to the writer thread instead.
+    Send,
+    /// A pipe or a terminal, which may block: through the writer thread.
+    Thread,
+}
+
+fn route_of_stdout() -> Route {
+    use rustix::fs::FileType;
+    let Ok(st) = rustix::fs::fstat(std::io::stdout()) else {
+        return Route::Thread;
+    };
+    match FileType::from_raw_mode(st.st_mode) {
+        FileType::RegularFile => Route::Direct,
+        FileType::CharacterDevice
+            if rustix::fs::major(st.st_rdev) == 1 && rustix::fs::minor(st.st_rdev) == 3 =>
+        {
+            Route::Direct
+        }
+        FileType::Socket => Route::Send,
+        _ => Route::Thread,
+    }
+}
+
 struct Sink {
+    route: Route,
     tx: std::sync::mpsc::SyncSender<String>,
-    /// (lines queued, lines written or dropped by the writer)
+    /// (lines queued for the writer thread, lines it wrote or dropped)
     progress: std::sync::Mutex<(u64, u64)>,
     done: std::sync::Condvar,
     stuck: std::sync::atomic::AtomicBool,
+    broken: std::sync::atomic::AtomicBool,
     dropped: std::sync::atomic::AtomicU64,
 }
 
-/// The log goes through one thread: a slow or blocked stdout (a full pipe) never holds a
-/// request for more than [`WAIT`] (once), and a broken one (`serve | tee` with tee gone) never
-/// panics; lines are dropped and counted instead.
+/// Stdout is gone (`serve | tee` with tee gone): say so once; lines are dropped from now on.
+fn mark_broken(s: &Sink) {
+    if !s.broken.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        let _ = writeln_stderr("ipxe-ca: the access log (stdout) is broken; lines are dropped");
+    }
+}
+
+/// A stdout that blocks (a full pipe) never holds a request for more than [`WAIT`] (once), and
+/// a broken one never panics; lines are dropped and counted instead.
 fn sink() -> &'static Sink {
     static SINK: std::sync::OnceLock<Sink> = std::sync::OnceLock::new();
     SINK.get_or_init(|| {
@@ -62,17 +100,17 @@ fn sink() -> &'static Sink {
             .name("access-log".into())
             .spawn(move || {
                 use std::io::Write;
-                let mut out = std::io::stdout().lock();
-                let mut broken = false;
-                while let Ok(line) = rx.recv() {
-                    if !broken && writeln!(out, "{line}").and_then(|_| out.flush()).is_err() {
-                        // Keep draining so senders never block; say it once.
-                        broken = true;
-                        let _ = writeln_stderr(
-                            "ipxe-ca: the access log (stdout) is broken; lines are dropped",
-                        );
-                    }
+                let mut out = std::io::stdout();
+                while let Ok(text) = rx.recv() {
                     let s = sink();
+                    if !s.broken.load(std::sync::atomic::Ordering::Relaxed)
+                        && out
+                            .write_all(text.as_bytes())
+                            .and_then(|_| out.flush())
+                            .is_err()
+                    {
+                        mark_broken(s);
+                    }
                     let mut p = s.progress.lock().unwrap_or_else(|e| e.into_inner());
                     p.1 += 1;
                     if p.1 >= p.0 {
@@ -86,10 +124,12 @@ fn sink() -> &'static Sink {
                 writeln_stderr("ipxe-ca: cannot start the access-log thread; lines are dropped");
         }
         Sink {
+            route: route_of_stdout(),
             tx,
             progress: std::sync::Mutex::new((0, 0)),
             done: std::sync::Condvar::new(),
             stuck: std::sync::atomic::AtomicBool::new(spawned.is_err()),
+            broken: std::sync::atomic::AtomicBool::new(false),
             dropped: std::sync::atomic::AtomicU64::new(0),
         }
     })
@@ -105,10 +145,55 @@ pub(crate) fn say(msg: &str) {
     let _ = writeln_stderr(msg);
 }
 
-fn emit(line: String) {
+/// Write what can be written of `text` to stdout now, from this thread: the bytes written.
+/// None: stdout is broken.
+fn write_now(route: Route, text: &[u8]) -> Option<usize> {
+    use rustix::io::Errno;
+    let fd = std::io::stdout();
+    let mut done = 0;
+    while done < text.len() {
+        let r = match route {
+            Route::Direct => rustix::io::write(&fd, &text[done..]),
+            Route::Send => rustix::net::send(
+                &fd,
+                &text[done..],
+                rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL,
+            ),
+            Route::Thread => return Some(done),
+        };
+        match r {
+            Ok(0) => return Some(done),
+            Ok(n) => done += n,
+            Err(Errno::INTR) => {}
+            Err(Errno::AGAIN) => return Some(done),
+            Err(_) => return None,
+        }
+    }
+    Some(done)
+}
+
+fn emit(mut line: String) {
     use std::sync::atomic::Ordering;
     let s = sink();
+    if s.broken.load(Ordering::Relaxed) {
+        return;
+    }
+    line.push('\n');
     let mut p = s.progress.lock().unwrap_or_else(|e| e.into_inner());
+    // Written here unless the writer thread still has lines to write (they come first).
+    if s.route != Route::Thread && p.1 >= p.0 {
+        match write_now(s.route, line.as_bytes()) {
+            None => {
+                drop(p);
+                mark_broken(s);
+                return;
+            }
+            Some(n) if n == line.len() => return,
+            Some(n) => {
+                line.drain(..n);
+            }
+        }
+    }
     if s.tx.try_send(line).is_err() {
         drop(p);
         let n = s.dropped.fetch_add(1, Ordering::Relaxed);

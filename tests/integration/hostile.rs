@@ -131,6 +131,190 @@ fn issue12_5_a_broken_stdout_never_stops_serving() {
     assert!(!err.contains("panicked"), "{err}");
 }
 
+/// `serve` under strace (write, writev, sendto) with `stdout`; (strace, https port, trace file).
+fn serve_traced(
+    lab: &Lab,
+    stdout: Stdio,
+    tag: &str,
+) -> (std::process::Child, u16, std::path::PathBuf) {
+    let (https, http) = (free_port(), free_port());
+    let trace = lab.tmp.path().join(format!("trace-{tag}"));
+    let child = Command::new("strace")
+        .args([
+            "-f",
+            "-qq",
+            "-s",
+            "200",
+            "-e",
+            "trace=write,writev,sendto",
+            "-o",
+        ])
+        .arg(&trace)
+        .arg(bin())
+        .arg("--dir")
+        .arg(&lab.dir)
+        .args(["serve", "--https", &format!("127.0.0.1:{https}")])
+        .args(["--http", &format!("127.0.0.1:{http}")])
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("strace is needed (apt-get install strace)");
+    crate::common::wait_port(https, Duration::from_secs(20)).unwrap();
+    (child, https, trace)
+}
+
+/// Stop `serve` (strace's child), then strace; the trace's lines.
+fn stop_traced(mut strace: std::process::Child, trace: &std::path::Path) -> Vec<String> {
+    let children = format!("/proc/{0}/task/{0}/children", strace.id());
+    for pid in std::fs::read_to_string(children)
+        .unwrap()
+        .split_whitespace()
+    {
+        let _ = Command::new("kill").args(["-TERM", pid]).status();
+    }
+    let _ = strace.wait();
+    std::fs::read_to_string(trace)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// The threads that wrote requests' access-log lines to stdout with `call`, and those that wrote TLS
+/// records (`writev`): the log's writers must be among the servers of requests.
+fn log_writers(trace: &[String], call: &str) -> (Vec<String>, Vec<String>) {
+    let tid = |l: &str| l.split_whitespace().next().unwrap_or("").to_string();
+    let logged: Vec<String> = trace
+        .iter()
+        .filter(|l| l.contains(&format!("{call}(1, \"{{\\\"time\\\"")) && l.contains("outcome"))
+        .map(|l| tid(l))
+        .collect();
+    let served: Vec<String> = trace
+        .iter()
+        .filter(|l| l.contains(" writev("))
+        .map(|l| tid(l))
+        .collect();
+    (logged, served)
+}
+
+/// A boot's access-log line costs no hand-off to another thread when stdout cannot block for
+/// long: to a file it is written, to a socket (the journal's) it is sent without waiting, by
+/// the thread that served the request. A log socket that fills up hands lines to the writer
+/// thread instead: boards keep booting, and every line arrives whole and in order once the
+/// reader catches up.
+#[test]
+fn access_log_lines_are_written_by_the_serving_thread_and_a_full_log_socket_never_stops_serving() {
+    let lab = Lab::init();
+    lab.enroll("p1", &[]);
+    let boot = |https: u16| {
+        let (code, body) = lab.curl_as(Some("p1"), &format!("https://127.0.0.1:{https}/boot.ipxe"));
+        assert_eq!(code, 200, "{body}");
+    };
+
+    // A regular file.
+    let out = lab.tmp.path().join("access.log");
+    let (strace, https, trace) = serve_traced(
+        &lab,
+        Stdio::from(std::fs::File::create(&out).unwrap()),
+        "file",
+    );
+    for _ in 0..3 {
+        boot(https);
+    }
+    let (logged, served) = log_writers(&stop_traced(strace, &trace), "write");
+    assert_eq!(
+        logged.len(),
+        3,
+        "three lines written to the file: {logged:?}"
+    );
+    assert!(
+        logged.iter().all(|t| served.contains(t)),
+        "access-log lines written by threads {logged:?}, requests served by {served:?}"
+    );
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(text.matches("\"outcome\":\"served\"").count(), 3, "{text}");
+
+    // A socket with a small buffer, as the journal's stream.
+    let (theirs, mut ours) = std::os::unix::net::UnixStream::pair().unwrap();
+    rustix::net::sockopt::set_socket_send_buffer_size(&theirs, 4096).unwrap();
+    let (strace, https, trace) = serve_traced(
+        &lab,
+        Stdio::from(std::os::fd::OwnedFd::from(theirs)),
+        "socket",
+    );
+    for _ in 0..3 {
+        boot(https);
+    }
+    // Nobody reads the socket now: it fills up, and boards still boot. Long lines (a long
+    // User-Agent) do not fit whole: part of one is sent, the writer thread sends the rest.
+    let agent = "iPXE/".to_string() + &"x".repeat(6000);
+    for _ in 0..40 {
+        let (ok, out) = crate::util::tool(
+            "curl",
+            &[
+                "-sf",
+                "-o",
+                "/dev/null",
+                "-A",
+                &agent,
+                "--cacert",
+                s(&lab.path("ca/ca.crt")),
+                "--cert",
+                s(&lab.path("boards/p1/cert.pem")),
+                "--key",
+                s(&lab.path("boards/p1/key.pem")),
+                &format!("https://127.0.0.1:{https}/boot.ipxe"),
+            ],
+        );
+        assert!(ok, "{out}");
+    }
+    let reader = std::thread::spawn(move || {
+        ours.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut text = Vec::new();
+        let mut buf = [0u8; 4096];
+        let served = |t: &[u8]| String::from_utf8_lossy(t).matches("\"outcome\"").count();
+        while served(&text) < 43 || text.last() != Some(&b'\n') {
+            match ours.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => text.extend_from_slice(&buf[..n]),
+            }
+        }
+        String::from_utf8(text).unwrap()
+    });
+    let text = reader.join().unwrap();
+    let lines = stop_traced(strace, &trace);
+    let (logged, served) = log_writers(&lines, "sendto");
+    assert!(
+        logged.len() >= 3 && logged.iter().all(|t| served.contains(t)),
+        "access-log lines sent by threads {logged:?}, requests served by {served:?}"
+    );
+    let (queued, _) = log_writers(&lines, "write");
+    assert!(
+        !queued.is_empty() && queued.iter().all(|t| !served.contains(t)),
+        "the full socket's lines were not handed to the writer thread: {queued:?}"
+    );
+    // The port check before the boots left a line of its own (a handshake that never was).
+    let times: Vec<String> = text
+        .lines()
+        .filter(|l| !l.contains("\"event\":\"tls_handshake_failed\""))
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| {
+                let start: String = l.chars().take(200).collect();
+                panic!("torn line ({} bytes) {start:?}…: {e}", l.len())
+            });
+            assert_eq!(v["outcome"], "served", "{l}");
+            v["time"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(times.len(), 43, "{text}");
+    assert!(
+        times.windows(2).all(|w| w[0] <= w[1]),
+        "out of order: {times:?}"
+    );
+}
+
 /// GET `path` on the plain port; the whole response.
 fn get(port: u16, path: &str) -> String {
     raw(
