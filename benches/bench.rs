@@ -702,6 +702,10 @@ fn bench_serve(cx: &mut Ctx) -> R<()> {
         if cx.smoke { 20 } else { 2000 },
     )?;
     let (verify_each, verify_kept) = board_verify_ms(&key, if cx.smoke { 20 } else { 2000 })?;
+    let mut tcp = BTreeMap::new();
+    for &c in levels {
+        tcp.insert(c, tcp_floor_ms(c, dur)?);
+    }
     cx.line(&format!(
         "\n## Boots served ({n_boards} boards, new TLS 1.2 connection per boot, {:?} per level)\n",
         dur
@@ -724,6 +728,12 @@ fn bench_serve(cx: &mut Ctx) -> R<()> {
             l.client_cpu_ms
         ));
     }
+    cx.line("\nTCP floor: a server on tokio that exchanges a TLS 1.2 boot's flights in clear text (the same messages and sizes, no TLS, no HTTP), measured like the servers above. No server on this kernel spends less per boot, whatever its crypto.\n");
+    cx.line("| concurrency | TCP floor CPU ms/boot | of it in the kernel |");
+    cx.line("|---|---|---|");
+    for (c, (cpu, sys)) in &tcp {
+        cx.line(&format!("| {c} | {cpu:.3} | {sys:.3} |"));
+    }
     // The load generator shares the cores: when both runs fill them, boots/s go as
     // 1 / (its CPU + the server's CPU) per boot. A server doing nothing but its crypto floor
     // would reach at most this many times the prototype's boots/s.
@@ -732,6 +742,7 @@ fn bench_serve(cx: &mut Ctx) -> R<()> {
         let Some((pl, pcpu, _)) = rows.get(&(proto_name.to_string(), c)) else {
             continue;
         };
+        let tcp_c = tcp.get(&c).map_or(0.0, |t| t.0);
         for (name, f) in [
             (
                 "ipxe-ca serve, iPXE < 2.0 client (ECDHE-RSA)",
@@ -742,13 +753,19 @@ fn bench_serve(cx: &mut Ctx) -> R<()> {
                 floor_ec + 2.0 * verify_kept,
             ),
         ] {
-            if let Some((l, _, _)) = rows.get(&(name.to_string(), c)) {
+            if let Some((l, cpu, _)) = rows.get(&(name.to_string(), c)) {
                 cx.line(&format!(
-                    "\n{name} at concurrency {c}: boots/s {:.2}× the prototype's; a server at the crypto floor ({f:.2} ms) with this load generator ({:.2} ms per boot) would reach at most {:.2}× (prototype: {pcpu:.2} + {:.2} ms per boot).",
+                    "\n{name} at concurrency {c}: boots/s {:.2}× the prototype's; a server at the crypto floor ({f:.2} ms) with this load generator ({:.2} ms per boot) would reach at most {:.2}× (prototype: {pcpu:.2} + {:.2} ms per boot), and at the crypto + TCP floor ({:.2} ms) at most {:.2}×. Server CPU per boot {cpu:.2} ms: 1/{:.1} of the prototype's, {:.2}× the crypto floor, {:.2}× the crypto + TCP floor; a server at the crypto + TCP floor would spend 1/{:.1} of the prototype's.",
                     l.boots_per_s / pl.boots_per_s.max(1e-9),
                     l.client_cpu_ms,
                     (pcpu + pl.client_cpu_ms) / (f + l.client_cpu_ms),
-                    pl.client_cpu_ms
+                    pl.client_cpu_ms,
+                    f + tcp_c,
+                    (pcpu + pl.client_cpu_ms) / (f + tcp_c + l.client_cpu_ms),
+                    pcpu / cpu.max(1e-9),
+                    cpu / f.max(1e-9),
+                    cpu / (f + tcp_c).max(1e-9),
+                    pcpu / (f + tcp_c).max(1e-9),
                 ));
             }
         }
@@ -1124,6 +1141,109 @@ fn bench_registry(cx: &mut Ctx) -> R<()> {
     Ok(())
 }
 
+// ---------------------------------------------------------------- tcp floor
+
+/// The bytes of a TLS 1.2 boot with an ECDSA server certificate, flight by flight, as
+/// `strace` of `serve` shows them: (client sends, server answers). ClientHello → ServerHello
+/// to ServerHelloDone; certificate, key exchange, CertificateVerify, Finished → Finished;
+/// the request → the script; close_notify → close_notify.
+const BOOT_FLIGHTS: [(usize, usize); 4] = [(202, 1702), (1962, 51), (117, 985), (31, 31)];
+
+/// The server side of [`BOOT_FLIGHTS`] in clear text, on tokio as `serve` runs (a
+/// multi-threaded runtime, one connection per task): what any server on this kernel pays per
+/// boot before its first instruction of TLS or HTTP. Runs as its own process (the bench
+/// binary started with `--tcp-floor-server PORT`) so that its CPU is counted as a server's.
+fn tcp_floor_server(port: u16) -> R<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let l = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+        loop {
+            let (mut c, _) = l.accept().await?;
+            tokio::spawn(async move {
+                let _ = c.set_nodelay(true);
+                let mut buf = vec![0u8; 4096];
+                for (ask, answer) in BOOT_FLIGHTS {
+                    if c.read_exact(&mut buf[..ask]).await.is_err() {
+                        return;
+                    }
+                    buf[..answer].fill(0x17);
+                    if c.write_all(&buf[..answer]).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = c.shutdown().await;
+            });
+        }
+    })
+}
+
+/// One clear-text boot against [`tcp_floor_server`].
+async fn tcp_floor_boot(port: u16) -> Result<(), String> {
+    let mut c = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = c.set_nodelay(true);
+    let mut buf = vec![0u8; 4096];
+    for (ask, answer) in BOOT_FLIGHTS {
+        buf[..ask].fill(0x16);
+        c.write_all(&buf[..ask]).await.map_err(|e| e.to_string())?;
+        c.read_exact(&mut buf[..answer])
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    match c.read(&mut buf).await {
+        Ok(0) => Ok(()),
+        other => Err(format!("expected the server to close, got {other:?}")),
+    }
+}
+
+/// Server CPU ms per clear-text boot (and of it, kernel ms) at `conc`, over `dur`.
+fn tcp_floor_ms(conc: usize, dur: Duration) -> R<(f64, f64)> {
+    let port = free_port();
+    let srv = spawn(
+        Command::new(std::env::current_exe()?).args(["--tcp-floor-server", &port.to_string()]),
+    )?;
+    wait_port(port)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let (cpu0, sys0, _) = usage_split(srv.0.id());
+    let (ok, errors) = rt.block_on(async move {
+        let deadline = Instant::now() + dur;
+        let mut tasks = Vec::new();
+        for _ in 0..conc {
+            tasks.push(tokio::spawn(async move {
+                let (mut ok, mut errors) = (0usize, 0usize);
+                while Instant::now() < deadline {
+                    match tcp_floor_boot(port).await {
+                        Ok(()) => ok += 1,
+                        Err(_) => errors += 1,
+                    }
+                }
+                (ok, errors)
+            }));
+        }
+        let (mut ok, mut errors) = (0, 0);
+        for t in tasks {
+            if let Ok((o, e)) = t.await {
+                ok += o;
+                errors += e;
+            }
+        }
+        (ok, errors)
+    });
+    let (cpu1, sys1, _) = usage_split(srv.0.id());
+    if errors > 0 || ok == 0 {
+        return Err(format!("tcp floor: {errors} failed boots, {ok} good").into());
+    }
+    Ok((
+        (cpu1 - cpu0) * 1e3 / ok as f64,
+        (sys1 - sys0) * 1e3 / ok as f64,
+    ))
+}
+
 // ---------------------------------------------------------------- ab
 
 /// Two builds of `serve` compared in one window: this one and `IPXE_CA_AB_BIN`, both up at
@@ -1209,6 +1329,16 @@ fn bench_ab(cx: &mut Ctx) -> R<()> {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if let (Some("--tcp-floor-server"), Some(port)) = (
+        args.get(1).map(String::as_str),
+        args.get(2).and_then(|p| p.parse().ok()),
+    ) {
+        if let Err(e) = tcp_floor_server(port) {
+            eprintln!("tcp floor server: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     // `cargo bench` passes --bench; `cargo test --all-targets` runs this binary without it:
     // then a smoke run keeps the benchmarks from rotting (skipped when a test filter excludes it).
     let under_test = !args.iter().any(|a| a == "--bench");
