@@ -227,6 +227,7 @@ impl Registry {
 #[derive(Debug)]
 pub struct BoardCache {
     registry: Registry,
+    limit: usize,
     seen: std::sync::Mutex<std::collections::HashMap<Fingerprint, std::sync::Arc<Cached>>>,
 }
 
@@ -262,9 +263,24 @@ fn read_versioned(path: &std::path::Path) -> Result<Option<(state::FileVersion, 
 impl BoardCache {
     /// An empty cache over `registry`.
     pub fn new(registry: Registry) -> Self {
+        Self::with_limit(registry, CACHE_MAX)
+    }
+
+    fn with_limit(registry: Registry, limit: usize) -> Self {
         BoardCache {
             registry,
+            limit,
             seen: Default::default(),
+        }
+    }
+
+    /// The version of a file; None if there is none. An unreadable one is an error, as for
+    /// [`Registry::by_fingerprint`], not an unregistered board.
+    fn version(path: &std::path::Path) -> Result<Option<state::FileVersion>> {
+        match fs::metadata(path) {
+            Ok(m) => Ok(Some(state::version_of(&m))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io("cannot read", path, e)),
         }
     }
 
@@ -272,7 +288,7 @@ impl BoardCache {
     pub fn by_fingerprint(&self, fp: &Fingerprint) -> Result<Option<std::sync::Arc<Board>>> {
         let st = &self.registry.state;
         let idx = st.index_file(fp.digest().name(), fp.as_str());
-        let Some(index) = state::file_version(&idx) else {
+        let Some(index) = Self::version(&idx)? else {
             return Ok(None);
         };
         let hit = {
@@ -280,7 +296,7 @@ impl BoardCache {
             seen.get(fp).filter(|c| c.index == index).cloned()
         };
         if let Some(c) = hit {
-            if state::file_version(&c.path) == Some(c.board_file) {
+            if Self::version(&c.path)? == Some(c.board_file) {
                 return Ok(Some(c.board.clone()));
             }
         }
@@ -301,7 +317,7 @@ impl BoardCache {
         }
         let board = std::sync::Arc::new(board);
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        if seen.len() >= CACHE_MAX {
+        if seen.len() >= self.limit {
             seen.clear();
         }
         seen.insert(
@@ -541,5 +557,51 @@ mod tests {
         // A fingerprint nobody registered.
         let stranger: Fingerprint = "00".repeat(20).parse().unwrap();
         assert_eq!(both(&cache, &stranger), (None, None));
+    }
+
+    #[test]
+    fn the_board_cache_reports_unreadable_files_and_stays_bounded() {
+        let t = tempfile::tempdir().unwrap();
+        let lab = Lab::open(t.path().join("s"));
+        lab.init(&InitOptions::default()).unwrap();
+        let names: Vec<BoardName> = ["b1", "b2", "b3"].map(|n| n.parse().unwrap()).to_vec();
+        let boards = lab.enroll_many(&names, &BoardOptions::default()).unwrap();
+        let cache = BoardCache::with_limit(lab.registry().clone(), 2);
+        let fp = |i: usize| boards[i].fingerprint_sha1.clone();
+        let first = cache.by_fingerprint(&fp(0)).unwrap().unwrap();
+        cache.by_fingerprint(&fp(1)).unwrap().unwrap();
+        assert_eq!(cache.seen.lock().unwrap().len(), 2);
+        // Full: the next board starts it again.
+        cache.by_fingerprint(&fp(2)).unwrap().unwrap();
+        assert_eq!(cache.seen.lock().unwrap().len(), 1);
+        let again = cache.by_fingerprint(&fp(0)).unwrap().unwrap();
+        assert!(
+            !std::sync::Arc::ptr_eq(&first, &again),
+            "kept past its limit"
+        );
+
+        // A board file that cannot be read (a symlink loop) is an error, cached or not.
+        let path = lab.state().board_file(&names[0]);
+        fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(&path, &path).unwrap();
+        // (Once known, once new: the two paths through the cache.)
+        for cache in [&cache, &BoardCache::new(lab.registry().clone())] {
+            let err = cache.by_fingerprint(&fp(0)).unwrap_err().to_string();
+            assert!(
+                err.contains("cannot read") && err.contains("b1.toml"),
+                "{err}"
+            );
+        }
+        assert!(cache.registry.by_fingerprint(&fp(0)).is_err());
+        // So is an index entry that cannot be read, not "not registered".
+        let idx = lab.state().index_file("sha1", fp(1).as_str());
+        fs::remove_file(&idx).unwrap();
+        std::os::unix::fs::symlink(&idx, &idx).unwrap();
+        let err = cache.by_fingerprint(&fp(1)).unwrap_err().to_string();
+        assert!(
+            err.contains("cannot read") && err.contains("index"),
+            "{err}"
+        );
+        assert!(cache.registry.by_fingerprint(&fp(1)).is_err());
     }
 }
