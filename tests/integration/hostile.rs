@@ -129,6 +129,11 @@ fn issue12_5_a_broken_stdout_never_stops_serving() {
         .read_to_string(&mut err)
         .unwrap();
     assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(
+        err.matches("the access log (stdout) is broken").count(),
+        1,
+        "said once: {err}"
+    );
 }
 
 /// `serve` under strace (write, writev, sendto) with `stdout`; (strace, https port, trace file).
@@ -234,6 +239,26 @@ fn access_log_lines_are_written_by_the_serving_thread_and_a_full_log_socket_neve
     );
     let text = std::fs::read_to_string(&out).unwrap();
     assert_eq!(text.matches("\"outcome\":\"served\"").count(), 3, "{text}");
+
+    // /dev/null: the serving thread too. Any other character device (a terminal, which can
+    // block; /dev/zero stands for it here) goes through the writer thread.
+    for (dev, direct) in [("/dev/null", true), ("/dev/zero", false)] {
+        let out = std::fs::OpenOptions::new().write(true).open(dev).unwrap();
+        let (strace, https, trace) = serve_traced(&lab, Stdio::from(out), &dev[5..]);
+        boot(https);
+        boot(https);
+        let lines = stop_traced(strace, &trace);
+        let (logged, served) = log_writers(&lines, "write");
+        assert_eq!(logged.len(), 2, "{dev}: {logged:?}");
+        assert!(
+            logged.iter().all(|t| served.contains(t) == direct),
+            "{dev}: lines written by {logged:?}, requests served by {served:?}"
+        );
+        assert!(
+            !lines.iter().any(|l| l.contains("write(1, \"\", 0)")),
+            "{dev}: empty writes"
+        );
+    }
 
     // A socket with a small buffer, as the journal's stream.
     let (theirs, mut ours) = std::os::unix::net::UnixStream::pair().unwrap();
