@@ -288,6 +288,35 @@ mod tests {
     }
 
     #[test]
+    fn the_journal_is_compacted_exactly_past_twice_keep_also_after_a_restart() {
+        let t = tempfile::tempdir().unwrap();
+        let state = StateDir::new(t.path());
+        let b: BoardName = "b1".parse().unwrap();
+        state::write_atomic(&state.board_file(&b), b"x", 0o644).unwrap();
+        let len = || read(&state, &b, usize::MAX).unwrap().len();
+        let mut lines = HashMap::new();
+        for i in 0..2 * KEEP {
+            append(&state, &b, &[rec(i)], &mut lines).unwrap();
+        }
+        assert_eq!(len(), 2 * KEEP, "compacted too early");
+        append(&state, &b, &[rec(2 * KEEP)], &mut lines).unwrap();
+        assert_eq!(len(), KEEP, "not compacted past 2 × KEEP");
+        // A restarted writer counts the lines in the file: one short of the bound, one more
+        // fits, the next compacts.
+        let more = KEEP - 1;
+        for i in 0..more {
+            append(&state, &b, &[rec(1000 + i)], &mut lines).unwrap();
+        }
+        assert_eq!(len(), 2 * KEEP - 1);
+        let mut restarted = HashMap::new();
+        append(&state, &b, &[rec(5000)], &mut restarted).unwrap();
+        assert_eq!(len(), 2 * KEEP, "a restart miscounted the file");
+        append(&state, &b, &[rec(5001)], &mut restarted).unwrap();
+        assert_eq!(len(), KEEP);
+        assert_eq!(last(&state, &b).unwrap().time, "t5001");
+    }
+
+    #[test]
     fn the_writer_batches_keeps_order_and_flush_waits_for_it() {
         let t = tempfile::tempdir().unwrap();
         let state = StateDir::new(t.path());
