@@ -262,8 +262,8 @@ struct Load {
     ok: usize,
 }
 
-/// What a booting iPXE does: new TCP + TLS 1.2 with a board certificate, no resumption,
-/// `GET /boot.ipxe`, expect 200 and `#!ipxe`. `ipxe2`: offers what iPXE 2.0 offers
+/// What a booting iPXE does: new TCP + TLS 1.2 with a board certificate (CertificateVerify in
+/// RSA PKCS#1 v1.5 over SHA-256), no resumption, `GET /boot.ipxe`, expect 200 and `#!ipxe`. `ipxe2`: offers what iPXE 2.0 offers
 /// (ECDHE-ECDSA first, then ECDHE-RSA; X25519 and P-256); otherwise only ECDHE-RSA over
 /// X25519, like iPXE before 2.0.
 fn client_configs(
@@ -293,19 +293,65 @@ fn client_configs(
     for c in CertificateDer::pem_file_iter(ca)? {
         roots.add(c?)?;
     }
-    let key = PrivateKeyDer::from_pem_file(key)?;
+    let key = provider
+        .key_provider
+        .load_private_key(PrivateKeyDer::from_pem_file(key)?)?;
+    let key: Arc<dyn rustls::sign::SigningKey> = Arc::new(LikeIpxe(key));
     let mut out = Vec::new();
     for c in certs {
         let chain: Vec<CertificateDer<'static>> =
             CertificateDer::pem_file_iter(c)?.collect::<Result<_, _>>()?;
+        let board = BoardCert(Arc::new(rustls::sign::CertifiedKey::new(
+            chain,
+            key.clone(),
+        )));
         let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS12])?
             .with_root_certificates(roots.clone())
-            .with_client_auth_cert(chain, key.clone_key())?;
+            .with_client_cert_resolver(Arc::new(board));
         cfg.resumption = rustls::client::Resumption::disabled();
         out.push(Arc::new(cfg));
     }
     Ok(out)
+}
+
+/// A board's key as iPXE uses it: its CertificateVerify is RSA PKCS#1 v1.5 over the handshake
+/// digest (SHA-256 with the suites offered here), never PSS, which rustls would pick.
+#[derive(Debug)]
+struct LikeIpxe(Arc<dyn rustls::sign::SigningKey>);
+
+impl rustls::sign::SigningKey for LikeIpxe {
+    fn choose_scheme(
+        &self,
+        offered: &[rustls::SignatureScheme],
+    ) -> Option<Box<dyn rustls::sign::Signer>> {
+        let only = rustls::SignatureScheme::RSA_PKCS1_SHA256;
+        if offered.contains(&only) {
+            self.0.choose_scheme(&[only])
+        } else {
+            None
+        }
+    }
+    fn algorithm(&self) -> rustls::SignatureAlgorithm {
+        self.0.algorithm()
+    }
+}
+
+/// One board's certificate and key, offered whatever the server asks for.
+#[derive(Debug)]
+struct BoardCert(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for BoardCert {
+    fn resolve(
+        &self,
+        _issuers: &[&[u8]],
+        _schemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+    fn has_certs(&self) -> bool {
+        true
+    }
 }
 
 async fn one_boot(cfg: Arc<rustls::ClientConfig>, port: u16) -> Result<(), String> {
