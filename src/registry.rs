@@ -229,7 +229,12 @@ pub struct BoardCache {
     registry: Registry,
     limit: usize,
     seen: std::sync::Mutex<std::collections::HashMap<Fingerprint, std::sync::Arc<Cached>>>,
+    /// Each board's secrets with the version of `secrets.toml` they were read at (None: no
+    /// file). Secret values are in this process's memory for every request anyway.
+    secrets: std::sync::Mutex<std::collections::HashMap<BoardName, Secrets>>,
 }
+
+type Secrets = (Option<state::FileVersion>, BTreeMap<String, String>);
 
 #[derive(Debug)]
 struct Cached {
@@ -271,7 +276,39 @@ impl BoardCache {
             registry,
             limit,
             seen: Default::default(),
+            secrets: Default::default(),
         }
+    }
+
+    /// What [`Registry::secrets`] would answer now, read again only when `secrets.toml`
+    /// changed: a request for a board with secrets costs a `stat`, not a read and a parse.
+    pub fn secrets(&self, name: &BoardName) -> Result<BTreeMap<String, String>> {
+        let path = self.registry.state.board_secrets(name);
+        let version = Self::version(&path)?;
+        {
+            let known = self.secrets.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((v, values)) = known.get(name) {
+                if *v == version {
+                    return Ok(values.clone());
+                }
+            }
+        }
+        let (version, values) = match read_versioned(&path)? {
+            None => (None, BTreeMap::new()),
+            Some((v, text)) => (
+                Some(v),
+                toml::from_str(&text).map_err(|e| Error::Parse {
+                    path,
+                    detail: e.to_string(),
+                })?,
+            ),
+        };
+        let mut known = self.secrets.lock().unwrap_or_else(|e| e.into_inner());
+        if known.len() >= self.limit {
+            known.clear();
+        }
+        known.insert(name.clone(), (version, values.clone()));
+        Ok(values)
     }
 
     /// The version of a file; None if there is none. An unreadable one is an error, as for
@@ -560,6 +597,53 @@ mod tests {
     }
 
     #[test]
+    fn the_board_cache_reads_secrets_again_only_when_their_file_changes() {
+        let t = tempfile::tempdir().unwrap();
+        let lab = Lab::open(t.path().join("s"));
+        lab.init(&InitOptions::default()).unwrap();
+        let name: BoardName = "b1".parse().unwrap();
+        lab.enroll_many(std::slice::from_ref(&name), &BoardOptions::default())
+            .unwrap();
+        let cache = BoardCache::new(lab.registry().clone());
+        let reg = lab.registry();
+        let both = || (cache.secrets(&name).unwrap(), reg.secrets(&name).unwrap());
+        assert!(both().0.is_empty() && both().1.is_empty());
+        let mut values = BTreeMap::new();
+        values.insert("s3".to_string(), "AAAA".to_string());
+        reg.save_secrets(&name, &values).unwrap();
+        let (c, r) = both();
+        assert_eq!(
+            (c.get("s3"), r.get("s3")),
+            (Some(&"AAAA".into()), Some(&"AAAA".into()))
+        );
+        // Same size, mtime put back: the same version, so the cache keeps what it read (which
+        // is how it saves the read); the registry reads the new value.
+        let path = lab.state().board_secrets(&name);
+        let before = fs::metadata(&path).unwrap();
+        let text = fs::read_to_string(&path).unwrap().replace("AAAA", "BBBB");
+        fs::write(&path, text).unwrap();
+        let f = fs::File::options().write(true).open(&path).unwrap();
+        f.set_modified(before.modified().unwrap()).unwrap();
+        let (c, r) = both();
+        assert_eq!((c["s3"].as_str(), r["s3"].as_str()), ("AAAA", "BBBB"));
+        // A new size or mtime: read again.
+        fs::write(&path, "s3 = \"CCCCC\"\n").unwrap();
+        assert_eq!(cache.secrets(&name).unwrap()["s3"], "CCCCC");
+        // Removed: no secrets. Unreadable or unparsable: an error, not "no secrets".
+        reg.save_secrets(&name, &BTreeMap::new()).unwrap();
+        assert!(cache.secrets(&name).unwrap().is_empty());
+        fs::write(&path, "s3 = ").unwrap();
+        assert!(cache.secrets(&name).is_err());
+        fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(&path, &path).unwrap();
+        let err = cache.secrets(&name).unwrap_err().to_string();
+        assert!(
+            err.contains("cannot read") && err.contains("secrets.toml"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn the_board_cache_reports_unreadable_files_and_stays_bounded() {
         let t = tempfile::tempdir().unwrap();
         let lab = Lab::open(t.path().join("s"));
@@ -578,6 +662,14 @@ mod tests {
         assert!(
             !std::sync::Arc::ptr_eq(&first, &again),
             "kept past its limit"
+        );
+        for n in &names {
+            cache.secrets(n).unwrap();
+        }
+        assert_eq!(
+            cache.secrets.lock().unwrap().len(),
+            1,
+            "secrets kept past the limit"
         );
 
         // A board file that cannot be read (a symlink loop) is an error, cached or not.

@@ -379,7 +379,7 @@ fn boot(
 /// Step 3, the script: the board's profile rendered with its variables and secrets.
 fn render_profile(shared: &Arc<Shared>, board: &Board, imgverify: bool) -> Result<String, Refusal> {
     let rendered = (|| {
-        let secrets = shared.lab.registry().secrets(&board.name)?;
+        let secrets = shared.boards.secrets(&board.name)?;
         let ctx = Context::for_board(board, &shared.config, secrets, imgverify);
         let path = shared.lab.state().profile(&board.profile);
         let s = shared.clone();
