@@ -37,10 +37,7 @@ impl Config {
             return Err(Error::NoCa(state.root().to_path_buf()));
         }
         let text = state::read_to_string(&path)?;
-        toml::from_str(&text).map_err(|e| Error::Parse {
-            path,
-            detail: e.to_string(),
-        })
+        state::parse_toml(&path, &text)
     }
 
     /// Write `config.toml` atomically.

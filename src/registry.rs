@@ -50,10 +50,7 @@ impl Registry {
             }
             Err(e) => return Err(Error::io("cannot read", path, e)),
         };
-        toml::from_str(&text).map_err(|e| Error::Parse {
-            path,
-            detail: e.to_string(),
-        })
+        state::parse_toml(&path, &text)
     }
 
     /// Find a board by the SHA-1 or SHA-256 fingerprint of its certificate: two small
@@ -98,10 +95,7 @@ impl Registry {
     pub fn secrets(&self, name: &BoardName) -> Result<BTreeMap<String, String>> {
         let path = self.state.board_secrets(name);
         match fs::read_to_string(&path) {
-            Ok(t) => toml::from_str(&t).map_err(|e| Error::Parse {
-                path,
-                detail: e.to_string(),
-            }),
+            Ok(t) => state::parse_toml(&path, &t),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
             Err(e) => Err(Error::io("cannot read", path, e)),
         }
@@ -247,24 +241,6 @@ struct Cached {
 /// Entries kept at most; past that the cache starts again (a farm has far fewer).
 const CACHE_MAX: usize = 100_000;
 
-/// A file's content with the version it was read at (the same open file: a rename between
-/// the two cannot pair one version with another's bytes). None: there is no such file.
-fn read_versioned(path: &std::path::Path) -> Result<Option<(state::FileVersion, String)>> {
-    use std::io::Read;
-    let mut f = match fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io("cannot read", path, e)),
-    };
-    let meta = f
-        .metadata()
-        .map_err(|e| Error::io("cannot read", path, e))?;
-    let mut text = String::with_capacity(meta.len() as usize);
-    f.read_to_string(&mut text)
-        .map_err(|e| Error::io("cannot read", path, e))?;
-    Ok(Some((state::version_of(&meta), text)))
-}
-
 impl BoardCache {
     /// An empty cache over `registry`.
     pub fn new(registry: Registry) -> Self {
@@ -284,7 +260,7 @@ impl BoardCache {
     /// changed: a request for a board with secrets costs a `stat`, not a read and a parse.
     pub fn secrets(&self, name: &BoardName) -> Result<BTreeMap<String, String>> {
         let path = self.registry.state.board_secrets(name);
-        let version = Self::version(&path)?;
+        let version = state::existing_version(&path)?;
         {
             let known = self.secrets.lock().unwrap_or_else(|e| e.into_inner());
             if let Some((v, values)) = known.get(name) {
@@ -293,39 +269,26 @@ impl BoardCache {
                 }
             }
         }
-        let (version, values) = match read_versioned(&path)? {
+        let (version, values) = match state::read_versioned(&path)? {
             None => (None, BTreeMap::new()),
-            Some((v, text)) => (
-                Some(v),
-                toml::from_str(&text).map_err(|e| Error::Parse {
-                    path,
-                    detail: e.to_string(),
-                })?,
-            ),
+            Some((v, text)) => (Some(v), state::parse_toml(&path, &text)?),
         };
-        let mut known = self.secrets.lock().unwrap_or_else(|e| e.into_inner());
-        if known.len() >= self.limit {
-            known.clear();
-        }
-        known.insert(name.clone(), (version, values.clone()));
+        insert_bounded(
+            &self.secrets,
+            self.limit,
+            name.clone(),
+            (version, values.clone()),
+        );
         Ok(values)
-    }
-
-    /// The version of a file; None if there is none. An unreadable one is an error, as for
-    /// [`Registry::by_fingerprint`], not an unregistered board.
-    fn version(path: &std::path::Path) -> Result<Option<state::FileVersion>> {
-        match fs::metadata(path) {
-            Ok(m) => Ok(Some(state::version_of(&m))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::io("cannot read", path, e)),
-        }
     }
 
     /// What [`Registry::by_fingerprint`] would answer now.
     pub fn by_fingerprint(&self, fp: &Fingerprint) -> Result<Option<std::sync::Arc<Board>>> {
         let st = &self.registry.state;
         let idx = st.index_file(fp.digest().name(), fp.as_str());
-        let Some(index) = Self::version(&idx)? else {
+        // An entry that cannot be looked at is an error, as for `Registry::by_fingerprint`,
+        // not an unregistered board.
+        let Some(index) = state::existing_version(&idx)? else {
             return Ok(None);
         };
         let hit = {
@@ -333,41 +296,51 @@ impl BoardCache {
             seen.get(fp).filter(|c| c.index == index).cloned()
         };
         if let Some(c) = hit {
-            if Self::version(&c.path)? == Some(c.board_file) {
+            if state::existing_version(&c.path)? == Some(c.board_file) {
                 return Ok(Some(c.board.clone()));
             }
         }
-        let Some((index, name)) = read_versioned(&idx)? else {
+        let Some((index, name)) = state::read_versioned(&idx)? else {
             return Ok(None);
         };
         let name: BoardName = name.trim().parse()?;
         let path = st.board_file(&name);
-        let Some((board_file, text)) = read_versioned(&path)? else {
+        let Some((board_file, text)) = state::read_versioned(&path)? else {
             return Ok(None);
         };
-        let board: Board = toml::from_str(&text).map_err(|e| Error::Parse {
-            path: path.clone(),
-            detail: e.to_string(),
-        })?;
+        let board: Board = state::parse_toml(&path, &text)?;
         if board.presented(fp).is_none() {
             return Ok(None);
         }
         let board = std::sync::Arc::new(board);
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        if seen.len() >= self.limit {
-            seen.clear();
-        }
-        seen.insert(
+        let cached = Cached {
+            index,
+            path,
+            board_file,
+            board: board.clone(),
+        };
+        insert_bounded(
+            &self.seen,
+            self.limit,
             fp.clone(),
-            std::sync::Arc::new(Cached {
-                index,
-                path,
-                board_file,
-                board: board.clone(),
-            }),
+            std::sync::Arc::new(cached),
         );
         Ok(Some(board))
     }
+}
+
+/// Remember `value` under `key`, starting again when `limit` entries are kept.
+fn insert_bounded<K: std::hash::Hash + Eq, V>(
+    map: &std::sync::Mutex<std::collections::HashMap<K, V>>,
+    limit: usize,
+    key: K,
+    value: V,
+) {
+    let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+    if map.len() >= limit {
+        map.clear();
+    }
+    map.insert(key, value);
 }
 
 /// One inconsistency between board files, folders and the index.

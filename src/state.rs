@@ -366,6 +366,42 @@ pub fn file_version(path: &Path) -> Option<FileVersion> {
     fs::metadata(path).ok().map(|m| version_of(&m))
 }
 
+/// The version of the file at `path`; None if there is none. Unlike [`file_version`], a file
+/// that cannot be looked at is an error, not a missing file.
+pub fn existing_version(path: &Path) -> Result<Option<FileVersion>> {
+    match fs::metadata(path) {
+        Ok(m) => Ok(Some(version_of(&m))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io("cannot read", path, e)),
+    }
+}
+
+/// A file's text with the version it was read at (the same open file: a rename between the
+/// two cannot pair one version with another's bytes). None: there is no such file.
+pub fn read_versioned(path: &Path) -> Result<Option<(FileVersion, String)>> {
+    use std::io::Read;
+    let mut f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("cannot read", path, e)),
+    };
+    let meta = f
+        .metadata()
+        .map_err(|e| Error::io("cannot read", path, e))?;
+    let mut text = String::with_capacity(meta.len() as usize);
+    f.read_to_string(&mut text)
+        .map_err(|e| Error::io("cannot read", path, e))?;
+    Ok(Some((version_of(&meta), text)))
+}
+
+/// Parse the TOML text of the file at `path`, with the path in the error.
+pub fn parse_toml<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T> {
+    toml::from_str(text).map_err(|e| Error::Parse {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
