@@ -240,6 +240,15 @@ fn append(
 mod tests {
     use super::*;
 
+    /// A state dir with a board file for b1 (and no folder for it yet).
+    fn one_board() -> (tempfile::TempDir, StateDir, BoardName) {
+        let t = tempfile::tempdir().unwrap();
+        let state = StateDir::new(t.path());
+        let b: BoardName = "b1".parse().unwrap();
+        state::write_atomic(&state.board_file(&b), b"x", 0o644).unwrap();
+        (t, state, b)
+    }
+
     fn rec(i: usize) -> Record {
         Record {
             time: format!("t{i}"),
@@ -254,10 +263,7 @@ mod tests {
 
     #[test]
     fn the_journal_is_bounded_keeps_the_newest_and_skips_a_torn_line() {
-        let t = tempfile::tempdir().unwrap();
-        let state = StateDir::new(t.path());
-        let b: BoardName = "b1".parse().unwrap();
-        state::write_atomic(&state.board_file(&b), b"x", 0o644).unwrap();
+        let (_t, state, b) = one_board();
         let mut lines = HashMap::new();
         for i in 0..2 * KEEP + 5 {
             append(&state, &b, &[rec(i)], &mut lines).unwrap();
@@ -289,10 +295,7 @@ mod tests {
 
     #[test]
     fn the_journal_is_compacted_exactly_past_twice_keep_also_after_a_restart() {
-        let t = tempfile::tempdir().unwrap();
-        let state = StateDir::new(t.path());
-        let b: BoardName = "b1".parse().unwrap();
-        state::write_atomic(&state.board_file(&b), b"x", 0o644).unwrap();
+        let (_t, state, b) = one_board();
         let len = || read(&state, &b, usize::MAX).unwrap().len();
         let mut lines = HashMap::new();
         for i in 0..2 * KEEP {
@@ -318,10 +321,7 @@ mod tests {
 
     #[test]
     fn the_writer_batches_keeps_order_and_flush_waits_for_it() {
-        let t = tempfile::tempdir().unwrap();
-        let state = StateDir::new(t.path());
-        let b: BoardName = "b1".parse().unwrap();
-        state::write_atomic(&state.board_file(&b), b"x", 0o644).unwrap();
+        let (_t, state, b) = one_board();
         let j = Journal::start(state.clone(), |e| panic!("{e}"));
         for i in 0..50 {
             j.record(b.clone(), rec(i));

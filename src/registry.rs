@@ -508,6 +508,16 @@ mod tests {
     use super::*;
     use crate::lab::{BoardOptions, InitOptions, Lab};
 
+    /// A new state dir with these boards enrolled.
+    fn lab_with(names: &[&str]) -> (tempfile::TempDir, Lab, Vec<BoardName>, Vec<Board>) {
+        let t = tempfile::tempdir().unwrap();
+        let lab = Lab::open(t.path().join("s"));
+        lab.init(&InitOptions::default()).unwrap();
+        let names: Vec<BoardName> = names.iter().map(|n| n.parse().unwrap()).collect();
+        let boards = lab.enroll_many(&names, &BoardOptions::default()).unwrap();
+        (t, lab, names, boards)
+    }
+
     /// The cache's answer, as text, beside the registry's.
     fn both(cache: &BoardCache, fp: &Fingerprint) -> (Option<String>, Option<String>) {
         let direct = cache.registry.by_fingerprint(fp).unwrap();
@@ -518,14 +528,8 @@ mod tests {
 
     #[test]
     fn the_board_cache_answers_what_the_registry_answers_after_every_change() {
-        let t = tempfile::tempdir().unwrap();
-        let lab = Lab::open(t.path().join("s"));
-        lab.init(&InitOptions::default()).unwrap();
-        let name: BoardName = "b1".parse().unwrap();
-        let board = lab
-            .enroll_many(std::slice::from_ref(&name), &BoardOptions::default())
-            .unwrap()
-            .remove(0);
+        let (_t, lab, names, boards) = lab_with(&["b1"]);
+        let (name, board) = (names[0].clone(), &boards[0]);
         let cache = BoardCache::new(lab.registry().clone());
         let (sha1, sha256) = (
             board.fingerprint_sha1.clone(),
@@ -571,12 +575,8 @@ mod tests {
 
     #[test]
     fn the_board_cache_reads_secrets_again_only_when_their_file_changes() {
-        let t = tempfile::tempdir().unwrap();
-        let lab = Lab::open(t.path().join("s"));
-        lab.init(&InitOptions::default()).unwrap();
-        let name: BoardName = "b1".parse().unwrap();
-        lab.enroll_many(std::slice::from_ref(&name), &BoardOptions::default())
-            .unwrap();
+        let (_t, lab, names, _) = lab_with(&["b1"]);
+        let name = names[0].clone();
         let cache = BoardCache::new(lab.registry().clone());
         let reg = lab.registry();
         let both = || (cache.secrets(&name).unwrap(), reg.secrets(&name).unwrap());
@@ -618,11 +618,7 @@ mod tests {
 
     #[test]
     fn the_board_cache_reports_unreadable_files_and_stays_bounded() {
-        let t = tempfile::tempdir().unwrap();
-        let lab = Lab::open(t.path().join("s"));
-        lab.init(&InitOptions::default()).unwrap();
-        let names: Vec<BoardName> = ["b1", "b2", "b3"].map(|n| n.parse().unwrap()).to_vec();
-        let boards = lab.enroll_many(&names, &BoardOptions::default()).unwrap();
+        let (_t, lab, names, boards) = lab_with(&["b1", "b2", "b3"]);
         let cache = BoardCache::with_limit(lab.registry().clone(), 2);
         let fp = |i: usize| boards[i].fingerprint_sha1.clone();
         let first = cache.by_fingerprint(&fp(0)).unwrap().unwrap();

@@ -275,24 +275,9 @@ fn access_log_lines_are_written_by_the_serving_thread_and_a_full_log_socket_neve
     // User-Agent) do not fit whole: part of one is sent, the writer thread sends the rest.
     let agent = "iPXE/".to_string() + &"x".repeat(6000);
     for _ in 0..40 {
-        let (ok, out) = crate::util::tool(
-            "curl",
-            &[
-                "-sf",
-                "-o",
-                "/dev/null",
-                "-A",
-                &agent,
-                "--cacert",
-                s(&lab.path("ca/ca.crt")),
-                "--cert",
-                s(&lab.path("boards/p1/cert.pem")),
-                "--key",
-                s(&lab.path("boards/p1/key.pem")),
-                &format!("https://127.0.0.1:{https}/boot.ipxe"),
-            ],
-        );
-        assert!(ok, "{out}");
+        let url = format!("https://127.0.0.1:{https}/boot.ipxe");
+        let (code, body) = lab.curl_as_with(Some("p1"), &url, &["-A", &agent]);
+        assert_eq!(code, 200, "{body}");
     }
     let reader = std::thread::spawn(move || {
         ours.set_read_timeout(Some(Duration::from_secs(10)))

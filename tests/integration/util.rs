@@ -196,6 +196,11 @@ impl Lab {
     /// curl a URL on the HTTPS listener as `board` (None: no client certificate).
     /// Returns (http status or 0 on TLS failure, body).
     pub fn curl_as(&self, board: Option<&str>, url: &str) -> (u16, String) {
+        self.curl_as_with(board, url, &[])
+    }
+
+    /// The same with more curl arguments (`-A AGENT`, …).
+    pub fn curl_as_with(&self, board: Option<&str>, url: &str, extra: &[&str]) -> (u16, String) {
         let mut args: Vec<String> = vec![
             "-s".into(),
             "--max-time".into(),
@@ -211,6 +216,7 @@ impl Lab {
             args.push("--key".into());
             args.push(s(&self.path(&format!("boards/{b}/key.pem"))).into());
         }
+        args.extend(extra.iter().map(|a| a.to_string()));
         args.push(url.into());
         let o = Command::new("curl")
             .args(&args)
