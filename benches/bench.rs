@@ -488,6 +488,26 @@ fn load_boots(
     dur: Duration,
     files: Option<Arc<Vec<(String, u64)>>>,
 ) -> Load {
+    let cfgs = cfgs.to_vec();
+    drive(conc, dur, move |i| {
+        let cfg = cfgs[i % cfgs.len()].clone();
+        let files = files.clone();
+        async move {
+            match &files {
+                None => one_boot(cfg, port).await,
+                Some(f) => full_boot(cfg, port, f).await,
+            }
+        }
+    })
+}
+
+/// `conc` clients, each booting again as soon as its boot ends, until `dur` is over; boot `i`
+/// of client `w` is `boot(w + i × conc)`, so consecutive boots take consecutive boards.
+fn drive<F, Fut>(conc: usize, dur: Duration, boot: F) -> Load
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<(), String>> + Send + 'static,
+{
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -504,27 +524,22 @@ fn load_boots(
             }
         }
     };
-    let cfgs = cfgs.to_vec();
+    let boot = Arc::new(boot);
     let cpu0 = self_cpu();
     let mut l = rt.block_on(async move {
         let start = Instant::now();
         let deadline = start + dur;
         let mut tasks = Vec::new();
         for w in 0..conc {
-            let cfgs = cfgs.clone();
-            let files = files.clone();
+            let boot = boot.clone();
             tasks.push(tokio::spawn(async move {
                 let mut lat = Vec::new();
                 let mut errors = 0usize;
                 let mut i = w;
                 while Instant::now() < deadline {
                     let t = Instant::now();
-                    let cfg = cfgs[i % cfgs.len()].clone();
+                    let r = boot(i).await;
                     i += conc;
-                    let r = match &files {
-                        None => one_boot(cfg, port).await,
-                        Some(f) => full_boot(cfg, port, f).await,
-                    };
                     match r {
                         Ok(()) => lat.push(t.elapsed().as_secs_f64() * 1e3),
                         Err(_) => errors += 1,
@@ -1252,34 +1267,9 @@ fn tcp_floor_ms(conc: usize, dur: Duration) -> R<(f64, f64)> {
         Command::new(std::env::current_exe()?).args(["--tcp-floor-server", &port.to_string()]),
     )?;
     wait_port(port)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
     let (cpu0, sys0, _) = usage_split(srv.0.id());
-    let (ok, errors) = rt.block_on(async move {
-        let deadline = Instant::now() + dur;
-        let mut tasks = Vec::new();
-        for _ in 0..conc {
-            tasks.push(tokio::spawn(async move {
-                let (mut ok, mut errors) = (0usize, 0usize);
-                while Instant::now() < deadline {
-                    match tcp_floor_boot(port).await {
-                        Ok(()) => ok += 1,
-                        Err(_) => errors += 1,
-                    }
-                }
-                (ok, errors)
-            }));
-        }
-        let (mut ok, mut errors) = (0, 0);
-        for t in tasks {
-            if let Ok((o, e)) = t.await {
-                ok += o;
-                errors += e;
-            }
-        }
-        (ok, errors)
-    });
+    let l = drive(conc, dur, move |_| tcp_floor_boot(port));
+    let (ok, errors) = (l.ok, l.errors);
     let (cpu1, sys1, _) = usage_split(srv.0.id());
     if errors > 0 || ok == 0 {
         return Err(format!("tcp floor: {errors} failed boots, {ok} good").into());

@@ -92,7 +92,7 @@ pub(crate) struct Shared {
     pub revoked: crl::RevokedSerials,
     /// Profiles and secret templates, compiled once per version of their file.
     pub templates: crate::render::Templates,
-    /// Board files, parsed once per version.
+    /// Board files and secrets, read once per version of their files.
     pub boards: crate::registry::BoardCache,
     /// Each board's recent requests.
     pub journal: crate::history::Journal,
