@@ -159,7 +159,7 @@ fn write_now(route: Route, text: &[u8]) -> Option<usize> {
                 &text[done..],
                 rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL,
             ),
-            Route::Thread => return Some(done),
+            Route::Thread => return Some(0),
         };
         match r {
             Ok(0) => return Some(done),
@@ -180,8 +180,9 @@ fn emit(mut line: String) {
     }
     line.push('\n');
     let mut p = s.progress.lock().unwrap_or_else(|e| e.into_inner());
-    // Written here unless the writer thread still has lines to write (they come first).
-    if s.route != Route::Thread && p.1 >= p.0 {
+    // Written here unless the writer thread still has lines to write (they come first); on
+    // the thread's route `write_now` writes nothing.
+    if p.1 >= p.0 {
         match write_now(s.route, line.as_bytes()) {
             None => {
                 drop(p);
