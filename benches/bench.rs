@@ -2,7 +2,8 @@
 //! one run on this machine. `cargo bench --bench bench` for the full run (minutes),
 //! `cargo bench --bench bench -- --smoke` for a seconds-long run that only proves it works.
 //! Sections: `--only enroll,serve,fullboot,files,build,registry`; `--only ab` with
-//! `IPXE_CA_AB_BIN=OTHER-BINARY` compares two builds of `serve` in paired rounds.
+//! `IPXE_CA_AB_BIN=OTHER-BINARY` compares two builds of `serve` in paired rounds; `--only
+//! profile` records `serve` under load with `perf` (linux-perf) and prints where its CPU goes.
 //! Results: stdout and target/bench/results.md.
 
 use std::collections::BTreeMap;
@@ -1280,6 +1281,75 @@ fn tcp_floor_ms(conc: usize, dur: Duration) -> R<(f64, f64)> {
     ))
 }
 
+// ---------------------------------------------------------------- profile
+
+/// Where `serve`'s CPU goes under the iPXE 2.0 load (1000 boards, c=64, 10 s), by `perf record`
+/// with call graphs attached to the running server: the top symbols by self time, and the
+/// kernel's share. Only with `--only profile`; the whole report stays in
+/// target/bench/run/profile/perf.data (`perf report -i …`).
+fn bench_profile(cx: &mut Ctx) -> R<()> {
+    let d = cx.dir.join("profile");
+    std::fs::create_dir_all(&d)?;
+    let (state, key, certs) = lab_with_boards(&d, if cx.smoke { 20 } else { 1000 })?;
+    let ecdsa = std::env::var("IPXE_CA_PROFILE_RSA").is_err();
+    let cfgs = client_configs(&state.join("ca/ca.crt"), &key, &certs, ecdsa)?;
+    let (srv, https, _) = start_serve(&state)?;
+    let dur = Duration::from_secs(if cx.smoke { 1 } else { 10 });
+    // Warm the caches (board files, verified chains) before recording.
+    load(&cfgs, https, 64, Duration::from_secs(1));
+    let data = d.join("perf.data");
+    let perf = Command::new("perf")
+        .args(["record", "-g", "-q", "-o", s(&data), "-p"])
+        .arg(srv.0.id().to_string())
+        .args(["--", "sleep"])
+        .arg(dur.as_secs().to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run perf ({e}): apt-get install linux-perf"))?;
+    let (c0, k0, _) = usage_split(srv.0.id());
+    let l = load(&cfgs, https, 64, dur);
+    let (c1, k1, _) = usage_split(srv.0.id());
+    let out = perf.wait_with_output()?;
+    if !out.status.success() {
+        return Err(format!("perf record: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    drop(srv);
+    let ok = l.ok.max(1) as f64;
+    cx.line(&format!(
+        "\n## Profile of serve ({} client, c=64, {:?})\n\n{} boots, {} errors; server CPU {:.3} ms per boot, {:.3} ms of it kernel.\n",
+        if ecdsa { "iPXE 2.0" } else { "RSA-only" },
+        dur,
+        l.ok,
+        l.errors,
+        (c1 - c0) * 1e3 / ok,
+        (k1 - k0) * 1e3 / ok
+    ));
+    let report = run(Command::new("perf").args([
+        "report",
+        "-i",
+        s(&data),
+        "--no-children",
+        "--stdio",
+        "-g",
+        "none",
+        "--percent-limit",
+        "0.7",
+        "--sort",
+        "dso,symbol",
+    ]))?;
+    cx.line("```");
+    // perf pads each line to the terminal's width with its empty sort columns.
+    for l in report
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+    {
+        cx.line(l.trim_end().trim_end_matches(['-', ' ']));
+    }
+    cx.line("```");
+    Ok(())
+}
+
 // ---------------------------------------------------------------- ab
 
 /// Two builds of `serve` compared in one window: this one and `IPXE_CA_AB_BIN`, both up at
@@ -1426,11 +1496,11 @@ fn main() {
         ("build", bench_build),
         ("registry", bench_registry),
     ];
-    // The A/B section needs a second binary: only when asked for by name.
-    let ab = [("ab", bench_ab as Section)]
+    // A/B needs a second binary, the profile perf: only when asked for by name.
+    let by_name = [("ab", bench_ab as Section), ("profile", bench_profile)]
         .into_iter()
-        .filter(|_| only.as_ref().is_some_and(|o| o.iter().any(|x| x == "ab")));
-    for (name, f) in sections.into_iter().chain(ab) {
+        .filter(|(n, _)| only.as_ref().is_some_and(|o| o.iter().any(|x| x == n)));
+    for (name, f) in sections.into_iter().chain(by_name) {
         if want(name) {
             if let Err(e) = f(&mut cx) {
                 cx.line(&format!("\n{name}: FAILED: {e}"));
