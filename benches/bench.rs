@@ -43,24 +43,28 @@ fn median(v: &mut [f64]) -> f64 {
 
 /// `ipxe-ca serve` on free loopback ports, ready: (process, https port, http port).
 fn start_serve(state: &Path) -> R<(Proc, u16, u16)> {
-    start_serve_with(&bin(), state)
+    start_serve_with(&bin(), state, &[])
 }
 
 /// The same with another build of `ipxe-ca` (or a wrapper that execs one).
-fn start_serve_with(program: &Path, state: &Path) -> R<(Proc, u16, u16)> {
+fn start_serve_with(program: &Path, state: &Path, extra: &[&str]) -> R<(Proc, u16, u16)> {
     let (https, http) = (free_port(), free_port());
-    let srv = spawn(Command::new(program).args([
-        "--dir",
-        s(state),
-        "serve",
-        "--https",
-        &format!("127.0.0.1:{https}"),
-        "--http",
-        &format!("127.0.0.1:{http}"),
-        // The load generator is every board at once, all from 127.0.0.1.
-        "--max-per-ip",
-        "100000",
-    ]))?;
+    let srv = spawn(
+        Command::new(program)
+            .args([
+                "--dir",
+                s(state),
+                "serve",
+                "--https",
+                &format!("127.0.0.1:{https}"),
+                "--http",
+                &format!("127.0.0.1:{http}"),
+                // The load generator is every board at once, all from 127.0.0.1.
+                "--max-per-ip",
+                "100000",
+            ])
+            .args(extra),
+    )?;
     wait_port(https)?;
     wait_port(http)?;
     Ok((srv, https, http))
@@ -628,12 +632,17 @@ fn nginx_bin() -> R<&'static str> {
 }
 
 fn nginx_conf(dir: &Path, body: &str) -> R<PathBuf> {
+    nginx_conf_with(dir, "auto", body)
+}
+
+/// `workers`: nginx's worker_processes.
+fn nginx_conf_with(dir: &Path, workers: &str, body: &str) -> R<PathBuf> {
     let d = s(dir);
     let conf = dir.join("nginx.conf");
     std::fs::write(
         &conf,
         format!(
-            "user root;\nworker_processes auto;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 1024; }}\nhttp {{\n access_log off;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n fastcgi_temp_path {d}/fcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n{body}\n}}\n"
+            "user root;\nworker_processes {workers};\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 1024; }}\nhttp {{\n access_log off;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n fastcgi_temp_path {d}/fcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n{body}\n}}\n"
         ),
     )?;
     Ok(conf)
@@ -650,6 +659,17 @@ struct Prototype {
 
 impl Prototype {
     fn start(d: &Path, certs: &[PathBuf], block: impl FnOnce(u16, u16) -> String) -> R<Prototype> {
+        Self::start_with(d, certs, None, block)
+    }
+
+    /// `workers`: nginx's worker processes and gunicorn's (default: nginx one per core,
+    /// gunicorn 2).
+    fn start_with(
+        d: &Path,
+        certs: &[PathBuf],
+        workers: Option<usize>,
+        block: impl FnOnce(u16, u16) -> String,
+    ) -> R<Prototype> {
         let mut map = serde_json::Map::new();
         for (i, c) in certs.iter().enumerate() {
             let der = pem::parse(std::fs::read(c)?)?.into_contents();
@@ -668,14 +688,16 @@ impl Prototype {
         let gport = free_port();
         let gunicorn = spawn(
             Command::new(gunicorn()?)
-                .args(["-w", "2", "-b", &format!("127.0.0.1:{gport}"), "app:app"])
+                .args(["-w", &workers.unwrap_or(2).to_string()])
+                .args(["-b", &format!("127.0.0.1:{gport}"), "app:app"])
                 .current_dir(d)
                 .env("BOARDS_JSON", &boards),
         )?;
         let port = free_port();
         let ndir = d.join("nginx");
         std::fs::create_dir_all(&ndir)?;
-        let conf = nginx_conf(&ndir, &block(port, gport))?;
+        let nworkers = workers.map_or("auto".to_string(), |w| w.to_string());
+        let conf = nginx_conf_with(&ndir, &nworkers, &block(port, gport))?;
         let nginx = spawn(Command::new(nginx_bin()?).args(["-c", s(&conf)]))?;
         wait_port(gport)?;
         wait_port(port)?;
@@ -736,14 +758,15 @@ fn bench_serve(cx: &mut Ctx) -> R<()> {
     drop(srv);
 
     // The prototype: nginx (mTLS) -> gunicorn (2 workers) -> Flask, 1000 boards by fingerprint.
-    let proto = Prototype::start(&d, &certs, |port, gport| {
+    let proto_block = |port: u16, gport: u16| {
         format!(
             "server {{\n listen 127.0.0.1:{port} ssl;\n ssl_certificate {sc};\n ssl_certificate_key {sk};\n ssl_client_certificate {ca};\n ssl_verify_client on;\n ssl_protocols TLSv1.2;\n ssl_session_cache off;\n ssl_session_tickets off;\n location / {{ proxy_pass http://127.0.0.1:{gport}; proxy_set_header X-SSL-Client-Fingerprint $ssl_client_fingerprint; }}\n}}",
             sc = s(&state.join("server/server.crt")),
             sk = s(&state.join("server/server.key")),
             ca = s(&state.join("ca/ca.crt")),
         )
-    })?;
+    };
+    let proto = Prototype::start(&d, &certs, proto_block)?;
     for &c in levels {
         let (c0, _) = proto.usage();
         let l = checked("prototype", load(&cfgs, proto.port, c, dur))?;
@@ -755,6 +778,41 @@ fn bench_serve(cx: &mut Ctx) -> R<()> {
         );
     }
     drop(proto);
+
+    // Like for like with one event loop each, at the targets' concurrency: `serve --workers 1`,
+    // nginx with one worker process and gunicorn with one worker, the TCP floor on one thread.
+    // On cores shared with the load generator, one loop wakes less often per boot.
+    let c_one = if smoke { 8 } else { 64 };
+    let mut one: Vec<(&str, Load, f64, u64)> = Vec::new();
+    let (srv, https, _) = start_serve_with(&bin(), &state, &["--workers", "1"])?;
+    for (name, cf) in [
+        (
+            "ipxe-ca serve --workers 1, iPXE < 2.0 client (ECDHE-RSA)",
+            &cfgs,
+        ),
+        (
+            "ipxe-ca serve --workers 1, iPXE 2.0 client (ECDHE-ECDSA)",
+            &cfgs2,
+        ),
+    ] {
+        let (c0, _) = usage(srv.0.id());
+        let l = checked(name, load(cf, https, c_one, dur))?;
+        let (c1, rss) = usage(srv.0.id());
+        let per = (c1 - c0) * 1e3 / l.ok.max(1) as f64;
+        one.push((name, l, per, rss));
+    }
+    drop(srv);
+    let d1 = d.join("one-worker");
+    std::fs::create_dir_all(&d1)?;
+    let proto = Prototype::start_with(&d1, &certs, Some(1), proto_block)?;
+    let (c0, _) = proto.usage();
+    let l = checked("prototype, one worker", load(&cfgs, proto.port, c_one, dur))?;
+    let (c1, rss) = proto.usage();
+    let per = (c1 - c0) * 1e3 / l.ok.max(1) as f64;
+    one.push(("prototype, one nginx and one gunicorn worker", l, per, rss));
+    drop(proto);
+    let tcp_one = tcp_floor_ms(c_one, dur, Some(1))?;
+
     let floor = crypto_floor_ms(
         &state.join("server/server.key"),
         if cx.smoke { 20 } else { 2000 },
@@ -766,7 +824,7 @@ fn bench_serve(cx: &mut Ctx) -> R<()> {
     let (verify_each, verify_kept) = board_verify_ms(&key, if cx.smoke { 20 } else { 2000 })?;
     let mut tcp = BTreeMap::new();
     for &c in levels {
-        tcp.insert(c, tcp_floor_ms(c, dur)?);
+        tcp.insert(c, tcp_floor_ms(c, dur, None)?);
     }
     cx.line(&format!(
         "\n## Boots served ({n_boards} boards, new TLS 1.2 connection per boot, {:?} per level)\n",
@@ -836,6 +894,37 @@ fn bench_serve(cx: &mut Ctx) -> R<()> {
         cx.line(&format!(
             "\n{name} at concurrency {c}: {total:.2} ms CPU per boot, of which {k:.2} ms in the kernel (TCP, syscalls) and {:.2} ms in user space.",
             total - k
+        ));
+    }
+    cx.line(&format!(
+        "\n### One event loop each (concurrency {c_one})\n\n`serve --workers 1` against nginx with one worker process and gunicorn with one worker; TCP floor on one thread: {:.3} ms per boot.\n",
+        tcp_one.0
+    ));
+    cx.line("| server | boots/s | p50 ms | p99 ms | errors | server CPU ms/boot | peak RSS MB | load generator CPU ms/boot |");
+    cx.line("|---|---|---|---|---|---|---|---|");
+    for (name, l, cpu, rss) in &one {
+        cx.line(&format!(
+            "| {name} | {:.0} | {:.1} | {:.1} | {} | {cpu:.2} | {:.1} | {:.2} |",
+            l.boots_per_s,
+            l.p50_ms,
+            l.p99_ms,
+            l.errors,
+            *rss as f64 / 1024.0,
+            l.client_cpu_ms
+        ));
+    }
+    if let [(_, rl, rsa, _), (_, el, ec, _), (_, pl, proto_cpu, _)] = &one[..] {
+        let rsa_floor = floor + 2.0 * verify_kept;
+        let ec_floor = floor_ec + 2.0 * verify_kept;
+        cx.line(&format!(
+            "\nOne loop each: iPXE 2.0 client {ec:.3} ms per boot, 1/{:.1} of the prototype's and 1/{:.1} of the RSA path's, {:.2}× its crypto + TCP floor, boots/s {:.2}× the prototype's; RSA client {rsa:.3} ms, {:.2}× the crypto floor ({rsa_floor:.3} ms), boots/s {:.2}×, p99 {:.2}× the prototype's.",
+            proto_cpu / ec.max(1e-9),
+            rsa / ec.max(1e-9),
+            ec / (ec_floor + tcp_one.0).max(1e-9),
+            el.boots_per_s / pl.boots_per_s.max(1e-9),
+            rsa / rsa_floor.max(1e-9),
+            rl.boots_per_s / pl.boots_per_s.max(1e-9),
+            rl.p99_ms / pl.p99_ms.max(1e-9),
         ));
     }
     Ok(())
@@ -1215,10 +1304,12 @@ const BOOT_FLIGHTS: [(usize, usize); 4] = [(202, 1702), (1962, 51), (117, 985), 
 /// multi-threaded runtime, one connection per task): what any server on this kernel pays per
 /// boot before its first instruction of TLS or HTTP. Runs as its own process (the bench
 /// binary started with `--tcp-floor-server PORT`) so that its CPU is counted as a server's.
-fn tcp_floor_server(port: u16) -> R<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+fn tcp_floor_server(port: u16, workers: Option<usize>) -> R<()> {
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(w) = workers {
+        rt.worker_threads(w);
+    }
+    let rt = rt.enable_all().build()?;
     rt.block_on(async move {
         let l = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
         loop {
@@ -1262,11 +1353,14 @@ async fn tcp_floor_boot(port: u16) -> Result<(), String> {
 }
 
 /// Server CPU ms per clear-text boot (and of it, kernel ms) at `conc`, over `dur`.
-fn tcp_floor_ms(conc: usize, dur: Duration) -> R<(f64, f64)> {
+fn tcp_floor_ms(conc: usize, dur: Duration, workers: Option<usize>) -> R<(f64, f64)> {
     let port = free_port();
-    let srv = spawn(
-        Command::new(std::env::current_exe()?).args(["--tcp-floor-server", &port.to_string()]),
-    )?;
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args(["--tcp-floor-server", &port.to_string()]);
+    if let Some(w) = workers {
+        cmd.arg(w.to_string());
+    }
+    let srv = spawn(&mut cmd)?;
     wait_port(port)?;
     let (cpu0, sys0, _) = usage_split(srv.0.id());
     let l = drive(conc, dur, move |_| tcp_floor_boot(port));
@@ -1406,11 +1500,11 @@ fn bench_ab(cx: &mut Ctx) -> R<()> {
             };
             let ((ac, ar), (bc, br)) = if r % 2 == 0 {
                 let (a, a_port, _) = start_serve(&state)?;
-                let (b, b_port, _) = start_serve_with(&other, &state)?;
+                let (b, b_port, _) = start_serve_with(&other, &state, &[])?;
                 let x = one(a.0.id(), a_port)?;
                 (x, one(b.0.id(), b_port)?)
             } else {
-                let (b, b_port, _) = start_serve_with(&other, &state)?;
+                let (b, b_port, _) = start_serve_with(&other, &state, &[])?;
                 let (a, a_port, _) = start_serve(&state)?;
                 let y = one(b.0.id(), b_port)?;
                 (one(a.0.id(), a_port)?, y)
@@ -1439,7 +1533,8 @@ fn main() {
         args.get(1).map(String::as_str),
         args.get(2).and_then(|p| p.parse().ok()),
     ) {
-        if let Err(e) = tcp_floor_server(port) {
+        let workers = args.get(3).and_then(|w| w.parse().ok());
+        if let Err(e) = tcp_floor_server(port, workers) {
             eprintln!("tcp floor server: {e}");
             std::process::exit(1);
         }

@@ -68,6 +68,10 @@ pub struct ServeOptions {
     pub tls_sessions: usize,
     /// Where Prometheus scrapes `/metrics` (keep it off the boards' network).
     pub metrics: Option<SocketAddr>,
+    /// Threads running the event loop. One per core serves the most boards at once; fewer
+    /// spend less CPU per boot on a host that does other work (fewer wake-ups: one thread on
+    /// 2 shared cores spent a quarter less per ECDSA boot than two).
+    pub workers: usize,
 }
 
 impl ServeOptions {
@@ -129,6 +133,7 @@ pub(crate) struct TlsSession {
 pub fn run(lab: Lab, opts: ServeOptions) -> Result<()> {
     guard::raise_nofile();
     let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(opts.workers.max(1))
         .enable_all()
         .build()
         .map_err(|e| Error::Server(format!("cannot start runtime: {e}")))?;

@@ -872,3 +872,38 @@ fn server_cert_adds_ecdsa_to_an_old_state_dir_and_keeps_its_names() {
         "{ec}"
     );
 }
+
+/// Names of the threads of a running process.
+fn thread_names(pid: u32) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|t| {
+            let comm = t.unwrap().path().join("comm");
+            std::fs::read_to_string(comm).unwrap().trim().to_string()
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn workers_sets_the_event_loop_threads_and_every_count_serves() {
+    let lab = two_boards();
+    for (n, want) in [("1", 1), ("3", 3)] {
+        let srv = lab.serve(&["--workers", n]);
+        // Before any request: no blocking-pool thread yet, only the event loop's.
+        let names = thread_names(srv.child.id());
+        let loops = names.iter().filter(|t| *t == "tokio-rt-worker").count();
+        assert_eq!(loops, want, "--workers {n}: {names:?}");
+        for b in ["board-a", "board-b", "board-a"] {
+            let (code, body) = lab.curl_as(Some(b), &srv.url("/boot.ipxe"));
+            assert_eq!(code, 200, "--workers {n}: {body}");
+        }
+    }
+    let out = Command::new(crate::util::bin())
+        .args(["--dir", s(&lab.dir), "serve", "--workers", "0"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--workers"), "{err}");
+}

@@ -127,6 +127,10 @@ pub struct ServeArgs {
     /// the boards' network).
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
+    /// Threads running the event loop (default: one per CPU). 1 spends the least CPU per boot
+    /// on a host shared with other work; more serve bigger bursts.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub workers: Option<u16>,
 }
 
 #[derive(Args, Debug)]
@@ -583,6 +587,10 @@ impl ServeArgs {
             timeout: Duration::from_secs(self.timeout),
             tls_sessions: self.tls_sessions,
             metrics: self.metrics,
+            workers: self.workers.map_or_else(
+                || std::thread::available_parallelism().map_or(1, |n| n.get()),
+                usize::from,
+            ),
         })
     }
 }
