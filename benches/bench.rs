@@ -63,7 +63,14 @@ fn start_serve_with(program: &Path, state: &Path, extra: &[&str]) -> R<(Proc, u1
                 "--max-per-ip",
                 "100000",
             ])
-            .args(extra),
+            .args(extra)
+            // Extra `serve` arguments for every section, to try a setting: e.g.
+            // IPXE_CA_SERVE_ARGS="--tls-sessions 1024".
+            .args(
+                std::env::var("IPXE_CA_SERVE_ARGS")
+                    .unwrap_or_default()
+                    .split_whitespace(),
+            ),
     )?;
     wait_port(https)?;
     wait_port(http)?;
@@ -1379,7 +1386,8 @@ fn tcp_floor_ms(conc: usize, dur: Duration, workers: Option<usize>) -> R<(f64, f
 
 /// Where `serve`'s CPU goes under the iPXE 2.0 load (1000 boards, c=64, 10 s), by `perf record`
 /// with call graphs attached to the running server: the top symbols by self time, and the
-/// kernel's share. Only with `--only profile`; the whole report stays in
+/// kernel's share (IPXE_CA_PROFILE_RSA=1: the RSA-only load). Only with `--only profile`; the
+/// whole report stays in
 /// target/bench/run/profile/perf.data (`perf report -i …`).
 fn bench_profile(cx: &mut Ctx) -> R<()> {
     let d = cx.dir.join("profile");
@@ -1387,7 +1395,10 @@ fn bench_profile(cx: &mut Ctx) -> R<()> {
     let (state, key, certs) = lab_with_boards(&d, if cx.smoke { 20 } else { 1000 })?;
     let ecdsa = std::env::var("IPXE_CA_PROFILE_RSA").is_err();
     let cfgs = client_configs(&state.join("ca/ca.crt"), &key, &certs, ecdsa)?;
-    let (srv, https, _) = start_serve(&state)?;
+    // IPXE_CA_PROFILE_WORKERS=N: `serve --workers N`.
+    let workers = std::env::var("IPXE_CA_PROFILE_WORKERS").ok();
+    let extra: Vec<&str> = workers.iter().flat_map(|w| ["--workers", w]).collect();
+    let (srv, https, _) = start_serve_with(&bin(), &state, &extra)?;
     let dur = Duration::from_secs(if cx.smoke { 1 } else { 10 });
     // Warm the caches (board files, verified chains) before recording.
     load(&cfgs, https, 64, Duration::from_secs(1));
@@ -1403,7 +1414,7 @@ fn bench_profile(cx: &mut Ctx) -> R<()> {
         .map_err(|e| format!("cannot run perf ({e}): apt-get install linux-perf"))?;
     let (c0, k0, _) = usage_split(srv.0.id());
     let l = load(&cfgs, https, 64, dur);
-    let (c1, k1, _) = usage_split(srv.0.id());
+    let (c1, k1, rss) = usage_split(srv.0.id());
     let out = perf.wait_with_output()?;
     if !out.status.success() {
         return Err(format!("perf record: {}", String::from_utf8_lossy(&out.stderr)).into());
@@ -1411,13 +1422,14 @@ fn bench_profile(cx: &mut Ctx) -> R<()> {
     drop(srv);
     let ok = l.ok.max(1) as f64;
     cx.line(&format!(
-        "\n## Profile of serve ({} client, c=64, {:?})\n\n{} boots, {} errors; server CPU {:.3} ms per boot, {:.3} ms of it kernel.\n",
+        "\n## Profile of serve ({} client, c=64, {:?})\n\n{} boots, {} errors; server CPU {:.3} ms per boot, {:.3} ms of it kernel; peak RSS {:.1} MB.\n",
         if ecdsa { "iPXE 2.0" } else { "RSA-only" },
         dur,
         l.ok,
         l.errors,
         (c1 - c0) * 1e3 / ok,
-        (k1 - k0) * 1e3 / ok
+        (k1 - k0) * 1e3 / ok,
+        rss as f64 / 1024.0
     ));
     let report = run(Command::new("perf").args([
         "report",
