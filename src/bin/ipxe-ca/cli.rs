@@ -120,7 +120,8 @@ pub struct ServeArgs {
     /// Seconds allowed for a TLS handshake or a request's headers (1 to 3600).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub timeout: u64,
-    /// TLS sessions kept for resumption (a boot makes several HTTPS fetches; about 1 KiB each).
+    /// TLS sessions kept for resumption (a boot makes several HTTPS fetches; about 2 KiB each,
+    /// the board's certificate chain included).
     #[arg(long, default_value_t = 4096)]
     pub tls_sessions: usize,
     /// Serve Prometheus metrics on http://ADDR/metrics (e.g. 127.0.0.1:9469; keep it off
