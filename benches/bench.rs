@@ -1404,7 +1404,10 @@ fn bench_profile(cx: &mut Ctx) -> R<()> {
     load(&cfgs, https, 64, Duration::from_secs(1));
     let data = d.join("perf.data");
     let perf = Command::new("perf")
-        .args(["record", "-g", "-q", "-o", s(&data), "-p"])
+        // Rust code has no frame pointers here: IPXE_CA_PROFILE_CALLGRAPH=dwarf for whole stacks.
+        .args(["record", "-q", "-o", s(&data), "--call-graph"])
+        .arg(std::env::var("IPXE_CA_PROFILE_CALLGRAPH").unwrap_or_else(|_| "fp".into()))
+        .arg("-p")
         .arg(srv.0.id().to_string())
         .args(["--", "sleep"])
         .arg(dur.as_secs().to_string())
