@@ -364,6 +364,104 @@ fn real_ipxe_refusals_and_a_failing_script_say_what_failed() {
     assert_eq!(served(&srv, "broken", "/boot.ipxe"), 1);
 }
 
+/// A TCP relay from a new loopback port to `to`, for as long as the test runs: a second
+/// address of the same server. Returns the port and a count of relayed connections.
+fn relay(to: u16) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let n = count.clone();
+    std::thread::spawn(move || {
+        for a in l.incoming().flatten() {
+            let Ok(b) = TcpStream::connect(("127.0.0.1", to)) else {
+                continue;
+            };
+            n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            for (mut from, mut into) in [(a.try_clone().unwrap(), b.try_clone().unwrap()), (b, a)] {
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from, &mut into);
+                    let _ = into.shutdown(Shutdown::Write);
+                });
+            }
+        }
+    });
+    (port, count)
+}
+
+/// iPXE 2.0 resumes a TLS session only on a connection opened while another of the session
+/// (same server name, CA and key) is open: its script's connection stays pooled for 10 s, so
+/// a fetch from a second address of the server (another port) right after joins the session.
+#[test]
+fn real_ipxe_resumes_its_session_on_a_second_connection_and_the_log_says_so() {
+    let Some(src) = tree("IPXE_SRC", "real_ipxe_resumes") else {
+        return;
+    };
+    let (https, http) = (free_port(), free_port());
+    let lab = real_lab(https, http);
+    let (second, relayed) = relay(https);
+    std::fs::write(
+        lab.path("profiles/default.ipxe"),
+        format!(
+            "#!ipxe\necho REAL-PROFILE {{{{ board.name }}}}\nimgfetch --name again https://10.0.2.2:{second}/boot.ipxe || goto fail\necho REAL-FILES-OK {{{{ board.name }}}}\npoweroff\n:fail\necho REAL-FILES-FAILED\npoweroff\n"
+        ),
+    )
+    .unwrap();
+    lab.enroll("b1", &[]);
+    let srv = lab.serve_on(https, http, &[]);
+    let out = lab.tmp.path().join("out");
+    build(
+        &lab,
+        &[
+            "b1",
+            "--ipxe-src",
+            s(&src),
+            "--out",
+            s(&out),
+            "--target",
+            "lkrn",
+        ],
+    );
+    boots_to_its_script(
+        "resume-lkrn",
+        "b1",
+        &machine(
+            Firmware::SeaBios,
+            Medium::Kernel(out.join("b1/b1-lkrn.lkrn")),
+        ),
+    );
+    assert_eq!(
+        relayed.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the second fetch went through the second address"
+    );
+    let fetches: Vec<(String, bool)> = srv
+        .output()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| {
+            l["board"] == "b1"
+                && l["status"] == 200
+                && l["path"]
+                    .as_str()
+                    .is_some_and(|p| p.starts_with("/boot.ipxe"))
+        })
+        .map(|l| {
+            (
+                l["tls"]["suite"].as_str().unwrap_or_default().to_string(),
+                l["tls"]["resumed"] == true,
+            )
+        })
+        .collect();
+    let ecdsa = "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256".to_string();
+    assert_eq!(
+        fetches,
+        [(ecdsa.clone(), false), (ecdsa, true)],
+        "a full handshake, then the second connection resumed:\n{}",
+        srv.output()
+    );
+}
+
 #[test]
 fn real_ipxe_legacy_boots_through_the_generated_nginx_and_not_straight_at_serve() {
     let Some(src) = tree("IPXE_SRC_LEGACY", "real_ipxe_legacy") else {
