@@ -4,7 +4,7 @@
 //! One JSON line per request, appended with a single write; a line torn by a crash is skipped
 //! when read. The file is bounded: past [`KEEP`] × 2 lines it is rewritten atomically with the
 //! newest [`KEEP`]. The server appends from one writer thread, in batches, so requests never
-//! wait on disk.
+//! wait on disk, and keeps each board's file open between appends.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -108,7 +108,7 @@ impl Journal {
         let spawned = std::thread::Builder::new()
             .name("board-history".into())
             .spawn(move || {
-                let mut lines: HashMap<BoardName, usize> = HashMap::new();
+                let mut open = Appenders::default();
                 let mut failing: std::collections::HashSet<BoardName> = Default::default();
                 while let Ok(first) = rx.recv() {
                     // Per board, in arrival order.
@@ -128,7 +128,7 @@ impl Journal {
                         }
                     }
                     for (board, recs) in boards {
-                        match append(&state, &board, &recs, &mut lines) {
+                        match append(&state, &board, &recs, &mut open) {
                             Ok(()) => {
                                 failing.remove(&board);
                             }
@@ -168,21 +168,97 @@ impl Journal {
     }
 }
 
+/// The writer's open history files, with the number of lines each holds: a board's next
+/// append is an `fstat` and a write, not a path lookup, an open and a close.
+pub(crate) struct Appenders {
+    open: HashMap<BoardName, Appender>,
+    limit: usize,
+}
+
+impl Default for Appenders {
+    fn default() -> Self {
+        Appenders {
+            open: HashMap::new(),
+            limit: OPEN_MAX,
+        }
+    }
+}
+
+struct Appender {
+    file: std::fs::File,
+    lines: usize,
+}
+
+/// Files kept open at most; past that they are all closed and opened again as boards append
+/// (a farm has fewer boards).
+const OPEN_MAX: usize = 4096;
+
+impl Appenders {
+    /// The open file of `board`'s history, unless it is no longer the one at its path: the
+    /// board's folder was removed, or another writer compacted the file (replaced by a rename).
+    fn current(&mut self, board: &BoardName) -> Option<&mut Appender> {
+        use std::os::unix::fs::MetadataExt;
+        let gone = match self.open.get(board) {
+            None => return None,
+            Some(a) => a.file.metadata().map_or(true, |m| m.nlink() == 0),
+        };
+        if gone {
+            self.open.remove(board);
+            return None;
+        }
+        self.open.get_mut(board)
+    }
+
+    fn keep(&mut self, board: &BoardName, file: std::fs::File, lines: usize) {
+        if self.open.len() >= self.limit {
+            self.open.clear();
+        }
+        self.open.insert(board.clone(), Appender { file, lines });
+    }
+}
+
 /// Append `recs` to the board's history in one write.
 fn append(
     state: &StateDir,
     board: &BoardName,
     recs: &[Record],
-    lines: &mut HashMap<BoardName, usize>,
+    open: &mut Appenders,
 ) -> Result<()> {
     let path = state.board_history(board);
+    let open_file = || {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(MODE_SECRET)
+            .open(&path)
+    };
+    let line = |r: &Record, out: &mut Vec<u8>| -> Result<()> {
+        out.extend(serde_json::to_vec(r).map_err(|e| Error::invalid(e.to_string()))?);
+        out.push(b'\n');
+        Ok(())
+    };
+    if let Some(a) = open.current(board) {
+        if a.lines + recs.len() <= 2 * KEEP {
+            let mut text = Vec::new();
+            for r in recs {
+                line(r, &mut text)?;
+            }
+            // One write of whole lines: a crash tears at most the last one.
+            a.file
+                .write_all(&text)
+                .map_err(|e| Error::io("cannot append to", &path, e))?;
+            a.lines += recs.len();
+            return Ok(());
+        }
+    }
     // A board removed (or never written) has no folder: nothing to keep.
     if !state.board_file(board).exists() {
+        open.open.remove(board);
         return Ok(());
     }
     let mut text = Vec::new();
-    let count = match lines.get(board) {
-        Some(c) => *c,
+    let count = match open.open.remove(board) {
+        Some(a) => a.lines,
         None => {
             let old = std::fs::read(&path).unwrap_or_default();
             // Half a line left by a crash: end it, so that it does not swallow this one.
@@ -191,11 +267,6 @@ fn append(
             }
             old.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count()
         }
-    };
-    let line = |r: &Record, out: &mut Vec<u8>| -> Result<()> {
-        out.extend(serde_json::to_vec(r).map_err(|e| Error::invalid(e.to_string()))?);
-        out.push(b'\n');
-        Ok(())
     };
     if count + recs.len() > 2 * KEEP {
         // Rewrite with the newest KEEP, atomically: a crash leaves the old or the new file.
@@ -207,24 +278,18 @@ fn append(
             line(r, &mut keep)?;
         }
         state::write_atomic(&path, &keep, MODE_SECRET)?;
-        lines.insert(board.clone(), newest.len());
+        let f = open_file().map_err(|e| Error::io("cannot open", &path, e))?;
+        open.keep(board, f, newest.len());
         return Ok(());
     }
     for r in recs {
         line(r, &mut text)?;
     }
-    let open = || {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(MODE_SECRET)
-            .open(&path)
-    };
     // The board's folder is made only when it is missing, not checked per append.
-    let opened = match open() {
+    let opened = match open_file() {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             state::create_dir_private(&state.board_dir(board))?;
-            open()
+            open_file()
         }
         other => other,
     };
@@ -232,7 +297,7 @@ fn append(
     // One write of whole lines: a crash tears at most the last one.
     f.write_all(&text)
         .map_err(|e| Error::io("cannot append to", &path, e))?;
-    lines.insert(board.clone(), count + recs.len());
+    open.keep(board, f, count + recs.len());
     Ok(())
 }
 
@@ -264,7 +329,7 @@ mod tests {
     #[test]
     fn the_journal_is_bounded_keeps_the_newest_and_skips_a_torn_line() {
         let (_t, state, b) = one_board();
-        let mut lines = HashMap::new();
+        let mut lines = Appenders::default();
         for i in 0..2 * KEEP + 5 {
             append(&state, &b, &[rec(i)], &mut lines).unwrap();
         }
@@ -281,7 +346,7 @@ mod tests {
         f.write_all(b"{\"time\":\"torn").unwrap();
         assert_eq!(last(&state, &b).unwrap().time, format!("t{}", 2 * KEEP + 4));
         // A new writer (a restarted server) ends the torn line before appending.
-        append(&state, &b, &[rec(9999)], &mut HashMap::new()).unwrap();
+        append(&state, &b, &[rec(9999)], &mut Appenders::default()).unwrap();
         assert_eq!(last(&state, &b).unwrap().time, "t9999");
         let before = read(&state, &b, usize::MAX).unwrap();
         assert_eq!(before[before.len() - 2].time, format!("t{}", 2 * KEEP + 4));
@@ -297,7 +362,7 @@ mod tests {
     fn the_journal_is_compacted_exactly_past_twice_keep_also_after_a_restart() {
         let (_t, state, b) = one_board();
         let len = || read(&state, &b, usize::MAX).unwrap().len();
-        let mut lines = HashMap::new();
+        let mut lines = Appenders::default();
         for i in 0..2 * KEEP {
             append(&state, &b, &[rec(i)], &mut lines).unwrap();
         }
@@ -311,12 +376,56 @@ mod tests {
             append(&state, &b, &[rec(1000 + i)], &mut lines).unwrap();
         }
         assert_eq!(len(), 2 * KEEP - 1);
-        let mut restarted = HashMap::new();
+        let mut restarted = Appenders::default();
         append(&state, &b, &[rec(5000)], &mut restarted).unwrap();
         assert_eq!(len(), 2 * KEEP, "a restart miscounted the file");
         append(&state, &b, &[rec(5001)], &mut restarted).unwrap();
         assert_eq!(len(), KEEP);
         assert_eq!(last(&state, &b).unwrap().time, "t5001");
+    }
+
+    #[test]
+    fn an_open_history_file_is_kept_and_dropped_when_its_path_holds_another() {
+        use std::os::unix::io::AsRawFd;
+        let (_t, state, b) = one_board();
+        let times = || -> Vec<String> {
+            read(&state, &b, usize::MAX)
+                .unwrap()
+                .into_iter()
+                .map(|r| r.time)
+                .collect()
+        };
+        let mut open = Appenders::default();
+        append(&state, &b, &[rec(1)], &mut open).unwrap();
+        let fd = open.open[&b].file.as_raw_fd();
+        append(&state, &b, &[rec(2)], &mut open).unwrap();
+        assert_eq!(open.open[&b].file.as_raw_fd(), fd, "opened again");
+        assert_eq!(times(), ["t1", "t2"]);
+        // The folder removed (and the board still registered): a new file, not the deleted one.
+        std::fs::remove_dir_all(state.board_dir(&b)).unwrap();
+        append(&state, &b, &[rec(3)], &mut open).unwrap();
+        assert_eq!(times(), ["t3"]);
+        // Another writer replaced the file: the next line goes to the new one.
+        state::write_atomic(&state.board_history(&b), b"", MODE_SECRET).unwrap();
+        append(&state, &b, &[rec(4)], &mut open).unwrap();
+        assert_eq!(times(), ["t4"]);
+        // The board gone altogether: nothing is written, no folder made.
+        std::fs::remove_dir_all(state.board_dir(&b)).unwrap();
+        std::fs::remove_file(state.board_file(&b)).unwrap();
+        append(&state, &b, &[rec(5)], &mut open).unwrap();
+        assert!(!state.board_dir(&b).exists());
+        assert!(open.open.is_empty());
+        // At the limit, the open files are closed and the newest kept.
+        let mut few = Appenders {
+            open: HashMap::new(),
+            limit: 2,
+        };
+        let names: Vec<BoardName> = ["c1", "c2", "c3"].map(|n| n.parse().unwrap()).to_vec();
+        for n in &names {
+            state::write_atomic(&state.board_file(n), b"x", 0o644).unwrap();
+            append(&state, n, &[rec(6)], &mut few).unwrap();
+        }
+        assert_eq!(few.open.keys().collect::<Vec<_>>(), [&names[2]]);
     }
 
     #[test]
@@ -335,7 +444,7 @@ mod tests {
         assert_eq!(times, (0..50).map(|i| format!("t{i}")).collect::<Vec<_>>());
         // One batch larger than the bound: the newest KEEP, in order.
         let recs: Vec<Record> = (100..100 + 2 * KEEP + 1).map(rec).collect();
-        append(&state, &b, &recs, &mut HashMap::new()).unwrap();
+        append(&state, &b, &recs, &mut Appenders::default()).unwrap();
         let all = read(&state, &b, usize::MAX).unwrap();
         assert_eq!(all.len(), KEEP);
         assert_eq!(all[0].time, format!("t{}", 100 + KEEP + 1));
