@@ -179,7 +179,7 @@ impl Default for Appenders {
     fn default() -> Self {
         Appenders {
             open: HashMap::new(),
-            limit: OPEN_MAX,
+            limit: open_max(),
         }
     }
 }
@@ -190,8 +190,19 @@ struct Appender {
 }
 
 /// Files kept open at most; past that they are all closed and opened again as boards append
-/// (a farm has fewer boards).
+/// (a farm has fewer boards). Never more than a quarter of the process's open-file limit: the
+/// boards' connections need the rest.
 const OPEN_MAX: usize = 4096;
+
+fn open_max() -> usize {
+    open_max_for(rustix::process::getrlimit(rustix::process::Resource::Nofile).current)
+}
+
+/// For an open-file limit (None: unlimited).
+fn open_max_for(limit: Option<u64>) -> usize {
+    let quarter = limit.map_or(usize::MAX, |l| usize::try_from(l / 4).unwrap_or(usize::MAX));
+    OPEN_MAX.min(quarter).max(1)
+}
 
 impl Appenders {
     /// The open file of `board`'s history, unless it is no longer the one at its path: the
@@ -426,6 +437,21 @@ mod tests {
             append(&state, n, &[rec(6)], &mut few).unwrap();
         }
         assert_eq!(few.open.keys().collect::<Vec<_>>(), [&names[2]]);
+    }
+
+    #[test]
+    fn open_history_files_leave_three_quarters_of_the_fd_limit_to_connections() {
+        for (limit, want) in [
+            (None, OPEN_MAX),
+            (Some(1_048_576), OPEN_MAX),
+            (Some(4 * OPEN_MAX as u64), OPEN_MAX),
+            (Some(4 * OPEN_MAX as u64 - 4), OPEN_MAX - 1),
+            (Some(1024), 256),
+            (Some(3), 1),
+        ] {
+            assert_eq!(open_max_for(limit), want, "{limit:?}");
+        }
+        assert_eq!(Appenders::default().limit, open_max());
     }
 
     #[test]
