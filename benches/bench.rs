@@ -1387,8 +1387,7 @@ fn tcp_floor_ms(conc: usize, dur: Duration, workers: Option<usize>) -> R<(f64, f
 /// Where `serve`'s CPU goes under the iPXE 2.0 load (1000 boards, c=64, 10 s), by `perf record`
 /// with call graphs attached to the running server: the top symbols by self time, and the
 /// kernel's share (IPXE_CA_PROFILE_RSA=1: the RSA-only load). Only with `--only profile`; the
-/// whole report stays in
-/// target/bench/run/profile/perf.data (`perf report -i …`).
+/// whole recording stays in target/bench/run/profile/perf.data (`perf report -i …`).
 fn bench_profile(cx: &mut Ctx) -> R<()> {
     let d = cx.dir.join("profile");
     std::fs::create_dir_all(&d)?;
