@@ -206,7 +206,9 @@ fn open_max_for(limit: Option<u64>) -> usize {
 
 impl Appenders {
     /// The open file of `board`'s history, unless it is no longer the one at its path: the
-    /// board's folder was removed, or another writer compacted the file (replaced by a rename).
+    /// board's folder was removed, or another writer compacted the file (replaced by a rename:
+    /// the old file has no link left). The path is not looked at: a file renamed away by hand
+    /// gets the lines until the next compaction.
     fn current(&mut self, board: &BoardName) -> Option<&mut Appender> {
         use std::os::unix::fs::MetadataExt;
         let gone = match self.open.get(board) {
@@ -432,11 +434,35 @@ mod tests {
             limit: 2,
         };
         let names: Vec<BoardName> = ["c1", "c2", "c3"].map(|n| n.parse().unwrap()).to_vec();
-        for n in &names {
+        for (i, n) in names.iter().enumerate() {
             state::write_atomic(&state.board_file(n), b"x", 0o644).unwrap();
             append(&state, n, &[rec(6)], &mut few).unwrap();
+            assert_eq!(few.open.len(), [1, 2, 1][i], "after {n}");
         }
         assert_eq!(few.open.keys().collect::<Vec<_>>(), [&names[2]]);
+    }
+
+    #[test]
+    fn the_open_file_takes_lines_up_to_the_bound_without_the_path_being_looked_at() {
+        let (_t, state, b) = one_board();
+        let mut open = Appenders::default();
+        for i in 0..2 * KEEP - 1 {
+            append(&state, &b, &[rec(i)], &mut open).unwrap();
+        }
+        // Renamed away (as nothing but a compaction does): still one link, still written.
+        let moved = state.board_dir(&b).join("moved.jsonl");
+        std::fs::rename(state.board_history(&b), &moved).unwrap();
+        append(&state, &b, &[rec(9999)], &mut open).unwrap();
+        assert!(
+            !state.board_history(&b).exists(),
+            "the path was opened again"
+        );
+        let text = std::fs::read_to_string(&moved).unwrap();
+        assert_eq!(text.lines().count(), 2 * KEEP);
+        assert!(text.lines().last().unwrap().contains("t9999"), "{text}");
+        // Past the bound the path is read again and compacted into a new file.
+        append(&state, &b, &[rec(10_000)], &mut open).unwrap();
+        assert_eq!(last(&state, &b).unwrap().time, "t10000");
     }
 
     #[test]
@@ -451,6 +477,8 @@ mod tests {
         ] {
             assert_eq!(open_max_for(limit), want, "{limit:?}");
         }
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+        assert_eq!(open_max(), open_max_for(limit));
         assert_eq!(Appenders::default().limit, open_max());
     }
 
