@@ -70,7 +70,7 @@ pub struct ServeOptions {
     pub metrics: Option<SocketAddr>,
     /// Threads running the event loop. One per core serves the most boards at once; fewer
     /// spend less CPU per boot on a host that does other work (fewer wake-ups: one thread on
-    /// 2 shared cores spent a quarter less per ECDSA boot than two).
+    /// 2 shared cores spent a fifth to a quarter less per ECDSA boot than two).
     pub workers: usize,
 }
 
