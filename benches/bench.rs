@@ -86,14 +86,33 @@ fn spawn(cmd: &mut Command) -> R<Proc> {
     ))
 }
 
-/// CPU seconds (user+system) and peak RSS (kB) of a process and all its descendants.
-fn usage(root: u32) -> (f64, u64) {
-    let (cpu, _, rss) = usage_split(root);
-    (cpu, rss)
+/// What a load cost a server, per good boot.
+struct Cost {
+    /// CPU ms (user + system).
+    cpu_ms: f64,
+    /// Of it, kernel ms.
+    sys_ms: f64,
+    /// Peak RSS (kB) when the load ended.
+    rss: u64,
 }
 
-/// CPU seconds (user+system), of which system (kernel), and peak RSS (kB).
-fn usage_split(root: u32) -> (f64, f64, u64) {
+/// Run `load`, reading the server's `usage` (as [`usage`] gives it) before and after.
+fn costed(usage: impl Fn() -> (f64, f64, u64), load: impl FnOnce() -> Load) -> (Load, Cost) {
+    let (c0, k0, _) = usage();
+    let l = load();
+    let (c1, k1, rss) = usage();
+    let ok = l.ok.max(1) as f64;
+    let cost = Cost {
+        cpu_ms: (c1 - c0) * 1e3 / ok,
+        sys_ms: (k1 - k0) * 1e3 / ok,
+        rss,
+    };
+    (l, cost)
+}
+
+/// CPU seconds (user+system) of a process and all its descendants, of which system (kernel),
+/// and their peak RSS (kB).
+fn usage(root: u32) -> (f64, f64, u64) {
     let mut pids = vec![root];
     let mut i = 0;
     while i < pids.len() {
@@ -715,11 +734,11 @@ impl Prototype {
         })
     }
 
-    /// CPU seconds and peak RSS (kB) of nginx and gunicorn together, workers included.
-    fn usage(&self) -> (f64, u64) {
-        let (a, ra) = usage(self.nginx.0.id());
-        let (b, rb) = usage(self.gunicorn.0.id());
-        (a + b, ra + rb)
+    /// [`usage`] of nginx and gunicorn together, workers included.
+    fn usage(&self) -> (f64, f64, u64) {
+        let (a, ka, ra) = usage(self.nginx.0.id());
+        let (b, kb, rb) = usage(self.gunicorn.0.id());
+        (a + b, ka + kb, ra + rb)
     }
 }
 
@@ -754,12 +773,10 @@ fn bench_serve(cx: &mut Ctx) -> R<()> {
         ("ipxe-ca serve, iPXE 2.0 client (ECDHE-ECDSA)", &cfgs2),
     ] {
         for &c in levels {
-            let (cpu0, sys0, _) = usage_split(srv.0.id());
-            let l = checked(name, load(cf, https, c, dur))?;
-            let (cpu1, sys1, rss) = usage_split(srv.0.id());
-            let per = (cpu1 - cpu0) * 1e3 / l.ok.max(1) as f64;
-            kernel.push((name, c, (sys1 - sys0) * 1e3 / l.ok.max(1) as f64, per));
-            rows.insert((name.into(), c), (l, per, rss));
+            let (l, cost) = costed(|| usage(srv.0.id()), || load(cf, https, c, dur));
+            let l = checked(name, l)?;
+            kernel.push((name, c, cost.sys_ms, cost.cpu_ms));
+            rows.insert((name.into(), c), (l, cost.cpu_ms, cost.rss));
         }
     }
     drop(srv);
@@ -775,13 +792,11 @@ fn bench_serve(cx: &mut Ctx) -> R<()> {
     };
     let proto = Prototype::start(&d, &certs, proto_block)?;
     for &c in levels {
-        let (c0, _) = proto.usage();
-        let l = checked("prototype", load(&cfgs, proto.port, c, dur))?;
-        let (c1, rss) = proto.usage();
-        let per = (c1 - c0) * 1e3 / l.ok.max(1) as f64;
+        let (l, cost) = costed(|| proto.usage(), || load(&cfgs, proto.port, c, dur));
+        let l = checked("prototype", l)?;
         rows.insert(
             ("prototype (nginx + gunicorn + Flask)".into(), c),
-            (l, per, rss),
+            (l, cost.cpu_ms, cost.rss),
         );
     }
     drop(proto);
@@ -802,21 +817,16 @@ fn bench_serve(cx: &mut Ctx) -> R<()> {
             &cfgs2,
         ),
     ] {
-        let (c0, _) = usage(srv.0.id());
-        let l = checked(name, load(cf, https, c_one, dur))?;
-        let (c1, rss) = usage(srv.0.id());
-        let per = (c1 - c0) * 1e3 / l.ok.max(1) as f64;
-        one.push((name, l, per, rss));
+        let (l, cost) = costed(|| usage(srv.0.id()), || load(cf, https, c_one, dur));
+        one.push((name, checked(name, l)?, cost.cpu_ms, cost.rss));
     }
     drop(srv);
     let d1 = d.join("one-worker");
     std::fs::create_dir_all(&d1)?;
     let proto = Prototype::start_with(&d1, &certs, Some(1), proto_block)?;
-    let (c0, _) = proto.usage();
-    let l = checked("prototype, one worker", load(&cfgs, proto.port, c_one, dur))?;
-    let (c1, rss) = proto.usage();
-    let per = (c1 - c0) * 1e3 / l.ok.max(1) as f64;
-    one.push(("prototype, one nginx and one gunicorn worker", l, per, rss));
+    let (l, cost) = costed(|| proto.usage(), || load(&cfgs, proto.port, c_one, dur));
+    let name = "prototype, one nginx and one gunicorn worker";
+    one.push((name, checked(name, l)?, cost.cpu_ms, cost.rss));
     drop(proto);
     let tcp_one = tcp_floor_ms(c_one, dur, Some(1))?;
 
@@ -965,18 +975,12 @@ fn bench_fullboot(cx: &mut Ctx) -> R<()> {
     };
     let mut rows = Vec::new();
     let (srv, https, _) = start_serve(&state)?;
-    let (c0, _) = usage(srv.0.id());
-    let l = checked(
-        "ipxe-ca full boot",
-        load_boots(&cfgs, https, conc, dur, Some(files.clone())),
-    )?;
-    let (c1, rss) = usage(srv.0.id());
-    rows.push((
-        "ipxe-ca serve",
-        (c1 - c0) * 1e3 / l.ok.max(1) as f64,
-        rss,
-        l,
-    ));
+    let (l, cost) = costed(
+        || usage(srv.0.id()),
+        || load_boots(&cfgs, https, conc, dur, Some(files.clone())),
+    );
+    let l = checked("ipxe-ca full boot", l)?;
+    rows.push(("ipxe-ca serve", cost.cpu_ms, cost.rss, l));
     drop(srv);
 
     let proto = Prototype::start(&d, &certs, |port, gport| {
@@ -990,16 +994,15 @@ fn bench_fullboot(cx: &mut Ctx) -> R<()> {
             files = s(&state.join("files")),
         )
     })?;
-    let (c0, _) = proto.usage();
-    let l = checked(
-        "prototype full boot",
-        load_boots(&cfgs, proto.port, conc, dur, Some(files.clone())),
-    )?;
-    let (c1, rss) = proto.usage();
+    let (l, cost) = costed(
+        || proto.usage(),
+        || load_boots(&cfgs, proto.port, conc, dur, Some(files.clone())),
+    );
+    let l = checked("prototype full boot", l)?;
     rows.push((
         "prototype (nginx with ssl_session_cache + gunicorn + Flask)",
-        (c1 - c0) * 1e3 / l.ok.max(1) as f64,
-        rss,
+        cost.cpu_ms,
+        cost.rss,
         l,
     ));
     drop(proto);
@@ -1369,17 +1372,14 @@ fn tcp_floor_ms(conc: usize, dur: Duration, workers: Option<usize>) -> R<(f64, f
     }
     let srv = spawn(&mut cmd)?;
     wait_port(port)?;
-    let (cpu0, sys0, _) = usage_split(srv.0.id());
-    let l = drive(conc, dur, move |_| tcp_floor_boot(port));
-    let (ok, errors) = (l.ok, l.errors);
-    let (cpu1, sys1, _) = usage_split(srv.0.id());
-    if errors > 0 || ok == 0 {
-        return Err(format!("tcp floor: {errors} failed boots, {ok} good").into());
+    let (l, cost) = costed(
+        || usage(srv.0.id()),
+        || drive(conc, dur, move |_| tcp_floor_boot(port)),
+    );
+    if l.errors > 0 || l.ok == 0 {
+        return Err(format!("tcp floor: {} failed boots, {} good", l.errors, l.ok).into());
     }
-    Ok((
-        (cpu1 - cpu0) * 1e3 / ok as f64,
-        (sys1 - sys0) * 1e3 / ok as f64,
-    ))
+    Ok((cost.cpu_ms, cost.sys_ms))
 }
 
 // ---------------------------------------------------------------- profile
@@ -1414,24 +1414,21 @@ fn bench_profile(cx: &mut Ctx) -> R<()> {
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot run perf ({e}): apt-get install linux-perf"))?;
-    let (c0, k0, _) = usage_split(srv.0.id());
-    let l = load(&cfgs, https, 64, dur);
-    let (c1, k1, rss) = usage_split(srv.0.id());
+    let (l, cost) = costed(|| usage(srv.0.id()), || load(&cfgs, https, 64, dur));
     let out = perf.wait_with_output()?;
     if !out.status.success() {
         return Err(format!("perf record: {}", String::from_utf8_lossy(&out.stderr)).into());
     }
     drop(srv);
-    let ok = l.ok.max(1) as f64;
     cx.line(&format!(
         "\n## Profile of serve ({} client, c=64, {:?})\n\n{} boots, {} errors; server CPU {:.3} ms per boot, {:.3} ms of it kernel; peak RSS {:.1} MB.\n",
         if ecdsa { "iPXE 2.0" } else { "RSA-only" },
         dur,
         l.ok,
         l.errors,
-        (c1 - c0) * 1e3 / ok,
-        (k1 - k0) * 1e3 / ok,
-        rss as f64 / 1024.0
+        cost.cpu_ms,
+        cost.sys_ms,
+        cost.rss as f64 / 1024.0
     ));
     let report = run(Command::new("perf").args([
         "report",
@@ -1502,15 +1499,13 @@ fn bench_ab(cx: &mut Ctx) -> R<()> {
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for r in 0..rounds {
             let one = |pid: u32, port: u16| -> R<(f64, f64)> {
-                let (c0, _) = usage(pid);
-                let l = load(cf, port, 64, dur);
-                let (c1, _) = usage(pid);
+                let (l, cost) = costed(|| usage(pid), || load(cf, port, 64, dur));
                 if l.errors > 0 || l.ok == 0 {
                     return Err(
                         format!("{client}: {} failed boots, {} good", l.errors, l.ok).into(),
                     );
                 }
-                Ok(((c1 - c0) * 1e3 / l.ok as f64, l.boots_per_s))
+                Ok((cost.cpu_ms, l.boots_per_s))
             };
             let ((ac, ar), (bc, br)) = if r % 2 == 0 {
                 let (a, a_port, _) = start_serve(&state)?;
