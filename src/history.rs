@@ -245,17 +245,17 @@ fn append(
             .mode(MODE_SECRET)
             .open(&path)
     };
-    let line = |r: &Record, out: &mut Vec<u8>| -> Result<()> {
-        out.extend(serde_json::to_vec(r).map_err(|e| Error::invalid(e.to_string()))?);
-        out.push(b'\n');
-        Ok(())
+    let lines = |recs: &[Record]| -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        for r in recs {
+            out.extend(serde_json::to_vec(r).map_err(|e| Error::invalid(e.to_string()))?);
+            out.push(b'\n');
+        }
+        Ok(out)
     };
     if let Some(a) = open.current(board) {
         if a.lines + recs.len() <= 2 * KEEP {
-            let mut text = Vec::new();
-            for r in recs {
-                line(r, &mut text)?;
-            }
+            let text = lines(recs)?;
             // One write of whole lines: a crash tears at most the last one.
             a.file
                 .write_all(&text)
@@ -286,18 +286,12 @@ fn append(
         let mut all = read(state, board, KEEP)?;
         all.extend_from_slice(recs);
         let newest = &all[all.len().saturating_sub(KEEP)..];
-        let mut keep = Vec::new();
-        for r in newest {
-            line(r, &mut keep)?;
-        }
-        state::write_atomic(&path, &keep, MODE_SECRET)?;
+        state::write_atomic(&path, &lines(newest)?, MODE_SECRET)?;
         let f = open_file().map_err(|e| Error::io("cannot open", &path, e))?;
         open.keep(board, f, newest.len());
         return Ok(());
     }
-    for r in recs {
-        line(r, &mut text)?;
-    }
+    text.extend(lines(recs)?);
     // The board's folder is made only when it is missing, not checked per append.
     let opened = match open_file() {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
