@@ -67,6 +67,13 @@ fn build(lab: &Lab, args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).unwrap()
 }
 
+/// Each board's BIOS `.lkrn`, built from the tree `src` into `out/NAME/NAME-lkrn.lkrn`.
+fn build_lkrn(lab: &Lab, src: &Path, out: &Path, boards: &[&str]) {
+    let mut args = boards.to_vec();
+    args.extend(["--ipxe-src", s(src), "--out", s(out), "--target", "lkrn"]);
+    build(lab, &args);
+}
+
 fn machine(firmware: Firmware, medium: Medium) -> Machine {
     Machine {
         firmware,
@@ -306,19 +313,7 @@ fn real_ipxe_refusals_and_a_failing_script_say_what_failed() {
     lab.enroll("broken", &["--profile", "broken"]);
     let srv = lab.serve_on(https, http, &[]);
     let out = lab.tmp.path().join("out");
-    build(
-        &lab,
-        &[
-            "gone",
-            "broken",
-            "--ipxe-src",
-            s(&src),
-            "--out",
-            s(&out),
-            "--target",
-            "lkrn",
-        ],
-    );
+    build_lkrn(&lab, &src, &out, &["gone", "broken"]);
     // Revoked after its image was built: the server refuses it, no script runs.
     lab.ok(&["revoke", "gone"]);
     let run = qemu::boot(
@@ -410,18 +405,7 @@ fn real_ipxe_resumes_its_session_on_a_second_connection_and_the_log_says_so() {
     lab.enroll("b1", &[]);
     let srv = lab.serve_on(https, http, &[]);
     let out = lab.tmp.path().join("out");
-    build(
-        &lab,
-        &[
-            "b1",
-            "--ipxe-src",
-            s(&src),
-            "--out",
-            s(&out),
-            "--target",
-            "lkrn",
-        ],
-    );
+    build_lkrn(&lab, &src, &out, &["b1"]);
     boots_to_its_script(
         "resume-lkrn",
         "b1",
@@ -489,18 +473,7 @@ fn real_ipxe_legacy_boots_through_the_generated_nginx_and_not_straight_at_serve(
     assert_eq!(d["tree"]["pkcs8_keys"], false, "{d}");
     assert_eq!(d["tree"]["no_werror"], true, "{d}");
     let out = lab.tmp.path().join("out");
-    build(
-        &lab,
-        &[
-            "old",
-            "--ipxe-src",
-            s(&src),
-            "--out",
-            s(&out),
-            "--target",
-            "lkrn",
-        ],
-    );
+    build_lkrn(&lab, &src, &out, &["old"]);
     boots_to_its_script(
         "legacy-lkrn-via-nginx",
         "old",
@@ -525,18 +498,7 @@ fn real_ipxe_legacy_boots_through_the_generated_nginx_and_not_straight_at_serve(
     )
     .unwrap();
     let out2 = lab.tmp.path().join("out-direct");
-    build(
-        &lab,
-        &[
-            "old",
-            "--ipxe-src",
-            s(&src),
-            "--out",
-            s(&out2),
-            "--target",
-            "lkrn",
-        ],
-    );
+    build_lkrn(&lab, &src, &out2, &["old"]);
     let run = qemu::boot(
         "legacy-lkrn-direct",
         &machine(
