@@ -1394,13 +1394,25 @@ fn bench_profile(cx: &mut Ctx) -> R<()> {
     let (state, key, certs) = lab_with_boards(&d, if cx.smoke { 20 } else { 1000 })?;
     let ecdsa = std::env::var("IPXE_CA_PROFILE_RSA").is_err();
     let cfgs = client_configs(&state.join("ca/ca.crt"), &key, &certs, ecdsa)?;
+    // IPXE_CA_PROFILE_FULLBOOT=1: whole boots (script, then 2 × 16 MiB) instead of scripts.
+    let files = std::env::var_os("IPXE_CA_PROFILE_FULLBOOT").map(|_| {
+        let size = if cx.smoke { 256 << 10 } else { 16 << 20 };
+        let files: Vec<(String, u64)> = ["vmlinuz", "initrd.img"]
+            .iter()
+            .map(|name| {
+                common::write_random(&state.join("files").join(name), size);
+                (format!("/files/{name}"), size as u64)
+            })
+            .collect();
+        Arc::new(files)
+    });
     // IPXE_CA_PROFILE_WORKERS=N: `serve --workers N`.
     let workers = std::env::var("IPXE_CA_PROFILE_WORKERS").ok();
     let extra: Vec<&str> = workers.iter().flat_map(|w| ["--workers", w]).collect();
     let (srv, https, _) = start_serve_with(&bin(), &state, &extra)?;
     let dur = Duration::from_secs(if cx.smoke { 1 } else { 10 });
     // Warm the caches (board files, verified chains) before recording.
-    load(&cfgs, https, 64, Duration::from_secs(1));
+    load_boots(&cfgs, https, 64, Duration::from_secs(1), files.clone());
     let data = d.join("perf.data");
     let perf = Command::new("perf")
         // Rust code has no frame pointers here: IPXE_CA_PROFILE_CALLGRAPH=dwarf for whole stacks.
@@ -1414,15 +1426,19 @@ fn bench_profile(cx: &mut Ctx) -> R<()> {
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot run perf ({e}): apt-get install linux-perf"))?;
-    let (l, cost) = costed(|| usage(srv.0.id()), || load(&cfgs, https, 64, dur));
+    let (l, cost) = costed(
+        || usage(srv.0.id()),
+        || load_boots(&cfgs, https, 64, dur, files.clone()),
+    );
     let out = perf.wait_with_output()?;
     if !out.status.success() {
         return Err(format!("perf record: {}", String::from_utf8_lossy(&out.stderr)).into());
     }
     drop(srv);
     cx.line(&format!(
-        "\n## Profile of serve ({} client, c=64, {:?})\n\n{} boots, {} errors; server CPU {:.3} ms per boot, {:.3} ms of it kernel; peak RSS {:.1} MB.\n",
+        "\n## Profile of serve ({} client{}, c=64, {:?})\n\n{} boots, {} errors; server CPU {:.3} ms per boot, {:.3} ms of it kernel; peak RSS {:.1} MB.\n",
         if ecdsa { "iPXE 2.0" } else { "RSA-only" },
+        if files.is_some() { ", full boots" } else { "" },
         dur,
         l.ok,
         l.errors,

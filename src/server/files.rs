@@ -117,7 +117,7 @@ fn open_each_component(
 
 /// Key material is never served, whatever it is called or linked as: a PEM private key in the
 /// first 64 KiB, or a hard link to one of the state dir's key or secret files.
-fn is_key_material(file: &std::fs::File, meta: &std::fs::Metadata, shared: &Shared) -> bool {
+fn is_key_material(file: &std::fs::File, meta: &std::fs::Metadata, state_root: &Path) -> bool {
     use std::os::unix::fs::{FileExt, MetadataExt};
     let mut head = vec![0u8; 64 * 1024];
     let n = file.read_at(&mut head, 0).unwrap_or(0);
@@ -125,12 +125,9 @@ fn is_key_material(file: &std::fs::File, meta: &std::fs::Metadata, shared: &Shar
         return true;
     }
     meta.nlink() > 1
-        && StateDir::new(&shared.state_root)
-            .secret_files()
-            .iter()
-            .any(|p| {
-                std::fs::metadata(p).is_ok_and(|m| m.dev() == meta.dev() && m.ino() == meta.ino())
-            })
+        && StateDir::new(state_root).secret_files().iter().any(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.dev() == meta.dev() && m.ino() == meta.ino())
+        })
 }
 
 /// Whether `rel` lies in a build's output folder (images hold their boards' keys).
@@ -224,37 +221,109 @@ fn refuse(status: StatusCode, why: &str, out: &mut Outcome) -> Response<Body> {
 }
 
 /// Frames of a file read back to back.
-const FRAME: u64 = 256 * 1024;
+const FRAME: usize = 256 * 1024;
 
-/// The next `count` bytes of `file` as hyper frames, each read on the blocking pool straight
-/// into the frame's own buffer: tokio's `File` would read into a buffer of its own and copy,
-/// one more pass over every byte of a kernel or initrd.
-fn frames(file: std::fs::File, count: u64) -> Body {
-    let chunks = futures_util::stream::try_unfold((file, count), |(file, left)| async move {
-        if left == 0 {
-            return Ok(None);
+/// Frame buffers that hyper has finished with, for the next frames of the same response: a
+/// kernel goes out through two or three buffers instead of an allocation (and 64 page faults)
+/// per frame.
+#[derive(Clone, Default)]
+struct Spare(std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
+
+impl Spare {
+    fn take(&self) -> Vec<u8> {
+        let mut spare = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        spare.pop().unwrap_or_else(|| vec![0; FRAME])
+    }
+}
+
+/// A frame's bytes, returned to its response's [`Spare`] when hyper drops them.
+struct Sent {
+    buf: Vec<u8>,
+    len: usize,
+    spare: Spare,
+}
+
+impl AsRef<[u8]> for Sent {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl Drop for Sent {
+    fn drop(&mut self) {
+        let mut spare = self.spare.0.lock().unwrap_or_else(|e| e.into_inner());
+        if spare.len() < 2 {
+            spare.push(std::mem::take(&mut self.buf));
         }
-        let want = left.min(FRAME);
-        let (file, buf) = tokio::task::spawn_blocking(move || {
-            use std::io::Read;
-            let mut buf = Vec::with_capacity(want as usize);
-            (&file).take(want).read_to_end(&mut buf)?;
-            Ok::<_, std::io::Error>((file, buf))
-        })
-        .await
-        .map_err(std::io::Error::other)??;
-        if buf.is_empty() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "the file shrank while it was being sent",
-            ));
+    }
+}
+
+/// Reads `buf.len()` bytes (or fewer) at `offset`: straight from the page cache on the event
+/// loop when the bytes are there (`RWF_NOWAIT`, as nginx reads a cached file), on the blocking
+/// pool otherwise. `nowait` turns false for good on a file system that cannot say.
+async fn read_frame(
+    file: &std::sync::Arc<std::fs::File>,
+    mut buf: Vec<u8>,
+    offset: u64,
+    nowait: &mut bool,
+) -> std::io::Result<(Vec<u8>, usize)> {
+    use rustix::io::{Errno, ReadWriteFlags};
+    if *nowait {
+        let got = rustix::io::preadv2(
+            &**file,
+            &mut [std::io::IoSliceMut::new(&mut buf)],
+            offset,
+            ReadWriteFlags::NOWAIT,
+        );
+        match got {
+            Ok(n) if n > 0 => return Ok((buf, n)),
+            // 0 is the end of the file, or nothing cached: the blocking read tells which.
+            Ok(_) | Err(Errno::AGAIN) => {}
+            Err(Errno::OPNOTSUPP | Errno::INVAL | Errno::NOSYS) => *nowait = false,
+            Err(e) => return Err(e.into()),
         }
-        let got = buf.len() as u64;
-        Ok(Some((
-            Frame::data(bytes::Bytes::from(buf)),
-            (file, left - got),
-        )))
-    });
+    }
+    let file = file.clone();
+    tokio::task::spawn_blocking(move || {
+        let n = std::os::unix::fs::FileExt::read_at(&*file, &mut buf, offset)?;
+        Ok((buf, n))
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+/// `count` bytes of `file` from `start` as hyper frames, read straight into buffers that are
+/// handed back once sent (tokio's `File` would read into a buffer of its own and copy, one
+/// more pass over every byte of a kernel or initrd).
+fn frames(file: std::fs::File, start: u64, count: u64) -> Body {
+    let file = std::sync::Arc::new(file);
+    let spare = Spare::default();
+    let chunks = futures_util::stream::try_unfold(
+        (start, count, true),
+        move |(offset, left, mut nowait)| {
+            let (file, spare) = (file.clone(), spare.clone());
+            async move {
+                if left == 0 {
+                    return Ok(None);
+                }
+                let mut buf = spare.take();
+                // A shorter buffer (the end of an earlier read) is zeroed only where it grows.
+                buf.resize(left.min(FRAME as u64) as usize, 0);
+                let (buf, len) = read_frame(&file, buf, offset, &mut nowait).await?;
+                if len == 0 {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the file shrank while it was being sent",
+                    ));
+                }
+                let frame = bytes::Bytes::from_owner(Sent { buf, len, spare });
+                Ok(Some((
+                    Frame::data(frame),
+                    (offset + len as u64, left - len as u64, nowait),
+                )))
+            }
+        },
+    );
     StreamBody::new(chunks).boxed()
 }
 
@@ -272,14 +341,17 @@ pub(crate) async fn serve(
         Ok(p) => p,
         Err((status, why)) => return refuse(status, why, out),
     };
-    let root = shared.files_root.clone();
+    let (root, state_root) = (shared.files_root.clone(), shared.state_root.clone());
+    // The checks read the file's head and stat the folders: the blocking pool's work too.
     let opened = tokio::task::spawn_blocking(move || {
         let f = open_beneath(&root, &rel)?;
         let m = f.metadata()?;
-        Ok::<_, std::io::Error>((f, m, rel))
+        let secret =
+            m.is_file() && (is_key_material(&f, &m, &state_root) || in_build_output(&root, &rel));
+        Ok::<_, std::io::Error>((f, m, rel, secret))
     })
     .await;
-    let (std_file, meta, rel) = match opened {
+    let (std_file, meta, rel, secret) = match opened {
         Ok(Ok(x)) => x,
         Ok(Err(e)) => {
             let (status, why) = open_refusal(&e);
@@ -290,7 +362,7 @@ pub(crate) async fn serve(
     if !meta.is_file() {
         return refuse(StatusCode::NOT_FOUND, "not a file", out);
     }
-    if is_key_material(&std_file, &meta, shared) || in_build_output(&shared.files_root, &rel) {
+    if secret {
         return refuse(StatusCode::FORBIDDEN, "key material is never served", out);
     }
     note_signature(&shared.files_root.join(&rel), shared, out);
@@ -319,14 +391,8 @@ pub(crate) async fn serve(
     let body = if method == Method::HEAD {
         full(bytes::Bytes::new())
     } else {
-        // lseek on a regular file does not block.
-        if start > 0
-            && std::io::Seek::seek(&mut &std_file, std::io::SeekFrom::Start(start)).is_err()
-        {
-            return refuse(StatusCode::INTERNAL_SERVER_ERROR, "seek failed", out);
-        }
         out.bytes = count;
-        frames(std_file, count)
+        frames(std_file, start, count)
     };
     let mut r = Response::new(body);
     *r.status_mut() = status;
@@ -507,6 +573,123 @@ mod tests {
             Err(StatusCode::FORBIDDEN)
         );
         assert_eq!(request_path("boot/vmlinuz").as_deref(), Ok("boot/vmlinuz"));
+    }
+
+    /// A temp dir on the disk the crate is on (the page cache of a real file system; `/tmp`
+    /// may be a tmpfs).
+    fn disk_dir() -> tempfile::TempDir {
+        let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+        std::fs::create_dir_all(&target).unwrap();
+        tempfile::tempdir_in(target).unwrap()
+    }
+
+    /// The body of `frames` as bytes, or its error.
+    async fn collect(body: Body) -> std::io::Result<Vec<u8>> {
+        let mut body = body;
+        let mut out = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(std::io::Error::other)?;
+            if let Ok(data) = frame.into_data() {
+                out.extend_from_slice(&data);
+            }
+        }
+        Ok(out)
+    }
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
+    }
+
+    #[test]
+    fn a_cached_file_goes_out_from_the_event_loop_without_the_blocking_pool() {
+        let t = disk_dir();
+        let path = t.path().join("vmlinuz");
+        let data = pattern(FRAME * 3 + 1000);
+        std::fs::write(&path, &data).unwrap();
+        // Read once: in the page cache now.
+        assert_eq!(std::fs::read(&path).unwrap(), data);
+        // Every thread of this runtime is a blocking-pool thread (a current-thread runtime
+        // polls on the caller's thread) and has this name.
+        let name = "nowait-frames";
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .thread_name(name)
+            .build()
+            .unwrap();
+        let start = 1000u64;
+        let got = rt
+            .block_on(collect(frames(
+                std::fs::File::open(&path).unwrap(),
+                start,
+                data.len() as u64 - start,
+            )))
+            .unwrap();
+        assert!(
+            got == data[start as usize..],
+            "the bytes from the offset on"
+        );
+        let pool: Vec<String> = std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|comm| comm.trim() == name)
+            .collect();
+        assert!(pool.is_empty(), "blocking-pool threads started: {pool:?}");
+    }
+
+    #[test]
+    fn without_nowait_reads_go_to_the_blocking_pool_and_a_shrunk_file_is_an_error() {
+        let t = disk_dir();
+        let path = t.path().join("initrd");
+        let data = pattern(FRAME + 10);
+        std::fs::write(&path, &data).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let file = std::sync::Arc::new(std::fs::File::open(&path).unwrap());
+        let mut nowait = false;
+        let (buf, n) = rt
+            .block_on(read_frame(&file, vec![0; 100], FRAME as u64, &mut nowait))
+            .unwrap();
+        assert_eq!(&buf[..n], &data[FRAME..], "10 bytes from the blocking pool");
+        // The body promised more than the file holds: the connection must fail, not hang or
+        // pad.
+        let err = rt
+            .block_on(collect(frames(
+                std::fs::File::open(&path).unwrap(),
+                0,
+                data.len() as u64 + 5,
+            )))
+            .unwrap_err();
+        assert!(err.to_string().contains("shrank"), "{err}");
+    }
+
+    #[test]
+    fn a_frame_hands_its_buffer_back_when_its_last_copy_is_dropped() {
+        let spare = Spare::default();
+        let mut buf = spare.take();
+        assert_eq!(buf.len(), FRAME, "a new buffer, all of it initialised");
+        buf[..3].copy_from_slice(b"abc");
+        let at = buf.as_ptr();
+        let frame = bytes::Bytes::from_owner(Sent {
+            buf,
+            len: 3,
+            spare: spare.clone(),
+        });
+        assert_eq!(&frame[..], b"abc");
+        let copy = frame.clone();
+        drop(frame);
+        assert!(spare.0.lock().unwrap().is_empty(), "a copy is still out");
+        drop(copy);
+        let again = spare.take();
+        assert_eq!(again.as_ptr(), at, "the same buffer, for the next frame");
+        // At most two wait: more would be memory that no frame of this response needs.
+        for _ in 0..4 {
+            drop(bytes::Bytes::from_owner(Sent {
+                buf: vec![0; 8],
+                len: 8,
+                spare: spare.clone(),
+            }));
+        }
+        assert_eq!(spare.0.lock().unwrap().len(), 2);
     }
 
     #[test]

@@ -375,6 +375,26 @@ fn files_stream_large_files_honour_ranges_and_never_escape() {
     assert!(ok, "{out}");
     assert_eq!(sha256sum(&got), sha256sum(&big));
     std::fs::remove_file(&got).unwrap();
+    // A range across many frames, from an offset that is no frame boundary (a resumed
+    // download).
+    let (from, to) = (1_000_003usize, 9_000_001usize);
+    let (ok, out) = tool(
+        "curl",
+        &[
+            "-sf",
+            "-r",
+            &format!("{from}-{to}"),
+            "-o",
+            s(&got),
+            &srv.http_url("/files/sub/big.img"),
+        ],
+    );
+    assert!(ok, "{out}");
+    assert!(
+        std::fs::read(&got).unwrap() == std::fs::read(&big).unwrap()[from..=to],
+        "bytes {from}-{to} of big.img"
+    );
+    std::fs::remove_file(&got).unwrap();
     // A file sent whole leaves the connection open for the next request (iPXE fetches the
     // kernel and initrd on one connection): the second fetch makes no new connection.
     let url = srv.http_url("/files/small.txt");
