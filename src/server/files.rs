@@ -220,19 +220,37 @@ fn refuse(status: StatusCode, why: &str, out: &mut Outcome) -> Response<Body> {
     r
 }
 
-/// Frames of a file read back to back.
-const FRAME: usize = 256 * 1024;
+/// A frame of a file sent over TLS. rustls gathers the records of several frames for one write
+/// (`tls::SEND_BUFFER`), so a bigger frame would only hold more memory per download: at 256
+/// KiB, 256 full boots at once peaked at 117 MB against 46 MB at 64 KiB, for the same CPU.
+const TLS_FRAME: usize = 64 * 1024;
+/// Over plain HTTP a frame is what one write hands the socket: bigger writes, fewer of them
+/// (1.5× nginx's `sendfile` rate at this size, 1.1× at 64 KiB).
+const PLAIN_FRAME: usize = 256 * 1024;
 
 /// Frame buffers that hyper has finished with, for the next frames of the same response: a
 /// kernel goes out through two or three buffers instead of an allocation (and 64 page faults)
 /// per frame.
-#[derive(Clone, Default)]
-struct Spare(std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
+#[derive(Clone)]
+struct Spare {
+    bufs: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    frame: usize,
+}
 
 impl Spare {
+    fn new(frame: usize) -> Spare {
+        Spare {
+            bufs: Default::default(),
+            frame,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
+        self.bufs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn take(&self) -> Vec<u8> {
-        let mut spare = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        spare.pop().unwrap_or_else(|| vec![0; FRAME])
+        self.lock().pop().unwrap_or_else(|| vec![0; self.frame])
     }
 }
 
@@ -251,7 +269,7 @@ impl AsRef<[u8]> for Sent {
 
 impl Drop for Sent {
     fn drop(&mut self) {
-        let mut spare = self.spare.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut spare = self.spare.lock();
         if spare.len() < 2 {
             spare.push(std::mem::take(&mut self.buf));
         }
@@ -295,9 +313,9 @@ async fn read_frame(
 /// `count` bytes of `file` from `start` as hyper frames, read straight into buffers that are
 /// handed back once sent (tokio's `File` would read into a buffer of its own and copy, one
 /// more pass over every byte of a kernel or initrd).
-fn frames(file: std::fs::File, start: u64, count: u64) -> Body {
+fn frames(file: std::fs::File, start: u64, count: u64, frame: usize) -> Body {
     let file = std::sync::Arc::new(file);
-    let spare = Spare::default();
+    let spare = Spare::new(frame);
     let chunks = futures_util::stream::try_unfold(
         (start, count, true),
         move |(offset, left, mut nowait)| {
@@ -308,7 +326,7 @@ fn frames(file: std::fs::File, start: u64, count: u64) -> Body {
                 }
                 let mut buf = spare.take();
                 // A shorter buffer (the end of an earlier read) is zeroed only where it grows.
-                buf.resize(left.min(FRAME as u64) as usize, 0);
+                buf.resize(left.min(frame as u64) as usize, 0);
                 let (buf, len) = read_frame(&file, buf, offset, &mut nowait).await?;
                 if len == 0 {
                     return Err(std::io::Error::new(
@@ -327,9 +345,11 @@ fn frames(file: std::fs::File, start: u64, count: u64) -> Body {
     StreamBody::new(chunks).boxed()
 }
 
+/// `tls`: the response goes out through rustls (smaller frames, see [`TLS_FRAME`]).
 pub(crate) async fn serve(
     raw: &str,
     req: &Request<Incoming>,
+    tls: bool,
     shared: &Shared,
     out: &mut Outcome,
 ) -> Response<Body> {
@@ -392,7 +412,8 @@ pub(crate) async fn serve(
         full(bytes::Bytes::new())
     } else {
         out.bytes = count;
-        frames(std_file, start, count)
+        let frame = if tls { TLS_FRAME } else { PLAIN_FRAME };
+        frames(std_file, start, count, frame)
     };
     let mut r = Response::new(body);
     *r.status_mut() = status;
@@ -604,7 +625,7 @@ mod tests {
     fn a_cached_file_goes_out_from_the_event_loop_without_the_blocking_pool() {
         let t = disk_dir();
         let path = t.path().join("vmlinuz");
-        let data = pattern(FRAME * 3 + 1000);
+        let data = pattern(TLS_FRAME * 3 + 1000);
         std::fs::write(&path, &data).unwrap();
         // Read once: in the page cache now.
         assert_eq!(std::fs::read(&path).unwrap(), data);
@@ -621,6 +642,7 @@ mod tests {
                 std::fs::File::open(&path).unwrap(),
                 start,
                 data.len() as u64 - start,
+                TLS_FRAME,
             )))
             .unwrap();
         assert!(
@@ -639,7 +661,7 @@ mod tests {
     fn without_nowait_reads_go_to_the_blocking_pool_and_a_shrunk_file_is_an_error() {
         let t = disk_dir();
         let path = t.path().join("initrd");
-        let data = pattern(FRAME + 10);
+        let data = pattern(PLAIN_FRAME + 10);
         std::fs::write(&path, &data).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
@@ -647,9 +669,18 @@ mod tests {
         let file = std::sync::Arc::new(std::fs::File::open(&path).unwrap());
         let mut nowait = false;
         let (buf, n) = rt
-            .block_on(read_frame(&file, vec![0; 100], FRAME as u64, &mut nowait))
+            .block_on(read_frame(
+                &file,
+                vec![0; 100],
+                PLAIN_FRAME as u64,
+                &mut nowait,
+            ))
             .unwrap();
-        assert_eq!(&buf[..n], &data[FRAME..], "10 bytes from the blocking pool");
+        assert_eq!(
+            &buf[..n],
+            &data[PLAIN_FRAME..],
+            "10 bytes from the blocking pool"
+        );
         // The body promised more than the file holds: the connection must fail, not hang or
         // pad.
         let err = rt
@@ -657,6 +688,7 @@ mod tests {
                 std::fs::File::open(&path).unwrap(),
                 0,
                 data.len() as u64 + 5,
+                PLAIN_FRAME,
             )))
             .unwrap_err();
         assert!(err.to_string().contains("shrank"), "{err}");
@@ -664,9 +696,9 @@ mod tests {
 
     #[test]
     fn a_frame_hands_its_buffer_back_when_its_last_copy_is_dropped() {
-        let spare = Spare::default();
+        let spare = Spare::new(100);
         let mut buf = spare.take();
-        assert_eq!(buf.len(), FRAME, "a new buffer, all of it initialised");
+        assert_eq!(buf.len(), 100, "a new buffer, all of it initialised");
         buf[..3].copy_from_slice(b"abc");
         let at = buf.as_ptr();
         let frame = bytes::Bytes::from_owner(Sent {
@@ -677,7 +709,7 @@ mod tests {
         assert_eq!(&frame[..], b"abc");
         let copy = frame.clone();
         drop(frame);
-        assert!(spare.0.lock().unwrap().is_empty(), "a copy is still out");
+        assert!(spare.lock().is_empty(), "a copy is still out");
         drop(copy);
         let again = spare.take();
         assert_eq!(again.as_ptr(), at, "the same buffer, for the next frame");
@@ -689,7 +721,7 @@ mod tests {
                 spare: spare.clone(),
             }));
         }
-        assert_eq!(spare.0.lock().unwrap().len(), 2);
+        assert_eq!(spare.lock().len(), 2);
     }
 
     #[test]

@@ -61,11 +61,11 @@ async fn handle(req: Request<Incoming>, info: &ConnInfo, shared: &Arc<Shared>) -
         // route that keeps kernels and initrds from being swapped on the wire.
         let resp = if info.tls || trusted_proxy(info, shared) {
             match authorize(&req, None, info, shared, &mut out) {
-                Ok(_) => files::serve(rest, &req, shared, &mut out).await,
+                Ok(_) => files::serve(rest, &req, info.tls, shared, &mut out).await,
                 Err(refusal) => refusal.respond(&mut out),
             }
         } else {
-            files::serve(rest, &req, shared, &mut out).await
+            files::serve(rest, &req, false, shared, &mut out).await
         };
         (Route::Files, resp)
     } else if let Some(token) = path.strip_prefix("/secret/") {
@@ -95,7 +95,7 @@ async fn handle(req: Request<Incoming>, info: &ConnInfo, shared: &Arc<Shared>) -
         // `{{ files_url }}/vmlinuz` names `files/vmlinuz` (and `/files/vmlinuz` keeps working).
         (
             Route::Files,
-            files::serve(&path[1..], &req, shared, &mut out).await,
+            files::serve(&path[1..], &req, false, shared, &mut out).await,
         )
     } else {
         let resp = script(
