@@ -294,9 +294,9 @@ async fn read_frame(
             ReadWriteFlags::NOWAIT,
         );
         match got {
-            Ok(n) if n > 0 => return Ok((buf, n)),
-            // 0 is the end of the file, or nothing cached: the blocking read tells which.
-            Ok(_) | Err(Errno::AGAIN) => {}
+            // 0 is the end of the file: nothing cached is EAGAIN.
+            Ok(n) => return Ok((buf, n)),
+            Err(Errno::AGAIN) => {}
             Err(Errno::OPNOTSUPP | Errno::INVAL | Errno::NOSYS) => *nowait = false,
             Err(e) => return Err(e.into()),
         }
@@ -692,6 +692,32 @@ mod tests {
             )))
             .unwrap_err();
         assert!(err.to_string().contains("shrank"), "{err}");
+    }
+
+    #[test]
+    fn frames_are_as_long_as_asked_and_the_last_one_is_the_rest() {
+        let t = disk_dir();
+        let path = t.path().join("kernel");
+        let data = pattern(3 * 1000 + 7);
+        std::fs::write(&path, &data).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let mut body = frames(std::fs::File::open(&path).unwrap(), 0, 3007, 1000);
+        let mut sizes = Vec::new();
+        let mut got = Vec::new();
+        rt.block_on(async {
+            while let Some(frame) = body.frame().await {
+                let data = frame.unwrap().into_data().unwrap();
+                sizes.push(data.len());
+                got.extend_from_slice(&data);
+            }
+        });
+        assert_eq!(sizes, [1000, 1000, 1000, 7]);
+        assert!(got == data);
+        // Over TLS a frame is no bigger than what rustls gathers for one write.
+        const { assert!(TLS_FRAME <= super::super::tls::SEND_BUFFER / 2 && TLS_FRAME >= 16 << 10) };
+        const { assert!(PLAIN_FRAME >= TLS_FRAME) };
     }
 
     #[test]

@@ -192,7 +192,7 @@ impl Reloading {
 }
 
 /// TLS bytes a connection may have queued for the socket.
-const SEND_BUFFER: usize = 256 * 1024;
+pub(crate) const SEND_BUFFER: usize = 256 * 1024;
 
 pub(crate) async fn serve_tls(
     stream: Stalled<TcpStream>,
