@@ -658,6 +658,33 @@ mod tests {
     }
 
     #[test]
+    fn a_file_out_of_the_page_cache_is_read_on_the_blocking_pool() {
+        let t = disk_dir();
+        let path = t.path().join("initrd.img");
+        let data = pattern(4 * 64 * 1024 + 3);
+        std::fs::write(&path, &data).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        file.sync_all().unwrap();
+        // Clean pages leave the page cache: a RWF_NOWAIT read now answers EAGAIN.
+        rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+        let name = "miss-frames";
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .thread_name(name)
+            .build()
+            .unwrap();
+        let got = rt
+            .block_on(collect(frames(file, 0, data.len() as u64, 64 * 1024)))
+            .unwrap();
+        assert!(got == data);
+        let pool = std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|comm| comm.trim() == name)
+            .count();
+        assert!(pool > 0, "no read went to the blocking pool");
+    }
+
+    #[test]
     fn without_nowait_reads_go_to_the_blocking_pool_and_a_shrunk_file_is_an_error() {
         let t = disk_dir();
         let path = t.path().join("initrd");
