@@ -11,6 +11,7 @@ use hyper::header::{
 };
 use hyper::{Method, Request, Response, StatusCode};
 
+use super::metrics::FileReads;
 use super::response::{full, Body, Outcome};
 use super::Shared;
 use crate::state::StateDir;
@@ -284,8 +285,10 @@ async fn read_frame(
     mut buf: Vec<u8>,
     offset: u64,
     nowait: &mut bool,
+    reads: &FileReads,
 ) -> std::io::Result<(Vec<u8>, usize)> {
     use rustix::io::{Errno, ReadWriteFlags};
+    use std::sync::atomic::Ordering::Relaxed;
     if *nowait {
         let got = rustix::io::preadv2(
             &**file,
@@ -295,12 +298,16 @@ async fn read_frame(
         );
         match got {
             // 0 is the end of the file: nothing cached is EAGAIN.
-            Ok(n) => return Ok((buf, n)),
+            Ok(n) => {
+                reads.page_cache.fetch_add(1, Relaxed);
+                return Ok((buf, n));
+            }
             Err(Errno::AGAIN) => {}
             Err(Errno::OPNOTSUPP | Errno::INVAL | Errno::NOSYS) => *nowait = false,
             Err(e) => return Err(e.into()),
         }
     }
+    reads.storage.fetch_add(1, Relaxed);
     let file = file.clone();
     tokio::task::spawn_blocking(move || {
         let n = std::os::unix::fs::FileExt::read_at(&*file, &mut buf, offset)?;
@@ -313,13 +320,19 @@ async fn read_frame(
 /// `count` bytes of `file` from `start` as hyper frames, read straight into buffers that are
 /// handed back once sent (tokio's `File` would read into a buffer of its own and copy, one
 /// more pass over every byte of a kernel or initrd).
-fn frames(file: std::fs::File, start: u64, count: u64, frame: usize) -> Body {
+fn frames(
+    file: std::fs::File,
+    start: u64,
+    count: u64,
+    frame: usize,
+    reads: std::sync::Arc<FileReads>,
+) -> Body {
     let file = std::sync::Arc::new(file);
     let spare = Spare::new(frame);
     let chunks = futures_util::stream::try_unfold(
         (start, count, true),
         move |(offset, left, mut nowait)| {
-            let (file, spare) = (file.clone(), spare.clone());
+            let (file, spare, reads) = (file.clone(), spare.clone(), reads.clone());
             async move {
                 if left == 0 {
                     return Ok(None);
@@ -327,7 +340,7 @@ fn frames(file: std::fs::File, start: u64, count: u64, frame: usize) -> Body {
                 let mut buf = spare.take();
                 // A shorter buffer (the end of an earlier read) is zeroed only where it grows.
                 buf.resize(left.min(frame as u64) as usize, 0);
-                let (buf, len) = read_frame(&file, buf, offset, &mut nowait).await?;
+                let (buf, len) = read_frame(&file, buf, offset, &mut nowait, &reads).await?;
                 if len == 0 {
                     return Err(std::io::Error::new(
                         std::io::ErrorKind::UnexpectedEof,
@@ -413,7 +426,13 @@ pub(crate) async fn serve(
     } else {
         out.bytes = count;
         let frame = if tls { TLS_FRAME } else { PLAIN_FRAME };
-        frames(std_file, start, count, frame)
+        frames(
+            std_file,
+            start,
+            count,
+            frame,
+            shared.metrics.file_reads.clone(),
+        )
     };
     let mut r = Response::new(body);
     *r.status_mut() = status;
@@ -637,12 +656,14 @@ mod tests {
             .build()
             .unwrap();
         let start = 1000u64;
+        let reads = std::sync::Arc::new(FileReads::default());
         let got = rt
             .block_on(collect(frames(
                 std::fs::File::open(&path).unwrap(),
                 start,
                 data.len() as u64 - start,
                 TLS_FRAME,
+                reads.clone(),
             )))
             .unwrap();
         assert!(
@@ -655,6 +676,14 @@ mod tests {
             .filter(|comm| comm.trim() == name)
             .collect();
         assert!(pool.is_empty(), "blocking-pool threads started: {pool:?}");
+        let counted =
+            |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(
+            counted(&reads.page_cache),
+            3,
+            "three frames, for the metrics"
+        );
+        assert_eq!(counted(&reads.storage), 0);
     }
 
     #[test]
@@ -672,10 +701,21 @@ mod tests {
             .thread_name(name)
             .build()
             .unwrap();
+        let reads = std::sync::Arc::new(FileReads::default());
         let got = rt
-            .block_on(collect(frames(file, 0, data.len() as u64, 64 * 1024)))
+            .block_on(collect(frames(
+                file,
+                0,
+                data.len() as u64,
+                64 * 1024,
+                reads.clone(),
+            )))
             .unwrap();
         assert!(got == data);
+        assert!(
+            reads.storage.load(std::sync::atomic::Ordering::Relaxed) > 0,
+            "the metrics count the reads from storage"
+        );
         let pool = std::fs::read_dir("/proc/self/task")
             .unwrap()
             .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
@@ -701,6 +741,7 @@ mod tests {
                 vec![0; 100],
                 PLAIN_FRAME as u64,
                 &mut nowait,
+                &FileReads::default(),
             ))
             .unwrap();
         assert_eq!(
@@ -716,6 +757,7 @@ mod tests {
                 0,
                 data.len() as u64 + 5,
                 PLAIN_FRAME,
+                Default::default(),
             )))
             .unwrap_err();
         assert!(err.to_string().contains("shrank"), "{err}");
@@ -730,7 +772,13 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        let mut body = frames(std::fs::File::open(&path).unwrap(), 0, 3007, 1000);
+        let mut body = frames(
+            std::fs::File::open(&path).unwrap(),
+            0,
+            3007,
+            1000,
+            Default::default(),
+        );
         let mut sizes = Vec::new();
         let mut got = Vec::new();
         rt.block_on(async {

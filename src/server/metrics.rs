@@ -36,8 +36,18 @@ pub(crate) struct Metrics {
     handshake_failures: Mutex<BTreeMap<&'static str, u64>>,
     refused_connections: Mutex<BTreeMap<&'static str, u64>>,
     pub file_bytes: AtomicU64,
+    /// Frames of boot files read straight from the page cache, and read from storage on a
+    /// thread: shared with the responses' bodies, which outlive a request's handler.
+    pub file_reads: std::sync::Arc<FileReads>,
     pub open_https: AtomicI64,
     pub open_http: AtomicI64,
+}
+
+/// Where boot-file frames came from (the `from` label of `ipxe_ca_file_reads_total`).
+#[derive(Default)]
+pub(crate) struct FileReads {
+    pub page_cache: AtomicU64,
+    pub storage: AtomicU64,
 }
 
 fn bump<K: Ord>(m: &Mutex<BTreeMap<K, u64>>, k: K) {
@@ -191,6 +201,24 @@ impl Metrics {
             "ipxe_ca_file_sent_bytes_total {}",
             self.file_bytes.load(Relaxed)
         );
+
+        head(
+            &mut o,
+            "ipxe_ca_file_reads_total",
+            "counter",
+            "Frames of boot files read, by where from: the page cache (memory) or storage \
+(the files no longer fit in memory: boots wait for the disk).",
+        );
+        for (from, n) in [
+            ("page_cache", &self.file_reads.page_cache),
+            ("storage", &self.file_reads.storage),
+        ] {
+            let _ = writeln!(
+                o,
+                "ipxe_ca_file_reads_total{{from=\"{from}\"}} {}",
+                n.load(Relaxed)
+            );
+        }
 
         head(
             &mut o,

@@ -356,6 +356,43 @@ fn sha256sum(path: &std::path::Path) -> String {
 }
 
 #[test]
+fn metrics_say_whether_boot_files_come_from_memory_or_from_storage() {
+    let lab = Lab::init();
+    let files = lab.path("files");
+    std::fs::create_dir_all(&files).unwrap();
+    let kernel = files.join("vmlinuz");
+    write_random(&kernel, 4 << 20);
+    let maddr = format!("127.0.0.1:{}", free_port());
+    let srv = lab.serve(&["--metrics", &maddr]);
+    let reads = |from: &str| {
+        let (_, text) = crate::util::curl_plain(&format!("http://{maddr}/metrics"));
+        crate::util::metric(&text, &format!("ipxe_ca_file_reads_total{{from=\"{from}\"}} "))
+    };
+    let got = lab.tmp.path().join("got");
+    let download = || {
+        let (ok, out) = tool(
+            "curl",
+            &["-sf", "-o", s(&got), &srv.http_url("/files/vmlinuz")],
+        );
+        assert!(ok, "{out}");
+        assert_eq!(sha256sum(&got), sha256sum(&kernel));
+    };
+    // Out of the page cache: the first frames come from storage.
+    let f = std::fs::File::open(&kernel).unwrap();
+    f.sync_all().unwrap();
+    rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+    download();
+    let storage = reads("storage");
+    assert!(storage >= 1.0, "{storage}");
+    // That download left it in memory: the next one is read from the page cache, all 16
+    // frames of 256 KiB.
+    let cached = reads("page_cache");
+    download();
+    assert_eq!(reads("page_cache") - cached, 16.0);
+    assert_eq!(reads("storage"), storage);
+}
+
+#[test]
 fn files_stream_large_files_honour_ranges_and_never_escape() {
     let lab = Lab::init();
     let files = lab.path("files");
