@@ -289,7 +289,7 @@ async fn read_frame(
 ) -> std::io::Result<(Vec<u8>, usize)> {
     use rustix::io::{Errno, ReadWriteFlags};
     use std::sync::atomic::Ordering::Relaxed;
-    if *nowait {
+    let counter = if *nowait {
         let got = rustix::io::preadv2(
             &**file,
             &mut [std::io::IoSliceMut::new(&mut buf)],
@@ -302,12 +302,17 @@ async fn read_frame(
                 reads.page_cache.fetch_add(1, Relaxed);
                 return Ok((buf, n));
             }
-            Err(Errno::AGAIN) => {}
-            Err(Errno::OPNOTSUPP | Errno::INVAL | Errno::NOSYS) => *nowait = false,
+            Err(Errno::AGAIN) => &reads.storage,
+            Err(Errno::OPNOTSUPP | Errno::INVAL | Errno::NOSYS) => {
+                *nowait = false;
+                &reads.unchecked
+            }
             Err(e) => return Err(e.into()),
         }
-    }
-    reads.storage.fetch_add(1, Relaxed);
+    } else {
+        &reads.unchecked
+    };
+    counter.fetch_add(1, Relaxed);
     let file = file.clone();
     tokio::task::spawn_blocking(move || {
         let n = std::os::unix::fs::FileExt::read_at(&*file, &mut buf, offset)?;
@@ -735,15 +740,23 @@ mod tests {
             .unwrap();
         let file = std::sync::Arc::new(std::fs::File::open(&path).unwrap());
         let mut nowait = false;
+        let reads = FileReads::default();
         let (buf, n) = rt
             .block_on(read_frame(
                 &file,
                 vec![0; 100],
                 PLAIN_FRAME as u64,
                 &mut nowait,
-                &FileReads::default(),
+                &reads,
             ))
             .unwrap();
+        let counted =
+            |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(
+            (counted(&reads.unchecked), counted(&reads.storage)),
+            (1, 0),
+            "a file system that cannot say is no page-cache miss"
+        );
         assert_eq!(
             &buf[..n],
             &data[PLAIN_FRAME..],

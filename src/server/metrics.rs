@@ -47,7 +47,10 @@ pub(crate) struct Metrics {
 #[derive(Default)]
 pub(crate) struct FileReads {
     pub page_cache: AtomicU64,
+    /// Page-cache misses.
     pub storage: AtomicU64,
+    /// Read on a thread without asking: the file system cannot say what is cached.
+    pub unchecked: AtomicU64,
 }
 
 fn bump<K: Ord>(m: &Mutex<BTreeMap<K, u64>>, k: K) {
@@ -206,12 +209,14 @@ impl Metrics {
             &mut o,
             "ipxe_ca_file_reads_total",
             "counter",
-            "Frames of boot files read, by where from: the page cache (memory) or storage \
-(the files no longer fit in memory: boots wait for the disk).",
+            "Frames of boot files read, by where from: the page cache (memory), storage \
+(the files no longer fit in memory: boots wait for the disk), or unchecked (a file system that \
+cannot say, such as NFS: every frame is read on a thread).",
         );
         for (from, n) in [
             ("page_cache", &self.file_reads.page_cache),
             ("storage", &self.file_reads.storage),
+            ("unchecked", &self.file_reads.unchecked),
         ] {
             let _ = writeln!(
                 o,

@@ -366,7 +366,10 @@ fn metrics_say_whether_boot_files_come_from_memory_or_from_storage() {
     let srv = lab.serve(&["--metrics", &maddr]);
     let reads = |from: &str| {
         let (_, text) = crate::util::curl_plain(&format!("http://{maddr}/metrics"));
-        crate::util::metric(&text, &format!("ipxe_ca_file_reads_total{{from=\"{from}\"}} "))
+        crate::util::metric(
+            &text,
+            &format!("ipxe_ca_file_reads_total{{from=\"{from}\"}} "),
+        )
     };
     let got = lab.tmp.path().join("got");
     let download = || {
@@ -390,6 +393,7 @@ fn metrics_say_whether_boot_files_come_from_memory_or_from_storage() {
     download();
     assert_eq!(reads("page_cache") - cached, 16.0);
     assert_eq!(reads("storage"), storage);
+    assert_eq!(reads("unchecked"), 0.0, "ext4 says what it has cached");
 }
 
 #[test]
