@@ -12,6 +12,9 @@ use ipxe_ca::ipxe_build::{BuildOptions, Source, Target};
 use ipxe_ca::lab::{self, BoardOptions, BoardUpdate, InitOptions};
 use ipxe_ca::server::{Front, ServeOptions};
 use ipxe_ca::types::{BoardName, KeyValue, Mac, ProfileName, San};
+
+/// `serve --max-connections` by default (per listener).
+const MAX_CONNECTIONS: usize = 1024;
 use ipxe_ca::Lab;
 
 /// Boot a farm of boards securely over the network with iPXE: a private CA, per-board
@@ -112,7 +115,7 @@ pub struct ServeArgs {
     pub one_time_ttl: u64,
     /// Maximum concurrent connections per listener (a quarter of them for clients without a
     /// certificate).
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = MAX_CONNECTIONS)]
     pub max_connections: usize,
     /// Maximum concurrent connections from one address per listener (a board makes one).
     #[arg(long, default_value_t = 32)]
@@ -120,9 +123,11 @@ pub struct ServeArgs {
     /// Seconds allowed for a TLS handshake or a request's headers (1 to 3600).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub timeout: u64,
-    /// TLS sessions kept for resumption (a boot makes several HTTPS fetches; about 2 KiB each,
-    /// the board's certificate chain included).
-    #[arg(long, default_value_t = 4096)]
+    /// TLS sessions kept for resumption, about 2 KiB each (the board's certificate chain
+    /// included). iPXE resumes a session only while another of its connections is open, and at
+    /// most --max-connections are: the default, twice that, keeps each such session through
+    /// the churn of a farm booting at once.
+    #[arg(long, default_value_t = 2 * MAX_CONNECTIONS)]
     pub tls_sessions: usize,
     /// Serve Prometheus metrics on http://ADDR/metrics (e.g. 127.0.0.1:9469; keep it off
     /// the boards' network).
