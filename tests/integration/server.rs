@@ -886,6 +886,29 @@ fn sessions_resume_and_a_revoked_board_is_refused_on_a_resumed_session() {
 }
 
 #[test]
+fn tls_sessions_sets_how_many_sessions_are_kept_for_resumption() {
+    let lab = two_boards();
+    let cipher = "ECDHE-ECDSA-AES128-GCM-SHA256";
+    // board-a's session, then board-b's: is board-a's still there to resume?
+    let resumes_after_another = |kept: &str| {
+        let srv = lab.serve(&["--tls-sessions", kept]);
+        let sess = lab.tmp.path().join(format!("sess-{kept}.pem"));
+        let hs =
+            |b: &str, extra: &[&str]| s_client(&lab, srv.https, cipher, b, "/boot.ipxe", extra);
+        assert!(hs("board-a", &["-sess_out", s(&sess)]).contains("200 OK"));
+        assert!(hs("board-b", &[]).contains("200 OK"));
+        let again = hs("board-a", &["-sess_in", s(&sess)]);
+        assert!(again.contains("200 OK"), "{again}");
+        again.contains("Reused, TLSv1.2")
+    };
+    assert!(
+        !resumes_after_another("1"),
+        "one session kept: board-b's replaced it"
+    );
+    assert!(resumes_after_another("2"));
+}
+
+#[test]
 fn server_cert_adds_ecdsa_to_an_old_state_dir_and_keeps_its_names() {
     let lab = two_boards();
     std::fs::remove_file(lab.path("server/server-ecdsa.crt")).unwrap();
