@@ -36,8 +36,8 @@ pub(crate) struct Metrics {
     handshake_failures: Mutex<BTreeMap<&'static str, u64>>,
     refused_connections: Mutex<BTreeMap<&'static str, u64>>,
     pub file_bytes: AtomicU64,
-    /// Frames of boot files read straight from the page cache, and read from storage on a
-    /// thread: shared with the responses' bodies, which outlive a request's handler.
+    /// Where frames of boot files were read from: shared with the responses' bodies, which
+    /// outlive a request's handler.
     pub file_reads: std::sync::Arc<FileReads>,
     pub open_https: AtomicI64,
     pub open_http: AtomicI64,

@@ -12,10 +12,10 @@ use ipxe_ca::ipxe_build::{BuildOptions, Source, Target};
 use ipxe_ca::lab::{self, BoardOptions, BoardUpdate, InitOptions};
 use ipxe_ca::server::{Front, ServeOptions};
 use ipxe_ca::types::{BoardName, KeyValue, Mac, ProfileName, San};
+use ipxe_ca::Lab;
 
 /// `serve --max-connections` by default (per listener).
 const MAX_CONNECTIONS: usize = 1024;
-use ipxe_ca::Lab;
 
 /// Boot a farm of boards securely over the network with iPXE: a private CA, per-board
 /// client certificates and images, and the mTLS server that gives each board its own script.
