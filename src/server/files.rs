@@ -162,24 +162,20 @@ serve boot files from their own directory (default DIR/files, or --files)",
     Ok(())
 }
 
-/// A boot file (or its `.sig`) without a current signature is served, and the log says so.
-fn note_signature(path: &Path, shared: &Shared, out: &mut Outcome) {
+/// What the log says of a boot file (or its `.sig`) served without a current signature.
+fn signature_note(root: &Path, rel: &str) -> Option<String> {
     use crate::codesign::{Index, SigStatus};
-    let Ok(rel) = path.strip_prefix(&shared.files_root) else {
-        return;
-    };
-    let rel = rel.to_string_lossy();
-    let file = rel.strip_suffix(".sig").unwrap_or(&rel);
-    let status = Index::load(&shared.files_root)
-        .map(|i| i.status(&shared.files_root, file))
+    let file = rel.strip_suffix(".sig").unwrap_or(rel);
+    let status = Index::load(root)
+        .map(|i| i.status(root, file))
         .unwrap_or(SigStatus::Missing);
-    out.note = match status {
+    match status {
         SigStatus::Current => None,
         SigStatus::Stale => Some(format!(
             "{file} changed since it was signed: imgverify refuses it (ipxe-ca sign-files)"
         )),
         SigStatus::Missing => Some(format!("{file} has no signature (ipxe-ca sign-files)")),
-    };
+    }
 }
 
 /// Parse a single `bytes=` range against a length: `Ok(None)` means the whole file.
@@ -380,16 +376,20 @@ pub(crate) async fn serve(
         Err((status, why)) => return refuse(status, why, out),
     };
     let (root, state_root) = (shared.files_root.clone(), shared.state_root.clone());
-    // The checks read the file's head and stat the folders: the blocking pool's work too.
+    // The checks read the file's head, the signature index and stat the folders: the
+    // blocking pool's work too.
     let opened = tokio::task::spawn_blocking(move || {
         let f = open_beneath(&root, &rel)?;
         let m = f.metadata()?;
         let secret =
             m.is_file() && (is_key_material(&f, &m, &state_root) || in_build_output(&root, &rel));
-        Ok::<_, std::io::Error>((f, m, rel, secret))
+        let note = (m.is_file() && !secret)
+            .then(|| signature_note(&root, &rel))
+            .flatten();
+        Ok::<_, std::io::Error>((f, m, secret, note))
     })
     .await;
-    let (std_file, meta, rel, secret) = match opened {
+    let (std_file, meta, secret, note) = match opened {
         Ok(Ok(x)) => x,
         Ok(Err(e)) => {
             let (status, why) = open_refusal(&e);
@@ -403,7 +403,7 @@ pub(crate) async fn serve(
     if secret {
         return refuse(StatusCode::FORBIDDEN, "key material is never served", out);
     }
-    note_signature(&shared.files_root.join(&rel), shared, out);
+    out.note = note;
     let len = meta.len();
     let range = match req.headers().get(RANGE).and_then(|v| v.to_str().ok()) {
         None => None,
