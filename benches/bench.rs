@@ -947,6 +947,16 @@ fn bench_serve(cx: &mut Ctx) -> R<()> {
     Ok(())
 }
 
+/// A kernel and an initrd of `size` bytes each in the state dir's files, as a full boot fetches
+/// them: (URL path, length).
+fn boot_files(state: &Path, size: usize) -> Arc<Vec<(String, u64)>> {
+    let files = ["vmlinuz", "initrd.img"].map(|name| {
+        common::write_random(&state.join("files").join(name), size);
+        (format!("/files/{name}"), size as u64)
+    });
+    Arc::new(files.to_vec())
+}
+
 /// Full boots (script + kernel + initrd on one kept-alive TLS connection per boot, iPXE 2.0's
 /// offer) against the prototype stack serving the same files: nginx with mutual TLS and
 /// `ssl_session_cache`, the script from gunicorn + Flask.
@@ -961,12 +971,7 @@ fn bench_fullboot(cx: &mut Ctx) -> R<()> {
     std::fs::create_dir_all(&d)?;
     let (state, key, certs) = lab_with_boards(&d, n_boards)?;
     let cfgs = client_configs(&state.join("ca/ca.crt"), &key, &certs, true)?;
-    let mut files = Vec::new();
-    for name in ["vmlinuz", "initrd.img"] {
-        common::write_random(&state.join("files").join(name), size);
-        files.push((format!("/files/{name}"), size as u64));
-    }
-    let files = Arc::new(files);
+    let files = boot_files(&state, size);
     let smoke = cx.smoke;
     let checked = |what: &str, l: Load| -> R<Load> {
         if l.errors > 0 && smoke || l.ok == 0 {
@@ -1400,17 +1405,8 @@ fn bench_profile(cx: &mut Ctx) -> R<()> {
     let ecdsa = std::env::var("IPXE_CA_PROFILE_RSA").is_err();
     let cfgs = client_configs(&state.join("ca/ca.crt"), &key, &certs, ecdsa)?;
     // IPXE_CA_PROFILE_FULLBOOT=1: whole boots (script, then 2 × 16 MiB) instead of scripts.
-    let files = std::env::var_os("IPXE_CA_PROFILE_FULLBOOT").map(|_| {
-        let size = if cx.smoke { 256 << 10 } else { 16 << 20 };
-        let files: Vec<(String, u64)> = ["vmlinuz", "initrd.img"]
-            .iter()
-            .map(|name| {
-                common::write_random(&state.join("files").join(name), size);
-                (format!("/files/{name}"), size as u64)
-            })
-            .collect();
-        Arc::new(files)
-    });
+    let files = std::env::var_os("IPXE_CA_PROFILE_FULLBOOT")
+        .map(|_| boot_files(&state, if cx.smoke { 256 << 10 } else { 16 << 20 }));
     // IPXE_CA_PROFILE_WORKERS=N: `serve --workers N`.
     let workers = std::env::var("IPXE_CA_PROFILE_WORKERS").ok();
     let extra: Vec<&str> = workers.iter().flat_map(|w| ["--workers", w]).collect();

@@ -641,6 +641,20 @@ mod tests {
         Ok(out)
     }
 
+    /// Threads of this process called `name`: a current-thread runtime's blocking pool, when
+    /// the runtime was built with that name.
+    fn threads_named(name: &str) -> usize {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|comm| comm.trim() == name)
+            .count()
+    }
+
+    fn counted(n: &std::sync::atomic::AtomicU64) -> u64 {
+        n.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn pattern(len: usize) -> Vec<u8> {
         (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
     }
@@ -675,14 +689,8 @@ mod tests {
             got == data[start as usize..],
             "the bytes from the offset on"
         );
-        let pool: Vec<String> = std::fs::read_dir("/proc/self/task")
-            .unwrap()
-            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-            .filter(|comm| comm.trim() == name)
-            .collect();
-        assert!(pool.is_empty(), "blocking-pool threads started: {pool:?}");
-        let counted =
-            |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
+        let pool = threads_named(name);
+        assert_eq!(pool, 0, "blocking-pool threads started: {pool}");
         assert_eq!(
             counted(&reads.page_cache),
             3,
@@ -718,15 +726,10 @@ mod tests {
             .unwrap();
         assert!(got == data);
         assert!(
-            reads.storage.load(std::sync::atomic::Ordering::Relaxed) > 0,
+            counted(&reads.storage) > 0,
             "the metrics count the reads from storage"
         );
-        let pool = std::fs::read_dir("/proc/self/task")
-            .unwrap()
-            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-            .filter(|comm| comm.trim() == name)
-            .count();
-        assert!(pool > 0, "no read went to the blocking pool");
+        assert!(threads_named(name) > 0, "no read went to the blocking pool");
     }
 
     #[test]
@@ -750,8 +753,6 @@ mod tests {
                 &reads,
             ))
             .unwrap();
-        let counted =
-            |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
         assert_eq!(
             (counted(&reads.unchecked), counted(&reads.storage)),
             (1, 0),
