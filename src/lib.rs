@@ -17,6 +17,7 @@ pub mod render;
 pub mod server;
 pub mod state;
 pub mod types;
+pub mod watch;
 
 pub use error::{Error, Result};
 

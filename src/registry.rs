@@ -11,6 +11,7 @@ use crate::board::Board;
 use crate::error::{Error, Result};
 use crate::state::{self, StateDir, MODE_PUBLIC, MODE_SECRET};
 use crate::types::{BoardName, Fingerprint, Serial};
+use crate::watch::{Snapshot, Token};
 
 /// Read-only and write access to boards. Writers must hold the state lock.
 #[derive(Clone, Debug)]
@@ -215,9 +216,10 @@ impl Registry {
 }
 
 /// Boards as `serve` looks them up on every request, parsed once per version of their files.
-/// A hit costs two `stat`s (the index entry and the board file) instead of two reads and a
-/// TOML parse; every revoke, renew or edit is still seen on the next request, because each
-/// write through ipxe-ca is a rename (a new file) and an edit in place changes mtime or size.
+/// A hit costs nothing while inotify says their folders are unchanged (`watch`), and two
+/// `stat`s (the index entry and the board file) otherwise, instead of two reads and a TOML
+/// parse; every revoke, renew or edit is still seen on the next request, because each write
+/// through ipxe-ca is a rename (a new file) and an edit in place changes mtime or size.
 #[derive(Debug)]
 pub struct BoardCache {
     registry: Registry,
@@ -228,7 +230,7 @@ pub struct BoardCache {
     secrets: std::sync::Mutex<std::collections::HashMap<BoardName, Secrets>>,
 }
 
-type Secrets = (Option<state::FileVersion>, BTreeMap<String, String>);
+type Secrets = (Option<state::FileVersion>, Token, BTreeMap<String, String>);
 
 #[derive(Debug)]
 struct Cached {
@@ -236,6 +238,8 @@ struct Cached {
     path: PathBuf,
     board_file: state::FileVersion,
     board: std::sync::Arc<Board>,
+    /// Both files as of this generation of their folders.
+    token: Token,
 }
 
 /// Entries kept at most; past that the cache starts again (a farm has far fewer).
@@ -257,47 +261,77 @@ impl BoardCache {
     }
 
     /// What [`Registry::secrets`] would answer now, read again only when `secrets.toml`
-    /// changed: a request for a board with secrets costs a `stat`, not a read and a parse.
-    pub fn secrets(&self, name: &BoardName) -> Result<BTreeMap<String, String>> {
+    /// changed: a request for a board with secrets costs at most a `stat`, not a read and a
+    /// parse.
+    pub fn secrets(&self, name: &BoardName, now: &Snapshot) -> Result<BTreeMap<String, String>> {
         let path = self.registry.state.board_secrets(name);
-        let version = state::existing_version(&path)?;
-        {
+        let known = {
             let known = self.secrets.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some((v, values)) = known.get(name) {
-                if *v == version {
-                    return Ok(values.clone());
-                }
+            known.get(name).cloned()
+        };
+        if let Some((_, token, values)) = &known {
+            if now.current(*token) {
+                return Ok(values.clone());
             }
         }
-        let (version, values) = match state::read_versioned(&path)? {
-            None => (None, BTreeMap::new()),
-            Some((v, text)) => (Some(v), state::parse_toml(&path, &text)?),
+        let token = now.token(&[&self.registry.state.board_dir(name)]);
+        let version = state::existing_version(&path)?;
+        let (version, values) = match known {
+            Some((v, _, values)) if v == version => (v, values),
+            _ => match state::read_versioned(&path)? {
+                None => (None, BTreeMap::new()),
+                Some((v, text)) => (Some(v), state::parse_toml(&path, &text)?),
+            },
         };
         insert_bounded(
             &self.secrets,
             self.limit,
             name.clone(),
-            (version, values.clone()),
+            (version, token, values.clone()),
         );
         Ok(values)
     }
 
     /// What [`Registry::by_fingerprint`] would answer now.
-    pub fn by_fingerprint(&self, fp: &Fingerprint) -> Result<Option<std::sync::Arc<Board>>> {
+    pub fn by_fingerprint(
+        &self,
+        fp: &Fingerprint,
+        now: &Snapshot,
+    ) -> Result<Option<std::sync::Arc<Board>>> {
         let st = &self.registry.state;
         let idx = st.index_file(fp.digest().name(), fp.as_str());
+        let known = {
+            let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            seen.get(fp).cloned()
+        };
+        if let Some(c) = &known {
+            if now.current(c.token) {
+                return Ok(Some(c.board.clone()));
+            }
+        }
+        let token = now.token(&[&st.index_dir(fp.digest().name()), &st.boards_dir()]);
         // An entry that cannot be looked at is an error, as for `Registry::by_fingerprint`,
         // not an unregistered board.
         let Some(index) = state::existing_version(&idx)? else {
             return Ok(None);
         };
-        let hit = {
-            let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-            seen.get(fp).filter(|c| c.index == index).cloned()
-        };
-        if let Some(c) = hit {
+        if let Some(c) = known.filter(|c| c.index == index) {
             if state::existing_version(&c.path)? == Some(c.board_file) {
-                return Ok(Some(c.board.clone()));
+                let board = c.board.clone();
+                let again = Cached {
+                    index: c.index,
+                    path: c.path.clone(),
+                    board_file: c.board_file,
+                    board: board.clone(),
+                    token,
+                };
+                insert_bounded(
+                    &self.seen,
+                    self.limit,
+                    fp.clone(),
+                    std::sync::Arc::new(again),
+                );
+                return Ok(Some(board));
             }
         }
         let Some((index, name)) = state::read_versioned(&idx)? else {
@@ -318,6 +352,7 @@ impl BoardCache {
             path,
             board_file,
             board: board.clone(),
+            token,
         };
         insert_bounded(
             &self.seen,
@@ -507,6 +542,7 @@ fn index_values(b: &Board) -> Vec<(&'static str, &str)> {
 mod tests {
     use super::*;
     use crate::lab::{BoardOptions, InitOptions, Lab};
+    use crate::watch::Changes;
 
     /// A new state dir with these boards enrolled.
     fn lab_with(names: &[&str]) -> (tempfile::TempDir, Lab, Vec<BoardName>, Vec<Board>) {
@@ -519,15 +555,25 @@ mod tests {
     }
 
     /// The cache's answer, as text, beside the registry's.
-    fn both(cache: &BoardCache, fp: &Fingerprint) -> (Option<String>, Option<String>) {
+    fn both(
+        cache: &BoardCache,
+        fp: &Fingerprint,
+        ch: &Changes,
+    ) -> (Option<String>, Option<String>) {
         let direct = cache.registry.by_fingerprint(fp).unwrap();
-        let cached = cache.by_fingerprint(fp).unwrap();
+        let cached = cache.by_fingerprint(fp, &ch.snapshot()).unwrap();
         let text = |b: &Board| toml::to_string(b).unwrap();
         (cached.as_deref().map(text), direct.as_ref().map(text))
     }
 
     #[test]
     fn the_board_cache_answers_what_the_registry_answers_after_every_change() {
+        // Told of changes by inotify, and by a `stat` per file.
+        answers_after_every_change(&Changes::new());
+        answers_after_every_change(&Changes::off());
+    }
+
+    fn answers_after_every_change(ch: &Changes) {
         let (_t, lab, names, boards) = lab_with(&["b1"]);
         let (name, board) = (names[0].clone(), &boards[0]);
         let cache = BoardCache::new(lab.registry().clone());
@@ -537,18 +583,27 @@ mod tests {
         );
 
         // A hit hands out the board parsed before.
-        let first = cache.by_fingerprint(&sha1).unwrap().unwrap();
-        let again = cache.by_fingerprint(&sha1).unwrap().unwrap();
+        let first = cache
+            .by_fingerprint(&sha1, &ch.snapshot())
+            .unwrap()
+            .unwrap();
+        let again = cache
+            .by_fingerprint(&sha1, &ch.snapshot())
+            .unwrap()
+            .unwrap();
         assert!(std::sync::Arc::ptr_eq(&first, &again), "not cached");
         assert_eq!(first.name, name);
-        let (c, d) = both(&cache, &sha256);
+        let (c, d) = both(&cache, &sha256, ch);
         assert!(c.is_some() && c == d);
 
         // A revoke (a rename of the board file) is seen on the next lookup.
         lab.revoke(&name, crate::ca::Reason::Unspecified).unwrap();
-        let revoked = cache.by_fingerprint(&sha1).unwrap().unwrap();
+        let revoked = cache
+            .by_fingerprint(&sha1, &ch.snapshot())
+            .unwrap()
+            .unwrap();
         assert_eq!(revoked.status, crate::board::Status::Revoked);
-        assert_eq!(both(&cache, &sha1).0, both(&cache, &sha1).1);
+        assert_eq!(both(&cache, &sha1, ch).0, both(&cache, &sha1, ch).1);
 
         // An edit in place (same file, new size) too.
         let path = lab.state().board_file(&name);
@@ -557,29 +612,43 @@ mod tests {
         assert_ne!(text, edited);
         fs::write(&path, edited).unwrap();
         assert_eq!(
-            cache.by_fingerprint(&sha1).unwrap().unwrap().status,
+            cache
+                .by_fingerprint(&sha1, &ch.snapshot())
+                .unwrap()
+                .unwrap()
+                .status,
             crate::board::Status::Active
         );
 
         // An index entry that names another board, or none, ends the hit.
         let idx = lab.state().index_file("sha1", sha1.as_str());
         fs::write(&idx, "nosuchboard").unwrap();
-        assert_eq!(both(&cache, &sha1), (None, None));
+        assert_eq!(both(&cache, &sha1, ch), (None, None));
         fs::remove_file(&idx).unwrap();
-        assert_eq!(both(&cache, &sha1), (None, None));
+        assert_eq!(both(&cache, &sha1, ch), (None, None));
 
         // A fingerprint nobody registered.
         let stranger: Fingerprint = "00".repeat(20).parse().unwrap();
-        assert_eq!(both(&cache, &stranger), (None, None));
+        assert_eq!(both(&cache, &stranger, ch), (None, None));
     }
 
     #[test]
     fn the_board_cache_reads_secrets_again_only_when_their_file_changes() {
+        reads_secrets_again_only_when_their_file_changes(&Changes::new());
+        reads_secrets_again_only_when_their_file_changes(&Changes::off());
+    }
+
+    fn reads_secrets_again_only_when_their_file_changes(ch: &Changes) {
         let (_t, lab, names, _) = lab_with(&["b1"]);
         let name = names[0].clone();
         let cache = BoardCache::new(lab.registry().clone());
         let reg = lab.registry();
-        let both = || (cache.secrets(&name).unwrap(), reg.secrets(&name).unwrap());
+        let both = || {
+            (
+                cache.secrets(&name, &ch.snapshot()).unwrap(),
+                reg.secrets(&name).unwrap(),
+            )
+        };
         assert!(both().0.is_empty() && both().1.is_empty());
         let mut values = BTreeMap::new();
         values.insert("s3".to_string(), "AAAA".to_string());
@@ -601,15 +670,18 @@ mod tests {
         assert_eq!((c["s3"].as_str(), r["s3"].as_str()), ("AAAA", "BBBB"));
         // A new size or mtime: read again.
         fs::write(&path, "s3 = \"CCCCC\"\n").unwrap();
-        assert_eq!(cache.secrets(&name).unwrap()["s3"], "CCCCC");
+        assert_eq!(cache.secrets(&name, &ch.snapshot()).unwrap()["s3"], "CCCCC");
         // Removed: no secrets. Unreadable or unparsable: an error, not "no secrets".
         reg.save_secrets(&name, &BTreeMap::new()).unwrap();
-        assert!(cache.secrets(&name).unwrap().is_empty());
+        assert!(cache.secrets(&name, &ch.snapshot()).unwrap().is_empty());
         fs::write(&path, "s3 = ").unwrap();
-        assert!(cache.secrets(&name).is_err());
+        assert!(cache.secrets(&name, &ch.snapshot()).is_err());
         fs::remove_file(&path).unwrap();
         std::os::unix::fs::symlink(&path, &path).unwrap();
-        let err = cache.secrets(&name).unwrap_err().to_string();
+        let err = cache
+            .secrets(&name, &ch.snapshot())
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("cannot read") && err.contains("secrets.toml"),
             "{err}"
@@ -618,22 +690,35 @@ mod tests {
 
     #[test]
     fn the_board_cache_reports_unreadable_files_and_stays_bounded() {
+        let ch = &Changes::new();
         let (_t, lab, names, boards) = lab_with(&["b1", "b2", "b3"]);
         let cache = BoardCache::with_limit(lab.registry().clone(), 2);
         let fp = |i: usize| boards[i].fingerprint_sha1.clone();
-        let first = cache.by_fingerprint(&fp(0)).unwrap().unwrap();
-        cache.by_fingerprint(&fp(1)).unwrap().unwrap();
+        let first = cache
+            .by_fingerprint(&fp(0), &ch.snapshot())
+            .unwrap()
+            .unwrap();
+        cache
+            .by_fingerprint(&fp(1), &ch.snapshot())
+            .unwrap()
+            .unwrap();
         assert_eq!(cache.seen.lock().unwrap().len(), 2);
         // Full: the next board starts it again.
-        cache.by_fingerprint(&fp(2)).unwrap().unwrap();
+        cache
+            .by_fingerprint(&fp(2), &ch.snapshot())
+            .unwrap()
+            .unwrap();
         assert_eq!(cache.seen.lock().unwrap().len(), 1);
-        let again = cache.by_fingerprint(&fp(0)).unwrap().unwrap();
+        let again = cache
+            .by_fingerprint(&fp(0), &ch.snapshot())
+            .unwrap()
+            .unwrap();
         assert!(
             !std::sync::Arc::ptr_eq(&first, &again),
             "kept past its limit"
         );
         for n in &names {
-            cache.secrets(n).unwrap();
+            cache.secrets(n, &ch.snapshot()).unwrap();
         }
         assert_eq!(
             cache.secrets.lock().unwrap().len(),
@@ -647,7 +732,10 @@ mod tests {
         std::os::unix::fs::symlink(&path, &path).unwrap();
         // (Once known, once new: the two paths through the cache.)
         for cache in [&cache, &BoardCache::new(lab.registry().clone())] {
-            let err = cache.by_fingerprint(&fp(0)).unwrap_err().to_string();
+            let err = cache
+                .by_fingerprint(&fp(0), &ch.snapshot())
+                .unwrap_err()
+                .to_string();
             assert!(
                 err.contains("cannot read") && err.contains("b1.toml"),
                 "{err}"
@@ -658,7 +746,10 @@ mod tests {
         let idx = lab.state().index_file("sha1", fp(1).as_str());
         fs::remove_file(&idx).unwrap();
         std::os::unix::fs::symlink(&idx, &idx).unwrap();
-        let err = cache.by_fingerprint(&fp(1)).unwrap_err().to_string();
+        let err = cache
+            .by_fingerprint(&fp(1), &ch.snapshot())
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("cannot read") && err.contains("index"),
             "{err}"

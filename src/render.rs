@@ -126,8 +126,15 @@ fn render_with(
 /// not once per boot, and an edit still takes effect on the next request.
 #[derive(Default)]
 pub struct Templates {
-    cache: Mutex<HashMap<PathBuf, (crate::state::FileVersion, Arc<Environment<'static>>)>>,
+    cache: Mutex<HashMap<PathBuf, Compiled>>,
 }
+
+/// A template as of one version of its file, known current for one generation of its folder.
+type Compiled = (
+    crate::state::FileVersion,
+    crate::watch::Token,
+    Arc<Environment<'static>>,
+);
 
 impl std::fmt::Debug for Templates {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -136,33 +143,39 @@ impl std::fmt::Debug for Templates {
 }
 
 impl Templates {
-    /// Render the template file at `path` with `ctx` (and `extra` functions).
+    /// Render the template file at `path` with `ctx` (and `extra` functions), as its file
+    /// reads at `now`.
     pub fn render_file(
         &self,
         path: &Path,
         ctx: &Context,
         extra: &[(&'static str, Value)],
+        now: &crate::watch::Snapshot,
     ) -> Result<String> {
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let meta = std::fs::metadata(path).map_err(|e| Error::io("cannot read", path, e))?;
-        let key = crate::state::version_of(&meta);
-        let cached = {
+        let known = {
             let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            cache
-                .get(path)
-                .filter(|(k, _)| *k == key)
-                .map(|(_, env)| env.clone())
+            cache.get(path).cloned()
         };
-        let env = match cached {
-            Some(env) => env,
-            None => {
-                let source = crate::state::read_to_string(path)?;
-                let env = Arc::new(environment(name.clone(), source)?);
+        let env = match known {
+            Some((_, token, env)) if now.current(token) => env,
+            known => {
+                let token = now.token(&[path.parent().unwrap_or(Path::new("."))]);
+                let meta =
+                    std::fs::metadata(path).map_err(|e| Error::io("cannot read", path, e))?;
+                let version = crate::state::version_of(&meta);
+                let env = match known {
+                    Some((v, _, env)) if v == version => env,
+                    _ => {
+                        let source = crate::state::read_to_string(path)?;
+                        Arc::new(environment(name.clone(), source)?)
+                    }
+                };
                 let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-                cache.insert(path.to_path_buf(), (key, env.clone()));
+                cache.insert(path.to_path_buf(), (version, token, env.clone()));
                 env
             }
         };

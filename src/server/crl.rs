@@ -24,6 +24,8 @@ pub(crate) struct RevokedSerials {
 /// The CRL in force and the file version last looked at (good or not).
 struct Current {
     seen: Option<state::FileVersion>,
+    /// `seen` holds for this generation of `ca/`.
+    token: crate::watch::Token,
     number: Option<BigUint>,
     serials: Arc<HashSet<Serial>>,
 }
@@ -67,6 +69,7 @@ impl RevokedSerials {
         Ok(RevokedSerials {
             current: Mutex::new(Current {
                 seen: state::file_version(&state.crl()),
+                token: crate::watch::Token::default(),
                 number,
                 serials: Arc::new(serials),
             }),
@@ -78,12 +81,18 @@ impl RevokedSerials {
     /// Whether the CRL lists `serial`. A CRL that changed on disk is reloaded first. One that
     /// is missing, does not verify, or is older (a lower crlNumber) than the one in force is
     /// refused: the previous one stays, and the log says so once per version of the file.
-    pub(crate) fn contains(&self, serial: &Serial) -> bool {
-        let now = state::file_version(&self.state.crl());
+    pub(crate) fn contains(&self, serial: &Serial, at: &crate::watch::Snapshot) -> bool {
         let set = {
             let mut cur = match self.current.lock() {
                 Ok(g) => g,
                 Err(p) => p.into_inner(),
+            };
+            let crl = self.state.crl();
+            let now = if at.current(cur.token) {
+                cur.seen
+            } else {
+                cur.token = at.token(&[crl.parent().unwrap_or(std::path::Path::new("."))]);
+                state::file_version(&crl)
             };
             if now != cur.seen {
                 cur.seen = now;
@@ -139,8 +148,10 @@ mod tests {
         state::write_atomic(&state.crl(), crl.as_bytes(), 0o644).unwrap();
         state::write_atomic(&state.ca_cert(), issued.cert.cert_pem.as_bytes(), 0o644).unwrap();
         let set = RevokedSerials::new(&state).unwrap();
-        assert!(set.contains(&"0badc0de".parse().unwrap()));
-        assert!(!set.contains(&"0badc0df".parse().unwrap()));
+        let changes = crate::watch::Changes::new();
+        let now = changes.snapshot();
+        assert!(set.contains(&"0badc0de".parse().unwrap(), &now));
+        assert!(!set.contains(&"0badc0df".parse().unwrap(), &now));
         // A CRL signed by another CA is refused.
         let other = crate::ca::create_ca("o", crate::ca::KeySize::Rsa2048, 30).unwrap();
         let other =

@@ -98,6 +98,8 @@ pub(crate) struct Shared {
     pub templates: crate::render::Templates,
     /// Board files and secrets, read once per version of their files.
     pub boards: crate::registry::BoardCache,
+    /// What changed under the state directory since a cache read it (inotify).
+    pub changes: crate::watch::Changes,
     /// Each board's recent requests.
     pub journal: crate::history::Journal,
     pub metrics: metrics::Metrics,
@@ -209,6 +211,7 @@ pub async fn serve(
         revoked: crl::RevokedSerials::new(lab.state())?,
         templates: crate::render::Templates::default(),
         boards: crate::registry::BoardCache::new(lab.registry().clone()),
+        changes: crate::watch::Changes::new(),
         journal: crate::history::Journal::start(lab.state().clone(), log::say),
         metrics: metrics::Metrics::default(),
         opts: opts.clone(),

@@ -18,6 +18,7 @@ use crate::board::{Board, Status};
 use crate::history;
 use crate::render::Context;
 use crate::types::{Fingerprint, Mac, Serial};
+use crate::watch::Snapshot;
 
 pub(crate) async fn serve_http<I>(
     io: TokioIo<I>,
@@ -60,7 +61,14 @@ async fn handle(req: Request<Incoming>, info: &ConnInfo, shared: &Arc<Shared>) -
         // Over HTTPS (or a trusted proxy), files are for enrolled boards only: the mutual-TLS
         // route that keeps kernels and initrds from being swapped on the wire.
         let resp = if info.tls || trusted_proxy(info, shared) {
-            match authorize(&req, None, info, shared, &mut out) {
+            match authorize(
+                &req,
+                None,
+                info,
+                shared,
+                &shared.changes.snapshot(),
+                &mut out,
+            ) {
                 Ok(_) => files::serve(rest, &req, info.tls, shared, &mut out).await,
                 Err(refusal) => refusal.respond(&mut out),
             }
@@ -280,10 +288,11 @@ fn select(
     seen_serial: Option<&Serial>,
     mac: Option<&str>,
     shared: &Shared,
+    now: &Snapshot,
     out: &mut Outcome,
 ) -> Result<Arc<Board>, Refusal> {
     out.fingerprint = Some(fp.to_string());
-    let board = match shared.boards.by_fingerprint(fp) {
+    let board = match shared.boards.by_fingerprint(fp, now) {
         Ok(Some(b)) => b,
         Ok(None) => {
             return Err(Refusal::forbidden(
@@ -323,7 +332,7 @@ fn select(
             ),
         ));
     }
-    if cert.revoked || shared.revoked.contains(cert.serial) {
+    if cert.revoked || shared.revoked.contains(cert.serial, now) {
         return Err(Refusal::forbidden(
             Verdict::Revoked,
             format!("board {} is revoked", board.name),
@@ -349,10 +358,11 @@ fn authorize(
     mac: Option<&str>,
     info: &ConnInfo,
     shared: &Shared,
+    now: &Snapshot,
     out: &mut Outcome,
 ) -> Result<Arc<Board>, Refusal> {
     let (fp, serial) = identify(req, info, shared)?;
-    select(&fp, serial.as_ref(), mac, shared, out)
+    select(&fp, serial.as_ref(), mac, shared, now, out)
 }
 
 /// A board's boot script: authorize, then render its profile.
@@ -365,8 +375,10 @@ fn boot(
     out: &mut Outcome,
 ) -> Response<Body> {
     out.mac = mac.clone();
-    let rendered = authorize(req, mac.as_deref(), info, shared, out)
-        .and_then(|board| render_profile(shared, &board, imgverify));
+    // One look at what changed on disk, before any cache is trusted.
+    let now = shared.changes.snapshot();
+    let rendered = authorize(req, mac.as_deref(), info, shared, &now, out)
+        .and_then(|board| render_profile(shared, &board, imgverify, &now));
     match rendered {
         Ok(body) => {
             out.verdict = Some(Verdict::Served);
@@ -377,9 +389,14 @@ fn boot(
 }
 
 /// Step 3, the script: the board's profile rendered with its variables and secrets.
-fn render_profile(shared: &Arc<Shared>, board: &Board, imgverify: bool) -> Result<String, Refusal> {
+fn render_profile(
+    shared: &Arc<Shared>,
+    board: &Board,
+    imgverify: bool,
+    now: &Snapshot,
+) -> Result<String, Refusal> {
     let rendered = (|| {
-        let secrets = shared.boards.secrets(&board.name)?;
+        let secrets = shared.boards.secrets(&board.name, now)?;
         let ctx = Context::for_board(board, &shared.config, secrets, imgverify);
         let path = shared.lab.state().profile(&board.profile);
         let s = shared.clone();
@@ -395,7 +412,7 @@ fn render_profile(shared: &Arc<Shared>, board: &Board, imgverify: bool) -> Resul
                     .map_err(|e| err(e.to_string()))?;
                 let body = s
                     .templates
-                    .render_file(&p, &c, &[])
+                    .render_file(&p, &c, &[], &s.changes.snapshot())
                     .map_err(|e| err(e.to_string()))?;
                 let token = s
                     .one_time
@@ -406,7 +423,7 @@ fn render_profile(shared: &Arc<Shared>, board: &Board, imgverify: bool) -> Resul
         );
         shared
             .templates
-            .render_file(&path, &ctx, &[("one_time_url", one_time)])
+            .render_file(&path, &ctx, &[("one_time_url", one_time)], now)
     })();
     rendered.map_err(|e| {
         log::say(&format!(

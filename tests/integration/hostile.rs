@@ -6,7 +6,10 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::util::{bin, free_port, s, Lab};
+use crate::util::{bin, free_port, s, serve_traced, stop_traced, Lab};
+
+/// The calls that write the access log and TLS records.
+const LOG_CALLS: &str = "trace=write,writev,sendto";
 
 /// Send raw bytes as a request; return what came back (empty if the connection died).
 fn raw(port: u16, req: &[u8]) -> String {
@@ -136,56 +139,6 @@ fn issue12_5_a_broken_stdout_never_stops_serving() {
     );
 }
 
-/// `serve` under strace (write, writev, sendto) with `stdout`; (strace, https port, trace file).
-fn serve_traced(
-    lab: &Lab,
-    stdout: Stdio,
-    tag: &str,
-) -> (std::process::Child, u16, std::path::PathBuf) {
-    let (https, http) = (free_port(), free_port());
-    let trace = lab.tmp.path().join(format!("trace-{tag}"));
-    let child = Command::new("strace")
-        .args([
-            "-f",
-            "-qq",
-            "-s",
-            "200",
-            "-e",
-            "trace=write,writev,sendto",
-            "-o",
-        ])
-        .arg(&trace)
-        .arg(bin())
-        .arg("--dir")
-        .arg(&lab.dir)
-        .args(["serve", "--https", &format!("127.0.0.1:{https}")])
-        .args(["--http", &format!("127.0.0.1:{http}")])
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("strace is needed (apt-get install strace)");
-    crate::common::wait_port(https, Duration::from_secs(20)).unwrap();
-    (child, https, trace)
-}
-
-/// Stop `serve` (strace's child), then strace; the trace's lines.
-fn stop_traced(mut strace: std::process::Child, trace: &std::path::Path) -> Vec<String> {
-    let children = format!("/proc/{0}/task/{0}/children", strace.id());
-    for pid in std::fs::read_to_string(children)
-        .unwrap()
-        .split_whitespace()
-    {
-        let _ = Command::new("kill").args(["-TERM", pid]).status();
-    }
-    let _ = strace.wait();
-    std::fs::read_to_string(trace)
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
 /// The threads that wrote requests' access-log lines to stdout with `call`, and those that wrote TLS
 /// records (`writev`): the log's writers must be among the servers of requests.
 fn log_writers(trace: &[String], call: &str) -> (Vec<String>, Vec<String>) {
@@ -223,6 +176,7 @@ fn access_log_lines_are_written_by_the_serving_thread_and_a_full_log_socket_neve
         &lab,
         Stdio::from(std::fs::File::create(&out).unwrap()),
         "file",
+        LOG_CALLS,
     );
     for _ in 0..3 {
         boot(https);
@@ -244,7 +198,7 @@ fn access_log_lines_are_written_by_the_serving_thread_and_a_full_log_socket_neve
     // block; /dev/zero stands for it here) goes through the writer thread.
     for (dev, direct) in [("/dev/null", true), ("/dev/zero", false)] {
         let out = std::fs::OpenOptions::new().write(true).open(dev).unwrap();
-        let (strace, https, trace) = serve_traced(&lab, Stdio::from(out), &dev[5..]);
+        let (strace, https, trace) = serve_traced(&lab, Stdio::from(out), &dev[5..], LOG_CALLS);
         boot(https);
         boot(https);
         let lines = stop_traced(strace, &trace);
@@ -267,6 +221,7 @@ fn access_log_lines_are_written_by_the_serving_thread_and_a_full_log_socket_neve
         &lab,
         Stdio::from(std::os::fd::OwnedFd::from(theirs)),
         "socket",
+        LOG_CALLS,
     );
     for _ in 0..3 {
         boot(https);

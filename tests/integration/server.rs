@@ -3,7 +3,10 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::util::{free_port, s, sign_with_openssl, start_nginx, tool, write_random, Lab};
+use crate::util::{
+    free_port, s, serve_traced, sign_with_openssl, start_nginx, stop_traced, tool, write_random,
+    Lab,
+};
 
 /// A lab with boards a and b, each with its own secret in its boot script.
 fn two_boards() -> Lab {
@@ -245,6 +248,61 @@ fn revoke_and_enroll_take_effect_without_restart() {
         .1
         .contains("edited board-c"));
     assert!(srv.output().contains("reloaded CRL"), "{}", srv.output());
+}
+
+/// inotify tells `serve` when the registry, secrets, CRL or profiles change, so that a boot
+/// script costs no `stat` of them while nothing does; every change is still in the very next
+/// script. strace counts the `stat`s of each file over 23 boots.
+#[test]
+fn boot_scripts_look_at_no_registry_file_until_one_changes() {
+    let lab = two_boards();
+    let (strace, https, trace) =
+        serve_traced(&lab, Stdio::null(), "stats", "trace=statx,newfstatat");
+    let url = format!("https://127.0.0.1:{https}/boot.ipxe");
+    let boot = || {
+        let (code, body) = lab.curl_as(Some("board-b"), &url);
+        assert_eq!(code, 200, "{body}");
+        body
+    };
+    for _ in 0..10 {
+        assert!(boot().contains("s3=SECRET-BBB-2222"));
+    }
+    lab.ok(&["set", "board-b", "--secret", "s3_key=SECRET-BBB-NEW"]);
+    assert!(boot().contains("s3=SECRET-BBB-NEW"));
+    std::fs::write(
+        lab.path("profiles/default.ipxe"),
+        "#!ipxe\necho edited {{ board.name }} {{ secrets.s3_key }}\n",
+    )
+    .unwrap();
+    assert!(boot().contains("edited board-b SECRET-BBB-NEW"));
+    for _ in 0..10 {
+        assert!(boot().contains("edited board-b"));
+    }
+    lab.ok(&["revoke", "board-b"]);
+    let (code, body) = lab.curl_as(Some("board-b"), &url);
+    assert_eq!(code, 403, "{body}");
+    let lines = stop_traced(strace, &trace);
+    let sha1 = lab.ok(&["show", "board-b", "--json"]);
+    let sha1: serde_json::Value = serde_json::from_str(&sha1).unwrap();
+    let sha1 = sha1["fingerprint_sha1"].as_str().unwrap().to_string();
+    for file in [
+        format!("index/sha1/{sha1}"),
+        "boards/board-b.toml".to_string(),
+        "boards/board-b/secrets.toml".to_string(),
+        "ca/crl.pem".to_string(),
+        "profiles/default.ipxe".to_string(),
+    ] {
+        let looked = lines
+            .iter()
+            .filter(|l| l.contains(&format!("/{file}\"")))
+            .count();
+        // At start-up (the CRL twice), at the first boot and after each of the three changes,
+        // at most; a `stat` per boot would be 23.
+        assert!(
+            (1..=6).contains(&looked),
+            "{file} looked at {looked} times over 23 boots"
+        );
+    }
 }
 
 #[test]

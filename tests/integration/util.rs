@@ -520,3 +520,47 @@ pub fn wait_for<T>(what: &str, limit: std::time::Duration, mut f: impl FnMut() -
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// `serve` under strace (the `calls`, e.g. `trace=write,writev`) with `stdout`; (strace, https
+/// port, trace file).
+pub fn serve_traced(
+    lab: &Lab,
+    stdout: Stdio,
+    tag: &str,
+    calls: &str,
+) -> (std::process::Child, u16, std::path::PathBuf) {
+    let (https, http) = (free_port(), free_port());
+    let trace = lab.tmp.path().join(format!("trace-{tag}"));
+    let child = Command::new("strace")
+        .args(["-f", "-qq", "-s", "200", "-e", calls, "-o"])
+        .arg(&trace)
+        .arg(bin())
+        .arg("--dir")
+        .arg(&lab.dir)
+        .args(["serve", "--https", &format!("127.0.0.1:{https}")])
+        .args(["--http", &format!("127.0.0.1:{http}")])
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("strace is needed (apt-get install strace)");
+    crate::common::wait_port(https, std::time::Duration::from_secs(20)).unwrap();
+    (child, https, trace)
+}
+
+/// Stop `serve` (strace's child), then strace; the trace's lines.
+pub fn stop_traced(mut strace: std::process::Child, trace: &std::path::Path) -> Vec<String> {
+    let children = format!("/proc/{0}/task/{0}/children", strace.id());
+    for pid in std::fs::read_to_string(children)
+        .unwrap()
+        .split_whitespace()
+    {
+        let _ = Command::new("kill").args(["-TERM", pid]).status();
+    }
+    let _ = strace.wait();
+    std::fs::read_to_string(trace)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}

@@ -1,0 +1,322 @@
+//! Whether the state directory changed since a moment, told by inotify instead of a `stat` per
+//! file per request. A boot script looks at five files (the index entry, the board file, its
+//! secrets, the CRL and the profile); with their folders watched, one `read` of the inotify
+//! descriptor per request says whether any of them can have changed.
+//!
+//! The kernel queues an event while the writer's rename or write runs, before it returns. A
+//! request that drains the queue itself before it trusts a cache therefore sees every change
+//! made before it arrived: a revoke still takes effect on the next request. A background
+//! reader would not do: between the queueing and its wake-up, a revoked board could still be
+//! served.
+//!
+//! Where inotify cannot be trusted (a file system shared over the network, where another
+//! machine's writes raise no event here, or no inotify at all), every check stays a `stat`.
+
+use std::collections::HashMap;
+use std::mem::MaybeUninit;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rustix::fs::inotify::{self, CreateFlags, ReadFlags, WatchFlags};
+
+/// Changes under watched folders, counted as a generation number.
+pub struct Changes {
+    inner: Option<Mutex<Inner>>,
+}
+
+struct Inner {
+    fd: OwnedFd,
+    generation: u64,
+    by_dir: HashMap<PathBuf, i32>,
+    by_wd: HashMap<i32, PathBuf>,
+}
+
+impl std::fmt::Debug for Changes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Changes")
+            .field("inotify", &self.inner.is_some())
+            .finish()
+    }
+}
+
+/// What one request knows of changes: taken once, before any cache is consulted.
+#[derive(Clone, Copy, Debug)]
+pub struct Snapshot<'a> {
+    changes: &'a Changes,
+    generation: Option<u64>,
+}
+
+/// A cached value's claim to be current: the generation it was read at, when its folders were
+/// watched by then. `Token::default()` claims nothing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Token(Option<u64>);
+
+/// Events that can change what a file in a watched folder says, or the folder itself.
+fn mask() -> WatchFlags {
+    WatchFlags::MODIFY
+        | WatchFlags::ATTRIB
+        | WatchFlags::MOVED_FROM
+        | WatchFlags::MOVED_TO
+        | WatchFlags::CREATE
+        | WatchFlags::DELETE
+        | WatchFlags::DELETE_SELF
+        | WatchFlags::MOVE_SELF
+        | WatchFlags::ONLYDIR
+}
+
+/// The history writer appends to `boards/NAME/history.jsonl` in the folder that holds the
+/// board's secrets; its appends say nothing about what a request reads.
+fn ignorable(name: &[u8]) -> bool {
+    name == b"history.jsonl" || name.starts_with(b".history.jsonl.tmp")
+}
+
+/// File systems whose every change, whoever makes it, raises an inotify event here.
+fn local(dir: &Path) -> bool {
+    const LOCAL: [i64; 9] = [
+        0xEF53,      // ext2/3/4
+        0x5846_5342, // xfs
+        0x9123_683E, // btrfs
+        0x0102_1994, // tmpfs
+        0x8584_58f6, // ramfs
+        0xF2F5_2010, // f2fs
+        0x2FC1_2FC1, // zfs
+        0xCA45_1A4E, // bcachefs
+        0x794C_7630, // overlayfs (changes made through it)
+    ];
+    // `f_type` is a C long or int, depending on the architecture.
+    #[allow(clippy::unnecessary_cast)]
+    rustix::fs::statfs(dir).is_ok_and(|s| LOCAL.contains(&(s.f_type as i64)))
+}
+
+impl Changes {
+    /// Watching on, where the kernel has inotify.
+    pub fn new() -> Changes {
+        let inner = inotify::init(CreateFlags::NONBLOCK | CreateFlags::CLOEXEC)
+            .ok()
+            .map(|fd| {
+                Mutex::new(Inner {
+                    fd,
+                    generation: 0,
+                    by_dir: HashMap::new(),
+                    by_wd: HashMap::new(),
+                })
+            });
+        Changes { inner }
+    }
+
+    /// Watching off: every check is a `stat`.
+    pub fn off() -> Changes {
+        Changes { inner: None }
+    }
+
+    fn inner(&self) -> Option<std::sync::MutexGuard<'_, Inner>> {
+        self.inner
+            .as_ref()
+            .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Drain the events queued so far; the generation after them.
+    pub fn snapshot(&self) -> Snapshot<'_> {
+        let generation = self.inner().map(|mut inner| inner.drain());
+        Snapshot {
+            changes: self,
+            generation,
+        }
+    }
+}
+
+impl Default for Changes {
+    fn default() -> Self {
+        Changes::new()
+    }
+}
+
+impl Inner {
+    fn drain(&mut self) -> u64 {
+        let mut buf = [MaybeUninit::<u8>::uninit(); 4096];
+        let mut changed = false;
+        let mut gone = Vec::new();
+        {
+            let mut reader = inotify::Reader::new(&self.fd, &mut buf);
+            loop {
+                let ev = match reader.next() {
+                    Ok(ev) => ev,
+                    Err(rustix::io::Errno::AGAIN) => break,
+                    Err(rustix::io::Errno::INTR) => continue,
+                    Err(_) => {
+                        // Cannot tell what was missed: nothing cached is current.
+                        changed = true;
+                        break;
+                    }
+                };
+                let flags = ev.events();
+                if flags
+                    .intersects(ReadFlags::IGNORED | ReadFlags::DELETE_SELF | ReadFlags::MOVE_SELF)
+                {
+                    // The folder is gone or elsewhere: its path needs a new watch.
+                    gone.push(ev.wd());
+                    changed = true;
+                } else if !ev.file_name().is_some_and(|n| ignorable(n.to_bytes())) {
+                    // A lost event (QUEUE_OVERFLOW) has no name either: it ends every claim.
+                    changed = true;
+                }
+            }
+        }
+        for wd in gone {
+            if let Some(dir) = self.by_wd.remove(&wd) {
+                self.by_dir.remove(&dir);
+                // A moved folder keeps its watch: drop it (gone already for a deleted one).
+                let _ = inotify::remove_watch(&self.fd, wd);
+            }
+        }
+        if changed {
+            self.generation += 1;
+        }
+        self.generation
+    }
+
+    fn watch(&mut self, dir: &Path) -> bool {
+        if self.by_dir.contains_key(dir) {
+            return true;
+        }
+        if !local(dir) {
+            return false;
+        }
+        match inotify::add_watch(&self.fd, dir, mask()) {
+            Ok(wd) => {
+                // The same folder by another path (or a path reused): one entry per watch.
+                if let Some(old) = self.by_wd.insert(wd, dir.to_path_buf()) {
+                    self.by_dir.remove(&old);
+                }
+                self.by_dir.insert(dir.to_path_buf(), wd);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+impl Snapshot<'_> {
+    /// Whether something cached with `token` is still what its files say, without looking at
+    /// them.
+    pub fn current(&self, token: Token) -> bool {
+        matches!((self.generation, token.0), (Some(g), Some(t)) if g == t)
+    }
+
+    /// The token for a value about to be read from files in `dirs`: call it before the
+    /// `stat` or read, so that a change after it raises an event. No claim when a folder
+    /// cannot be watched.
+    pub fn token(&self, dirs: &[&Path]) -> Token {
+        let (Some(g), Some(mut inner)) = (self.generation, self.changes.inner()) else {
+            return Token(None);
+        };
+        if dirs.iter().all(|d| inner.watch(d)) {
+            Token(Some(g))
+        } else {
+            Token(None)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A folder on the disk the tests build on (ext4 here), as the server's state would be.
+    fn dir() -> tempfile::TempDir {
+        let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/watch-tests");
+        std::fs::create_dir_all(&base).unwrap();
+        tempfile::tempdir_in(base).unwrap()
+    }
+
+    /// Cache a value read from `d` and say whether it is still current after `change`.
+    fn survives(d: &Path, change: impl FnOnce()) -> bool {
+        let changes = Changes::new();
+        let token = changes.snapshot().token(&[d]);
+        assert!(changes.snapshot().current(token), "nothing changed yet");
+        change();
+        changes.snapshot().current(token)
+    }
+
+    #[test]
+    fn every_kind_of_write_ends_the_claim_and_history_appends_do_not() {
+        let t = dir();
+        let d = t.path().to_path_buf();
+        std::fs::write(d.join("b1.toml"), "x").unwrap();
+        std::fs::write(d.join("history.jsonl"), "{}\n").unwrap();
+        // What ipxe-ca's own writes do: a temp file renamed over the old one.
+        assert!(!survives(&d, || crate::state::write_atomic(
+            &d.join("b1.toml"),
+            b"revoked",
+            0o644
+        )
+        .unwrap()));
+        // An edit in place, a new file, a removal, a chmod.
+        assert!(!survives(&d, || {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(d.join("b1.toml"))
+                .unwrap();
+            f.write_all(b"y").unwrap();
+        }));
+        assert!(!survives(&d, || std::fs::write(
+            d.join("secrets.toml"),
+            "s=1"
+        )
+        .unwrap()));
+        assert!(!survives(&d, || std::fs::remove_file(
+            d.join("secrets.toml")
+        )
+        .unwrap()));
+        assert!(!survives(&d, || {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(d.join("b1.toml"), std::fs::Permissions::from_mode(0o600))
+                .unwrap()
+        }));
+        // The history writer's appends and compactions leave the claim standing.
+        assert!(survives(&d, || {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(d.join("history.jsonl"))
+                .unwrap();
+            f.write_all(b"{}\n").unwrap();
+            crate::state::write_atomic(&d.join("history.jsonl"), b"{}\n", 0o600).unwrap();
+        }));
+    }
+
+    #[test]
+    fn a_folder_replaced_is_watched_again_by_its_path() {
+        let t = dir();
+        let d = t.path().join("boards");
+        std::fs::create_dir(&d).unwrap();
+        let changes = Changes::new();
+        let token = changes.snapshot().token(&[&d]);
+        // Moved away and a new folder in its place: the old watch follows the old folder.
+        std::fs::rename(&d, t.path().join("old")).unwrap();
+        std::fs::create_dir(&d).unwrap();
+        assert!(!changes.snapshot().current(token));
+        let token = changes.snapshot().token(&[&d]);
+        assert!(changes.snapshot().current(token));
+        std::fs::write(d.join("b2.toml"), "x").unwrap();
+        assert!(
+            !changes.snapshot().current(token),
+            "a write in the new folder must be heard"
+        );
+    }
+
+    #[test]
+    fn no_claim_without_a_watch() {
+        let t = dir();
+        let missing = t.path().join("no-such-folder");
+        let changes = Changes::new();
+        let token = changes.snapshot().token(&[t.path(), &missing]);
+        assert_eq!(token, Token::default());
+        assert!(!changes.snapshot().current(token));
+        let off = Changes::off();
+        let token = off.snapshot().token(&[t.path()]);
+        assert!(!off.snapshot().current(token));
+    }
+}
