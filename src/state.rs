@@ -20,6 +20,7 @@ pub const OUT_MARKER: &str = ".ipxe-ca-images";
 const BOARD_FILE_EXT: &str = ".toml";
 const BOARD_KEY: &str = "key.pem";
 const BOARD_SECRETS: &str = "secrets.toml";
+const BOARD_HISTORY: &str = "history.jsonl";
 /// Top-level folders of the state dir that hold keys, secrets or board records: never served.
 const PRIVATE_DIRS: [&str; 7] = [
     "ca", "server", "boards", "codesign", "index", "cache", "out",
@@ -121,7 +122,18 @@ impl StateDir {
     }
     /// `boards/NAME/history.jsonl`: the board's recent boots and refusals, bounded.
     pub fn board_history(&self, name: &BoardName) -> PathBuf {
-        self.board_dir(name).join("history.jsonl")
+        self.board_dir(name).join(BOARD_HISTORY)
+    }
+    /// Whether a file name in a board's folder is its history or a rewrite of it in progress
+    /// ([`write_atomic`]'s temporary name): what the history writer touches and nothing else
+    /// reads while serving.
+    pub fn is_history_file(name: &[u8]) -> bool {
+        let h = BOARD_HISTORY.as_bytes();
+        name == h
+            || name
+                .strip_prefix(b".")
+                .and_then(|n| n.strip_prefix(h))
+                .is_some_and(|n| n.starts_with(b".tmp"))
     }
     /// `index/KIND/`: one tiny file per fingerprint or serial naming the board.
     pub fn index_dir(&self, kind: &str) -> PathBuf {

@@ -65,12 +65,6 @@ fn mask() -> WatchFlags {
         | WatchFlags::ONLYDIR
 }
 
-/// The history writer appends to `boards/NAME/history.jsonl` in the folder that holds the
-/// board's secrets; its appends say nothing about what a request reads.
-fn ignorable(name: &[u8]) -> bool {
-    name == b"history.jsonl" || name.starts_with(b".history.jsonl.tmp")
-}
-
 /// File systems whose every change, whoever makes it, raises an inotify event here.
 fn local(dir: &Path) -> bool {
     const LOCAL: [i64; 9] = [
@@ -157,8 +151,13 @@ impl Inner {
                     // The folder is gone or elsewhere: its path needs a new watch.
                     gone.push(ev.wd());
                     changed = true;
-                } else if !ev.file_name().is_some_and(|n| ignorable(n.to_bytes())) {
-                    // A lost event (QUEUE_OVERFLOW) has no name either: it ends every claim.
+                } else if !ev
+                    .file_name()
+                    .is_some_and(|n| crate::state::StateDir::is_history_file(n.to_bytes()))
+                {
+                    // Anything but the history writer's appends (beside a board's secrets,
+                    // and nothing a request reads); a lost event (QUEUE_OVERFLOW) has no
+                    // name, so it ends every claim too.
                     changed = true;
                 }
             }
