@@ -131,11 +131,23 @@ pub(crate) struct TlsSession {
     pub resumed: bool,
 }
 
+/// The name of an event-loop thread.
+const LOOP_THREAD: &std::ffi::CStr = c"ipxe-ca-loop";
+
 /// Run the server until SIGTERM or SIGINT, then let in-flight requests finish.
 pub fn run(lab: Lab, opts: ServeOptions) -> Result<()> {
     guard::raise_nofile();
+    let workers = opts.workers.max(1);
+    let started = std::sync::atomic::AtomicUsize::new(0);
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(opts.workers.max(1))
+        .worker_threads(workers)
+        // The event loops start first, before any file is read on the blocking pool: named
+        // apart, `top -H` tells them from the pool's threads (`tokio-rt-worker`).
+        .on_thread_start(move || {
+            if started.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < workers {
+                let _ = rustix::thread::set_name(LOOP_THREAD);
+            }
+        })
         .enable_all()
         .build()
         .map_err(|e| Error::Server(format!("cannot start runtime: {e}")))?;

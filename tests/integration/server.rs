@@ -1033,9 +1033,9 @@ fn workers_sets_the_event_loop_threads_and_every_count_serves() {
     let lab = two_boards();
     for (n, want) in [("1", 1), ("3", 3)] {
         let srv = lab.serve(&["--workers", n]);
-        // Before any request: no blocking-pool thread yet, only the event loop's.
+        // The event loops are named apart from the blocking pool's threads.
         let names = thread_names(srv.child.id());
-        let loops = names.iter().filter(|t| *t == "tokio-rt-worker").count();
+        let loops = names.iter().filter(|t| *t == "ipxe-ca-loop").count();
         assert_eq!(loops, want, "--workers {n}: {names:?}");
         for b in ["board-a", "board-b", "board-a"] {
             let (code, body) = lab.curl_as(Some(b), &srv.url("/boot.ipxe"));
