@@ -346,6 +346,7 @@ fn the_systemd_unit_verifies_and_is_hardened() {
         "NoNewPrivileges=yes",
         "Restart=on-failure",
         "CapabilityBoundingSet=\n",
+        "CPUSchedulingPolicy=batch\n",
     ] {
         assert!(unit.contains(must), "{must}");
     }
