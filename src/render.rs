@@ -182,3 +182,47 @@ impl Templates {
         render_with(&env, &name, ctx, extra)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lab::{BoardOptions, InitOptions, Lab};
+    use crate::watch::Changes;
+
+    /// The compiled template for `path` in the cache.
+    fn compiled(t: &Templates, path: &Path) -> Arc<Environment<'static>> {
+        t.cache.lock().unwrap()[path].2.clone()
+    }
+
+    #[test]
+    fn a_profile_is_compiled_again_only_when_its_file_changes() {
+        let t = tempfile::tempdir().unwrap();
+        let lab = Lab::open(t.path().join("s"));
+        lab.init(&InitOptions::default()).unwrap();
+        let name: crate::types::BoardName = "b1".parse().unwrap();
+        let board = lab
+            .enroll_many(std::slice::from_ref(&name), &BoardOptions::default())
+            .unwrap()
+            .remove(0);
+        let config = crate::config::Config::load(lab.state()).unwrap();
+        let ctx = Context::for_board(&board, &config, BTreeMap::new(), false);
+        let path = lab.state().profiles_dir().join("p.ipxe");
+        std::fs::write(&path, "#!ipxe\necho one {{ board.name }}\n").unwrap();
+        for changes in [Changes::new(), Changes::off()] {
+            let templates = Templates::default();
+            let render = || templates.render_file(&path, &ctx, &[], &changes.snapshot());
+            assert_eq!(render().unwrap(), "#!ipxe\necho one b1\n");
+            let first = compiled(&templates, &path);
+            render().unwrap();
+            assert!(Arc::ptr_eq(&first, &compiled(&templates, &path)));
+            // Another file in the folder changes: this one is looked at, not compiled again.
+            std::fs::write(lab.state().profiles_dir().join("other.ipxe"), "#!ipxe\n").unwrap();
+            render().unwrap();
+            assert!(Arc::ptr_eq(&first, &compiled(&templates, &path)));
+            // An edit of this one is in the next render.
+            std::fs::write(&path, "#!ipxe\necho two {{ board.name }}\n").unwrap();
+            assert_eq!(render().unwrap(), "#!ipxe\necho two b1\n");
+            std::fs::write(&path, "#!ipxe\necho one {{ board.name }}\n").unwrap();
+        }
+    }
+}

@@ -269,6 +269,15 @@ mod tests {
             d.join("secrets.toml")
         )
         .unwrap()));
+        // An empty file made, a file moved in from elsewhere and one moved out: one event each.
+        assert!(!survives(&d, || drop(
+            std::fs::File::create(d.join("empty")).unwrap()
+        )));
+        let elsewhere = dir();
+        let (outside, inside) = (elsewhere.path().join("b2.toml"), d.join("b2.toml"));
+        std::fs::write(&outside, "x").unwrap();
+        assert!(!survives(&d, || std::fs::rename(&outside, &inside).unwrap()));
+        assert!(!survives(&d, || std::fs::rename(&inside, &outside).unwrap()));
         assert!(!survives(&d, || {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(d.join("b1.toml"), std::fs::Permissions::from_mode(0o600))
