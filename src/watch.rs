@@ -323,6 +323,9 @@ mod tests {
         let token = changes.snapshot().token(&[t.path(), &missing]);
         assert_eq!(token, Token::default());
         assert!(!changes.snapshot().current(token));
+        // A file system not known to report every change (procfs here, as NFS would be).
+        let proc = changes.snapshot().token(&[Path::new("/proc/self")]);
+        assert_eq!(proc, Token::default());
         let off = Changes::off();
         let token = off.snapshot().token(&[t.path()]);
         assert!(!off.snapshot().current(token));
