@@ -313,6 +313,18 @@ mod tests {
             !changes.snapshot().current(token),
             "a write in the new folder must be heard"
         );
+        // Deleted and made again: the same.
+        std::fs::remove_file(d.join("b2.toml")).unwrap();
+        let token = changes.snapshot().token(&[&d]);
+        std::fs::remove_dir(&d).unwrap();
+        std::fs::create_dir(&d).unwrap();
+        assert!(!changes.snapshot().current(token));
+        let token = changes.snapshot().token(&[&d]);
+        std::fs::write(d.join("b3.toml"), "x").unwrap();
+        assert!(
+            !changes.snapshot().current(token),
+            "a write in the folder made again must be heard"
+        );
     }
 
     #[test]
