@@ -265,20 +265,21 @@ impl BoardCache {
     /// parse.
     pub fn secrets(&self, name: &BoardName, now: &Snapshot) -> Result<BTreeMap<String, String>> {
         let path = self.registry.state.board_secrets(name);
-        let known = {
-            let known = self.secrets.lock().unwrap_or_else(|e| e.into_inner());
-            known.get(name).cloned()
-        };
-        if let Some((_, token, values)) = &known {
+        let lock = || self.secrets.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, token, values)) = lock().get(name) {
             if now.current(*token) {
                 return Ok(values.clone());
             }
         }
         let token = now.token(&[&self.registry.state.board_dir(name)]);
         let version = state::existing_version(&path)?;
-        let (version, values) = match known {
-            Some((v, _, values)) if v == version => (v, values),
-            _ => match state::read_versioned(&path)? {
+        let unchanged = lock()
+            .get(name)
+            .filter(|(v, _, _)| *v == version)
+            .map(|(_, _, values)| values.clone());
+        let (version, values) = match unchanged {
+            Some(values) => (version, values),
+            None => match state::read_versioned(&path)? {
                 None => (None, BTreeMap::new()),
                 Some((v, text)) => (Some(v), state::parse_toml(&path, &text)?),
             },
