@@ -528,7 +528,7 @@ pub fn serve_traced(
     stdout: Stdio,
     tag: &str,
     calls: &str,
-) -> (std::process::Child, u16, std::path::PathBuf) {
+) -> (Traced, u16, std::path::PathBuf) {
     let (https, http) = (free_port(), free_port());
     let trace = lab.tmp.path().join(format!("trace-{tag}"));
     let child = Command::new("strace")
@@ -544,20 +544,41 @@ pub fn serve_traced(
         .stderr(Stdio::null())
         .spawn()
         .expect("strace is needed (apt-get install strace)");
+    let child = Traced(Some(child));
     crate::common::wait_port(https, std::time::Duration::from_secs(20)).unwrap();
     (child, https, trace)
 }
 
-/// Stop `serve` (strace's child), then strace; the trace's lines.
-pub fn stop_traced(mut strace: std::process::Child, trace: &std::path::Path) -> Vec<String> {
-    let children = format!("/proc/{0}/task/{0}/children", strace.id());
-    for pid in std::fs::read_to_string(children)
-        .unwrap()
-        .split_whitespace()
-    {
-        let _ = Command::new("kill").args(["-TERM", pid]).status();
+/// strace running `serve`: both stop when this is dropped, so that a failing test leaves no
+/// server behind.
+pub struct Traced(Option<std::process::Child>);
+
+impl Traced {
+    /// Stop `serve` (strace's child), then strace.
+    fn stop(&mut self) {
+        let Some(mut strace) = self.0.take() else {
+            return;
+        };
+        let children = format!("/proc/{0}/task/{0}/children", strace.id());
+        for pid in std::fs::read_to_string(children)
+            .unwrap_or_default()
+            .split_whitespace()
+        {
+            let _ = Command::new("kill").args(["-TERM", pid]).status();
+        }
+        let _ = strace.wait();
     }
-    let _ = strace.wait();
+}
+
+impl Drop for Traced {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Stop `serve` and strace; the trace's lines.
+pub fn stop_traced(mut strace: Traced, trace: &std::path::Path) -> Vec<String> {
+    strace.stop();
     std::fs::read_to_string(trace)
         .unwrap()
         .lines()
