@@ -707,8 +707,25 @@ mod tests {
         std::fs::write(&path, &data).unwrap();
         let file = std::fs::File::open(&path).unwrap();
         file.sync_all().unwrap();
-        // Clean pages leave the page cache: a RWF_NOWAIT read now answers EAGAIN.
-        rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+        // Clean pages leave the page cache: a RWF_NOWAIT read now answers EAGAIN. The kernel
+        // may keep a page it is busy with, so ask again until util-linux's `fincore` (which
+        // does not read the file) finds none resident.
+        let resident = || {
+            let out = std::process::Command::new("fincore")
+                .args(["--bytes", "--noheadings", "--output", "RES"])
+                .arg(&path)
+                .output()
+                .expect("fincore (util-linux) is needed");
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        for _ in 0..50 {
+            rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+            if resident() == "0" {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert_eq!(resident(), "0", "the page cache keeps {}", path.display());
         let name = "miss-frames";
         let rt = tokio::runtime::Builder::new_current_thread()
             .thread_name(name)

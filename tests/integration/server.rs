@@ -439,9 +439,7 @@ fn metrics_say_whether_boot_files_come_from_memory_or_from_storage() {
         assert_eq!(sha256sum(&got), sha256sum(&kernel));
     };
     // Out of the page cache: the first frames come from storage.
-    let f = std::fs::File::open(&kernel).unwrap();
-    f.sync_all().unwrap();
-    rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+    crate::util::evict(&kernel);
     download();
     let storage = reads("storage");
     assert!(storage >= 1.0, "{storage}");

@@ -585,3 +585,26 @@ pub fn stop_traced(mut strace: Traced, trace: &std::path::Path) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// Drop `path` from the page cache. The kernel may keep a page it is busy with, so ask again
+/// until util-linux's `fincore` (which does not read the file) finds none resident.
+pub fn evict(path: &Path) {
+    let f = std::fs::File::open(path).unwrap();
+    f.sync_all().unwrap();
+    let resident = || {
+        let out = Command::new("fincore")
+            .args(["--bytes", "--noheadings", "--output", "RES"])
+            .arg(path)
+            .output()
+            .expect("fincore (util-linux) is needed");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    for _ in 0..50 {
+        rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+        if resident() == "0" {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("the page cache keeps {}", path.display());
+}
