@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=(openssl curl strace nginx-light qemu-system-x86 ovmf mtools busybox-static cpio dosfstools
-      debian-archive-keyring util-linux e2fsprogs coreutils
+      debian-archive-keyring util-linux util-linux-extra e2fsprogs coreutils
       gunicorn python3-flask testssl.sh prometheus systemd lintian binutils
       make gcc perl liblzma-dev xorriso genisoimage isolinux syslinux-common syslinux-utils)
 missing=()
