@@ -439,10 +439,20 @@ fn metrics_say_whether_boot_files_come_from_memory_or_from_storage() {
         assert_eq!(sha256sum(&got), sha256sum(&kernel));
     };
     // Out of the page cache: the first frames come from storage.
-    crate::util::evict(&kernel);
-    download();
+    // (On this kernel a read right after a confirmed eviction has been seen to find the file
+    // back in the cache: a few tries, one of which must miss.)
+    for _ in 0..5 {
+        crate::util::evict(&kernel);
+        download();
+        if reads("storage") >= 1.0 {
+            break;
+        }
+    }
     let storage = reads("storage");
-    assert!(storage >= 1.0, "{storage}");
+    assert!(
+        storage >= 1.0,
+        "five downloads after an eviction, none from storage"
+    );
     // That download left it in memory: the next one is read from the page cache, all 16
     // frames of 256 KiB.
     let cached = reads("page_cache");
