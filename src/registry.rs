@@ -232,7 +232,7 @@ pub struct BoardCache {
 
 type Secrets = (Option<state::FileVersion>, Token, BTreeMap<String, String>);
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Cached {
     index: state::FileVersion,
     path: PathBuf,
@@ -316,45 +316,39 @@ impl BoardCache {
         let Some(index) = state::existing_version(&idx)? else {
             return Ok(None);
         };
-        if let Some(c) = known.filter(|c| c.index == index) {
-            if state::existing_version(&c.path)? == Some(c.board_file) {
-                let board = c.board.clone();
-                let again = Cached {
-                    index: c.index,
-                    path: c.path.clone(),
-                    board_file: c.board_file,
-                    board: board.clone(),
-                    token,
+        let unchanged = match known.filter(|c| c.index == index) {
+            Some(c) if state::existing_version(&c.path)? == Some(c.board_file) => Some(c),
+            _ => None,
+        };
+        let cached = match unchanged {
+            // The same files: only the token is new.
+            Some(c) => Cached {
+                token,
+                ..Cached::clone(&c)
+            },
+            None => {
+                let Some((index, name)) = state::read_versioned(&idx)? else {
+                    return Ok(None);
                 };
-                insert_bounded(
-                    &self.seen,
-                    self.limit,
-                    fp.clone(),
-                    std::sync::Arc::new(again),
-                );
-                return Ok(Some(board));
+                let name: BoardName = name.trim().parse()?;
+                let path = st.board_file(&name);
+                let Some((board_file, text)) = state::read_versioned(&path)? else {
+                    return Ok(None);
+                };
+                let board: Board = state::parse_toml(&path, &text)?;
+                if board.presented(fp).is_none() {
+                    return Ok(None);
+                }
+                Cached {
+                    index,
+                    path,
+                    board_file,
+                    board: std::sync::Arc::new(board),
+                    token,
+                }
             }
-        }
-        let Some((index, name)) = state::read_versioned(&idx)? else {
-            return Ok(None);
         };
-        let name: BoardName = name.trim().parse()?;
-        let path = st.board_file(&name);
-        let Some((board_file, text)) = state::read_versioned(&path)? else {
-            return Ok(None);
-        };
-        let board: Board = state::parse_toml(&path, &text)?;
-        if board.presented(fp).is_none() {
-            return Ok(None);
-        }
-        let board = std::sync::Arc::new(board);
-        let cached = Cached {
-            index,
-            path,
-            board_file,
-            board: board.clone(),
-            token,
-        };
+        let board = cached.board.clone();
         insert_bounded(
             &self.seen,
             self.limit,
