@@ -824,59 +824,58 @@ fn bench_serve(cx: &mut Ctx) -> R<()> {
     // nginx with one worker process and gunicorn with one worker, the TCP floor on one thread.
     // On cores shared with the load generator, one loop wakes less often per boot.
     let c_one = if smoke { 8 } else { 64 };
-    let mut one: Vec<(&str, Load, f64, u64)> = Vec::new();
-    let (srv, https, _) = start_serve_with(&bin(), &state, &["--workers", "1"])?;
-    for (name, cf) in [
-        (
-            "ipxe-ca serve --workers 1, iPXE < 2.0 client (ECDHE-RSA)",
-            &cfgs,
-        ),
-        (
-            "ipxe-ca serve --workers 1, iPXE 2.0 client (ECDHE-ECDSA)",
-            &cfgs2,
-        ),
-    ] {
-        let (l, cost) = costed(|| usage(srv.0.id()), || load(cf, https, c_one, dur));
-        one.push((name, checked(name, l)?, cost.cpu_ms, cost.rss));
-    }
-    drop(srv);
-    let d1 = d.join("one-worker");
-    std::fs::create_dir_all(&d1)?;
-    let proto = Prototype::start_with(&d1, &certs, Some(1), proto_block)?;
-    let (l, cost) = costed(|| proto.usage(), || load(&cfgs, proto.port, c_one, dur));
-    let name = "prototype, one nginx and one gunicorn worker";
-    one.push((name, checked(name, l)?, cost.cpu_ms, cost.rss));
-    drop(proto);
+    // `serve` (with `serve_args`, under SCHED_BATCH if `batch`) with both clients, then the
+    // prototype (with `workers` of each kind), each at c_one: one row each.
+    let like_for_like = |label: &str,
+                         serve_args: &[&str],
+                         batch: bool,
+                         workers: Option<usize>,
+                         proto_name: &str|
+     -> R<Vec<Row>> {
+        let mut rows = Vec::new();
+        let (srv, https, _) = start_serve_with(&bin(), &state, serve_args)?;
+        if batch {
+            sched_batch(srv.0.id())?;
+        }
+        for (client, cf) in [
+            ("iPXE < 2.0 client (ECDHE-RSA)", &cfgs),
+            ("iPXE 2.0 client (ECDHE-ECDSA)", &cfgs2),
+        ] {
+            let name = format!("ipxe-ca serve{label}, {client}");
+            let (l, cost) = costed(|| usage(srv.0.id()), || load(cf, https, c_one, dur));
+            rows.push((name.clone(), checked(&name, l)?, cost.cpu_ms, cost.rss));
+        }
+        drop(srv);
+        let dir = d.join(proto_name.replace([' ', ','], "-"));
+        std::fs::create_dir_all(&dir)?;
+        let proto = Prototype::start_with(&dir, &certs, workers, proto_block)?;
+        if batch {
+            sched_batch(proto.nginx.0.id())?;
+            sched_batch(proto.gunicorn.0.id())?;
+        }
+        let (l, cost) = costed(|| proto.usage(), || load(&cfgs, proto.port, c_one, dur));
+        rows.push((
+            proto_name.to_string(),
+            checked(proto_name, l)?,
+            cost.cpu_ms,
+            cost.rss,
+        ));
+        Ok(rows)
+    };
+    // One event loop each: `serve --workers 1`, nginx with one worker process and gunicorn
+    // with one worker, the TCP floor on one thread. On cores shared with the load generator,
+    // one loop wakes less often per boot.
+    let one = like_for_like(
+        " --workers 1",
+        &["--workers", "1"],
+        false,
+        Some(1),
+        "prototype, one nginx and one gunicorn worker",
+    )?;
     let tcp_one = tcp_floor_ms(c_one, dur, Some(1))?;
-
     // As packaged: the systemd unit runs `serve` with CPUSchedulingPolicy=batch (a woken thread
     // does not preempt the running one); the prototype under the same policy, like for like.
-    let mut batch: Vec<(&str, Load, f64, u64)> = Vec::new();
-    let (srv, https, _) = start_serve(&state)?;
-    sched_batch(srv.0.id())?;
-    for (name, cf) in [
-        (
-            "ipxe-ca serve, SCHED_BATCH, iPXE < 2.0 client (ECDHE-RSA)",
-            &cfgs,
-        ),
-        (
-            "ipxe-ca serve, SCHED_BATCH, iPXE 2.0 client (ECDHE-ECDSA)",
-            &cfgs2,
-        ),
-    ] {
-        let (l, cost) = costed(|| usage(srv.0.id()), || load(cf, https, c_one, dur));
-        batch.push((name, checked(name, l)?, cost.cpu_ms, cost.rss));
-    }
-    drop(srv);
-    let db = d.join("batch");
-    std::fs::create_dir_all(&db)?;
-    let proto = Prototype::start(&db, &certs, proto_block)?;
-    sched_batch(proto.nginx.0.id())?;
-    sched_batch(proto.gunicorn.0.id())?;
-    let (l, cost) = costed(|| proto.usage(), || load(&cfgs, proto.port, c_one, dur));
-    let name = "prototype, SCHED_BATCH";
-    batch.push((name, checked(name, l)?, cost.cpu_ms, cost.rss));
-    drop(proto);
+    let batch = like_for_like(", SCHED_BATCH", &[], true, None, "prototype, SCHED_BATCH")?;
 
     let floor = crypto_floor_ms(
         &state.join("server/server.key"),
@@ -965,19 +964,7 @@ fn bench_serve(cx: &mut Ctx) -> R<()> {
         "\n### One event loop each (concurrency {c_one})\n\n`serve --workers 1` against nginx with one worker process and gunicorn with one worker; TCP floor on one thread: {:.3} ms per boot.\n",
         tcp_one.0
     ));
-    cx.line("| server | boots/s | p50 ms | p99 ms | errors | server CPU ms/boot | peak RSS MB | load generator CPU ms/boot |");
-    cx.line("|---|---|---|---|---|---|---|---|");
-    for (name, l, cpu, rss) in &one {
-        cx.line(&format!(
-            "| {name} | {:.0} | {:.1} | {:.1} | {} | {cpu:.2} | {:.1} | {:.2} |",
-            l.boots_per_s,
-            l.p50_ms,
-            l.p99_ms,
-            l.errors,
-            *rss as f64 / 1024.0,
-            l.client_cpu_ms
-        ));
-    }
+    rows_table(cx, &one);
     if let [(_, rl, rsa, _), (_, el, ec, _), (_, pl, proto_cpu, _)] = &one[..] {
         let rsa_floor = floor + 2.0 * verify_kept;
         let ec_floor = floor_ec + 2.0 * verify_kept;
@@ -995,19 +982,7 @@ fn bench_serve(cx: &mut Ctx) -> R<()> {
     cx.line(&format!(
         "\n### As packaged: SCHED_BATCH (concurrency {c_one})\n\nThe systemd unit's `CPUSchedulingPolicy=batch`, set with `chrt` on every thread of `serve`, and of nginx and gunicorn for the prototype row.\n"
     ));
-    cx.line("| server | boots/s | p50 ms | p99 ms | errors | server CPU ms/boot | peak RSS MB | load generator CPU ms/boot |");
-    cx.line("|---|---|---|---|---|---|---|---|");
-    for (name, l, cpu, rss) in &batch {
-        cx.line(&format!(
-            "| {name} | {:.0} | {:.1} | {:.1} | {} | {cpu:.2} | {:.1} | {:.2} |",
-            l.boots_per_s,
-            l.p50_ms,
-            l.p99_ms,
-            l.errors,
-            *rss as f64 / 1024.0,
-            l.client_cpu_ms
-        ));
-    }
+    rows_table(cx, &batch);
     let default_proto = rows.get(&(proto_name.to_string(), c_one));
     if let ([(_, rl, rsa, _), (_, el, ec, _), (_, pl, proto_cpu, _)], Some((dl, dcpu, _))) =
         (&batch[..], default_proto)
@@ -1028,6 +1003,25 @@ fn bench_serve(cx: &mut Ctx) -> R<()> {
         ));
     }
     Ok(())
+}
+
+/// A server's row in a like-for-like section: name, load, server CPU ms per boot, peak RSS KiB.
+type Row = (String, Load, f64, u64);
+
+fn rows_table(cx: &mut Ctx, rows: &[Row]) {
+    cx.line("| server | boots/s | p50 ms | p99 ms | errors | server CPU ms/boot | peak RSS MB | load generator CPU ms/boot |");
+    cx.line("|---|---|---|---|---|---|---|---|");
+    for (name, l, cpu, rss) in rows {
+        cx.line(&format!(
+            "| {name} | {:.0} | {:.1} | {:.1} | {} | {cpu:.2} | {:.1} | {:.2} |",
+            l.boots_per_s,
+            l.p50_ms,
+            l.p99_ms,
+            l.errors,
+            *rss as f64 / 1024.0,
+            l.client_cpu_ms
+        ));
+    }
 }
 
 /// A kernel and an initrd of `size` bytes each in the state dir's files, as a full boot fetches
