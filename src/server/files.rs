@@ -715,8 +715,12 @@ mod tests {
         };
         // Clean pages leave the page cache, and a RWF_NOWAIT read then answers EAGAIN. The
         // kernel may keep a page it is busy with (ask until util-linux's `fincore`, which does
-        // not read the file, finds none resident), and on a fast disk it has been seen to
-        // bring the file back before the first read: a few tries, one of which must miss.
+        // not read the file, finds none resident). And a RWF_NOWAIT miss is not free of I/O:
+        // it starts readahead before it gives up (mm/filemap.c, `filemap_get_pages`: only
+        // IOCB_NOIO, which user space cannot ask for, skips it), and a VM disk backed by the
+        // host's cache can finish that before the read looks again, which then succeeds (here
+        // 9 of 200 reads, each of which /proc/self/io showed reading the disk). So a few
+        // tries, one of which must miss.
         for attempt in 0..5 {
             let file = std::fs::File::open(&path).unwrap();
             file.sync_all().unwrap();

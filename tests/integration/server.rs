@@ -439,8 +439,9 @@ fn metrics_say_whether_boot_files_come_from_memory_or_from_storage() {
         assert_eq!(sha256sum(&got), sha256sum(&kernel));
     };
     // Out of the page cache: the first frames come from storage.
-    // (On this kernel a read right after a confirmed eviction has been seen to find the file
-    // back in the cache: a few tries, one of which must miss.)
+    // (A RWF_NOWAIT miss starts readahead before it gives up, and a fast VM disk can finish
+    // it before the read looks again, which then succeeds: a few tries, one of which must
+    // miss. See the files unit test.)
     for _ in 0..5 {
         crate::util::evict(&kernel);
         download();
