@@ -329,6 +329,44 @@ mod tests {
     }
 
     #[test]
+    fn a_full_event_queue_ends_every_claim() {
+        // `enroll` of a thousand boards while `serve` is idle queues more events than the
+        // kernel keeps: what was dropped may have been a revoke. Here only history events,
+        // which alone would leave the claim standing, overflow the queue.
+        let t = dir();
+        let d = t.path().to_path_buf();
+        let history = d.join("history.jsonl");
+        std::fs::write(&history, "{}\n").unwrap();
+        let limit: usize = std::fs::read_to_string("/proc/sys/fs/inotify/max_queued_events")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let changes = Changes::new();
+        let token = changes.snapshot().token(&[&d]);
+        let f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&history)
+            .unwrap();
+        use std::io::Write;
+        use std::os::unix::fs::PermissionsExt;
+        // A write and a chmod in turn: the kernel merges only an event equal to the last one.
+        for i in 0..limit / 2 + 8 {
+            (&f).write_all(b"{}\n").unwrap();
+            let mode = if i % 2 == 0 { 0o600 } else { 0o640 };
+            f.set_permissions(std::fs::Permissions::from_mode(mode))
+                .unwrap();
+        }
+        assert!(
+            !changes.snapshot().current(token),
+            "the overflow was not heard"
+        );
+        // Drained: a new claim holds again.
+        let token = changes.snapshot().token(&[&d]);
+        assert!(changes.snapshot().current(token));
+    }
+
+    #[test]
     fn no_claim_without_a_watch() {
         let t = dir();
         let missing = t.path().join("no-such-folder");
