@@ -4,8 +4,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::util::{
-    free_port, s, serve_traced, sign_with_openssl, start_nginx, stop_traced, tool, write_random,
-    Lab,
+    bin, free_port, s, serve_traced, sign_with_openssl, start_nginx, stop_traced, tool,
+    write_random, Lab,
 };
 
 /// A lab with boards a and b, each with its own secret in its boot script.
@@ -303,6 +303,56 @@ fn boot_scripts_look_at_no_registry_file_until_one_changes() {
             "{file} looked at {looked} times over 23 boots"
         );
     }
+}
+
+/// A running `serve` keeps no stale answer when the state directory is put back from a copy,
+/// as a restore from backup does it (the old folder moved aside, the copy moved in), or when a
+/// symlink naming it is pointed at another one: a board revoked there is refused at once.
+#[test]
+fn a_state_dir_replaced_under_a_running_serve_is_what_it_answers_from() {
+    let lab = two_boards();
+    let live = lab.tmp.path().join("live");
+    std::fs::rename(&lab.dir, &live).unwrap();
+    std::os::unix::fs::symlink(&live, &lab.dir).unwrap();
+    let srv = lab.serve(&[]);
+    let url = srv.url("/boot.ipxe");
+    for board in ["board-a", "board-b"] {
+        let (code, body) = lab.curl_as(Some(board), &url);
+        assert_eq!(code, 200, "{board}: {body}");
+    }
+    // A copy of the state in which board-b is revoked and every folder is new.
+    let copy = |name: &str, revoke: &str| {
+        let to = lab.tmp.path().join(name);
+        let (ok, out) = tool("cp", &["-a", s(&live), s(&to)]);
+        assert!(ok, "{out}");
+        let o = Command::new(bin())
+            .arg("--dir")
+            .arg(&to)
+            .args(["revoke", revoke])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{o:?}");
+        to
+    };
+    // Restored in place: the live folder moved aside, the copy moved in.
+    let restored = copy("restored", "board-b");
+    std::fs::rename(&live, lab.tmp.path().join("live.old")).unwrap();
+    std::fs::rename(&restored, &live).unwrap();
+    let (code, body) = lab.curl_as(Some("board-b"), &url);
+    assert_eq!(code, 403, "a board revoked in the restored state: {body}");
+    let (code, body) = lab.curl_as(Some("board-a"), &url);
+    assert_eq!(code, 200, "{body}");
+    // The symlink the server was started with, pointed at another copy (board-a revoked
+    // there) the way deployment tools swap one: a new link renamed over the old.
+    let other = copy("other", "board-a");
+    let link = lab.tmp.path().join("state.new");
+    std::os::unix::fs::symlink(&other, &link).unwrap();
+    std::fs::rename(&link, &lab.dir).unwrap();
+    let (code, body) = lab.curl_as(Some("board-a"), &url);
+    assert_eq!(
+        code, 403,
+        "a board revoked behind the swapped symlink: {body}"
+    );
 }
 
 #[test]
