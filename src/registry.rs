@@ -564,12 +564,22 @@ mod tests {
     #[test]
     fn the_board_cache_answers_what_the_registry_answers_after_every_change() {
         // Told of changes by inotify, and by a `stat` per file.
-        answers_after_every_change(&Changes::new());
-        answers_after_every_change(&Changes::off());
+        answers_after_every_change(true);
+        answers_after_every_change(false);
     }
 
-    fn answers_after_every_change(ch: &Changes) {
+    /// `Changes` for `lab`'s state: by inotify, or by a `stat` per file.
+    fn changes(lab: &Lab, inotify: bool) -> Changes {
+        if inotify {
+            Changes::new(lab.state().root())
+        } else {
+            Changes::off()
+        }
+    }
+
+    fn answers_after_every_change(inotify: bool) {
         let (_t, lab, names, boards) = lab_with(&["b1"]);
+        let ch = &changes(&lab, inotify);
         let (name, board) = (names[0].clone(), &boards[0]);
         let cache = BoardCache::new(lab.registry().clone());
         let (sha1, sha256) = (
@@ -629,12 +639,13 @@ mod tests {
 
     #[test]
     fn the_board_cache_reads_secrets_again_only_when_their_file_changes() {
-        reads_secrets_again_only_when_their_file_changes(&Changes::new());
-        reads_secrets_again_only_when_their_file_changes(&Changes::off());
+        reads_secrets_again_only_when_their_file_changes(true);
+        reads_secrets_again_only_when_their_file_changes(false);
     }
 
-    fn reads_secrets_again_only_when_their_file_changes(ch: &Changes) {
+    fn reads_secrets_again_only_when_their_file_changes(inotify: bool) {
         let (_t, lab, names, _) = lab_with(&["b1"]);
+        let ch = &changes(&lab, inotify);
         let name = names[0].clone();
         let cache = BoardCache::new(lab.registry().clone());
         let reg = lab.registry();
@@ -685,8 +696,8 @@ mod tests {
 
     #[test]
     fn the_board_cache_reports_unreadable_files_and_stays_bounded() {
-        let ch = &Changes::new();
         let (_t, lab, names, boards) = lab_with(&["b1", "b2", "b3"]);
+        let ch = &changes(&lab, true);
         let cache = BoardCache::with_limit(lab.registry().clone(), 2);
         let fp = |i: usize| boards[i].fingerprint_sha1.clone();
         let first = cache

@@ -208,7 +208,7 @@ mod tests {
         let ctx = Context::for_board(&board, &config, BTreeMap::new(), false);
         let path = lab.state().profiles_dir().join("p.ipxe");
         std::fs::write(&path, "#!ipxe\necho one {{ board.name }}\n").unwrap();
-        for changes in [Changes::new(), Changes::off()] {
+        for changes in [Changes::new(lab.state().root()), Changes::off()] {
             let templates = Templates::default();
             let render = || templates.render_file(&path, &ctx, &[], &changes.snapshot());
             assert_eq!(render().unwrap(), "#!ipxe\necho one b1\n");

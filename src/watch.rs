@@ -9,6 +9,11 @@
 //! reader would not do: between the queueing and its wake-up, a revoked board could still be
 //! served.
 //!
+//! A watch follows its folder, not its path. So the folders between a watched one and the
+//! state root are watched too (a parent moved aside drops every watch below it), and each
+//! request compares the root's own identity with one `stat` (a restore that moves the whole
+//! state folder, or a symlink to it pointed elsewhere, raises no event in any watched folder).
+//!
 //! Where inotify cannot be trusted (a file system shared over the network, where another
 //! machine's writes raise no event here, or no inotify at all), every check stays a `stat`.
 
@@ -28,6 +33,10 @@ pub struct Changes {
 struct Inner {
     fd: OwnedFd,
     generation: u64,
+    /// The state folder, by the path every read goes through, and what it named when the
+    /// watches were set (device, inode).
+    root: PathBuf,
+    root_id: Option<(u64, u64)>,
     by_dir: HashMap<PathBuf, i32>,
     by_wd: HashMap<i32, PathBuf>,
 }
@@ -85,14 +94,17 @@ fn local(dir: &Path) -> bool {
 }
 
 impl Changes {
-    /// Watching on, where the kernel has inotify.
-    pub fn new() -> Changes {
+    /// Watching on, where the kernel has inotify, for files under `root` (the state folder,
+    /// by the path every read goes through).
+    pub fn new(root: &Path) -> Changes {
         let inner = inotify::init(CreateFlags::NONBLOCK | CreateFlags::CLOEXEC)
             .ok()
             .map(|fd| {
                 Mutex::new(Inner {
                     fd,
                     generation: 0,
+                    root: root.to_path_buf(),
+                    root_id: identity(root),
                     by_dir: HashMap::new(),
                     by_wd: HashMap::new(),
                 })
@@ -121,10 +133,11 @@ impl Changes {
     }
 }
 
-impl Default for Changes {
-    fn default() -> Self {
-        Changes::new()
-    }
+/// What a path names now: its device and inode, through any symlink.
+fn identity(path: &Path) -> Option<(u64, u64)> {
+    rustix::fs::stat(path)
+        .ok()
+        .map(|st| (st.st_dev, st.st_ino))
 }
 
 impl Inner {
@@ -164,11 +177,18 @@ impl Inner {
             }
         }
         for wd in gone {
-            if let Some(dir) = self.by_wd.remove(&wd) {
-                self.by_dir.remove(&dir);
-                // A moved folder keeps its watch: drop it (gone already for a deleted one).
-                let _ = inotify::remove_watch(&self.fd, wd);
+            if let Some(dir) = self.by_wd.get(&wd).cloned() {
+                // The folders below it are elsewhere too, or gone.
+                self.unwatch_under(&dir);
             }
+        }
+        let root_id = identity(&self.root);
+        if root_id.is_none() || root_id != self.root_id {
+            // Another folder (or none) under the root's path: every watch follows the old one.
+            let root = self.root.clone();
+            self.unwatch_under(&root);
+            self.root_id = root_id;
+            changed = true;
         }
         if changed {
             self.generation += 1;
@@ -176,9 +196,33 @@ impl Inner {
         self.generation
     }
 
+    /// Drop the watches of `dir` and of every folder below it.
+    fn unwatch_under(&mut self, dir: &Path) {
+        let below: Vec<PathBuf> = self
+            .by_dir
+            .keys()
+            .filter(|d| d.starts_with(dir))
+            .cloned()
+            .collect();
+        for d in below {
+            if let Some(wd) = self.by_dir.remove(&d) {
+                self.by_wd.remove(&wd);
+                // A moved folder keeps its watch: drop it (gone already for a deleted one).
+                let _ = inotify::remove_watch(&self.fd, wd);
+            }
+        }
+    }
+
     fn watch(&mut self, dir: &Path) -> bool {
         if self.by_dir.contains_key(dir) {
             return true;
+        }
+        // The folders between it and the root first: a change of any of them after this
+        // raises an event.
+        if let Some(parent) = dir.parent() {
+            if parent != self.root && parent.starts_with(&self.root) && !self.watch(parent) {
+                return false;
+            }
         }
         if !local(dir) {
             return false;
@@ -232,7 +276,7 @@ mod tests {
 
     /// Cache a value read from `d` and say whether it is still current after `change`.
     fn survives(d: &Path, change: impl FnOnce()) -> bool {
-        let changes = Changes::new();
+        let changes = Changes::new(d);
         let token = changes.snapshot().token(&[d]);
         assert!(changes.snapshot().current(token), "nothing changed yet");
         change();
@@ -301,7 +345,7 @@ mod tests {
         let t = dir();
         let d = t.path().join("boards");
         std::fs::create_dir(&d).unwrap();
-        let changes = Changes::new();
+        let changes = Changes::new(t.path());
         let token = changes.snapshot().token(&[&d]);
         // Moved away and a new folder in its place: the old watch follows the old folder.
         std::fs::rename(&d, t.path().join("old")).unwrap();
@@ -328,6 +372,62 @@ mod tests {
         );
     }
 
+    /// Whether a claim on `dir` taken now is ended by a write of a file in it.
+    fn heard(changes: &Changes, dir: &Path) -> bool {
+        let token = changes.snapshot().token(&[dir]);
+        assert!(changes.snapshot().current(token));
+        std::fs::write(dir.join("b.toml"), "x").unwrap();
+        !changes.snapshot().current(token)
+    }
+
+    #[test]
+    fn a_parent_moved_aside_ends_the_claims_below_it_and_their_new_folders_are_watched() {
+        let t = dir();
+        let root = t.path().join("state");
+        let board = root.join("boards/b1");
+        std::fs::create_dir_all(&board).unwrap();
+        let changes = Changes::new(&root);
+        let token = changes.snapshot().token(&[&board]);
+        // `boards` (not watched for itself) put back from a copy: b1 is another folder now.
+        std::fs::rename(root.join("boards"), root.join("boards.old")).unwrap();
+        std::fs::create_dir_all(&board).unwrap();
+        assert!(!changes.snapshot().current(token));
+        assert!(heard(&changes, &board), "the new b1 must be watched");
+    }
+
+    #[test]
+    fn another_folder_at_the_root_s_path_ends_every_claim() {
+        let t = dir();
+        let (one, two) = (t.path().join("one"), t.path().join("two"));
+        for d in [&one, &two] {
+            std::fs::create_dir_all(d.join("ca")).unwrap();
+        }
+        let root = t.path().join("state");
+        std::os::unix::fs::symlink(&one, &root).unwrap();
+        let ca = root.join("ca");
+        let changes = Changes::new(&root);
+        assert!(heard(&changes, &ca));
+        // The symlink pointed elsewhere, as deployment tools swap one.
+        let token = changes.snapshot().token(&[&ca]);
+        let link = t.path().join("state.new");
+        std::os::unix::fs::symlink(&two, &link).unwrap();
+        std::fs::rename(&link, &root).unwrap();
+        assert!(!changes.snapshot().current(token));
+        assert!(heard(&changes, &ca), "two/ca must be watched");
+        // The root folder itself moved aside and another moved in.
+        let token = changes.snapshot().token(&[&ca]);
+        std::fs::remove_file(&root).unwrap();
+        std::fs::rename(&two, &root).unwrap();
+        assert!(
+            changes.snapshot().current(token),
+            "the same folder, by another way"
+        );
+        std::fs::rename(&root, t.path().join("two.old")).unwrap();
+        std::fs::rename(&one, &root).unwrap();
+        assert!(!changes.snapshot().current(token));
+        assert!(heard(&changes, &ca));
+    }
+
     #[test]
     fn a_full_event_queue_ends_every_claim() {
         // `enroll` of a thousand boards while `serve` is idle queues more events than the
@@ -342,7 +442,7 @@ mod tests {
             .trim()
             .parse()
             .unwrap();
-        let changes = Changes::new();
+        let changes = Changes::new(t.path());
         let token = changes.snapshot().token(&[&d]);
         let f = std::fs::OpenOptions::new()
             .append(true)
@@ -370,7 +470,7 @@ mod tests {
     fn no_claim_without_a_watch() {
         let t = dir();
         let missing = t.path().join("no-such-folder");
-        let changes = Changes::new();
+        let changes = Changes::new(t.path());
         let token = changes.snapshot().token(&[t.path(), &missing]);
         assert_eq!(token, Token::default());
         assert!(!changes.snapshot().current(token));

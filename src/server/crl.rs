@@ -148,7 +148,7 @@ mod tests {
         state::write_atomic(&state.crl(), crl.as_bytes(), 0o644).unwrap();
         state::write_atomic(&state.ca_cert(), issued.cert.cert_pem.as_bytes(), 0o644).unwrap();
         let set = RevokedSerials::new(&state).unwrap();
-        let changes = crate::watch::Changes::new();
+        let changes = crate::watch::Changes::new(state.root());
         let now = changes.snapshot();
         assert!(set.contains(&"0badc0de".parse().unwrap(), &now));
         assert!(!set.contains(&"0badc0df".parse().unwrap(), &now));

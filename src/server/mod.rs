@@ -223,7 +223,7 @@ pub async fn serve(
         revoked: crl::RevokedSerials::new(lab.state())?,
         templates: crate::render::Templates::default(),
         boards: crate::registry::BoardCache::new(lab.registry().clone()),
-        changes: crate::watch::Changes::new(),
+        changes: crate::watch::Changes::new(lab.state().root()),
         journal: crate::history::Journal::start(lab.state().clone(), log::say),
         metrics: metrics::Metrics::default(),
         opts: opts.clone(),
