@@ -109,6 +109,7 @@ impl Journal {
             .name("board-history".into())
             .spawn(move || {
                 let mut open = Appenders::default();
+                let mut root = state::identity(state.root());
                 let mut failing: std::collections::HashSet<BoardName> = Default::default();
                 while let Ok(first) = rx.recv() {
                     // Per board, in arrival order.
@@ -126,6 +127,13 @@ impl Journal {
                             },
                             Msg::Flush(done) => flushes.push(done),
                         }
+                    }
+                    // The state folder put back from a copy (or a symlink to it pointed
+                    // elsewhere): the open files are the old folder's.
+                    let now = state::identity(state.root());
+                    if now != root {
+                        open.open.clear();
+                        root = now;
                     }
                     for (board, recs) in boards {
                         match append(&state, &board, &recs, &mut open) {
@@ -208,7 +216,8 @@ impl Appenders {
     /// The open file of `board`'s history, unless it is no longer the one at its path: the
     /// board's folder was removed, or another writer compacted the file (replaced by a rename:
     /// the old file has no link left). The path is not looked at: a file renamed away by hand
-    /// gets the lines until the next compaction.
+    /// gets the lines until the next compaction (the writer closes them all when the state
+    /// folder itself is replaced).
     fn current(&mut self, board: &BoardName) -> Option<&mut Appender> {
         use std::os::unix::fs::MetadataExt;
         let gone = match self.open.get(board) {
@@ -474,6 +483,37 @@ mod tests {
         let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
         assert_eq!(open_max(), open_max_for(limit));
         assert_eq!(Appenders::default().limit, open_max());
+    }
+
+    #[test]
+    fn a_state_folder_put_back_from_a_copy_gets_the_next_lines() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("state");
+        let state = StateDir::new(&root);
+        let b: BoardName = "b1".parse().unwrap();
+        state::write_atomic(&state.board_file(&b), b"x", 0o644).unwrap();
+        let j = Journal::start(state.clone(), |e| panic!("{e}"));
+        let wait = || j.flush(std::time::Duration::from_secs(10));
+        j.record(b.clone(), rec(1));
+        wait();
+        // A restore: the live folder moved aside, a copy moved in.
+        let copy = t.path().join("copy");
+        let cp = std::process::Command::new("cp")
+            .arg("-a")
+            .args([&root, &copy])
+            .status()
+            .unwrap();
+        assert!(cp.success());
+        std::fs::rename(&root, t.path().join("old")).unwrap();
+        std::fs::rename(&copy, &root).unwrap();
+        j.record(b.clone(), rec(2));
+        wait();
+        let times: Vec<String> = read(&state, &b, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.time)
+            .collect();
+        assert_eq!(times, ["t1", "t2"]);
     }
 
     #[test]

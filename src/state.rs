@@ -388,6 +388,15 @@ pub fn existing_version(path: &Path) -> Result<Option<FileVersion>> {
     }
 }
 
+/// What a path names now (device, inode, through any symlink): whether a folder is still the
+/// one a process has open files or watches in. None when nothing is there.
+pub fn identity(path: &Path) -> Option<(u64, u64)> {
+    fs::metadata(path).ok().map(|m| {
+        use std::os::unix::fs::MetadataExt;
+        (m.dev(), m.ino())
+    })
+}
+
 /// A file's text with the version it was read at (the same open file: a rename between the
 /// two cannot pair one version with another's bytes). None: there is no such file.
 pub fn read_versioned(path: &Path) -> Result<Option<(FileVersion, String)>> {

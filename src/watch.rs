@@ -104,7 +104,7 @@ impl Changes {
                     fd,
                     generation: 0,
                     root: root.to_path_buf(),
-                    root_id: identity(root),
+                    root_id: crate::state::identity(root),
                     by_dir: HashMap::new(),
                     by_wd: HashMap::new(),
                 })
@@ -131,13 +131,6 @@ impl Changes {
             generation,
         }
     }
-}
-
-/// What a path names now: its device and inode, through any symlink.
-fn identity(path: &Path) -> Option<(u64, u64)> {
-    rustix::fs::stat(path)
-        .ok()
-        .map(|st| (st.st_dev, st.st_ino))
 }
 
 impl Inner {
@@ -182,7 +175,7 @@ impl Inner {
                 self.unwatch_under(&dir);
             }
         }
-        let root_id = identity(&self.root);
+        let root_id = crate::state::identity(&self.root);
         if root_id.is_none() || root_id != self.root_id {
             // Another folder (or none) under the root's path: every watch follows the old one.
             let root = self.root.clone();
