@@ -2,7 +2,7 @@
 //! Paths are checked segment by segment and again after resolving symlinks, so nothing
 //! outside the files root (and nothing of the state dir's keys) is ever served.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
@@ -59,23 +59,125 @@ fn request_path(raw: &str) -> Result<String, (StatusCode, &'static str)> {
     Ok(decoded)
 }
 
-/// Open `rel` beneath `root` in one step, so that what was checked is what is read (a name
-/// checked and then opened again can be swapped for a symlink in between). The kernel resolves
-/// the whole path and refuses anything that leaves `root`, symlinks included; links that stay
-/// inside (`vmlinuz -> vmlinuz-6.1`) keep working.
-fn open_beneath(root: &Path, rel: &str) -> std::io::Result<std::fs::File> {
+/// The boot files folder by the path `serve` was given, which a symlink may point elsewhere
+/// while it runs (a rollout of new kernels): each request opens it by that path, and a folder
+/// it has not named before is checked for key material, as at start, before anything in it is
+/// served.
+pub(crate) struct FilesRoot {
+    given: PathBuf,
+    state: PathBuf,
+    checked: std::sync::Mutex<Checked>,
+}
+
+/// A folder the given path named, with what the path-based checks need.
+#[derive(Clone)]
+struct Checked {
+    /// Device and inode.
+    id: (u64, u64),
+    /// Its real path, and the state folder's when it was checked.
+    root: PathBuf,
+    state_root: PathBuf,
+    /// It holds or sits among key material: nothing in it is served.
+    refused: bool,
+}
+
+impl FilesRoot {
+    /// Check the folder `given` names now; one that holds key material is an error, as is
+    /// none at all.
+    pub(crate) fn new(given: &Path, state: &Path) -> crate::Result<FilesRoot> {
+        let missing = |e| {
+            crate::Error::io(
+                "files directory missing (create it, or serve another one)",
+                given,
+                e,
+            )
+        };
+        let (_, checked) = Self::check(given, state).map_err(missing)?;
+        check_files_root(&checked.root, &checked.state_root)?;
+        Ok(FilesRoot {
+            given: given.to_path_buf(),
+            state: state.to_path_buf(),
+            checked: std::sync::Mutex::new(checked),
+        })
+    }
+
+    /// The folder's real path (for messages at start).
+    pub(crate) fn root(&self) -> PathBuf {
+        self.lock().root.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Checked> {
+        self.checked.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Open the folder the given path names by its real path and check it.
+    fn check(given: &Path, state: &Path) -> std::io::Result<(std::fs::File, Checked)> {
+        use std::os::unix::fs::MetadataExt;
+        let root = std::fs::canonicalize(given)?;
+        let state_root = std::fs::canonicalize(state)?;
+        let dir = std::fs::File::open(&root)?;
+        let m = dir.metadata()?;
+        let refused = check_files_root(&root, &state_root).is_err();
+        let checked = Checked {
+            id: (m.dev(), m.ino()),
+            root,
+            state_root,
+            refused,
+        };
+        Ok((dir, checked))
+    }
+
+    /// The folder to open a request's file beneath, now. A folder not seen before is checked
+    /// first (and said in the log).
+    fn open(&self) -> std::io::Result<(std::fs::File, Checked)> {
+        use std::os::unix::fs::MetadataExt;
+        let dir = std::fs::File::open(&self.given)?;
+        let m = dir.metadata()?;
+        let known = self.lock().clone();
+        if known.id == (m.dev(), m.ino()) {
+            return Ok((dir, known));
+        }
+        let (dir, checked) = Self::check(&self.given, &self.state)?;
+        let mut cur = self.lock();
+        if cur.id != checked.id {
+            super::log::say(&if checked.refused {
+                format!(
+                    "ipxe-ca: {} now names {}, which holds key material: no boot file is \
+                     served from it (point it at a folder of boot files only)",
+                    self.given.display(),
+                    checked.root.display()
+                )
+            } else {
+                format!(
+                    "ipxe-ca: boot files are now served from {}",
+                    checked.root.display()
+                )
+            });
+            if !checked.refused {
+                super::warn_unsigned(&checked.root);
+            }
+            *cur = checked.clone();
+        }
+        Ok((dir, checked))
+    }
+}
+
+/// Open `rel` beneath the folder `dir` in one step, so that what was checked is what is read
+/// (a name checked and then opened again can be swapped for a symlink in between). The kernel
+/// resolves the whole path and refuses anything that leaves `dir`, symlinks included; links
+/// that stay inside (`vmlinuz -> vmlinuz-6.1`) keep working.
+fn open_beneath(dir: &std::fs::File, rel: &str) -> std::io::Result<std::fs::File> {
     use rustix::fs::{Mode, OFlags, ResolveFlags};
-    let dir = std::fs::File::open(root)?;
     let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
     let fd = match rustix::fs::openat2(
-        &dir,
+        dir,
         rel,
         flags,
         Mode::empty(),
         ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
     ) {
         Ok(fd) => fd,
-        Err(rustix::io::Errno::NOSYS) => open_each_component(&dir, rel, flags)?,
+        Err(rustix::io::Errno::NOSYS) => open_each_component(dir, rel, flags)?,
         Err(e) => return Err(e.into()),
     };
     Ok(std::fs::File::from(fd))
@@ -375,22 +477,33 @@ pub(crate) async fn serve(
         Ok(p) => p,
         Err((status, why)) => return refuse(status, why, out),
     };
-    let (root, state_root) = (shared.files_root.clone(), shared.state_root.clone());
+    let files = shared.files.clone();
     // The checks read the file's head, the signature index and stat the folders: the
     // blocking pool's work too.
     let opened = tokio::task::spawn_blocking(move || {
-        let f = open_beneath(&root, &rel)?;
+        let (dir, root) = files.open()?;
+        if root.refused {
+            return Ok(None);
+        }
+        let f = open_beneath(&dir, &rel)?;
         let m = f.metadata()?;
-        let secret =
-            m.is_file() && (is_key_material(&f, &m, &state_root) || in_build_output(&root, &rel));
+        let secret = m.is_file()
+            && (is_key_material(&f, &m, &files.state) || in_build_output(&root.root, &rel));
         let note = (m.is_file() && !secret)
-            .then(|| signature_note(&root, &rel))
+            .then(|| signature_note(&root.root, &rel))
             .flatten();
-        Ok::<_, std::io::Error>((f, m, secret, note))
+        Ok::<_, std::io::Error>(Some((f, m, secret, note)))
     })
     .await;
     let (std_file, meta, secret, note) = match opened {
-        Ok(Ok(x)) => x,
+        Ok(Ok(Some(x))) => x,
+        Ok(Ok(None)) => {
+            return refuse(
+                StatusCode::FORBIDDEN,
+                "the files directory holds key material",
+                out,
+            )
+        }
         Ok(Err(e)) => {
             let (status, why) = open_refusal(&e);
             return refuse(status, why, out);
@@ -526,7 +639,10 @@ mod tests {
         // Without O_NONBLOCK this open waits for a writer forever (a blocking-pool thread
         // lost per request).
         std::thread::spawn(move || {
-            let _ = tx.send(open_beneath(&root, "pipe").map(|f| f.metadata().unwrap()));
+            let _ = tx.send(
+                open_beneath(&std::fs::File::open(&root).unwrap(), "pipe")
+                    .map(|f| f.metadata().unwrap()),
+            );
         });
         let meta = rx
             .recv_timeout(std::time::Duration::from_secs(10))
@@ -579,7 +695,7 @@ mod tests {
         std::os::unix::fs::symlink("/etc/passwd", t.path().join("abs")).unwrap();
         std::os::unix::fs::symlink("../../outside", t.path().join("a/up")).unwrap();
         for link in ["abs", "a/up"] {
-            let err = open_beneath(t.path(), link).unwrap_err();
+            let err = open_beneath(&std::fs::File::open(t.path()).unwrap(), link).unwrap_err();
             assert_eq!(
                 open_refusal(&err).1,
                 "outside the files directory",

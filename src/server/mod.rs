@@ -90,8 +90,8 @@ impl ServeOptions {
 pub(crate) struct Shared {
     pub lab: Lab,
     pub config: Config,
-    pub files_root: PathBuf,
-    pub state_root: PathBuf,
+    /// The boot files folder, checked again whenever its path names another one.
+    pub files: Arc<files::FilesRoot>,
     pub one_time: OneTimeStore,
     pub revoked: crl::RevokedSerials,
     /// Profiles and secret templates, compiled once per version of their file.
@@ -204,21 +204,11 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
     let config = Config::load(lab.state())?;
-    let files_root = std::fs::canonicalize(&opts.files).map_err(|e| {
-        Error::io(
-            "files directory missing (create it, or serve another one)",
-            &opts.files,
-            e,
-        )
-    })?;
-    let state_root = std::fs::canonicalize(lab.state().root())
-        .map_err(|e| Error::io("cannot resolve", lab.state().root(), e))?;
-    files::check_files_root(&files_root, &state_root)?;
-    warn_unsigned(&files_root);
+    let files = Arc::new(files::FilesRoot::new(&opts.files, lab.state().root())?);
+    warn_unsigned(&files.root());
     let shared = Arc::new(Shared {
         config,
-        files_root,
-        state_root,
+        files,
         one_time: OneTimeStore::default(),
         revoked: crl::RevokedSerials::new(lab.state())?,
         templates: crate::render::Templates::default(),

@@ -427,6 +427,51 @@ fn issue12_1_a_files_dir_that_holds_keys_or_images_is_refused() {
     assert!(r.starts_with("HTTP/1.1 403"), "{r}");
 }
 
+/// Boot files rolled out by pointing a symlink at a new folder (as deployment tools do, and as
+/// the prototype's nginx followed) are served at once; pointed at key material, the folder is
+/// refused as it is at start.
+#[test]
+fn a_files_symlink_pointed_elsewhere_serves_the_new_folder_and_never_key_material() {
+    let lab = Lab::init();
+    lab.enroll("k1", &[]);
+    let (one, two) = (lab.tmp.path().join("r1"), lab.tmp.path().join("r2"));
+    for (d, kernel) in [(&one, "KERNEL-ONE"), (&two, "KERNEL-TWO")] {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::write(d.join("vmlinuz"), kernel).unwrap();
+    }
+    let current = lab.tmp.path().join("current");
+    std::os::unix::fs::symlink(&one, &current).unwrap();
+    let srv = lab.serve(&["--files", s(&current)]);
+    // A new link renamed over the old one.
+    let point_at = |to: &std::path::Path| {
+        let link = lab.tmp.path().join("current.new");
+        std::os::unix::fs::symlink(to, &link).unwrap();
+        std::fs::rename(&link, &current).unwrap();
+    };
+    let r = get(srv.http, "/vmlinuz");
+    assert!(r.ends_with("KERNEL-ONE"), "{r}");
+    point_at(&two);
+    let r = get(srv.http, "/vmlinuz");
+    assert!(
+        r.starts_with("HTTP/1.1 200") && r.ends_with("KERNEL-TWO"),
+        "{r}"
+    );
+    // A board's folder: its certificate is no key, but the folder holds one.
+    point_at(&lab.path("boards/k1"));
+    for file in ["/cert.pem", "/key.pem"] {
+        let r = get(srv.http, file);
+        assert!(r.starts_with("HTTP/1.1 403"), "{file}: {r}");
+    }
+    let log = srv.output();
+    assert!(
+        log.contains("holds key material: no boot file is served from it"),
+        "{log}"
+    );
+    point_at(&two);
+    let r = get(srv.http, "/vmlinuz");
+    assert!(r.ends_with("KERNEL-TWO"), "{r}");
+}
+
 #[test]
 fn issue12_2_a_local_process_cannot_impersonate_the_proxy() {
     let lab = Lab::init();

@@ -101,7 +101,9 @@ pub struct ServeArgs {
     /// Plain-HTTP listen address for boot files (and, behind a proxy, the scripts).
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub http: SocketAddr,
-    /// Directory served under /files/ (default: DIR/files).
+    /// Directory served under /files/ (default: DIR/files). Opened by this path per request:
+    /// a symlink pointed at a new folder serves it at once, once it is checked for key
+    /// material.
     #[arg(long)]
     pub files: Option<PathBuf>,
     /// Serve scripts on plain HTTP behind a TLS-terminating proxy (see nginx-config).
