@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Mutation testing of the security-critical code (issue 16), outside .ci/run (hours on 2 cores):
-#   scripts/mutants.sh [GROUP…]   groups: crl tls one_time routes files state registry flash ca types
+#   scripts/mutants.sh [GROUP…]   groups: crl tls one_time routes files watch history state registry
+#   flash ca types
 # MUTANTS_FLAGS adds cargo-mutants flags, e.g. MUTANTS_FLAGS=--in-place in a worktree of its own
 # (keeps one warm target dir for every group instead of a cold copy per group).
 # Each group mutates its files with cargo-mutants (`cargo install cargo-mutants`) and runs only
@@ -33,7 +34,10 @@ run tls src/server/tls.rs server::ecdsa server::sessions server::each_board ops:
 run one_time src/server/one_time.rs one_time issue12_4 issue12_12
 run routes src/server/routes.rs server:: mutations:: trust:: ops::history ops::renew ops::a_revoked \
   issue12_2 issue12_8 issue12_12
-run files src/server/files.rs server::files server::sigterm issue12_1_ issue12_8 trust::boot_files
+run files src/server/files.rs server::files server::sigterm issue12_1_ issue12_8 trust::boot_files \
+  hostile::a_files_symlink
+run watch src/watch.rs watch:: registry:: render:: crl server::boot_scripts server::a_state_dir
+run history src/history.rs history:: ops::history server::a_state_dir
 run state src/state.rs state:: mutations::bug_atomic mutations::bug_secrets mutations::bug_enroll \
   mutations::bug_unreadable issue12_6 issue12_9 ops::server_cert_rotation server::template_errors \
   issue12_1_ issue12_2 issue12_10 ops::history server::one_time foundation::bad_input \
