@@ -233,13 +233,16 @@ fn is_key_material(file: &std::fs::File, meta: &std::fs::Metadata, state_root: &
         })
 }
 
-/// Whether `rel` lies in a build's output folder (images hold their boards' keys).
-fn in_build_output(root: &Path, rel: &str) -> bool {
-    let mut dir = root.to_path_buf();
+/// Whether `rel` lies in a build's output folder (images hold their boards' keys), looked up
+/// beneath the files folder as opened (its path may name another folder by now).
+fn in_build_output(dir: &std::fs::File, rel: &str) -> bool {
     let parts: Vec<&str> = rel.split('/').collect();
+    let mut sub = String::new();
     for part in &parts[..parts.len().saturating_sub(1)] {
-        dir.push(part);
-        if dir.join(crate::state::OUT_MARKER).exists() {
+        sub.push_str(part);
+        sub.push('/');
+        let marker = format!("{sub}{}", crate::state::OUT_MARKER);
+        if rustix::fs::statat(dir, marker.as_str(), rustix::fs::AtFlags::empty()).is_ok() {
             return true;
         }
     }
@@ -487,8 +490,8 @@ pub(crate) async fn serve(
         }
         let f = open_beneath(&dir, &rel)?;
         let m = f.metadata()?;
-        let secret = m.is_file()
-            && (is_key_material(&f, &m, &files.state) || in_build_output(&root.root, &rel));
+        let secret =
+            m.is_file() && (is_key_material(&f, &m, &files.state) || in_build_output(&dir, &rel));
         let note = (m.is_file() && !secret)
             .then(|| signature_note(&root.root, &rel))
             .flatten();

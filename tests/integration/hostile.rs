@@ -470,6 +470,18 @@ fn a_files_symlink_pointed_elsewhere_serves_the_new_folder_and_never_key_materia
     point_at(&two);
     let r = get(srv.http, "/vmlinuz");
     assert!(r.ends_with("KERNEL-TWO"), "{r}");
+    // Build output copied into a subfolder stays refused when the folder itself is moved and
+    // the link follows it (the same folder: not checked again, looked at as opened).
+    std::fs::create_dir_all(two.join("images/k1")).unwrap();
+    std::fs::write(two.join("images/.ipxe-ca-images"), b"").unwrap();
+    std::fs::write(two.join("images/k1/k1.img"), b"autoexec with a key").unwrap();
+    let r = get(srv.http, "/images/k1/k1.img");
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+    let moved = lab.tmp.path().join("r2.moved");
+    std::fs::rename(&two, &moved).unwrap();
+    point_at(&moved);
+    let r = get(srv.http, "/images/k1/k1.img");
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
 }
 
 #[test]
