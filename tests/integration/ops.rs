@@ -633,3 +633,83 @@ fn the_deb_package_lints_clean_installs_with_apt_and_removes() {
         .map(|o| !o.status.success())
         .unwrap());
 }
+
+/// The README's first command on the embedded defaults: `scripts/quickstart.sh` builds, makes
+/// the lab (`$IPXE_CA_DIR`, else `./lab`), enrolls board1 and serves; the README's curl then
+/// gets board1's script. Run again, it keeps the lab.
+#[test]
+fn the_readme_quick_start_serves_board1_and_keeps_its_lab_when_run_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lab = tmp.path().join("lab");
+    let s = crate::util::s;
+    let start = |log: &str| {
+        let (https, http) = (free_port(), free_port());
+        let out = std::fs::File::create(tmp.path().join(log)).unwrap();
+        let child = Command::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/quickstart.sh"
+        ))
+        .args(["--https", &format!("127.0.0.1:{https}")])
+        .args(["--http", &format!("127.0.0.1:{http}")])
+        .env("IPXE_CA_DIR", &lab)
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+        let mut child = crate::common::Proc(child);
+        // The first run builds the release binary: minutes on a cold checkout.
+        let end = std::time::Instant::now() + Duration::from_secs(1200);
+        while crate::common::wait_port(https, Duration::from_secs(1)).is_err() {
+            let log = std::fs::read_to_string(tmp.path().join(log)).unwrap_or_default();
+            assert!(
+                child.0.try_wait().unwrap().is_none(),
+                "quickstart.sh ended: {log}"
+            );
+            assert!(std::time::Instant::now() < end, "not serving yet: {log}");
+        }
+        (child, https)
+    };
+    let readme_curl = |https: u16| {
+        let o = Command::new("curl")
+            .args(["-s", "-w", "\n%{http_code}", "--cacert"])
+            .arg(lab.join("ca/ca.crt"))
+            .arg("--cert")
+            .arg(lab.join("boards/board1/cert.pem"))
+            .arg("--key")
+            .arg(lab.join("boards/board1/key.pem"))
+            .arg(format!("https://127.0.0.1:{https}/boot.ipxe"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let first = {
+        let _cores = crate::qemu::no_boots_meanwhile();
+        start("first.log")
+    };
+    let script = readme_curl(first.1);
+    assert!(
+        script.starts_with("#!ipxe") && script.ends_with("\n200"),
+        "{script}"
+    );
+    let log = std::fs::read_to_string(tmp.path().join("first.log")).unwrap();
+    assert!(
+        log.contains(&format!("try: curl --cacert {}", s(&lab.join("ca/ca.crt")))),
+        "{log}"
+    );
+    drop(first);
+    let ca = std::fs::read(lab.join("ca/ca.crt")).unwrap();
+    let cert = std::fs::read(lab.join("boards/board1/cert.pem")).unwrap();
+    let again = start("again.log");
+    assert!(readme_curl(again.1).ends_with("\n200"));
+    assert_eq!(
+        std::fs::read(lab.join("ca/ca.crt")).unwrap(),
+        ca,
+        "a new CA"
+    );
+    assert_eq!(
+        std::fs::read(lab.join("boards/board1/cert.pem")).unwrap(),
+        cert,
+        "board1 enrolled again"
+    );
+}

@@ -12,6 +12,12 @@ use crate::util::s;
 /// Emulation is CPU-bound: boots never overlap.
 static ONE_BOOT_AT_A_TIME: Mutex<()> = Mutex::new(());
 
+/// No boot runs while this is held: for other work that takes both cores for minutes (a
+/// release build), which would stretch boots towards their timeout.
+pub fn no_boots_meanwhile() -> std::sync::MutexGuard<'static, ()> {
+    ONE_BOOT_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 pub const OVMF: &str = "/usr/share/ovmf/OVMF.fd";
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
 
