@@ -138,8 +138,14 @@ impl FilesRoot {
             return Ok((dir, known));
         }
         let (dir, checked) = Self::check(&self.given, &self.state)?;
-        let mut cur = self.lock();
-        if cur.id != checked.id {
+        let first = {
+            let mut cur = self.lock();
+            let first = cur.id != checked.id;
+            *cur = checked.clone();
+            first
+        };
+        // Said once per folder, outside the lock: the signature check reads every file.
+        if first {
             super::log::say(&if checked.refused {
                 format!(
                     "ipxe-ca: {} now names {}, which holds key material: no boot file is \
@@ -156,7 +162,6 @@ impl FilesRoot {
             if !checked.refused {
                 super::warn_unsigned(&checked.root);
             }
-            *cur = checked.clone();
         }
         Ok((dir, checked))
     }
