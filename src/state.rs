@@ -391,10 +391,13 @@ pub fn existing_version(path: &Path) -> Result<Option<FileVersion>> {
 /// What a path names now (device, inode, through any symlink): whether a folder is still the
 /// one a process has open files or watches in. None when nothing is there.
 pub fn identity(path: &Path) -> Option<(u64, u64)> {
-    fs::metadata(path).ok().map(|m| {
-        use std::os::unix::fs::MetadataExt;
-        (m.dev(), m.ino())
-    })
+    fs::metadata(path).ok().map(|m| identity_of(&m))
+}
+
+/// The same, of something already opened or looked at.
+pub fn identity_of(m: &fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (m.dev(), m.ino())
 }
 
 /// A file's text with the version it was read at (the same open file: a rename between the

@@ -74,9 +74,8 @@ pub(crate) struct FilesRoot {
 struct Checked {
     /// Device and inode.
     id: (u64, u64),
-    /// Its real path, and the state folder's when it was checked.
+    /// Its real path.
     root: PathBuf,
-    state_root: PathBuf,
     /// It holds or sits among key material: nothing in it is served.
     refused: bool,
 }
@@ -92,8 +91,8 @@ impl FilesRoot {
                 e,
             )
         };
-        let (_, checked) = Self::check(given, state).map_err(missing)?;
-        check_files_root(&checked.root, &checked.state_root)?;
+        let (_, checked, verdict) = Self::check(given, state).map_err(missing)?;
+        verdict?;
         Ok(FilesRoot {
             given: given.to_path_buf(),
             state: state.to_path_buf(),
@@ -110,34 +109,35 @@ impl FilesRoot {
         self.checked.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Open the folder the given path names by its real path and check it.
-    fn check(given: &Path, state: &Path) -> std::io::Result<(std::fs::File, Checked)> {
-        use std::os::unix::fs::MetadataExt;
+    /// Open the folder the given path names by its real path and check it (the verdict
+    /// says why it is refused).
+    fn check(
+        given: &Path,
+        state: &Path,
+    ) -> std::io::Result<(std::fs::File, Checked, crate::Result<()>)> {
         let root = std::fs::canonicalize(given)?;
         let state_root = std::fs::canonicalize(state)?;
         let dir = std::fs::File::open(&root)?;
-        let m = dir.metadata()?;
-        let refused = check_files_root(&root, &state_root).is_err();
+        let id = crate::state::identity_of(&dir.metadata()?);
+        let verdict = check_files_root(&root, &state_root);
         let checked = Checked {
-            id: (m.dev(), m.ino()),
+            id,
             root,
-            state_root,
-            refused,
+            refused: verdict.is_err(),
         };
-        Ok((dir, checked))
+        Ok((dir, checked, verdict))
     }
 
     /// The folder to open a request's file beneath, now. A folder not seen before is checked
     /// first (and said in the log).
     fn open(&self) -> std::io::Result<(std::fs::File, Checked)> {
-        use std::os::unix::fs::MetadataExt;
         let dir = std::fs::File::open(&self.given)?;
-        let m = dir.metadata()?;
+        let id = crate::state::identity_of(&dir.metadata()?);
         let known = self.lock().clone();
-        if known.id == (m.dev(), m.ino()) {
+        if known.id == id {
             return Ok((dir, known));
         }
-        let (dir, checked) = Self::check(&self.given, &self.state)?;
+        let (dir, checked, _) = Self::check(&self.given, &self.state)?;
         let first = {
             let mut cur = self.lock();
             let first = cur.id != checked.id;
