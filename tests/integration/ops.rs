@@ -639,8 +639,9 @@ fn the_deb_package_lints_clean_installs_with_apt_and_removes() {
 /// gets board1's script. Run again, it keeps the lab.
 #[test]
 fn the_readme_quick_start_serves_board1_and_keeps_its_lab_when_run_again() {
-    let tmp = tempfile::tempdir().unwrap();
-    let lab = tmp.path().join("lab");
+    // Its state dir is not made yet: quickstart.sh makes it.
+    let lab = Lab::new();
+    let tmp = &lab.tmp;
     let s = crate::util::s;
     let start = |log: &str| {
         let (https, http) = (free_port(), free_port());
@@ -651,7 +652,7 @@ fn the_readme_quick_start_serves_board1_and_keeps_its_lab_when_run_again() {
         ))
         .args(["--https", &format!("127.0.0.1:{https}")])
         .args(["--http", &format!("127.0.0.1:{http}")])
-        .env("IPXE_CA_DIR", &lab)
+        .env("IPXE_CA_DIR", &lab.dir)
         .stdin(std::process::Stdio::null())
         .stdout(out.try_clone().unwrap())
         .stderr(out)
@@ -670,45 +671,39 @@ fn the_readme_quick_start_serves_board1_and_keeps_its_lab_when_run_again() {
         }
         (child, https)
     };
+    // The README's curl: the CA, board1's certificate and key.
     let readme_curl = |https: u16| {
-        let o = Command::new("curl")
-            .args(["-s", "-w", "\n%{http_code}", "--cacert"])
-            .arg(lab.join("ca/ca.crt"))
-            .arg("--cert")
-            .arg(lab.join("boards/board1/cert.pem"))
-            .arg("--key")
-            .arg(lab.join("boards/board1/key.pem"))
-            .arg(format!("https://127.0.0.1:{https}/boot.ipxe"))
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&o.stdout).into_owned()
+        lab.curl_as(
+            Some("board1"),
+            &format!("https://127.0.0.1:{https}/boot.ipxe"),
+        )
     };
     let first = {
         let _cores = crate::qemu::no_boots_meanwhile();
         start("first.log")
     };
-    let script = readme_curl(first.1);
+    let (code, script) = readme_curl(first.1);
     assert!(
-        script.starts_with("#!ipxe") && script.ends_with("\n200"),
-        "{script}"
+        code == 200 && script.starts_with("#!ipxe"),
+        "{code} {script}"
     );
     let log = std::fs::read_to_string(tmp.path().join("first.log")).unwrap();
     assert!(
-        log.contains(&format!("try: curl --cacert {}", s(&lab.join("ca/ca.crt")))),
+        log.contains(&format!("try: curl --cacert {}", s(&lab.path("ca/ca.crt")))),
         "{log}"
     );
     drop(first);
-    let ca = std::fs::read(lab.join("ca/ca.crt")).unwrap();
-    let cert = std::fs::read(lab.join("boards/board1/cert.pem")).unwrap();
+    let ca = std::fs::read(lab.path("ca/ca.crt")).unwrap();
+    let cert = std::fs::read(lab.path("boards/board1/cert.pem")).unwrap();
     let again = start("again.log");
-    assert!(readme_curl(again.1).ends_with("\n200"));
+    assert_eq!(readme_curl(again.1).0, 200);
     assert_eq!(
-        std::fs::read(lab.join("ca/ca.crt")).unwrap(),
+        std::fs::read(lab.path("ca/ca.crt")).unwrap(),
         ca,
         "a new CA"
     );
     assert_eq!(
-        std::fs::read(lab.join("boards/board1/cert.pem")).unwrap(),
+        std::fs::read(lab.path("boards/board1/cert.pem")).unwrap(),
         cert,
         "board1 enrolled again"
     );
