@@ -2,8 +2,10 @@
 //! one run on this machine. `cargo bench --bench bench` for the full run (minutes),
 //! `cargo bench --bench bench -- --smoke` for a seconds-long run that only proves it works.
 //! Sections: `--only enroll,serve,fullboot,files,build,registry`; `--only ab` with
-//! `IPXE_CA_AB_BIN=OTHER-BINARY` compares two builds of `serve` in paired rounds; `--only
-//! profile` records `serve` under load with `perf` (linux-perf) and prints where its CPU goes.
+//! `IPXE_CA_AB_BIN=OTHER-BINARY` compares two builds of `serve` in paired rounds (either side may
+//! be `tls-floor` or `tls-floor-threads`, the least a rustls server does; `IPXE_CA_AB_A` sets
+//! side A, this build by default); `--only profile` records `serve` under load with `perf`
+//! (linux-perf) and prints where its CPU goes.
 //! Results: stdout and target/bench/results.md.
 
 use std::collections::BTreeMap;
@@ -873,6 +875,23 @@ fn bench_serve(cx: &mut Ctx) -> R<()> {
         "prototype, one nginx and one gunicorn worker",
     )?;
     let tcp_one = tcp_floor_ms(c_one, dur, Some(1))?;
+    // The least a rustls server on tokio spends, in the same run: serve's CPU less this is all
+    // that ipxe-ca's own code (HTTP, registry, templates, log) could win back.
+    // Two shapes: an event loop (tokio, as `serve`), and a blocking thread per core.
+    let mut tls_floor = Vec::new();
+    for (shape, how) in [
+        ("on tokio", None),
+        ("a blocking thread per core", Some("threads")),
+    ] {
+        let (fl, port) = start_tls_floor(&state, how)?;
+        for (client, cf) in [
+            ("ipxe-ca serve, iPXE < 2.0 client (ECDHE-RSA)", &cfgs),
+            ("ipxe-ca serve, iPXE 2.0 client (ECDHE-ECDSA)", &cfgs2),
+        ] {
+            let (l, cost) = costed(|| usage(fl.0.id()), || load(cf, port, c_one, dur));
+            tls_floor.push((shape, client, checked("tls floor", l)?, cost.cpu_ms));
+        }
+    }
     // As packaged: the systemd unit runs `serve` with CPUSchedulingPolicy=batch (a woken thread
     // does not preempt the running one); the prototype under the same policy, like for like.
     let batch = like_for_like(", SCHED_BATCH", &[], true, None, "prototype, SCHED_BATCH")?;
@@ -954,6 +973,45 @@ fn bench_serve(cx: &mut Ctx) -> R<()> {
             }
         }
     }
+    cx.line(&format!(
+        "\nTLS floor (concurrency {c_one}): `serve`'s rustls configuration (the same certificates, chosen per ClientHello, and client certificates verified against the CA) answering every request with a fixed script of the same size, and nothing else: no HTTP library, registry, template or log. What `serve` spends above it is all that ipxe-ca's own code could win back.\n"
+    ));
+    cx.line("| TLS floor | client | boots/s | CPU ms/boot | serve CPU ms/boot | serve / floor | floor against the prototype: CPU, boots/s |");
+    cx.line("|---|---|---|---|---|---|---|");
+    let proto_c = rows.get(&(proto_name.to_string(), c_one));
+    let (p_cpu, p_rate) = proto_c.map_or((f64::NAN, f64::NAN), |p| (p.1, p.0.boots_per_s));
+    for (shape, name, l, cpu) in &tls_floor {
+        let serve_cpu = rows
+            .get(&(name.to_string(), c_one))
+            .map_or(f64::NAN, |r| r.1);
+        cx.line(&format!(
+            "| {shape} | {} | {:.0} | {cpu:.3} | {serve_cpu:.3} | {:.2} | 1/{:.1}, {:.2}× |",
+            name.trim_start_matches("ipxe-ca serve, "),
+            l.boots_per_s,
+            serve_cpu / cpu.max(1e-9),
+            p_cpu / cpu.max(1e-9),
+            l.boots_per_s / p_rate.max(1e-9),
+        ));
+    }
+    // The better of the two shapes, per client: the best a rustls server did in this run.
+    let best = |client: &str| {
+        tls_floor
+            .iter()
+            .filter(|f| f.1 == client)
+            .fold((f64::INFINITY, 0.0f64), |(cpu, rate), f| {
+                (cpu.min(f.3), rate.max(f.2.boots_per_s))
+            })
+    };
+    let (rsa_cpu, rsa_rate) = best("ipxe-ca serve, iPXE < 2.0 client (ECDHE-RSA)");
+    let (ec_cpu, ec_rate) = best("ipxe-ca serve, iPXE 2.0 client (ECDHE-ECDSA)");
+    cx.line(&format!(
+        "\nThe best TLS floor in this run, against #13's targets: iPXE 2.0 client 1/{:.1} of the prototype's CPU per boot (target 1/6), boots/s {:.2}× (target 3×); RSA client {:.2}× the crypto floor ({:.3} ms; target 1.25×), boots/s {:.2}× (target 2×).",
+        p_cpu / ec_cpu.max(1e-9),
+        ec_rate / p_rate.max(1e-9),
+        rsa_cpu / (floor + 2.0 * verify_kept).max(1e-9),
+        floor + 2.0 * verify_kept,
+        rsa_rate / p_rate.max(1e-9),
+    ));
     for (name, c, k, total) in kernel {
         cx.line(&format!(
             "\n{name} at concurrency {c}: {total:.2} ms CPU per boot, of which {k:.2} ms in the kernel (TCP, syscalls) and {:.2} ms in user space.",
@@ -1469,6 +1527,176 @@ fn tcp_floor_ms(conc: usize, dur: Duration, workers: Option<usize>) -> R<(f64, f
     Ok((cost.cpu_ms, cost.sys_ms))
 }
 
+// ---------------------------------------------------------------- tls floor
+
+/// A boot script's answer of about the size `serve` sends (the third server flight of
+/// [`BOOT_FLIGHTS`] less TLS's record overhead).
+fn tls_floor_answer() -> Vec<u8> {
+    let mut body = String::from("#!ipxe\n");
+    while body.len() < 820 {
+        body.push_str("# a line of a board's boot script, as long as serve's\n");
+    }
+    format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/plain; charset=utf-8\r\ncache-control: no-store\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// The server certificate a [`tls_floor_server`] shows: ECDSA to a client that offers it, RSA
+/// otherwise, as `serve` chooses.
+#[derive(Debug)]
+struct FloorCerts {
+    rsa: Arc<rustls::sign::CertifiedKey>,
+    ecdsa: Arc<rustls::sign::CertifiedKey>,
+}
+
+impl rustls::server::ResolvesServerCert for FloorCerts {
+    fn resolve(
+        &self,
+        hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let ec = rustls::SignatureScheme::ECDSA_NISTP256_SHA256;
+        Some(if hello.signature_schemes().contains(&ec) {
+            self.ecdsa.clone()
+        } else {
+            self.rsa.clone()
+        })
+    }
+}
+
+/// The least a rustls server on tokio can do per boot: `serve`'s TLS configuration (aws-lc,
+/// the state folder's two server certificates chosen per ClientHello, client certificates
+/// verified by webpki against the CA) and then a fixed answer to any request, with no HTTP
+/// library, no registry, no template, no log. `serve` spends this plus its own work; the
+/// difference is all that ipxe-ca's code could ever win back. Its own process (`--tls-floor-server
+/// PORT STATE [WORKERS]`), so that its CPU is counted as a server's.
+fn tls_floor_server(port: u16, state: &Path, workers: Option<&str>) -> R<()> {
+    use rustls::crypto::aws_lc_rs as p;
+    let provider = Arc::new(p::default_provider());
+    let certified = |cert: &str, key: &str| -> R<Arc<rustls::sign::CertifiedKey>> {
+        let chain = CertificateDer::pem_file_iter(state.join(cert))?.collect::<Result<_, _>>()?;
+        let key = p::sign::any_supported_type(&PrivateKeyDer::from_pem_file(state.join(key))?)?;
+        Ok(Arc::new(rustls::sign::CertifiedKey::new(chain, key)))
+    };
+    let certs = FloorCerts {
+        rsa: certified("server/server.crt", "server/server.key")?,
+        ecdsa: certified("server/server-ecdsa.crt", "server/server-ecdsa.key")?,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(state.join("ca/ca.crt"))? {
+        roots.add(c?)?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()?;
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(Arc::new(certs));
+    let answer: Arc<[u8]> = tls_floor_answer().into();
+    if workers == Some("threads") {
+        return tls_floor_threads(port, Arc::new(config), answer);
+    }
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(w) = workers.and_then(|w| w.parse().ok()) {
+        rt.worker_threads(w);
+    }
+    let rt = rt.enable_all().build()?;
+    rt.block_on(async move {
+        let l = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+        loop {
+            let (c, _) = l.accept().await?;
+            let (acceptor, answer) = (acceptor.clone(), answer.clone());
+            tokio::spawn(async move {
+                let _ = c.set_nodelay(true);
+                let Ok(mut tls) = acceptor.accept(c).await else {
+                    return;
+                };
+                let mut buf = vec![0u8; 4096];
+                let mut have = 0;
+                while !buf[..have].windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf[have..]).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => have += n,
+                    }
+                    if have == buf.len() {
+                        return;
+                    }
+                }
+                if tls.write_all(&answer).await.is_ok() {
+                    let _ = tls.shutdown().await;
+                }
+            });
+        }
+    })
+}
+
+/// The floor without an event loop: a blocking thread per core, each taking the next
+/// connection when done with the last (no epoll, no task wake-ups; the load generator's other
+/// connections wait in the backlog). Fewer system calls per boot than any event loop makes,
+/// though no server for real boards could work so: one slow board would stall a core.
+fn tls_floor_threads(port: u16, config: Arc<rustls::ServerConfig>, answer: Arc<[u8]>) -> R<()> {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind(("127.0.0.1", port))?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads: Vec<_> = (0..cores)
+        .map(|_| {
+            let (l, config, answer) = (l.try_clone(), config.clone(), answer.clone());
+            std::thread::spawn(move || -> std::io::Result<()> {
+                let l = l?;
+                loop {
+                    let (mut c, _) = l.accept()?;
+                    let _ = c.set_nodelay(true);
+                    let Ok(mut conn) = rustls::ServerConnection::new(config.clone()) else {
+                        continue;
+                    };
+                    let mut tls = rustls::Stream::new(&mut conn, &mut c);
+                    let mut buf = [0u8; 4096];
+                    let mut have = 0;
+                    let asked = loop {
+                        match tls.read(&mut buf[have..]) {
+                            Ok(0) | Err(_) => break false,
+                            Ok(n) => have += n,
+                        }
+                        if buf[..have].windows(4).any(|w| w == b"\r\n\r\n") {
+                            break true;
+                        }
+                        if have == buf.len() {
+                            break false;
+                        }
+                    };
+                    if asked && tls.write_all(&answer).is_ok() {
+                        tls.conn.send_close_notify();
+                        let _ = tls.flush();
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().map_err(|_| "a floor thread panicked")??;
+    }
+    Ok(())
+}
+
+/// A [`tls_floor_server`] for the lab in `state` on a free port, ready: (process, port).
+/// `how`: tokio's worker count, `threads` for [`tls_floor_threads`], None for tokio's default.
+fn start_tls_floor(state: &Path, how: Option<&str>) -> R<(Proc, u16)> {
+    let port = free_port();
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args(["--tls-floor-server", &port.to_string(), s(state)]);
+    if let Some(w) = how {
+        cmd.arg(w);
+    }
+    let srv = spawn(&mut cmd)?;
+    wait_port(port)?;
+    Ok((srv, port))
+}
+
 // ---------------------------------------------------------------- profile
 
 /// Where `serve`'s CPU goes under the iPXE 2.0 load (1000 boards, c=64, 10 s), by `perf record`
@@ -1561,7 +1789,22 @@ fn bench_profile(cx: &mut Ctx) -> R<()> {
 fn bench_ab(cx: &mut Ctx) -> R<()> {
     let other = std::env::var_os("IPXE_CA_AB_BIN")
         .map(PathBuf::from)
-        .ok_or("set IPXE_CA_AB_BIN to the ipxe-ca binary to compare with")?;
+        .ok_or("set IPXE_CA_AB_BIN to the ipxe-ca binary to compare with (or to tls-floor, tls-floor-threads)")?;
+    let this = std::env::var_os("IPXE_CA_AB_A").map_or_else(bin, PathBuf::from);
+    // A server of the comparison: a build of `serve`, or the least a rustls server does
+    // (`tls-floor`: on tokio; `tls-floor-threads`: a blocking thread per core).
+    let start = |which: &Path, state: &Path| -> R<(Proc, u16)> {
+        match which.to_str() {
+            Some("tls-floor") => start_tls_floor(state, None),
+            Some("tls-floor-threads") => start_tls_floor(state, Some("threads")),
+            _ => {
+                let (p, https, _) = start_serve_with(which, state, &[])?;
+                Ok((p, https))
+            }
+        }
+    };
+    let start_a = |state: &Path| start(&this, state);
+    let start_b = |state: &Path| start(&other, state);
     let (rounds, dur) = if cx.smoke {
         (2, Duration::from_millis(300))
     } else {
@@ -1580,7 +1823,8 @@ fn bench_ab(cx: &mut Ctx) -> R<()> {
         )?);
     }
     cx.line(&format!(
-        "\n## A/B: A = this build, B = {} (c=64, {rounds} rounds of {dur:?} each, ABBA)\n",
+        "\n## A/B: A = {}, B = {} (c=64, {rounds} rounds of {dur:?} each, ABBA)\n",
+        this.display(),
         other.display()
     ));
     cx.line("| client | A CPU ms/boot (median) | B CPU ms/boot (median) | B/A per round (median) | A boots/s | B boots/s |");
@@ -1602,13 +1846,13 @@ fn bench_ab(cx: &mut Ctx) -> R<()> {
                 Ok((cost.cpu_ms, l.boots_per_s))
             };
             let ((ac, ar), (bc, br)) = if r % 2 == 0 {
-                let (a, a_port, _) = start_serve(&state)?;
-                let (b, b_port, _) = start_serve_with(&other, &state, &[])?;
+                let (a, a_port) = start_a(&state)?;
+                let (b, b_port) = start_b(&state)?;
                 let x = one(a.0.id(), a_port)?;
                 (x, one(b.0.id(), b_port)?)
             } else {
-                let (b, b_port, _) = start_serve_with(&other, &state, &[])?;
-                let (a, a_port, _) = start_serve(&state)?;
+                let (b, b_port) = start_b(&state)?;
+                let (a, a_port) = start_a(&state)?;
                 let y = one(b.0.id(), b_port)?;
                 (one(a.0.id(), a_port)?, y)
             };
@@ -1639,6 +1883,17 @@ fn main() {
         let workers = args.get(3).and_then(|w| w.parse().ok());
         if let Err(e) = tcp_floor_server(port, workers) {
             eprintln!("tcp floor server: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    if let (Some("--tls-floor-server"), Some(port), Some(state)) = (
+        args.get(1).map(String::as_str),
+        args.get(2).and_then(|p| p.parse().ok()),
+        args.get(3),
+    ) {
+        if let Err(e) = tls_floor_server(port, Path::new(state), args.get(4).map(String::as_str)) {
+            eprintln!("tls floor server: {e}");
             std::process::exit(1);
         }
         return;
