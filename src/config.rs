@@ -1,10 +1,13 @@
 //! `config.toml`: the URLs boards are pointed at, used by `serve` and `build`.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::state::{self, StateDir, MODE_PUBLIC};
 use crate::types::San;
+use crate::watch::{Snapshot, Token};
 
 /// Port of the HTTPS (mTLS) listener unless configured otherwise.
 pub const DEFAULT_HTTPS_PORT: u16 = 8443;
@@ -63,6 +66,100 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The URLs checked as `init` checks them: an edited `config.toml` with a mistyped scheme
+    /// would otherwise point every board at nothing.
+    pub fn checked(self) -> Result<Config> {
+        Ok(Config {
+            server_url: check_url(&self.server_url, "https", "server_url")?,
+            files_url: check_url(&self.files_url, "http", "files_url")?,
+        })
+    }
+}
+
+/// `config.toml` as `serve` uses it for every script, read again only when the file changed:
+/// an edit (boards pointed at another files server, say) is in the very next script, with no
+/// restart, as registry and profile edits are. An edit that does not parse, or names a URL
+/// `init` would refuse, keeps the settings in force and is said once.
+#[derive(Debug)]
+pub struct ConfigCache {
+    state: StateDir,
+    current: std::sync::Mutex<Current>,
+}
+
+#[derive(Debug)]
+struct Current {
+    /// The version of the file last looked at (good or not), and its claim to be current.
+    version: Option<state::FileVersion>,
+    token: Token,
+    config: Arc<Config>,
+}
+
+impl ConfigCache {
+    /// The settings as they are now; an error when they cannot be used (nothing to keep yet).
+    pub fn load(state: &StateDir) -> Result<ConfigCache> {
+        let version = state::existing_version(&state.config())?;
+        let config = Config::load(state)?
+            .checked()
+            .map_err(|e| in_file(state, e))?;
+        Ok(ConfigCache {
+            state: state.clone(),
+            current: std::sync::Mutex::new(Current {
+                version,
+                token: Token::default(),
+                config: Arc::new(config),
+            }),
+        })
+    }
+
+    /// The settings for this request; `say` hears of an edit taken or refused.
+    pub fn get(&self, now: &Snapshot, say: impl Fn(&str)) -> Arc<Config> {
+        let mut cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        if now.current(cur.token) {
+            return cur.config.clone();
+        }
+        let token = now.token(&[self.state.root()]);
+        let path = self.state.config();
+        let version = state::existing_version(&path).ok().flatten();
+        if version != cur.version {
+            let read = match state::read_versioned(&path) {
+                Ok(Some((_, text))) => state::parse_toml::<Config>(&path, &text)
+                    .and_then(|c| c.checked().map_err(|e| in_file(&self.state, e))),
+                Ok(None) => Err(Error::invalid(format!("{} is gone", path.display()))),
+                Err(e) => Err(e),
+            };
+            match read {
+                Ok(config) => {
+                    if config != *cur.config {
+                        say(&format!(
+                            "ipxe-ca: {} changed: server_url {}, files_url {}",
+                            path.display(),
+                            config.server_url,
+                            config.files_url
+                        ));
+                    }
+                    cur.config = Arc::new(config);
+                }
+                Err(e) => say(&format!(
+                    "ipxe-ca: warning: kept the previous settings (server_url {}, files_url {}): {e}",
+                    cur.config.server_url, cur.config.files_url
+                )),
+            }
+            cur.version = version;
+        }
+        cur.token = token;
+        cur.config.clone()
+    }
+}
+
+/// A bad URL, said with the file it is in.
+fn in_file(state: &StateDir, e: Error) -> Error {
+    Error::Parse {
+        path: state.config(),
+        detail: e.to_string(),
+    }
+}
+
 /// Check that a URL has the scheme we expect and no trailing slash issues.
 pub fn check_url(url: &str, scheme: &str, what: &str) -> Result<String> {
     let rest = url
@@ -77,6 +174,74 @@ pub fn check_url(url: &str, scheme: &str, what: &str) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each `get` of a cache, with what it said.
+    fn get(cache: &ConfigCache, ch: &crate::watch::Changes) -> (Config, Vec<String>) {
+        let said = std::sync::Mutex::new(Vec::new());
+        let c = cache.get(&ch.snapshot(), |m| said.lock().unwrap().push(m.to_string()));
+        (Config::clone(&c), said.into_inner().unwrap())
+    }
+
+    #[test]
+    fn an_edited_config_is_taken_and_a_bad_edit_keeps_the_last_good_one_said_once() {
+        let t = tempfile::tempdir().unwrap();
+        let st = StateDir::new(t.path());
+        let good = |files: &str| Config {
+            server_url: "https://boot.lab:8443".into(),
+            files_url: files.into(),
+        };
+        good("http://boot.lab:8080").save(&st).unwrap();
+        // Watched (inotify) and not (a `stat` per request): the same answers.
+        for ch in [
+            crate::watch::Changes::new(t.path()),
+            crate::watch::Changes::off(),
+        ] {
+            good("http://boot.lab:8080").save(&st).unwrap();
+            let cache = ConfigCache::load(&st).unwrap();
+            assert_eq!(get(&cache, &ch), (good("http://boot.lab:8080"), vec![]));
+            // An edit in place, not a rename, is seen.
+            std::fs::write(
+                st.config(),
+                "server_url = \"https://boot.lab:8443\"\nfiles_url = \"http://mirror.la:8080\"\n",
+            )
+            .unwrap();
+            let (c, said) = get(&cache, &ch);
+            assert_eq!(c, good("http://mirror.la:8080"));
+            assert!(
+                said[0].contains("files_url http://mirror.la:8080"),
+                "{said:?}"
+            );
+            // A scheme `init` would refuse, then text that does not parse: each kept out and
+            // said once, however many requests follow.
+            for bad in [
+                "server_url = \"https://boot.lab:8443\"\nfiles_url = \"ftp://mirror.lab\"\n",
+                "server_url = \"https://boot.lab:8443\"\nfiles_url = \n",
+            ] {
+                std::fs::write(st.config(), bad).unwrap();
+                let (c, said) = get(&cache, &ch);
+                assert_eq!(c, good("http://mirror.la:8080"));
+                assert_eq!(said.len(), 1, "{said:?}");
+                assert!(said[0].contains("kept the previous settings"), "{said:?}");
+                assert!(said[0].contains("config.toml"), "{said:?}");
+                assert_eq!(get(&cache, &ch), (good("http://mirror.la:8080"), vec![]));
+            }
+            // Mended: taken, a trailing slash trimmed as `init` trims it.
+            std::fs::write(
+                st.config(),
+                "server_url = \"https://boot.lab:8443\"\nfiles_url = \"http://mirror.lab/\"\n",
+            )
+            .unwrap();
+            assert_eq!(get(&cache, &ch).0, good("http://mirror.lab"));
+        }
+        // A state whose config names a bad URL does not start serving.
+        std::fs::write(
+            st.config(),
+            "server_url = \"http://x\"\nfiles_url = \"http://x\"\n",
+        )
+        .unwrap();
+        let e = ConfigCache::load(&st).unwrap_err().to_string();
+        assert!(e.contains("server_url") && e.contains("https://"), "{e}");
+    }
 
     #[test]
     fn server_port_comes_from_the_url() {

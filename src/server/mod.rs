@@ -22,7 +22,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::config::Config;
+use crate::config::ConfigCache;
 use crate::error::{Error, Result};
 use crate::Lab;
 
@@ -89,7 +89,8 @@ impl ServeOptions {
 /// Shared state of a running server.
 pub(crate) struct Shared {
     pub lab: Lab,
-    pub config: Config,
+    /// `config.toml`, read again when it changes.
+    pub config: ConfigCache,
     /// The boot files folder, checked again whenever its path names another one.
     pub files: Arc<files::FilesRoot>,
     pub one_time: OneTimeStore,
@@ -203,7 +204,7 @@ pub async fn serve(
     opts: ServeOptions,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
-    let config = Config::load(lab.state())?;
+    let config = ConfigCache::load(lab.state())?;
     let files = Arc::new(files::FilesRoot::new(&opts.files, lab.state().root())?);
     warn_unsigned(&files.root());
     let shared = Arc::new(Shared {

@@ -397,7 +397,8 @@ fn render_profile(
 ) -> Result<String, Refusal> {
     let rendered = (|| {
         let secrets = shared.boards.secrets(&board.name, now)?;
-        let ctx = Context::for_board(board, &shared.config, secrets, imgverify);
+        let config = shared.config.get(now, log::say);
+        let ctx = Context::for_board(board, &config, secrets, imgverify);
         let path = shared.lab.state().profile(&board.profile);
         let s = shared.clone();
         let c = ctx.clone();
@@ -418,7 +419,7 @@ fn render_profile(
                     .one_time
                     .insert(&c.board.name, &name, body, s.opts.one_time_ttl)
                     .ok_or_else(|| err("random number generator failed".into()))?;
-                Ok(format!("{}/secret/{token}", s.config.server_url))
+                Ok(format!("{}/secret/{token}", config.server_url))
             },
         );
         shared

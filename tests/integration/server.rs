@@ -1108,3 +1108,57 @@ fn workers_sets_the_event_loop_threads_and_every_count_serves() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("--workers"), "{err}");
 }
+
+/// `config.toml` is live like the registry: boards pointed at another files server by an
+/// edit get the new URL in their next script, with no restart; an edit `init` would refuse
+/// keeps the URLs in force and the log says why.
+#[test]
+fn a_config_toml_edit_is_in_the_next_script() {
+    let lab = two_boards();
+    let srv = lab.serve(&[]);
+    let script = || {
+        let (code, body) = lab.curl_as(Some("board-b"), &srv.url("/boot.ipxe"));
+        assert_eq!(code, 200, "{body}");
+        body
+    };
+    let config = lab.path("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let with_files_url = |url: &str| {
+        let mut out: String = text
+            .lines()
+            .map(|l| match l.starts_with("files_url") {
+                true => format!("files_url = \"{url}\""),
+                false => l.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        out.push('\n');
+        out
+    };
+    assert!(!script().contains("mirror.lab"));
+    std::fs::write(&config, with_files_url("http://mirror.lab:9090")).unwrap();
+    let b = script();
+    assert!(
+        b.contains("kernel http://mirror.lab:9090/files/vmlinuz"),
+        "{b}"
+    );
+    // A mistyped scheme: the boards keep the URL in force.
+    std::fs::write(&config, with_files_url("htp://mirror2.lab")).unwrap();
+    let b = script();
+    assert!(
+        b.contains("kernel http://mirror.lab:9090/files/vmlinuz"),
+        "{b}"
+    );
+    let log = srv.output();
+    assert!(
+        log.contains("kept the previous settings") && log.contains("htp://mirror2.lab"),
+        "{log}"
+    );
+    // Mended, by a rename as `init` writes it: taken.
+    let tmp = lab.path("config.toml.new");
+    std::fs::write(&tmp, with_files_url("http://mirror2.lab")).unwrap();
+    std::fs::rename(&tmp, &config).unwrap();
+    let b = script();
+    assert!(b.contains("kernel http://mirror2.lab/files/vmlinuz"), "{b}");
+    assert!(srv.output().contains("files_url http://mirror2.lab"));
+}
