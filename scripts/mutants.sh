@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Mutation testing of the security-critical code (issue 16), outside .ci/run (hours on 2 cores):
 #   scripts/mutants.sh [GROUP…]   groups: crl tls one_time routes files watch history state registry
-#   flash ca types
+#   flash ca types config
 # MUTANTS_FLAGS adds cargo-mutants flags, e.g. MUTANTS_FLAGS=--in-place in a worktree of its own
 # (keeps one warm target dir for every group instead of a cold copy per group).
 # Each group mutates its files with cargo-mutants (`cargo install cargo-mutants`) and runs only
@@ -53,3 +53,4 @@ run ca src/ca.rs ca:: foundation::init foundation::enrolled foundation::csr foun
   issue12_10
 run types src/types.rs types:: proptests:: server::proxy server::each_board \
   mutations::bug_a_wrong_mac foundation::bad_input
+run config src/config.rs config:: server::a_config_toml server::each_board foundation::
