@@ -51,18 +51,33 @@ impl Config {
 }
 
 impl Config {
-    /// The port of the server URL (443 when it names none): where a proxy in front listens.
-    pub fn server_port(&self) -> u16 {
-        let authority = self
+    /// `host[:port]` of the server URL.
+    fn server_authority(&self) -> &str {
+        let rest = self
             .server_url
             .split_once("://")
             .map_or(self.server_url.as_str(), |(_, r)| r);
-        let authority = authority.split('/').next().unwrap_or_default();
-        // The part after the last ':' is a port only outside an IPv6 literal's brackets.
-        match authority.rsplit_once(':') {
-            Some((_, p)) if !p.contains(']') => p.parse().unwrap_or(443),
-            _ => 443,
+        rest.split('/').next().unwrap_or_default()
+    }
+
+    /// The host boards connect to, which the server certificate must name (an IPv6 address
+    /// without its brackets).
+    pub fn server_host(&self) -> &str {
+        let authority = self.server_authority();
+        match authority.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or_default(),
+            None => authority.split(':').next().unwrap_or_default(),
         }
+    }
+
+    /// The port of the server URL (443 when it names none): where a proxy in front listens.
+    pub fn server_port(&self) -> u16 {
+        let authority = self.server_authority();
+        // After the last ':' of an IPv6 literal without a port comes "…]", which is no number.
+        authority
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .unwrap_or(443)
     }
 }
 
@@ -257,5 +272,42 @@ mod tests {
         assert_eq!(port("https://boot.lab:9443/x"), 9443);
         assert_eq!(port("https://[fd00::1]"), 443);
         assert_eq!(port("https://[fd00::1]:8443"), 8443);
+    }
+
+    #[test]
+    fn a_url_needs_its_scheme_and_a_host_without_spaces() {
+        assert_eq!(
+            check_url("https://boot.lab:8443/", "https", "u").unwrap(),
+            "https://boot.lab:8443"
+        );
+        for bad in [
+            "http://boot.lab",
+            "https://",
+            "https://boot lab",
+            "boot.lab",
+        ] {
+            let e = check_url(bad, "https", "the server URL")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("the server URL"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn server_host_is_what_the_certificate_must_name() {
+        let host = |u: &str| {
+            Config {
+                server_url: u.into(),
+                files_url: String::new(),
+            }
+            .server_host()
+            .to_string()
+        };
+        assert_eq!(host("https://boot.lab:8443"), "boot.lab");
+        assert_eq!(host("https://boot.lab"), "boot.lab");
+        assert_eq!(host("https://boot.lab/x:1"), "boot.lab");
+        assert_eq!(host("https://[fd00::1]:8443"), "fd00::1");
+        assert_eq!(host("https://[fd00::1]"), "fd00::1");
+        assert_eq!(host("https://10.0.2.2:9443/a"), "10.0.2.2");
     }
 }

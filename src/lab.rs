@@ -79,6 +79,31 @@ pub fn default_sans() -> Vec<San> {
     vec![San::Dns("localhost".into()), San::Ip([127, 0, 0, 1].into())]
 }
 
+/// Refuse names that would leave every board refusing the server: iPXE checks the host of
+/// `server_url` against the server certificate. `fix` says what to do instead.
+fn check_names_cover(sans: &[San], config: &Config, fix: &str) -> Result<()> {
+    let host = config.server_host();
+    if sans.iter().any(|s| s.covers(host)) {
+        return Ok(());
+    }
+    let names: Vec<String> = sans.iter().map(ToString::to_string).collect();
+    Err(Error::invalid(format!(
+        "the server certificate would name {} but boards reach the server as {host} \
+({}): they check that name and would refuse the server; {fix}",
+        names.join(", "),
+        config.server_url
+    )))
+}
+
+/// What `configure` changed: the settings before and after.
+#[derive(Clone, Debug, Serialize)]
+pub struct Configured {
+    /// The settings before.
+    pub before: Config,
+    /// The settings now in `config.toml`.
+    pub after: Config,
+}
+
 /// What `init` made.
 #[derive(Clone, Debug)]
 pub struct Initialized {
@@ -249,12 +274,58 @@ impl Lab {
                 "the current server certificate names no SAN: give the names boards reach the server by",
             ));
         }
+        let config = Config::load(&self.state)?;
+        let host = config.server_host().to_string();
+        check_names_cover(
+            &sans,
+            &config,
+            &format!(
+                "add `--san {host}`, or first point the boards elsewhere (`ipxe-ca config --server-url`, then rebuild their images)"
+            ),
+        )?;
         let key_size = KeySize::Rsa2048;
         let rsa = ca.issue_server(&sans, key_size, days::SERVER)?;
         let ecdsa = ca.issue_server_ecdsa(&sans, days::SERVER)?;
         let _lock = self.state.lock()?;
         self.save_server(&rsa, &ecdsa, &ca::cert_pem(ca.cert_der()))?;
         Ok(sans)
+    }
+
+    /// Point the boards at other URLs (`config.toml`), checked as `init` checks them and, for
+    /// the server URL, against the names of both server certificates. `None` keeps a URL.
+    pub fn configure(
+        &self,
+        server_url: Option<&str>,
+        files_url: Option<&str>,
+    ) -> Result<Configured> {
+        let _lock = self.state.lock()?;
+        let before = Config::load(&self.state)?;
+        let mut after = before.clone();
+        if let Some(u) = server_url {
+            after.server_url = crate::config::check_url(u, "https", "the server URL")?;
+        }
+        if let Some(u) = files_url {
+            after.files_url = crate::config::check_url(u, "http", "the files URL")?;
+        }
+        if after.server_url != before.server_url {
+            let host = after.server_host().to_string();
+            // The ECDSA pair is missing from state dirs made before it (until `server-cert`).
+            let ecdsa = Some(self.state.server_ecdsa_cert()).filter(|p| p.exists());
+            for cert in std::iter::once(self.state.server_cert()).chain(ecdsa) {
+                let sans = ca::cert_sans(&ca::cert_der_from_bytes(&state::read(&cert)?)?)?;
+                check_names_cover(
+                    &sans,
+                    &after,
+                    &format!(
+                        "issue certificates that name it first (`ipxe-ca server-cert --san {host}` and every name boards use now)"
+                    ),
+                )?;
+            }
+        }
+        if after != before {
+            after.save(&self.state)?;
+        }
+        Ok(Configured { before, after })
     }
 
     /// What expires within `days`: active boards, both server certificates, the CA, the
@@ -431,6 +502,12 @@ impl Lab {
         if self.state.has_ca() && !opts.force {
             return Err(Error::CaExists(self.state.root().to_path_buf()));
         }
+        let host = config.server_host().to_string();
+        check_names_cover(
+            &sans,
+            &config,
+            &format!("add `--san {host}`, or give a --server-url with one of the --san names"),
+        )?;
         // Everything is made and validated before the state dir is touched.
         let (ca_cert, ca_key) = match &opts.from_ca {
             Some((cert, key)) => (state::read(cert)?, state::read(key)?),

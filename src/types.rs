@@ -350,6 +350,22 @@ pub enum San {
 }
 
 impl San {
+    /// Whether iPXE, connecting to `host` (a URL's host, IPv6 without brackets), accepts a
+    /// certificate with this name: it compares names case-insensitively and lets `*.` stand
+    /// for one leftmost label (`x509_check_dnsname`). openssl and curl agree, except that they
+    /// also refuse a wildcard with fewer than two labels after it (`*.lab`).
+    pub fn covers(&self, host: &str) -> bool {
+        match self {
+            San::Ip(a) => host.parse::<IpAddr>().is_ok_and(|h| h == *a),
+            San::Dns(d) => match d.strip_prefix("*.") {
+                Some(rest) => host.split_once('.').is_some_and(|(label, parent)| {
+                    !label.is_empty() && parent.eq_ignore_ascii_case(rest)
+                }),
+                None => d.eq_ignore_ascii_case(host),
+            },
+        }
+    }
+
     /// The host part of a URL for this name (IPv6 in brackets).
     pub fn url_host(&self) -> String {
         match self {
@@ -512,6 +528,25 @@ mod tests {
         assert_eq!(m.to_string(), "52:54:00:ab:cd:ef");
         assert!("52:54:00:ab:cd".parse::<Mac>().is_err());
         assert!("zz:54:00:ab:cd:ef".parse::<Mac>().is_err());
+    }
+
+    #[test]
+    fn a_san_covers_its_host_and_a_wildcard_one_label() {
+        let covers = |san: &str, host: &str| san.parse::<San>().unwrap().covers(host);
+        assert!(covers("DNS:boot.lab", "boot.lab"));
+        assert!(covers("DNS:boot.lab", "BOOT.Lab"));
+        assert!(!covers("DNS:boot.lab", "boot.lab.evil"));
+        assert!(!covers("DNS:boot.lab", "oot.lab"));
+        assert!(covers("DNS:*.lab", "boot.lab"));
+        assert!(!covers("DNS:*.lab", "a.boot.lab"));
+        assert!(!covers("DNS:*.lab", "lab"));
+        assert!(!covers("DNS:*.lab", ".lab"));
+        assert!(!covers("DNS:*.lab", "boot.lab2"));
+        assert!(covers("IP:10.0.2.2", "10.0.2.2"));
+        assert!(!covers("IP:10.0.2.2", "10.0.2.20"));
+        assert!(covers("IP:fd00::1", "fd00:0::1"));
+        assert!(!covers("IP:10.0.2.2", "boot.lab"));
+        assert!(!covers("DNS:10.0.2.2.lab", "10.0.2.2"));
     }
 
     #[test]

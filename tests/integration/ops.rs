@@ -708,3 +708,108 @@ fn the_readme_quick_start_serves_board1_and_keeps_its_lab_when_run_again() {
         "board1 enrolled again"
     );
 }
+
+/// `openssl x509 -checkhost`: whether openssl, as an independent checker, takes `cert` for
+/// `host`.
+fn openssl_takes(cert: &std::path::Path, host: &str) -> bool {
+    let o = Command::new("openssl")
+        .args(["x509", "-noout", "-in"])
+        .arg(cert)
+        .args(["-checkhost", host])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("match certificate"), "{out}");
+    !out.contains("NOT match")
+}
+
+/// Boards moved to another server or files mirror: `config` changes the URLs, and refuses a
+/// server URL the server certificates do not name (every board would then refuse the server),
+/// saying what to do and changing nothing; `init` and `server-cert` refuse the same mismatch.
+/// openssl's own host check agrees with each verdict.
+#[test]
+fn config_points_boards_elsewhere_only_where_the_server_certificates_name_it() {
+    let lab = Lab::init();
+    let shown = lab.ok(&["config"]);
+    assert!(
+        shown.contains("server_url = https://127.0.0.1:8443\n")
+            && shown.contains("files_url = http://127.0.0.1:8080\n"),
+        "{shown}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&lab.ok(&["config", "--json"])).unwrap();
+    assert_eq!(json["after"]["server_url"], "https://127.0.0.1:8443");
+    assert_eq!(json["before"], json["after"]);
+
+    // A name the certificates lack, or a wrong scheme: refused, nothing changed.
+    let (rsa, ecdsa) = (
+        lab.path("server/server.crt"),
+        lab.path("server/server-ecdsa.crt"),
+    );
+    let before = lab.snapshot();
+    assert!(!openssl_takes(&rsa, "boot.farm.lab"));
+    let e = lab.fails(&["config", "--server-url", "https://boot.farm.lab:8443"]);
+    assert!(
+        e.contains("boards reach the server as boot.farm.lab")
+            && e.contains("ipxe-ca server-cert --san boot.farm.lab"),
+        "{e}"
+    );
+    let e = lab.fails(&["config", "--files-url", "ftp://mirror.lab"]);
+    assert!(e.contains("must start with http://"), "{e}");
+    assert_eq!(before, lab.snapshot());
+
+    // Another files mirror: taken (trailing slash trimmed), live for `serve`.
+    let out = lab.ok(&["config", "--files-url", "http://mirror.lab:9090/"]);
+    assert!(
+        out.contains("files_url = http://mirror.lab:9090\n") && out.contains("next boot script"),
+        "{out}"
+    );
+    let text = std::fs::read_to_string(lab.path("config.toml")).unwrap();
+    assert!(
+        text.contains("files_url = \"http://mirror.lab:9090\""),
+        "{text}"
+    );
+
+    // New certificate names that leave out the server URL's host: refused, nothing changed.
+    let before = lab.snapshot();
+    let e = lab.fails(&["server-cert", "--san", "DNS:boot.farm.lab"]);
+    assert!(
+        e.contains("boards reach the server as 127.0.0.1") && e.contains("--san 127.0.0.1"),
+        "{e}"
+    );
+    assert_eq!(before, lab.snapshot());
+
+    // A move: certificates with both names, then the URL, then the old name can go.
+    lab.ok(&[
+        "server-cert",
+        "--san",
+        "IP:127.0.0.1",
+        "--san",
+        "DNS:boot.farm.lab",
+    ]);
+    assert!(openssl_takes(&rsa, "boot.farm.lab") && openssl_takes(&ecdsa, "boot.farm.lab"));
+    let out = lab.ok(&["config", "--server-url", "https://boot.farm.lab:9443"]);
+    assert!(
+        out.contains("server_url = https://boot.farm.lab:9443\n") && out.contains("rebuild"),
+        "{out}"
+    );
+    lab.ok(&["server-cert", "--san", "DNS:*.farm.lab"]);
+    assert!(openssl_takes(&rsa, "BOOT.farm.lab"));
+    // A wildcard stands for one label, for openssl as for ipxe-ca.
+    assert!(!openssl_takes(&rsa, "a.boot.farm.lab"));
+    let before = lab.snapshot();
+    let e = lab.fails(&["config", "--server-url", "https://a.boot.farm.lab"]);
+    assert!(e.contains("DNS:*.farm.lab"), "{e}");
+    assert_eq!(before, lab.snapshot());
+
+    // `init` with a server URL its names do not cover: refused before anything is written.
+    let fresh = Lab::new();
+    let e = fresh.fails(&[
+        "init",
+        "--san",
+        "DNS:boot.lab",
+        "--server-url",
+        "https://10.0.0.5:8443",
+    ]);
+    assert!(e.contains("add `--san 10.0.0.5`"), "{e}");
+    assert!(!fresh.path("ca").exists() && !fresh.path("config.toml").exists());
+}

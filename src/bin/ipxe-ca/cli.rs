@@ -54,6 +54,10 @@ pub enum Command {
     /// Issue new server certificates (RSA and ECDSA P-256): rotation, new names, or the ECDSA
     /// pair for state dirs made before it. A running `serve` picks them up within a second.
     ServerCert(ServerCertArgs),
+    /// Show or change the URLs boards are pointed at (config.toml). A new files URL is in the
+    /// next script `serve` sends; a new server URL must be named by the server certificates,
+    /// and the boards' images rebuilt, since each image has it compiled in.
+    Config(ConfigArgs),
     /// Sign boot files (NAME.sig beside NAME, for iPXE's imgverify); run it after adding or
     /// changing files. Unchanged files keep their signature.
     SignFiles(SignFilesArgs),
@@ -246,6 +250,19 @@ pub struct CheckArgs {
     #[arg(long)]
     pub repair: bool,
     /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ConfigArgs {
+    /// Where boards reach `serve`'s mutual-TLS port (https://HOST[:PORT]).
+    #[arg(long)]
+    pub server_url: Option<String>,
+    /// Where boards fetch plain-HTTP boot files (http://HOST[:PORT]).
+    #[arg(long)]
+    pub files_url: Option<String>,
+    /// Print the settings (before and after) as JSON.
     #[arg(long)]
     pub json: bool,
 }

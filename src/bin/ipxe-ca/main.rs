@@ -121,6 +121,12 @@ fn try_main(cli: Cli) -> Result<()> {
                 .with_context(|| format!("cannot revoke {}", a.board))?;
             print::revoked(lab.state(), &b, false);
         }
+        Command::Config(a) => {
+            let done = lab
+                .configure(a.server_url.as_deref(), a.files_url.as_deref())
+                .context("cannot change config.toml")?;
+            print::out(a.json, &done, print::configured)?;
+        }
         Command::Crl => {
             let next = lab.refresh_crl().context("cannot re-sign the CRL")?;
             let next = next.format(&time::format_description::well_known::Rfc3339)?;

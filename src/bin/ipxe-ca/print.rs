@@ -72,6 +72,21 @@ pub fn server_certs(s: &ipxe_ca::state::StateDir, sans: &[ipxe_ca::types::San]) 
     );
 }
 
+/// What `config` shows or changed, and what the operator has to do next.
+pub fn configured(c: &ipxe_ca::lab::Configured) {
+    println!("server_url = {}", c.after.server_url);
+    println!("files_url = {}", c.after.files_url);
+    if c.after.files_url != c.before.files_url {
+        println!("files_url was {}: boards get the new one in their next boot script (a running `serve` reads it at once)", c.before.files_url);
+    }
+    if c.after.server_url != c.before.server_url {
+        println!(
+            "server_url was {}: each board's image has it compiled in, so rebuild and reflash every board (`ipxe-ca build`); images built before still ask the old one",
+            c.before.server_url
+        );
+    }
+}
+
 /// What `init` made.
 pub fn initialized(s: &ipxe_ca::state::StateDir, done: &ipxe_ca::lab::Initialized) {
     let how = if done.adopted { "adopted" } else { "created" };
