@@ -424,7 +424,45 @@ impl Lab {
                 });
             }
         }
+        problems.extend(self.config_problem());
         Ok(problems)
+    }
+
+    /// A hand edit of `config.toml` that `config` would have refused: a URL `init` would not
+    /// take, or a server host the server certificates do not name.
+    fn config_problem(&self) -> Option<crate::registry::Problem> {
+        let path = self.state.config();
+        let problem = |kind, detail: String| crate::registry::Problem {
+            kind,
+            path: path.clone(),
+            detail,
+            repairable: false,
+        };
+        let config = match Config::load(&self.state).and_then(Config::checked) {
+            Ok(c) => c,
+            Err(e) => return Some(problem("bad-config", e.to_string())),
+        };
+        let host = config.server_host().to_string();
+        let ecdsa = Some(self.state.server_ecdsa_cert()).filter(|p| p.exists());
+        for cert in std::iter::once(self.state.server_cert()).chain(ecdsa) {
+            let named = state::read(&cert)
+                .and_then(|pem| ca::cert_der_from_bytes(&pem))
+                .and_then(|der| ca::cert_sans(&der))
+                .and_then(|sans| {
+                    check_names_cover(
+                        &sans,
+                        &config,
+                        &format!("run `ipxe-ca server-cert --san {host}` with every name boards use now, or `ipxe-ca config --server-url` with one the certificate names"),
+                    )
+                });
+            if let Err(e) = named {
+                return Some(problem(
+                    "server-name-mismatch",
+                    format!("{}: {e}", cert.display()),
+                ));
+            }
+        }
+        None
     }
 
     /// The secret nginx sends with every proxied request (`X-IPXE-CA-Proxy-Secret`), made on

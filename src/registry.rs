@@ -377,7 +377,7 @@ fn insert_bounded<K: std::hash::Hash + Eq, V>(
 #[derive(Clone, Debug, Serialize)]
 pub struct Problem {
     /// `orphan-folder`, `dangling-index`, `missing-index`, `unreadable-board`,
-    /// `certificate-mismatch` or `crl-incomplete`.
+    /// `certificate-mismatch`, `crl-incomplete`, `bad-config` or `server-name-mismatch`.
     pub kind: &'static str,
     /// The file or folder concerned.
     pub path: PathBuf,

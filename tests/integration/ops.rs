@@ -801,6 +801,35 @@ fn config_points_boards_elsewhere_only_where_the_server_certificates_name_it() {
     assert!(e.contains("DNS:*.farm.lab"), "{e}");
     assert_eq!(before, lab.snapshot());
 
+    // The same mistakes made by hand in config.toml: `check` names them and fails.
+    let check = || {
+        let o = lab.run(&["check"]);
+        assert!(!o.status.success());
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    lab.ok(&["check"]);
+    let config = lab.path("config.toml");
+    let good = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        good.replace("https://boot.farm.lab:9443", "https://elsewhere.lab"),
+    )
+    .unwrap();
+    let e = check();
+    assert!(
+        e.contains("server-name-mismatch") && e.contains("server-cert --san elsewhere.lab"),
+        "{e}"
+    );
+    std::fs::write(
+        &config,
+        good.replace("https://boot.farm.lab:9443", "http://boot.farm.lab"),
+    )
+    .unwrap();
+    let e = check();
+    assert!(e.contains("bad-config") && e.contains("https://"), "{e}");
+    std::fs::write(&config, &good).unwrap();
+    lab.ok(&["check"]);
+
     // `init` with a server URL its names do not cover: refused before anything is written.
     let fresh = Lab::new();
     let e = fresh.fails(&[

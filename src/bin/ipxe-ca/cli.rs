@@ -48,8 +48,8 @@ pub enum Command {
     Revoke(RevokeArgs),
     /// Re-sign the CRL (ca/crl.pem) now; do it before it expires (yearly) if nginx reads it.
     Crl,
-    /// Check the registry (board files, folders, index, certificates, CRL) for what a crash
-    /// or a hand edit left; `--repair` fixes what is safe to fix.
+    /// Check the registry (board files, folders, index, certificates, CRL) and config.toml
+    /// for what a crash or a hand edit left; `--repair` fixes what is safe to fix.
     Check(CheckArgs),
     /// Issue new server certificates (RSA and ECDSA P-256): rotation, new names, or the ECDSA
     /// pair for state dirs made before it. A running `serve` picks them up within a second.

@@ -140,7 +140,7 @@ fn try_main(cli: Cli) -> Result<()> {
             let problems = lab.check(a.repair).context("cannot check the registry")?;
             print::out(a.json, &problems[..], print::problems)?;
             if !problems.is_empty() {
-                bail!("{} problem(s) in the registry", problems.len());
+                bail!("{} problem(s) in the state dir", problems.len());
             }
         }
         Command::ServerCert(a) => {
