@@ -430,7 +430,7 @@ impl Lab {
 
     /// A hand edit of `config.toml` that `config` would have refused: a URL `init` would not
     /// take, or a server host the server certificates do not name.
-    fn config_problem(&self) -> Option<crate::registry::Problem> {
+    pub fn config_problem(&self) -> Option<crate::registry::Problem> {
         let path = self.state.config();
         let problem = |kind, detail: String| crate::registry::Problem {
             kind,

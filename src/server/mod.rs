@@ -205,6 +205,10 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
     let config = ConfigCache::load(lab.state())?;
+    // A server name the certificates lack is the operator's to mend: said, not fatal.
+    if let Some(p) = lab.config_problem() {
+        log::say(&format!("ipxe-ca: warning: {}", p.detail));
+    }
     let files = Arc::new(files::FilesRoot::new(&opts.files, lab.state().root())?);
     warn_unsigned(&files.root());
     let shared = Arc::new(Shared {

@@ -820,6 +820,15 @@ fn config_points_boards_elsewhere_only_where_the_server_certificates_name_it() {
         e.contains("server-name-mismatch") && e.contains("server-cert --san elsewhere.lab"),
         "{e}"
     );
+    // `serve` says so at start.
+    let srv = lab.serve(&[]);
+    let said = crate::util::wait_for("the name warning", Duration::from_secs(10), || {
+        let out = srv.output();
+        out.contains("boards reach the server as elsewhere.lab")
+            .then_some(out)
+    });
+    assert!(said.contains("ipxe-ca: warning: "), "{said}");
+    drop(srv);
     std::fs::write(
         &config,
         good.replace("https://boot.farm.lab:9443", "http://boot.farm.lab"),
