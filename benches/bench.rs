@@ -875,9 +875,9 @@ fn bench_serve(cx: &mut Ctx) -> R<()> {
         "prototype, one nginx and one gunicorn worker",
     )?;
     let tcp_one = tcp_floor_ms(c_one, dur, Some(1))?;
-    // The least a rustls server on tokio spends, in the same run: serve's CPU less this is all
-    // that ipxe-ca's own code (HTTP, registry, templates, log) could win back.
-    // Two shapes: an event loop (tokio, as `serve`), and a blocking thread per core.
+    // The least a rustls server spends, in the same run, as an event loop (tokio, as `serve`)
+    // and as a blocking thread per core: serve's CPU less this is all that ipxe-ca's own code
+    // (HTTP, registry, templates, log) could win back.
     let mut tls_floor = Vec::new();
     for (shape, how) in [
         ("on tokio", None),

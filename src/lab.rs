@@ -88,8 +88,8 @@ fn check_names_cover(sans: &[San], config: &Config, fix: &str) -> Result<()> {
     }
     let names: Vec<String> = sans.iter().map(ToString::to_string).collect();
     Err(Error::invalid(format!(
-        "the server certificate would name {} but boards reach the server as {host} \
-({}): they check that name and would refuse the server; {fix}",
+        "server certificate names {}, but boards reach the server as {host} ({}) and check \
+that name: every board would refuse the server; {fix}",
         names.join(", "),
         config.server_url
     )))
@@ -309,18 +309,12 @@ impl Lab {
         }
         if after.server_url != before.server_url {
             let host = after.server_host().to_string();
-            // The ECDSA pair is missing from state dirs made before it (until `server-cert`).
-            let ecdsa = Some(self.state.server_ecdsa_cert()).filter(|p| p.exists());
-            for cert in std::iter::once(self.state.server_cert()).chain(ecdsa) {
-                let sans = ca::cert_sans(&ca::cert_der_from_bytes(&state::read(&cert)?)?)?;
-                check_names_cover(
-                    &sans,
-                    &after,
-                    &format!(
-                        "issue certificates that name it first (`ipxe-ca server-cert --san {host}` and every name boards use now)"
-                    ),
-                )?;
-            }
+            self.server_certs_name(
+                &after,
+                &format!(
+                    "issue certificates that name it first (`ipxe-ca server-cert --san {host}` and every name boards use now)"
+                ),
+            )?;
         }
         if after != before {
             after.save(&self.state)?;
@@ -443,26 +437,24 @@ impl Lab {
             Err(e) => return Some(problem("bad-config", e.to_string())),
         };
         let host = config.server_host().to_string();
+        self.server_certs_name(
+            &config,
+            &format!("run `ipxe-ca server-cert --san {host}` with every name boards use now, or `ipxe-ca config --server-url` with one the certificate names"),
+        )
+        .err()
+        .map(|e| problem("server-name-mismatch", e.to_string()))
+    }
+
+    /// Whether both server certificates name `config`'s server host (the ECDSA pair is missing
+    /// from state dirs made before it, until `server-cert`); `fix` for the error.
+    fn server_certs_name(&self, config: &Config, fix: &str) -> Result<()> {
         let ecdsa = Some(self.state.server_ecdsa_cert()).filter(|p| p.exists());
         for cert in std::iter::once(self.state.server_cert()).chain(ecdsa) {
-            let named = state::read(&cert)
-                .and_then(|pem| ca::cert_der_from_bytes(&pem))
-                .and_then(|der| ca::cert_sans(&der))
-                .and_then(|sans| {
-                    check_names_cover(
-                        &sans,
-                        &config,
-                        &format!("run `ipxe-ca server-cert --san {host}` with every name boards use now, or `ipxe-ca config --server-url` with one the certificate names"),
-                    )
-                });
-            if let Err(e) = named {
-                return Some(problem(
-                    "server-name-mismatch",
-                    format!("{}: {e}", cert.display()),
-                ));
-            }
+            let sans = ca::cert_sans(&ca::cert_der_from_bytes(&state::read(&cert)?)?)?;
+            check_names_cover(&sans, config, fix)
+                .map_err(|e| Error::invalid(format!("{}: {e}", cert.display())))?;
         }
-        None
+        Ok(())
     }
 
     /// The secret nginx sends with every proxied request (`X-IPXE-CA-Proxy-Secret`), made on
