@@ -127,12 +127,14 @@ impl ConfigCache {
         })
     }
 
-    /// The settings for this request; `say` hears of an edit taken or refused.
-    pub fn get(&self, now: &Snapshot, say: impl Fn(&str)) -> Arc<Config> {
+    /// The settings for this request, and whether they are new since the last request;
+    /// `say` hears of an edit taken or refused.
+    pub fn get(&self, now: &Snapshot, say: impl Fn(&str)) -> (Arc<Config>, bool) {
         let mut cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
         if now.current(cur.token) {
-            return cur.config.clone();
+            return (cur.config.clone(), false);
         }
+        let mut changed = false;
         let token = now.token(&[self.state.root()]);
         let path = self.state.config();
         let version = state::existing_version(&path).ok().flatten();
@@ -146,6 +148,7 @@ impl ConfigCache {
             match read {
                 Ok(config) => {
                     if config != *cur.config {
+                        changed = true;
                         say(&format!(
                             "ipxe-ca: {} changed: server_url {}, files_url {}",
                             path.display(),
@@ -163,7 +166,7 @@ impl ConfigCache {
             cur.version = version;
         }
         cur.token = token;
-        cur.config.clone()
+        (cur.config.clone(), changed)
     }
 }
 
@@ -193,8 +196,15 @@ mod tests {
     /// Each `get` of a cache, with what it said.
     fn get(cache: &ConfigCache, ch: &crate::watch::Changes) -> (Config, Vec<String>) {
         let said = std::sync::Mutex::new(Vec::new());
-        let c = cache.get(&ch.snapshot(), |m| said.lock().unwrap().push(m.to_string()));
-        (Config::clone(&c), said.into_inner().unwrap())
+        let (c, changed) = cache.get(&ch.snapshot(), |m| said.lock().unwrap().push(m.to_string()));
+        let said = said.into_inner().unwrap();
+        // "Changed" exactly when the settings in force are new, which is said.
+        assert_eq!(
+            changed,
+            said.iter().any(|m| m.contains(" changed: ")),
+            "{said:?}"
+        );
+        (Config::clone(&c), said)
     }
 
     #[test]

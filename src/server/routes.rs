@@ -397,7 +397,13 @@ fn render_profile(
 ) -> Result<String, Refusal> {
     let rendered = (|| {
         let secrets = shared.boards.secrets(&board.name, now)?;
-        let config = shared.config.get(now, log::say);
+        let (config, changed) = shared.config.get(now, log::say);
+        if changed {
+            // As at start: a server name the certificates lack is said, not refused.
+            if let Some(p) = shared.lab.config_problem() {
+                log::say(&format!("ipxe-ca: warning: {}", p.detail));
+            }
+        }
         let ctx = Context::for_board(board, &config, secrets, imgverify);
         let path = shared.lab.state().profile(&board.profile);
         let s = shared.clone();

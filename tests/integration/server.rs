@@ -1161,4 +1161,20 @@ fn a_config_toml_edit_is_in_the_next_script() {
     let b = script();
     assert!(b.contains("kernel http://mirror2.lab/files/vmlinuz"), "{b}");
     assert!(srv.output().contains("files_url http://mirror2.lab"));
+    // A server host the certificates do not name: taken (the operator's to mend) and said,
+    // as at start and by `check`.
+    let tmp = lab.path("config.toml.new");
+    let moved =
+        with_files_url("http://mirror2.lab").replace("127.0.0.1:8443", "elsewhere.lab:8443");
+    assert!(moved.contains("https://elsewhere.lab:8443"), "{moved}");
+    std::fs::write(&tmp, moved).unwrap();
+    std::fs::rename(&tmp, &config).unwrap();
+    assert_eq!(lab.curl_as(Some("board-b"), &srv.url("/boot.ipxe")).0, 200);
+    let log = srv.output();
+    assert!(
+        log.contains("server_url https://elsewhere.lab:8443")
+            && log.contains("warning: ")
+            && log.contains("boards reach the server as elsewhere.lab"),
+        "{log}"
+    );
 }
