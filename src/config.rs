@@ -127,6 +127,15 @@ impl ConfigCache {
         })
     }
 
+    /// The settings in force, as last read (no look at the file).
+    pub fn in_force(&self) -> Arc<Config> {
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .config
+            .clone()
+    }
+
     /// The settings for this request, and whether they are new since the last request;
     /// `say` hears of an edit taken or refused.
     pub fn get(&self, now: &Snapshot, say: impl Fn(&str)) -> (Arc<Config>, bool) {

@@ -424,7 +424,7 @@ impl Lab {
 
     /// A hand edit of `config.toml` that `config` would have refused: a URL `init` would not
     /// take, or a server host the server certificates do not name.
-    pub fn config_problem(&self) -> Option<crate::registry::Problem> {
+    fn config_problem(&self) -> Option<crate::registry::Problem> {
         let path = self.state.config();
         let problem = |kind, detail: String| crate::registry::Problem {
             kind,
@@ -436,13 +436,20 @@ impl Lab {
             Ok(c) => c,
             Err(e) => return Some(problem("bad-config", e.to_string())),
         };
+        self.server_name_problem(&config)
+            .map(|detail| problem("server-name-mismatch", detail))
+    }
+
+    /// What is wrong, in words, when a server certificate does not name `config`'s server
+    /// host: settings `serve` already holds are checked without reading them again.
+    pub fn server_name_problem(&self, config: &Config) -> Option<String> {
         let host = config.server_host().to_string();
         self.server_certs_name(
-            &config,
+            config,
             &format!("run `ipxe-ca server-cert --san {host}` with every name boards use now, or `ipxe-ca config --server-url` with one the certificate names"),
         )
         .err()
-        .map(|e| problem("server-name-mismatch", e.to_string()))
+        .map(|e| e.to_string())
     }
 
     /// Whether both server certificates name `config`'s server host (the ECDSA pair is missing

@@ -22,7 +22,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::config::ConfigCache;
+use crate::config::{Config, ConfigCache};
 use crate::error::{Error, Result};
 use crate::Lab;
 
@@ -198,6 +198,14 @@ fn warn_unsigned(files_root: &std::path::Path) {
     }
 }
 
+/// A server host the server certificates do not name is the operator's to mend (boards would
+/// refuse the server): said, at start and when an edit brings it, not fatal.
+pub(crate) fn warn_unnamed(lab: &Lab, config: &Config) {
+    if let Some(detail) = lab.server_name_problem(config) {
+        log::say(&format!("ipxe-ca: warning: {detail}"));
+    }
+}
+
 /// Serve until `shutdown` completes.
 pub async fn serve(
     lab: Lab,
@@ -205,10 +213,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
     let config = ConfigCache::load(lab.state())?;
-    // A server name the certificates lack is the operator's to mend: said, not fatal.
-    if let Some(p) = lab.config_problem() {
-        log::say(&format!("ipxe-ca: warning: {}", p.detail));
-    }
+    warn_unnamed(&lab, &config.in_force());
     let files = Arc::new(files::FilesRoot::new(&opts.files, lab.state().root())?);
     warn_unsigned(&files.root());
     let shared = Arc::new(Shared {

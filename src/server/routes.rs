@@ -399,10 +399,7 @@ fn render_profile(
         let secrets = shared.boards.secrets(&board.name, now)?;
         let (config, changed) = shared.config.get(now, log::say);
         if changed {
-            // As at start: a server name the certificates lack is said, not refused.
-            if let Some(p) = shared.lab.config_problem() {
-                log::say(&format!("ipxe-ca: warning: {}", p.detail));
-            }
+            super::warn_unnamed(&shared.lab, &config);
         }
         let ctx = Context::for_board(board, &config, secrets, imgverify);
         let path = shared.lab.state().profile(&board.profile);
