@@ -1543,59 +1543,16 @@ fn tls_floor_answer() -> Vec<u8> {
     .into_bytes()
 }
 
-/// The server certificate a [`tls_floor_server`] shows: ECDSA to a client that offers it, RSA
-/// otherwise, as `serve` chooses.
-#[derive(Debug)]
-struct FloorCerts {
-    rsa: Arc<rustls::sign::CertifiedKey>,
-    ecdsa: Arc<rustls::sign::CertifiedKey>,
-}
-
-impl rustls::server::ResolvesServerCert for FloorCerts {
-    fn resolve(
-        &self,
-        hello: rustls::server::ClientHello<'_>,
-    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
-        let ec = rustls::SignatureScheme::ECDSA_NISTP256_SHA256;
-        Some(if hello.signature_schemes().contains(&ec) {
-            self.ecdsa.clone()
-        } else {
-            self.rsa.clone()
-        })
-    }
-}
-
-/// The least a rustls server on tokio can do per boot: `serve`'s TLS configuration (aws-lc,
-/// the state folder's two server certificates chosen per ClientHello, client certificates
-/// verified by webpki against the CA) and then a fixed answer to any request, with no HTTP
+/// The least a rustls server on tokio can do per boot: `serve`'s own TLS configuration
+/// ([`ipxe_ca::server::tls_config`]: the two server certificates chosen per ClientHello, board
+/// certificates verified against the CA and remembered) and then a fixed answer to any request, with no HTTP
 /// library, no registry, no template, no log. `serve` spends this plus its own work; the
 /// difference is all that ipxe-ca's code could ever win back. Its own process (`--tls-floor-server
 /// PORT STATE [WORKERS]`), so that its CPU is counted as a server's.
 fn tls_floor_server(port: u16, state: &Path, workers: Option<&str>) -> R<()> {
-    use rustls::crypto::aws_lc_rs as p;
-    let provider = Arc::new(p::default_provider());
-    let certified = |cert: &str, key: &str| -> R<Arc<rustls::sign::CertifiedKey>> {
-        let chain = CertificateDer::pem_file_iter(state.join(cert))?.collect::<Result<_, _>>()?;
-        let key = p::sign::any_supported_type(&PrivateKeyDer::from_pem_file(state.join(key))?)?;
-        Ok(Arc::new(rustls::sign::CertifiedKey::new(chain, key)))
-    };
-    let certs = FloorCerts {
-        rsa: certified("server/server.crt", "server/server.key")?,
-        ecdsa: certified("server/server-ecdsa.crt", "server/server-ecdsa.key")?,
-    };
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(state.join("ca/ca.crt"))? {
-        roots.add(c?)?;
-    }
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
-        provider.clone(),
-    )
-    .build()?;
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])?
-        .with_client_cert_verifier(verifier)
-        .with_cert_resolver(Arc::new(certs));
+    let state = ipxe_ca::state::StateDir::new(state);
+    // 2048 sessions: `serve --tls-sessions` by default (the load makes none to resume).
+    let config = ipxe_ca::server::tls_config(&state, 2048)?;
     let answer: Arc<[u8]> = tls_floor_answer().into();
     if workers == Some("threads") {
         return tls_floor_threads(port, Arc::new(config), answer);

@@ -29,6 +29,13 @@ use crate::Lab;
 pub use one_time::OneTimeStore;
 pub use response::Verdict;
 
+/// The rustls configuration `serve` accepts boards with (both server certificates chosen per
+/// ClientHello, board certificates verified against the CA and remembered, `sessions` TLS
+/// sessions kept), so that the benchmark's TLS floor measures this and not a look-alike.
+pub fn tls_config(state: &crate::state::StateDir, sessions: usize) -> Result<rustls::ServerConfig> {
+    tls::build(state, sessions)
+}
+
 /// Where the boards' TLS ends.
 #[derive(Clone, Debug)]
 pub enum Front {

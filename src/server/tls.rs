@@ -62,7 +62,7 @@ impl ResolvesServerCert for ByClientHello {
     }
 }
 
-fn build(state: &StateDir, sessions: usize) -> Result<ServerConfig> {
+pub(crate) fn build(state: &StateDir, sessions: usize) -> Result<ServerConfig> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let rsa = certified(&state.server_cert(), &state.server_key())?;
     let ecdsa = if state.server_ecdsa_cert().exists() {
