@@ -1509,14 +1509,8 @@ async fn tcp_floor_boot(port: u16) -> Result<(), String> {
 
 /// Server CPU ms per clear-text boot (and of it, kernel ms) at `conc`, over `dur`.
 fn tcp_floor_ms(conc: usize, dur: Duration, workers: Option<usize>) -> R<(f64, f64)> {
-    let port = free_port();
-    let mut cmd = Command::new(std::env::current_exe()?);
-    cmd.args(["--tcp-floor-server", &port.to_string()]);
-    if let Some(w) = workers {
-        cmd.arg(w.to_string());
-    }
-    let srv = spawn(&mut cmd)?;
-    wait_port(port)?;
+    let workers = workers.map(|w| w.to_string());
+    let (srv, port) = start_self("--tcp-floor-server", &[], workers.as_deref())?;
     let (l, cost) = costed(
         || usage(srv.0.id()),
         || drive(conc, dur, move |_| tcp_floor_boot(port)),
@@ -1643,12 +1637,15 @@ fn tls_floor_threads(port: u16, config: Arc<rustls::ServerConfig>, answer: Arc<[
 /// A [`tls_floor_server`] for the lab in `state` on a free port, ready: (process, port).
 /// `how`: tokio's worker count, `threads` for [`tls_floor_threads`], None for tokio's default.
 fn start_tls_floor(state: &Path, how: Option<&str>) -> R<(Proc, u16)> {
+    start_self("--tls-floor-server", &[s(state)], how)
+}
+
+/// This bench binary as one of its floor servers (`flag PORT ARGS… [last]`) on a free port,
+/// ready: its own process, so that its CPU is counted as a server's.
+fn start_self(flag: &str, args: &[&str], last: Option<&str>) -> R<(Proc, u16)> {
     let port = free_port();
     let mut cmd = Command::new(std::env::current_exe()?);
-    cmd.args(["--tls-floor-server", &port.to_string(), s(state)]);
-    if let Some(w) = how {
-        cmd.arg(w);
-    }
+    cmd.args([flag, &port.to_string()]).args(args).args(last);
     let srv = spawn(&mut cmd)?;
     wait_port(port)?;
     Ok((srv, port))
