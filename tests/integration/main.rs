@@ -9,6 +9,7 @@ mod util;
 mod boot;
 mod build;
 mod flash;
+mod files_root;
 mod foundation;
 mod hostile;
 mod mutations;
