@@ -307,7 +307,10 @@ pub fn sign_files(
     for rel in &rels {
         let file = root.join(rel);
         let head = read_head(&file)?;
-        if looks_like_key(&head) {
+        let len = std::fs::metadata(&file)
+            .map_err(|e| Error::io("cannot read", &file, e))?
+            .len();
+        if looks_like_key(&head, len) {
             return Err(Error::invalid(format!(
                 "{}: this is private key material, not a boot file; move it out of the files directory (everything there is served)",
                 file.display()
@@ -395,11 +398,54 @@ fn read_head(p: &Path) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// PEM private keys, whatever the file is called.
-pub fn looks_like_key(data: &[u8]) -> bool {
-    data.windows(16)
-        .take(64 * 1024)
-        .any(|w| w == b"PRIVATE KEY-----")
+/// Private keys, whatever the file is called: PEM, DER (PKCS#8, encrypted PKCS#8, PKCS#1,
+/// SEC1), or an iPXE script that sets one (`set privkey:hexraw …`, as a build's
+/// `autoexec.ipxe` does). `data` is the file's head, `len` the whole file's length.
+pub fn looks_like_key(data: &[u8], len: u64) -> bool {
+    data.windows(16).any(|w| w == b"PRIVATE KEY-----")
+        || data
+            .windows(8)
+            .any(|w| &w[..7] == b"privkey" && matches!(w[7], b':' | b' ' | b'\t'))
+        || is_der_key(data, len)
+}
+
+/// One DER element at the start of `b`: (tag, content, what follows).
+fn der(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, b) = b.split_first()?;
+    let (&first, b) = b.split_first()?;
+    let (len, b) = if first < 0x80 {
+        (first as usize, b)
+    } else {
+        let n = (first & 0x7f) as usize;
+        if n == 0 || n > 4 || b.len() < n {
+            return None;
+        }
+        (
+            b[..n].iter().fold(0usize, |a, &x| a << 8 | x as usize),
+            &b[n..],
+        )
+    };
+    (b.len() >= len).then(|| (tag, &b[..len], &b[len..]))
+}
+
+/// A whole file that is one DER private key structure (keys are small: all of it is in the
+/// head). Certificates, CRLs and CMS signatures have other shapes.
+fn is_der_key(data: &[u8], len: u64) -> bool {
+    if len != data.len() as u64 {
+        return false;
+    }
+    let Some((0x30, body, [])) = der(data) else {
+        return false;
+    };
+    match der(body) {
+        // PKCS#8 (v1, v2), PKCS#1 RSAPrivateKey, SEC1 ECPrivateKey: a version first.
+        Some((0x02, [0 | 1], after)) => matches!(der(after), Some((0x30 | 0x02 | 0x04, _, _))),
+        // Encrypted PKCS#8: the algorithm, then the encrypted key, and nothing else.
+        Some((0x30, alg, after)) => {
+            alg.first() == Some(&0x06) && matches!(der(after), Some((0x04, _, [])))
+        }
+        _ => false,
+    }
 }
 
 #[cfg(test)]

@@ -21,10 +21,8 @@ const BOARD_FILE_EXT: &str = ".toml";
 const BOARD_KEY: &str = "key.pem";
 const BOARD_SECRETS: &str = "secrets.toml";
 const BOARD_HISTORY: &str = "history.jsonl";
-/// Top-level folders of the state dir that hold keys, secrets or board records: never served.
-const PRIVATE_DIRS: [&str; 7] = [
-    "ca", "server", "boards", "codesign", "index", "cache", "out",
-];
+/// The state dir's boot files folder: the one place inside it that is served.
+const FILES_DIR: &str = "files";
 
 /// Mode for private keys and secrets.
 pub const MODE_SECRET: u32 = 0o600;
@@ -174,7 +172,7 @@ impl StateDir {
     }
     /// `files/`: default root of the plain-HTTP boot files.
     pub fn files_dir(&self) -> PathBuf {
-        self.root.join("files")
+        self.root.join(FILES_DIR)
     }
     /// `out/`: default output of `build`.
     pub fn out_dir(&self) -> PathBuf {
@@ -223,30 +221,37 @@ impl StateDir {
         })
     }
 
-    /// Whether `dir` is (inside) one of the folders that hold keys, secrets or records.
-    pub fn is_private(&self, dir: &Path) -> bool {
-        PRIVATE_DIRS
-            .iter()
-            .any(|d| dir.starts_with(self.root.join(d)))
+    /// The name of the files folder inside the state dir (`files`): the one folder in it whose
+    /// contents are served.
+    pub fn files_name() -> &'static str {
+        FILES_DIR
     }
 
-    /// Every key and secret file here (CA, server, code-signing, boards).
-    pub fn secret_files(&self) -> Vec<PathBuf> {
-        let mut v: Vec<PathBuf> = [self.ca_key(), self.server_key(), self.codesign_key()]
-            .iter()
-            .filter_map(|k| k.parent().and_then(|d| fs::read_dir(d).ok()))
-            .flatten()
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "key"))
-            .collect();
-        if let Ok(rd) = fs::read_dir(self.boards_dir()) {
+    /// Whether a file with this device and inode has another name in the state dir outside
+    /// `files/` (a hard link to a key, a secret, the proxy secret or a record). Walks the
+    /// state dir: meant for the rare file with more than one link.
+    pub fn has_link_to(&self, id: (u64, u64)) -> bool {
+        fn walk(dir: &Path, id: (u64, u64), depth: usize, skip: Option<&str>) -> bool {
+            let Ok(rd) = fs::read_dir(dir) else {
+                return false;
+            };
             for e in rd.flatten() {
-                v.push(e.path().join(BOARD_KEY));
-                v.push(e.path().join(BOARD_SECRETS));
+                if skip.is_some_and(|s| e.file_name() == s) {
+                    continue;
+                }
+                let Ok(m) = fs::symlink_metadata(e.path()) else {
+                    continue;
+                };
+                if m.is_file() && identity_of(&m) == id {
+                    return true;
+                }
+                if m.is_dir() && depth > 0 && walk(&e.path(), id, depth - 1, None) {
+                    return true;
+                }
             }
+            false
         }
-        v
+        walk(&self.root, id, 4, Some(FILES_DIR))
     }
 }
 

@@ -61,7 +61,7 @@ fn request_path(raw: &str) -> Result<String, (StatusCode, &'static str)> {
 
 /// The boot files folder by the path `serve` was given, which a symlink may point elsewhere
 /// while it runs (a rollout of new kernels): each request opens it by that path, and a folder
-/// it has not named before is checked for key material, as at start, before anything in it is
+/// it has not named before is judged, by the descriptor opened, before anything in it is
 /// served.
 pub(crate) struct FilesRoot {
     given: PathBuf,
@@ -69,15 +69,19 @@ pub(crate) struct FilesRoot {
     checked: std::sync::Mutex<Checked>,
 }
 
-/// A folder the given path named, with what the path-based checks need.
+/// Device and inode: what a folder is, whatever path names it.
+type Id = (u64, u64);
+
+/// A folder the given path named, with its verdict.
 #[derive(Clone)]
 struct Checked {
-    /// Device and inode.
-    id: (u64, u64),
-    /// Its real path.
+    id: Id,
+    /// Its real path when it was judged (for messages and the signature index).
     root: PathBuf,
     /// It holds or sits among key material: nothing in it is served.
     refused: bool,
+    /// The threads that open files beneath it, confined to it by the kernel.
+    opener: Option<std::sync::Arc<super::sandbox::Opener>>,
 }
 
 impl FilesRoot {
@@ -91,8 +95,18 @@ impl FilesRoot {
                 e,
             )
         };
-        let (_, checked, verdict) = Self::check(given, state).map_err(missing)?;
-        verdict?;
+        let dir = open_dir(given).map_err(missing)?;
+        let checked = Self::check(&dir, state).map_err(missing)?;
+        if checked.refused {
+            return Err(crate::Error::invalid(format!(
+                "{} holds key material (the state dir, its key folders, or a build's images): \
+serve boot files from their own directory (default DIR/files, or --files)",
+                checked.root.display()
+            )));
+        }
+        if let Some(o) = &checked.opener {
+            super::log::say(&confinement_note(o, &checked.root));
+        }
         Ok(FilesRoot {
             given: given.to_path_buf(),
             state: state.to_path_buf(),
@@ -109,35 +123,38 @@ impl FilesRoot {
         self.checked.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Open the folder the given path names by its real path and check it (the verdict
-    /// says why it is refused).
-    fn check(
-        given: &Path,
-        state: &Path,
-    ) -> std::io::Result<(std::fs::File, Checked, crate::Result<()>)> {
-        let root = std::fs::canonicalize(given)?;
-        let state_root = std::fs::canonicalize(state)?;
-        let dir = std::fs::File::open(&root)?;
-        let id = crate::state::identity_of(&dir.metadata()?);
-        let verdict = check_files_root(&root, &state_root);
-        let checked = Checked {
+    /// Judge the folder `dir` is (never a path, which may name another folder by now).
+    fn check(dir: &std::fs::File, state: &Path) -> std::io::Result<Checked> {
+        let id = id_of(dir)?;
+        let root = std::fs::read_link(format!("/proc/self/fd/{}", dir.as_raw_fd()))
+            .unwrap_or_else(|_| PathBuf::from("(files directory)"));
+        let marks = StateMarks::read(state, true)?;
+        let refused = marks.around.contains(&id) || refusal(dir, &marks)?.is_some();
+        let opener = if refused {
+            None
+        } else {
+            Some(std::sync::Arc::new(super::sandbox::Opener::confined_to(
+                dir,
+            )?))
+        };
+        Ok(Checked {
             id,
             root,
-            refused: verdict.is_err(),
-        };
-        Ok((dir, checked, verdict))
+            refused,
+            opener,
+        })
     }
 
     /// The folder to open a request's file beneath, now. A folder not seen before is checked
     /// first (and said in the log).
     fn open(&self) -> std::io::Result<(std::fs::File, Checked)> {
-        let dir = std::fs::File::open(&self.given)?;
-        let id = crate::state::identity_of(&dir.metadata()?);
+        let dir = open_dir(&self.given)?;
+        let id = id_of(&dir)?;
         let known = self.lock().clone();
         if known.id == id {
             return Ok((dir, known));
         }
-        let (dir, checked, _) = Self::check(&self.given, &self.state)?;
+        let checked = Self::check(&dir, &self.state)?;
         let first = {
             let mut cur = self.lock();
             let first = cur.id != checked.id;
@@ -146,18 +163,18 @@ impl FilesRoot {
         };
         // Said once per folder, outside the lock: the signature check reads every file.
         if first {
-            super::log::say(&if checked.refused {
-                format!(
+            super::log::say(&match &checked.opener {
+                None => format!(
                     "ipxe-ca: {} now names {}, which holds key material: no boot file is \
                      served from it (point it at a folder of boot files only)",
                     self.given.display(),
                     checked.root.display()
-                )
-            } else {
-                format!(
-                    "ipxe-ca: boot files are now served from {}",
-                    checked.root.display()
-                )
+                ),
+                Some(o) => format!(
+                    "ipxe-ca: boot files are now served from {}; {}",
+                    checked.root.display(),
+                    confinement_note(o, &checked.root)
+                ),
             });
             if !checked.refused {
                 super::warn_unsigned(&checked.root);
@@ -167,25 +184,196 @@ impl FilesRoot {
     }
 }
 
-/// Open `rel` beneath the folder `dir` in one step, so that what was checked is what is read
-/// (a name checked and then opened again can be swapped for a symlink in between). The kernel
-/// resolves the whole path and refuses anything that leaves `dir`, symlinks included; links
-/// that stay inside (`vmlinuz -> vmlinuz-6.1`) keep working.
-fn open_beneath(dir: &std::fs::File, rel: &str) -> std::io::Result<std::fs::File> {
-    use rustix::fs::{Mode, OFlags, ResolveFlags};
+fn confinement_note(o: &super::sandbox::Opener, root: &Path) -> String {
+    if o.confined {
+        format!(
+            "ipxe-ca: boot files are opened by threads the kernel confines to {} (Landlock)",
+            root.display()
+        )
+    } else {
+        "ipxe-ca: warning: this kernel has no Landlock: boot files are opened without the \
+         kernel's confinement (the checks by descriptor still apply)"
+            .to_string()
+    }
+}
+
+use std::os::fd::AsRawFd;
+
+/// A folder by path, whatever it names now; a FIFO or other non-folder is refused without
+/// blocking.
+fn open_dir(p: &Path) -> std::io::Result<std::fs::File> {
+    use rustix::fs::{Mode, OFlags};
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NONBLOCK;
+    Ok(std::fs::File::from(rustix::fs::open(
+        p,
+        flags,
+        Mode::empty(),
+    )?))
+}
+
+fn id_of(fd: impl rustix::fd::AsFd) -> std::io::Result<Id> {
+    let st = rustix::fs::fstat(fd)?;
+    Ok((st.st_dev, st.st_ino))
+}
+
+/// What the state dir is now, by device and inode.
+struct StateMarks {
+    root: Id,
+    /// Its `files` folder: the one place inside it that is served.
+    files: Option<Id>,
+    /// The state root and every folder above it (a files root that is one of them holds it).
+    around: Vec<Id>,
+}
+
+impl StateMarks {
+    fn read(state: &Path, around: bool) -> std::io::Result<StateMarks> {
+        use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+        let fd = rustix::fs::open(
+            state,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let root = id_of(&fd)?;
+        let files = rustix::fs::statat(&fd, StateDir::files_name(), AtFlags::SYMLINK_NOFOLLOW)
+            .ok()
+            .filter(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory)
+            .map(|st| (st.st_dev, st.st_ino));
+        let mut ids = vec![root];
+        if around {
+            let mut cur = fd;
+            for _ in 0..MAX_DEPTH {
+                let up = parent(&cur)?;
+                let id = id_of(&up)?;
+                if ids.last() == Some(&id) {
+                    break;
+                }
+                ids.push(id);
+                cur = up;
+            }
+        }
+        Ok(StateMarks {
+            root,
+            files,
+            around: ids,
+        })
+    }
+}
+
+/// Folders deeper than this are refused rather than walked.
+const MAX_DEPTH: usize = 256;
+
+fn parent(fd: impl rustix::fd::AsFd) -> std::io::Result<rustix::fd::OwnedFd> {
+    use rustix::fs::{Mode, OFlags};
+    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    Ok(rustix::fs::openat(fd, "..", flags, Mode::empty())?)
+}
+
+/// Why nothing beneath the folder `dir` is served, walking up from it by descriptor: it lies
+/// in a build's output (a marker on the way up), or inside the state dir anywhere but its
+/// `files` folder. None: it may be served from.
+fn refusal(
+    dir: impl rustix::fd::AsFd,
+    state: &StateMarks,
+) -> std::io::Result<Option<&'static str>> {
+    use rustix::fs::{AtFlags, Mode, OFlags};
+    let mut cur = rustix::fs::openat(
+        dir,
+        ".",
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let mut below: Option<Id> = None;
+    for _ in 0..MAX_DEPTH {
+        let id = id_of(&cur)?;
+        if rustix::fs::statat(&cur, crate::state::OUT_MARKER, AtFlags::SYMLINK_NOFOLLOW).is_ok() {
+            return Ok(Some("a build's images"));
+        }
+        if id == state.root && (below.is_none() || below != state.files) {
+            return Ok(Some("the state dir"));
+        }
+        let up = parent(&cur)?;
+        if id_of(&up)? == id {
+            return Ok(None); // the file system's root
+        }
+        below = Some(id);
+        cur = up;
+    }
+    Ok(Some("too deep to check"))
+}
+
+/// Open `rel` beneath the folder `dir` so that what was checked is what is read (a name
+/// checked and then opened again can be swapped for a symlink in between), with the folder the
+/// file really lies in. The kernel resolves the folders and refuses anything that leaves
+/// `dir`; a symlinked file (`vmlinuz -> vmlinuz-6.1`) is followed here, one link at a time and
+/// beneath `dir` too, so that its real folder is known.
+pub(crate) fn open_beneath(
+    dir: &std::fs::File,
+    rel: &str,
+) -> std::io::Result<(std::fs::File, rustix::fd::OwnedFd)> {
+    use rustix::fs::OFlags;
     let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
-    let fd = match rustix::fs::openat2(
+    let refuse = |e: rustix::io::Errno| std::io::Error::from(e);
+    let mut path = rel.to_string();
+    for _ in 0..MAX_LINKS {
+        let (head, base) = path.rsplit_once('/').unwrap_or((".", path.as_str()));
+        if matches!(base, "" | "." | "..") {
+            return Err(refuse(rustix::io::Errno::XDEV));
+        }
+        let (parent, beneath) = open_folder_beneath(dir, head)?;
+        match rustix::fs::readlinkat(&parent, base, Vec::new()) {
+            Ok(target) => {
+                // Without openat2 no symlink is followed at all.
+                let target = target
+                    .into_string()
+                    .map_err(|_| refuse(rustix::io::Errno::LOOP))?;
+                if !beneath {
+                    return Err(refuse(rustix::io::Errno::LOOP));
+                }
+                if target.starts_with('/') {
+                    return Err(refuse(rustix::io::Errno::XDEV));
+                }
+                path = if head == "." {
+                    target
+                } else {
+                    format!("{head}/{target}")
+                };
+            }
+            Err(_) => {
+                let fd = rustix::fs::openat(
+                    &parent,
+                    base,
+                    flags | OFlags::NOFOLLOW,
+                    rustix::fs::Mode::empty(),
+                )?;
+                return Ok((std::fs::File::from(fd), parent));
+            }
+        }
+    }
+    Err(refuse(rustix::io::Errno::LOOP))
+}
+
+/// Symlinks followed for one request before it is refused.
+const MAX_LINKS: usize = 8;
+
+/// The folder `rel` names beneath `dir`, and whether the kernel could confine the walk
+/// (`openat2`; false: each component opened without following any symlink).
+fn open_folder_beneath(
+    dir: &std::fs::File,
+    rel: &str,
+) -> std::io::Result<(rustix::fd::OwnedFd, bool)> {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    match rustix::fs::openat2(
         dir,
         rel,
         flags,
         Mode::empty(),
         ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
     ) {
-        Ok(fd) => fd,
-        Err(rustix::io::Errno::NOSYS) => open_each_component(dir, rel, flags)?,
-        Err(e) => return Err(e.into()),
-    };
-    Ok(std::fs::File::from(fd))
+        Ok(fd) => Ok((fd, true)),
+        Err(rustix::io::Errno::NOSYS) => Ok((open_each_component(dir, rel, flags)?, false)),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// What a failed open tells the board: the kernel's refusals to leave the files dir are
@@ -223,53 +411,20 @@ fn open_each_component(
     Ok(cur)
 }
 
-/// Key material is never served, whatever it is called or linked as: a PEM private key in the
-/// first 64 KiB, or a hard link to one of the state dir's key or secret files.
-fn is_key_material(file: &std::fs::File, meta: &std::fs::Metadata, state_root: &Path) -> bool {
-    use std::os::unix::fs::{FileExt, MetadataExt};
+/// Key material is never served, whatever it is called or linked as: a private key by its
+/// content, or a file with another name in the state dir (a hard link to a key, a secret or
+/// the proxy secret).
+fn is_key_material(file: &std::fs::File, meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::FileExt;
     let mut head = vec![0u8; 64 * 1024];
     let n = file.read_at(&mut head, 0).unwrap_or(0);
-    if crate::codesign::looks_like_key(&head[..n]) {
-        return true;
-    }
-    meta.nlink() > 1
-        && StateDir::new(state_root).secret_files().iter().any(|p| {
-            std::fs::metadata(p).is_ok_and(|m| m.dev() == meta.dev() && m.ino() == meta.ino())
-        })
+    crate::codesign::looks_like_key(&head[..n], meta.len())
 }
 
-/// Whether `rel` lies in a build's output folder (images hold their boards' keys), looked up
-/// beneath the files folder as opened (its path may name another folder by now).
-fn in_build_output(dir: &std::fs::File, rel: &str) -> bool {
-    let parts: Vec<&str> = rel.split('/').collect();
-    let mut sub = String::new();
-    for part in &parts[..parts.len().saturating_sub(1)] {
-        sub.push_str(part);
-        sub.push('/');
-        let marker = format!("{sub}{}", crate::state::OUT_MARKER);
-        if rustix::fs::statat(dir, marker.as_str(), rustix::fs::AtFlags::empty()).is_ok() {
-            return true;
-        }
-    }
-    false
-}
-
-/// Refuse a files root that holds, or sits among, key material: the state dir itself, its
-/// key folders, or a build's output (every image holds its board's key).
-pub(crate) fn check_files_root(files_root: &Path, state_root: &Path) -> crate::Result<()> {
-    let holds_state = state_root.starts_with(files_root);
-    let in_secret = StateDir::new(state_root).is_private(files_root);
-    let build_output = files_root
-        .ancestors()
-        .any(|a| a.join(crate::state::OUT_MARKER).exists());
-    if holds_state || in_secret || build_output {
-        return Err(crate::Error::invalid(format!(
-            "{} holds key material (the state dir, its key folders, or a build's images): \
-serve boot files from their own directory (default DIR/files, or --files)",
-            files_root.display()
-        )));
-    }
-    Ok(())
+/// A file that has another name inside the state dir (outside its `files` folder).
+fn linked_into_state(meta: &std::fs::Metadata, state_root: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    meta.nlink() > 1 && StateDir::new(state_root).has_link_to(crate::state::identity_of(meta))
 }
 
 /// What the log says of a boot file (or its `.sig`) served without a current signature.
@@ -490,13 +645,23 @@ pub(crate) async fn serve(
     // blocking pool's work too.
     let opened = tokio::task::spawn_blocking(move || {
         let (dir, root) = files.open()?;
-        if root.refused {
+        let Some(opener) = root.opener.clone().filter(|_| !root.refused) else {
             return Ok(None);
-        }
-        let f = open_beneath(&dir, &rel)?;
-        let m = f.metadata()?;
-        let secret =
-            m.is_file() && (is_key_material(&f, &m, &files.state) || in_build_output(&dir, &rel));
+        };
+        let state = files.state.clone();
+        let rel2 = rel.clone();
+        // Opened, and judged by what was opened, on a thread the kernel confines to the folder.
+        let (f, m, secret) = opener.run(move || {
+            let (f, parent) = open_beneath(&dir, &rel2)?;
+            let m = f.metadata()?;
+            let secret = m.is_file()
+                && (is_key_material(&f, &m)
+                    || StateMarks::read(&state, false)
+                        .and_then(|marks| refusal(&parent, &marks))
+                        .map_or(true, |r| r.is_some()));
+            Ok::<_, std::io::Error>((f, m, secret))
+        })??;
+        let secret = secret || (m.is_file() && linked_into_state(&m, &files.state));
         let note = (m.is_file() && !secret)
             .then(|| signature_note(&root.root, &rel))
             .flatten();
@@ -649,7 +814,7 @@ mod tests {
         std::thread::spawn(move || {
             let _ = tx.send(
                 open_beneath(&std::fs::File::open(&root).unwrap(), "pipe")
-                    .map(|f| f.metadata().unwrap()),
+                    .map(|(f, _)| f.metadata().unwrap()),
             );
         });
         let meta = rx

@@ -11,6 +11,7 @@ pub mod nginx;
 mod one_time;
 mod response;
 mod routes;
+mod sandbox;
 mod tls;
 mod verified;
 

@@ -91,7 +91,11 @@ fn a_files_link_pointed_into_the_state_dir_serves_nothing_from_it() {
         std::os::unix::fs::symlink(to, &tmp).unwrap();
         std::fs::rename(&tmp, &link).unwrap();
     };
-    for (folder, file) in [("secrets", "/vault"), ("boards", "/b1.toml"), ("", "/config.toml")] {
+    for (folder, file) in [
+        ("secrets", "/vault"),
+        ("boards", "/b1.toml"),
+        ("", "/config.toml"),
+    ] {
         point_at(&lab.path(folder));
         let r = get(srv.http, file);
         assert_eq!(status(&r), "403", "{folder}{file}: {r}");
@@ -117,7 +121,10 @@ fn a_files_link_pointed_into_the_state_dir_serves_nothing_from_it() {
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&o.stderr);
-        assert!(!o.status.success() && err.contains("key material"), "{folder}: {err}");
+        assert!(
+            !o.status.success() && err.contains("key material"),
+            "{folder}: {err}"
+        );
     }
 }
 
@@ -190,7 +197,10 @@ fn key_material_in_any_form_is_never_served() {
         assert_eq!(status(&r), "403", "{file}: {r}");
     }
     let r = get(srv.http, "/vmlinuz");
-    assert!(r.ends_with("KERNEL"), "a link between boot files still serves: {r}");
+    assert!(
+        r.ends_with("KERNEL"),
+        "a link between boot files still serves: {r}"
+    );
     // sign-files refuses them too, before signing anything.
     let err = lab.fails(&["sign-files", s(&files.join("board.bin"))]);
     assert!(err.contains("private key"), "{err}");

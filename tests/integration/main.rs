@@ -8,8 +8,8 @@ mod util;
 
 mod boot;
 mod build;
-mod flash;
 mod files_root;
+mod flash;
 mod foundation;
 mod hostile;
 mod mutations;
