@@ -140,9 +140,67 @@ fn writeln_stderr(msg: &str) -> std::io::Result<()> {
     writeln!(std::io::stderr(), "{msg}")
 }
 
-/// A server message on stderr that never panics (a closed stderr is ignored).
+/// Server messages wait here for their writer thread.
+const MESSAGES: usize = 1024;
+
+struct Messages {
+    tx: std::sync::mpsc::SyncSender<String>,
+    /// (messages queued, messages written or lost to a broken stderr)
+    progress: std::sync::Mutex<(u64, u64)>,
+    done: std::sync::Condvar,
+    dropped: std::sync::atomic::AtomicU64,
+}
+
+fn messages() -> &'static Messages {
+    static M: std::sync::OnceLock<Messages> = std::sync::OnceLock::new();
+    M.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<String>(MESSAGES);
+        let _ = std::thread::Builder::new()
+            .name("server-messages".into())
+            .spawn(move || {
+                while let Ok(msg) = rx.recv() {
+                    let m = messages();
+                    let lost = m.dropped.swap(0, std::sync::atomic::Ordering::Relaxed);
+                    if lost > 0 {
+                        let _ = writeln_stderr(&format!(
+                            "ipxe-ca: stderr was behind; {lost} message(s) dropped"
+                        ));
+                    }
+                    let _ = writeln_stderr(&msg);
+                    let mut p = m.progress.lock().unwrap_or_else(|e| e.into_inner());
+                    p.1 += 1;
+                    m.done.notify_all();
+                }
+            });
+        Messages {
+            tx,
+            progress: std::sync::Mutex::new((0, 0)),
+            done: std::sync::Condvar::new(),
+            dropped: std::sync::atomic::AtomicU64::new(0),
+        }
+    })
+}
+
+/// A server message on stderr. It never blocks the caller (an event-loop thread): a writer
+/// thread writes it, and when stderr stalls (a pipe nobody reads) messages beyond the queue
+/// are dropped and counted, never waited for.
 pub(crate) fn say(msg: &str) {
-    let _ = writeln_stderr(msg);
+    let m = messages();
+    let mut p = m.progress.lock().unwrap_or_else(|e| e.into_inner());
+    if m.tx.try_send(msg.to_string()).is_ok() {
+        p.0 += 1;
+    } else {
+        m.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Wait up to `limit` for the messages said so far to reach stderr (before the process
+/// exits).
+pub(crate) fn flush_messages(limit: std::time::Duration) {
+    let m = messages();
+    let p = m.progress.lock().unwrap_or_else(|e| e.into_inner());
+    let want = p.0;
+    let _ = m.done.wait_timeout_while(p, limit, |p| p.1 < want);
 }
 
 /// Write what can be written of `text` to stdout now, from this thread: the bytes written.

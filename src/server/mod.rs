@@ -160,7 +160,9 @@ pub fn run(lab: Lab, opts: ServeOptions) -> Result<()> {
         .enable_all()
         .build()
         .map_err(|e| Error::Server(format!("cannot start runtime: {e}")))?;
-    rt.block_on(serve(lab, opts, shutdown_signal()))
+    let r = rt.block_on(serve(lab, opts, shutdown_signal()));
+    log::flush_messages(Duration::from_secs(2));
+    r
 }
 
 async fn shutdown_signal() {

@@ -16,4 +16,5 @@ mod mutations;
 mod ops;
 mod real_ipxe;
 mod server;
+mod stalls;
 mod trust;
