@@ -54,3 +54,82 @@ fn a_log_pipe_nobody_reads_never_stops_serving_boards() {
     }
     drop(reader);
 }
+
+/// Let this test process hold thousands of sockets.
+fn raise_nofile() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut l = getrlimit(Resource::Nofile);
+    l.current = l.maximum;
+    setrlimit(Resource::Nofile, l).unwrap();
+}
+
+/// A TCP connection to 127.0.0.1:`port` from the loopback address `from`, that sends nothing.
+fn idle_from(from: std::net::Ipv4Addr, port: u16) -> Option<std::net::TcpStream> {
+    use rustix::net::{bind, connect, socket, AddressFamily, SocketType};
+    let fd = socket(AddressFamily::INET, SocketType::STREAM, None).ok()?;
+    bind(&fd, &std::net::SocketAddr::from((from, 0))).ok()?;
+    connect(&fd, &std::net::SocketAddr::from(([127, 0, 0, 1], port))).ok()?;
+    Some(std::net::TcpStream::from(fd))
+}
+
+/// 128 addresses × 32 idle connections that never send a TLS byte: each address stays within
+/// its cap, together they are four times the connection budget. Boards keep booting.
+#[test]
+fn a_flood_of_idle_connections_from_many_addresses_never_locks_boards_out() {
+    raise_nofile();
+    let lab = Lab::init();
+    lab.enroll("b1", &[]);
+    let srv = lab.serve(&[]);
+    let mut held = Vec::new();
+    for a in 0..128u8 {
+        for _ in 0..32 {
+            if let Some(c) = idle_from(std::net::Ipv4Addr::new(127, 0, 1, a), srv.https) {
+                held.push(c);
+            }
+        }
+    }
+    assert!(
+        held.len() > 4000,
+        "the flood opened {} connections",
+        held.len()
+    );
+    for _ in 0..3 {
+        let (code, body) =
+            lab.curl_as_with(Some("b1"), &srv.url("/boot.ipxe"), &["--max-time", "5"]);
+        assert_eq!(code, 200, "a board's script during the flood: {body}");
+    }
+    drop(held);
+}
+
+/// In proxy mode the trusted proxy's address gets the whole budget, but only once it has
+/// proved itself with the proxy secret: 4,096 idle connections from 127.0.0.1 (any local
+/// process) do not starve nginx.
+#[test]
+fn idle_connections_from_the_proxy_address_without_the_secret_do_not_starve_nginx() {
+    raise_nofile();
+    let lab = Lab::init();
+    lab.enroll("px", &[]);
+    let (nginx_port, http) = (free_port(), free_port());
+    let _srv = lab.serve_on(
+        free_port(),
+        http,
+        &["--behind-proxy", "--trusted-proxy", "127.0.0.1"],
+    );
+    let _ng = crate::util::start_nginx(&lab, nginx_port, http);
+    let mut held = Vec::new();
+    for _ in 0..4096 {
+        if let Some(c) = idle_from(std::net::Ipv4Addr::new(127, 0, 0, 1), http) {
+            held.push(c);
+        }
+    }
+    assert!(held.len() > 4000, "opened {}", held.len());
+    for _ in 0..3 {
+        let (code, body) = lab.curl_as_with(
+            Some("px"),
+            &format!("https://127.0.0.1:{nginx_port}/boot.ipxe"),
+            &["--max-time", "5"],
+        );
+        assert_eq!(code, 200, "a board's script through nginx: {body}");
+    }
+    drop(held);
+}
