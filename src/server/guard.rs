@@ -104,22 +104,34 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Stalled<S> {
     }
 }
 
-/// Open connections per peer address.
+/// Where a peer's connections are counted together: the address itself for IPv4, its /64 for
+/// IPv6 (one host on a LAN has a whole /64 to draw addresses from).
+pub(crate) fn prefix(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
+}
+
+/// Open connections per address prefix.
 #[derive(Clone, Default)]
 pub(crate) struct PerIp {
     counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
 }
 
-/// One connection counted against its address; uncounted when dropped.
+/// One connection counted against its prefix; uncounted when dropped.
 pub(crate) struct IpSlot {
     counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
     ip: IpAddr,
 }
 
 impl PerIp {
-    /// A slot for `ip`, unless it already holds `max`.
+    /// A slot for `ip`'s prefix, unless it already holds `max`.
     pub(crate) fn take(&self, ip: IpAddr, max: usize) -> Option<IpSlot> {
-        let ip = ip.to_canonical();
+        let ip = prefix(ip);
         let mut m = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         let n = m.entry(ip).or_insert(0);
         if *n >= max {
@@ -145,6 +157,190 @@ impl Drop for IpSlot {
     }
 }
 
+/// Where an unproven connection stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    Unproven,
+    Proven,
+    Evicted,
+}
+
+/// Connections that have not proved themselves yet (no TLS handshake done; on plain HTTP no
+/// request yet, or from a trusted proxy's address no proxy secret yet). They cost nothing to
+/// open, so they get a budget of their own: a newcomer beyond it, or beyond its prefix's
+/// share, makes room by closing the oldest. Boards prove themselves in milliseconds; idle
+/// connections are what gets closed.
+#[derive(Clone)]
+pub(crate) struct Unproven {
+    inner: Arc<Mutex<Waiting>>,
+    cap: usize,
+    per_prefix: usize,
+    /// What a proof takes: one of the listener's connection slots.
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+#[derive(Default)]
+struct Waiting {
+    next: u64,
+    /// Oldest first.
+    order: std::collections::BTreeMap<u64, (IpAddr, tokio::sync::watch::Sender<Stage>)>,
+    by_prefix: HashMap<IpAddr, usize>,
+}
+
+impl Waiting {
+    fn remove(&mut self, id: u64, to: Stage) -> bool {
+        let Some((p, tx)) = self.order.remove(&id) else {
+            return false;
+        };
+        if let Some(n) = self.by_prefix.get_mut(&p) {
+            *n -= 1;
+            if *n == 0 {
+                self.by_prefix.remove(&p);
+            }
+        }
+        let _ = tx.send(to);
+        true
+    }
+}
+
+impl Unproven {
+    /// At most `cap` unproven connections, `per_prefix` of them from one prefix; a proof
+    /// takes one of `slots`.
+    pub(crate) fn new(cap: usize, per_prefix: usize, slots: Arc<tokio::sync::Semaphore>) -> Self {
+        Unproven {
+            inner: Default::default(),
+            cap: cap.max(1),
+            per_prefix: per_prefix.max(1),
+            slots,
+        }
+    }
+
+    /// Count a new connection from `ip` as unproven, closing the oldest of its prefix (or of
+    /// all) where there is no room; `deadline` is how long it may stay unproven.
+    pub(crate) fn enter(&self, ip: IpAddr, deadline: Duration) -> (Arc<Proof>, Watch) {
+        let p = prefix(ip);
+        let mut w = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if w.by_prefix.get(&p).copied().unwrap_or(0) >= self.per_prefix {
+            if let Some(oldest) = w
+                .order
+                .iter()
+                .find(|(_, (q, _))| *q == p)
+                .map(|(id, _)| *id)
+            {
+                w.remove(oldest, Stage::Evicted);
+            }
+        }
+        if w.order.len() >= self.cap {
+            if let Some(oldest) = w.order.keys().next().copied() {
+                w.remove(oldest, Stage::Evicted);
+            }
+        }
+        let id = w.next;
+        w.next += 1;
+        let (tx, rx) = tokio::sync::watch::channel(Stage::Unproven);
+        w.order.insert(id, (p, tx));
+        *w.by_prefix.entry(p).or_insert(0) += 1;
+        drop(w);
+        let proof = Arc::new(Proof {
+            id,
+            unproven: self.clone(),
+            slot: Mutex::new(None),
+            wait: deadline,
+        });
+        let watch = Watch {
+            rx,
+            deadline: tokio::time::Instant::now() + deadline,
+        };
+        (proof, watch)
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.inner.lock().unwrap().order.len()
+    }
+}
+
+/// A connection's proof of life: proved once, it leaves the unproven budget for one of the
+/// listener's slots, which it holds until it closes.
+pub(crate) struct Proof {
+    id: u64,
+    unproven: Unproven,
+    slot: Mutex<Option<tokio::sync::OwnedSemaphorePermit>>,
+    /// How long a proof waits for a slot (the listener is full of proven connections).
+    wait: Duration,
+}
+
+impl Proof {
+    /// The connection proved itself: take a slot (waiting while every one is held) and leave
+    /// the unproven budget. False: it was closed meanwhile, or no slot came in time.
+    pub(crate) async fn prove(&self) -> bool {
+        if self.proven() {
+            return true;
+        }
+        let slots = self.unproven.slots.clone();
+        let Ok(Ok(permit)) = tokio::time::timeout(self.wait, slots.acquire_owned()).await else {
+            return false;
+        };
+        let mut w = self
+            .unproven
+            .inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if !w.remove(self.id, Stage::Proven) {
+            return false; // evicted while it waited
+        }
+        drop(w);
+        *self.slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(permit);
+        true
+    }
+
+    pub(crate) fn proven(&self) -> bool {
+        self.slot
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+}
+
+impl std::fmt::Debug for Proof {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Proof({}, proven: {})", self.id, self.proven())
+    }
+}
+
+impl Drop for Proof {
+    fn drop(&mut self) {
+        let mut w = self
+            .unproven
+            .inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        w.remove(self.id, Stage::Evicted);
+    }
+}
+
+/// What ends an unproven connection.
+pub(crate) struct Watch {
+    rx: tokio::sync::watch::Receiver<Stage>,
+    deadline: tokio::time::Instant,
+}
+
+impl Watch {
+    /// Resolves when the connection must close, with why: another took its place, or it did
+    /// not prove itself in time. Never, once proven.
+    pub(crate) async fn closed(mut self) -> &'static str {
+        let decided =
+            tokio::time::timeout_at(self.deadline, self.rx.wait_for(|s| *s != Stage::Unproven))
+                .await
+                .map(|r| r.map(|s| *s));
+        match decided {
+            Err(_) => "unproven-timeout",
+            Ok(Ok(Stage::Proven)) => std::future::pending().await,
+            Ok(_) => "unproven-evicted",
+        }
+    }
+}
+
 /// Let this process hold as many sockets as the hard limit allows (Debian's soft default of
 /// 1024 would cap a busy server long before memory does).
 pub(crate) fn raise_nofile() {
@@ -160,6 +356,67 @@ pub(crate) fn raise_nofile() {
 mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
+
+    #[test]
+    fn an_ipv6_host_counts_as_its_64_and_mapped_ipv4_as_itself() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff:1:2:3".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(prefix(a), prefix(b));
+        assert_ne!(prefix(a), prefix(c));
+        let mapped: IpAddr = "::ffff:10.0.0.7".parse().unwrap();
+        assert_eq!(prefix(mapped), "10.0.0.7".parse::<IpAddr>().unwrap());
+        let per = PerIp::default();
+        let held: Vec<_> = (0..2).map(|_| per.take(a, 2).unwrap()).collect();
+        assert!(per.take(b, 2).is_none(), "another address of the same /64");
+        assert!(per.take(c, 2).is_some());
+        drop(held);
+        assert!(per.take(b, 2).is_some());
+    }
+
+    #[tokio::test]
+    async fn the_oldest_unproven_connection_makes_room_and_a_proven_one_stays() {
+        let slots = Arc::new(tokio::sync::Semaphore::new(10));
+        let u = Unproven::new(3, 2, slots.clone());
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let long = Duration::from_secs(60);
+        let (p1, w1) = u.enter(ip("10.0.0.1"), long);
+        let (p2, w2) = u.enter(ip("10.0.0.2"), long);
+        assert!(p2.prove().await);
+        assert_eq!(slots.available_permits(), 9);
+        let (_p3, w3) = u.enter(ip("10.0.0.3"), long);
+        let (_p4, w4) = u.enter(ip("10.0.0.4"), long);
+        // Three unproven allowed: 1, 3 and 4 fit (2 is proven and out of the budget).
+        let (_p5, w5) = u.enter(ip("10.0.0.5"), long);
+        assert_eq!(
+            w1.closed().await,
+            "unproven-evicted",
+            "the oldest goes first"
+        );
+        assert!(
+            !p1.prove().await,
+            "an evicted connection cannot prove itself"
+        );
+        assert_eq!(u.len(), 3);
+        let quiet = tokio::time::timeout(Duration::from_millis(50), w2.closed()).await;
+        assert!(quiet.is_err(), "a proven connection is never closed");
+        let (_p6, _w6) = u.enter(ip("10.0.0.5"), long);
+        assert_eq!(w3.closed().await, "unproven-evicted");
+        // 10.0.0.5 holds its share (2): its own oldest makes room, not 10.0.0.4's.
+        let (_p7, _w7) = u.enter(ip("10.0.0.5"), long);
+        assert_eq!(w5.closed().await, "unproven-evicted");
+        let quiet = tokio::time::timeout(Duration::from_millis(50), w4.closed()).await;
+        assert!(quiet.is_err(), "another prefix's connection stays");
+        // Unproven past the deadline.
+        let (_p8, w8) = u.enter(ip("10.0.0.8"), Duration::from_millis(20));
+        assert_eq!(w8.closed().await, "unproven-timeout");
+        drop(p2);
+        assert_eq!(
+            slots.available_permits(),
+            10,
+            "a closed connection gives its slot back"
+        );
+    }
 
     #[tokio::test]
     async fn vectored_writes_reach_the_socket_whole() {

@@ -56,8 +56,12 @@ enum Route {
 }
 
 fn route_of_stdout() -> Route {
+    route_of(std::io::stdout())
+}
+
+fn route_of(fd: impl rustix::fd::AsFd) -> Route {
     use rustix::fs::FileType;
-    let Ok(st) = rustix::fs::fstat(std::io::stdout()) else {
+    let Ok(st) = rustix::fs::fstat(fd) else {
         return Route::Thread;
     };
     match FileType::from_raw_mode(st.st_mode) {
@@ -144,6 +148,8 @@ fn writeln_stderr(msg: &str) -> std::io::Result<()> {
 const MESSAGES: usize = 1024;
 
 struct Messages {
+    /// A regular file or /dev/null never blocks: written by the caller, in order.
+    direct: bool,
     tx: std::sync::mpsc::SyncSender<String>,
     /// (messages queued, messages written or lost to a broken stderr)
     progress: std::sync::Mutex<(u64, u64)>,
@@ -173,6 +179,7 @@ fn messages() -> &'static Messages {
                 }
             });
         Messages {
+            direct: route_of(std::io::stderr()) == Route::Direct,
             tx,
             progress: std::sync::Mutex::new((0, 0)),
             done: std::sync::Condvar::new(),
@@ -181,11 +188,15 @@ fn messages() -> &'static Messages {
     })
 }
 
-/// A server message on stderr. It never blocks the caller (an event-loop thread): a writer
-/// thread writes it, and when stderr stalls (a pipe nobody reads) messages beyond the queue
+/// A server message on stderr. It never blocks the caller (an event-loop thread): to a file it
+/// is written at once, to anything else by a writer thread, and when stderr stalls (a pipe nobody reads) messages beyond the queue
 /// are dropped and counted, never waited for.
 pub(crate) fn say(msg: &str) {
     let m = messages();
+    if m.direct {
+        let _ = writeln_stderr(msg);
+        return;
+    }
     let mut p = m.progress.lock().unwrap_or_else(|e| e.into_inner());
     if m.tx.try_send(msg.to_string()).is_ok() {
         p.0 += 1;

@@ -125,6 +125,8 @@ pub(crate) struct ConnInfo {
     pub tls: bool,
     /// How the TLS connection was made, for the access log.
     pub session: Option<TlsSession>,
+    /// What the connection proves itself with, to leave the unproven budget.
+    pub proof: Option<Arc<guard::Proof>>,
 }
 
 /// What operators grep for when a board will not boot: how it connected.
@@ -464,15 +466,19 @@ async fn accept_loop(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(shared.opts.max_connections.max(1)));
+    // Connections that have not proved themselves (handshake, first request, proxy secret)
+    // hold no slot: they have a budget of their own, oldest closed first, a share per prefix
+    // and a deadline, so idle connections from many addresses cannot lock boards out.
+    let unproven = guard::Unproven::new(
+        shared.opts.max_connections,
+        shared.opts.max_per_ip,
+        slots.clone(),
+    );
     // Connections without a client certificate only ever get a 403 script: a quarter of the
     // slots at most, so that they cannot crowd out enrolled boards.
     let anonymous = Arc::new(Semaphore::new((shared.opts.max_connections / 4).max(1)));
     let per_ip = guard::PerIp::default();
     loop {
-        let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            _ = stop.changed() => return,
-        };
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
@@ -484,7 +490,8 @@ async fn accept_loop(
             },
             _ = stop.changed() => return,
         };
-        // A trusted proxy carries every board's connection: it gets the whole budget.
+        // A trusted proxy carries every board's connection: once proved, it may hold the
+        // whole budget.
         let cap = if shared.opts.is_trusted_proxy(peer.ip()) {
             shared.opts.max_connections
         } else {
@@ -496,6 +503,7 @@ async fn accept_loop(
             shared.metrics.refused_connection("per-address-cap");
             continue;
         };
+        let (proof, watch) = unproven.enter(peer.ip(), shared.opts.timeout);
         let _ = stream.set_nodelay(true);
         let stream = guard::Stalled::new(stream, shared.opts.timeout);
         let shared = shared.clone();
@@ -503,21 +511,35 @@ async fn accept_loop(
         let watcher = graceful.watcher();
         let anonymous = anonymous.clone();
         tokio::spawn(async move {
-            let _permit = permit;
             let _ip_slot = ip_slot;
             let _open = OpenGuard::new(shared.clone(), tls.is_some());
-            match tls {
-                Some(tls) => tls::serve_tls(stream, peer, tls, shared, watcher, anonymous).await,
-                None => {
-                    let info = ConnInfo {
-                        peer: Some(peer),
-                        fingerprint_sha1: None,
-                        tls: false,
-                        session: None,
-                    };
-                    routes::serve_http(hyper_util::rt::TokioIo::new(stream), info, shared, watcher)
+            let metrics = shared.clone();
+            let work = async move {
+                match tls {
+                    Some(tls) => {
+                        tls::serve_tls(stream, peer, tls, shared, watcher, anonymous, proof).await
+                    }
+                    None => {
+                        let info = ConnInfo {
+                            peer: Some(peer),
+                            fingerprint_sha1: None,
+                            tls: false,
+                            session: None,
+                            proof: Some(proof),
+                        };
+                        routes::serve_http(
+                            hyper_util::rt::TokioIo::new(stream),
+                            info,
+                            shared,
+                            watcher,
+                        )
                         .await
+                    }
                 }
+            };
+            tokio::select! {
+                _ = work => {}
+                why = watch.closed() => metrics.metrics.refused_connection(why),
             }
         });
     }

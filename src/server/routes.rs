@@ -55,6 +55,22 @@ async fn handle(req: Request<Incoming>, info: &ConnInfo, shared: &Arc<Shared>) -
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let mut out = Outcome::default();
+    // A connection proves itself with its first request, or from a trusted proxy's address
+    // with the proxy secret; until then it is in the unproven budget (oldest closed first).
+    if let Some(proof) = info.proof.as_ref().filter(|p| !p.proven()) {
+        let proves = match &shared.opts.front {
+            Front::Proxy { secret, .. } if trusted_proxy(info, shared) => {
+                proxy_authentic(&req, secret).is_ok()
+            }
+            _ => true,
+        };
+        if proves && !proof.prove().await {
+            shared.metrics.refused_connection("connection-budget");
+            let mut r = Response::new(super::response::full("server busy: try again\n"));
+            *r.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
+            return r;
+        }
+    }
     let is_boot = path == "/boot.ipxe" || path == "/boot/ipxe" || path.starts_with("/ipxe/");
     // The route (a metrics label) is decided where the request is dispatched, nowhere else.
     let (route, resp) = if let Some(rest) = path.strip_prefix("/files/") {

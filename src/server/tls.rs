@@ -201,6 +201,7 @@ pub(crate) async fn serve_tls(
     shared: Arc<Shared>,
     watcher: Watcher,
     anonymous: Arc<tokio::sync::Semaphore>,
+    proof: Arc<super::guard::Proof>,
 ) {
     let timeout = shared.opts.timeout;
     let mut stream = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
@@ -218,6 +219,11 @@ pub(crate) async fn serve_tls(
             return;
         }
     };
+    if !proof.prove().await {
+        shared.metrics.refused_connection("connection-budget");
+        super::log::tls_failure(peer, "every connection slot is held: closed");
+        return;
+    }
     // A kernel goes out in writes of up to this much TLS at a time (rustls' default, 64 KiB,
     // costs four times the syscalls); small answers never fill it.
     stream.get_mut().1.set_buffer_limit(Some(SEND_BUFFER));
@@ -255,6 +261,7 @@ pub(crate) async fn serve_tls(
                 .and_then(|g| g.name().as_str()),
             resumed: conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
         }),
+        proof: Some(proof),
     };
     if let Some(s) = &info.session {
         shared.metrics.handshake(s.version, s.suite, s.resumed);

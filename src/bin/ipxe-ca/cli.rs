@@ -119,11 +119,13 @@ pub struct ServeArgs {
     /// Seconds a one-time secret URL stays valid (1 to 86400).
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub one_time_ttl: u64,
-    /// Maximum concurrent connections per listener (a quarter of them for clients without a
-    /// certificate).
+    /// Maximum concurrent connections per listener that have proved themselves (a quarter of
+    /// them for clients without a certificate); as many again may wait unproven (before the
+    /// TLS handshake or the first request), where a newcomer closes the oldest.
     #[arg(long, default_value_t = MAX_CONNECTIONS)]
     pub max_connections: usize,
-    /// Maximum concurrent connections from one address per listener (a board makes one).
+    /// Maximum concurrent connections from one address (an IPv6 host: its /64) per listener
+    /// (a board makes one); a trusted proxy's proved connections are not capped.
     #[arg(long, default_value_t = 32)]
     pub max_per_ip: usize,
     /// Seconds allowed for a TLS handshake or a request's headers (1 to 3600).
