@@ -214,6 +214,12 @@ pub struct Lab {
 }
 
 impl Lab {
+    /// (from, to) of everything this lab moved to the quarantine folder since the last call
+    /// (leftovers an enroll or `check --repair` set aside): the operator should hear where.
+    pub fn moved_aside(&self) -> Vec<(PathBuf, PathBuf)> {
+        self.registry.take_moved()
+    }
+
     /// The lab at `dir` (it may not be initialised yet).
     pub fn open(dir: impl Into<PathBuf>) -> Lab {
         let state = StateDir::new(dir);

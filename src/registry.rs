@@ -17,12 +17,32 @@ use crate::watch::{Snapshot, Token};
 #[derive(Clone, Debug)]
 pub struct Registry {
     state: StateDir,
+    /// What was moved to the quarantine folder, and from where, for the operator to hear of.
+    moved: std::sync::Arc<std::sync::Mutex<Vec<(PathBuf, PathBuf)>>>,
 }
 
 impl Registry {
     /// The registry of a state dir.
     pub fn new(state: StateDir) -> Self {
-        Registry { state }
+        Registry {
+            state,
+            moved: Default::default(),
+        }
+    }
+
+    /// Move a leftover aside (never deleted: it may hold the only copy of a key).
+    fn set_aside(&self, path: &std::path::Path) -> Result<()> {
+        let to = self.state.quarantine(path)?;
+        self.moved
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((path.to_path_buf(), to));
+        Ok(())
+    }
+
+    /// (from, to) of everything moved to the quarantine folder since the last call.
+    pub fn take_moved(&self) -> Vec<(PathBuf, PathBuf)> {
+        std::mem::take(&mut *self.moved.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Whether a board of that name exists.
@@ -114,11 +134,12 @@ impl Registry {
         if self.exists(&board.name) {
             return Err(Error::BoardExists(board.name.to_string()));
         }
-        // A folder without a board file is what a crash mid-enroll leaves: start clean, so a
-        // new board never inherits an old one's key or secrets.
+        // A folder without a board file is what a crash mid-enroll leaves (or a board file
+        // moved aside): start clean, so a new board never inherits an old one's key or
+        // secrets, and set the folder aside, since its key may be the only copy.
         let dir = self.state.board_dir(&board.name);
-        if dir.exists() {
-            fs::remove_dir_all(&dir).map_err(|e| Error::io("cannot remove leftovers", &dir, e))?;
+        if fs::symlink_metadata(&dir).is_ok() {
+            self.set_aside(&dir)?;
         }
         let result = (|| {
             let dir = self.state.board_dir(&board.name);
@@ -477,16 +498,12 @@ impl Registry {
         Ok(out)
     }
 
-    /// Fix what `problems` says can be fixed: remove orphan folders and dangling index
-    /// entries, write missing index entries. The caller holds the state lock.
+    /// Fix what `problems` says can be fixed: move orphan folders and dangling index entries
+    /// to the quarantine folder (nothing is deleted), write missing index entries. The caller holds the state lock.
     pub fn repair(&self, problems: &[Problem]) -> Result<()> {
         for p in problems.iter().filter(|p| p.repairable) {
             match p.kind {
-                "orphan-folder" => fs::remove_dir_all(&p.path)
-                    .map_err(|e| Error::io("cannot remove", &p.path, e))?,
-                "dangling-index" => {
-                    fs::remove_file(&p.path).map_err(|e| Error::io("cannot remove", &p.path, e))?
-                }
+                "orphan-folder" | "dangling-index" => self.set_aside(&p.path)?,
                 _ => {}
             }
         }

@@ -221,6 +221,45 @@ impl StateDir {
         })
     }
 
+    /// `quarantine/`: what a repair or an enroll moved aside instead of deleting it (a
+    /// leftover folder may hold a key that is the only copy).
+    pub fn quarantine_dir(&self) -> PathBuf {
+        self.root.join("quarantine")
+    }
+
+    /// Move `path` (inside the state dir) into `quarantine/`, under a name that says when and
+    /// what it was; returns where it went. Nothing is deleted.
+    pub fn quarantine(&self, path: &Path) -> Result<PathBuf> {
+        let q = self.quarantine_dir();
+        create_dir_private(&q)?;
+        let what = path
+            .strip_prefix(&self.root)
+            .unwrap_or(path)
+            .to_string_lossy()
+            .replace('/', "-");
+        let stamp = time::OffsetDateTime::now_utc()
+            .format(time::macros::format_description!(
+                "[year][month][day]T[hour][minute][second]Z"
+            ))
+            .unwrap_or_default();
+        for n in 0..1000 {
+            let dest = match n {
+                0 => q.join(format!("{stamp}-{what}")),
+                n => q.join(format!("{stamp}-{what}.{n}")),
+            };
+            if fs::symlink_metadata(&dest).is_ok() {
+                continue;
+            }
+            fs::rename(path, &dest)
+                .map_err(|e| Error::io("cannot move to the quarantine folder", path, e))?;
+            return Ok(dest);
+        }
+        Err(Error::invalid(format!(
+            "{}: too many entries of that name in the quarantine folder; empty it",
+            q.display()
+        )))
+    }
+
     /// The name of the files folder inside the state dir (`files`): the one folder in it whose
     /// contents are served.
     pub fn files_name() -> &'static str {

@@ -13,6 +13,7 @@ mod flash;
 mod foundation;
 mod hostile;
 mod mutations;
+mod operator;
 mod ops;
 mod real_ipxe;
 mod server;

@@ -62,6 +62,18 @@ fn hint(e: &ipxe_ca::Error) -> Option<&'static str> {
 
 fn try_main(cli: Cli) -> Result<()> {
     let lab = Lab::open(&cli.dir);
+    let result = run(&lab, cli);
+    for (from, to) in lab.moved_aside() {
+        eprintln!(
+            "ipxe-ca: moved {} to {} (nothing is deleted: delete it yourself once you are sure)",
+            from.display(),
+            to.display()
+        );
+    }
+    result
+}
+
+fn run(lab: &Lab, cli: Cli) -> Result<()> {
     let dir = cli.dir.display();
     match cli.command {
         Command::Init(a) => {
@@ -90,7 +102,7 @@ fn try_main(cli: Cli) -> Result<()> {
             let b = lab
                 .sign(&a.board, &csr, &board_options(&a.common, Some(a.days))?)
                 .with_context(|| format!("cannot sign {} for {}", a.csr.display(), a.board))?;
-            show(&lab, &b, a.common.json)?;
+            show(lab, &b, a.common.json)?;
         }
         Command::Register(a) => {
             let cert = std::fs::read(&a.cert)
@@ -98,13 +110,13 @@ fn try_main(cli: Cli) -> Result<()> {
             let b = lab
                 .register(&a.board, &cert, &board_options(&a.common, None)?)
                 .with_context(|| format!("cannot register {}", a.board))?;
-            show(&lab, &b, a.common.json)?;
+            show(lab, &b, a.common.json)?;
         }
         Command::Set(a) => {
             let b = lab
                 .update(&a.board, &a.update()?)
                 .with_context(|| format!("cannot change {}", a.board))?;
-            show(&lab, &b, a.json)?;
+            show(lab, &b, a.json)?;
         }
         Command::Renew(a) => {
             let boards = lab.renew(&a.boards, &a.options()).context("cannot renew")?;
@@ -135,7 +147,7 @@ fn try_main(cli: Cli) -> Result<()> {
                 lab.state().crl().display()
             );
         }
-        Command::SignFiles(a) => sign_files(&lab, a)?,
+        Command::SignFiles(a) => sign_files(lab, a)?,
         Command::Check(a) => {
             let problems = lab.check(a.repair).context("cannot check the registry")?;
             print::out(a.json, &problems[..], print::problems)?;
@@ -162,17 +174,17 @@ fn try_main(cli: Cli) -> Result<()> {
             let views: Vec<_> = boards.iter().map(|b| lab.view(b)).collect();
             print::out(a.json, &views[..], print::board_table)?;
         }
-        Command::Show(a) => show(&lab, &lab.registry().get(&a.board)?, a.json)?,
+        Command::Show(a) => show(lab, &lab.registry().get(&a.board)?, a.json)?,
         Command::History(a) => {
             let records = lab.history(&a.board, a.count)?;
             print::out(a.json, &records[..], |r| print::history(&a.board, r))?;
         }
         Command::Serve(a) => {
-            let opts = a.options(&lab)?;
-            server::run(lab, opts).context("server failed")?;
+            let opts = a.options(lab)?;
+            server::run(lab.clone(), opts).context("server failed")?;
         }
-        Command::Build(a) => build(&lab, a)?,
-        Command::Flash(a) => flash(&lab, a)?,
+        Command::Build(a) => build(lab, a)?,
+        Command::Flash(a) => flash(lab, a)?,
         Command::Doctor(a) => {
             let tree = match &a.ipxe_src {
                 Some(p) => {

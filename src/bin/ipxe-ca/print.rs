@@ -154,6 +154,25 @@ pub fn board_table(views: &[BoardView]) -> Result<()> {
     Ok(())
 }
 
+/// Text that came from a request (or a file name) with every control character shown as an
+/// escape: a board's request must not drive the operator's terminal (`\x1b]0;…` retitles it,
+/// others rewrite what is on screen).
+pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return s.into();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
+}
+
 /// A board's recent requests.
 pub fn history(board: &ipxe_ca::types::BoardName, records: &[ipxe_ca::history::Record]) {
     if records.is_empty() {
@@ -169,7 +188,7 @@ pub fn history(board: &ipxe_ca::types::BoardName, records: &[ipxe_ca::history::R
             .as_deref()
             .map(|w| format!(": {w}"))
             .unwrap_or_default();
-        println!(
+        let line = format!(
             "{}  {:<15} {} {:<21} {}{}{reason}",
             r.time,
             r.outcome,
@@ -178,6 +197,7 @@ pub fn history(board: &ipxe_ca::types::BoardName, records: &[ipxe_ca::history::R
             r.path,
             tls.unwrap_or_default()
         );
+        println!("{}", printable(&line));
     }
 }
 
@@ -192,7 +212,8 @@ pub fn problems(problems: &[Problem]) {
         } else {
             ""
         };
-        println!("{:<21} {}: {}{fix}", p.kind, p.path.display(), p.detail);
+        let line = format!("{:<21} {}: {}{fix}", p.kind, p.path.display(), p.detail);
+        println!("{}", printable(&line));
     }
 }
 

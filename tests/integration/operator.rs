@@ -1,0 +1,85 @@
+//! What the operator's commands do with what boards and hand edits bring: nothing a request
+//! carries drives the terminal, nothing a repair touches is deleted.
+
+use crate::util::{s, Lab};
+
+/// A board's request data (`?mac=` with an escape sequence) reaches `history` as text, never
+/// as bytes that retitle or repaint the operator's terminal.
+#[test]
+fn terminal_escapes_in_request_data_never_reach_the_operator() {
+    let lab = Lab::init();
+    lab.enroll("b1", &["--mac", "52:54:00:12:34:56"]);
+    let srv = lab.serve(&[]);
+    let (code, _) = lab.curl_as(
+        Some("b1"),
+        &srv.url("/boot.ipxe?mac=%1b%5d0%3bPWNED%07%1b%5b2J"),
+    );
+    assert_ne!(code, 200);
+    let out = crate::util::wait_for(
+        "the refusal in the history",
+        std::time::Duration::from_secs(10),
+        || {
+            let out = lab.ok(&["history", "b1"]);
+            out.contains("PWNED").then_some(out)
+        },
+    );
+    assert!(
+        !out.bytes().any(|b| b == 0x1b || b == 0x07),
+        "raw control bytes in `history`: {out:?}"
+    );
+    assert!(out.contains("\\u{1b}]0;PWNED"), "shown as an escape: {out}");
+}
+
+/// The quarantine entry whose name ends with `what`, and its key's bytes.
+fn quarantined(lab: &Lab, what: &str) -> Vec<u8> {
+    let entry = std::fs::read_dir(lab.path("quarantine"))
+        .expect("a quarantine folder")
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().ends_with(what))
+        .unwrap_or_else(|| panic!("nothing named *{what} in the quarantine folder"));
+    std::fs::read(entry.path().join("key.pem")).unwrap()
+}
+
+/// A folder that looks like a leftover (a copy made by hand, a board file moved aside) may
+/// hold the only copy of a key: `check --repair` and `enroll` move it aside and say where.
+#[test]
+fn repairs_and_enrolls_move_leftovers_aside_and_never_delete_a_key() {
+    let lab = Lab::init();
+    lab.enroll("b2", &[]);
+    lab.enroll("b3", &[]);
+    let key2 = std::fs::read(lab.path("boards/b2/key.pem")).unwrap();
+    let key3 = std::fs::read(lab.path("boards/b3/key.pem")).unwrap();
+    let o = std::process::Command::new("cp")
+        .args([
+            "-a",
+            s(&lab.path("boards/b2")),
+            s(&lab.path("boards/b2.bak")),
+        ])
+        .status()
+        .unwrap();
+    assert!(o.success());
+    let o = lab.run(&["check", "--repair"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("moved") && err.contains("quarantine"), "{err}");
+    assert!(!lab.path("boards/b2.bak").exists());
+    assert_eq!(
+        quarantined(&lab, "boards-b2.bak"),
+        key2,
+        "the copy's key is kept"
+    );
+    // A board file moved aside, then the name enrolled again: the old folder is set aside.
+    std::fs::rename(lab.path("boards/b3.toml"), lab.tmp.path().join("b3.toml")).unwrap();
+    let o = lab.run(&["enroll", "b3"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("quarantine"), "{err}");
+    assert_eq!(quarantined(&lab, "boards-b3"), key3, "the old key is kept");
+    assert_ne!(std::fs::read(lab.path("boards/b3/key.pem")).unwrap(), key3);
+    // The quarantine folder is private, and never served.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(lab.path("quarantine"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700);
+}
