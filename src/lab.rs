@@ -623,6 +623,39 @@ impl Lab {
         Ok(profile)
     }
 
+    /// iPXE checks the server certificate's name, not its key usage: a board whose name (or
+    /// a certificate name) is one the server certificates carry could, with its stolen key,
+    /// play the server to every board. Such names are refused.
+    fn refuse_server_names(&self, name: &BoardName, cert_pem: &str) -> Result<()> {
+        let ecdsa = Some(self.state.server_ecdsa_cert()).filter(|p| p.exists());
+        let mut server = Vec::new();
+        for cert in std::iter::once(self.state.server_cert()).chain(ecdsa) {
+            if cert.exists() {
+                server.extend(ca::cert_sans(&ca::cert_der_from_bytes(&state::read(
+                    &cert,
+                )?)?)?);
+            }
+        }
+        let own = ca::cert_der_from_bytes(cert_pem.as_bytes())
+            .and_then(|der| ca::cert_sans(&der))
+            .unwrap_or_default();
+        let names = std::iter::once(name.as_str().to_string()).chain(
+            own.iter()
+                .map(|s| s.url_host().trim_matches(['[', ']']).to_string()),
+        );
+        for n in names {
+            if let Some(s) = server.iter().find(|s| s.covers(&n)) {
+                return Err(Error::invalid(format!(
+                    "{n:?} is a name of the server (its certificates carry {}): iPXE would take \
+                     this board's certificate for the server's, so its key could serve every \
+                     board; choose a name the server certificates do not carry",
+                    s.url_host()
+                )));
+            }
+        }
+        Ok(())
+    }
+
     fn require_profile(&self, profile: &ProfileName) -> Result<()> {
         let p = self.state.profile(profile);
         if !p.exists() {
@@ -641,6 +674,7 @@ impl Lab {
         profile: ProfileName,
         new: NewCert<'_>,
     ) -> Result<Board> {
+        self.refuse_server_names(name, new.cert_pem)?;
         let info = &new.info;
         if let Some(other) = self.registry.by_fingerprint(&info.fingerprint_sha256)? {
             return Err(Error::invalid(format!(

@@ -83,3 +83,32 @@ fn repairs_and_enrolls_move_leftovers_aside_and_never_delete_a_key() {
         .mode();
     assert_eq!(mode & 0o777, 0o700);
 }
+
+/// iPXE checks the server certificate's name, not its key usage: a board named like the
+/// server (or like what a wildcard of it covers) is refused, and nothing is written.
+#[test]
+fn a_board_named_like_the_server_is_refused() {
+    let lab = Lab::init();
+    let before = lab.snapshot();
+    for name in ["localhost", "10.0.2.2", "127.0.0.1"] {
+        let err = lab.fails(&["enroll", name]);
+        assert!(err.contains("is a name of the server"), "{name}: {err}");
+    }
+    assert_eq!(before, lab.snapshot(), "a refused enroll wrote something");
+    lab.enroll("localhost2", &[]);
+    let wild = Lab::new();
+    wild.ok(&["init", "--san", "DNS:boot.lab", "--san", "DNS:*.farm.lab"]);
+    let err = wild.fails(&["enroll", "b7.farm.lab"]);
+    assert!(err.contains("*.farm.lab"), "{err}");
+    // openssl agrees that the server's wildcard would have matched this board's name.
+    let out = crate::util::openssl(&[
+        "x509",
+        "-in",
+        s(&wild.path("server/server.crt")),
+        "-noout",
+        "-checkhost",
+        "b7.farm.lab",
+    ]);
+    assert!(out.contains("does match"), "{out}");
+    wild.enroll("b7", &[]);
+}
