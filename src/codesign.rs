@@ -219,8 +219,13 @@ fn stat(p: &Path) -> Option<(u64, i128)> {
 }
 
 /// Files a board may boot: every regular file under the root except signatures and
-/// dot-names (which are never served).
+/// dot-names (which are never served), and every symlink to one that stays beneath the root
+/// (`vmlinuz -> vmlinuz-6.1` is served as `vmlinuz`, so `vmlinuz.sig` must exist too).
 pub fn boot_files(files_root: &Path) -> Result<Vec<String>> {
+    fn links_inside(root: &Path, p: &Path) -> bool {
+        let real_root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+        std::fs::canonicalize(p).is_ok_and(|real| real.starts_with(&real_root) && real.is_file())
+    }
     fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
         let rd = std::fs::read_dir(dir).map_err(|e| Error::io("cannot list", dir, e))?;
         for e in rd {
@@ -233,7 +238,9 @@ pub fn boot_files(files_root: &Path) -> Result<Vec<String>> {
             let ft = e.file_type().map_err(|e| Error::io("cannot stat", &p, e))?;
             if ft.is_dir() {
                 walk(root, &p, out)?;
-            } else if ft.is_file() && !name.ends_with(".sig") {
+            } else if (ft.is_file() || (ft.is_symlink() && links_inside(root, &p)))
+                && !name.ends_with(".sig")
+            {
                 if let Ok(rel) = p.strip_prefix(root) {
                     out.push(rel.to_string_lossy().into_owned());
                 }

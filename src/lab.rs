@@ -411,7 +411,9 @@ impl Lab {
         let listed = crl_facts(&self.state.crl())
             .map(|f| f.serials)
             .unwrap_or_default();
-        for b in self.registry.list().unwrap_or_default() {
+        // One unreadable board (reported above) must not hide the others' gaps.
+        let (boards, _) = self.registry.list_readable().unwrap_or_default();
+        for b in boards {
             if b.status == Status::Revoked && !listed.contains(&b.serial) {
                 problems.push(crate::registry::Problem {
                     kind: "crl-incomplete",
@@ -1005,13 +1007,27 @@ impl Lab {
     }
 
     /// A signed CRL of every revoked board, with `also` (about to be saved) among them.
+    ///
+    /// A board file that cannot be read must not block a revoke (a stolen stick cannot wait
+    /// for a repair) nor drop its revoked serials: the CRL in force is carried over whole
+    /// beside what the readable boards say.
     fn make_crl(&self, ca: &Ca, also: Option<&Board>) -> Result<(String, u64)> {
-        let mut boards = self.registry.list()?;
+        let (mut boards, unreadable) = self.registry.list_readable()?;
         if let Some(b) = also {
             boards.retain(|x| x.name != b.name);
             boards.push(b.clone());
         }
         let mut revoked: Vec<Revoked> = Vec::new();
+        if !unreadable.is_empty() {
+            let Some(facts) = crl_facts(&self.state.crl()) else {
+                return Err(Error::invalid(format!(
+                    "{} cannot be read and there is no readable CRL to keep its revoked \
+                     certificates from: run `ipxe-ca check`, mend the file, then try again",
+                    unreadable[0].display()
+                )));
+            };
+            revoked.extend(facts.entries);
+        }
         for b in boards {
             for p in b.previous.iter().filter(|p| p.status == Status::Revoked) {
                 revoked.push(Revoked {
@@ -1028,6 +1044,8 @@ impl Lab {
                 });
             }
         }
+        let mut seen = std::collections::HashSet::new();
+        revoked.retain(|r| seen.insert(r.serial.clone()));
         let number = self.next_crl_number()?;
         Ok((ca.crl(&revoked, number, days::CRL)?, number))
     }
@@ -1077,6 +1095,8 @@ impl Lab {
 /// What a CRL file says (`None` if it cannot be read).
 struct CrlFacts {
     serials: std::collections::HashSet<Serial>,
+    /// Each revoked certificate as listed (kept when a board file cannot be read).
+    entries: Vec<Revoked>,
     next_update: Option<OffsetDateTime>,
     number: Option<u64>,
 }
@@ -1086,11 +1106,24 @@ fn crl_facts(path: &Path) -> Option<CrlFacts> {
     use x509_parser::prelude::FromDer;
     let der = rustls_pki_types::CertificateRevocationListDer::from_pem_file(path).ok()?;
     let (_, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(&der).ok()?;
+    use x509_parser::x509::ReasonCode;
+    let entries: Vec<Revoked> = crl
+        .iter_revoked_certificates()
+        .map(|r| Revoked {
+            serial: Serial::from_der_bytes(r.raw_serial()),
+            when: r.revocation_date.to_datetime(),
+            reason: match r.reason_code().map(|(_, c)| c) {
+                Some(ReasonCode::KeyCompromise) => Reason::KeyCompromise,
+                Some(ReasonCode::AffiliationChanged) => Reason::AffiliationChanged,
+                Some(ReasonCode::Superseded) => Reason::Superseded,
+                Some(ReasonCode::CessationOfOperation) => Reason::CessationOfOperation,
+                _ => Reason::Unspecified,
+            },
+        })
+        .collect();
     Some(CrlFacts {
-        serials: crl
-            .iter_revoked_certificates()
-            .map(|r| Serial::from_der_bytes(r.raw_serial()))
-            .collect(),
+        serials: entries.iter().map(|e| e.serial.clone()).collect(),
+        entries,
         next_update: crl.next_update().map(|t| t.to_datetime()),
         number: crl.crl_number().and_then(|n| u64::try_from(n).ok()),
     })

@@ -112,6 +112,30 @@ impl Registry {
         Ok(boards)
     }
 
+    /// Every board that can be read, and the board files that cannot.
+    pub fn list_readable(&self) -> Result<(Vec<Board>, Vec<PathBuf>)> {
+        let dir = self.state.boards_dir();
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Default::default()),
+            Err(e) => return Err(Error::io("cannot list", dir, e)),
+        };
+        let (mut boards, mut bad) = (Vec::new(), Vec::new());
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io("cannot list", &dir, e))?;
+            let file = entry.file_name();
+            let Some(name) = file.to_str().and_then(StateDir::board_of_file) else {
+                continue;
+            };
+            match self.get(&name) {
+                Ok(b) => boards.push(b),
+                Err(_) => bad.push(self.state.board_file(&name)),
+            }
+        }
+        boards.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok((boards, bad))
+    }
+
     /// The board's secret values (for rendering its script only).
     pub fn secrets(&self, name: &BoardName) -> Result<BTreeMap<String, String>> {
         let path = self.state.board_secrets(name);

@@ -477,8 +477,13 @@ pub fn key_from_file(spec: &str) -> Result<KeyValue, Error> {
     let (k, path) = spec
         .split_once('=')
         .ok_or_else(|| Error::invalid("expected KEY=PATH"))?;
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::io("cannot read the secret file", path, e))?;
+    // The path is not repeated: given KEY=VALUE by mistake, it is the secret itself.
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::invalid(format!(
+            "{k}: cannot read the secret file named after '=' ({e}); the name is not repeated \
+             here in case it is the secret itself: a secret file is given as KEY=PATH"
+        ))
+    })?;
     let value = text.strip_suffix('\n').unwrap_or(&text);
     let value = value.strip_suffix('\r').unwrap_or(value);
     let kv: KeyValue = format!("{k}=x").parse()?;

@@ -138,7 +138,7 @@ fn key_material_in_any_form_is_never_served() {
     lab.enroll("k1", &[]);
     let files = lab.path("files");
     std::fs::create_dir_all(&files).unwrap();
-    let der = crate::util::openssl(&[
+    crate::util::openssl(&[
         "pkey",
         "-in",
         s(&lab.path("boards/k1/key.pem")),
@@ -147,7 +147,6 @@ fn key_material_in_any_form_is_never_served() {
         "-out",
         s(&files.join("board.bin")),
     ]);
-    let _ = der;
     crate::util::openssl(&[
         "pkcs8",
         "-topk8",

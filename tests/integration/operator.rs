@@ -112,3 +112,128 @@ fn a_board_named_like_the_server_is_refused() {
     assert!(out.contains("does match"), "{out}");
     wild.enroll("b7", &[]);
 }
+
+/// `--secret-file KEY=VALUE` by mistake: the error names the key, never the value.
+#[test]
+fn a_secret_given_where_a_secret_file_was_expected_is_not_echoed() {
+    let lab = Lab::init();
+    let err = lab.fails(&["enroll", "b1", "--secret-file", "token=TOPSECRET-VALUE"]);
+    assert!(!err.contains("TOPSECRET"), "{err}");
+    assert!(err.contains("token") && err.contains("KEY=PATH"), "{err}");
+}
+
+/// `nginx-config --out` writes the block 0600 from the start (it holds the proxy secret).
+#[test]
+fn nginx_config_out_is_never_readable_by_others() {
+    use std::os::unix::fs::PermissionsExt;
+    let lab = Lab::init();
+    let out = lab.tmp.path().join("ipxe-ca.conf");
+    let printed = lab.ok(&["nginx-config", "--out", s(&out)]);
+    assert!(printed.is_empty(), "{printed}");
+    let secret = std::fs::read_to_string(lab.path("server/proxy.secret")).unwrap();
+    assert!(std::fs::read_to_string(&out)
+        .unwrap()
+        .contains(secret.trim()));
+    let mode = std::fs::metadata(&out).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+fn serial(lab: &Lab, board: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(&lab.ok(&["show", board, "--json"])).unwrap();
+    v["serial"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches('0')
+        .to_uppercase()
+}
+
+/// The serials `openssl crl` reads from the CRL in force.
+fn crl_serials(lab: &Lab) -> Vec<String> {
+    let text = crate::util::openssl(&["crl", "-in", s(&lab.path("ca/crl.pem")), "-noout", "-text"]);
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("Serial Number: "))
+        .map(|s| s.trim().trim_start_matches('0').to_uppercase())
+        .collect()
+}
+
+/// Every revoked board stays in the CRL (two revokes in a row, read back by openssl); a board
+/// file that cannot be read does not block a revoke, nor drop its own revoked serial; and a
+/// CRL that misses a revoked board is what `check` reports.
+#[test]
+fn every_revoked_board_stays_in_the_crl_and_an_unreadable_board_blocks_no_revoke() {
+    let lab = Lab::init();
+    for b in ["a", "b", "c", "d"] {
+        lab.enroll(b, &[]);
+    }
+    let (a, b, c, d) = (
+        serial(&lab, "a"),
+        serial(&lab, "b"),
+        serial(&lab, "c"),
+        serial(&lab, "d"),
+    );
+    lab.ok(&["revoke", "a"]);
+    let only_a = std::fs::read(lab.path("ca/crl.pem")).unwrap();
+    lab.ok(&["revoke", "b"]);
+    let listed = crl_serials(&lab);
+    assert!(
+        listed.contains(&a) && listed.contains(&b),
+        "{listed:?} lacks {a} or {b}"
+    );
+    lab.ok(&["revoke", "c"]);
+    // c's board file turns unreadable (a bad hand edit): revoking d still works, and c stays.
+    std::fs::write(lab.path("boards/c.toml"), "not = [toml").unwrap();
+    lab.ok(&["revoke", "d"]);
+    let listed = crl_serials(&lab);
+    for (name, s) in [("a", &a), ("b", &b), ("c", &c), ("d", &d)] {
+        assert!(listed.contains(s), "{name} ({s}) missing from {listed:?}");
+    }
+    // An older CRL put back by hand: check says which revoked board it misses.
+    std::fs::write(lab.path("ca/crl.pem"), only_a).unwrap();
+    let o = lab.run(&["check"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(!o.status.success());
+    assert!(
+        out.contains("crl-incomplete") && out.contains("revoked board b "),
+        "{out}"
+    );
+}
+
+/// A boot file served through a symlink (`vmlinuz -> vmlinuz-6.1`) is signed under the name
+/// boards fetch, and `sign-files --check` fails while it is not.
+#[test]
+fn a_symlinked_boot_file_is_signed_under_its_served_name() {
+    let lab = Lab::init();
+    let files = lab.path("files");
+    std::fs::create_dir_all(&files).unwrap();
+    std::fs::write(files.join("vmlinuz-6.1"), "KERNEL").unwrap();
+    lab.ok(&["sign-files"]);
+    std::os::unix::fs::symlink("vmlinuz-6.1", files.join("vmlinuz")).unwrap();
+    let o = lab.run(&["sign-files", "--check"]);
+    assert!(
+        !o.status.success(),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains("vmlinuz"));
+    lab.ok(&["sign-files"]);
+    assert!(files.join("vmlinuz.sig").exists());
+    lab.ok(&["sign-files", "--check"]);
+    // openssl agrees (it fails otherwise): the signature is of the bytes served as vmlinuz.
+    crate::util::openssl(&[
+        "cms",
+        "-verify",
+        "-binary",
+        "-inform",
+        "DER",
+        "-in",
+        s(&files.join("vmlinuz.sig")),
+        "-content",
+        s(&files.join("vmlinuz")),
+        "-CAfile",
+        s(&lab.path("ca/ca.crt")),
+        "-purpose",
+        "any",
+        "-out",
+        "/dev/null",
+    ]);
+}

@@ -302,6 +302,10 @@ pub struct NginxArgs {
     /// Where `ipxe-ca serve --behind-proxy` listens.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub upstream: SocketAddr,
+    /// Write the block to this file, created 0600 (it holds the proxy secret), instead of
+    /// stdout: `> file; chmod 600 file` leaves the secret readable until the chmod.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

@@ -213,7 +213,18 @@ fn run(lab: &Lab, cli: Cli) -> Result<()> {
             let listen = a.listen.unwrap_or_else(|| config.server_port().to_string());
             let secret = lab.proxy_secret().context("cannot make the proxy secret")?;
             let block = server::nginx::server_block(lab.state(), &listen, a.upstream, &secret);
-            print!("{block}");
+            match &a.out {
+                Some(out) => {
+                    ipxe_ca::state::write_atomic(
+                        out,
+                        block.as_bytes(),
+                        ipxe_ca::state::MODE_SECRET,
+                    )
+                    .with_context(|| format!("cannot write {}", out.display()))?;
+                    eprintln!("wrote {} (0600: it holds the proxy secret)", out.display());
+                }
+                None => print!("{block}"),
+            }
         }
     }
     Ok(())
