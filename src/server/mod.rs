@@ -94,6 +94,9 @@ impl ServeOptions {
     }
 }
 
+/// The earliest expiry of each kind (`board`, `server`, …), in seconds from now.
+type Earliest = Vec<(&'static str, i64)>;
+
 /// Shared state of a running server.
 pub(crate) struct Shared {
     pub lab: Lab,
@@ -112,6 +115,8 @@ pub(crate) struct Shared {
     /// Each board's recent requests.
     pub journal: crate::history::Journal,
     pub metrics: metrics::Metrics,
+    /// The earliest expiry of each kind, as the last scrape read it, and when.
+    pub expiry: std::sync::Mutex<Option<(std::time::Instant, Earliest)>>,
     pub opts: ServeOptions,
 }
 
@@ -238,6 +243,7 @@ pub async fn serve(
         changes: crate::watch::Changes::new(lab.state().root()),
         journal: crate::history::Journal::start(lab.state().clone(), log::say),
         metrics: metrics::Metrics::default(),
+        expiry: Default::default(),
         opts: opts.clone(),
         lab,
     });
@@ -410,19 +416,30 @@ async fn metrics_loop(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     use hyper::{Response, StatusCode};
+    // Scrapers are few (Prometheus, an operator's curl): a handful at once, the rest wait.
+    let slots = Arc::new(Semaphore::new(METRICS_CONNECTIONS));
     loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = stop.changed() => return,
+        };
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
             _ = stop.changed() => return,
         };
         let shared = shared.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let svc =
                 hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let shared = shared.clone();
                     async move {
                         let mut r = if req.uri().path() == "/metrics" {
-                            Response::new(response::full(scrape(&shared)))
+                            // It reads the registry: the blocking pool's work, not a loop's.
+                            let text = tokio::task::spawn_blocking(move || scrape(&shared))
+                                .await
+                                .unwrap_or_default();
+                            Response::new(response::full(text))
                         } else {
                             let mut r = Response::new(response::full("see /metrics\n"));
                             *r.status_mut() = StatusCode::NOT_FOUND;
@@ -438,21 +455,44 @@ async fn metrics_loop(
                     }
                 });
             let io = hyper_util::rt::TokioIo::new(stream);
-            let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, svc);
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(io, svc);
             let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
         });
     }
 }
 
+/// Metrics connections served at once.
+const METRICS_CONNECTIONS: usize = 8;
+/// How long the expiry dates of one scrape serve the next ones: reading them reads every board
+/// file, and they change by the day.
+const EXPIRY_REUSE: Duration = Duration::from_secs(30);
+
 fn scrape(shared: &Shared) -> String {
-    let mut earliest: std::collections::BTreeMap<&'static str, i64> = Default::default();
-    // Everything within a century: the earliest expiry of each kind.
-    for e in shared.lab.expiring(36_500).unwrap_or_default() {
-        let v = earliest.entry(e.kind).or_insert(i64::MAX);
-        *v = (*v).min(e.seconds_left);
-    }
+    let expiry = {
+        let mut cached = shared.expiry.lock().unwrap_or_else(|e| e.into_inner());
+        match &*cached {
+            Some((at, v)) if at.elapsed() < EXPIRY_REUSE => {
+                let age = at.elapsed().as_secs() as i64;
+                v.iter().map(|(k, s)| (*k, s - age)).collect()
+            }
+            _ => {
+                let mut earliest: std::collections::BTreeMap<&'static str, i64> =
+                    Default::default();
+                // Everything within a century: the earliest expiry of each kind.
+                for e in shared.lab.expiring(36_500).unwrap_or_default() {
+                    let v = earliest.entry(e.kind).or_insert(i64::MAX);
+                    *v = (*v).min(e.seconds_left);
+                }
+                let v: Vec<(&'static str, i64)> = earliest.into_iter().collect();
+                *cached = Some((std::time::Instant::now(), v.clone()));
+                v
+            }
+        }
+    };
     let (issued, used, expired) = shared.one_time.counts();
-    let expiry: Vec<(&'static str, i64)> = earliest.into_iter().collect();
     shared
         .metrics
         .render((issued, used, expired, shared.one_time.len()), &expiry)

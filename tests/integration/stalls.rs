@@ -133,3 +133,44 @@ fn idle_connections_from_the_proxy_address_without_the_secret_do_not_starve_ngin
     }
     drop(held);
 }
+
+/// A scrape reads every board file (for the expiry dates): scrapers in a loop must not make
+/// the server read the registry again and again. Five scrapes read board b1's file once.
+#[test]
+fn scrapes_in_a_row_read_the_registry_once() {
+    let lab = Lab::init();
+    lab.enroll("b1", &[]);
+    let metrics = free_port();
+    let (strace, _https, trace) = crate::util::serve_traced_with(
+        &lab,
+        Stdio::null(),
+        "metrics",
+        "trace=openat",
+        &["--metrics", &format!("127.0.0.1:{metrics}")],
+    );
+    for _ in 0..5 {
+        let (ok, out) = crate::util::tool(
+            "curl",
+            &[
+                "-s",
+                "--max-time",
+                "10",
+                &format!("http://127.0.0.1:{metrics}/metrics"),
+            ],
+        );
+        assert!(
+            ok && out.contains("ipxe_ca_expiry_remaining_seconds"),
+            "{out}"
+        );
+    }
+    let lines = crate::util::stop_traced(strace, &trace);
+    let reads = lines
+        .iter()
+        .filter(|l| l.contains("boards/b1.toml") && !l.contains("ENOENT"))
+        .count();
+    // Once at start (the expiry warning) and once for the five scrapes.
+    assert!(
+        reads <= 2,
+        "board b1's file read {reads} times for 5 scrapes"
+    );
+}

@@ -529,6 +529,17 @@ pub fn serve_traced(
     tag: &str,
     calls: &str,
 ) -> (Traced, u16, std::path::PathBuf) {
+    serve_traced_with(lab, stdout, tag, calls, &[])
+}
+
+/// The same with more `serve` arguments.
+pub fn serve_traced_with(
+    lab: &Lab,
+    stdout: Stdio,
+    tag: &str,
+    calls: &str,
+    extra: &[&str],
+) -> (Traced, u16, std::path::PathBuf) {
     let (https, http) = (free_port(), free_port());
     let trace = lab.tmp.path().join(format!("trace-{tag}"));
     let child = Command::new("strace")
@@ -539,6 +550,7 @@ pub fn serve_traced(
         .arg(&lab.dir)
         .args(["serve", "--https", &format!("127.0.0.1:{https}")])
         .args(["--http", &format!("127.0.0.1:{http}")])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(Stdio::null())
