@@ -499,3 +499,56 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     }
     Ok(n)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::read_full;
+    use std::io::{ErrorKind, Read};
+
+    /// A reader that hands out `chunks`, then fails with `end` (None: end of file).
+    struct Script {
+        chunks: Vec<std::io::Result<Vec<u8>>>,
+    }
+
+    impl Read for Script {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.chunks.is_empty() {
+                return Ok(0);
+            }
+            let next = self.chunks.remove(0)?;
+            buf[..next.len()].copy_from_slice(&next);
+            Ok(next.len())
+        }
+    }
+
+    #[test]
+    fn short_reads_are_joined_interruptions_retried_and_errors_returned() {
+        let mut r = Script {
+            chunks: vec![
+                Ok(b"ab".to_vec()),
+                Err(ErrorKind::Interrupted.into()),
+                Ok(b"cd".to_vec()),
+            ],
+        };
+        let mut buf = [0u8; 8];
+        assert_eq!(read_full(&mut r, &mut buf).unwrap(), 4, "stops at the end");
+        assert_eq!(&buf[..4], b"abcd");
+        let mut r = Script {
+            chunks: vec![Ok(b"ab".to_vec()), Err(ErrorKind::Other.into())],
+        };
+        assert_eq!(
+            read_full(&mut r, &mut buf).unwrap_err().kind(),
+            ErrorKind::Other,
+            "a failing device is an error, never a short image"
+        );
+        let mut r = Script {
+            chunks: vec![
+                Ok(b"abcd".to_vec()),
+                Ok(b"efgh".to_vec()),
+                Ok(b"ij".to_vec()),
+            ],
+        };
+        assert_eq!(read_full(&mut r, &mut buf).unwrap(), 8, "a full buffer");
+        assert_eq!(&buf, b"abcdefgh");
+    }
+}

@@ -115,8 +115,11 @@ fn make_gets_our_ca_as_only_trust_the_board_cert_and_key_and_https() {
         sha256_hex(&pem_der(&lab.path("boards/b1/cert.pem")))
     );
     assert_eq!(ders, want);
-    // PRIVKEY: the board's key.
+    // PRIVKEY: the board's key, staged for make readable by nobody else (as is the script
+    // that may carry secrets).
     assert_eq!(field(&lkrn, "PRIVKEY_DER"), key_der_sha256(&lab, "b1"));
+    assert_eq!(field(&lkrn, "PRIVKEY_MODE"), "600");
+    assert_eq!(field(&lkrn, "EMBED_MODE"), "600");
     assert_eq!(field(&lkrn, "CONFIG"), "ipxe-ca");
     assert_eq!(field(&lkrn, "DEBUG"), "tls,x509");
     // Reproducible: the build's clock is the board certificate's notBefore, not "now".

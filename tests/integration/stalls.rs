@@ -174,3 +174,50 @@ fn scrapes_in_a_row_read_the_registry_once() {
         "board b1's file read {reads} times for 5 scrapes"
     );
 }
+
+/// One address beyond `--max-per-ip` gets its newcomers closed at once (and counted), well
+/// below the listener's budget: the cap is the address's, not the listener's.
+#[test]
+fn one_address_beyond_its_cap_is_closed_at_once_below_the_budget() {
+    let lab = Lab::init();
+    let metrics = free_port();
+    let srv = lab.serve(&[
+        "--max-per-ip",
+        "4",
+        "--max-connections",
+        "64",
+        "--metrics",
+        &format!("127.0.0.1:{metrics}"),
+    ]);
+    let held: Vec<_> = (0..12)
+        .filter_map(|_| idle_from(std::net::Ipv4Addr::new(127, 0, 0, 9), srv.https))
+        .collect();
+    assert_eq!(held.len(), 12);
+    // The server closes what is beyond the cap: those reads end at once (EOF or reset);
+    // the others are still waiting for a ClientHello.
+    let closed = held
+        .iter()
+        .filter(|c| {
+            c.set_read_timeout(Some(std::time::Duration::from_millis(500)))
+                .unwrap();
+            let mut b = [0u8; 1];
+            match std::io::Read::read(&mut &**c, &mut b) {
+                Ok(n) => n == 0,
+                Err(e) => !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ),
+            }
+        })
+        .count();
+    assert_eq!(closed, 8, "12 connections, a cap of 4");
+    let (_, text) = crate::util::tool(
+        "curl",
+        &["-s", &format!("http://127.0.0.1:{metrics}/metrics")],
+    );
+    let n = crate::util::metric(
+        &text,
+        "ipxe_ca_refused_connections_total{reason=\"per-address-cap\"}",
+    );
+    assert_eq!(n, 8.0, "{text}");
+}
