@@ -1005,7 +1005,7 @@ fn bench_serve(cx: &mut Ctx) -> R<()> {
     let (rsa_cpu, rsa_rate) = best("ipxe-ca serve, iPXE < 2.0 client (ECDHE-RSA)");
     let (ec_cpu, ec_rate) = best("ipxe-ca serve, iPXE 2.0 client (ECDHE-ECDSA)");
     cx.line(&format!(
-        "\nThe best TLS floor in this run, against #13's targets: iPXE 2.0 client 1/{:.1} of the prototype's CPU per boot (target 1/6), boots/s {:.2}× (target 3×); RSA client {:.2}× the crypto floor ({:.3} ms; target 1.25×), boots/s {:.2}× (target 2×).",
+        "\nThe best TLS floor in this run, against the serving targets: iPXE 2.0 client 1/{:.1} of the prototype's CPU per boot (target 1/6), boots/s {:.2}× (target 3×); RSA client {:.2}× the crypto floor ({:.3} ms; target 1.25×), boots/s {:.2}× (target 2×).",
         p_cpu / ec_cpu.max(1e-9),
         ec_rate / p_rate.max(1e-9),
         rsa_cpu / (floor + 2.0 * verify_kept).max(1e-9),

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Mutation testing of the security-critical code (issue 16), outside .ci/run (hours on 2 cores):
+# Mutation testing of the security-critical code, outside .ci/run (hours on 2 cores):
 #   scripts/mutants.sh [GROUP…]   groups: crl tls one_time routes files watch history state registry
 #   flash ca types config
 # MUTANTS_FLAGS adds cargo-mutants flags, e.g. MUTANTS_FLAGS=--in-place in a worktree of its own
@@ -28,29 +28,29 @@ group() { # NAME "FILES" TEST-FILTERS…
 }
 all=("$@")
 run() { local g=$1; shift; if [ ${#all[@]} -eq 0 ] || [[ " ${all[*]} " == *" $g "* ]]; then group "$g" "$@"; fi; }
-run crl src/server/crl.rs crl revoke mutations::bug_a_crl hostile::issue12_10
+run crl src/server/crl.rs crl revoke mutations::bug_a_crl hostile::the_crl_never_goes_backwards
 run tls src/server/tls.rs server::ecdsa server::sessions server::each_board ops::server_cert \
   boots_over_mutual_tls
-run one_time src/server/one_time.rs one_time issue12_4 issue12_12
+run one_time src/server/one_time.rs one_time one_time_urls_do_not_pile_up secrets_never_need_the_command_line
 run routes src/server/routes.rs server:: mutations:: trust:: ops::history ops::renew ops::a_revoked \
-  issue12_2 issue12_8 issue12_12
-run files src/server/files.rs server::files server::sigterm issue12_1_ issue12_8 trust::boot_files \
-  hostile::a_files_symlink
+  a_local_process_cannot_impersonate no_request_path_reaches_a_panic durations_are_bounded secrets_never_need_the_command_line
+run files src/server/files.rs server::files server::sigterm no_race_or_link_serves_key_material a_files_dir_that_holds_keys no_request_path_reaches_a_panic durations_are_bounded trust::boot_files \
+  hostile::a_files_symlink files_root:: stalls::
 run watch src/watch.rs watch:: registry:: render:: crl server::boot_scripts server::a_state_dir
 run history src/history.rs history:: ops::history server::a_state_dir
 run state src/state.rs state:: mutations::bug_atomic mutations::bug_secrets mutations::bug_enroll \
-  mutations::bug_unreadable issue12_6 issue12_9 ops::server_cert_rotation server::template_errors \
-  issue12_1_ issue12_2 issue12_10 ops::history server::one_time foundation::bad_input \
+  mutations::bug_unreadable board_names_never_collide crash_leftovers_are_never_inherited ops::server_cert_rotation server::template_errors \
+  no_race_or_link_serves_key_material a_files_dir_that_holds_keys a_local_process_cannot_impersonate the_crl_never_goes_backwards ops::history server::one_time foundation::bad_input \
   build::prebuilt build::a_replaced build::builds_in_one_tree
 run registry src/registry.rs registry mutations::bug_an_index mutations::bug_a_stale \
   mutations::bug_a_second mutations::bug_unreadable mutations::bug_enroll foundation::register \
-  foundation::twenty foundation::list_expiring server::each_board server::revoke issue12_6 issue12_9 \
-  mutations::bug_a_failed ops::renew
+  foundation::twenty foundation::list_expiring server::each_board server::revoke board_names_never_collide crash_leftovers_are_never_inherited \
+  mutations::bug_a_failed ops::renew operator::
 run flash src/flash.rs flash::
 run ca src/ca.rs ca:: foundation::init foundation::enrolled foundation::csr foundation::non_rsa \
   foundation::revoked foundation::adopted foundation::register foundation::bad_input \
   trust::signing proptests::mutated ops::renew server::server_cert_adds mutations::bug_a_crl \
-  issue12_10
+  the_crl_never_goes_backwards
 run types src/types.rs types:: proptests:: server::proxy server::each_board \
   mutations::bug_a_wrong_mac foundation::bad_input
 run config src/config.rs config:: server::a_config_toml server::each_board foundation::

@@ -333,7 +333,7 @@ fn builds_in_one_tree_are_serialised_and_jobs_use_copies() {
         trees.iter().any(|t| t.contains("cache/ipxe-trees")),
         "{trees:?}"
     );
-    // Issue 16: built side by side, each image holds its own board's certificate, key and
+    // Built side by side, each image holds its own board's certificate, key and
     // script (staging that mixed two boards' files up would show here).
     let mut embeds = BTreeSet::new();
     for b in ["s1", "s2", "s3", "s4"] {
@@ -698,7 +698,7 @@ fn farm_images_are_reproducible_and_hybrid_with_an_mbr() {
     assert_eq!(&iso[512..520], b"EFI PART", "no GPT header");
 }
 
-/// Issue 16 (staging hash over the wrong bytes): staged files are named by their content, so a
+/// Staging hashed over the wrong bytes once: staged files are named by their content, so a
 /// new CA (or certificate) is staged anew, never mistaken for the one a previous build left.
 #[test]
 fn a_replaced_ca_is_staged_anew_not_reused() {

@@ -469,7 +469,7 @@ fn on_a_terminal_flash_asks_and_writes_only_after_yes() {
     assert_eq!(lo.head(1 << 20), std::fs::read(&img).unwrap());
 }
 
-/// Issue 12 item 7: the device shown at the prompt is the device written: flash holds it
+/// The device shown at the prompt is the device written: flash holds it
 /// open (exclusively) from its checks until the write, so nothing can take or swap it.
 #[test]
 fn a_node_that_leads_to_another_disk_than_the_one_checked_is_never_held() {
@@ -491,7 +491,7 @@ fn a_node_that_leads_to_another_disk_than_the_one_checked_is_never_held() {
 }
 
 #[test]
-fn issue12_7_the_device_is_held_from_check_to_write_and_a_file_never_shadows_a_board() {
+fn the_device_is_held_from_check_to_write_and_a_file_never_shadows_a_board() {
     use std::os::unix::fs::OpenOptionsExt;
     let lab = Lab::init();
     let d = lab.tmp.path();
@@ -580,7 +580,7 @@ fn issue12_7_the_device_is_held_from_check_to_write_and_a_file_never_shadows_a_b
     );
 }
 
-/// Issue 16: the write is flushed to the device (fsync) before the read-back opens it, and the
+/// The write is flushed to the device (fsync) before the read-back opens it, and the
 /// read-back drops the page cache first.
 #[test]
 fn bug_flash_reads_back_before_the_write_is_flushed() {
@@ -620,7 +620,7 @@ fn bug_flash_reads_back_before_the_write_is_flushed() {
     );
 }
 
-/// Issue 16: after a real write, what is read back is compared with the image as planned (the
+/// After a real write, what is read back is compared with the image as planned (the
 /// image changed on disk between the check and the write here, as a rebuild would do it).
 #[test]
 fn bug_flash_does_not_compare_the_read_back_after_a_real_write() {

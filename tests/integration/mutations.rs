@@ -1,4 +1,4 @@
-//! Issue 16: one test per plausible one-line bug that slipped through before. Each is named
+//! One test per plausible one-line bug that slipped through before. Each is named
 //! after the bug it catches.
 
 use std::os::unix::fs::PermissionsExt;

@@ -1,4 +1,4 @@
-//! Issue 15: what an operator needs on day 30: boot history, metrics, renewal, packaging.
+//! What an operator needs on day 30: boot history, metrics, renewal, packaging.
 
 use std::process::Command;
 use std::time::Duration;

@@ -152,6 +152,26 @@ impl Lab {
     pub fn serve_on(&self, https: u16, http: u16, extra: &[&str]) -> Server {
         let log = self.tmp.path().join(format!("serve-{https}.log"));
         let err = self.tmp.path().join(format!("serve-{https}.err"));
+        let (out, errs) = (
+            std::fs::File::create(&log).unwrap(),
+            std::fs::File::create(&err).unwrap(),
+        );
+        self.serve_to(https, http, extra, out.into(), errs.into(), log, err)
+    }
+
+    /// Start `serve` with its stdout and stderr where the caller says (`output()` then reads
+    /// the files `log` and `err`, if those are where they go).
+    #[allow(clippy::too_many_arguments)]
+    pub fn serve_to(
+        &self,
+        https: u16,
+        http: u16,
+        extra: &[&str],
+        stdout: Stdio,
+        stderr: Stdio,
+        log: PathBuf,
+        err: PathBuf,
+    ) -> Server {
         let mut args = vec![
             "serve".to_string(),
             "--https".into(),
@@ -165,8 +185,8 @@ impl Lab {
             .arg(&self.dir)
             .args(&args)
             .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(std::fs::File::create(&err).unwrap())
+            .stdout(stdout)
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let mut server = Server {
