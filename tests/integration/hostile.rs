@@ -752,6 +752,27 @@ fn the_crl_never_goes_backwards() {
     std::fs::write(&crl, &old_crl).unwrap();
     let (code, _) = lab.curl_as(Some("r1"), &url);
     assert_eq!(code, 403, "an older CRL un-revoked r1");
+    // A CRL of a look-alike CA (our CA's very names, another key) with a far higher number
+    // that lists nothing: its signature fails, so it is refused and r1 stays revoked.
+    let ours = std::fs::read_to_string(lab.path("ca/ca.crt")).unwrap();
+    let key = rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
+        .unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&ours, key).unwrap();
+    let foreign = rcgen::CertificateRevocationListParams {
+        this_update: time::OffsetDateTime::now_utc(),
+        next_update: time::OffsetDateTime::now_utc() + time::Duration::days(30),
+        crl_number: rcgen::SerialNumber::from(1_000_000u64),
+        issuing_distribution_point: None,
+        revoked_certs: Vec::new(),
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    }
+    .signed_by(&issuer)
+    .unwrap();
+    std::fs::write(&crl, foreign.pem().unwrap()).unwrap();
+    for _ in 0..2 {
+        let (code, _) = lab.curl_as(Some("r1"), &url);
+        assert_eq!(code, 403, "a look-alike CA's CRL un-revoked r1");
+    }
     // A deleted CRL is not "nothing revoked".
     std::fs::remove_file(&crl).unwrap();
     let (code, _) = lab.curl_as(Some("r1"), &url);

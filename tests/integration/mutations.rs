@@ -46,6 +46,58 @@ fn bug_secrets_or_keys_written_world_readable() {
     }
 }
 
+/// The state lock is held for the whole of a command's writes, not taken and dropped at once
+/// (`let _ = lock()` instead of `let _lock = lock()`): enroll's fsyncs are slowed to a second
+/// each (strace's fault injection), and meanwhile the kernel's lock table shows the lock held
+/// by the enrolling process.
+#[test]
+fn bug_the_state_lock_is_dropped_before_the_writes_it_guards() {
+    use std::os::unix::fs::MetadataExt;
+    let lab = Lab::init();
+    let ino = std::fs::metadata(lab.path(".lock")).unwrap().ino();
+    let mut child = crate::util::Proc(
+        std::process::Command::new("strace")
+            .args([
+                "-f",
+                "-qq",
+                "-o",
+                "/dev/null",
+                "-e",
+                "trace=fsync,fdatasync",
+            ])
+            .args(["-e", "inject=fsync,fdatasync:delay_enter=1000000"])
+            .arg(crate::util::bin())
+            .arg("--dir")
+            .arg(&lab.dir)
+            .args(["enroll", "slow-writer"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("strace is needed (apt-get install strace)"),
+    );
+    let held = |ino: u64| {
+        std::fs::read_to_string("/proc/locks")
+            .unwrap()
+            .lines()
+            .any(|l| l.contains("FLOCK") && l.contains(&format!(":{ino} ")))
+    };
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut seen = false;
+    while std::time::Instant::now() < end {
+        if held(ino) {
+            seen = true;
+            break;
+        }
+        if child.0.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(seen, "enroll wrote without holding the state lock");
+    assert!(child.0.wait().unwrap().success());
+    lab.ok(&["show", "slow-writer"]);
+}
+
 #[test]
 fn bug_an_index_hit_is_trusted_without_checking_the_board_file() {
     let lab = Lab::init();
