@@ -459,6 +459,140 @@ fn is_der_key(data: &[u8], len: u64) -> bool {
 mod tests {
     use super::*;
 
+    fn openssl(args: &[&str]) -> Vec<u8> {
+        let o = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        o.stdout
+    }
+
+    /// Keys in every form openssl writes are key material by content; certificates, CRL-like
+    /// DER, CMS signatures and boot files are not.
+    #[test]
+    fn private_keys_are_recognised_in_any_form_and_nothing_else_is() {
+        let t = tempfile::tempdir().unwrap();
+        let key = t.path().join("k.pem");
+        let k = key.to_str().unwrap();
+        openssl(&[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:1024",
+            "-out",
+            k,
+        ]);
+        let ec = t.path().join("ec.pem");
+        let e = ec.to_str().unwrap();
+        openssl(&[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            e,
+        ]);
+        let is_key = |d: &[u8]| looks_like_key(d, d.len() as u64);
+        for (what, der) in [
+            ("PKCS#8", openssl(&["pkey", "-in", k, "-outform", "DER"])),
+            (
+                "PKCS#1",
+                openssl(&["rsa", "-in", k, "-traditional", "-outform", "DER"]),
+            ),
+            ("SEC1", openssl(&["ec", "-in", e, "-outform", "DER"])),
+            ("EC PKCS#8", openssl(&["pkey", "-in", e, "-outform", "DER"])),
+            (
+                "encrypted PKCS#8",
+                openssl(&[
+                    "pkcs8", "-topk8", "-in", k, "-outform", "DER", "-passout", "pass:x",
+                ]),
+            ),
+        ] {
+            assert!(is_key(&der), "{what}");
+            // Only the whole file is a key: a kernel that starts with such bytes is not.
+            assert!(
+                !looks_like_key(&der, der.len() as u64 + 1),
+                "{what} as a prefix"
+            );
+            let mut longer = der.clone();
+            longer.push(0);
+            assert!(!is_key(&longer), "{what} with a byte after it");
+        }
+        assert!(is_key(&std::fs::read(&key).unwrap()), "PEM");
+        assert!(is_key(b"#!ipxe\nset privkey:hexraw 3082\n"));
+        assert!(is_key(b"#!ipxe\nset privkey 3082\n"));
+        let cert = t.path().join("c.pem");
+        openssl(&[
+            "req",
+            "-x509",
+            "-key",
+            k,
+            "-subj",
+            "/CN=x",
+            "-days",
+            "1",
+            "-out",
+            cert.to_str().unwrap(),
+        ]);
+        let cert_der = openssl(&["x509", "-in", cert.to_str().unwrap(), "-outform", "DER"]);
+        for (what, data) in [
+            ("a certificate in DER", cert_der.clone()),
+            ("a certificate in PEM", std::fs::read(&cert).unwrap()),
+            ("a boot script", b"#!ipxe\nkernel vmlinuz\nboot\n".to_vec()),
+            ("a kernel", vec![0x4d, 0x5a, 0x90, 0x00, 0x03]),
+            ("a lone SEQUENCE", vec![0x30, 0x00]),
+            (
+                "a version and nothing else",
+                vec![0x30, 0x03, 0x02, 0x01, 0x00],
+            ),
+            (
+                "version 2",
+                vec![0x30, 0x06, 0x02, 0x01, 0x02, 0x04, 0x01, 0x00],
+            ),
+        ] {
+            assert!(!is_key(&data), "{what}");
+        }
+        assert!(
+            is_key(&[0x30, 0x06, 0x02, 0x01, 0x01, 0x04, 0x01, 0x00]),
+            "SEC1 shape"
+        );
+        assert!(
+            is_key(&[0x30, 0x06, 0x02, 0x01, 0x00, 0x02, 0x01, 0x00]),
+            "PKCS#1 shape"
+        );
+        assert!(
+            is_key(&[0x30, 0x07, 0x30, 0x01, 0x06, 0x04, 0x02, 0x00, 0x00]),
+            "encrypted shape"
+        );
+        assert!(
+            !is_key(&[0x30, 0x07, 0x30, 0x01, 0x02, 0x04, 0x02, 0x00, 0x00]),
+            "no OID"
+        );
+        assert!(
+            !is_key(&[0x30, 0x08, 0x30, 0x01, 0x06, 0x04, 0x01, 0x00, 0x05, 0x00]),
+            "trailing"
+        );
+    }
+
+    #[test]
+    fn der_lengths_long_and_short_are_read_and_truncation_is_refused() {
+        assert_eq!(
+            der(&[0x04, 0x02, 9, 8, 7]),
+            Some((0x04, &[9u8, 8][..], &[7u8][..]))
+        );
+        let mut long = vec![0x04, 0x82, 0x01, 0x00];
+        long.extend([1u8; 256]);
+        let (tag, body, rest) = der(&long).unwrap();
+        assert_eq!((tag, body.len(), rest.len()), (0x04, 256, 0));
+        assert_eq!(der(&long[..100]), None, "shorter than it says");
+        assert_eq!(der(&[0x04, 0x80]), None, "indefinite length");
+        assert_eq!(der(&[0x04, 0x85, 1, 1, 1, 1, 1]), None, "five length bytes");
+        assert_eq!(der(&[0x04]), None);
+    }
+
     #[test]
     fn long_lengths_are_encoded_in_the_fewest_bytes() {
         assert_eq!(tlv(0x04, &[0; 5])[..2], [0x04, 5]);

@@ -845,6 +845,92 @@ mod tests {
         assert!(open_each_component(&dir, "a/b/missing", flags).is_err());
     }
 
+    /// Each folder judged by descriptor: the state dir's own `files` (and below) is served,
+    /// any other folder of the state dir, the state dir itself and what holds it are not, nor
+    /// anything at or below a build's marker; a folder elsewhere is.
+    #[test]
+    fn folders_are_judged_by_what_they_are_not_by_their_path() {
+        let t = tempfile::tempdir().unwrap();
+        let state = t.path().join("srv/state");
+        for d in ["files/sub", "secrets", "boards/b1", "quarantine"] {
+            std::fs::create_dir_all(state.join(d)).unwrap();
+        }
+        let elsewhere = t.path().join("boot/images/b1");
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        std::fs::write(
+            t.path().join("boot/images").join(crate::state::OUT_MARKER),
+            "",
+        )
+        .unwrap();
+        std::fs::create_dir_all(t.path().join("kernels")).unwrap();
+        let marks = StateMarks::read(&state, true).unwrap();
+        let judge = |rel: &str| {
+            let dir = open_dir(&t.path().join(rel)).unwrap();
+            let id = id_of(&dir).unwrap();
+            (marks.around.contains(&id), refusal(&dir, &marks).unwrap())
+        };
+        assert_eq!(judge("srv/state/files"), (false, None));
+        assert_eq!(judge("srv/state/files/sub"), (false, None));
+        assert_eq!(judge("kernels"), (false, None));
+        for rel in [
+            "srv/state/secrets",
+            "srv/state/boards/b1",
+            "srv/state/quarantine",
+        ] {
+            assert_eq!(judge(rel), (false, Some("the state dir")), "{rel}");
+        }
+        assert!(judge("srv/state").0, "the state dir itself");
+        assert!(judge("srv").0, "what holds it");
+        assert!(judge("").0, "and above");
+        assert_eq!(judge("boot/images"), (false, Some("a build's images")));
+        assert_eq!(judge("boot/images/b1"), (false, Some("a build's images")));
+        assert_eq!(
+            judge("boot"),
+            (false, None),
+            "the marker counts at and below its folder"
+        );
+        // Without a files folder, nothing of the state dir is served.
+        std::fs::rename(state.join("files"), t.path().join("moved")).unwrap();
+        let marks = StateMarks::read(&state, false).unwrap();
+        assert_eq!(marks.files, None);
+        let dir = open_dir(&state.join("secrets")).unwrap();
+        assert_eq!(refusal(&dir, &marks).unwrap(), Some("the state dir"));
+        let dir = open_dir(&t.path().join("moved/sub")).unwrap();
+        assert_eq!(
+            refusal(&dir, &marks).unwrap(),
+            None,
+            "moved out, it is any folder"
+        );
+    }
+
+    /// A symlinked file is followed beneath the root, one link at a time, to its real folder.
+    #[test]
+    fn a_symlinked_file_is_opened_with_the_folder_it_really_lies_in() {
+        let t = tree();
+        std::fs::create_dir_all(t.path().join("img")).unwrap();
+        std::fs::write(t.path().join("img/k.img"), "IMG").unwrap();
+        std::os::unix::fs::symlink("../img/k.img", t.path().join("a/k")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", t.path().join("abs")).unwrap();
+        std::os::unix::fs::symlink("../../outside", t.path().join("a/out")).unwrap();
+        std::os::unix::fs::symlink("loop2", t.path().join("loop1")).unwrap();
+        std::os::unix::fs::symlink("loop1", t.path().join("loop2")).unwrap();
+        let root = std::fs::File::open(t.path()).unwrap();
+        let (mut f, parent) = open_beneath(&root, "a/k").unwrap();
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut f, &mut text).unwrap();
+        assert_eq!(text, "IMG");
+        let img = std::fs::metadata(t.path().join("img")).unwrap();
+        assert_eq!(id_of(&parent).unwrap(), crate::state::identity_of(&img));
+        let (_, parent) = open_beneath(&root, "a/file-link").unwrap();
+        let b = std::fs::metadata(t.path().join("a/b")).unwrap();
+        assert_eq!(id_of(&parent).unwrap(), crate::state::identity_of(&b));
+        let errno =
+            |rel: &str| rustix::io::Errno::from_io_error(&open_beneath(&root, rel).unwrap_err());
+        assert_eq!(errno("abs"), Some(rustix::io::Errno::XDEV));
+        assert_eq!(errno("a/out"), Some(rustix::io::Errno::XDEV));
+        assert_eq!(errno("loop1"), Some(rustix::io::Errno::LOOP));
+    }
+
     #[test]
     fn refused_opens_say_why() {
         let e = |n: rustix::io::Errno| {
