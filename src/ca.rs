@@ -86,6 +86,21 @@ pub fn random_serial() -> Result<Vec<u8>> {
     Ok(b.to_vec())
 }
 
+/// The size of a certificate's RSA key, when it is one of ours (to re-issue it the same).
+pub fn rsa_key_size(der: &[u8]) -> Option<KeySize> {
+    use x509_parser::public_key::PublicKey;
+    let (_, c) = X509Certificate::from_der(der).ok()?;
+    match c.public_key().parsed().ok()? {
+        PublicKey::RSA(rsa) => match rsa.key_size() {
+            2048 => Some(KeySize::Rsa2048),
+            3072 => Some(KeySize::Rsa3072),
+            4096 => Some(KeySize::Rsa4096),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 /// The subject alternative names of a certificate (to re-issue it with the same names).
 pub fn cert_sans(der: &[u8]) -> Result<Vec<San>> {
     use x509_parser::extensions::GeneralName;

@@ -289,7 +289,12 @@ impl Lab {
                 "add `--san {host}`, or first point the boards elsewhere (`ipxe-ca config --server-url`, then rebuild their images)"
             ),
         )?;
-        let key_size = KeySize::Rsa2048;
+        // The size `init --key-size` chose, as the current server key has it.
+        let key_size = state::read(&self.state.server_cert())
+            .ok()
+            .and_then(|pem| ca::cert_der_from_bytes(&pem).ok())
+            .and_then(|der| ca::rsa_key_size(&der))
+            .unwrap_or(KeySize::Rsa2048);
         let rsa = ca.issue_server(&sans, key_size, days::SERVER)?;
         let ecdsa = ca.issue_server_ecdsa(&sans, days::SERVER)?;
         let _lock = self.state.lock()?;

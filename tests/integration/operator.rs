@@ -237,3 +237,32 @@ fn a_symlinked_boot_file_is_signed_under_its_served_name() {
         "/dev/null",
     ]);
 }
+
+/// New server certificates keep the key size `init --key-size` chose (they were RSA-2048
+/// whatever it said).
+#[test]
+fn server_cert_keeps_the_key_size_init_chose() {
+    let lab = Lab::new();
+    lab.ok(&["init", "--key-size", "3072", "--san", "IP:127.0.0.1"]);
+    let bits = |lab: &Lab| {
+        crate::util::openssl(&[
+            "x509",
+            "-in",
+            s(&lab.path("server/server.crt")),
+            "-noout",
+            "-text",
+        ])
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Public-Key: (").map(str::to_string))
+        .unwrap()
+    };
+    assert_eq!(bits(&lab), "3072 bit)");
+    lab.ok(&[
+        "server-cert",
+        "--san",
+        "IP:127.0.0.1",
+        "--san",
+        "DNS:boot.lab",
+    ]);
+    assert_eq!(bits(&lab), "3072 bit)");
+}
