@@ -9,6 +9,7 @@ pub mod config;
 pub mod digest;
 pub mod error;
 pub mod flash;
+pub mod health;
 pub mod history;
 pub mod ipxe_build;
 pub mod lab;

@@ -30,6 +30,11 @@ impl Registry {
         }
     }
 
+    /// The state dir this registry lives in.
+    pub fn state(&self) -> &StateDir {
+        &self.state
+    }
+
     /// Move a leftover aside (never deleted: it may hold the only copy of a key).
     fn set_aside(&self, path: &std::path::Path) -> Result<()> {
         let to = self.state.quarantine(path)?;

@@ -45,13 +45,13 @@ impl Report {
     }
 
     /// An error naming what a build of these targets would miss, if anything.
-    pub fn verdict(&self) -> crate::Result<()> {
+    pub fn verdict(&self) -> crate::error::Result<()> {
         let missing: Vec<&str> = self.missing().iter().map(|c| c.what).collect();
         if missing.is_empty() {
             return Ok(());
         }
         let targets: Vec<&str> = self.targets.iter().map(|t| t.name()).collect();
-        Err(crate::Error::invalid(format!(
+        Err(crate::error::Error::invalid(format!(
             "a build of {} would fail: missing {}",
             targets.join(", "),
             missing.join(", ")
@@ -178,7 +178,7 @@ pub fn report(targets: &[Target], prebuilt: bool, tree: Option<&IpxeTree>) -> Re
 }
 
 /// Refuse to start a build that would fail for a missing tool, naming the packages.
-pub fn preflight(targets: &[Target], prebuilt: bool) -> crate::Result<()> {
+pub fn preflight(targets: &[Target], prebuilt: bool) -> crate::error::Result<()> {
     let r = report(targets, prebuilt, None);
     let missing: Vec<String> = r
         .missing()
@@ -188,7 +188,7 @@ pub fn preflight(targets: &[Target], prebuilt: bool) -> crate::Result<()> {
     if missing.is_empty() {
         Ok(())
     } else {
-        Err(crate::Error::invalid(format!(
+        Err(crate::error::Error::invalid(format!(
             "the build needs: {}; `ipxe-ca doctor` checks everything",
             missing.join(", ")
         )))

@@ -20,8 +20,8 @@ use super::image::{self, IsoTool, Media};
 use super::{finish_manifest, run, BoardResult, BuildOptions, Manifest, Target};
 use crate::board::Board;
 use crate::error::{Error, Result};
+use crate::registry::Registry;
 use crate::state::{self, OutDir, MODE_PUBLIC, MODE_SECRET};
-use crate::Lab;
 
 /// Name of our local configuration: `config/local/ipxe-ca/` (`make CONFIG=ipxe-ca`).
 pub const CONFIG_NAME: &str = "ipxe-ca";
@@ -283,14 +283,14 @@ pub(crate) struct Shared {
 }
 
 fn farm_compile(
-    lab: &Lab,
+    registry: &Registry,
     tree: &IpxeTree,
     goals: Vec<&'static str>,
     opts: &BuildOptions,
     stage_dir: &Path,
     run_dir: &Path,
 ) -> Result<Shared> {
-    let ca_pem = state::read(&lab.state().ca_cert())?;
+    let ca_pem = state::read(&registry.state().ca_cert())?;
     let ca = stage(stage_dir, "ca", "crt", &ca_pem, MODE_PUBLIC)?;
     let epoch = crate::ca::cert_info(&crate::ca::cert_der_from_bytes(&ca_pem)?)?
         .not_before
@@ -337,7 +337,7 @@ fn copy_out(
 
 /// What every board of one build shares.
 struct Job<'a> {
-    lab: &'a Lab,
+    registry: &'a Registry,
     opts: &'a BuildOptions,
     shared: Option<&'a Shared>,
     stage_dir: &'a Path,
@@ -348,7 +348,7 @@ struct Job<'a> {
 /// One board: its compiled binaries (if any target needs them), then its assembled images.
 fn build_board(job: &Job, tree: Option<&IpxeTree>, board: &Board) -> Result<Manifest> {
     let Job {
-        lab,
+        registry,
         opts,
         shared,
         stage_dir,
@@ -362,9 +362,11 @@ fn build_board(job: &Job, tree: Option<&IpxeTree>, board: &Board) -> Result<Mani
     let own = run_dir.join(format!("board-{}", board.name));
     state::create_dir_private(&own)?;
     let result = (|| {
-        let compiled = compile_board(lab, tree, board, opts, stage_dir, &own, features, epoch)?;
+        let compiled = compile_board(
+            registry, tree, board, opts, stage_dir, &own, features, epoch,
+        )?;
         let script = super::autoexec_script(
-            lab,
+            registry,
             board,
             opts.ntp_server.as_deref(),
             !features.pkcs8_keys,
@@ -455,7 +457,7 @@ fn build_board(job: &Job, tree: Option<&IpxeTree>, board: &Board) -> Result<Mani
 /// The board's own binaries, when a target needs its key compiled in.
 #[allow(clippy::too_many_arguments)]
 fn compile_board(
-    lab: &Lab,
+    registry: &Registry,
     tree: Option<&IpxeTree>,
     board: &Board,
     opts: &BuildOptions,
@@ -476,23 +478,23 @@ fn compile_board(
         return Ok(Vec::new());
     }
     let tree = tree.ok_or_else(|| Error::invalid("internal: no tree for a compiled target"))?;
-    let key_path = super::held_key(lab, board)?;
+    let key_path = super::held_key(registry, board)?;
     let ca = stage(
         stage_dir,
         "ca",
         "crt",
-        &state::read(&lab.state().ca_cert())?,
+        &state::read(&registry.state().ca_cert())?,
         MODE_PUBLIC,
     )?;
     let cert = stage(
         own,
         "cert",
         "crt",
-        &state::read(&lab.state().board_cert(&board.name))?,
+        &state::read(&registry.state().board_cert(&board.name))?,
         MODE_PUBLIC,
     )?;
     let key = stage(own, "key", "pem", &state::read(&key_path)?, MODE_SECRET)?;
-    let script = super::embed_script(lab, board, opts.ntp_server.as_deref(), true)?;
+    let script = super::embed_script(registry, board, opts.ntp_server.as_deref(), true)?;
     let embed = stage(own, "embed", "ipxe", script.as_bytes(), MODE_SECRET)?;
     let wrapper = (!features.pkcs8_keys)
         .then(|| openssl_wrapper(stage_dir))
@@ -570,7 +572,7 @@ fn trees(tree: &IpxeTree, jobs: usize, cache: &Path) -> Result<Vec<IpxeTree>> {
 static RUN_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 pub(crate) fn build_all(
-    lab: &Lab,
+    registry: &Registry,
     tree: &IpxeTree,
     boards: &[Board],
     opts: &BuildOptions,
@@ -611,7 +613,7 @@ pub(crate) fn build_all(
             None
         } else {
             Some(farm_compile(
-                lab, tree, farm_goals, &opts, &stage_dir, &run_dir,
+                registry, tree, farm_goals, &opts, &stage_dir, &run_dir,
             )?)
         };
         // Compiles need a tree each; assembly alone uses every core.
@@ -620,7 +622,7 @@ pub(crate) fn build_all(
             .unwrap_or(1);
         let workers: Vec<Option<IpxeTree>> = if compiles {
             let jobs = opts.jobs.clamp(1, boards.len().max(1));
-            trees(tree, jobs, &lab.state().ipxe_trees())?
+            trees(tree, jobs, &registry.state().ipxe_trees())?
                 .into_iter()
                 .map(Some)
                 .collect()
@@ -628,7 +630,7 @@ pub(crate) fn build_all(
             vec![None; cores.max(opts.jobs).clamp(1, boards.len().max(1))]
         };
         let job = Job {
-            lab,
+            registry,
             opts: &opts,
             shared: shared.as_ref(),
             stage_dir: &stage_dir,

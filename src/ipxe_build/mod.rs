@@ -19,10 +19,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::board::{Board, Status};
 use crate::error::{Error, Result};
+use crate::registry::Registry;
 use crate::render::{self, Context};
 use crate::state::{self, OutDir, MODE_SECRET};
 use crate::types::BoardName;
-use crate::Lab;
+
+/// The embed script compiled into images (written to `ipxe-scripts/embed.ipxe` at `init`).
+pub const EMBED_TEMPLATE: &str = include_str!("../../ipxe-scripts/embed.ipxe");
 
 pub use image::IsoTool;
 pub use make::{IpxeTree, TreeFeatures};
@@ -247,17 +250,17 @@ pub(crate) fn run(cmd: &mut Command, what: &str) -> Result<String> {
 /// The embed script for a board, rendered from `ipxe-scripts/embed.ipxe`.
 /// `imgverify`: the image's iPXE has the command (built from source with our config).
 pub fn embed_script(
-    lab: &Lab,
+    registry: &Registry,
     board: &Board,
     ntp_server: Option<&str>,
     imgverify: bool,
 ) -> Result<String> {
-    let config = crate::config::Config::load(lab.state())?;
-    let path = lab.state().embed_script();
+    let config = crate::config::Config::load(registry.state())?;
+    let path = registry.state().embed_script();
     let source = if path.exists() {
         state::read_to_string(&path)?
     } else {
-        crate::lab::EMBED_TEMPLATE.to_string()
+        EMBED_TEMPLATE.to_string()
     };
     let mut ctx = Context::for_board(board, &config, Default::default(), imgverify);
     ctx.ntp_server = ntp_server.map(str::to_string);
@@ -265,8 +268,8 @@ pub fn embed_script(
 }
 
 /// The board's private key, which every image embeds: only enrolled boards have one here.
-pub(crate) fn held_key(lab: &Lab, board: &Board) -> Result<PathBuf> {
-    let key = lab.state().board_key(&board.name);
+pub(crate) fn held_key(registry: &Registry, board: &Board) -> Result<PathBuf> {
+    let key = registry.state().board_key(&board.name);
     if !key.exists() {
         return Err(Error::invalid(format!(
             "ipxe-ca does not hold the key of board {} (it was signed from a CSR or registered): an image needs the key",
@@ -279,9 +282,8 @@ pub(crate) fn held_key(lab: &Lab, board: &Board) -> Result<PathBuf> {
 /// Boards to build: the named ones (each must be active), or every active board.
 /// Active boards whose image in `out` is missing or was built for an older certificate
 /// (after `renew`): what must be rebuilt and flashed.
-pub fn stale_boards(lab: &Lab, out: &OutDir) -> Result<Vec<Board>> {
-    Ok(lab
-        .registry()
+pub fn stale_boards(registry: &Registry, out: &OutDir) -> Result<Vec<Board>> {
+    Ok(registry
         .list()?
         .into_iter()
         .filter(|b| b.status == Status::Active)
@@ -289,9 +291,9 @@ pub fn stale_boards(lab: &Lab, out: &OutDir) -> Result<Vec<Board>> {
         .collect())
 }
 
-pub fn select_boards(lab: &Lab, names: &[BoardName], all: bool) -> Result<Vec<Board>> {
+pub fn select_boards(registry: &Registry, names: &[BoardName], all: bool) -> Result<Vec<Board>> {
     let boards = if all {
-        lab.registry()
+        registry
             .list()?
             .into_iter()
             .filter(|b| b.status == Status::Active)
@@ -299,7 +301,7 @@ pub fn select_boards(lab: &Lab, names: &[BoardName], all: bool) -> Result<Vec<Bo
     } else {
         let mut v = Vec::new();
         for n in names {
-            let b = lab.registry().get(n)?;
+            let b = registry.get(n)?;
             if b.status == Status::Revoked {
                 return Err(Error::invalid(format!(
                     "board {n} is revoked: its image would be refused anyway; enroll a new board"
@@ -353,13 +355,13 @@ impl<'a> Summary<'a> {
 
 /// Build images for `boards`. `on_done` is called as each board finishes (for progress).
 pub fn build(
-    lab: &Lab,
+    registry: &Registry,
     boards: &[Board],
     opts: &BuildOptions,
     on_done: &(dyn Fn(&BoardResult) + Sync),
 ) -> Result<Vec<BoardResult>> {
     // Images hold their boards' keys: never where boot files are served from.
-    let files = lab.state().files_dir();
+    let files = registry.state().files_dir();
     let out_abs = std::path::absolute(opts.out.root())
         .map_err(|e| Error::io("cannot resolve", opts.out.root(), e))?;
     let files_abs = std::fs::canonicalize(&files).unwrap_or(files);
@@ -390,8 +392,8 @@ pub fn build(
             let efi = prebuilt::find_efi(dir)?;
             let mut results = Vec::new();
             for b in boards {
-                let r =
-                    prebuilt::build_board(lab, b, &efi, opts).map_err(|e| (b.name.to_string(), e));
+                let r = prebuilt::build_board(registry, b, &efi, opts)
+                    .map_err(|e| (b.name.to_string(), e));
                 on_done(&r);
                 results.push(r);
             }
@@ -399,7 +401,7 @@ pub fn build(
         }
         Source::Tree(dir) => {
             let tree = IpxeTree::open(dir)?;
-            make::build_all(lab, &tree, boards, opts, on_done)
+            make::build_all(registry, &tree, boards, opts, on_done)
         }
     }
 }
@@ -491,11 +493,15 @@ impl Manifest {
 /// What to write to a stick, given a board name or an image file: a registered board's
 /// newest stick image (with the SHA-256 its manifest records) wins over a file of the same
 /// name in the current directory.
-pub fn stick_source(lab: &Lab, out: &OutDir, source: &str) -> Result<(PathBuf, Option<String>)> {
+pub fn stick_source(
+    registry: &Registry,
+    out: &OutDir,
+    source: &str,
+) -> Result<(PathBuf, Option<String>)> {
     let board = source
         .parse::<BoardName>()
         .ok()
-        .filter(|b| lab.registry().exists(b));
+        .filter(|b| registry.exists(b));
     match board {
         Some(b) => {
             let (img, sha) = Manifest::load(out, &b)?.stick_image(out)?;
@@ -514,17 +520,17 @@ pub fn stick_source(lab: &Lab, out: &OutDir, source: &str) -> Result<(PathBuf, O
 /// key as hex (iPXE uses a run-time key only when none was built in), then the embed script.
 /// `pkcs1`: the key as PKCS#1, for iPXE older than 2023-06.
 pub fn autoexec_script(
-    lab: &Lab,
+    registry: &Registry,
     board: &Board,
     ntp_server: Option<&str>,
     pkcs1: bool,
     imgverify: bool,
 ) -> Result<String> {
-    let key_path = held_key(lab, board)?;
+    let key_path = held_key(registry, board)?;
     let cert_der =
-        crate::ca::cert_der_from_bytes(&state::read(&lab.state().board_cert(&board.name))?)?;
+        crate::ca::cert_der_from_bytes(&state::read(&registry.state().board_cert(&board.name))?)?;
     let key_der = crate::ca::board_key_der(&state::read(&key_path)?, pkcs1)?;
-    let embed = embed_script(lab, board, ntp_server, imgverify)?;
+    let embed = embed_script(registry, board, ntp_server, imgverify)?;
     let body = embed.strip_prefix("#!ipxe").unwrap_or(&embed);
     Ok(format!(
         "#!ipxe\n# Board {}: certificate and key for mutual TLS (treat this file as secret).\nset cert:hexraw {}\nset privkey:hexraw {}\n{}",

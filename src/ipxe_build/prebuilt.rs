@@ -7,8 +7,8 @@ use std::time::Instant;
 use super::{finish_manifest, image, siglist, BuildOptions, Manifest, Target};
 use crate::board::Board;
 use crate::error::{Error, Result};
+use crate::registry::Registry;
 use crate::state;
-use crate::Lab;
 
 /// Said with every prebuilt image: without it a prebuilt iPXE trusts public CAs instead of ours.
 pub const TRUST_NOTE: &str = "prebuilt iPXE cannot pin our CA: the firmware must supply it as \
@@ -32,7 +32,7 @@ pub(crate) fn find_efi(dir: &Path) -> Result<PathBuf> {
 }
 
 pub(crate) fn build_board(
-    lab: &Lab,
+    registry: &Registry,
     board: &Board,
     efi: &Path,
     opts: &BuildOptions,
@@ -41,14 +41,14 @@ pub(crate) fn build_board(
     let dir = opts.out.board_dir(&board.name);
     state::create_dir_private(&dir)?;
     // Debian 13's prebuilt iPXE (2025) reads PKCS#8 keys.
-    let script = super::autoexec_script(lab, board, opts.ntp_server.as_deref(), false, false)?;
+    let script = super::autoexec_script(registry, board, opts.ntp_server.as_deref(), false, false)?;
     let out = dir.join(Target::EfiUsb.file_name(&board.name));
     let tmp = dir.join(format!(".{}.tmp", Target::EfiUsb.file_name(&board.name)));
     let epoch = board.not_before.unix_timestamp().max(0);
     image::fat_image(&tmp, efi, Some(script.as_bytes()), epoch)?;
     std::fs::rename(&tmp, &out).map_err(|e| Error::io("cannot move image into", &out, e))?;
     // The CA certificate only: building never needs the CA key.
-    let ca = crate::ca::cert_der_from_bytes(&state::read(&lab.state().ca_cert())?)?;
+    let ca = crate::ca::cert_der_from_bytes(&state::read(&registry.state().ca_cert())?)?;
     let siglist = siglist::x509_siglist(&[&ca]);
     let sl = dir.join("ca.siglist");
     state::write_atomic(&sl, &siglist, state::MODE_PUBLIC)?;

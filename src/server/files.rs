@@ -13,8 +13,38 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use super::metrics::FileReads;
 use super::response::{full, Body, Outcome};
-use super::Shared;
 use crate::state::StateDir;
+
+/// Boot files without a current signature are served, but never silently: imgverify on the
+/// boards will refuse them.
+pub(crate) fn warn_unsigned(files_root: &std::path::Path) {
+    use crate::codesign::SigStatus;
+    match crate::codesign::check(files_root) {
+        Ok(report) => {
+            for (status, what) in [
+                (SigStatus::Missing, "no signature"),
+                (SigStatus::Stale, "a stale signature (changed since signed)"),
+            ] {
+                let names: Vec<&str> = report
+                    .iter()
+                    .filter(|f| f.status == status)
+                    .map(|f| f.path.as_str())
+                    .collect();
+                if !names.is_empty() {
+                    super::log::say(&format!(
+                        "ipxe-ca: warning: {} boot file(s) with {what}: {}; boards that verify \
+(imgverify) will refuse them: run `ipxe-ca sign-files`",
+                        names.len(),
+                        names.join(", ")
+                    ));
+                }
+            }
+        }
+        Err(e) => super::log::say(&format!(
+            "ipxe-ca: warning: cannot check boot file signatures: {e}"
+        )),
+    }
+}
 
 /// Decode `%XX` escapes; `None` for malformed escapes or non-UTF-8 results.
 pub(crate) fn percent_decode(s: &str) -> Option<String> {
@@ -87,9 +117,9 @@ struct Checked {
 impl FilesRoot {
     /// Check the folder `given` names now; one that holds key material is an error, as is
     /// none at all.
-    pub(crate) fn new(given: &Path, state: &Path) -> crate::Result<FilesRoot> {
+    pub(crate) fn new(given: &Path, state: &Path) -> crate::error::Result<FilesRoot> {
         let missing = |e| {
-            crate::Error::io(
+            crate::error::Error::io(
                 "files directory missing (create it, or serve another one)",
                 given,
                 e,
@@ -98,7 +128,7 @@ impl FilesRoot {
         let dir = open_dir(given).map_err(missing)?;
         let checked = Self::check(&dir, state).map_err(missing)?;
         if checked.refused {
-            return Err(crate::Error::invalid(format!(
+            return Err(crate::error::Error::invalid(format!(
                 "{} holds key material (the state dir, its key folders, or a build's images): \
 serve boot files from their own directory (default DIR/files, or --files)",
                 checked.root.display()
@@ -177,7 +207,7 @@ serve boot files from their own directory (default DIR/files, or --files)",
                 ),
             });
             if !checked.refused {
-                super::warn_unsigned(&checked.root);
+                warn_unsigned(&checked.root);
             }
         }
         Ok((dir, checked))
@@ -629,7 +659,7 @@ pub(crate) async fn serve(
     raw: &str,
     req: &Request<Incoming>,
     tls: bool,
-    shared: &Shared,
+    (files, reads): (&std::sync::Arc<FilesRoot>, &std::sync::Arc<FileReads>),
     out: &mut Outcome,
 ) -> Response<Body> {
     let method = req.method();
@@ -640,7 +670,7 @@ pub(crate) async fn serve(
         Ok(p) => p,
         Err((status, why)) => return refuse(status, why, out),
     };
-    let files = shared.files.clone();
+    let files = files.clone();
     // The checks read the file's head, the signature index and stat the folders: the
     // blocking pool's work too.
     let opened = tokio::task::spawn_blocking(move || {
@@ -717,13 +747,7 @@ pub(crate) async fn serve(
     } else {
         out.bytes = count;
         let frame = if tls { TLS_FRAME } else { PLAIN_FRAME };
-        frames(
-            std_file,
-            start,
-            count,
-            frame,
-            shared.metrics.file_reads.clone(),
-        )
+        frames(std_file, start, count, frame, reads.clone())
     };
     let mut r = Response::new(body);
     *r.status_mut() = status;

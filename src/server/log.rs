@@ -4,6 +4,19 @@ use std::net::SocketAddr;
 
 use serde::Serialize;
 
+/// What operators grep for when a board will not boot: how it connected.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub(crate) struct TlsSession {
+    /// `TLSv1_2` or `TLSv1_3`.
+    pub version: Option<&'static str>,
+    /// e.g. `TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256`.
+    pub suite: Option<&'static str>,
+    /// Key-exchange group, e.g. `X25519`.
+    pub group: Option<&'static str>,
+    /// Whether the session was resumed (no signature, no key exchange).
+    pub resumed: bool,
+}
+
 /// One request as logged.
 #[derive(Debug, Default, Serialize)]
 pub(crate) struct Entry {
@@ -23,7 +36,7 @@ pub(crate) struct Entry {
     pub user_agent: Option<String>,
     /// How the connection was made (HTTPS only).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tls: Option<super::TlsSession>,
+    pub tls: Option<TlsSession>,
     /// Why a request was refused, in words an operator can act on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,

@@ -12,23 +12,25 @@ mod one_time;
 mod response;
 mod routes;
 mod sandbox;
+mod shared;
 mod tls;
 mod verified;
 
-use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::config::{Config, ConfigCache};
+use crate::config::ConfigCache;
 use crate::error::{Error, Result};
-use crate::Lab;
+use crate::registry::Registry;
 
 pub use one_time::OneTimeStore;
 pub use response::Verdict;
+use shared::{ConnInfo, Shared};
+pub use shared::{Front, ServeOptions};
 
 /// The rustls configuration `serve` accepts boards with (both server certificates chosen per
 /// ClientHello, board certificates verified against the CA and remembered, `sessions` TLS
@@ -37,121 +39,11 @@ pub fn tls_config(state: &crate::state::StateDir, sessions: usize) -> Result<rus
     tls::build(state, sessions)
 }
 
-/// Where the boards' TLS ends.
-#[derive(Clone, Debug)]
-pub enum Front {
-    /// `serve` does mutual TLS itself, on this address.
-    Mtls {
-        /// The HTTPS listener.
-        https: SocketAddr,
-    },
-    /// A TLS-terminating proxy (nginx, for iPXE older than 2024) passes the client
-    /// certificate's facts in headers over plain HTTP.
-    Proxy {
-        /// Peers whose X-SSL-Client-* headers are believed.
-        trusted: Vec<IpAddr>,
-        /// What the proxy must send as `X-IPXE-CA-Proxy-Secret`.
-        secret: String,
-    },
-}
-
-/// How `serve` runs.
-#[derive(Clone, Debug)]
-pub struct ServeOptions {
-    /// Who terminates the boards' TLS.
-    pub front: Front,
-    /// Plain-HTTP listener (files; in proxy mode also the scripts).
-    pub http: SocketAddr,
-    /// Root of `/files/`.
-    pub files: PathBuf,
-    /// Lifetime of one-time URLs.
-    pub one_time_ttl: Duration,
-    /// Cap on concurrent connections per listener.
-    pub max_connections: usize,
-    /// Cap on concurrent connections from one address, per listener.
-    pub max_per_ip: usize,
-    /// TLS handshake and request-header timeout.
-    pub timeout: Duration,
-    /// TLS sessions kept for resumption by session ID (no tickets are issued).
-    pub tls_sessions: usize,
-    /// Where Prometheus scrapes `/metrics` (keep it off the boards' network).
-    pub metrics: Option<SocketAddr>,
-    /// Threads running the event loop. One per core serves the most boards at once; fewer
-    /// spend less CPU per boot on a host that does other work (fewer wake-ups: one thread on
-    /// 2 shared cores spent a fifth to a quarter less per ECDSA boot than two).
-    pub workers: usize,
-}
-
-impl ServeOptions {
-    /// Whether `ip` is a `--trusted-proxy` in proxy mode (::ffff:127.0.0.1 is 127.0.0.1: a
-    /// dual-stack listener sees mapped addresses).
-    pub(crate) fn is_trusted_proxy(&self, ip: IpAddr) -> bool {
-        let ip = ip.to_canonical();
-        match &self.front {
-            Front::Proxy { trusted, .. } => trusted.iter().any(|t| t.to_canonical() == ip),
-            Front::Mtls { .. } => false,
-        }
-    }
-}
-
-/// The earliest expiry of each kind (`board`, `server`, …), in seconds from now.
-type Earliest = Vec<(&'static str, i64)>;
-
-/// Shared state of a running server.
-pub(crate) struct Shared {
-    pub lab: Lab,
-    /// `config.toml`, read again when it changes.
-    pub config: ConfigCache,
-    /// The boot files folder, checked again whenever its path names another one.
-    pub files: Arc<files::FilesRoot>,
-    pub one_time: OneTimeStore,
-    pub revoked: crl::RevokedSerials,
-    /// Profiles and secret templates, compiled once per version of their file.
-    pub templates: crate::render::Templates,
-    /// Board files and secrets, read once per version of their files.
-    pub boards: crate::registry::BoardCache,
-    /// What changed under the state directory since a cache read it (inotify).
-    pub changes: crate::watch::Changes,
-    /// Each board's recent requests.
-    pub journal: crate::history::Journal,
-    pub metrics: metrics::Metrics,
-    /// The earliest expiry of each kind, as the last scrape read it, and when.
-    pub expiry: std::sync::Mutex<Option<(std::time::Instant, Earliest)>>,
-    pub opts: ServeOptions,
-}
-
-/// What identifies the client on one connection.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct ConnInfo {
-    pub peer: Option<SocketAddr>,
-    /// SHA-1 of the verified client certificate (TLS), when there is one.
-    pub fingerprint_sha1: Option<String>,
-    /// Whether this connection came through the mTLS listener.
-    pub tls: bool,
-    /// How the TLS connection was made, for the access log.
-    pub session: Option<TlsSession>,
-    /// What the connection proves itself with, to leave the unproven budget.
-    pub proof: Option<Arc<guard::Proof>>,
-}
-
-/// What operators grep for when a board will not boot: how it connected.
-#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
-pub(crate) struct TlsSession {
-    /// `TLSv1_2` or `TLSv1_3`.
-    pub version: Option<&'static str>,
-    /// e.g. `TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256`.
-    pub suite: Option<&'static str>,
-    /// Key-exchange group, e.g. `X25519`.
-    pub group: Option<&'static str>,
-    /// Whether the session was resumed (no signature, no key exchange).
-    pub resumed: bool,
-}
-
 /// The name of an event-loop thread.
 const LOOP_THREAD: &std::ffi::CStr = c"ipxe-ca-loop";
 
 /// Run the server until SIGTERM or SIGINT, then let in-flight requests finish.
-pub fn run(lab: Lab, opts: ServeOptions) -> Result<()> {
+pub fn run(registry: Registry, opts: ServeOptions) -> Result<()> {
     guard::raise_nofile();
     let workers = opts.workers.max(1);
     let started = std::sync::atomic::AtomicUsize::new(0);
@@ -167,7 +59,7 @@ pub fn run(lab: Lab, opts: ServeOptions) -> Result<()> {
         .enable_all()
         .build()
         .map_err(|e| Error::Server(format!("cannot start runtime: {e}")))?;
-    let r = rt.block_on(serve(lab, opts, shutdown_signal()));
+    let r = rt.block_on(serve(registry, opts, shutdown_signal()));
     log::flush_messages(Duration::from_secs(2));
     r
 }
@@ -184,68 +76,29 @@ async fn shutdown_signal() {
     }
 }
 
-/// Boot files without a current signature are served, but never silently: imgverify on the
-/// boards will refuse them.
-fn warn_unsigned(files_root: &std::path::Path) {
-    use crate::codesign::SigStatus;
-    match crate::codesign::check(files_root) {
-        Ok(report) => {
-            for (status, what) in [
-                (SigStatus::Missing, "no signature"),
-                (SigStatus::Stale, "a stale signature (changed since signed)"),
-            ] {
-                let names: Vec<&str> = report
-                    .iter()
-                    .filter(|f| f.status == status)
-                    .map(|f| f.path.as_str())
-                    .collect();
-                if !names.is_empty() {
-                    log::say(&format!(
-                        "ipxe-ca: warning: {} boot file(s) with {what}: {}; boards that verify \
-(imgverify) will refuse them: run `ipxe-ca sign-files`",
-                        names.len(),
-                        names.join(", ")
-                    ));
-                }
-            }
-        }
-        Err(e) => log::say(&format!(
-            "ipxe-ca: warning: cannot check boot file signatures: {e}"
-        )),
-    }
-}
-
-/// A server host the server certificates do not name is the operator's to mend (boards would
-/// refuse the server): said, at start and when an edit brings it, not fatal.
-pub(crate) fn warn_unnamed(lab: &Lab, config: &Config) {
-    if let Some(detail) = lab.server_name_problem(config) {
-        log::say(&format!("ipxe-ca: warning: {detail}"));
-    }
-}
-
 /// Serve until `shutdown` completes.
 pub async fn serve(
-    lab: Lab,
+    registry: Registry,
     opts: ServeOptions,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
-    let config = ConfigCache::load(lab.state())?;
-    warn_unnamed(&lab, &config.in_force());
-    let files = Arc::new(files::FilesRoot::new(&opts.files, lab.state().root())?);
-    warn_unsigned(&files.root());
+    let config = ConfigCache::load(registry.state())?;
+    routes::warn_unnamed(&registry, &config.in_force());
+    let files = Arc::new(files::FilesRoot::new(&opts.files, registry.state().root())?);
+    files::warn_unsigned(&files.root());
     let shared = Arc::new(Shared {
         config,
         files,
         one_time: OneTimeStore::default(),
-        revoked: crl::RevokedSerials::new(lab.state())?,
+        revoked: crl::RevokedSerials::new(registry.state())?,
         templates: crate::render::Templates::default(),
-        boards: crate::registry::BoardCache::new(lab.registry().clone()),
-        changes: crate::watch::Changes::new(lab.state().root()),
-        journal: crate::history::Journal::start(lab.state().clone(), log::say),
+        boards: crate::registry::BoardCache::new(registry.clone()),
+        changes: crate::watch::Changes::new(registry.state().root()),
+        journal: crate::history::Journal::start(registry.state().clone(), log::say),
         metrics: metrics::Metrics::default(),
         expiry: Default::default(),
         opts: opts.clone(),
-        lab,
+        registry,
     });
     let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -257,7 +110,7 @@ pub async fn serve(
             let mut tick = tokio::time::interval(Duration::from_secs(24 * 3600));
             loop {
                 tick.tick().await;
-                match shared.lab.expiring(30) {
+                match crate::health::expiring(&shared.registry, 30) {
                     Ok(soon) => {
                         for e in soon {
                             log::say(&format!(
@@ -289,7 +142,10 @@ pub async fn serve(
     };
 
     if let Front::Mtls { https: addr } = opts.front {
-        let tls = Arc::new(tls::Reloading::new(shared.lab.state(), opts.tls_sessions)?);
+        let tls = Arc::new(tls::Reloading::new(
+            shared.registry.state(),
+            opts.tls_sessions,
+        )?);
         let listener = bind(addr).await?;
         log::say(&format!(
             "ipxe-ca: serving boot scripts on https://{} (mutual TLS)",
@@ -407,8 +263,6 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener> {
     socket.listen(BACKLOG).map_err(fail)
 }
 
-type Watcher = hyper_util::server::graceful::Watcher;
-
 /// The admin listener: `GET /metrics` only.
 async fn metrics_loop(
     listener: TcpListener,
@@ -482,7 +336,7 @@ fn scrape(shared: &Shared) -> String {
                 let mut earliest: std::collections::BTreeMap<&'static str, i64> =
                     Default::default();
                 // Everything within a century: the earliest expiry of each kind.
-                for e in shared.lab.expiring(36_500).unwrap_or_default() {
+                for e in crate::health::expiring(&shared.registry, 36_500).unwrap_or_default() {
                     let v = earliest.entry(e.kind).or_insert(i64::MAX);
                     *v = (*v).min(e.seconds_left);
                 }

@@ -10,10 +10,11 @@ use hyper::header::USER_AGENT;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 
+use super::files;
 use super::log::{self, Entry};
 use super::metrics::Route;
 use super::response::{respond, script, Body, Outcome, Refusal, Verdict};
-use super::{files, ConnInfo, Front, Shared, Watcher};
+use super::shared::{ConnInfo, Front, Shared, Watcher};
 use crate::board::{Board, Status};
 use crate::history;
 use crate::render::Context;
@@ -85,11 +86,11 @@ async fn handle(req: Request<Incoming>, info: &ConnInfo, shared: &Arc<Shared>) -
                 &shared.changes.snapshot(),
                 &mut out,
             ) {
-                Ok(_) => files::serve(rest, &req, info.tls, shared, &mut out).await,
+                Ok(_) => files::serve(rest, &req, info.tls, files_of(shared), &mut out).await,
                 Err(refusal) => refusal.respond(&mut out),
             }
         } else {
-            files::serve(rest, &req, false, shared, &mut out).await
+            files::serve(rest, &req, false, files_of(shared), &mut out).await
         };
         (Route::Files, resp)
     } else if let Some(token) = path.strip_prefix("/secret/") {
@@ -119,7 +120,7 @@ async fn handle(req: Request<Incoming>, info: &ConnInfo, shared: &Arc<Shared>) -
         // `{{ files_url }}/vmlinuz` names `files/vmlinuz` (and `/files/vmlinuz` keeps working).
         (
             Route::Files,
-            files::serve(&path[1..], &req, false, shared, &mut out).await,
+            files::serve(&path[1..], &req, false, files_of(shared), &mut out).await,
         )
     } else {
         let resp = script(
@@ -415,10 +416,10 @@ fn render_profile(
         let secrets = shared.boards.secrets(&board.name, now)?;
         let (config, changed) = shared.config.get(now, log::say);
         if changed {
-            super::warn_unnamed(&shared.lab, &config);
+            warn_unnamed(&shared.registry, &config);
         }
         let ctx = Context::for_board(board, &config, secrets, imgverify);
-        let path = shared.lab.state().profile(&board.profile);
+        let path = shared.registry.state().profile(&board.profile);
         let s = shared.clone();
         let c = ctx.clone();
         let one_time = minijinja::Value::from_function(
@@ -426,7 +427,7 @@ fn render_profile(
                 let err =
                     |m: String| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, m);
                 let p = s
-                    .lab
+                    .registry
                     .state()
                     .secret_template(&name)
                     .map_err(|e| err(e.to_string()))?;
@@ -475,5 +476,18 @@ fn one_time(token: &str, method: &Method, shared: &Shared, out: &mut Outcome) ->
             "no such one-time URL (used already, or expired)",
             out,
         ),
+    }
+}
+
+/// What the files route needs of the server: the folder and the read counters.
+fn files_of(shared: &Shared) -> (&Arc<files::FilesRoot>, &Arc<super::metrics::FileReads>) {
+    (&shared.files, &shared.metrics.file_reads)
+}
+
+/// A server host the server certificates do not name is the operator's to mend (boards would
+/// refuse the server): said, at start and when an edit brings it, not fatal.
+pub(crate) fn warn_unnamed(registry: &crate::registry::Registry, config: &crate::config::Config) {
+    if let Some(detail) = crate::health::server_name_problem(registry.state(), config) {
+        log::say(&format!("ipxe-ca: warning: {detail}"));
     }
 }

@@ -14,7 +14,9 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
 use super::guard::Stalled;
-use super::{routes, ConnInfo, Shared, TlsSession, Watcher};
+use super::log::TlsSession;
+use super::routes;
+use super::shared::{ConnInfo, Shared, Watcher};
 use crate::error::{Error, Result};
 use crate::state::StateDir;
 use crate::types::Fingerprint;

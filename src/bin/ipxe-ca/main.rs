@@ -181,7 +181,7 @@ fn run(lab: &Lab, cli: Cli) -> Result<()> {
         }
         Command::Serve(a) => {
             let opts = a.options(lab)?;
-            server::run(lab.clone(), opts).context("server failed")?;
+            server::run(lab.registry().clone(), opts).context("server failed")?;
         }
         Command::Build(a) => build(lab, a)?,
         Command::Flash(a) => flash(lab, a)?,
@@ -256,7 +256,7 @@ fn flash(lab: &Lab, a: cli::FlashArgs) -> Result<()> {
         bail!("give a board or image and a device");
     };
     let out = OutDir::new(a.out.unwrap_or_else(|| lab.state().out_dir()));
-    let (image, expected) = ipxe_build::stick_source(lab, &out, &source)?;
+    let (image, expected) = ipxe_build::stick_source(lab.registry(), &out, &source)?;
     let mut plan = flash::plan(
         &sys,
         &image,
@@ -320,16 +320,16 @@ fn sign_files(lab: &Lab, a: cli::SignFilesArgs) -> Result<()> {
 fn build(lab: &Lab, a: cli::BuildArgs) -> Result<()> {
     let opts = a.options(lab)?;
     let boards = if a.stale {
-        ipxe_build::stale_boards(lab, &opts.out)?
+        ipxe_build::stale_boards(lab.registry(), &opts.out)?
     } else {
-        ipxe_build::select_boards(lab, &a.boards, a.all)?
+        ipxe_build::select_boards(lab.registry(), &a.boards, a.all)?
     };
     if boards.is_empty() {
         println!("every active board's image is current");
         return Ok(());
     }
     let progress = print::BuildProgress::new(boards.len());
-    let results = ipxe_build::build(lab, &boards, &opts, &|r| progress.done(r))?;
+    let results = ipxe_build::build(lab.registry(), &boards, &opts, &|r| progress.done(r))?;
     progress.finish();
     let summary = ipxe_build::Summary::of(&results);
     summary.notes.iter().for_each(|n| eprintln!("note: {n}"));

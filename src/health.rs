@@ -1,0 +1,174 @@
+//! The state dir's health, read without the lock and without changing anything: what expires
+//! soon, what the CRL in force says, whether the server certificates name the host boards
+//! reach. The operator's `check` and `list --expiring` and the running server share it.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::board::Status;
+use crate::ca::{self, Reason, Revoked};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::registry::Registry;
+use crate::state::{self, StateDir};
+use crate::types::{San, Serial};
+
+/// Refuse names that would leave every board refusing the server: iPXE checks the host of
+/// `server_url` against the server certificate. `fix` says what to do instead.
+pub(crate) fn check_names_cover(sans: &[San], config: &Config, fix: &str) -> Result<()> {
+    let host = config.server_host();
+    if sans.iter().any(|s| s.covers(host)) {
+        return Ok(());
+    }
+    let names: Vec<String> = sans.iter().map(ToString::to_string).collect();
+    Err(Error::invalid(format!(
+        "server certificate names {}, but boards reach the server as {host} ({}) and check \
+that name: every board would refuse the server; {fix}",
+        names.join(", "),
+        config.server_url
+    )))
+}
+
+/// What expires within `days`: active boards, both server certificates, the CA, the
+/// code-signing certificate and the CRL's next update (nginx refuses every client once
+/// its CRL has expired). Soonest first.
+pub fn expiring(registry: &Registry, days: u32) -> Result<Vec<Expiry>> {
+    let state = registry.state();
+    let limit = OffsetDateTime::now_utc() + time::Duration::days(i64::from(days));
+    let mut all = Vec::new();
+    for b in registry.list()? {
+        if b.status == Status::Active {
+            all.push((
+                "board",
+                format!("board {}", b.name),
+                state.board_cert(&b.name),
+                b.not_after,
+            ));
+        }
+    }
+    for (kind, what, path) in [
+        ("ca", "CA certificate", state.ca_cert()),
+        ("server", "RSA server certificate", state.server_cert()),
+        (
+            "server",
+            "ECDSA server certificate",
+            state.server_ecdsa_cert(),
+        ),
+        (
+            "codesign",
+            "code-signing certificate",
+            state.codesign_cert(),
+        ),
+    ] {
+        if let Ok(pem) = state::read(&path) {
+            let info = ca::cert_info(&ca::cert_der_from_bytes(&pem)?)?;
+            all.push((kind, what.to_string(), path, info.not_after));
+        }
+    }
+    if let Some(next) = crl_facts(&state.crl()).and_then(|f| f.next_update) {
+        all.push((
+            "crl",
+            "CRL (next update; `ipxe-ca crl` re-signs it)".to_string(),
+            state.crl(),
+            next,
+        ));
+    }
+    let now = OffsetDateTime::now_utc();
+    let mut out: Vec<Expiry> = all
+        .into_iter()
+        .filter(|(_, _, _, t)| *t <= limit)
+        .map(|(kind, what, path, t)| Expiry {
+            kind,
+            what,
+            path,
+            expires: t
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+            days_left: (t - now).whole_days(),
+            seconds_left: (t - now).whole_seconds(),
+        })
+        .collect();
+    out.sort_by_key(|e| e.days_left);
+    Ok(out)
+}
+
+/// What is wrong, in words, when a server certificate does not name `config`'s server
+/// host: settings `serve` already holds are checked without reading them again.
+pub fn server_name_problem(state: &StateDir, config: &Config) -> Option<String> {
+    let host = config.server_host().to_string();
+    server_certs_name(
+        state,
+        config,
+        &format!("run `ipxe-ca server-cert --san {host}` with every name boards use now, or `ipxe-ca config --server-url` with one the certificate names"),
+    )
+    .err()
+    .map(|e| e.to_string())
+}
+
+/// Whether both server certificates name `config`'s server host (the ECDSA pair is missing
+/// from state dirs made before it, until `server-cert`); `fix` for the error.
+pub(crate) fn server_certs_name(state: &StateDir, config: &Config, fix: &str) -> Result<()> {
+    let ecdsa = Some(state.server_ecdsa_cert()).filter(|p| p.exists());
+    for cert in std::iter::once(state.server_cert()).chain(ecdsa) {
+        let sans = ca::cert_sans(&ca::cert_der_from_bytes(&state::read(&cert)?)?)?;
+        check_names_cover(&sans, config, fix)
+            .map_err(|e| Error::invalid(format!("{}: {e}", cert.display())))?;
+    }
+    Ok(())
+}
+
+/// What a CRL file says (`None` if it cannot be read).
+pub(crate) struct CrlFacts {
+    pub serials: std::collections::HashSet<Serial>,
+    /// Each revoked certificate as listed (kept when a board file cannot be read).
+    pub entries: Vec<Revoked>,
+    pub next_update: Option<OffsetDateTime>,
+    pub number: Option<u64>,
+}
+
+pub(crate) fn crl_facts(path: &Path) -> Option<CrlFacts> {
+    use rustls_pki_types::pem::PemObject;
+    use x509_parser::prelude::FromDer;
+    let der = rustls_pki_types::CertificateRevocationListDer::from_pem_file(path).ok()?;
+    let (_, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(&der).ok()?;
+    use x509_parser::x509::ReasonCode;
+    let entries: Vec<Revoked> = crl
+        .iter_revoked_certificates()
+        .map(|r| Revoked {
+            serial: Serial::from_der_bytes(r.raw_serial()),
+            when: r.revocation_date.to_datetime(),
+            reason: match r.reason_code().map(|(_, c)| c) {
+                Some(ReasonCode::KeyCompromise) => Reason::KeyCompromise,
+                Some(ReasonCode::AffiliationChanged) => Reason::AffiliationChanged,
+                Some(ReasonCode::Superseded) => Reason::Superseded,
+                Some(ReasonCode::CessationOfOperation) => Reason::CessationOfOperation,
+                _ => Reason::Unspecified,
+            },
+        })
+        .collect();
+    Some(CrlFacts {
+        serials: entries.iter().map(|e| e.serial.clone()).collect(),
+        entries,
+        next_update: crl.next_update().map(|t| t.to_datetime()),
+        number: crl.crl_number().and_then(|n| u64::try_from(n).ok()),
+    })
+}
+
+/// Something that expires, for `list --expiring`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Expiry {
+    /// `board`, `server`, `ca`, `codesign` or `crl` (the metrics' label).
+    pub kind: &'static str,
+    /// What it is ("board b1", "CA certificate", …).
+    pub what: String,
+    /// Its file.
+    pub path: PathBuf,
+    /// RFC 3339.
+    pub expires: String,
+    /// Whole days from now (negative: already expired).
+    pub days_left: i64,
+    /// Seconds from now (negative: already expired).
+    pub seconds_left: i64,
+}
