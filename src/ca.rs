@@ -640,7 +640,7 @@ pub fn board_key_der(key_pem: &[u8], pkcs1: bool) -> Result<Vec<u8>> {
 }
 
 /// One DER TLV: (tag, contents, rest).
-fn der_tlv(d: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+pub(crate) fn der_tlv(d: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     let (&tag, rest) = d.split_first()?;
     let (&first, rest) = rest.split_first()?;
     let (len, rest) = if first < 0x80 {

@@ -416,40 +416,22 @@ pub fn looks_like_key(data: &[u8], len: u64) -> bool {
         || is_der_key(data, len)
 }
 
-/// One DER element at the start of `b`: (tag, content, what follows).
-fn der(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, b) = b.split_first()?;
-    let (&first, b) = b.split_first()?;
-    let (len, b) = if first < 0x80 {
-        (first as usize, b)
-    } else {
-        let n = (first & 0x7f) as usize;
-        if n == 0 || n > 4 || b.len() < n {
-            return None;
-        }
-        (
-            b[..n].iter().fold(0usize, |a, &x| a << 8 | x as usize),
-            &b[n..],
-        )
-    };
-    (b.len() >= len).then(|| (tag, &b[..len], &b[len..]))
-}
-
 /// A whole file that is one DER private key structure (keys are small: all of it is in the
 /// head). Certificates, CRLs and CMS signatures have other shapes.
 fn is_der_key(data: &[u8], len: u64) -> bool {
+    use crate::ca::der_tlv;
     if len != data.len() as u64 {
         return false;
     }
-    let Some((0x30, body, [])) = der(data) else {
+    let Some((0x30, body, [])) = der_tlv(data) else {
         return false;
     };
-    match der(body) {
+    match der_tlv(body) {
         // PKCS#8 (v1, v2), PKCS#1 RSAPrivateKey, SEC1 ECPrivateKey: a version first.
-        Some((0x02, [0 | 1], after)) => matches!(der(after), Some((0x30 | 0x02 | 0x04, _, _))),
+        Some((0x02, [0 | 1], after)) => matches!(der_tlv(after), Some((0x30 | 0x02 | 0x04, _, _))),
         // Encrypted PKCS#8: the algorithm, then the encrypted key, and nothing else.
         Some((0x30, alg, after)) => {
-            alg.first() == Some(&0x06) && matches!(der(after), Some((0x04, _, [])))
+            alg.first() == Some(&0x06) && matches!(der_tlv(after), Some((0x04, _, [])))
         }
         _ => false,
     }
@@ -575,22 +557,6 @@ mod tests {
             !is_key(&[0x30, 0x08, 0x30, 0x01, 0x06, 0x04, 0x01, 0x00, 0x05, 0x00]),
             "trailing"
         );
-    }
-
-    #[test]
-    fn der_lengths_long_and_short_are_read_and_truncation_is_refused() {
-        assert_eq!(
-            der(&[0x04, 0x02, 9, 8, 7]),
-            Some((0x04, &[9u8, 8][..], &[7u8][..]))
-        );
-        let mut long = vec![0x04, 0x82, 0x01, 0x00];
-        long.extend([1u8; 256]);
-        let (tag, body, rest) = der(&long).unwrap();
-        assert_eq!((tag, body.len(), rest.len()), (0x04, 256, 0));
-        assert_eq!(der(&long[..100]), None, "shorter than it says");
-        assert_eq!(der(&[0x04, 0x80]), None, "indefinite length");
-        assert_eq!(der(&[0x04, 0x85, 1, 1, 1, 1, 1]), None, "five length bytes");
-        assert_eq!(der(&[0x04]), None);
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 
 use crate::util::{openssl, s, tool, write_random, Lab};
 
-fn cms_verifies(lab: &Lab, file: &str) -> bool {
+pub(crate) fn cms_verifies(lab: &Lab, file: &str) -> bool {
     let f = lab.path(&format!("files/{file}"));
     let sig = lab.path(&format!("files/{file}.sig"));
     tool(
