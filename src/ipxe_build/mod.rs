@@ -373,6 +373,9 @@ pub fn build(
         )));
     }
     doctor::preflight(&opts.targets, matches!(opts.source, Source::Prebuilt(_)))?;
+    if let (Source::Prebuilt(dir), Some(ntp)) = (&opts.source, &opts.ntp_server) {
+        prebuilt::require_ntp(&prebuilt::find_efi(dir)?, ntp)?;
+    }
     state::create_dir_private(opts.out.root())?;
     state::write_if_absent(
         &opts.out.marker(),

@@ -31,6 +31,29 @@ pub(crate) fn find_efi(dir: &Path) -> Result<PathBuf> {
     )))
 }
 
+/// Whether an iPXE binary has the command `name` built in: iPXE keeps each command's name as
+/// a string of its own (`"\0ntp\0"`), which an uncompressed EFI binary shows as it is.
+/// Debian 13's `ipxe-amd64.efi` has no `ntp` (nor `imgverify`); a tree built with NTP_CMD has.
+pub(crate) fn has_command(efi: &Path, name: &str) -> Result<bool> {
+    let bytes = state::read(efi)?;
+    let needle = [&[0u8][..], name.as_bytes(), &[0u8][..]].concat();
+    Ok(bytes.windows(needle.len()).any(|w| w == needle.as_slice()))
+}
+
+/// A prebuilt iPXE asked to set the board's clock from `server` must have the `ntp` command:
+/// otherwise every board would stop at `ntp: command not found`, before its first HTTPS
+/// request.
+pub(crate) fn require_ntp(efi: &Path, server: &str) -> Result<()> {
+    if has_command(efi, "ntp")? {
+        return Ok(());
+    }
+    Err(Error::invalid(format!(
+        "{} has no `ntp` command, so boards could not set their clock from {server}: build \
+         from an iPXE source tree (ipxe-ca enables NTP there), or build without an NTP server",
+        efi.display()
+    )))
+}
+
 pub(crate) fn build_board(
     registry: &Registry,
     board: &Board,

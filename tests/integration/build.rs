@@ -744,3 +744,40 @@ fn a_replaced_ca_is_staged_anew_not_reused() {
     let cert = sha256_hex(&pem_der(&lab.path("boards/r1/cert.pem")));
     assert!(field(&img, "CERT_DERS").ends_with(&cert));
 }
+
+/// Debian's prebuilt iPXE has no `ntp` command: asking it to set the clock from a server is
+/// refused (every board would stop at `ntp: command not found`), and nothing is written. A
+/// binary that has the command (a tree built with NTP) is taken.
+#[test]
+fn ntp_for_a_prebuilt_ipxe_without_the_command_is_refused() {
+    let prebuilt = crate::boot::prebuilt_dir();
+    let lab = Lab::init();
+    lab.enroll("pb", &[]);
+    let out = lab.tmp.path().join("out");
+    let args = |efi: &Path| {
+        vec![
+            "build".to_string(),
+            "pb".into(),
+            "--prebuilt".into(),
+            s(efi).into(),
+            "--target".into(),
+            "efi-usb".into(),
+            "--ntp".into(),
+            "10.0.2.2".into(),
+            "--out".into(),
+            s(&out).into(),
+        ]
+    };
+    let a = args(&prebuilt);
+    let err = lab.fails(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(err.contains("no `ntp` command"), "{err}");
+    assert!(!out.exists(), "a refused build wrote {}", out.display());
+    // The same binary with the command's name in it, as a build with NTP has it.
+    let with = lab.tmp.path().join("with-ntp.efi");
+    let mut bytes = std::fs::read(prebuilt.join("ipxe-amd64.efi")).unwrap();
+    bytes.extend_from_slice(b"\0ntp\0");
+    std::fs::write(&with, bytes).unwrap();
+    let a = args(&with);
+    lab.ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.join("pb").exists());
+}
