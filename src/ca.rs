@@ -284,7 +284,23 @@ impl Reason {
     }
 }
 
-fn validity(params: &mut CertificateParams, days: u32) -> Result<()> {
+/// Where the certificates a board checks (the CA, the server's, the code signer's) start:
+/// the Unix epoch. A board without a real-time-clock battery wakes at its firmware's build
+/// date or at 1970, years behind; iPXE allows 12.5 h. Starting there gives no one anything
+/// (the end date and the signature are what protect), and every such board can boot. Board
+/// certificates are checked by the server, whose clock is right: they start an hour back.
+pub const BOARDS_CLOCK_FLOOR: OffsetDateTime = time::macros::datetime!(1970-01-01 0:00 UTC);
+
+/// Who checks a certificate's dates, and so where it starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CheckedBy {
+    /// The boards, whose clocks may be years behind.
+    Boards,
+    /// The server (or nginx), whose clock is right.
+    Server,
+}
+
+fn validity(params: &mut CertificateParams, days: u32, by: CheckedBy) -> Result<()> {
     if days == 0 || days > 36500 {
         return Err(Error::invalid(format!(
             "invalid validity of {days} days: use 1 to 36500"
@@ -293,7 +309,10 @@ fn validity(params: &mut CertificateParams, days: u32) -> Result<()> {
     let now = OffsetDateTime::now_utc()
         .replace_nanosecond(0)
         .map_err(|e| Error::crypto("clock", e))?;
-    params.not_before = now - BACKDATE;
+    params.not_before = match by {
+        CheckedBy::Boards => BOARDS_CLOCK_FLOOR,
+        CheckedBy::Server => now - BACKDATE,
+    };
     params.not_after = now + Duration::days(i64::from(days));
     Ok(())
 }
@@ -315,7 +334,7 @@ pub fn create_ca(name: &str, size: KeySize, days: u32) -> Result<Issued> {
         KeyUsagePurpose::DigitalSignature,
     ];
     params.serial_number = Some(SerialNumber::from_slice(&random_serial()?));
-    validity(&mut params, days)?;
+    validity(&mut params, days, CheckedBy::Boards)?;
     let cert = params
         .self_signed(&key)
         .map_err(|e| Error::crypto("cannot create CA certificate", e))?;
@@ -425,7 +444,11 @@ impl Ca {
         };
         params.key_usages = usages;
         params.extended_key_usages = vec![eku];
-        validity(&mut params, days)?;
+        let by = match kind {
+            Leaf::Client => CheckedBy::Server,
+            Leaf::Server | Leaf::ServerEcdsa | Leaf::CodeSigning => CheckedBy::Boards,
+        };
+        validity(&mut params, days, by)?;
         Ok(params)
     }
 

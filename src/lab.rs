@@ -26,8 +26,8 @@ const STATE_GITIGNORE: &str = include_str!("../ipxe-scripts/state.gitignore");
 pub mod days {
     /// The CA: 10 years.
     pub const CA: u32 = 3650;
-    /// The server: 824 days plus the hour of backdating stays under 825 days, the longest
-    /// most TLS clients accept for a server certificate.
+    /// The server: 824 days from issue (it starts at `ca::BOARDS_CLOCK_FLOOR`, for boards
+    /// whose clock is years behind: iPXE checks no maximum lifetime).
     pub const SERVER: u32 = 824;
     /// The boot-file signer: 3 years, like the boards that check its signatures.
     pub const CODESIGN: u32 = 1095;

@@ -161,12 +161,25 @@ impl BootLab {
 
 /// Boot a prebuilt image under OVMF with our CA from the firmware.
 fn boot(name: &str, image: &Path, siglist: &Path, stop_at: &str, abort_on: &[&str]) -> Boot {
+    boot_at(name, image, siglist, None, stop_at, abort_on)
+}
+
+/// The same with the board's clock starting at `rtc` (None: now).
+fn boot_at(
+    name: &str,
+    image: &Path,
+    siglist: &Path,
+    rtc: Option<&'static str>,
+    stop_at: &str,
+    abort_on: &[&str],
+) -> Boot {
     qemu::boot(
         name,
         &Machine {
             firmware: Firmware::Ovmf,
             medium: Medium::Stick(image.to_path_buf()),
             siglist: Some(siglist.to_path_buf()),
+            rtc,
         },
         stop_at,
         abort_on,
@@ -237,6 +250,31 @@ fn a_board_boots_linux_with_its_secret_over_mutual_tls() {
     }
     assert!(!log.contains(SECRET), "the secret leaked into the log");
     eprintln!("boot [main] took {:.1}s", run.seconds);
+}
+
+/// A board without a real-time-clock battery wakes years behind (here 2019, as QEMU's
+/// `-rtc base=` sets it): the certificates it checks (the CA's, the server's) start before any
+/// such date, so it still fetches its script over mutual TLS and boots Linux.
+#[test]
+fn a_board_whose_clock_reads_2019_boots_linux() {
+    let b = boot_lab();
+    b.enroll("old-clock");
+    let _srv = b.lab.serve_on(b.https, b.http, &[]);
+    let (img, siglist) = b.build(&b.lab, "old-clock");
+    let run = boot_at(
+        "old-clock",
+        &img,
+        &siglist,
+        Some("2019-06-01T00:00:00"),
+        "CMDLINE:",
+        &["ipxe-ca: cannot fetch", "Kernel panic", "Permission denied"],
+    );
+    assert!(
+        run.serial.contains(MARKER),
+        "a board whose clock reads 2019 did not reach the kernel:\n{}",
+        run.serial
+    );
+    eprintln!("boot [old-clock] took {:.1}s", run.seconds);
 }
 
 /// A boot that must fail: iPXE reports it cannot fetch its script; no kernel, no secret.

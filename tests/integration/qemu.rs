@@ -48,6 +48,9 @@ pub struct Machine {
     pub medium: Medium,
     /// UEFI `TlsCaCertificate` from QEMU's fw_cfg (an EFI signature list).
     pub siglist: Option<PathBuf>,
+    /// Where the board's real-time clock starts (`-rtc base=`), for boards whose clock is
+    /// wrong; None: now.
+    pub rtc: Option<&'static str>,
 }
 
 /// What one boot showed.
@@ -82,6 +85,9 @@ pub fn boot(name: &str, m: &Machine, stop_at: &str, abort_on: &[&str], stages: &
             "{OVMF} is missing: apt-get install ovmf (scripts/test.sh does)"
         );
         cmd.args(["-bios", OVMF]);
+    }
+    if let Some(base) = m.rtc {
+        cmd.arg("-rtc").arg(format!("base={base}"));
     }
     if let Some(sl) = &m.siglist {
         cmd.arg("-fw_cfg")

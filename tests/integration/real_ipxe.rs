@@ -79,6 +79,7 @@ fn machine(firmware: Firmware, medium: Medium) -> Machine {
         firmware,
         medium,
         siglist: None,
+        rtc: None,
     }
 }
 
@@ -591,6 +592,25 @@ fn real_ipxe_boots_linux_only_with_verified_kernel_and_initrd() {
         .collect();
     assert_eq!(lin.len(), 5, "{log}");
     assert!(lin.iter().all(|l| l["peer"] == lin[0]["peer"]), "{log}");
+    // The same board with its clock years behind (no RTC battery): the pinned CA, the server
+    // certificate and the code signer all start before 2019, so it boots the same way.
+    let old_clock = Machine {
+        rtc: Some("2019-06-01T00:00:00"),
+        ..stick.clone()
+    };
+    let run = qemu::boot(
+        "verified-linux-2019",
+        &old_clock,
+        "CMDLINE:",
+        &[
+            "SIGNATURE CHECK FAILED",
+            "ipxe-ca: cannot fetch",
+            "Kernel panic",
+            "Permission denied",
+        ],
+        &stages,
+    );
+    assert!(run.serial.contains(MARKER), "{}", run.serial);
     // The same with kernel and initrd over plain HTTP: imgverify alone keeps them honest.
     // (Timings of both boots are printed: what TLS costs a real iPXE for a 14 MB kernel.)
     std::fs::write(
