@@ -200,6 +200,13 @@ fn key_material_in_any_form_is_never_served() {
         r.ends_with("KERNEL"),
         "a link between boot files still serves: {r}"
     );
+    // And the kernel confines the threads that opened them (this kernel has Landlock).
+    let log = srv.output();
+    assert!(
+        log.contains("boot files are opened by threads the kernel confines to")
+            && log.contains("(Landlock)"),
+        "{log}"
+    );
     // sign-files refuses them too, before signing anything.
     let err = lab.fails(&["sign-files", s(&files.join("board.bin"))]);
     assert!(err.contains("private key"), "{err}");
