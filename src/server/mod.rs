@@ -39,6 +39,17 @@ pub fn tls_config(state: &crate::state::StateDir, sessions: usize) -> Result<rus
     tls::build(state, sessions)
 }
 
+/// Where `serve` listens for boot scripts unless told otherwise: every address, the port
+/// `init`'s default server URL names.
+pub fn default_https() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], crate::config::DEFAULT_HTTPS_PORT))
+}
+
+/// Where `serve` listens for boot files unless told otherwise.
+pub fn default_http() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], crate::config::DEFAULT_HTTP_PORT))
+}
+
 /// The name of an event-loop thread.
 const LOOP_THREAD: &std::ffi::CStr = c"ipxe-ca-loop";
 

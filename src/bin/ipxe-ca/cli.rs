@@ -99,12 +99,13 @@ pub struct ManpagesArgs {
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
-    /// HTTPS (mutual TLS) listen address for boot scripts.
-    #[arg(long, default_value = "0.0.0.0:8443")]
-    pub https: SocketAddr,
-    /// Plain-HTTP listen address for boot files (and, behind a proxy, the scripts).
-    #[arg(long, default_value = "0.0.0.0:8080")]
-    pub http: SocketAddr,
+    /// HTTPS (mutual TLS) listen address for boot scripts [default: 0.0.0.0:8443].
+    #[arg(long)]
+    pub https: Option<SocketAddr>,
+    /// Plain-HTTP listen address for boot files (and, behind a proxy, the scripts)
+    /// [default: 0.0.0.0:8080].
+    #[arg(long)]
+    pub http: Option<SocketAddr>,
     /// Directory served under /files/ (default: DIR/files). Opened by this path per request:
     /// a symlink pointed at a new folder serves it at once, once it is checked for key
     /// material.
@@ -310,9 +311,9 @@ pub struct NginxArgs {
 
 #[derive(Args, Debug)]
 pub struct InitArgs {
-    /// The CA's common name.
-    #[arg(long, default_value = "ipxe-ca boot CA")]
-    pub name: String,
+    /// The CA's common name [default: ipxe-ca boot CA].
+    #[arg(long)]
+    pub name: Option<String>,
     /// A name the server is reached by, `DNS:host` or `IP:addr` (repeatable). The first one
     /// sets the default URLs. Default: DNS:localhost and IP:127.0.0.1.
     #[arg(long = "san", value_parser = parse::<San>)]
@@ -323,12 +324,12 @@ pub struct InitArgs {
     /// URL boards fetch kernels and initrds from (default http://FIRST-SAN:8080).
     #[arg(long)]
     pub files_url: Option<String>,
-    /// RSA key size for the CA and the server (iPXE needs RSA).
-    #[arg(long, default_value = "2048", value_parser = parse::<KeySize>)]
-    pub key_size: KeySize,
-    /// CA validity in days.
-    #[arg(long, default_value_t = lab::days::CA)]
-    pub days: u32,
+    /// RSA key size for the CA and the server (iPXE needs RSA) [default: 2048].
+    #[arg(long, value_parser = parse::<KeySize>)]
+    pub key_size: Option<KeySize>,
+    /// CA validity in days [default: 3650].
+    #[arg(long)]
+    pub days: Option<u32>,
     /// Replace an existing CA: every board enrolled with the old one stops booting.
     #[arg(long)]
     pub force: bool,
@@ -569,14 +570,16 @@ pub fn board_options(c: &BoardArgs, days: Option<u32>) -> Result<BoardOptions> {
 }
 
 impl InitArgs {
+    /// What was given over the library's defaults (`InitOptions::default`).
     pub fn options(self) -> InitOptions {
+        let d = InitOptions::default();
         InitOptions {
-            name: self.name,
+            name: self.name.unwrap_or(d.name),
             sans: self.sans,
             server_url: self.server_url,
             files_url: self.files_url,
-            key_size: self.key_size,
-            days: self.days,
+            key_size: self.key_size.unwrap_or(d.key_size),
+            days: self.days.unwrap_or(d.days),
             force: self.force,
             from_ca: self.from_ca.zip(self.from_key),
         }
@@ -606,11 +609,13 @@ impl ServeArgs {
                 secret,
             }
         } else {
-            Front::Mtls { https: self.https }
+            Front::Mtls {
+                https: self.https.unwrap_or_else(ipxe_ca::server::default_https),
+            }
         };
         Ok(ServeOptions {
             front,
-            http: self.http,
+            http: self.http.unwrap_or_else(ipxe_ca::server::default_http),
             files: self.files.unwrap_or_else(|| lab.state().files_dir()),
             one_time_ttl: Duration::from_secs(self.one_time_ttl),
             max_connections: self.max_connections,
@@ -650,5 +655,51 @@ impl RenewArgs {
             days: self.days,
             revoke_old: self.revoke_old,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    /// The defaults live in the library; the help text names them, and must say what they are.
+    #[test]
+    fn help_names_the_library_defaults_and_unset_flags_take_them() {
+        let cli = Cli::try_parse_from(["ipxe-ca", "init"]).unwrap();
+        let Command::Init(a) = cli.command else {
+            panic!("not init")
+        };
+        let (got, want) = (a.options(), InitOptions::default());
+        assert_eq!(
+            (got.name.as_str(), got.days),
+            (want.name.as_str(), want.days)
+        );
+        assert_eq!(got.key_size, want.key_size);
+        let mut cmd = Cli::command();
+        let init = cmd
+            .find_subcommand_mut("init")
+            .unwrap()
+            .render_help()
+            .to_string();
+        let init = init.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(
+            init.contains(&format!("[default: {}]", want.name)),
+            "{init}"
+        );
+        assert!(
+            init.contains(&format!("[default: {}]", want.days)),
+            "{init}"
+        );
+        assert_eq!(want.key_size, ipxe_ca::ca::KeySize::Rsa2048);
+        assert!(init.contains("[default: 2048]"), "{init}");
+        let serve = cmd
+            .find_subcommand_mut("serve")
+            .unwrap()
+            .render_help()
+            .to_string();
+        let serve = serve.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(serve.contains(&format!("[default: {}]", ipxe_ca::server::default_https())));
+        assert!(serve.contains(&format!("[default: {}]", ipxe_ca::server::default_http())));
     }
 }
