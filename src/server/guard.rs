@@ -372,6 +372,8 @@ mod tests {
         assert!(per.take(c, 2).is_some());
         drop(held);
         assert!(per.take(b, 2).is_some());
+        // Every slot given back: no address is remembered (a flood leaves no map behind).
+        assert!(per.counts.lock().unwrap().is_empty());
     }
 
     #[tokio::test]
@@ -380,6 +382,11 @@ mod tests {
         let u = Unproven::new(3, 2, slots.clone());
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         let long = Duration::from_secs(60);
+        // A connection that closes unproven leaves the budget.
+        let (gone, _) = u.enter(ip("10.0.0.1"), long);
+        assert_eq!(u.len(), 1);
+        drop(gone);
+        assert_eq!(u.len(), 0);
         let (p1, w1) = u.enter(ip("10.0.0.1"), long);
         let (p2, w2) = u.enter(ip("10.0.0.2"), long);
         assert!(p2.prove().await);
@@ -407,6 +414,19 @@ mod tests {
         assert_eq!(w5.closed().await, "unproven-evicted");
         let quiet = tokio::time::timeout(Duration::from_millis(50), w4.closed()).await;
         assert!(quiet.is_err(), "another prefix's connection stays");
+        // Proved twice (the second request of a kept-alive connection): one slot, still true.
+        assert!(p2.prove().await && p2.proven());
+        assert_eq!(slots.available_permits(), 9, "one slot per connection");
+        // A prefix's share frees as its connections prove themselves or close.
+        let (q1, _) = u.enter(ip("10.0.0.9"), long);
+        let (q2, _) = u.enter(ip("10.0.0.9"), long);
+        assert!(q1.prove().await);
+        drop(q2);
+        let (_q3, w3) = u.enter(ip("10.0.0.9"), long);
+        let (_q4, _w4) = u.enter(ip("10.0.0.9"), long);
+        let quiet = tokio::time::timeout(Duration::from_millis(50), w3.closed()).await;
+        assert!(quiet.is_err(), "the share of 2 counted connections that left");
+        drop(q1);
         // Unproven past the deadline.
         let (_p8, w8) = u.enter(ip("10.0.0.8"), Duration::from_millis(20));
         assert_eq!(w8.closed().await, "unproven-timeout");
