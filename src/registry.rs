@@ -528,7 +528,8 @@ impl Registry {
     }
 
     /// Fix what `problems` says can be fixed: move orphan folders and dangling index entries
-    /// to the quarantine folder (nothing is deleted), write missing index entries. The caller holds the state lock.
+    /// to the quarantine folder (nothing is deleted), write missing index entries. The caller
+    /// holds the state lock.
     pub fn repair(&self, problems: &[Problem]) -> Result<()> {
         for p in problems.iter().filter(|p| p.repairable) {
             match p.kind {

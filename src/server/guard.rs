@@ -425,7 +425,10 @@ mod tests {
         let (_q3, w3) = u.enter(ip("10.0.0.9"), long);
         let (_q4, _w4) = u.enter(ip("10.0.0.9"), long);
         let quiet = tokio::time::timeout(Duration::from_millis(50), w3.closed()).await;
-        assert!(quiet.is_err(), "the share of 2 counted connections that left");
+        assert!(
+            quiet.is_err(),
+            "the share of 2 counted connections that left"
+        );
         drop(q1);
         // Unproven past the deadline.
         let (_p8, w8) = u.enter(ip("10.0.0.8"), Duration::from_millis(20));
