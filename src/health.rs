@@ -107,12 +107,23 @@ pub fn server_name_problem(state: &StateDir, config: &Config) -> Option<String> 
     .map(|e| e.to_string())
 }
 
-/// Whether both server certificates name `config`'s server host (the ECDSA pair is missing
-/// from state dirs made before it, until `server-cert`); `fix` for the error.
-pub(crate) fn server_certs_name(state: &StateDir, config: &Config, fix: &str) -> Result<()> {
+/// The server certificates with the names each carries: the RSA one (which `init` writes),
+/// and the ECDSA one where it exists (state dirs made before it lack it until
+/// `server-cert`).
+pub(crate) fn server_cert_names(state: &StateDir) -> Result<Vec<(PathBuf, Vec<San>)>> {
     let ecdsa = Some(state.server_ecdsa_cert()).filter(|p| p.exists());
-    for cert in std::iter::once(state.server_cert()).chain(ecdsa) {
-        let sans = ca::cert_sans(&ca::cert_der_from_bytes(&state::read(&cert)?)?)?;
+    std::iter::once(state.server_cert())
+        .chain(ecdsa)
+        .map(|cert| {
+            let sans = ca::cert_sans(&ca::cert_der_from_bytes(&state::read(&cert)?)?)?;
+            Ok((cert, sans))
+        })
+        .collect()
+}
+
+/// Whether both server certificates name `config`'s server host; `fix` for the error.
+pub(crate) fn server_certs_name(state: &StateDir, config: &Config, fix: &str) -> Result<()> {
+    for (cert, sans) in server_cert_names(state)? {
         check_names_cover(&sans, config, fix)
             .map_err(|e| Error::invalid(format!("{}: {e}", cert.display())))?;
     }

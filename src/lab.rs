@@ -545,15 +545,14 @@ impl Lab {
     /// a certificate name) is one the server certificates carry could, with its stolen key,
     /// play the server to every board. Such names are refused.
     fn refuse_server_names(&self, name: &BoardName, cert_pem: &str) -> Result<()> {
-        let ecdsa = Some(self.state.server_ecdsa_cert()).filter(|p| p.exists());
-        let mut server = Vec::new();
-        for cert in std::iter::once(self.state.server_cert()).chain(ecdsa) {
-            if cert.exists() {
-                server.extend(ca::cert_sans(&ca::cert_der_from_bytes(&state::read(
-                    &cert,
-                )?)?)?);
-            }
-        }
+        let server: Vec<San> = if self.state.server_cert().exists() {
+            crate::health::server_cert_names(&self.state)?
+                .into_iter()
+                .flat_map(|(_, sans)| sans)
+                .collect()
+        } else {
+            Vec::new()
+        };
         let own = ca::cert_der_from_bytes(cert_pem.as_bytes())
             .and_then(|der| ca::cert_sans(&der))
             .unwrap_or_default();

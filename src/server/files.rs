@@ -2,6 +2,7 @@
 //! Paths are checked segment by segment and again after resolving symlinks, so nothing
 //! outside the files root (and nothing of the state dir's keys) is ever served.
 
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use http_body_util::{BodyExt, StreamBody};
@@ -108,9 +109,8 @@ struct Checked {
     id: Id,
     /// Its real path when it was judged (for messages and the signature index).
     root: PathBuf,
-    /// It holds or sits among key material: nothing in it is served.
-    refused: bool,
-    /// The threads that open files beneath it, confined to it by the kernel.
+    /// The threads that open files beneath it, confined to it by the kernel. None: it holds
+    /// or sits among key material, and nothing in it is served.
     opener: Option<std::sync::Arc<super::sandbox::Opener>>,
 }
 
@@ -127,7 +127,7 @@ impl FilesRoot {
         };
         let dir = open_dir(given).map_err(missing)?;
         let checked = Self::check(&dir, state).map_err(missing)?;
-        if checked.refused {
+        if checked.opener.is_none() {
             return Err(crate::error::Error::invalid(format!(
                 "{} holds key material (the state dir, its key folders, or a build's images): \
 serve boot files from their own directory (default DIR/files, or --files)",
@@ -167,12 +167,7 @@ serve boot files from their own directory (default DIR/files, or --files)",
                 dir,
             )?))
         };
-        Ok(Checked {
-            id,
-            root,
-            refused,
-            opener,
-        })
+        Ok(Checked { id, root, opener })
     }
 
     /// The folder to open a request's file beneath, now. A folder not seen before is checked
@@ -206,7 +201,7 @@ serve boot files from their own directory (default DIR/files, or --files)",
                     confinement_note(o, &checked.root)
                 ),
             });
-            if !checked.refused {
+            if checked.opener.is_some() {
                 warn_unsigned(&checked.root);
             }
         }
@@ -226,8 +221,6 @@ fn confinement_note(o: &super::sandbox::Opener, root: &Path) -> String {
             .to_string()
     }
 }
-
-use std::os::fd::AsRawFd;
 
 /// A folder by path, whatever it names now; a FIFO or other non-folder is refused without
 /// blocking.
@@ -675,7 +668,7 @@ pub(crate) async fn serve(
     // blocking pool's work too.
     let opened = tokio::task::spawn_blocking(move || {
         let (dir, root) = files.open()?;
-        let Some(opener) = root.opener.clone().filter(|_| !root.refused) else {
+        let Some(opener) = root.opener.clone() else {
             return Ok(None);
         };
         let state = files.state.clone();

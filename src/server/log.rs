@@ -202,8 +202,8 @@ fn messages() -> &'static Messages {
 }
 
 /// A server message on stderr. It never blocks the caller (an event-loop thread): to a file it
-/// is written at once, to anything else by a writer thread, and when stderr stalls (a pipe nobody reads) messages beyond the queue
-/// are dropped and counted, never waited for.
+/// is written at once, to anything else by a writer thread, and when stderr stalls (a pipe
+/// nobody reads) messages beyond the queue are dropped and counted, never waited for.
 pub(crate) fn say(msg: &str) {
     let m = messages();
     if m.direct {
