@@ -238,7 +238,7 @@ fn bench_enroll(cx: &mut Ctx) -> R<()> {
     }
     let mut theirs = Vec::new();
     let ca = state.join("ca/ca.crt");
-    let cakey = state.join("ca/ca.key");
+    let cakey = state.join("keys/ca.key");
     for i in 0..n {
         let t = Instant::now();
         let (k, c, crt) = (

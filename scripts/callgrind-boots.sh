@@ -26,7 +26,7 @@ run() { # N → total Ir
   done
   for _ in $(seq "$n"); do
     curl -sf -o /dev/null --max-time 30 --cacert "$s/ca/ca.crt" --cert "$s/boards/b1/cert.pem" \
-      --key "$s/boards/b1/key.pem" "${curl_args[@]}" "https://127.0.0.1:$https/boot.ipxe"
+      --key "$s/keys/boards/b1.key" "${curl_args[@]}" "https://127.0.0.1:$https/boot.ipxe"
   done
   kill -TERM "$pid"; wait "$pid" || true
   callgrind_annotate "$out" 2>/dev/null | awk '/PROGRAM TOTALS/ && !d {gsub(",","",$1); print $1; d=1}'

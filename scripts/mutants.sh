@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Mutation testing of the security-critical code, outside .ci/run (hours on 2 cores):
 #   scripts/mutants.sh [GROUP…]   groups: crl tls one_time routes files watch history state registry
-#   flash ca types config
+#   flash ca types config verified board sandbox health lab serve_mod build
 # MUTANTS_FLAGS adds cargo-mutants flags, e.g. MUTANTS_FLAGS=--in-place in a worktree of its own
 # (keeps one warm target dir for every group instead of a cold copy per group).
 # Each group mutates its files with cargo-mutants (`cargo install cargo-mutants`) and runs only
@@ -54,3 +54,16 @@ run ca src/ca.rs ca:: foundation::init foundation::enrolled foundation::csr foun
 run types src/types.rs types:: proptests:: server::proxy server::each_board \
   mutations::bug_a_wrong_mac foundation::bad_input
 run config src/config.rs config:: server::a_config_toml server::each_board foundation::
+run verified src/server/verified.rs server::each_board server::revoke server::ecdsa ops::renew \
+  a_revoked mutations::bug_a_crl
+run board src/board.rs board:: foundation::list_expiring foundation::enrolled ops::renew \
+  ops::history operator:: mutations::bug_a_stale
+run sandbox src/server/sandbox.rs sandbox:: confinement:: files_root:: server::files
+run health src/health.rs health:: foundation::list_expiring ops::config_points ops::server_cert \
+  server::each_board operator::
+run lab src/lab.rs lab:: foundation:: ops::renew ops::a_revoked ops::config_points operator:: \
+  mutations:: confinement::an_older
+run serve_mod "src/server/mod.rs src/server/nginx.rs" server::sigterm server::proxy \
+  server::metrics stalls:: hostile::a_local_process
+run build "src/ipxe_build/mod.rs src/ipxe_build/make.rs src/ipxe_build/image.rs \
+  src/ipxe_build/prebuilt.rs src/ipxe_build/doctor.rs src/ipxe_build/siglist.rs" build::

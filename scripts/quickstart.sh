@@ -9,5 +9,5 @@ bin=./target/release/ipxe-ca
 lab=${IPXE_CA_DIR:-./lab}
 [ -f "$lab/ca/ca.crt" ] || "$bin" --dir "$lab" init
 [ -f "$lab/boards/board1.toml" ] || "$bin" --dir "$lab" enroll board1 --secret s3_key=CHANGE-ME
-echo "try: curl --cacert $lab/ca/ca.crt --cert $lab/boards/board1/cert.pem --key $lab/boards/board1/key.pem https://127.0.0.1:8443/boot.ipxe"
+echo "try: curl --cacert $lab/ca/ca.crt --cert $lab/boards/board1/cert.pem --key $lab/keys/boards/board1.key https://127.0.0.1:8443/boot.ipxe"
 exec "$bin" --dir "$lab" serve "$@"

@@ -8,7 +8,6 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::ca::Reason;
-use crate::state::StateDir;
 use crate::types::{BoardName, Fingerprint, Mac, ProfileName, Serial};
 
 /// Whether a board may boot.
@@ -163,6 +162,21 @@ pub struct BoardView {
     pub last_seen: Option<String>,
     /// How that request ended (`served`, `revoked`, …).
     pub last_outcome: Option<String>,
+    /// A previous certificate is still accepted (`renewed`).
+    #[serde(skip)]
+    grace: bool,
+}
+
+/// What the state dir holds beside a board's entry, read by the registry: where its
+/// certificate and key are, and its last request.
+#[derive(Clone, Debug, Default)]
+pub struct Stored {
+    /// The certificate's path.
+    pub cert: PathBuf,
+    /// The key's path, when ipxe-ca has the key.
+    pub key: Option<PathBuf>,
+    /// When `serve` last attributed a request to the board (RFC 3339), and how it ended.
+    pub last: Option<(String, String)>,
 }
 
 /// Days before a certificate's end from which `list` and `serve` say it is expiring.
@@ -211,10 +225,8 @@ impl Board {
 }
 
 impl BoardView {
-    /// The view of `board` kept in `state`, as of `now`.
-    pub fn new(board: &Board, state: &StateDir, now: OffsetDateTime) -> BoardView {
-        let key = state.board_key(&board.name);
-        let last = crate::history::last(state, &board.name);
+    /// The view of `board`, with what the state dir holds beside it, as of `now`.
+    pub fn new(board: &Board, stored: Stored, now: OffsetDateTime) -> BoardView {
         BoardView {
             name: board.name.to_string(),
             serial: board.serial.to_string(),
@@ -228,8 +240,8 @@ impl BoardView {
             expires_soon: board.expires_soon(now),
             origin: board.origin,
             revoked_at: board.revoked_at.map(rfc3339),
-            cert: state.board_cert(&board.name),
-            key: key.exists().then_some(key),
+            cert: stored.cert,
+            key: stored.key,
             vars: board.vars.clone(),
             secrets: board.secret_names.clone(),
             previous: board
@@ -244,16 +256,16 @@ impl BoardView {
                     format!("{} ({s})", p.serial)
                 })
                 .collect(),
-            last_seen: last.as_ref().map(|r| r.time.clone()),
-            last_outcome: last.map(|r| r.outcome),
+            last_seen: stored.last.as_ref().map(|(time, _)| time.clone()),
+            last_outcome: stored.last.map(|(_, outcome)| outcome),
+            grace: board.in_grace().next().is_some(),
         }
     }
 
     /// `active`, `expiring` (active, ends within [`WARN_DAYS`]), `renewed` (an old
     /// certificate is still accepted) or `revoked`: the STATUS column.
     pub fn label(&self) -> &'static str {
-        let grace = self.previous.iter().any(|p| p.ends_with("(grace)"));
-        match (self.status, self.expires_soon, grace) {
+        match (self.status, self.expires_soon, self.grace) {
             (Status::Revoked, _, _) => "revoked",
             (Status::Active, true, _) => "expiring",
             (Status::Active, false, true) => "renewed",

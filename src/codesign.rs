@@ -11,44 +11,13 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+use crate::der::{algorithm, rsa_spki, seq, tlv, OID_DATA, OID_RSA, OID_SHA256, OID_SIGNED_DATA};
 use crate::error::{Error, Result};
 use crate::state::{self, MODE_PUBLIC};
 
 /// Where `sign` records what it signed, inside the files directory (dot-names are never
 /// served).
 pub const INDEX_NAME: &str = ".ipxe-ca-signatures.json";
-
-const OID_SIGNED_DATA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x02];
-const OID_DATA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x01];
-const OID_SHA256: &[u8] = &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01];
-const OID_RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
-
-fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    let n = content.len();
-    if n < 0x80 {
-        out.push(n as u8);
-    } else {
-        let bytes: Vec<u8> = n
-            .to_be_bytes()
-            .iter()
-            .copied()
-            .skip_while(|b| *b == 0)
-            .collect();
-        out.push(0x80 | bytes.len() as u8);
-        out.extend(bytes);
-    }
-    out.extend_from_slice(content);
-    out
-}
-
-fn seq(parts: &[&[u8]]) -> Vec<u8> {
-    tlv(0x30, &parts.concat())
-}
-
-fn algorithm(oid: &[u8]) -> Vec<u8> {
-    seq(&[&tlv(0x06, oid), &[0x05, 0x00]])
-}
 
 /// A signer: the code-signing certificate (DER), its chain up to the CA, and its key.
 pub struct Signer {
@@ -75,7 +44,7 @@ impl Signer {
             .map_err(|e| Error::crypto("cannot load the code-signing key (RSA)", e))?;
         let (_, c) = X509Certificate::from_der(&cert_der)
             .map_err(|e| Error::crypto("cannot parse the code-signing certificate", e))?;
-        if c.public_key().raw != spki_of(&key)?.as_slice() {
+        if c.public_key().raw != rsa_spki(&key)?.as_slice() {
             return Err(Error::invalid(
                 "the code-signing key does not belong to the code-signing certificate",
             ));
@@ -127,15 +96,6 @@ impl Signer {
     }
 }
 
-fn spki_of(key: &aws_lc_rs::rsa::KeyPair) -> Result<Vec<u8>> {
-    use aws_lc_rs::signature::KeyPair;
-    // SubjectPublicKeyInfo = SEQUENCE { rsaEncryption NULL, BIT STRING { RSAPublicKey } }.
-    let pk = key.public_key().as_ref();
-    let mut bits = vec![0u8];
-    bits.extend_from_slice(pk);
-    Ok(seq(&[&algorithm(OID_RSA), &tlv(0x03, &bits)]))
-}
-
 /// What `sign` recorded of a file when it signed it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Signed {
@@ -166,6 +126,10 @@ pub struct FileStatus {
     pub path: String,
     /// Its signature state.
     pub status: SigStatus,
+    /// An EFI executable, checked against the farm's Secure Boot certificate: whether it
+    /// carries that key's signature (false: firmware with Secure Boot on refuses it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secure_boot: Option<bool>,
 }
 
 /// The record of signed files, kept in the files directory.
@@ -262,25 +226,50 @@ pub fn verdict(report: &[FileStatus]) -> Result<()> {
         .iter()
         .filter(|f| f.status != SigStatus::Current)
         .count();
-    if bad == 0 {
-        return Ok(());
+    let refused = report
+        .iter()
+        .filter(|f| f.secure_boot == Some(false))
+        .count();
+    match (bad, refused) {
+        (0, 0) => Ok(()),
+        (0, n) => Err(Error::invalid(format!(
+            "{n} EFI executable(s) lack the farm's Secure Boot signature: firmware with Secure \
+             Boot on refuses them; run `ipxe-ca sign-files`"
+        ))),
+        (bad, _) => Err(Error::invalid(format!(
+            "{bad} of {} boot files have no current signature: run `ipxe-ca sign-files`",
+            report.len()
+        ))),
     }
-    Err(Error::invalid(format!(
-        "{bad} of {} boot files have no current signature: run `ipxe-ca sign-files`",
-        report.len()
-    )))
 }
 
-/// Every boot file with the state of its signature.
-pub fn check(files_root: &Path) -> Result<Vec<FileStatus>> {
+/// Every boot file with the state of its signature; with the farm's Secure Boot certificate,
+/// whether each EFI executable carries its signature too.
+pub fn check(
+    files_root: &Path,
+    secure_boot: Option<&crate::secure_boot::Trust>,
+) -> Result<Vec<FileStatus>> {
     let index = Index::load(files_root)?;
-    Ok(boot_files(files_root)?
+    boot_files(files_root)?
         .into_iter()
-        .map(|path| FileStatus {
-            status: index.status(files_root, &path),
-            path,
+        .map(|path| {
+            let secure_boot = match secure_boot {
+                Some(t) => {
+                    let file = files_root.join(&path);
+                    match crate::secure_boot::is_pe_header(&read_head(&file)?) {
+                        true => Some(t.has_signed(&state::read(&file)?)),
+                        false => None,
+                    }
+                }
+                None => None,
+            };
+            Ok(FileStatus {
+                status: index.status(files_root, &path),
+                path,
+                secure_boot,
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// What `sign` did to one file.
@@ -290,12 +279,18 @@ pub struct SignOutcome {
     pub path: String,
     /// `signed`, or `unchanged` when its signature was current.
     pub action: &'static str,
+    /// An EFI executable that now carries the Secure Boot key's signature (false: not an
+    /// EFI executable, or the farm has no Secure Boot key).
+    pub secure_boot: bool,
 }
 
 /// Sign `paths` (relative to, or inside, `files_root`; all boot files when empty), skipping
-/// files whose signature is current unless `force`.
+/// files whose signature is current unless `force`. With a Secure Boot key, EFI executables
+/// (EFI-stub kernels) get its Authenticode signature first, which the detached signature then
+/// covers.
 pub fn sign_files(
     signer: &Signer,
+    secure_boot: Option<&crate::secure_boot::Signer>,
     files_root: &Path,
     paths: &[PathBuf],
     force: bool,
@@ -327,14 +322,31 @@ pub fn sign_files(
     let mut index = Index::load(&root)?;
     let mut out = Vec::new();
     for rel in rels {
-        if !force && index.status(&root, &rel) == SigStatus::Current {
+        let file = root.join(&rel);
+        let efi = secure_boot.is_some() && crate::secure_boot::is_pe_header(&read_head(&file)?);
+        let needs_sb = match secure_boot {
+            Some(sb) if efi => !sb.has_signed(&state::read(&file)?),
+            _ => false,
+        };
+        if !force && !needs_sb && index.status(&root, &rel) == SigStatus::Current {
             out.push(SignOutcome {
                 path: rel,
                 action: "unchanged",
+                secure_boot: efi,
             });
             continue;
         }
-        let file = root.join(&rel);
+        if let (Some(sb), true) = (secure_boot, needs_sb) {
+            // In place, where a link leads (a `vmlinuz -> vmlinuz-6.1` stays a link).
+            use std::os::unix::fs::PermissionsExt;
+            let real =
+                std::fs::canonicalize(&file).map_err(|e| Error::io("cannot resolve", &file, e))?;
+            let mode = std::fs::metadata(&real)
+                .map_err(|e| Error::io("cannot read", &real, e))?
+                .permissions()
+                .mode();
+            crate::secure_boot::sign_file(sb, &real, mode & 0o7777)?;
+        }
         let before = stat(&file);
         let data = state::read(&file)?;
         let sig = signer.sign(&data)?;
@@ -361,6 +373,7 @@ pub fn sign_files(
         out.push(SignOutcome {
             path: rel,
             action: "signed",
+            secure_boot: efi,
         });
     }
     index.save(&root)?;

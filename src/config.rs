@@ -144,8 +144,8 @@ impl ConfigCache {
             return (cur.config.clone(), false);
         }
         let mut changed = false;
-        let token = now.token(&[self.state.root()]);
         let path = self.state.config();
+        let token = now.token(&[path.parent().unwrap_or(self.state.root())]);
         let version = state::existing_version(&path).ok().flatten();
         if version != cur.version {
             let read = match state::read_versioned(&path) {

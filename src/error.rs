@@ -43,9 +43,49 @@ pub enum Error {
     /// `flash` refuses a disk that is neither removable nor USB-attached unless told otherwise.
     #[error("refusing {0}: neither removable nor USB-attached (a fixed disk?)")]
     NotRemovable(String),
+    /// The server certificate does not name the host boards reach the server by (iPXE checks
+    /// it): every board would refuse the server. `fix` says which change was refused.
+    #[error(
+        "{}server certificate names {}, but boards reach the server as {host} ({url}) and check that name: every board would refuse the server",
+        cert.as_ref().map(|c| format!("{}: ", c.display())).unwrap_or_default(),
+        names.join(", ")
+    )]
+    ServerNameNotCovered {
+        /// The certificate file, when one on disk was checked.
+        cert: Option<PathBuf>,
+        /// The names it carries.
+        names: Vec<String>,
+        /// The host of `server_url`.
+        host: String,
+        /// `server_url`.
+        url: String,
+        /// What was being done when it was found.
+        fix: NameFix,
+    },
+    /// A folder `serve` was confined to was replaced while it ran: it stopped, to be started
+    /// again on the new one (a service manager does that on its own).
+    #[error(
+        "{0} was replaced while serving; serve stopped so that it can be started on the new folder"
+    )]
+    StateReplaced(PathBuf),
     /// The server could not start or stopped with an error.
     #[error("server: {0}")]
     Server(String),
+}
+
+/// What was being done when a server name was found not covered, so that the caller can
+/// say what to do instead.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NameFix {
+    /// `init`: the names asked for do not cover the server URL asked for.
+    Init,
+    /// New server certificates would drop the name boards use.
+    ServerCert,
+    /// A new server URL the certificates do not name.
+    ServerUrl,
+    /// Found in the state as it is (`check`, `serve`).
+    Existing,
 }
 
 /// Shorthand used across the library.

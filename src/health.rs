@@ -10,25 +10,26 @@ use time::OffsetDateTime;
 use crate::board::Status;
 use crate::ca::{self, Reason, Revoked};
 use crate::config::Config;
+use crate::error::NameFix;
 use crate::error::{Error, Result};
 use crate::registry::Registry;
 use crate::state::{self, StateDir};
 use crate::types::{San, Serial};
 
 /// Refuse names that would leave every board refusing the server: iPXE checks the host of
-/// `server_url` against the server certificate. `fix` says what to do instead.
-pub(crate) fn check_names_cover(sans: &[San], config: &Config, fix: &str) -> Result<()> {
+/// `server_url` against the server certificate. `fix` says what was being done.
+pub(crate) fn check_names_cover(sans: &[San], config: &Config, fix: NameFix) -> Result<()> {
     let host = config.server_host();
     if sans.iter().any(|s| s.covers(host)) {
         return Ok(());
     }
-    let names: Vec<String> = sans.iter().map(ToString::to_string).collect();
-    Err(Error::invalid(format!(
-        "server certificate names {}, but boards reach the server as {host} ({}) and check \
-that name: every board would refuse the server; {fix}",
-        names.join(", "),
-        config.server_url
-    )))
+    Err(Error::ServerNameNotCovered {
+        cert: None,
+        names: sans.iter().map(ToString::to_string).collect(),
+        host: host.to_string(),
+        url: config.server_url.clone(),
+        fix,
+    })
 }
 
 /// What expires within `days`: active boards, both server certificates, the CA, the
@@ -94,17 +95,10 @@ pub fn expiring(registry: &Registry, days: u32) -> Result<Vec<Expiry>> {
     Ok(out)
 }
 
-/// What is wrong, in words, when a server certificate does not name `config`'s server
-/// host: settings `serve` already holds are checked without reading them again.
-pub fn server_name_problem(state: &StateDir, config: &Config) -> Option<String> {
-    let host = config.server_host().to_string();
-    server_certs_name(
-        state,
-        config,
-        &format!("run `ipxe-ca server-cert --san {host}` with every name boards use now, or `ipxe-ca config --server-url` with one the certificate names"),
-    )
-    .err()
-    .map(|e| e.to_string())
+/// The refusal, when a server certificate does not name `config`'s server host: settings
+/// `serve` already holds are checked without reading them again.
+pub fn server_name_problem(state: &StateDir, config: &Config) -> Option<Error> {
+    server_certs_name(state, config, NameFix::Existing).err()
 }
 
 /// The server certificates with the names each carries: the RSA one (which `init` writes),
@@ -122,10 +116,24 @@ pub(crate) fn server_cert_names(state: &StateDir) -> Result<Vec<(PathBuf, Vec<Sa
 }
 
 /// Whether both server certificates name `config`'s server host; `fix` for the error.
-pub(crate) fn server_certs_name(state: &StateDir, config: &Config, fix: &str) -> Result<()> {
-    for (cert, sans) in server_cert_names(state)? {
-        check_names_cover(&sans, config, fix)
-            .map_err(|e| Error::invalid(format!("{}: {e}", cert.display())))?;
+pub(crate) fn server_certs_name(state: &StateDir, config: &Config, fix: NameFix) -> Result<()> {
+    for (path, sans) in server_cert_names(state)? {
+        check_names_cover(&sans, config, fix).map_err(|e| match e {
+            Error::ServerNameNotCovered {
+                names,
+                host,
+                url,
+                fix,
+                ..
+            } => Error::ServerNameNotCovered {
+                cert: Some(path),
+                names,
+                host,
+                url,
+                fix,
+            },
+            e => e,
+        })?;
     }
     Ok(())
 }

@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 use crate::board::{Board, BoardView, Origin, PreviousCert, Status};
 use crate::ca::{self, Ca, CertInfo, KeySize, Reason, Revoked};
 use crate::config::Config;
-use crate::error::{Error, Result};
+use crate::error::{Error, NameFix, Result};
 pub use crate::health::Expiry;
 use crate::health::{check_names_cover, crl_facts};
 use crate::registry::Registry;
@@ -266,14 +266,7 @@ impl Lab {
             ));
         }
         let config = Config::load(&self.state)?;
-        let host = config.server_host().to_string();
-        check_names_cover(
-            &sans,
-            &config,
-            &format!(
-                "add `--san {host}`, or first point the boards elsewhere (`ipxe-ca config --server-url`, then rebuild their images)"
-            ),
-        )?;
+        check_names_cover(&sans, &config, NameFix::ServerCert)?;
         // The size `init --key-size` chose, as the current server key has it.
         let key_size = state::read(&self.state.server_cert())
             .ok()
@@ -304,14 +297,7 @@ impl Lab {
             after.files_url = crate::config::check_url(u, "http", "the files URL")?;
         }
         if after.server_url != before.server_url {
-            let host = after.server_host().to_string();
-            crate::health::server_certs_name(
-                &self.state,
-                &after,
-                &format!(
-                    "issue certificates that name it first (`ipxe-ca server-cert --san {host}` and every name boards use now)"
-                ),
-            )?;
+            crate::health::server_certs_name(&self.state, &after, NameFix::ServerUrl)?;
         }
         if after != before {
             after.save(&self.state)?;
@@ -326,7 +312,7 @@ impl Lab {
 
     /// What is wrong, in words, when a server certificate does not name `config`'s server
     /// host ([`crate::health::server_name_problem`]).
-    pub fn server_name_problem(&self, config: &Config) -> Option<String> {
+    pub fn server_name_problem(&self, config: &Config) -> Option<Error> {
         crate::health::server_name_problem(&self.state, config)
     }
 
@@ -363,6 +349,7 @@ impl Lab {
                         b.name, b.serial
                     ),
                     repairable: true,
+                    host: None,
                 });
             }
         }
@@ -374,18 +361,21 @@ impl Lab {
     /// take, or a server host the server certificates do not name.
     fn config_problem(&self) -> Option<crate::registry::Problem> {
         let path = self.state.config();
-        let problem = |kind, detail: String| crate::registry::Problem {
+        let problem = |kind, detail: String, host| crate::registry::Problem {
             kind,
             path: path.clone(),
             detail,
             repairable: false,
+            host,
         };
         let config = match Config::load(&self.state).and_then(Config::checked) {
             Ok(c) => c,
-            Err(e) => return Some(problem("bad-config", e.to_string())),
+            Err(e) => return Some(problem("bad-config", e.to_string(), None)),
         };
-        self.server_name_problem(&config)
-            .map(|detail| problem("server-name-mismatch", detail))
+        self.server_name_problem(&config).map(|e| {
+            let host = config.server_host().to_string();
+            problem("server-name-mismatch", e.to_string(), Some(host))
+        })
     }
 
     /// The secret nginx sends with every proxied request (`X-IPXE-CA-Proxy-Secret`), made on
@@ -463,12 +453,7 @@ impl Lab {
         if self.state.has_ca() && !opts.force {
             return Err(Error::CaExists(self.state.root().to_path_buf()));
         }
-        let host = config.server_host().to_string();
-        check_names_cover(
-            &sans,
-            &config,
-            &format!("add `--san {host}`, or give a --server-url with one of the --san names"),
-        )?;
+        check_names_cover(&sans, &config, NameFix::Init)?;
         // Everything is made and validated before the state dir is touched.
         let (ca_cert, ca_key) = match &opts.from_ca {
             Some((cert, key)) => (state::read(cert)?, state::read(key)?),
@@ -518,7 +503,8 @@ impl Lab {
         state::write_if_absent(&s.gitignore(), STATE_GITIGNORE.as_bytes(), MODE_PUBLIC)?;
         state::create_dir_private(&s.secrets_dir())?;
         state::create_dir_private(&s.files_dir())?;
-        state::create_dir_private(&s.boards_dir())
+        state::create_dir_private(&s.boards_dir())?;
+        state::create_dir_private(&s.board_keys_dir())
     }
 
     /// Check a board name is free and its options are sound, before any key is made.
@@ -1003,6 +989,10 @@ impl Lab {
 
     /// The JSON view of a board.
     pub fn view(&self, board: &Board) -> BoardView {
-        BoardView::new(board, &self.state, OffsetDateTime::now_utc())
+        BoardView::new(
+            board,
+            self.registry.stored(&board.name),
+            OffsetDateTime::now_utc(),
+        )
     }
 }

@@ -50,6 +50,17 @@ impl Registry {
         std::mem::take(&mut *self.moved.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
+    /// What the state dir holds beside a board's entry (paths of its certificate and key, its
+    /// last request), for its view.
+    pub fn stored(&self, name: &BoardName) -> crate::board::Stored {
+        let key = self.state.board_key(name);
+        crate::board::Stored {
+            cert: self.state.board_cert(name),
+            key: key.exists().then_some(key),
+            last: crate::history::last(&self.state, name).map(|r| (r.time, r.outcome)),
+        }
+    }
+
     /// Whether a board of that name exists.
     pub fn exists(&self, name: &BoardName) -> bool {
         self.state.board_file(name).exists()
@@ -166,9 +177,13 @@ impl Registry {
         // A folder without a board file is what a crash mid-enroll leaves (or a board file
         // moved aside): start clean, so a new board never inherits an old one's key or
         // secrets, and set the folder aside, since its key may be the only copy.
-        let dir = self.state.board_dir(&board.name);
-        if fs::symlink_metadata(&dir).is_ok() {
-            self.set_aside(&dir)?;
+        for left in [
+            self.state.board_dir(&board.name),
+            self.state.board_key(&board.name),
+        ] {
+            if fs::symlink_metadata(&left).is_ok() {
+                self.set_aside(&left)?;
+            }
         }
         let result = (|| {
             let dir = self.state.board_dir(&board.name);
@@ -208,6 +223,7 @@ impl Registry {
     fn remove_files(&self, board: &Board) {
         let _ = fs::remove_file(self.state.board_file(&board.name));
         let _ = fs::remove_dir_all(self.state.board_dir(&board.name));
+        let _ = fs::remove_file(self.state.board_key(&board.name));
         for (kind, value) in index_values(board) {
             let _ = fs::remove_file(self.state.index_file(kind, value));
         }
@@ -435,6 +451,9 @@ pub struct Problem {
     pub detail: String,
     /// Whether `check --repair` fixes it.
     pub repairable: bool,
+    /// The host boards reach the server by, when the server certificates do not name it.
+    #[serde(skip)]
+    pub host: Option<String>,
 }
 
 impl Registry {
@@ -455,6 +474,7 @@ impl Registry {
                             path,
                             detail: err.to_string(),
                             repairable: false,
+                            host: None,
                         }),
                     }
                 } else if path.is_dir()
@@ -469,6 +489,25 @@ impl Registry {
                             "a board folder without a board file (left by an interrupted enroll)"
                                 .into(),
                         repairable: true,
+                        host: None,
+                    });
+                }
+            }
+        }
+        if let Ok(rd) = fs::read_dir(self.state.board_keys_dir()) {
+            for e in rd.flatten() {
+                let file = e.file_name().to_string_lossy().into_owned();
+                let board = file
+                    .strip_suffix(".key")
+                    .and_then(|n| n.parse::<BoardName>().ok());
+                if board.is_some_and(|n| !self.state.board_file(&n).exists()) {
+                    out.push(Problem {
+                        kind: "orphan-key",
+                        path: e.path(),
+                        detail: "a board key without a board file (left by an interrupted enroll)"
+                            .into(),
+                        repairable: true,
+                        host: None,
                     });
                 }
             }
@@ -487,6 +526,7 @@ impl Registry {
                         b.name
                     ),
                     repairable: false,
+                    host: None,
                 }),
             }
             for (kind, value) in index_values(b) {
@@ -497,6 +537,7 @@ impl Registry {
                         path: p,
                         detail: format!("board {} is not found by its {kind}", b.name),
                         repairable: true,
+                        host: None,
                     });
                 }
             }
@@ -520,6 +561,7 @@ impl Registry {
                         path: e.path(),
                         detail: format!("names {:?}, which has no such {kind}", named.trim()),
                         repairable: true,
+                        host: None,
                     });
                 }
             }
@@ -533,7 +575,7 @@ impl Registry {
     pub fn repair(&self, problems: &[Problem]) -> Result<()> {
         for p in problems.iter().filter(|p| p.repairable) {
             match p.kind {
-                "orphan-folder" | "dangling-index" => self.set_aside(&p.path)?,
+                "orphan-folder" | "orphan-key" | "dangling-index" => self.set_aside(&p.path)?,
                 _ => {}
             }
         }

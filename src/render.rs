@@ -170,7 +170,17 @@ impl Templates {
                 let env = match known {
                     Some((v, _, env)) if v == version => env,
                     _ => {
-                        let source = crate::state::read_to_string(path)?;
+                        let source = std::fs::read_to_string(path).map_err(|e| {
+                            let what = match e.kind() {
+                                // The kernel's refusal in a confined `serve`.
+                                std::io::ErrorKind::PermissionDenied => {
+                                    "cannot read (a template must lie in the state's profiles/ \
+                                     or secrets/, not link out of them)"
+                                }
+                                _ => "cannot read",
+                            };
+                            Error::io(what, path, e)
+                        })?;
                         Arc::new(environment(name.clone(), source)?)
                     }
                 };

@@ -18,6 +18,7 @@ pub struct StateDir {
 /// Written into every build output folder: it holds board keys, so it is never served.
 pub const OUT_MARKER: &str = ".ipxe-ca-images";
 const BOARD_FILE_EXT: &str = ".toml";
+/// A board key's name in the old layout, and in a build's staging folder.
 const BOARD_KEY: &str = "key.pem";
 const BOARD_SECRETS: &str = "secrets.toml";
 const BOARD_HISTORY: &str = "history.jsonl";
@@ -46,7 +47,7 @@ impl StateDir {
     }
     /// `ca/ca.key`
     pub fn ca_key(&self) -> PathBuf {
-        self.root.join("ca/ca.key")
+        self.root.join("keys/ca.key")
     }
     /// `ca/crl.pem`
     pub fn crl(&self) -> PathBuf {
@@ -82,11 +83,11 @@ impl StateDir {
     }
     /// `codesign/codesign.key`
     pub fn codesign_key(&self) -> PathBuf {
-        self.root.join("codesign/codesign.key")
+        self.root.join("keys/codesign.key")
     }
     /// `config.toml`
     pub fn config(&self) -> PathBuf {
-        self.root.join("config.toml")
+        self.root.join("etc/config.toml")
     }
     /// `boards/`
     pub fn boards_dir(&self) -> PathBuf {
@@ -112,7 +113,39 @@ impl StateDir {
     }
     /// `boards/NAME/key.pem` (enrolled boards only; 0600).
     pub fn board_key(&self, name: &BoardName) -> PathBuf {
-        self.board_dir(name).join(BOARD_KEY)
+        self.board_keys_dir().join(format!("{name}.key"))
+    }
+
+    /// `keys/`: every private key `serve` never needs (the CA's, the code signer's, the
+    /// boards'), in a folder of their own so that the kernel can keep `serve` out of it.
+    pub fn keys_dir(&self) -> PathBuf {
+        self.root.join("keys")
+    }
+
+    /// `keys/boards/`: one `NAME.key` per board whose key ipxe-ca made.
+    pub fn board_keys_dir(&self) -> PathBuf {
+        self.keys_dir().join("boards")
+    }
+
+    /// `secure-boot/db.crt`: the certificate boards' firmware trusts in its db (Secure Boot).
+    pub fn secure_boot_cert(&self) -> PathBuf {
+        self.root.join("secure-boot/db.crt")
+    }
+
+    /// `keys/secure-boot/db.key`: the key that signs EFI executables for Secure Boot.
+    pub fn secure_boot_key(&self) -> PathBuf {
+        self.keys_dir().join("secure-boot/db.key")
+    }
+
+    /// The folders `serve` reads (and, for `boards/`, writes history into): everything it
+    /// serves from the state dir or reloads while running, and nothing else.
+    pub fn served_dirs(&self) -> Vec<PathBuf> {
+        [
+            "ca", "codesign", "server", "boards", "index", "profiles", "secrets", "etc",
+        ]
+        .iter()
+        .map(|d| self.root.join(d))
+        .collect()
     }
     /// `boards/NAME/secrets.toml` (0600).
     pub fn board_secrets(&self, name: &BoardName) -> PathBuf {
@@ -194,6 +227,58 @@ impl StateDir {
         file.lock()
             .map_err(|e| Error::io("cannot lock", &path, e))?;
         Ok(StateLock { _file: file })
+    }
+
+    /// Bring a state dir written by an older ipxe-ca to today's layout: private keys into
+    /// `keys/` (`ca/ca.key`, `codesign/codesign.key`, `boards/NAME/key.pem`) and
+    /// `config.toml` into `etc/`, so that `serve` can be confined to the folders it reads.
+    /// Returns what moved (nothing, and no lock taken, for a current state dir). A move
+    /// interrupted half-way is finished by the next call.
+    pub fn upgrade_layout(&self) -> Result<Vec<(PathBuf, PathBuf)>> {
+        let old_config = self.root.join("config.toml");
+        let current = !self.root.join("ca").exists() || self.board_keys_dir().is_dir();
+        if current && !old_config.exists() {
+            return Ok(Vec::new());
+        }
+        let _lock = self.lock()?;
+        let mut moved = Vec::new();
+        let mut mv = |from: PathBuf, to: PathBuf| -> Result<()> {
+            if fs::symlink_metadata(&from).is_err() || fs::symlink_metadata(&to).is_ok() {
+                return Ok(());
+            }
+            if let Some(dir) = to.parent() {
+                create_dir_private(dir)?;
+            }
+            fs::rename(&from, &to).map_err(|e| Error::io("cannot move", &from, e))?;
+            moved.push((from, to));
+            Ok(())
+        };
+        if !self.board_keys_dir().is_dir() {
+            // Into a folder of their own first, named `boards` once every key is in: a state
+            // dir with `keys/boards/` has no board key left in `boards/`.
+            let partial = self.keys_dir().join(".boards.partial");
+            create_dir_private(&partial)?;
+            if let Ok(rd) = fs::read_dir(self.boards_dir()) {
+                for e in rd.flatten() {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    if let Ok(board) = name.parse::<BoardName>() {
+                        mv(
+                            e.path().join(BOARD_KEY),
+                            partial.join(format!("{board}.key")),
+                        )?;
+                    }
+                }
+            }
+            mv(self.root.join("ca/ca.key"), self.ca_key())?;
+            mv(self.root.join("codesign/codesign.key"), self.codesign_key())?;
+            fs::rename(&partial, self.board_keys_dir())
+                .map_err(|e| Error::io("cannot move", &partial, e))?;
+        }
+        mv(old_config, self.config())?;
+        if let Ok(d) = File::open(&self.root) {
+            let _ = d.sync_all();
+        }
+        Ok(moved)
     }
 
     /// Whether a CA exists here.

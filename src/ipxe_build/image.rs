@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use super::run;
 use crate::error::{Error, Result};
+use crate::secure_boot::Signer;
 use crate::state::{self, MODE_SECRET};
 
 /// The ISO mastering tool in use: chosen by what is installed, xorriso first because its
@@ -70,6 +71,8 @@ pub(crate) struct Media<'a> {
     pub script: Option<&'a [u8]>,
     /// Every timestamp in the image (reproducible builds).
     pub epoch: i64,
+    /// Signs the EFI binary for Secure Boot.
+    pub secure_boot: Option<&'a Signer>,
 }
 
 /// Write `data` to `path` (0600) with its mtime at `epoch`.
@@ -113,6 +116,15 @@ fn copy_in(from: &Path, to: &Path, epoch: i64) -> Result<()> {
     put(to, &state::read(from)?, epoch)
 }
 
+/// An EFI binary as it goes on a medium: signed for Secure Boot when the farm has a key.
+pub(crate) fn efi_binary(efi: &Path, secure_boot: Option<&Signer>) -> Result<Vec<u8>> {
+    let data = state::read(efi)?;
+    match secure_boot {
+        Some(sb) => sb.sign(&data),
+        None => Ok(data),
+    }
+}
+
 /// Bytes of FAT image for `payload` bytes of files: whole MiB with room to spare.
 fn fat_size(payload: u64) -> u64 {
     const MIB: u64 = 1 << 20;
@@ -128,12 +140,19 @@ fn mtools(prog: &str, epoch: i64) -> Command {
 
 /// A FAT image holding `EFI/BOOT/BOOTX64.EFI` and, if given, `/autoexec.ipxe`: a UEFI stick
 /// on its own, or the EFI System Partition inside an ISO.
-pub(crate) fn fat_image(out: &Path, efi: &Path, script: Option<&[u8]>, epoch: i64) -> Result<()> {
+/// With a Secure Boot key, the EFI binary carries its signature.
+pub(crate) fn fat_image(
+    out: &Path,
+    efi: &Path,
+    script: Option<&[u8]>,
+    epoch: i64,
+    secure_boot: Option<&Signer>,
+) -> Result<()> {
     let work = out.with_extension("parts");
     state::create_dir_private(&work)?;
     let result = (|| {
         let efi_copy = work.join("BOOTX64.EFI");
-        copy_in(efi, &efi_copy, epoch)?;
+        put(&efi_copy, &efi_binary(efi, secure_boot)?, epoch)?;
         let payload = std::fs::metadata(&efi_copy)
             .map_err(|e| Error::io("cannot stat", &efi_copy, e))?
             .len()
@@ -227,7 +246,13 @@ pub(crate) fn iso_image(out: &Path, media: &Media) -> Result<IsoTool> {
         }
         put(&root.join("isolinux.cfg"), cfg.as_bytes(), epoch)?;
         if let Some(efi) = media.efi {
-            fat_image(&root.join("esp.img"), efi, media.script, epoch)?;
+            fat_image(
+                &root.join("esp.img"),
+                efi,
+                media.script,
+                epoch,
+                media.secure_boot,
+            )?;
         }
         // Everything in the tree is ours and private: the tools need to read it, nothing else.
         let _ = std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700));

@@ -374,6 +374,7 @@ fn build_board(job: &Job, tree: Option<&IpxeTree>, board: &Board) -> Result<Mani
         )?;
         let mut outputs = Vec::new();
         let mut routes = Vec::new();
+        let sb = opts.secure_boot.as_deref();
         for t in &opts.targets {
             let dest = dir.join(t.file_name(&board.name));
             let per_board = compiled_per_board(*t, opts.embed_key);
@@ -395,11 +396,16 @@ fn build_board(job: &Job, tree: Option<&IpxeTree>, board: &Board) -> Result<Mani
             let tmp = own.join(t.file_name(&board.name));
             let mut tool: Option<IsoTool> = None;
             match t {
-                Target::Lkrn | Target::Usb | Target::Efi => {
+                Target::Lkrn | Target::Usb => {
                     state::write_atomic(&tmp, &state::read(&part(bin_path(*t))?)?, MODE_SECRET)?
                 }
+                Target::Efi => state::write_atomic(
+                    &tmp,
+                    &image::efi_binary(&part(bin_path(*t))?, sb)?,
+                    MODE_SECRET,
+                )?,
                 Target::EfiUsb => {
-                    image::fat_image(&tmp, &part("bin-x86_64-efi/ipxe.efi")?, script, epoch)?
+                    image::fat_image(&tmp, &part("bin-x86_64-efi/ipxe.efi")?, script, epoch, sb)?
                 }
                 Target::Iso | Target::EfiIso | Target::Hybrid => {
                     let lkrn = matches!(t, Target::Iso | Target::Hybrid)
@@ -415,6 +421,7 @@ fn build_board(job: &Job, tree: Option<&IpxeTree>, board: &Board) -> Result<Mani
                             efi: efi.as_deref(),
                             script,
                             epoch,
+                            secure_boot: sb,
                         },
                     )?);
                 }
@@ -438,6 +445,7 @@ fn build_board(job: &Job, tree: Option<&IpxeTree>, board: &Board) -> Result<Mani
             outputs,
             started,
             notes,
+            sb,
         )?;
         for (o, r) in m.targets.iter_mut().zip(routes) {
             o.route = Some(r.route.to_string());

@@ -126,6 +126,8 @@ pub struct BuildOptions {
     /// Compile the board's key into the iPXE binary for every target (a relink per board)
     /// instead of one shared binary plus a per-board `autoexec.ipxe`.
     pub embed_key: bool,
+    /// The farm's Secure Boot key, loaded by `build`: every EFI binary is signed with it.
+    pub(crate) secure_boot: Option<std::sync::Arc<crate::secure_boot::Signer>>,
 }
 
 impl Source {
@@ -157,6 +159,7 @@ impl BuildOptions {
             ntp_server: None,
             make_jobs: cores(),
             embed_key: false,
+            secure_boot: None,
         }
     }
 
@@ -224,6 +227,10 @@ pub struct Manifest {
     pub built_at: String,
     /// What the operator must know (e.g. where the trusted CA must come from).
     pub notes: Vec<String>,
+    /// The Secure Boot key that signed the EFI binaries (subject and SHA-256 of its
+    /// certificate); absent when they are unsigned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secure_boot: Option<String>,
 }
 
 /// Run a program with an explicit argument vector; on failure the error carries the tail of
@@ -373,6 +380,10 @@ pub fn build(
         )));
     }
     doctor::preflight(&opts.targets, matches!(opts.source, Source::Prebuilt(_)))?;
+    let opts = &BuildOptions {
+        secure_boot: crate::secure_boot::Signer::load(registry.state())?.map(std::sync::Arc::new),
+        ..opts.clone()
+    };
     if let (Source::Prebuilt(dir), Some(ntp)) = (&opts.source, &opts.ntp_server) {
         prebuilt::require_ntp(&prebuilt::find_efi(dir)?, ntp)?;
     }
@@ -421,6 +432,7 @@ pub(crate) fn finish_manifest(
     targets: Vec<(Target, PathBuf)>,
     started: Instant,
     notes: Vec<String>,
+    secure_boot: Option<&crate::secure_boot::Signer>,
 ) -> Result<Manifest> {
     let mut outs = Vec::new();
     for (t, p) in targets {
@@ -450,6 +462,7 @@ pub(crate) fn finish_manifest(
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default(),
         notes,
+        secure_boot: secure_boot.map(|s| format!("{} (SHA-256 {})", s.subject(), s.fingerprint())),
     };
     Ok(m)
 }

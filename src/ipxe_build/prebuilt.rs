@@ -68,7 +68,8 @@ pub(crate) fn build_board(
     let out = dir.join(Target::EfiUsb.file_name(&board.name));
     let tmp = dir.join(format!(".{}.tmp", Target::EfiUsb.file_name(&board.name)));
     let epoch = board.not_before.unix_timestamp().max(0);
-    image::fat_image(&tmp, efi, Some(script.as_bytes()), epoch)?;
+    let sb = opts.secure_boot.as_deref();
+    image::fat_image(&tmp, efi, Some(script.as_bytes()), epoch, sb)?;
     std::fs::rename(&tmp, &out).map_err(|e| Error::io("cannot move image into", &out, e))?;
     // The CA certificate only: building never needs the CA key.
     let ca = crate::ca::cert_der_from_bytes(&state::read(&registry.state().ca_cert())?)?;
@@ -82,6 +83,7 @@ pub(crate) fn build_board(
         vec![(Target::EfiUsb, out)],
         started,
         vec![TRUST_NOTE.to_string()],
+        sb,
     )?;
     for t in &mut m.targets {
         t.route = Some("prebuilt".to_string());

@@ -20,7 +20,7 @@ use crate::state::StateDir;
 /// boards will refuse them.
 pub(crate) fn warn_unsigned(files_root: &std::path::Path) {
     use crate::codesign::SigStatus;
-    match crate::codesign::check(files_root) {
+    match crate::codesign::check(files_root, None) {
         Ok(report) => {
             for (status, what) in [
                 (SigStatus::Missing, "no signature"),
@@ -114,7 +114,27 @@ struct Checked {
     opener: Option<std::sync::Arc<super::sandbox::Opener>>,
 }
 
+impl Checked {
+    /// Say which boot files have no current signature, read on the folder's own threads (the
+    /// only ones the kernel lets read it).
+    fn warn_unsigned(&self) {
+        if let Some(o) = &self.opener {
+            let root = self.root.clone();
+            if let Err(e) = o.run(move || warn_unsigned(&root)) {
+                super::log::say(&format!(
+                    "ipxe-ca: warning: cannot check boot file signatures: {e}"
+                ));
+            }
+        }
+    }
+}
+
 impl FilesRoot {
+    /// Say which boot files have no current signature (at start).
+    pub(crate) fn warn_unsigned(&self) {
+        self.lock().clone().warn_unsigned();
+    }
+
     /// Check the folder `given` names now; one that holds key material is an error, as is
     /// none at all.
     pub(crate) fn new(given: &Path, state: &Path) -> crate::error::Result<FilesRoot> {
@@ -142,11 +162,6 @@ serve boot files from their own directory (default DIR/files, or --files)",
             state: state.to_path_buf(),
             checked: std::sync::Mutex::new(checked),
         })
-    }
-
-    /// The folder's real path (for messages at start).
-    pub(crate) fn root(&self) -> PathBuf {
-        self.lock().root.clone()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Checked> {
@@ -201,9 +216,7 @@ serve boot files from their own directory (default DIR/files, or --files)",
                     confinement_note(o, &checked.root)
                 ),
             });
-            if checked.opener.is_some() {
-                warn_unsigned(&checked.root);
-            }
+            checked.warn_unsigned();
         }
         Ok((dir, checked))
     }
@@ -672,22 +685,23 @@ pub(crate) async fn serve(
             return Ok(None);
         };
         let state = files.state.clone();
-        let rel2 = rel.clone();
-        // Opened, and judged by what was opened, on a thread the kernel confines to the folder.
-        let (f, m, secret) = opener.run(move || {
-            let (f, parent) = open_beneath(&dir, &rel2)?;
+        // Opened, and judged by what was opened, on a thread the kernel confines to the folder
+        // (which is also the only one that can read its signature index).
+        let (f, m, secret, note) = opener.run(move || {
+            let (f, parent) = open_beneath(&dir, &rel)?;
             let m = f.metadata()?;
             let secret = m.is_file()
                 && (is_key_material(&f, &m)
                     || StateMarks::read(&state, false)
                         .and_then(|marks| refusal(&parent, &marks))
                         .map_or(true, |r| r.is_some()));
-            Ok::<_, std::io::Error>((f, m, secret))
+            let note = (m.is_file() && !secret)
+                .then(|| signature_note(&root.root, &rel))
+                .flatten();
+            Ok::<_, std::io::Error>((f, m, secret, note))
         })??;
+        // The state dir is walked here: the confined thread cannot list it.
         let secret = secret || (m.is_file() && linked_into_state(&m, &files.state));
-        let note = (m.is_file() && !secret)
-            .then(|| signature_note(&root.root, &rel))
-            .flatten();
         Ok::<_, std::io::Error>(Some((f, m, secret, note)))
     })
     .await;

@@ -56,6 +56,31 @@ const LOOP_THREAD: &std::ffi::CStr = c"ipxe-ca-loop";
 /// Run the server until SIGTERM or SIGINT, then let in-flight requests finish.
 pub fn run(registry: Registry, opts: ServeOptions) -> Result<()> {
     guard::raise_nofile();
+    let state = registry.state().clone();
+    state.require_ca()?;
+    // Every folder the rules name exists before they are made (index/ comes with the first
+    // board): one made later would be out of reach.
+    for dir in state.served_dirs() {
+        crate::state::create_dir_private(&dir)?;
+    }
+    // Before the runtime starts a thread: every thread it starts is confined too.
+    let (confinement, folders) = sandbox::confine_serve(&state);
+    let confined = !matches!(confinement, sandbox::Confinement::None(_));
+    log::say(&match confinement {
+        sandbox::Confinement::Enforced => format!(
+            "ipxe-ca: confined by the kernel (Landlock): reads only {} and writes only board \
+             history; keys and build output are out of reach",
+            served_list(&state)
+        ),
+        sandbox::Confinement::Partial => format!(
+            "ipxe-ca: confined by the kernel (Landlock, partly: an older kernel): reads only {}",
+            served_list(&state)
+        ),
+        sandbox::Confinement::None(why) => format!(
+            "ipxe-ca: warning: not confined by the kernel ({why}): serve relies on its own \
+             checks to keep keys out of reach"
+        ),
+    });
     let workers = opts.workers.max(1);
     let started = std::sync::atomic::AtomicUsize::new(0);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -70,9 +95,42 @@ pub fn run(registry: Registry, opts: ServeOptions) -> Result<()> {
         .enable_all()
         .build()
         .map_err(|e| Error::Server(format!("cannot start runtime: {e}")))?;
-    let r = rt.block_on(serve(registry, opts, shutdown_signal()));
+    let gone = std::sync::Mutex::new(None);
+    let until = async {
+        if !confined {
+            return shutdown_signal().await;
+        }
+        tokio::select! {
+            _ = shutdown_signal() => {}
+            p = sandbox::replaced(folders) => {
+                log::say(&format!(
+                    "ipxe-ca: {} was replaced while serve ran (a state dir restored from a \
+                     copy?): the kernel confines serve to the folders it started with, so it \
+                     stops to be started again on the new ones",
+                    p.display()
+                ));
+                *gone.lock().unwrap_or_else(|e| e.into_inner()) = Some(p);
+            }
+        }
+    };
+    let r = rt.block_on(serve(registry, opts, until));
     log::flush_messages(Duration::from_secs(2));
-    r
+    r?;
+    match gone.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        Some(p) => Err(Error::StateReplaced(p)),
+        None => Ok(()),
+    }
+}
+
+/// `ca/, server/, …` relative to the state dir, for the log.
+fn served_list(state: &crate::state::StateDir) -> String {
+    state
+        .served_dirs()
+        .iter()
+        .filter_map(|d| d.file_name())
+        .map(|n| format!("{}/", n.to_string_lossy()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 async fn shutdown_signal() {
@@ -96,7 +154,7 @@ pub async fn serve(
     let config = ConfigCache::load(registry.state())?;
     routes::warn_unnamed(&registry, &config.in_force());
     let files = Arc::new(files::FilesRoot::new(&opts.files, registry.state().root())?);
-    files::warn_unsigned(&files.root());
+    files.warn_unsigned();
     let shared = Arc::new(Shared {
         config,
         files,

@@ -487,7 +487,9 @@ fn files_of(shared: &Shared) -> (&Arc<files::FilesRoot>, &Arc<super::metrics::Fi
 /// A server host the server certificates do not name is the operator's to mend (boards would
 /// refuse the server): said, at start and when an edit brings it, not fatal.
 pub(crate) fn warn_unnamed(registry: &crate::registry::Registry, config: &crate::config::Config) {
-    if let Some(detail) = crate::health::server_name_problem(registry.state(), config) {
-        log::say(&format!("ipxe-ca: warning: {detail}"));
+    if let Some(e) = crate::health::server_name_problem(registry.state(), config) {
+        log::say(&format!(
+            "ipxe-ca: warning: {e}; `ipxe-ca check` says what to do"
+        ));
     }
 }

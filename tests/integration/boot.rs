@@ -88,13 +88,13 @@ pub fn initramfs(dir: &Path) -> PathBuf {
 }
 
 /// A lab whose server is reachable from the guest at 10.0.2.2, serving kernel and initrd.
-struct BootLab {
-    lab: Lab,
-    https: u16,
-    http: u16,
+pub struct BootLab {
+    pub lab: Lab,
+    pub https: u16,
+    pub http: u16,
 }
 
-fn boot_lab() -> BootLab {
+pub fn boot_lab() -> BootLab {
     let assets = assets();
     let lab = Lab::new();
     let (https, http) = (free_port(), free_port());
@@ -121,7 +121,7 @@ fn boot_lab() -> BootLab {
 }
 
 impl BootLab {
-    fn enroll(&self, name: &str) {
+    pub fn enroll(&self, name: &str) {
         self.lab.enroll(
             name,
             &[
@@ -134,7 +134,7 @@ impl BootLab {
     }
 
     /// Build the board's prebuilt UEFI image; returns (image, ca.siglist).
-    fn build(&self, lab: &Lab, board: &str) -> (PathBuf, PathBuf) {
+    pub fn build(&self, lab: &Lab, board: &str) -> (PathBuf, PathBuf) {
         let out = self.lab.tmp.path().join(format!("out-{board}"));
         let o = lab.run(&[
             "build",
@@ -187,7 +187,7 @@ fn boot_at(
     )
 }
 
-const STAGES: [&str; 5] = [
+pub const STAGES: [&str; 5] = [
     "iPXE",
     "ipxe-ca: board",
     "ipxe-ca-profile:",

@@ -48,7 +48,7 @@ fn key_der_sha256(lab: &Lab, board: &str) -> String {
     openssl(&[
         "pkey",
         "-in",
-        s(&lab.path(&format!("boards/{board}/key.pem"))),
+        s(&lab.path(&format!("keys/boards/{board}.key"))),
         "-outform",
         "DER",
         "-out",
@@ -208,7 +208,7 @@ fn make_gets_our_ca_as_only_trust_the_board_cert_and_key_and_https() {
     assert!(
         autoexec.contains(&format!(
             "set privkey:hexraw {}\n",
-            hex::encode(pem_der(&lab.path("boards/b1/key.pem")))
+            hex::encode(pem_der(&lab.path("keys/boards/b1.key")))
         )),
         "{autoexec}"
     );

@@ -94,7 +94,7 @@ fn a_files_link_pointed_into_the_state_dir_serves_nothing_from_it() {
     for (folder, file) in [
         ("secrets", "/vault"),
         ("boards", "/b1.toml"),
-        ("", "/config.toml"),
+        ("", "/etc/config.toml"),
     ] {
         point_at(&lab.path(folder));
         let r = get(srv.http, file);
@@ -141,7 +141,7 @@ fn key_material_in_any_form_is_never_served() {
     crate::util::openssl(&[
         "pkey",
         "-in",
-        s(&lab.path("boards/k1/key.pem")),
+        s(&lab.path("keys/boards/k1.key")),
         "-outform",
         "DER",
         "-out",
@@ -151,7 +151,7 @@ fn key_material_in_any_form_is_never_served() {
         "pkcs8",
         "-topk8",
         "-in",
-        s(&lab.path("boards/k1/key.pem")),
+        s(&lab.path("keys/boards/k1.key")),
         "-outform",
         "DER",
         "-passout",
@@ -162,7 +162,7 @@ fn key_material_in_any_form_is_never_served() {
     crate::util::openssl(&[
         "rsa",
         "-in",
-        s(&lab.path("boards/k1/key.pem")),
+        s(&lab.path("keys/boards/k1.key")),
         "-traditional",
         "-outform",
         "DER",

@@ -33,7 +33,7 @@ fn init_makes_ca_and_separate_server_cert_that_openssl_accepts() {
     let ca_mod = openssl(&[
         "rsa",
         "-in",
-        s(&lab.path("ca/ca.key")),
+        s(&lab.path("keys/ca.key")),
         "-noout",
         "-modulus",
     ]);
@@ -49,7 +49,7 @@ fn init_makes_ca_and_separate_server_cert_that_openssl_accepts() {
     let chain = std::fs::read_to_string(&server).unwrap();
     assert_eq!(chain.matches("BEGIN CERTIFICATE").count(), 2);
     // Key modes.
-    for k in ["ca/ca.key", "server/server.key"] {
+    for k in ["keys/ca.key", "server/server.key"] {
         let m = std::fs::metadata(lab.path(k)).unwrap().permissions().mode();
         assert_eq!(m & 0o777, 0o600, "{k}");
     }
@@ -67,7 +67,7 @@ fn init_makes_ca_and_separate_server_cert_that_openssl_accepts() {
         "-verify",
     ]);
     assert!(out.contains("verify OK"), "{out}");
-    let config = std::fs::read_to_string(lab.path("config.toml")).unwrap();
+    let config = std::fs::read_to_string(lab.path("etc/config.toml")).unwrap();
     assert!(config.contains("https://127.0.0.1:8443"), "{config}");
     assert!(lab.path("profiles/default.ipxe").exists());
     assert!(lab.path("ipxe-scripts/embed.ipxe").exists());
@@ -123,7 +123,13 @@ fn enrolled_board_verifies_and_fingerprints_match_openssl() {
     assert_eq!(j["status"], "active");
     assert_eq!(j["vars"]["role"], "worker");
     assert_eq!(j["secrets"], serde_json::json!(["s3_key"]));
-    assert!(j["key"].as_str().unwrap().ends_with("key.pem"));
+    assert!(
+        j["key"]
+            .as_str()
+            .unwrap()
+            .ends_with("keys/boards/board-1.key"),
+        "{j}"
+    );
     let text = openssl(&["x509", "-in", s(&cert), "-noout", "-text"]);
     assert!(
         text.contains("CN = board-1") || text.contains("CN=board-1"),
@@ -148,7 +154,7 @@ fn enrolled_board_verifies_and_fingerprints_match_openssl() {
     assert!(nb < now - time::Duration::minutes(30));
     assert!((na - now).whole_days() >= 1090);
     // The key is 0600 and openssl reads it; the secret value is never printed.
-    let k = lab.path("boards/board-1/key.pem");
+    let k = lab.path("keys/boards/board-1.key");
     assert_eq!(
         std::fs::metadata(&k).unwrap().permissions().mode() & 0o777,
         0o600

@@ -303,7 +303,7 @@ fn no_race_or_link_serves_key_material() {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let _ = std::fs::write(&tmp_file, b"just a kernel\n");
                 let _ = std::fs::rename(&tmp_file, &x);
-                let _ = std::os::unix::fs::symlink("../ca/ca.key", &tmp_link);
+                let _ = std::os::unix::fs::symlink("../keys/ca.key", &tmp_link);
                 let _ = std::fs::rename(&tmp_link, &x);
             }
         })
@@ -327,7 +327,7 @@ fn no_race_or_link_serves_key_material() {
     );
     assert!(served > 0, "the plain file was never served");
     // A hard link to a key is key material whatever its name; so is any PEM private key.
-    std::fs::hard_link(lab.path("ca/ca.key"), lab.path("files/harmless.img")).unwrap();
+    std::fs::hard_link(lab.path("keys/ca.key"), lab.path("files/harmless.img")).unwrap();
     let r = get(srv.http, "/harmless.img");
     assert!(
         r.starts_with("HTTP/1.1 403") && !r.contains("PRIVATE KEY"),

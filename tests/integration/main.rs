@@ -8,6 +8,7 @@ mod util;
 
 mod boot;
 mod build;
+mod confinement;
 mod files_root;
 mod flash;
 mod foundation;
@@ -16,6 +17,7 @@ mod mutations;
 mod operator;
 mod ops;
 mod real_ipxe;
+mod secure_boot;
 mod server;
 mod stalls;
 mod trust;

@@ -33,15 +33,15 @@ fn bug_secrets_or_keys_written_world_readable() {
     lab.enroll("p1", &["--secret", "k=v"]);
     for f in [
         "boards/p1/secrets.toml",
-        "boards/p1/key.pem",
-        "codesign/codesign.key",
+        "keys/boards/p1.key",
+        "keys/codesign.key",
         "server/server-ecdsa.key",
     ] {
         assert_eq!(mode(&lab.path(f)), 0o600, "{f}");
     }
     lab.ok(&["set", "p1", "--secret", "k=w"]);
     assert_eq!(mode(&lab.path("boards/p1/secrets.toml")), 0o600);
-    for d in ["boards", "boards/p1", "codesign"] {
+    for d in ["boards", "boards/p1", "codesign", "keys", "keys/boards"] {
         assert_eq!(mode(&lab.path(d)), 0o700, "{d}");
     }
 }
@@ -207,7 +207,7 @@ fn bug_a_crl_not_signed_by_our_ca_is_believed() {
         "-cert",
         s(&other.path("ca/ca.crt")),
         "-keyfile",
-        s(&other.path("ca/ca.key")),
+        s(&other.path("keys/ca.key")),
         "-out",
         s(&lab.path("ca/crl.pem")),
     ]);

@@ -30,14 +30,18 @@ fn terminal_escapes_in_request_data_never_reach_the_operator() {
     assert!(out.contains("\\u{1b}]0;PWNED"), "shown as an escape: {out}");
 }
 
-/// The quarantine entry whose name ends with `what`, and its key's bytes.
-fn quarantined(lab: &Lab, what: &str) -> Vec<u8> {
+/// The bytes of the quarantine entry whose name ends with `what` (`file` inside it, if a
+/// folder).
+fn quarantined(lab: &Lab, what: &str, file: &str) -> Vec<u8> {
     let entry = std::fs::read_dir(lab.path("quarantine"))
         .expect("a quarantine folder")
         .flatten()
         .find(|e| e.file_name().to_string_lossy().ends_with(what))
         .unwrap_or_else(|| panic!("nothing named *{what} in the quarantine folder"));
-    std::fs::read(entry.path().join("key.pem")).unwrap()
+    match file {
+        "" => std::fs::read(entry.path()).unwrap(),
+        f => std::fs::read(entry.path().join(f)).unwrap(),
+    }
 }
 
 /// A folder that looks like a leftover (a copy made by hand, a board file moved aside) may
@@ -45,10 +49,10 @@ fn quarantined(lab: &Lab, what: &str) -> Vec<u8> {
 #[test]
 fn repairs_and_enrolls_move_leftovers_aside_and_never_delete_a_key() {
     let lab = Lab::init();
-    lab.enroll("b2", &[]);
+    lab.enroll("b2", &["--secret", "s=ONLY-COPY"]);
     lab.enroll("b3", &[]);
-    let key2 = std::fs::read(lab.path("boards/b2/key.pem")).unwrap();
-    let key3 = std::fs::read(lab.path("boards/b3/key.pem")).unwrap();
+    let secrets2 = std::fs::read(lab.path("boards/b2/secrets.toml")).unwrap();
+    let key3 = std::fs::read(lab.path("keys/boards/b3.key")).unwrap();
     let o = std::process::Command::new("cp")
         .args([
             "-a",
@@ -63,9 +67,9 @@ fn repairs_and_enrolls_move_leftovers_aside_and_never_delete_a_key() {
     assert!(err.contains("moved") && err.contains("quarantine"), "{err}");
     assert!(!lab.path("boards/b2.bak").exists());
     assert_eq!(
-        quarantined(&lab, "boards-b2.bak"),
-        key2,
-        "the copy's key is kept"
+        quarantined(&lab, "boards-b2.bak", "secrets.toml"),
+        secrets2,
+        "the copy's secrets are kept"
     );
     // A board file moved aside, then the name enrolled again: the old folder is set aside.
     std::fs::rename(lab.path("boards/b3.toml"), lab.tmp.path().join("b3.toml")).unwrap();
@@ -73,8 +77,13 @@ fn repairs_and_enrolls_move_leftovers_aside_and_never_delete_a_key() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("quarantine"), "{err}");
-    assert_eq!(quarantined(&lab, "boards-b3"), key3, "the old key is kept");
-    assert_ne!(std::fs::read(lab.path("boards/b3/key.pem")).unwrap(), key3);
+    assert_eq!(
+        quarantined(&lab, "keys-boards-b3.key", ""),
+        key3,
+        "the old key is kept"
+    );
+    assert!(quarantined(&lab, "boards-b3", "cert.pem").starts_with(b"-----BEGIN"));
+    assert_ne!(std::fs::read(lab.path("keys/boards/b3.key")).unwrap(), key3);
     // The quarantine folder is private, and never served.
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(lab.path("quarantine"))
@@ -82,6 +91,19 @@ fn repairs_and_enrolls_move_leftovers_aside_and_never_delete_a_key() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o700);
+    // A key without a board (a board file removed by hand): named by `check`, set aside by
+    // `check --repair`, never deleted.
+    let key2 = std::fs::read(lab.path("keys/boards/b2.key")).unwrap();
+    std::fs::remove_file(lab.path("boards/b2.toml")).unwrap();
+    let o = lab.run(&["check"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        !o.status.success() && out.contains("orphan-key") && out.contains("b2.key"),
+        "{out}"
+    );
+    lab.ok(&["check", "--repair"]);
+    assert!(!lab.path("keys/boards/b2.key").exists());
+    assert_eq!(quarantined(&lab, "keys-boards-b2.key", ""), key2);
 }
 
 /// iPXE checks the server certificate's name, not its key usage: a board named like the

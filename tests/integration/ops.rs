@@ -189,9 +189,8 @@ fn renew_keeps_the_board_booting_until_the_old_certificate_is_revoked() {
     // The old image's certificate and key, as a flashed stick holds them.
     let old = lab.tmp.path().join("old");
     std::fs::create_dir(&old).unwrap();
-    for f in ["cert.pem", "key.pem"] {
-        std::fs::copy(lab.path(&format!("boards/r1/{f}")), old.join(f)).unwrap();
-    }
+    std::fs::copy(lab.path("boards/r1/cert.pem"), old.join("cert.pem")).unwrap();
+    std::fs::copy(lab.path("keys/boards/r1.key"), old.join("key.pem")).unwrap();
     let old_cert = crate::util::s(&old.join("cert.pem")).to_string();
     let old_serial = serial_of(&old_cert);
     let out: serde_json::Value = serde_json::from_str(&lab.ok(&["renew", "r1", "--json"])).unwrap();
@@ -202,7 +201,7 @@ fn renew_keeps_the_board_booting_until_the_old_certificate_is_revoked() {
     // Same key (no --new-key): the key file did not change.
     assert_eq!(
         std::fs::read(old.join("key.pem")).unwrap(),
-        std::fs::read(lab.path("boards/r1/key.pem")).unwrap()
+        std::fs::read(lab.path("keys/boards/r1.key")).unwrap()
     );
     crate::util::verify_strict(
         "sslclient",
@@ -263,11 +262,11 @@ fn renew_keeps_the_board_booting_until_the_old_certificate_is_revoked() {
 
     // --new-key --revoke-old: a new key, and the old certificate refused at once.
     lab.enroll("r2", &[]);
-    let r2_old_key = std::fs::read(lab.path("boards/r2/key.pem")).unwrap();
+    let r2_old_key = std::fs::read(lab.path("keys/boards/r2.key")).unwrap();
     let r2_old = serial_of(crate::util::s(&lab.path("boards/r2/cert.pem")));
     lab.ok(&["renew", "r2", "--new-key", "--revoke-old"]);
     assert_ne!(
-        std::fs::read(lab.path("boards/r2/key.pem")).unwrap(),
+        std::fs::read(lab.path("keys/boards/r2.key")).unwrap(),
         r2_old_key
     );
     assert!(crl_text(&lab).contains(&r2_old));
@@ -403,7 +402,7 @@ fn server_cert_rotation_takes_effect_without_restart_or_dropped_connections() {
         .arg("-cert")
         .arg(lab.path("boards/r1/cert.pem"))
         .arg("-key")
-        .arg(lab.path("boards/r1/key.pem"))
+        .arg(lab.path("keys/boards/r1.key"))
         .arg("-ign_eof")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -481,7 +480,7 @@ fn server_cert_rotation_takes_effect_without_restart_or_dropped_connections() {
             .arg("--cert")
             .arg(other.path("boards/stranger/cert.pem"))
             .arg("--key")
-            .arg(other.path("boards/stranger/key.pem"))
+            .arg(other.path("keys/boards/stranger.key"))
             .arg(srv.url("/boot.ipxe"))
             .output()
             .unwrap();
@@ -763,7 +762,7 @@ fn config_points_boards_elsewhere_only_where_the_server_certificates_name_it() {
         out.contains("files_url = http://mirror.lab:9090\n") && out.contains("next boot script"),
         "{out}"
     );
-    let text = std::fs::read_to_string(lab.path("config.toml")).unwrap();
+    let text = std::fs::read_to_string(lab.path("etc/config.toml")).unwrap();
     assert!(
         text.contains("files_url = \"http://mirror.lab:9090\""),
         "{text}"
@@ -808,7 +807,7 @@ fn config_points_boards_elsewhere_only_where_the_server_certificates_name_it() {
         String::from_utf8_lossy(&o.stdout).into_owned()
     };
     lab.ok(&["check"]);
-    let config = lab.path("config.toml");
+    let config = lab.path("etc/config.toml");
     let good = std::fs::read_to_string(&config).unwrap();
     std::fs::write(
         &config,
@@ -849,5 +848,5 @@ fn config_points_boards_elsewhere_only_where_the_server_certificates_name_it() {
         "https://10.0.0.5:8443",
     ]);
     assert!(e.contains("add `--san 10.0.0.5`"), "{e}");
-    assert!(!fresh.path("ca").exists() && !fresh.path("config.toml").exists());
+    assert!(!fresh.path("ca").exists() && !fresh.path("etc/config.toml").exists());
 }

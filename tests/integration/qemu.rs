@@ -28,7 +28,13 @@ pub enum Firmware {
     SeaBios,
     /// UEFI.
     Ovmf,
+    /// UEFI with Secure Boot on (q35 with SMM), trusting Debian's snakeoil test key in its
+    /// db, as a farm's boards trust the farm's own db key.
+    OvmfSecureBoot,
 }
+
+pub const SECBOOT_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd";
+pub const SNAKEOIL_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.snakeoil.fd";
 
 /// How the image reaches the machine.
 #[derive(Clone, Debug)]
@@ -85,6 +91,25 @@ pub fn boot(name: &str, m: &Machine, stop_at: &str, abort_on: &[&str], stages: &
             "{OVMF} is missing: apt-get install ovmf (scripts/test.sh does)"
         );
         cmd.args(["-bios", OVMF]);
+    }
+    if m.firmware == Firmware::OvmfSecureBoot {
+        for f in [SECBOOT_CODE, SNAKEOIL_VARS] {
+            assert!(
+                Path::new(f).is_file(),
+                "{f} is missing: apt-get install ovmf (scripts/test.sh does)"
+            );
+        }
+        // The variables are written by the firmware: each boot gets its own copy.
+        let vars = dir.join(format!("vars-{name}.fd"));
+        std::fs::copy(SNAKEOIL_VARS, &vars).unwrap();
+        cmd.args(["-machine", "q35,smm=on"])
+            .args(["-global", "driver=cfi.pflash01,property=secure,value=on"])
+            .arg("-drive")
+            .arg(format!(
+                "if=pflash,format=raw,unit=0,file={SECBOOT_CODE},readonly=on"
+            ))
+            .arg("-drive")
+            .arg(format!("if=pflash,format=raw,unit=1,file={}", s(&vars)));
     }
     if let Some(base) = m.rtc {
         cmd.arg("-rtc").arg(format!("base={base}"));

@@ -489,9 +489,9 @@ fn real_ipxe_legacy_boots_through_the_generated_nginx_and_not_straight_at_serve(
     // log says why in words an operator can act on.
     let (https2, http2) = (free_port(), free_port());
     let direct = lab.serve_on(https2, http2, &[]);
-    let cfg = std::fs::read_to_string(lab.path("config.toml")).unwrap();
+    let cfg = std::fs::read_to_string(lab.path("etc/config.toml")).unwrap();
     std::fs::write(
-        lab.path("config.toml"),
+        lab.path("etc/config.toml"),
         cfg.replace(
             &format!("https://10.0.2.2:{nginx_port}"),
             &format!("https://10.0.2.2:{https2}"),

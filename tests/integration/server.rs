@@ -117,7 +117,7 @@ fn each_board_gets_its_own_script_and_strangers_get_nothing() {
             "--cert",
             s(&other.path("boards/intruder/cert.pem")),
             "--key",
-            s(&other.path("boards/intruder/key.pem")),
+            s(&other.path("keys/boards/intruder.key")),
         ])
         .arg(srv.url("/boot.ipxe"))
         .output()
@@ -143,7 +143,7 @@ fn each_board_gets_its_own_script_and_strangers_get_nothing() {
             "-cert",
             s(&lab.path("boards/board-a/cert.pem")),
             "-key",
-            s(&lab.path("boards/board-a/key.pem")),
+            s(&lab.path("keys/boards/board-a.key")),
         ])
         .args(["-verify_return_error", "-showcerts"])
         .stdin(Stdio::null())
@@ -307,19 +307,36 @@ fn boot_scripts_look_at_no_registry_file_until_one_changes() {
 
 /// A running `serve` keeps no stale answer when the state directory is put back from a copy,
 /// as a restore from backup does it (the old folder moved aside, the copy moved in), or when a
-/// symlink naming it is pointed at another one: a board revoked there is refused at once.
+/// symlink naming it is pointed at another one: the kernel confines `serve` to the folders it
+/// started with, so it stops and says why (its service manager starts it again), and started
+/// again it answers from the new state: a board revoked there is refused.
 #[test]
 fn a_state_dir_replaced_under_a_running_serve_is_what_it_answers_from() {
     let lab = two_boards();
     let live = lab.tmp.path().join("live");
     std::fs::rename(&lab.dir, &live).unwrap();
     std::os::unix::fs::symlink(&live, &lab.dir).unwrap();
-    let srv = lab.serve(&[]);
+    let mut srv = lab.serve(&[]);
     let url = srv.url("/boot.ipxe");
     for board in ["board-a", "board-b"] {
         let (code, body) = lab.curl_as(Some(board), &url);
         assert_eq!(code, 200, "{board}: {body}");
     }
+    let stopped = |srv: &mut crate::util::Server| {
+        let st = srv
+            .exited()
+            .expect("serve went on with folders it cannot read");
+        assert!(
+            !st.success(),
+            "a stop for a restart is a failure to a service manager"
+        );
+        let log = srv.output();
+        assert!(
+            log.contains("was replaced while serve ran")
+                && log.contains("start `ipxe-ca serve` again"),
+            "{log}"
+        );
+    };
     // A copy of the state in which board-b is revoked and every folder is new.
     let copy = |name: &str, revoke: &str| {
         let to = lab.tmp.path().join(name);
@@ -338,6 +355,9 @@ fn a_state_dir_replaced_under_a_running_serve_is_what_it_answers_from() {
     let restored = copy("restored", "board-b");
     std::fs::rename(&live, lab.tmp.path().join("live.old")).unwrap();
     std::fs::rename(&restored, &live).unwrap();
+    stopped(&mut srv);
+    let srv = lab.serve(&[]);
+    let url = srv.url("/boot.ipxe");
     let (code, body) = lab.curl_as(Some("board-b"), &url);
     assert_eq!(code, 403, "a board revoked in the restored state: {body}");
     let (code, body) = lab.curl_as(Some("board-a"), &url);
@@ -348,7 +368,10 @@ fn a_state_dir_replaced_under_a_running_serve_is_what_it_answers_from() {
     let link = lab.tmp.path().join("state.new");
     std::os::unix::fs::symlink(&other, &link).unwrap();
     std::fs::rename(&link, &lab.dir).unwrap();
-    let (code, body) = lab.curl_as(Some("board-a"), &url);
+    let mut srv = srv;
+    stopped(&mut srv);
+    let srv = lab.serve(&[]);
+    let (code, body) = lab.curl_as(Some("board-a"), &srv.url("/boot.ipxe"));
     assert_eq!(
         code, 403,
         "a board revoked behind the swapped symlink: {body}"
@@ -522,7 +545,7 @@ fn files_stream_large_files_honour_ranges_and_never_escape() {
     write_random(&big, 64 << 20);
     std::fs::write(files.join("small.txt"), b"0123456789abcdefghij").unwrap();
     std::os::unix::fs::symlink("/etc/passwd", files.join("passwd-link")).unwrap();
-    std::os::unix::fs::symlink("../ca/ca.key", files.join("key-link")).unwrap();
+    std::os::unix::fs::symlink("../keys/ca.key", files.join("key-link")).unwrap();
     std::os::unix::fs::symlink("small.txt", files.join("inside-link")).unwrap();
     let srv = lab.serve(&[]);
     let got = lab.tmp.path().join("got.img");
@@ -600,10 +623,10 @@ fn files_stream_large_files_honour_ranges_and_never_escape() {
     let (ok, out) = tool("curl", &["-sf", &srv.http_url("/files/inside-link")]);
     assert!(ok && out == "0123456789abcdefghij", "{out}");
     for bad in [
-        "/files/../ca/ca.key",
+        "/files/../keys/ca.key",
         "/files/..%2fca%2fca.key",
-        "/files/%2e%2e/ca/ca.key",
-        "/files/sub/../../ca/ca.key",
+        "/files/%2e%2e/keys/ca.key",
+        "/files/sub/../../keys/ca.key",
         "/files//etc/passwd",
         "/files/%2fetc%2fpasswd",
         "/files/passwd-link",
@@ -686,7 +709,7 @@ fn nginx_in_front_gives_the_same_answers_and_untrusted_headers_are_ignored() {
             "-cert",
             s(&lab.path("boards/board-a/cert.pem")),
             "-key",
-            s(&lab.path("boards/board-a/key.pem")),
+            s(&lab.path("keys/boards/board-a.key")),
         ])
         .stdin(Stdio::null())
         .output()
@@ -838,7 +861,7 @@ fn s_client(lab: &Lab, port: u16, cipher: &str, b: &str, path: &str, sess: &[&st
         .arg("-cert")
         .arg(lab.path(&format!("boards/{b}/cert.pem")))
         .arg("-key")
-        .arg(lab.path(&format!("boards/{b}/key.pem")))
+        .arg(lab.path(&format!("keys/boards/{b}.key")))
         .args(sess)
         .arg("-ign_eof")
         .stdin(Stdio::piped())
@@ -1121,7 +1144,7 @@ fn a_config_toml_edit_is_in_the_next_script() {
         assert_eq!(code, 200, "{body}");
         body
     };
-    let config = lab.path("config.toml");
+    let config = lab.path("etc/config.toml");
     let text = std::fs::read_to_string(&config).unwrap();
     let with_files_url = |url: &str| {
         let mut out: String = text
@@ -1155,7 +1178,7 @@ fn a_config_toml_edit_is_in_the_next_script() {
         "{log}"
     );
     // Mended, by a rename as `init` writes it: taken.
-    let tmp = lab.path("config.toml.new");
+    let tmp = lab.path("etc/config.toml.new");
     std::fs::write(&tmp, with_files_url("http://mirror2.lab")).unwrap();
     std::fs::rename(&tmp, &config).unwrap();
     let b = script();
@@ -1163,7 +1186,7 @@ fn a_config_toml_edit_is_in_the_next_script() {
     assert!(srv.output().contains("files_url http://mirror2.lab"));
     // A server host the certificates do not name: taken (the operator's to mend) and said,
     // as at start and by `check`.
-    let tmp = lab.path("config.toml.new");
+    let tmp = lab.path("etc/config.toml.new");
     let moved =
         with_files_url("http://mirror2.lab").replace("127.0.0.1:8443", "elsewhere.lab:8443");
     assert!(moved.contains("https://elsewhere.lab:8443"), "{moved}");

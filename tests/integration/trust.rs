@@ -51,14 +51,14 @@ fn boot_files_are_signed_for_imgverify_and_stale_signatures_are_visible() {
         s(&cs),
     ]);
     assert!(v.contains(": OK"), "{v}");
-    let key = lab.path("codesign/codesign.key");
+    let key = lab.path("keys/codesign.key");
     assert_eq!(
         std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
         0o600
     );
     assert_ne!(
         std::fs::read(&key).unwrap(),
-        std::fs::read(lab.path("ca/ca.key")).unwrap()
+        std::fs::read(lab.path("keys/ca.key")).unwrap()
     );
 
     write_random(&lab.path("files/vmlinuz"), 3 << 20);
@@ -133,7 +133,7 @@ fn signing_refuses_bad_input_and_changes_nothing() {
     std::fs::write(lab.path("files/vmlinuz"), b"kernel").unwrap();
     // Key material in the files directory: refused, nothing signed.
     std::fs::copy(
-        lab.path("boards/../ca/ca.key"),
+        lab.path("boards/../keys/ca.key"),
         lab.path("files/leaked.pem"),
     )
     .unwrap();
@@ -183,7 +183,7 @@ fn boot_files_over_mutual_tls_are_for_enrolled_boards_only() {
         .arg("--cert")
         .arg(lab.path("boards/fa/cert.pem"))
         .arg("--key")
-        .arg(lab.path("boards/fa/key.pem"))
+        .arg(lab.path("keys/boards/fa.key"))
         .args(["-r", "100-199", &url])
         .output()
         .unwrap();

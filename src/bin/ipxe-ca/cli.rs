@@ -61,6 +61,9 @@ pub enum Command {
     /// Sign boot files (NAME.sig beside NAME, for iPXE's imgverify); run it after adding or
     /// changing files. Unchanged files keep their signature.
     SignFiles(SignFilesArgs),
+    /// UEFI Secure Boot: the farm's db key, which `build` and `sign-files` then sign every
+    /// EFI executable with, so that firmware trusting it runs them.
+    SecureBoot(SecureBootArgs),
     /// List the registered boards.
     List(ListArgs),
     /// Show one board.
@@ -293,6 +296,26 @@ pub struct SignFilesArgs {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SecureBootArgs {
+    #[command(subcommand)]
+    pub action: SecureBootAction,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SecureBootAction {
+    /// Take a db key the boards' firmware already trusts (an operator's own Secure Boot
+    /// keys): RSA, PEM, unencrypted.
+    Adopt {
+        /// The private key (kept 0600 in DIR/keys/secure-boot/).
+        #[arg(long)]
+        key: PathBuf,
+        /// Its certificate, as enrolled in the firmware's db (PEM or DER).
+        #[arg(long)]
+        cert: PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]

@@ -48,20 +48,62 @@ fn main() -> ExitCode {
     }
 }
 
-/// The flag that answers a library refusal (the library never names flags).
-fn hint(e: &ipxe_ca::Error) -> Option<&'static str> {
+/// The command or flag that answers a library refusal (the library never names flags).
+fn hint(e: &ipxe_ca::Error) -> Option<String> {
+    use ipxe_ca::error::NameFix;
     use ipxe_ca::Error::*;
-    match e {
-        NoCa(_) => Some("pass --dir or set IPXE_CA_DIR to the state dir"),
-        CaExists(_) => Some("pass --force to replace it anyway"),
-        BoardExists(_) => Some("to re-enroll a revoked board under its name, pass --replace"),
-        NotRemovable(_) => Some("if this really is the stick, pass --allow-non-removable"),
-        _ => None,
-    }
+    Some(match e {
+        NoCa(_) => "pass --dir or set IPXE_CA_DIR to the state dir".into(),
+        CaExists(_) => "pass --force to replace it anyway".into(),
+        BoardExists(_) => "to re-enroll a revoked board under its name, pass --replace".into(),
+        NotRemovable(_) => "if this really is the stick, pass --allow-non-removable".into(),
+        StateReplaced(_) => "start `ipxe-ca serve` again (the systemd unit restarts it)".into(),
+        ServerNameNotCovered { host, fix, .. } => match fix {
+            NameFix::Init => {
+                format!("add `--san {host}`, or give a --server-url with one of the --san names")
+            }
+            NameFix::ServerCert => format!(
+                "add `--san {host}`, or first point the boards elsewhere \
+                 (`ipxe-ca config --server-url`, then rebuild their images)"
+            ),
+            NameFix::ServerUrl => format!(
+                "issue certificates that name it first (`ipxe-ca server-cert --san {host}` \
+                 and every name boards use now)"
+            ),
+            _ => name_advice(host),
+        },
+        _ => return None,
+    })
+}
+
+/// What to do when the server certificates do not name the host boards use.
+pub fn name_advice(host: &str) -> String {
+    format!(
+        "run `ipxe-ca server-cert --san {host}` with every name boards use now, or \
+         `ipxe-ca config --server-url` with one the certificate names"
+    )
 }
 
 fn try_main(cli: Cli) -> Result<()> {
     let lab = Lab::open(&cli.dir);
+    let moved = lab
+        .state()
+        .upgrade_layout()
+        .with_context(|| format!("cannot bring {} to the current layout", cli.dir.display()))?;
+    if !moved.is_empty() {
+        let (keys, other): (Vec<_>, Vec<_>) = moved
+            .iter()
+            .partition(|(_, to)| to.starts_with(lab.state().keys_dir()));
+        eprintln!(
+            "ipxe-ca: moved {} private key(s) into {}{} (serve is kept out of that folder)",
+            keys.len(),
+            lab.state().keys_dir().display(),
+            other
+                .iter()
+                .map(|(from, to)| format!(" and {} to {}", from.display(), to.display()))
+                .collect::<String>()
+        );
+    }
     let result = run(&lab, cli);
     for (from, to) in lab.moved_aside() {
         eprintln!(
@@ -148,6 +190,22 @@ fn run(lab: &Lab, cli: Cli) -> Result<()> {
             );
         }
         Command::SignFiles(a) => sign_files(lab, a)?,
+        Command::SecureBoot(a) => match a.action {
+            cli::SecureBootAction::Adopt { key, cert } => {
+                lab.state().require_ca()?;
+                let read = |p: &std::path::Path| {
+                    std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))
+                };
+                let signer =
+                    ipxe_ca::secure_boot::Signer::adopt(lab.state(), &read(&cert)?, &read(&key)?)
+                        .context("cannot adopt the Secure Boot key")?;
+                println!(
+                    "Secure Boot db key: {} (SHA-256 {})\nbuild and sign-files now sign every EFI executable with it; rebuild the boards' images and run `ipxe-ca sign-files`",
+                    signer.subject(),
+                    signer.fingerprint()
+                );
+            }
+        },
         Command::Check(a) => {
             let problems = lab.check(a.repair).context("cannot check the registry")?;
             print::out(a.json, &problems[..], print::problems)?;
@@ -299,7 +357,10 @@ fn sign_files(lab: &Lab, a: cli::SignFilesArgs) -> Result<()> {
     use ipxe_ca::codesign;
     let root = a.files.unwrap_or_else(|| lab.state().files_dir());
     if a.check {
-        let report = codesign::check(&root).context("cannot check the signatures")?;
+        let trust = ipxe_ca::secure_boot::Trust::load(lab.state())
+            .context("cannot load the Secure Boot certificate")?;
+        let report =
+            codesign::check(&root, trust.as_ref()).context("cannot check the signatures")?;
         print::signatures(&report, a.json)?;
         return Ok(codesign::verdict(&report)?);
     }
@@ -307,13 +368,21 @@ fn sign_files(lab: &Lab, a: cli::SignFilesArgs) -> Result<()> {
     if created {
         print::created_codesign(lab.state());
     }
-    let done = codesign::sign_files(&signer, &root, &a.paths, a.force)
+    let sb = ipxe_ca::secure_boot::Signer::load(lab.state())
+        .context("cannot load the Secure Boot key")?;
+    let done = codesign::sign_files(&signer, sb.as_ref(), &root, &a.paths, a.force)
         .context("cannot sign the boot files")?;
     if a.json {
         return print::json(&done);
     }
-    done.iter()
-        .for_each(|d| println!("{:<9} {}", d.action, d.path));
+    done.iter().for_each(|d| {
+        let sb = if d.secure_boot {
+            " (and for Secure Boot)"
+        } else {
+            ""
+        };
+        println!("{:<9} {}{sb}", d.action, d.path)
+    });
     Ok(())
 }
 

@@ -212,7 +212,18 @@ pub fn problems(problems: &[Problem]) {
         } else {
             ""
         };
-        let line = format!("{:<21} {}: {}{fix}", p.kind, p.path.display(), p.detail);
+        let advice = p
+            .host
+            .as_deref()
+            .map(crate::name_advice)
+            .map(|a| format!("; {a}"))
+            .unwrap_or_default();
+        let line = format!(
+            "{:<21} {}: {}{advice}{fix}",
+            p.kind,
+            p.path.display(),
+            p.detail
+        );
         println!("{}", printable(&line));
     }
 }
@@ -349,7 +360,16 @@ pub fn signatures(report: &[ipxe_ca::codesign::FileStatus], json_out: bool) -> R
         return json(report);
     }
     for f in report {
-        println!("{:<8} {}", format!("{:?}", f.status).to_lowercase(), f.path);
+        let sb = match f.secure_boot {
+            Some(true) => " (Secure Boot: signed)",
+            Some(false) => " (Secure Boot: not signed by the farm's key: refused by the firmware)",
+            None => "",
+        };
+        println!(
+            "{:<8} {}{sb}",
+            format!("{:?}", f.status).to_lowercase(),
+            f.path
+        );
     }
     Ok(())
 }

@@ -1,12 +1,22 @@
 //! Helpers shared by the integration tests: a fresh state dir per test, running the real
-//! binary and external checkers, free ports.
+//! binary, free ports; the external checkers (`openssl`), nginx and strace harnesses live in
+//! modules of their own.
 #![allow(dead_code)]
+
+mod nginx;
+mod openssl;
+mod trace;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 pub use crate::common::{bin, free_port, s, write_random, Proc};
+pub use nginx::start_nginx;
+pub use openssl::{
+    openssl, openssl_fingerprint, openssl_signed_cert, rsa_csr, sign_with_openssl, verify_strict,
+};
+pub use trace::{evict, serve_traced, serve_traced_with, stop_traced, strace, Syscall};
 
 /// A test's own temporary directory and state dir.
 pub struct Lab {
@@ -126,13 +136,6 @@ pub fn tool(prog: &str, args: &[&str]) -> (bool, String) {
     (o.status.success(), s)
 }
 
-/// Run openssl and require success.
-pub fn openssl(args: &[&str]) -> String {
-    let (ok, out) = tool("openssl", args);
-    assert!(ok, "openssl {args:?} failed: {out}");
-    out
-}
-
 /// A running `ipxe-ca serve` on free loopback ports; SIGTERM on drop.
 pub struct Server {
     pub child: std::process::Child,
@@ -234,7 +237,7 @@ impl Lab {
             args.push("--cert".into());
             args.push(s(&self.path(&format!("boards/{b}/cert.pem"))).into());
             args.push("--key".into());
-            args.push(s(&self.path(&format!("boards/{b}/key.pem"))).into());
+            args.push(s(&self.path(&format!("keys/boards/{b}.key"))).into());
         }
         args.extend(extra.iter().map(|a| a.to_string()));
         args.push(url.into());
@@ -259,6 +262,16 @@ impl Server {
     pub fn output(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
             + &std::fs::read_to_string(&self.err).unwrap_or_default()
+    }
+    /// Wait (up to 10 s) for the server to exit on its own.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        for _ in 0..400 {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return Some(st);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        None
     }
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let _ = Command::new("kill")
@@ -285,41 +298,6 @@ impl Drop for Server {
     }
 }
 
-/// A new RSA-2048 key and a CSR for `subj`, made by the openssl CLI (`extra` goes last,
-/// e.g. `-outform DER` or `-addext …`).
-pub fn rsa_csr(key: &str, subj: &str, out: &str, extra: &[&str]) {
-    let mut args = vec![
-        "req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-subj", subj, "-out", out,
-    ];
-    args.extend_from_slice(extra);
-    openssl(&args);
-}
-
-/// A board certificate our CA signed with the openssl CLI, as before ipxe-ca existed: key, CSR
-/// and certificate `NAME.{key,csr,crt}` in the lab's temp dir (`extra` goes to `x509 -req`).
-pub fn openssl_signed_cert(lab: &Lab, name: &str, extra: &[&str]) -> PathBuf {
-    let d = lab.tmp.path();
-    let (key, csr, crt) = (
-        d.join(format!("{name}.key")),
-        d.join(format!("{name}.csr")),
-        d.join(format!("{name}.crt")),
-    );
-    rsa_csr(s(&key), &format!("/CN={name}"), s(&csr), &[]);
-    sign_with_openssl(lab, s(&csr), s(&crt), extra);
-    crt
-}
-
-/// The certificate's fingerprint as openssl computes it, in the registry's form (lowercase hex).
-pub fn openssl_fingerprint(cert: &std::path::Path, digest: &str) -> String {
-    let out = openssl(&["x509", "-in", s(cert), "-noout", "-fingerprint", digest]);
-    out.trim()
-        .split('=')
-        .nth(1)
-        .unwrap()
-        .replace(':', "")
-        .to_lowercase()
-}
-
 /// GET `url` without a client certificate: (status, body); 0 when curl got no answer.
 pub fn curl_plain(url: &str) -> (u16, String) {
     let o = std::process::Command::new("curl")
@@ -338,106 +316,6 @@ pub fn metric(text: &str, line_start: &str) -> f64 {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no metric {line_start} in:\n{text}"))
-}
-
-/// `openssl verify -x509_strict -purpose PURPOSE`: the certificate must verify against the CA.
-pub fn verify_strict(purpose: &str, ca: &str, cert: &str) {
-    let out = openssl(&[
-        "verify",
-        "-x509_strict",
-        "-purpose",
-        purpose,
-        "-CAfile",
-        ca,
-        cert,
-    ]);
-    assert!(out.contains(": OK"), "{out}");
-}
-
-/// Issue a certificate for `csr` with the lab's CA using the openssl CLI, as the prototype did.
-pub fn sign_with_openssl(lab: &Lab, csr: &str, out: &str, extra: &[&str]) {
-    let (ca, key) = (lab.path("ca/ca.crt"), lab.path("ca/ca.key"));
-    let mut args = vec![
-        "x509",
-        "-req",
-        "-in",
-        csr,
-        "-CA",
-        s(&ca),
-        "-CAkey",
-        s(&key),
-        "-days",
-        "30",
-        "-out",
-        out,
-    ];
-    args.extend_from_slice(extra);
-    openssl(&args);
-}
-
-/// nginx with the block `ipxe-ca nginx-config` writes, listening on 127.0.0.1:`listen`.
-pub fn nginx_conf(lab: &Lab, listen: u16, upstream: u16) -> std::path::PathBuf {
-    let block = lab.ok(&[
-        "nginx-config",
-        "--listen",
-        &format!("127.0.0.1:{listen}"),
-        "--upstream",
-        &format!("127.0.0.1:{upstream}"),
-    ]);
-    assert!(
-        block.contains("ssl_verify_client")
-            && block.contains("ssl_crl")
-            && block.contains("AES128-SHA"),
-        "{block}"
-    );
-    let t = lab.tmp.path().join("nginx");
-    std::fs::create_dir_all(&t).unwrap();
-    let conf = t.join("nginx.conf");
-    let d = s(&t);
-    std::fs::write(
-        &conf,
-        format!(
-            "user root;\ndaemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 64; }}\nhttp {{\n access_log {d}/access.log;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n fastcgi_temp_path {d}/fcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n{block}}}\n"
-        ),
-    )
-    .unwrap();
-    conf
-}
-
-/// Start nginx with the generated config in front of `serve --behind-proxy` on `upstream`;
-/// waits until it listens.
-pub fn start_nginx(lab: &Lab, listen: u16, upstream: u16) -> Proc {
-    let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .expect("nginx is needed for proxy-mode tests: apt-get install nginx-light (scripts/test.sh does)");
-    let conf = nginx_conf(lab, listen, upstream);
-    let (ok, out) = tool(nginx, &["-t", "-c", s(&conf)]);
-    assert!(ok, "nginx rejects the generated config: {out}");
-    let ng = Command::new(nginx)
-        .args(["-c", s(&conf)])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut ng = Proc(ng);
-    for _ in 0..400 {
-        // Listening, and it is our nginx that listens (not a server that holds the port).
-        if let Some(st) = ng.0.try_wait().unwrap() {
-            let log = std::fs::read_to_string(conf.with_file_name("error.log")).unwrap_or_default();
-            panic!("nginx exited with {st}: {log}");
-        }
-        if std::net::TcpStream::connect(("127.0.0.1", listen)).is_ok() {
-            std::thread::sleep(std::time::Duration::from_millis(100));
-            if ng.0.try_wait().unwrap().is_none() {
-                return ng;
-            }
-            continue;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(25));
-    }
-    panic!("nginx did not listen on 127.0.0.1:{listen}");
 }
 
 /// A PATH like ours without the named programs (links to everything else), to show what a
@@ -460,72 +338,6 @@ pub fn path_without(dir: &Path, hide: &[&str]) -> PathBuf {
     bin
 }
 
-/// One system call as strace printed it: name, raw arguments, return value.
-#[derive(Debug, Clone)]
-pub struct Syscall {
-    pub name: String,
-    pub args: String,
-    pub ret: String,
-}
-
-impl Syscall {
-    /// The first string argument (a path), if any.
-    pub fn path(&self) -> Option<&str> {
-        let start = self.args.find('"')? + 1;
-        let len = self.args[start..].find('"')?;
-        Some(&self.args[start..start + len])
-    }
-    /// The second string argument (rename's target).
-    pub fn path2(&self) -> Option<&str> {
-        let first_end = self.args.find('"')? + 1;
-        let after = first_end + self.args[first_end..].find('"')? + 1;
-        let start = after + self.args[after..].find('"')? + 1;
-        let len = self.args[start..].find('"')?;
-        Some(&self.args[start..start + len])
-    }
-}
-
-/// Run the binary under strace (Debian package strace), tracing `calls`; the calls in order.
-pub fn strace(lab: &Lab, calls: &str, args: &[&str]) -> Vec<Syscall> {
-    let trace = lab
-        .tmp
-        .path()
-        .join(format!("strace-{}", args.join("-").replace('/', "_")));
-    let o = Command::new("strace")
-        .args(["-f", "-qq", "-s", "512", "-e"])
-        .arg(format!("trace={calls}"))
-        .arg("-o")
-        .arg(&trace)
-        .arg(bin())
-        .arg("--dir")
-        .arg(&lab.dir)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("strace is needed (apt-get install strace)");
-    assert!(
-        o.status.success(),
-        "{args:?} under strace: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    std::fs::read_to_string(&trace)
-        .unwrap()
-        .lines()
-        .filter_map(|l| {
-            // "PID name(args) = ret"
-            let l = l.split_once(' ')?.1.trim_start();
-            let open = l.find('(')?;
-            let eq = l.rfind(" = ")?;
-            let close = l[..eq].rfind(')')?;
-            Some(Syscall {
-                name: l[..open].to_string(),
-                args: l[open + 1..close].to_string(),
-                ret: l[eq + 3..].split_whitespace().next()?.to_string(),
-            })
-        })
-        .collect()
-}
-
 /// Poll `f` until it returns Some, or fail after `limit` (no fixed sleeps).
 pub fn wait_for<T>(what: &str, limit: std::time::Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let end = std::time::Instant::now() + limit;
@@ -539,104 +351,4 @@ pub fn wait_for<T>(what: &str, limit: std::time::Duration, mut f: impl FnMut() -
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-}
-
-/// `serve` under strace (the `calls`, e.g. `trace=write,writev`) with `stdout`; (strace, https
-/// port, trace file).
-pub fn serve_traced(
-    lab: &Lab,
-    stdout: Stdio,
-    tag: &str,
-    calls: &str,
-) -> (Traced, u16, std::path::PathBuf) {
-    serve_traced_with(lab, stdout, tag, calls, &[])
-}
-
-/// The same with more `serve` arguments.
-pub fn serve_traced_with(
-    lab: &Lab,
-    stdout: Stdio,
-    tag: &str,
-    calls: &str,
-    extra: &[&str],
-) -> (Traced, u16, std::path::PathBuf) {
-    let (https, http) = (free_port(), free_port());
-    let trace = lab.tmp.path().join(format!("trace-{tag}"));
-    let child = Command::new("strace")
-        .args(["-f", "-qq", "-s", "200", "-e", calls, "-o"])
-        .arg(&trace)
-        .arg(bin())
-        .arg("--dir")
-        .arg(&lab.dir)
-        .args(["serve", "--https", &format!("127.0.0.1:{https}")])
-        .args(["--http", &format!("127.0.0.1:{http}")])
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("strace is needed (apt-get install strace)");
-    let child = Traced(Some(child));
-    crate::common::wait_port(https, std::time::Duration::from_secs(20)).unwrap();
-    (child, https, trace)
-}
-
-/// strace running `serve`: both stop when this is dropped, so that a failing test leaves no
-/// server behind.
-pub struct Traced(Option<std::process::Child>);
-
-impl Traced {
-    /// Stop `serve` (strace's child), then strace.
-    fn stop(&mut self) {
-        let Some(mut strace) = self.0.take() else {
-            return;
-        };
-        let children = format!("/proc/{0}/task/{0}/children", strace.id());
-        for pid in std::fs::read_to_string(children)
-            .unwrap_or_default()
-            .split_whitespace()
-        {
-            let _ = Command::new("kill").args(["-TERM", pid]).status();
-        }
-        let _ = strace.wait();
-    }
-}
-
-impl Drop for Traced {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// Stop `serve` and strace; the trace's lines.
-pub fn stop_traced(mut strace: Traced, trace: &std::path::Path) -> Vec<String> {
-    strace.stop();
-    std::fs::read_to_string(trace)
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
-/// Drop `path` from the page cache. The kernel may keep a page it is busy with, so ask again
-/// until util-linux's `fincore` (which does not read the file) finds none resident.
-pub fn evict(path: &Path) {
-    let f = std::fs::File::open(path).unwrap();
-    f.sync_all().unwrap();
-    let resident = || {
-        let out = Command::new("fincore")
-            .args(["--bytes", "--noheadings", "--output", "RES"])
-            .arg(path)
-            .output()
-            .expect("fincore (util-linux) is needed");
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
-    for _ in 0..50 {
-        rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed).unwrap();
-        if resident() == "0" {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    panic!("the page cache keeps {}", path.display());
 }
