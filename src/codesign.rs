@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::der::{algorithm, rsa_spki, seq, tlv, OID_DATA, OID_RSA, OID_SHA256, OID_SIGNED_DATA};
+use crate::der::{detached_signed_data, rsa_spki, signed_content_info};
 use crate::error::{Error, Result};
 use crate::state::{self, MODE_PUBLIC};
 
@@ -70,29 +70,14 @@ impl Signer {
                 &mut sig,
             )
             .map_err(|e| Error::crypto("cannot sign", e))?;
-        let sid = seq(&[&self.issuer_raw, &tlv(0x02, &self.serial_raw)]);
-        let signer_info = seq(&[
-            &tlv(0x02, &[1]),
-            &sid,
-            &algorithm(OID_SHA256),
-            &algorithm(OID_RSA),
-            &tlv(0x04, &sig),
-        ]);
-        let mut certs = self.cert_der.clone();
-        for c in &self.chain {
-            certs.extend_from_slice(c);
-        }
-        let signed_data = seq(&[
-            &tlv(0x02, &[1]),
-            &tlv(0x31, &algorithm(OID_SHA256)),
-            &seq(&[&tlv(0x06, OID_DATA)]),
-            &tlv(0xa0, &certs),
-            &tlv(0x31, &signer_info),
-        ]);
-        Ok(seq(&[
-            &tlv(0x06, OID_SIGNED_DATA),
-            &tlv(0xa0, &signed_data),
-        ]))
+        let mut certs: Vec<&[u8]> = vec![&self.cert_der];
+        certs.extend(self.chain.iter().map(Vec::as_slice));
+        Ok(signed_content_info(&detached_signed_data(
+            &certs,
+            &self.issuer_raw,
+            &self.serial_raw,
+            &sig,
+        )))
     }
 }
 
@@ -570,12 +555,5 @@ mod tests {
             !is_key(&[0x30, 0x08, 0x30, 0x01, 0x06, 0x04, 0x01, 0x00, 0x05, 0x00]),
             "trailing"
         );
-    }
-
-    #[test]
-    fn long_lengths_are_encoded_in_the_fewest_bytes() {
-        assert_eq!(tlv(0x04, &[0; 5])[..2], [0x04, 5]);
-        assert_eq!(tlv(0x04, &[0; 200])[..3], [0x04, 0x81, 200]);
-        assert_eq!(tlv(0x04, &[0; 300])[..4], [0x04, 0x82, 0x01, 0x2c]);
     }
 }

@@ -47,3 +47,45 @@ pub(crate) fn rsa_spki(key: &aws_lc_rs::rsa::KeyPair) -> Result<Vec<u8>> {
     bits.extend_from_slice(pk);
     Ok(seq(&[&algorithm(OID_RSA), &tlv(0x03, &bits)]))
 }
+
+/// A SignedData over detached content, without signed attributes (the signature is over the
+/// content itself): what iPXE's `imgverify` and UEFI's authenticated variables check.
+pub(crate) fn detached_signed_data(
+    certs: &[&[u8]],
+    issuer_raw: &[u8],
+    serial_raw: &[u8],
+    sig: &[u8],
+) -> Vec<u8> {
+    let sid = seq(&[issuer_raw, &tlv(0x02, serial_raw)]);
+    let signer_info = seq(&[
+        &tlv(0x02, &[1]),
+        &sid,
+        &algorithm(OID_SHA256),
+        &algorithm(OID_RSA),
+        &tlv(0x04, sig),
+    ]);
+    seq(&[
+        &tlv(0x02, &[1]),
+        &tlv(0x31, &algorithm(OID_SHA256)),
+        &seq(&[&tlv(0x06, OID_DATA)]),
+        &tlv(0xa0, &certs.concat()),
+        &tlv(0x31, &signer_info),
+    ])
+}
+
+/// A ContentInfo around a SignedData.
+pub(crate) fn signed_content_info(signed_data: &[u8]) -> Vec<u8> {
+    seq(&[&tlv(0x06, OID_SIGNED_DATA), &tlv(0xa0, signed_data)])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_lengths_are_encoded_in_the_fewest_bytes() {
+        assert_eq!(tlv(0x04, &[0; 5])[..2], [0x04, 5]);
+        assert_eq!(tlv(0x04, &[0; 200])[..3], [0x04, 0x81, 200]);
+        assert_eq!(tlv(0x04, &[0; 300])[..4], [0x04, 0x82, 0x01, 0x2c]);
+    }
+}

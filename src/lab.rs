@@ -332,8 +332,61 @@ impl Lab {
         self.check_all()
     }
 
+    /// With a Secure Boot key: boot files in DIR/files that its firmware would refuse, and
+    /// board images in DIR/out built before the key (or with another one).
+    pub fn secure_boot_problems(&self) -> Vec<crate::registry::Problem> {
+        let Ok(Some(trust)) = crate::secure_boot::Trust::load(&self.state) else {
+            return Vec::new();
+        };
+        let problem = |kind, path, detail: String| crate::registry::Problem {
+            kind,
+            path,
+            detail,
+            repairable: false,
+            host: None,
+        };
+        let mut out = Vec::new();
+        let files = self.state.files_dir();
+        for f in crate::codesign::check(&files, Some(&trust)).unwrap_or_default() {
+            if f.secure_boot == Some(false) {
+                out.push(problem(
+                    "secure-boot-unsigned",
+                    files.join(&f.path),
+                    "an EFI executable without the farm's Secure Boot signature: firmware with \
+                     Secure Boot on refuses it (sign-files signs it)"
+                        .into(),
+                ));
+            }
+        }
+        let built = crate::state::OutDir::new(self.state.out_dir());
+        let fp = trust.fingerprint();
+        for b in self
+            .registry
+            .list_readable()
+            .map(|l| l.0)
+            .unwrap_or_default()
+        {
+            let Ok(m) = crate::ipxe_build::Manifest::load(&built, &b.name) else {
+                continue;
+            };
+            if !m.secure_boot.as_deref().is_some_and(|s| s.contains(&fp)) {
+                out.push(problem(
+                    "image-not-signed",
+                    built.manifest(&b.name),
+                    format!(
+                        "board {}'s images were built without the farm's Secure Boot key: \
+                         its firmware refuses them; build them again",
+                        b.name
+                    ),
+                ));
+            }
+        }
+        out
+    }
+
     fn check_all(&self) -> Result<Vec<crate::registry::Problem>> {
         let mut problems = self.registry.check()?;
+        problems.extend(self.secure_boot_problems());
         let listed = crl_facts(&self.state.crl())
             .map(|f| f.serials)
             .unwrap_or_default();

@@ -18,6 +18,7 @@ pub mod registry;
 pub mod render;
 pub mod secure_boot;
 pub mod server;
+pub mod siglist;
 pub mod state;
 pub mod types;
 pub mod watch;

@@ -30,6 +30,23 @@ const OID_MESSAGE_DIGEST: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x
 const WIN_CERT_REVISION: u16 = 0x0200;
 const WIN_CERT_TYPE_PKCS: u16 = 0x0002;
 
+/// EFI_GLOBAL_VARIABLE 8be4df61-93ca-11d2-aa0d-00e098032b8c (PK, KEK), on-disk form.
+const EFI_GLOBAL_VARIABLE: [u8; 16] = [
+    0x61, 0xdf, 0xe4, 0x8b, 0xca, 0x93, 0xd2, 0x11, 0xaa, 0x0d, 0x00, 0xe0, 0x98, 0x03, 0x2b, 0x8c,
+];
+/// EFI_IMAGE_SECURITY_DATABASE_GUID d719b2cb-3d3a-4596-a3bc-dad00e67656f (db).
+const EFI_IMAGE_SECURITY_DATABASE: [u8; 16] = [
+    0xcb, 0xb2, 0x19, 0xd7, 0x3a, 0x3d, 0x96, 0x45, 0xa3, 0xbc, 0xda, 0xd0, 0x0e, 0x67, 0x65, 0x6f,
+];
+/// EFI_CERT_TYPE_PKCS7_GUID 4aafd29d-68df-49ee-8aa9-347d375665a7.
+const EFI_CERT_TYPE_PKCS7: [u8; 16] = [
+    0x9d, 0xd2, 0xaf, 0x4a, 0xdf, 0x68, 0xee, 0x49, 0x8a, 0xa9, 0x34, 0x7d, 0x37, 0x56, 0x65, 0xa7,
+];
+/// NON_VOLATILE | BOOTSERVICE_ACCESS | RUNTIME_ACCESS | TIME_BASED_AUTHENTICATED_WRITE_ACCESS.
+pub const AUTH_ATTRIBUTES: u32 = 0x27;
+/// `WIN_CERT_TYPE_EFI_GUID`.
+const WIN_CERT_TYPE_EFI_GUID: u16 = 0x0ef1;
+
 /// Where a PE image keeps what its Authenticode hash skips.
 #[derive(Debug, Clone, Copy)]
 struct Layout {
@@ -358,6 +375,14 @@ impl Trust {
         }))
     }
 
+    /// The SHA-256 fingerprint of the certificate (lowercase hex), as manifests name it.
+    pub fn fingerprint(&self) -> String {
+        hex::encode(aws_lc_rs::digest::digest(
+            &aws_lc_rs::digest::SHA256,
+            &self.cert_der,
+        ))
+    }
+
     /// Whether `image` carries a signature by this certificate's key over its current
     /// contents, the signature checked: what firmware with this certificate in its db runs.
     pub fn has_signed(&self, image: &[u8]) -> bool {
@@ -447,4 +472,237 @@ pub fn signatures(image: &[u8]) -> Vec<Vec<u8>> {
 pub fn sign_file(signer: &Signer, path: &Path, mode: u32) -> Result<()> {
     let signed = signer.sign(&state::read(path)?)?;
     state::write_atomic(path, &signed, mode)
+}
+
+/// What `serve` knows of Secure Boot: the db certificate (read again when it changes) and,
+/// per version of a boot file, whether it carries that key's signature (hashing a kernel
+/// costs milliseconds: once per version, not per request).
+#[derive(Default)]
+pub(crate) struct Seen {
+    trust: std::sync::Mutex<(Option<state::FileVersion>, Option<std::sync::Arc<Trust>>)>,
+    signed: std::sync::Mutex<std::collections::HashMap<state::FileVersion, bool>>,
+}
+
+impl Seen {
+    /// The farm's db certificate now, if it has one.
+    pub(crate) fn trust(&self, st: &StateDir) -> Option<std::sync::Arc<Trust>> {
+        let version = state::existing_version(&st.secure_boot_cert())
+            .ok()
+            .flatten();
+        let mut cur = self.trust.lock().unwrap_or_else(|e| e.into_inner());
+        if cur.0 != version || (version.is_some() && cur.1.is_none()) {
+            let trust = Trust::load(st).ok().flatten().map(std::sync::Arc::new);
+            *cur = (version, trust);
+        }
+        cur.1.clone()
+    }
+
+    /// Whether the EFI executable `file` (of metadata `meta`) lacks `trust`'s signature;
+    /// false for anything that is not an EFI executable.
+    pub(crate) fn refused(
+        &self,
+        trust: &Trust,
+        file: &std::fs::File,
+        meta: &std::fs::Metadata,
+    ) -> bool {
+        use std::os::unix::fs::FileExt;
+        let version = state::version_of(meta);
+        if let Some(known) = self
+            .signed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&version)
+        {
+            return !known;
+        }
+        let mut head = [0u8; 1024];
+        let n = file.read_at(&mut head, 0).unwrap_or(0);
+        if !is_pe_header(&head[..n]) {
+            return false;
+        }
+        let mut data = vec![0u8; meta.len() as usize];
+        let signed = file.read_exact_at(&mut data, 0).is_ok() && trust.has_signed(&data);
+        let mut seen = self.signed.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.len() >= 1024 {
+            seen.clear();
+        }
+        seen.insert(version, signed);
+        !signed
+    }
+}
+
+/// The three Secure Boot variables, in the order firmware takes them in user mode: db and
+/// KEK first, PK last (setting PK ends setup mode).
+pub const VARIABLES: [(&str, &str); 3] = [
+    ("db", "d719b2cb-3d3a-4596-a3bc-dad00e67656f"),
+    ("KEK", "8be4df61-93ca-11d2-aa0d-00e098032b8c"),
+    ("PK", "8be4df61-93ca-11d2-aa0d-00e098032b8c"),
+];
+
+/// What `secure-boot init` wrote for an operator to enroll.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Enrollment {
+    /// The folder holding them (`DIR/secure-boot`).
+    pub dir: std::path::PathBuf,
+    /// Per variable (PK, KEK, db): certificate (PEM `.crt`, DER `.cer`), EFI signature list
+    /// (`.esl`) and signed authenticated-variable update (`.auth`).
+    pub files: Vec<std::path::PathBuf>,
+    /// The db certificate's subject and SHA-256: what signs from now on.
+    pub db: String,
+}
+
+/// A new key and self-signed certificate for one Secure Boot role.
+struct Made {
+    cert_der: Vec<u8>,
+    key_pem: String,
+    key: aws_lc_rs::rsa::KeyPair,
+    issuer_raw: Vec<u8>,
+    serial_raw: Vec<u8>,
+}
+
+fn make(cn: &str) -> Result<Made> {
+    use rcgen::{CertificateParams, DistinguishedName, DnType, KeyUsagePurpose, SerialNumber};
+    let key = crate::ca::generate_key(crate::ca::KeySize::Rsa2048)?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, cn);
+    params.distinguished_name = dn;
+    params.serial_number = Some(SerialNumber::from_slice(&crate::ca::random_serial()?));
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    // Firmware checks no dates; tools that do see a certificate valid for a board's life.
+    params.not_before = crate::ca::BOARDS_CLOCK_FLOOR;
+    params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(30 * 365);
+    let cert = params
+        .self_signed(&key)
+        .map_err(|e| Error::crypto(format!("cannot make the {cn} certificate"), e))?;
+    let cert_der = cert.der().to_vec();
+    let signer = aws_lc_rs::rsa::KeyPair::from_pkcs8(&key.serialize_der())
+        .map_err(|e| Error::crypto("cannot load a new Secure Boot key", e))?;
+    let (_, c) = X509Certificate::from_der(&cert_der)
+        .map_err(|e| Error::crypto("cannot parse a new Secure Boot certificate", e))?;
+    Ok(Made {
+        issuer_raw: c.issuer().as_raw().to_vec(),
+        serial_raw: c.tbs_certificate.raw_serial().to_vec(),
+        key_pem: key.serialize_pem(),
+        cert_der,
+        key: signer,
+    })
+}
+
+/// `EFI_TIME` for `t` (UTC, no nanoseconds), as authenticated variables carry it.
+fn efi_time(t: time::OffsetDateTime) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[0..2].copy_from_slice(&(t.year() as u16).to_le_bytes());
+    out[2] = u8::from(t.month());
+    out[3] = t.day();
+    out[4] = t.hour();
+    out[5] = t.minute();
+    out[6] = t.second();
+    out
+}
+
+/// An authenticated-variable update (`.auth`: EFI_VARIABLE_AUTHENTICATION_2 then the data)
+/// setting `name` to `esl`, signed by `by`.
+fn auth(name: &str, guid: &[u8; 16], esl: &[u8], by: &Made, at: [u8; 16]) -> Result<Vec<u8>> {
+    let mut signed: Vec<u8> = name.encode_utf16().flat_map(u16::to_le_bytes).collect();
+    signed.extend_from_slice(guid);
+    signed.extend_from_slice(&AUTH_ATTRIBUTES.to_le_bytes());
+    signed.extend_from_slice(&at);
+    signed.extend_from_slice(esl);
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let mut sig = vec![0u8; by.key.public_modulus_len()];
+    by.key
+        .sign(
+            &aws_lc_rs::signature::RSA_PKCS1_SHA256,
+            &rng,
+            &signed,
+            &mut sig,
+        )
+        .map_err(|e| Error::crypto(format!("cannot sign {name}.auth"), e))?;
+    // The SignedData itself, not wrapped in a ContentInfo: what UEFI expects there.
+    let pkcs7 =
+        crate::der::detached_signed_data(&[&by.cert_der], &by.issuer_raw, &by.serial_raw, &sig);
+    let mut out = at.to_vec();
+    out.extend_from_slice(&((8 + 16 + pkcs7.len()) as u32).to_le_bytes());
+    out.extend_from_slice(&WIN_CERT_REVISION.to_le_bytes());
+    out.extend_from_slice(&WIN_CERT_TYPE_EFI_GUID.to_le_bytes());
+    out.extend_from_slice(&EFI_CERT_TYPE_PKCS7);
+    out.extend_from_slice(&pkcs7);
+    out.extend_from_slice(esl);
+    Ok(out)
+}
+
+/// New PK, KEK and db keys for boards whose firmware the operator enrolls them in: the keys
+/// in `keys/secure-boot/` (0600), and in `secure-boot/` what firmware setup menus,
+/// `efi-updatevar` and KeyTool take (`.cer`, `.esl`, `.auth`: PK and KEK signed by PK, db by
+/// KEK). The db key then signs. Refused where a db key exists, unless `replace`.
+pub fn init(st: &StateDir, replace: bool) -> Result<Enrollment> {
+    st.require_ca()?;
+    if !replace && (st.secure_boot_key().exists() || st.secure_boot_cert().exists()) {
+        return Err(Error::invalid(format!(
+            "{} already holds a Secure Boot db key: boards trust it; replacing it means \
+             enrolling new keys in every board",
+            st.secure_boot_cert().display()
+        )));
+    }
+    let (pk, kek, db) = (
+        make("ipxe-ca Secure Boot PK")?,
+        make("ipxe-ca Secure Boot KEK")?,
+        make("ipxe-ca Secure Boot db")?,
+    );
+    let at = efi_time(time::OffsetDateTime::now_utc());
+    let esl = |m: &Made| crate::siglist::x509_siglist(&[&m.cert_der]);
+    let files: Vec<(&str, &Made, Vec<u8>)> = vec![
+        (
+            "PK",
+            &pk,
+            auth("PK", &EFI_GLOBAL_VARIABLE, &esl(&pk), &pk, at)?,
+        ),
+        (
+            "KEK",
+            &kek,
+            auth("KEK", &EFI_GLOBAL_VARIABLE, &esl(&kek), &pk, at)?,
+        ),
+        (
+            "db",
+            &db,
+            auth("db", &EFI_IMAGE_SECURITY_DATABASE, &esl(&db), &kek, at)?,
+        ),
+    ];
+    let dir = st
+        .secure_boot_cert()
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let keys = st
+        .secure_boot_key()
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let _lock = st.lock()?;
+    let mut written = Vec::new();
+    for (name, m, auth) in &files {
+        state::write_atomic(
+            &keys.join(format!("{name}.key")),
+            m.key_pem.as_bytes(),
+            MODE_SECRET,
+        )?;
+        for (ext, data) in [
+            ("crt", crate::ca::cert_pem(&m.cert_der).into_bytes()),
+            ("cer", m.cert_der.clone()),
+            ("esl", esl(m)),
+            ("auth", auth.clone()),
+        ] {
+            let p = dir.join(format!("{name}.{ext}"));
+            state::write_atomic(&p, &data, MODE_PUBLIC)?;
+            written.push(p);
+        }
+    }
+    let signer = Signer::load(st)?
+        .ok_or_else(|| Error::invalid("internal: the db key just written is gone"))?;
+    Ok(Enrollment {
+        dir,
+        files: written,
+        db: format!("{} (SHA-256 {})", signer.subject(), signer.fingerprint()),
+    })
 }

@@ -132,7 +132,8 @@ impl StateDir {
         self.root.join("secure-boot/db.crt")
     }
 
-    /// `keys/secure-boot/db.key`: the key that signs EFI executables for Secure Boot.
+    /// `keys/secure-boot/db.key`: the key that signs EFI executables for Secure Boot (PK and
+    /// KEK keys beside it, when `secure-boot init` made them).
     pub fn secure_boot_key(&self) -> PathBuf {
         self.keys_dir().join("secure-boot/db.key")
     }

@@ -8,7 +8,6 @@ pub mod doctor;
 pub mod image;
 mod make;
 mod prebuilt;
-pub mod siglist;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

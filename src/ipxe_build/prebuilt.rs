@@ -4,10 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use super::{finish_manifest, image, siglist, BuildOptions, Manifest, Target};
+use super::{finish_manifest, image, BuildOptions, Manifest, Target};
 use crate::board::Board;
 use crate::error::{Error, Result};
 use crate::registry::Registry;
+use crate::siglist;
 use crate::state;
 
 /// Said with every prebuilt image: without it a prebuilt iPXE trusts public CAs instead of ours.

@@ -98,6 +98,8 @@ pub(crate) struct FilesRoot {
     given: PathBuf,
     state: PathBuf,
     checked: std::sync::Mutex<Checked>,
+    /// Which EFI executables the firmware of a Secure Boot farm would refuse.
+    secure_boot: crate::secure_boot::Seen,
 }
 
 /// Device and inode: what a folder is, whatever path names it.
@@ -161,6 +163,7 @@ serve boot files from their own directory (default DIR/files, or --files)",
             given: given.to_path_buf(),
             state: state.to_path_buf(),
             checked: std::sync::Mutex::new(checked),
+            secure_boot: Default::default(),
         })
     }
 
@@ -685,6 +688,8 @@ pub(crate) async fn serve(
             return Ok(None);
         };
         let state = files.state.clone();
+        let trust = files.secure_boot.trust(&StateDir::new(&files.state));
+        let files2 = files.clone();
         // Opened, and judged by what was opened, on a thread the kernel confines to the folder
         // (which is also the only one that can read its signature index).
         let (f, m, secret, note) = opener.run(move || {
@@ -695,9 +700,18 @@ pub(crate) async fn serve(
                     || StateMarks::read(&state, false)
                         .and_then(|marks| refusal(&parent, &marks))
                         .map_or(true, |r| r.is_some()));
-            let note = (m.is_file() && !secret)
+            let mut note = (m.is_file() && !secret)
                 .then(|| signature_note(&root.root, &rel))
                 .flatten();
+            if let Some(t) = trust.filter(|_| m.is_file() && !secret) {
+                if files2.secure_boot.refused(&t, &f, &m) {
+                    let sb = format!(
+                        "{rel} is not signed by the farm's Secure Boot key: firmware with \
+                         Secure Boot on refuses it (ipxe-ca sign-files)"
+                    );
+                    note = Some(note.map_or(sb.clone(), |n| format!("{n}; {sb}")));
+                }
+            }
             Ok::<_, std::io::Error>((f, m, secret, note))
         })??;
         // The state dir is walked here: the confined thread cannot list it.

@@ -180,6 +180,7 @@ fn boot_at(
             medium: Medium::Stick(image.to_path_buf()),
             siglist: Some(siglist.to_path_buf()),
             rtc,
+            vars: None,
         },
         stop_at,
         abort_on,

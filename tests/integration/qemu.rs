@@ -45,6 +45,8 @@ pub enum Medium {
     Cdrom(PathBuf),
     /// A USB stick (xHCI + usb-storage), written raw.
     Stick(PathBuf),
+    /// A Linux kernel with its initramfs and command line (`-kernel -initrd -append`).
+    Linux(PathBuf, PathBuf, String),
 }
 
 /// One machine to boot.
@@ -57,6 +59,9 @@ pub struct Machine {
     /// Where the board's real-time clock starts (`-rtc base=`), for boards whose clock is
     /// wrong; None: now.
     pub rtc: Option<&'static str>,
+    /// Secure Boot: the firmware's variables, kept across boots (None: a fresh copy of the
+    /// snakeoil ones per boot).
+    pub vars: Option<PathBuf>,
 }
 
 /// What one boot showed.
@@ -70,7 +75,9 @@ pub struct Boot {
 pub fn boot(name: &str, m: &Machine, stop_at: &str, abort_on: &[&str], stages: &[&str]) -> Boot {
     let _one = ONE_BOOT_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let image = match &m.medium {
-        Medium::Kernel(p) | Medium::Cdrom(p) | Medium::Stick(p) => p.clone(),
+        Medium::Kernel(p) | Medium::Cdrom(p) | Medium::Stick(p) | Medium::Linux(p, _, _) => {
+            p.clone()
+        }
     };
     let dir = image.parent().unwrap();
     let serial = dir.join(format!("serial-{name}.log"));
@@ -99,9 +106,13 @@ pub fn boot(name: &str, m: &Machine, stop_at: &str, abort_on: &[&str], stages: &
                 "{f} is missing: apt-get install ovmf (scripts/test.sh does)"
             );
         }
-        // The variables are written by the firmware: each boot gets its own copy.
-        let vars = dir.join(format!("vars-{name}.fd"));
-        std::fs::copy(SNAKEOIL_VARS, &vars).unwrap();
+        // The variables are written by the firmware: each boot gets its own copy, unless the
+        // test keeps them.
+        let vars = m.vars.clone().unwrap_or_else(|| {
+            let v = dir.join(format!("vars-{name}.fd"));
+            std::fs::copy(SNAKEOIL_VARS, &v).unwrap();
+            v
+        });
         cmd.args(["-machine", "q35,smm=on"])
             .args(["-global", "driver=cfi.pflash01,property=secure,value=on"])
             .arg("-drive")
@@ -121,6 +132,14 @@ pub fn boot(name: &str, m: &Machine, stop_at: &str, abort_on: &[&str], stages: &
     match &m.medium {
         Medium::Kernel(p) => {
             cmd.arg("-kernel").arg(p);
+        }
+        Medium::Linux(kernel, initrd, append) => {
+            cmd.arg("-kernel")
+                .arg(kernel)
+                .arg("-initrd")
+                .arg(initrd)
+                .arg("-append")
+                .arg(append);
         }
         Medium::Cdrom(p) => {
             cmd.arg("-drive")

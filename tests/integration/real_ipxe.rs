@@ -80,6 +80,7 @@ fn machine(firmware: Firmware, medium: Medium) -> Machine {
         medium,
         siglist: None,
         rtc: None,
+        vars: None,
     }
 }
 

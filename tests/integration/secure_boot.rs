@@ -55,8 +55,10 @@ fn boot(name: &str, img: &Path, siglist: &Path, stop_at: &str, abort_on: &[&str]
         &Machine {
             firmware: Firmware::OvmfSecureBoot,
             medium: Medium::Stick(img.to_path_buf()),
-            siglist: Some(siglist.to_path_buf()),
+            // An empty path: no CA from the firmware (the image pins its own).
+            siglist: (!siglist.as_os_str().is_empty()).then(|| siglist.to_path_buf()),
             rtc: None,
+            vars: None,
         },
         stop_at,
         abort_on,
@@ -72,7 +74,7 @@ fn boot(name: &str, img: &Path, siglist: &Path, stop_at: &str, abort_on: &[&str]
 fn under_secure_boot_only_what_the_farm_signed_runs() {
     let b = boot_lab();
     b.enroll("sb");
-    let _srv = b.lab.serve_on(b.https, b.http, &[]);
+    let srv = b.lab.serve_on(b.https, b.http, &[]);
 
     let (img, siglist) = b.build(&b.lab, "sb");
     assert!(!sbverify(&bootx64(&img)).0, "signed without a key?");
@@ -110,6 +112,13 @@ fn under_secure_boot_only_what_the_farm_signed_runs() {
         &[MARKER],
     );
     assert!(run.serial.contains("ipxe-ca-profile:"), "{}", run.serial);
+    // The console shows the firmware's refusal; the server log and the board's history say
+    // which file and why.
+    assert!(run.serial.contains("7f04818f"), "{}", run.serial);
+    let why = "vmlinuz is not signed by the farm's Secure Boot key";
+    assert!(srv.output().contains(why), "{}", srv.output());
+    let history = b.lab.ok(&["history", "sb"]);
+    assert!(history.contains(why), "{history}");
 
     let out = b.lab.ok(&["sign-files"]);
     assert!(out.contains("vmlinuz (and for Secure Boot)"), "{out}");
@@ -174,4 +183,355 @@ fn a_secure_boot_key_that_cannot_sign_is_refused_and_changes_nothing() {
     ]);
     assert!(err.contains("does not belong"), "{err}");
     assert_eq!(before, lab.snapshot());
+}
+
+/// The source route under Secure Boot: iPXE built from its own source with the CA pinned (no
+/// CA from the firmware), every EFI binary `build` writes signed so that `sbverify` accepts it,
+/// and the stick booting Linux with kernel and initrd checked by `imgverify` as well.
+#[test]
+fn source_built_images_are_signed_for_secure_boot_and_boot_linux_with_the_ca_pinned() {
+    use crate::boot::{assets, initramfs};
+    let Some(src) = std::env::var_os("IPXE_SRC")
+        .map(PathBuf::from)
+        .filter(|p| p.join("src/Makefile").is_file())
+    else {
+        eprintln!(
+            "\n==== SKIPPED source_built_images_are_signed_for_secure_boot: IPXE_SRC is not an \
+             iPXE tree (scripts/test.sh sets it) ====\n"
+        );
+        return;
+    };
+    let (https, http) = (crate::util::free_port(), crate::util::free_port());
+    let lab = Lab::new();
+    lab.ok(&[
+        "init",
+        "--san",
+        "IP:10.0.2.2",
+        "--server-url",
+        &format!("https://10.0.2.2:{https}"),
+        "--files-url",
+        &format!("http://10.0.2.2:{http}"),
+    ]);
+    adopt(&lab);
+    std::fs::copy(assets().join("vmlinuz"), lab.path("files/vmlinuz")).unwrap();
+    std::fs::copy(initramfs(lab.tmp.path()), lab.path("files/initrd.img")).unwrap();
+    lab.ok(&["sign-files"]);
+    lab.enroll(
+        "sbsrc",
+        &[
+            "--var",
+            "cmdline=console=ttyS0 panic=-1",
+            "--secret",
+            &format!("s3_key={SECRET}"),
+        ],
+    );
+    let _srv = lab.serve_on(https, http, &[]);
+    let out = lab.tmp.path().join("out");
+    let o = lab.run(&[
+        "build",
+        "sbsrc",
+        "--ipxe-src",
+        s(&src),
+        "--out",
+        s(&out),
+        "--target",
+        "efi",
+        "--target",
+        "efi-usb",
+        "--target",
+        "efi-iso",
+        "--target",
+        "hybrid",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let dir = out.join("sbsrc");
+    let mut binaries = vec![
+        dir.join("sbsrc-efi.efi"),
+        bootx64(&dir.join("sbsrc-efi-usb.img")),
+    ];
+    for iso in ["sbsrc-efi-iso.iso", "sbsrc-hybrid.iso"] {
+        let esp = dir.join(format!("{iso}.esp.img"));
+        let (ok, said) = tool(
+            "xorriso",
+            &[
+                "-osirrox",
+                "on",
+                "-indev",
+                s(&dir.join(iso)),
+                "-extract",
+                "/esp.img",
+                s(&esp),
+            ],
+        );
+        assert!(ok, "{said}");
+        binaries.push(bootx64(&esp));
+    }
+    for b in &binaries {
+        let (ok, said) = sbverify(b);
+        assert!(ok, "{}: {said}", b.display());
+    }
+    let run = boot(
+        "sb-source-linux",
+        &dir.join("sbsrc-efi-usb.img"),
+        &PathBuf::new(),
+        "CMDLINE:",
+        &[
+            "Access Denied",
+            "7f04818f",
+            "SIGNATURE CHECK FAILED",
+            "ipxe-ca: cannot fetch",
+            "Kernel panic",
+        ],
+    );
+    assert!(run.serial.contains(MARKER), "{}", run.serial);
+}
+
+/// A db key adopted after images were built and kernels signed: `check` and `doctor` name
+/// every image and EFI executable the firmware would now refuse, until they are built and
+/// signed again.
+#[test]
+fn check_and_doctor_name_what_secure_boot_would_refuse() {
+    let lab = Lab::init();
+    lab.enroll("old", &[]);
+    let prebuilt = crate::boot::prebuilt_dir();
+    let build = || {
+        let o = lab.run(&[
+            "build",
+            "old",
+            "--prebuilt",
+            s(&prebuilt),
+            "--target",
+            "efi-usb",
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    build();
+    std::fs::copy(prebuilt.join("ipxe-amd64.efi"), lab.path("files/chain.efi")).unwrap();
+    lab.ok(&["sign-files"]);
+    lab.ok(&["check"]);
+    adopt(&lab);
+    let o = lab.run(&["check"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(!o.status.success(), "{out}");
+    assert!(
+        out.contains("image-not-signed") && out.contains("board old's images"),
+        "{out}"
+    );
+    assert!(
+        out.contains("secure-boot-unsigned") && out.contains("chain.efi"),
+        "{out}"
+    );
+    let o = lab.run(&["doctor", "--prebuilt", "--target", "efi-usb"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("chain.efi") && err.contains("without the farm's Secure Boot signature"),
+        "{err}"
+    );
+    build();
+    lab.ok(&["sign-files"]);
+    lab.ok(&["check"]);
+}
+
+/// An initramfs whose /init enrolls `vars` (name, payload: attributes then the `.auth` file)
+/// through efivarfs, as `efi-updatevar` does, says what the firmware answered, then powers off.
+fn enroller(dir: &Path, vars: &[(String, Vec<u8>)]) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let root = dir.join("enroller");
+    for d in ["bin", "proc", "dev", "sys"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    // efivarfs is a module in Debian's cloud kernel: taken from the same package.
+    let deb = std::fs::read_dir(crate::boot::assets().join("debs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().contains("linux-image"))
+        .expect("the kernel package scripts/test.sh fetched");
+    let x = dir.join("kernel-deb");
+    let (ok, said) = tool("dpkg-deb", &["-x", s(&deb), s(&x)]);
+    assert!(ok, "{said}");
+    let (_, found) = tool("find", &[s(&x), "-name", "efivarfs.ko*"]);
+    let ko = PathBuf::from(
+        found
+            .lines()
+            .next()
+            .expect("efivarfs.ko in the kernel package"),
+    );
+    assert!(
+        ko.extension().is_some_and(|e| e == "ko"),
+        "compressed module: {ko:?}"
+    );
+    std::fs::copy(&ko, root.join("efivarfs.ko")).unwrap();
+    let mut script = String::from(
+        "#!/bin/busybox sh\nB=/bin/busybox\n$B mount -t devtmpfs dev /dev\n$B mount -t proc proc /proc\n\
+         $B mount -t sysfs sys /sys\nexec >/dev/ttyS0 2>&1\n$B insmod /efivarfs.ko\n\
+         $B mount -t efivarfs efivarfs /sys/firmware/efi/efivars || echo NO-EFIVARFS\n",
+    );
+    let mut names = vec![];
+    for (name, payload) in vars {
+        std::fs::write(root.join(format!("{name}.var")), payload).unwrap();
+        script.push_str(&format!(
+            "$B dd if=/{name}.var of=/sys/firmware/efi/efivars/{name} bs=65536 2>/dev/null \
+             && echo ENROLLED-{name} || echo ENROLL-FAILED-{name}\n"
+        ));
+        names.push(format!("./{name}.var"));
+    }
+    script.push_str("echo ENROLLMENT-DONE\n$B poweroff -f\n");
+    let init = root.join("init");
+    std::fs::write(&init, script).unwrap();
+    std::fs::set_permissions(&init, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = dir.join("enroller.img");
+    let list = [
+        vec![
+            ".",
+            "./init",
+            "./bin",
+            "./bin/busybox",
+            "./proc",
+            "./dev",
+            "./sys",
+            "./efivarfs.ko",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>(),
+        names,
+    ]
+    .concat()
+    .join("\n");
+    let mut cpio = std::process::Command::new("cpio")
+        .args(["-o", "-H", "newc", "--quiet"])
+        .current_dir(&root)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    cpio.stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{list}\n").as_bytes())
+        .unwrap();
+    assert!(cpio.wait().unwrap().success());
+    out
+}
+
+/// `secure-boot init`: firmware in setup mode takes the `.auth` files it wrote (db and KEK,
+/// then PK, which ends setup mode), and from then on runs the board's image and kernel signed
+/// by ipxe-ca and refuses an image signed by another key (the snakeoil one).
+#[test]
+fn secure_boot_init_keys_enrolled_in_fresh_firmware_boot_only_the_farms_images() {
+    let b = boot_lab();
+    b.enroll("own");
+    let out = b.lab.ok(&["secure-boot", "init"]);
+    assert!(out.contains("ipxe-ca Secure Boot db"), "{out}");
+    let err = b.lab.fails(&["secure-boot", "init"]);
+    assert!(err.contains("already holds a Secure Boot db key"), "{err}");
+    let sb = b.lab.path("secure-boot");
+    for f in ["PK", "KEK", "db"] {
+        for ext in ["crt", "cer", "esl", "auth"] {
+            assert!(sb.join(format!("{f}.{ext}")).is_file(), "{f}.{ext}");
+        }
+        let key = b.lab.path(&format!("keys/secure-boot/{f}.key"));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{f}.key");
+    }
+    // openssl reads the certificates, DER and PEM alike.
+    let der = openssl(&[
+        "x509",
+        "-inform",
+        "DER",
+        "-in",
+        s(&sb.join("db.cer")),
+        "-noout",
+        "-subject",
+    ]);
+    assert!(der.contains("ipxe-ca Secure Boot db"), "{der}");
+
+    // Fresh variables (setup mode), enrolled from Linux through efivarfs.
+    let vars = b.lab.tmp.path().join("own-vars.fd");
+    std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).unwrap();
+    let payloads: Vec<(String, Vec<u8>)> = [
+        ("db", "d719b2cb-3d3a-4596-a3bc-dad00e67656f"),
+        ("KEK", "8be4df61-93ca-11d2-aa0d-00e098032b8c"),
+        ("PK", "8be4df61-93ca-11d2-aa0d-00e098032b8c"),
+    ]
+    .iter()
+    .map(|(name, guid)| {
+        let mut p = 0x27u32.to_le_bytes().to_vec();
+        p.extend(std::fs::read(sb.join(format!("{name}.auth"))).unwrap());
+        (format!("{name}-{guid}"), p)
+    })
+    .collect();
+    let initrd = enroller(b.lab.tmp.path(), &payloads);
+    let run = qemu::boot(
+        "sb-enroll",
+        &Machine {
+            firmware: Firmware::OvmfSecureBoot,
+            medium: Medium::Linux(
+                crate::boot::assets().join("vmlinuz"),
+                initrd,
+                "console=ttyS0 panic=-1".into(),
+            ),
+            siglist: None,
+            rtc: None,
+            vars: Some(vars.clone()),
+        },
+        "ENROLLMENT-DONE",
+        &["Kernel panic", "NO-EFIVARFS"],
+        &["Linux version", "ENROLLED-db", "ENROLLED-PK"],
+    );
+    for (name, _) in &payloads {
+        assert!(
+            run.serial.contains(&format!("ENROLLED-{name}")),
+            "the firmware refused {name}:\n{}",
+            run.serial
+        );
+    }
+
+    let _srv = b.lab.serve_on(b.https, b.http, &[]);
+    b.lab.ok(&["sign-files"]);
+    let (img, siglist) = b.build(&b.lab, "own");
+    let machine = |img: &Path| Machine {
+        firmware: Firmware::OvmfSecureBoot,
+        medium: Medium::Stick(img.to_path_buf()),
+        siglist: Some(siglist.clone()),
+        rtc: None,
+        vars: Some(vars.clone()),
+    };
+    let run = qemu::boot(
+        "sb-own-keys",
+        &machine(&img),
+        "CMDLINE:",
+        &["Access Denied", "7f04818f", "Kernel panic"],
+        &STAGES,
+    );
+    assert!(run.serial.contains(MARKER), "{}", run.serial);
+
+    // An image signed by another key (the snakeoil one) is not the farm's: refused.
+    let other = Lab::init();
+    adopt(&other);
+    other.enroll("stranger", &[]);
+    let out = other.tmp.path().join("out");
+    let o = other.run(&[
+        "build",
+        "stranger",
+        "--prebuilt",
+        s(&crate::boot::prebuilt_dir()),
+        "--target",
+        "efi-usb",
+        "--out",
+        s(&out),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let run = qemu::boot(
+        "sb-own-keys-stranger",
+        &machine(&out.join("stranger/stranger-efi-usb.img")),
+        "Access Denied",
+        &["iPXE initialising"],
+        &STAGES,
+    );
+    assert!(!run.serial.contains("ipxe-ca: board"), "{}", run.serial);
 }

@@ -306,6 +306,16 @@ pub struct SecureBootArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum SecureBootAction {
+    /// Make new PK, KEK and db keys, and the files to enroll them in each board's firmware
+    /// (DIR/secure-boot/: .cer, .esl, and .auth signed for setup mode or an existing PK).
+    Init {
+        /// Replace the db key the boards trust (every board must enroll the new keys).
+        #[arg(long)]
+        replace: bool,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Take a db key the boards' firmware already trusts (an operator's own Secure Boot
     /// keys): RSA, PEM, unencrypted.
     Adopt {

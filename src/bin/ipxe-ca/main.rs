@@ -191,6 +191,11 @@ fn run(lab: &Lab, cli: Cli) -> Result<()> {
         }
         Command::SignFiles(a) => sign_files(lab, a)?,
         Command::SecureBoot(a) => match a.action {
+            cli::SecureBootAction::Init { replace, json } => {
+                let done = ipxe_ca::secure_boot::init(lab.state(), replace)
+                    .context("cannot make the Secure Boot keys")?;
+                print::out(json, &done, print::enrollment)?;
+            }
             cli::SecureBootAction::Adopt { key, cert } => {
                 lab.state().require_ca()?;
                 let read = |p: &std::path::Path| {
@@ -252,6 +257,12 @@ fn run(lab: &Lab, cli: Cli) -> Result<()> {
             };
             let r = ipxe_build::doctor::report(&a.targets, a.prebuilt, tree.as_ref());
             print::out(a.json, &r, print::doctor)?;
+            if !a.json {
+                // Images and kernels a Secure Boot farm's firmware would refuse.
+                lab.secure_boot_problems()
+                    .iter()
+                    .for_each(|p| eprintln!("warning: {}: {}", p.path.display(), p.detail));
+            }
             r.verdict()?;
         }
         Command::Completions(a) => {

@@ -381,3 +381,18 @@ pub fn created_codesign(s: &ipxe_ca::state::StateDir) {
         s.codesign_cert().display()
     );
 }
+
+/// What `secure-boot init` made, and how it reaches a board's firmware.
+pub fn enrollment(e: &ipxe_ca::secure_boot::Enrollment) -> Result<()> {
+    println!("Secure Boot db key: {}", e.db);
+    println!("to enroll, in {}:", e.dir.display());
+    for f in &e.files {
+        println!("  {}", f.display());
+    }
+    println!(
+        "firmware setup menu: enroll db.cer, KEK.cer, then PK.cer (PK last ends setup mode);\n\
+         from Linux, firmware in setup mode: efi-updatevar -f db.auth db, -f KEK.auth KEK, -f PK.auth PK\n\
+         then build the boards' images again and run `ipxe-ca sign-files`"
+    );
+    Ok(())
+}

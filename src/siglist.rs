@@ -10,7 +10,8 @@ const EFI_CERT_X509: [u8; 16] = [
 const OWNER: [u8; 16] = *b"ipxe-ca-owner-id";
 
 /// One signature list per certificate: type GUID, list size, header size 0, signature size,
-/// then owner GUID and DER.
+/// then owner GUID and DER. What `TlsCaCertificate` holds, and what Secure Boot's PK, KEK and
+/// db variables hold.
 pub fn x509_siglist(certs: &[&[u8]]) -> Vec<u8> {
     let mut out = Vec::new();
     for der in certs {
