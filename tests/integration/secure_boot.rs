@@ -212,10 +212,11 @@ fn source_built_images_are_signed_for_secure_boot_and_boot_linux_with_the_ca_pin
         "--files-url",
         &format!("http://10.0.2.2:{http}"),
     ]);
-    adopt(&lab);
     std::fs::copy(assets().join("vmlinuz"), lab.path("files/vmlinuz")).unwrap();
     std::fs::copy(initramfs(lab.tmp.path()), lab.path("files/initrd.img")).unwrap();
+    // Signed for imgverify before the farm had a Secure Boot key.
     lab.ok(&["sign-files"]);
+    adopt(&lab);
     lab.enroll(
         "sbsrc",
         &[
@@ -270,6 +271,17 @@ fn source_built_images_are_signed_for_secure_boot_and_boot_linux_with_the_ca_pin
         let (ok, said) = sbverify(b);
         assert!(ok, "{}: {said}", b.display());
     }
+    // imgverify passes; the firmware refuses the kernel the farm's key did not sign.
+    let refused = boot(
+        "sb-source-kernel-unsigned",
+        &dir.join("sbsrc-efi-usb.img"),
+        &PathBuf::new(),
+        "7f04818f",
+        &["Access Denied", "SIGNATURE CHECK FAILED", MARKER],
+    );
+    assert!(refused.serial.contains("ipxe-ca: board sbsrc"), "{}", refused.serial);
+    let out = lab.ok(&["sign-files"]);
+    assert!(out.contains("vmlinuz (and for Secure Boot)"), "{out}");
     let run = boot(
         "sb-source-linux",
         &dir.join("sbsrc-efi-usb.img"),
