@@ -54,7 +54,7 @@ run ca src/ca.rs ca:: foundation::init foundation::enrolled foundation::csr foun
 run types src/types.rs types:: proptests:: server::proxy server::each_board \
   mutations::bug_a_wrong_mac foundation::bad_input
 run config src/config.rs config:: server::a_config_toml server::each_board foundation::
-run verified src/server/verified.rs server::each_board server::revoke server::ecdsa ops::renew \
+run verified src/server/verified.rs verified:: server::each_board server::revoke server::ecdsa ops::renew \
   a_revoked mutations::bug_a_crl
 run board src/board.rs board:: foundation::list_expiring foundation::enrolled ops::renew \
   ops::history operator:: mutations::bug_a_stale

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::ca::Reason;
-use crate::types::{BoardName, Fingerprint, Mac, ProfileName, Serial};
+use crate::types::{Arch, BoardName, Fingerprint, Mac, ProfileName, Serial};
 
 /// Whether a board may boot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,6 +49,9 @@ pub struct Board {
     /// The profile (`profiles/NAME.ipxe`) its boot script is rendered from.
     #[serde(default)]
     pub profile: ProfileName,
+    /// Its CPU architecture: which iPXE its image holds (x86_64 unless set).
+    #[serde(default, skip_serializing_if = "Arch::is_default")]
+    pub arch: Arch,
     /// Certificate validity start.
     #[serde(with = "time::serde::rfc3339")]
     pub not_before: OffsetDateTime,
@@ -136,6 +139,8 @@ pub struct BoardView {
     pub mac: Option<String>,
     /// Profile name.
     pub profile: String,
+    /// `x86_64` or `arm64`.
+    pub arch: Arch,
     /// RFC 3339.
     pub not_before: String,
     /// RFC 3339.
@@ -234,6 +239,7 @@ impl BoardView {
             fingerprint_sha256: board.fingerprint_sha256.to_string(),
             mac: board.mac.map(|m| m.to_string()),
             profile: board.profile.to_string(),
+            arch: board.arch,
             not_before: rfc3339(board.not_before),
             not_after: rfc3339(board.not_after),
             status: board.status,

@@ -15,7 +15,7 @@ pub use crate::health::Expiry;
 use crate::health::{check_names_cover, crl_facts};
 use crate::registry::Registry;
 use crate::state::{self, StateDir, MODE_PUBLIC, MODE_SECRET};
-use crate::types::{BoardName, KeyValue, Mac, ProfileName, San};
+use crate::types::{Arch, BoardName, KeyValue, Mac, ProfileName, San};
 
 pub use crate::ipxe_build::EMBED_TEMPLATE;
 /// The default profile (written to `profiles/default.ipxe`).
@@ -107,6 +107,8 @@ pub struct BoardOptions {
     pub mac: Option<Mac>,
     /// Its profile (default `default`).
     pub profile: Option<ProfileName>,
+    /// Its CPU architecture (default x86_64).
+    pub arch: Option<Arch>,
     /// Certificate validity (enroll, sign).
     pub days: Option<u32>,
     /// Template variables.
@@ -138,6 +140,8 @@ pub struct BoardUpdate {
     pub clear_mac: bool,
     /// New profile.
     pub profile: Option<ProfileName>,
+    /// New CPU architecture (its image must be built again).
+    pub arch: Option<Arch>,
     /// Variables to add or change.
     pub vars: Vec<KeyValue>,
     /// Variables to remove.
@@ -658,6 +662,7 @@ impl Lab {
             fingerprint_sha256: info.fingerprint_sha256,
             mac: opts.mac,
             profile,
+            arch: opts.arch.unwrap_or_default(),
             not_before: info.not_before,
             not_after: info.not_after,
             status: Status::Active,
@@ -786,6 +791,9 @@ impl Lab {
     pub fn update(&self, name: &BoardName, u: &BoardUpdate) -> Result<Board> {
         let _lock = self.state.lock()?;
         let mut board = self.registry.get(name)?;
+        if let Some(a) = u.arch {
+            board.arch = a;
+        }
         if let Some(p) = &u.profile {
             self.require_profile(p)?;
             board.profile = p.clone();

@@ -27,6 +27,8 @@ pub struct BoardContext {
     pub fingerprint_sha1: String,
     /// Profile name.
     pub profile: String,
+    /// CPU architecture, by iPXE's names (`x86_64`, `arm64`).
+    pub arch: String,
 }
 
 impl From<&Board> for BoardContext {
@@ -38,6 +40,7 @@ impl From<&Board> for BoardContext {
             fingerprint: b.fingerprint_sha256.to_string(),
             fingerprint_sha1: b.fingerprint_sha1.to_string(),
             profile: b.profile.to_string(),
+            arch: b.arch.name().to_string(),
         }
     }
 }

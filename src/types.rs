@@ -117,6 +117,67 @@ impl fmt::Display for ProfileName {
     }
 }
 
+/// A board's CPU architecture, by iPXE's own names (`${buildarch}`): which iPXE binary its
+/// image holds, and which kernel one profile picks for it in a mixed farm
+/// (`{{ secure_files_url }}/{{ board.arch }}/vmlinuz`).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+pub enum Arch {
+    /// PCs and x86 servers (BIOS or UEFI).
+    #[default]
+    #[serde(rename = "x86_64")]
+    X86_64,
+    /// 64-bit ARM boards and servers (UEFI).
+    #[serde(rename = "arm64")]
+    Arm64,
+}
+
+impl Arch {
+    /// Every architecture, for help and errors.
+    pub const ALL: [Arch; 2] = [Arch::X86_64, Arch::Arm64];
+
+    /// iPXE's name for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64",
+            Arch::Arm64 => "arm64",
+        }
+    }
+
+    /// Whether it is the default (left out of a board's file).
+    pub fn is_default(&self) -> bool {
+        *self == Arch::default()
+    }
+
+    /// The file UEFI boots from removable media (`EFI/BOOT/…`).
+    pub fn efi_boot_file(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "BOOTX64.EFI",
+            Arch::Arm64 => "BOOTAA64.EFI",
+        }
+    }
+}
+
+impl FromStr for Arch {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s.to_ascii_lowercase().as_str() {
+            "x86_64" | "x86-64" | "amd64" | "x64" => Ok(Arch::X86_64),
+            "arm64" | "aarch64" => Ok(Arch::Arm64),
+            _ => Err(Error::invalid(format!(
+                "unknown architecture {s:?}: one of x86_64, arm64"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for Arch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.name())
+    }
+}
+
 /// An Ethernet MAC, stored in the lowercase colon form iPXE prints as `${net0/mac}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]

@@ -17,6 +17,7 @@ use super::run;
 use crate::error::{Error, Result};
 use crate::secure_boot::Signer;
 use crate::state::{self, MODE_SECRET};
+use crate::types::Arch;
 
 /// The ISO mastering tool in use: chosen by what is installed, xorriso first because its
 /// output is byte-for-byte reproducible (isohybrid writes random GPT GUIDs).
@@ -138,20 +139,22 @@ fn mtools(prog: &str, epoch: i64) -> Command {
     c
 }
 
-/// A FAT image holding `EFI/BOOT/BOOTX64.EFI` and, if given, `/autoexec.ipxe`: a UEFI stick
+/// A FAT image holding `EFI/BOOT/BOOTX64.EFI` (or the arm64 `BOOTAA64.EFI`) and, if given, `/autoexec.ipxe`: a UEFI stick
 /// on its own, or the EFI System Partition inside an ISO.
 /// With a Secure Boot key, the EFI binary carries its signature.
 pub(crate) fn fat_image(
     out: &Path,
     efi: &Path,
+    arch: Arch,
     script: Option<&[u8]>,
     epoch: i64,
     secure_boot: Option<&Signer>,
 ) -> Result<()> {
     let work = out.with_extension("parts");
     state::create_dir_private(&work)?;
+    let boot_file = arch.efi_boot_file();
     let result = (|| {
-        let efi_copy = work.join("BOOTX64.EFI");
+        let efi_copy = work.join(boot_file);
         put(&efi_copy, &efi_binary(efi, secure_boot)?, epoch)?;
         let payload = std::fs::metadata(&efi_copy)
             .map_err(|e| Error::io("cannot stat", &efi_copy, e))?
@@ -185,7 +188,7 @@ pub(crate) fn fat_image(
                 .args(["-m", "-i"])
                 .arg(out)
                 .arg(&efi_copy)
-                .arg("::/EFI/BOOT/BOOTX64.EFI"),
+                .arg(format!("::/EFI/BOOT/{boot_file}")),
             "copying the EFI binary into the FAT image",
         )?;
         if let Some(s) = script {
@@ -249,6 +252,7 @@ pub(crate) fn iso_image(out: &Path, media: &Media) -> Result<IsoTool> {
             fat_image(
                 &root.join("esp.img"),
                 efi,
+                Arch::X86_64,
                 media.script,
                 epoch,
                 media.secure_boot,

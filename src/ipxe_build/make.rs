@@ -404,9 +404,14 @@ fn build_board(job: &Job, tree: Option<&IpxeTree>, board: &Board) -> Result<Mani
                     &image::efi_binary(&part(bin_path(*t))?, sb)?,
                     MODE_SECRET,
                 )?,
-                Target::EfiUsb => {
-                    image::fat_image(&tmp, &part("bin-x86_64-efi/ipxe.efi")?, script, epoch, sb)?
-                }
+                Target::EfiUsb => image::fat_image(
+                    &tmp,
+                    &part("bin-x86_64-efi/ipxe.efi")?,
+                    crate::types::Arch::X86_64,
+                    script,
+                    epoch,
+                    sb,
+                )?,
                 Target::Iso | Target::EfiIso | Target::Hybrid => {
                     let lkrn = matches!(t, Target::Iso | Target::Hybrid)
                         .then(|| part("bin/ipxe.lkrn"))

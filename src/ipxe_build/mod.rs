@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::registry::Registry;
 use crate::render::{self, Context};
 use crate::state::{self, OutDir, MODE_SECRET};
+use crate::types::Arch;
 use crate::types::BoardName;
 
 /// The embed script compiled into images (written to `ipxe-scripts/embed.ipxe` at `init`).
@@ -383,8 +384,15 @@ pub fn build(
         secure_boot: crate::secure_boot::Signer::load(registry.state())?.map(std::sync::Arc::new),
         ..opts.clone()
     };
-    if let (Source::Prebuilt(dir), Some(ntp)) = (&opts.source, &opts.ntp_server) {
-        prebuilt::require_ntp(&prebuilt::find_efi(dir)?, ntp)?;
+    let arches: std::collections::BTreeSet<Arch> = boards.iter().map(|b| b.arch).collect();
+    if let Source::Prebuilt(dir) = &opts.source {
+        // Every architecture's binary found (and of the right machine) before any image.
+        for a in &arches {
+            let efi = prebuilt::find_efi(dir, *a)?;
+            if let Some(ntp) = &opts.ntp_server {
+                prebuilt::require_ntp(&efi, ntp)?;
+            }
+        }
     }
     state::create_dir_private(opts.out.root())?;
     state::write_if_absent(
@@ -402,9 +410,9 @@ pub fn build(
                     )));
                 }
             }
-            let efi = prebuilt::find_efi(dir)?;
             let mut results = Vec::new();
             for b in boards {
+                let efi = prebuilt::find_efi(dir, b.arch)?;
                 let r = prebuilt::build_board(registry, b, &efi, opts)
                     .map_err(|e| (b.name.to_string(), e));
                 on_done(&r);
@@ -413,6 +421,14 @@ pub fn build(
             Ok(results)
         }
         Source::Tree(dir) => {
+            if let Some(b) = boards.iter().find(|b| b.arch != Arch::X86_64) {
+                return Err(Error::invalid(format!(
+                    "board {} is {}: images for it come from a prebuilt iPXE for now (build \
+                     --prebuilt with Debian's /usr/lib/ipxe, which holds ipxe-arm64.efi); build \
+                     the x86_64 boards from source apart",
+                    b.name, b.arch
+                )));
+            }
             let tree = IpxeTree::open(dir)?;
             make::build_all(registry, &tree, boards, opts, on_done)
         }

@@ -10,26 +10,60 @@ use crate::error::{Error, Result};
 use crate::registry::Registry;
 use crate::siglist;
 use crate::state;
+use crate::types::Arch;
 
 /// Said with every prebuilt image: without it a prebuilt iPXE trusts public CAs instead of ours.
 pub const TRUST_NOTE: &str = "prebuilt iPXE cannot pin our CA: the firmware must supply it as \
 UEFI TlsCaCertificate (QEMU: -fw_cfg name=etc/edk2/https/cacerts,file=ca.siglist); otherwise \
 iPXE trusts public CAs, not ours. Real boards that need a pinned CA need `build --ipxe-src`.";
 
-pub(crate) fn find_efi(dir: &Path) -> Result<PathBuf> {
-    if dir.is_file() {
-        return Ok(dir.to_path_buf());
+/// The prebuilt iPXE for `arch` in `dir` (Debian's /usr/lib/ipxe names them
+/// `ipxe-amd64.efi` and `ipxe-arm64.efi`), or `dir` itself when it is that binary.
+pub(crate) fn find_efi(dir: &Path, arch: Arch) -> Result<PathBuf> {
+    let names: &[&str] = match arch {
+        Arch::X86_64 => &["ipxe-amd64.efi", "ipxe.efi", "bin-x86_64-efi/ipxe.efi"],
+        Arch::Arm64 => &["ipxe-arm64.efi", "bin-arm64-efi/ipxe.efi"],
+    };
+    let found = match dir.is_file() {
+        true => Some(dir.to_path_buf()),
+        false => names.iter().map(|n| dir.join(n)).find(|p| p.is_file()),
+    };
+    let Some(efi) = found else {
+        return Err(Error::invalid(format!(
+            "no {} in {}: use Debian's /usr/lib/ipxe (package ipxe, Debian 13 or later for \
+             HTTPS and arm64)",
+            names.join(" or "),
+            dir.display()
+        )));
+    };
+    match efi_arch(&efi)? {
+        Some(a) if a == arch => Ok(efi),
+        other => Err(Error::invalid(format!(
+            "{} is an EFI binary for {}, not for {arch} boards",
+            efi.display(),
+            other.map_or("another architecture".to_string(), |a| a.to_string())
+        ))),
     }
-    for name in ["ipxe-amd64.efi", "ipxe.efi", "bin-x86_64-efi/ipxe.efi"] {
-        let p = dir.join(name);
-        if p.is_file() {
-            return Ok(p);
-        }
-    }
-    Err(Error::invalid(format!(
-        "no ipxe-amd64.efi or ipxe.efi in {}: use Debian's /usr/lib/ipxe (package ipxe, Debian 13 or later for HTTPS)",
-        dir.display()
-    )))
+}
+
+/// The architecture an EFI binary runs on (its PE header's machine), if it is one we build.
+pub(crate) fn efi_arch(efi: &Path) -> Result<Option<Arch>> {
+    use std::io::Read;
+    let mut head = Vec::new();
+    std::fs::File::open(efi)
+        .and_then(|f| f.take(4096).read_to_end(&mut head))
+        .map_err(|e| Error::io("cannot read", efi, e))?;
+    let at = |o: usize, n: usize| head.get(o..o + n);
+    let pe = at(0x3c, 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
+    let machine = pe
+        .filter(|&o| at(o, 4) == Some(b"PE\0\0"))
+        .and_then(|o| at(o + 4, 2))
+        .map(|b| u16::from_le_bytes([b[0], b[1]]));
+    Ok(match machine {
+        Some(0x8664) => Some(Arch::X86_64),
+        Some(0xaa64) => Some(Arch::Arm64),
+        _ => None,
+    })
 }
 
 /// Whether an iPXE binary has the command `name` built in: iPXE keeps each command's name as
@@ -70,7 +104,7 @@ pub(crate) fn build_board(
     let tmp = dir.join(format!(".{}.tmp", Target::EfiUsb.file_name(&board.name)));
     let epoch = board.not_before.unix_timestamp().max(0);
     let sb = opts.secure_boot.as_deref();
-    image::fat_image(&tmp, efi, Some(script.as_bytes()), epoch, sb)?;
+    image::fat_image(&tmp, efi, board.arch, Some(script.as_bytes()), epoch, sb)?;
     std::fs::rename(&tmp, &out).map_err(|e| Error::io("cannot move image into", &out, e))?;
     // The CA certificate only: building never needs the CA key.
     let ca = crate::ca::cert_der_from_bytes(&state::read(&registry.state().ca_cert())?)?;

@@ -54,23 +54,28 @@ pub fn prebuilt_dir() -> PathBuf {
 
 /// A busybox initramfs whose /init prints the marker and /proc/cmdline, then powers off.
 pub fn initramfs(dir: &Path) -> PathBuf {
-    let root = dir.join("initramfs");
+    initramfs_for(dir, Path::new("/bin/busybox"), "ttyS0", "initrd.img")
+}
+
+/// The same with another busybox (another architecture's) writing to `tty`, as `out` in `dir`.
+pub fn initramfs_for(dir: &Path, busybox: &Path, tty: &str, out: &str) -> PathBuf {
+    let root = dir.join(format!("initramfs-{out}"));
     for d in ["bin", "proc", "dev", "sys"] {
         std::fs::create_dir_all(root.join(d)).unwrap();
     }
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    std::fs::copy(busybox, root.join("bin/busybox")).unwrap();
     std::os::unix::fs::symlink("busybox", root.join("bin/sh")).unwrap();
     let init = root.join("init");
     std::fs::write(
         &init,
         format!(
-            "#!/bin/busybox sh\n/bin/busybox mount -t devtmpfs dev /dev\n/bin/busybox mount -t proc proc /proc\nexec >/dev/ttyS0 2>&1\necho {MARKER}\necho \"CMDLINE: $(/bin/busybox cat /proc/cmdline)\"\n/bin/busybox poweroff -f\n"
+            "#!/bin/busybox sh\n/bin/busybox mount -t devtmpfs dev /dev\n/bin/busybox mount -t proc proc /proc\nexec >/dev/{tty} 2>&1\necho {MARKER}\necho \"CMDLINE: $(/bin/busybox cat /proc/cmdline)\"\n/bin/busybox poweroff -f\n"
         ),
     )
     .unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&init, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let out = dir.join("initrd.img");
+    let out = dir.join(out);
     let mut cpio = Command::new("cpio")
         .args(["-o", "-H", "newc", "--quiet"])
         .current_dir(&root)

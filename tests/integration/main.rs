@@ -6,6 +6,7 @@ mod common;
 mod qemu;
 mod util;
 
+mod arm64;
 mod boot;
 mod build;
 mod confinement;

@@ -31,7 +31,12 @@ pub enum Firmware {
     /// UEFI with Secure Boot on (q35 with SMM), trusting Debian's snakeoil test key in its
     /// db, as a farm's boards trust the farm's own db key.
     OvmfSecureBoot,
+    /// UEFI on an arm64 machine (QEMU `virt`, AAVMF).
+    Aavmf,
 }
+
+pub const AAVMF_CODE: &str = "/usr/share/AAVMF/AAVMF_CODE.fd";
+pub const AAVMF_VARS: &str = "/usr/share/AAVMF/AAVMF_VARS.fd";
 
 pub const SECBOOT_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd";
 pub const SNAKEOIL_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.snakeoil.fd";
@@ -82,10 +87,31 @@ pub fn boot(name: &str, m: &Machine, stop_at: &str, abort_on: &[&str], stages: &
     let dir = image.parent().unwrap();
     let serial = dir.join(format!("serial-{name}.log"));
     let start = Instant::now();
-    let mut cmd = Command::new("qemu-system-x86_64");
+    let arm = m.firmware == Firmware::Aavmf;
+    let mut cmd = Command::new(match arm {
+        true => "qemu-system-aarch64",
+        false => "qemu-system-x86_64",
+    });
+    if arm {
+        for f in [AAVMF_CODE, AAVMF_VARS] {
+            assert!(
+                Path::new(f).is_file(),
+                "{f} is missing: apt-get install qemu-efi-aarch64 (scripts/test.sh does)"
+            );
+        }
+        let vars = dir.join(format!("aavmf-vars-{name}.fd"));
+        std::fs::copy(AAVMF_VARS, &vars).unwrap();
+        cmd.args(["-M", "virt", "-cpu", "cortex-a57"])
+            .arg("-drive")
+            .arg(format!(
+                "if=pflash,format=raw,file={AAVMF_CODE},readonly=on"
+            ))
+            .arg("-drive")
+            .arg(format!("if=pflash,format=raw,file={}", s(&vars)));
+    }
     cmd.args([
         "-m",
-        "512",
+        if arm { "1024" } else { "512" },
         "-display",
         "none",
         "-monitor",
@@ -163,7 +189,7 @@ pub fn boot(name: &str, m: &Machine, stop_at: &str, abort_on: &[&str], stages: &
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("cannot start qemu-system-x86_64 (apt-get install qemu-system-x86)");
+        .expect("cannot start QEMU (apt-get install qemu-system-x86 qemu-system-arm)");
     let mut seen: Vec<(String, f64)> = Vec::new();
     let text = loop {
         let text = std::fs::read_to_string(&serial).unwrap_or_default();

@@ -279,7 +279,11 @@ fn source_built_images_are_signed_for_secure_boot_and_boot_linux_with_the_ca_pin
         "7f04818f",
         &["Access Denied", "SIGNATURE CHECK FAILED", MARKER],
     );
-    assert!(refused.serial.contains("ipxe-ca: board sbsrc"), "{}", refused.serial);
+    assert!(
+        refused.serial.contains("ipxe-ca: board sbsrc"),
+        "{}",
+        refused.serial
+    );
     let out = lab.ok(&["sign-files"]);
     assert!(out.contains("vmlinuz (and for Secure Boot)"), "{out}");
     let run = boot(

@@ -11,7 +11,7 @@ use std::time::Duration;
 use ipxe_ca::ipxe_build::{BuildOptions, Source, Target};
 use ipxe_ca::lab::{self, BoardOptions, BoardUpdate, InitOptions};
 use ipxe_ca::server::{Front, ServeOptions};
-use ipxe_ca::types::{BoardName, KeyValue, Mac, ProfileName, San};
+use ipxe_ca::types::{Arch, BoardName, KeyValue, Mac, ProfileName, San};
 use ipxe_ca::Lab;
 
 /// `serve --max-connections` by default (per listener).
@@ -382,6 +382,10 @@ pub struct BoardArgs {
     /// Profile its boot script comes from (profiles/NAME.ipxe).
     #[arg(long, value_parser = parse::<ProfileName>)]
     pub profile: Option<ProfileName>,
+    /// Its CPU architecture: x86_64 (default) or arm64. Chooses the iPXE its image holds;
+    /// templates see it as board.arch.
+    #[arg(long, value_parser = parse::<Arch>)]
+    pub arch: Option<Arch>,
     /// Template variable KEY=VALUE for its profile (repeatable).
     #[arg(long = "var", value_parser = parse::<KeyValue>)]
     pub vars: Vec<KeyValue>,
@@ -498,6 +502,9 @@ pub struct SetArgs {
     /// New profile.
     #[arg(long, value_parser = parse::<ProfileName>)]
     pub profile: Option<ProfileName>,
+    /// New CPU architecture, x86_64 or arm64 (build its image again).
+    #[arg(long, value_parser = parse::<Arch>)]
+    pub arch: Option<Arch>,
     /// Add or change a template variable KEY=VALUE (repeatable).
     #[arg(long = "var", value_parser = parse::<KeyValue>)]
     pub vars: Vec<KeyValue>,
@@ -595,6 +602,7 @@ pub fn board_options(c: &BoardArgs, days: Option<u32>) -> Result<BoardOptions> {
     Ok(BoardOptions {
         mac: c.mac,
         profile: c.profile.clone(),
+        arch: c.arch,
         days,
         vars: c.vars.clone(),
         secrets: c.secret_input.read(&c.secrets)?,
@@ -625,6 +633,7 @@ impl SetArgs {
             mac: self.mac,
             clear_mac: self.no_mac,
             profile: self.profile.clone(),
+            arch: self.arch,
             vars: self.vars.clone(),
             unset_vars: self.unset_vars.clone(),
             secrets: self.secret_input.read(&self.secrets)?,

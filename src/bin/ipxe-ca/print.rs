@@ -111,6 +111,7 @@ pub fn board(v: &BoardView) -> Result<()> {
     writeln!(out, "sha256       {}", v.fingerprint_sha256)?;
     writeln!(out, "mac          {}", v.mac.as_deref().unwrap_or("-"))?;
     writeln!(out, "profile      {}", v.profile)?;
+    writeln!(out, "arch         {}", v.arch)?;
     writeln!(out, "valid        {} .. {}", v.not_before, v.not_after)?;
     writeln!(out, "cert         {}", v.cert.display())?;
     let key = v.key.as_ref().map(|k| k.display().to_string());
@@ -133,17 +134,18 @@ pub fn board_table(views: &[BoardView]) -> Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "{:<24} {:<8} {:<17} {:<10} {:<10} {:<20} SHA1",
-        "NAME", "STATUS", "MAC", "PROFILE", "EXPIRES", "LAST SEEN"
+        "{:<24} {:<8} {:<17} {:<10} {:<6} {:<10} {:<20} SHA1",
+        "NAME", "STATUS", "MAC", "PROFILE", "ARCH", "EXPIRES", "LAST SEEN"
     )?;
     for v in views {
         writeln!(
             out,
-            "{:<24} {:<8} {:<17} {:<10} {:<10} {:<20} {}",
+            "{:<24} {:<8} {:<17} {:<10} {:<6} {:<10} {:<20} {}",
             v.name,
             v.label(),
             v.mac.as_deref().unwrap_or("-"),
             v.profile,
+            v.arch,
             v.not_after.get(..10).unwrap_or(&v.not_after),
             v.last_seen
                 .as_deref()
