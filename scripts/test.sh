@@ -7,7 +7,7 @@ need=(openssl curl strace nginx-light qemu-system-x86 ovmf mtools busybox-static
       debian-archive-keyring util-linux util-linux-extra e2fsprogs coreutils
       gunicorn python3-flask testssl.sh prometheus systemd lintian binutils
       make gcc perl liblzma-dev xorriso genisoimage isolinux syslinux-common syslinux-utils
-      sbsigntool qemu-system-arm qemu-efi-aarch64)
+      sbsigntool qemu-system-arm qemu-efi-aarch64 gcc-aarch64-linux-gnu)
 missing=()
 for p in "${need[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -64,8 +64,8 @@ fn any_file(ps: &[&str]) -> bool {
 }
 
 /// The checks for building `targets` (`prebuilt`: from a prebuilt iPXE, no compiler; no
-/// targets: what `build` makes by default).
-pub fn report(targets: &[Target], prebuilt: bool, tree: Option<&IpxeTree>) -> Report {
+/// targets: what `build` makes by default; `arm64`: for arm64 boards too).
+pub fn report(targets: &[Target], prebuilt: bool, arm64: bool, tree: Option<&IpxeTree>) -> Report {
     use Target::*;
     let default = [if prebuilt { EfiUsb } else { Hybrid }];
     let targets = if targets.is_empty() {
@@ -92,6 +92,14 @@ pub fn report(targets: &[Target], prebuilt: bool, tree: Option<&IpxeTree>) -> Re
             package: "build-essential",
             needed_for: "every iPXE build",
             needed: compile,
+        },
+        Check {
+            what: "aarch64-linux-gnu-gcc",
+            ok: std::env::consts::ARCH == "aarch64"
+                || on_path(&format!("{}gcc", super::make::ARM64_CROSS)),
+            package: "gcc-aarch64-linux-gnu",
+            needed_for: "arm64 boards' iPXE (cross-built)",
+            needed: compile && arm64,
         },
         Check {
             what: "perl",
@@ -178,8 +186,8 @@ pub fn report(targets: &[Target], prebuilt: bool, tree: Option<&IpxeTree>) -> Re
 }
 
 /// Refuse to start a build that would fail for a missing tool, naming the packages.
-pub fn preflight(targets: &[Target], prebuilt: bool) -> crate::error::Result<()> {
-    let r = report(targets, prebuilt, None);
+pub fn preflight(targets: &[Target], prebuilt: bool, arm64: bool) -> crate::error::Result<()> {
+    let r = report(targets, prebuilt, arm64, None);
     let missing: Vec<String> = r
         .missing()
         .iter()

@@ -22,6 +22,7 @@ use crate::board::Board;
 use crate::error::{Error, Result};
 use crate::registry::Registry;
 use crate::state::{self, OutDir, MODE_PUBLIC, MODE_SECRET};
+use crate::types::Arch;
 
 /// Name of our local configuration: `config/local/ipxe-ca/` (`make CONFIG=ipxe-ca`).
 pub const CONFIG_NAME: &str = "ipxe-ca";
@@ -171,24 +172,50 @@ fn stage(dir: &Path, prefix: &str, ext: &str, content: &[u8], mode: u32) -> Resu
     Ok(p)
 }
 
-fn bin_path(t: Target) -> &'static str {
+/// The UEFI iPXE of `arch`, as iPXE's make names it.
+fn efi_goal(arch: Arch) -> &'static str {
+    match arch {
+        Arch::X86_64 => "bin-x86_64-efi/ipxe.efi",
+        Arch::Arm64 => "bin-arm64-efi/ipxe.efi",
+    }
+}
+
+fn bin_path(t: Target, arch: Arch) -> &'static str {
     match t {
         Target::Lkrn => "bin/ipxe.lkrn",
         Target::Usb => "bin/ipxe.usb",
-        Target::Efi => "bin-x86_64-efi/ipxe.efi",
+        Target::Efi => efi_goal(arch),
         Target::Iso | Target::EfiIso | Target::Hybrid | Target::EfiUsb => "",
     }
 }
 
-/// The binaries an assembled image is made of.
-fn parts(t: Target) -> &'static [&'static str] {
+/// The binaries an assembled image for an `arch` board is made of.
+fn parts(t: Target, arch: Arch) -> Vec<&'static str> {
     match t {
-        Target::Iso => &["bin/ipxe.lkrn"],
-        Target::EfiIso | Target::EfiUsb => &["bin-x86_64-efi/ipxe.efi"],
-        Target::Hybrid => &["bin/ipxe.lkrn", "bin-x86_64-efi/ipxe.efi"],
-        Target::Lkrn => &["bin/ipxe.lkrn"],
-        Target::Usb => &["bin/ipxe.usb"],
-        Target::Efi => &["bin-x86_64-efi/ipxe.efi"],
+        Target::Iso | Target::Lkrn => vec!["bin/ipxe.lkrn"],
+        Target::EfiIso | Target::EfiUsb | Target::Efi => vec![efi_goal(arch)],
+        Target::Hybrid => vec!["bin/ipxe.lkrn", efi_goal(arch)],
+        Target::Usb => vec!["bin/ipxe.usb"],
+    }
+}
+
+/// Refuse targets an arm64 board cannot boot (BIOS, and the CD images built around isolinux),
+/// saying what to use instead.
+pub(crate) fn check_targets(targets: &[Target], boards: &[Board]) -> Result<()> {
+    let Some(b) = boards.iter().find(|b| b.arch == Arch::Arm64) else {
+        return Ok(());
+    };
+    match targets
+        .iter()
+        .find(|t| !matches!(t, Target::Efi | Target::EfiUsb))
+    {
+        Some(t) => Err(Error::invalid(format!(
+            "board {} is arm64, which boots UEFI only: target {} is for x86 (BIOS, or a CD \
+             around isolinux); build it with --target efi-usb (a stick) or --target efi",
+            b.name,
+            t.name()
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -214,7 +241,7 @@ struct MakeInputs<'a> {
 fn make(tree: &IpxeTree, inp: &MakeInputs, opts: &BuildOptions, what: &str) -> Result<()> {
     tree.ensure_config()?;
     let path = |p: Option<&Path>| p.map(|p| p.display().to_string()).unwrap_or_default();
-    for bin in ["bin/", "bin-x86_64-efi/"] {
+    for bin in ["bin/", "bin-x86_64-efi/", "bin-arm64-efi/"] {
         let these: Vec<&str> = inp
             .goals
             .iter()
@@ -238,6 +265,10 @@ fn make(tree: &IpxeTree, inp: &MakeInputs, opts: &BuildOptions, what: &str) -> R
         if tree.features.no_werror {
             cmd.arg("NO_WERROR=1");
         }
+        if bin == "bin-arm64-efi/" && std::env::consts::ARCH != "aarch64" {
+            // Debian's cross compiler (package gcc-aarch64-linux-gnu).
+            cmd.arg(format!("CROSS={ARM64_CROSS}"));
+        }
         if let Some(o) = inp.openssl {
             cmd.arg(format!("OPENSSL={}", o.display()));
         }
@@ -257,6 +288,9 @@ fn make(tree: &IpxeTree, inp: &MakeInputs, opts: &BuildOptions, what: &str) -> R
     }
     Ok(())
 }
+
+/// The cross toolchain's prefix for arm64 binaries on another host.
+pub(crate) const ARM64_CROSS: &str = "aarch64-linux-gnu-";
 
 /// `openssl` as iPXE's Makefile calls it, but `openssl rsa` writes PKCS#1 (`-traditional`):
 /// OpenSSL 3 writes PKCS#8, which iPXE before 2023-06 cannot read ("could not find
@@ -396,18 +430,20 @@ fn build_board(job: &Job, tree: Option<&IpxeTree>, board: &Board) -> Result<Mani
             let tmp = own.join(t.file_name(&board.name));
             let mut tool: Option<IsoTool> = None;
             match t {
-                Target::Lkrn | Target::Usb => {
-                    state::write_atomic(&tmp, &state::read(&part(bin_path(*t))?)?, MODE_SECRET)?
-                }
+                Target::Lkrn | Target::Usb => state::write_atomic(
+                    &tmp,
+                    &state::read(&part(bin_path(*t, board.arch))?)?,
+                    MODE_SECRET,
+                )?,
                 Target::Efi => state::write_atomic(
                     &tmp,
-                    &image::efi_binary(&part(bin_path(*t))?, sb)?,
+                    &image::efi_binary(&part(bin_path(*t, board.arch))?, sb)?,
                     MODE_SECRET,
                 )?,
                 Target::EfiUsb => image::fat_image(
                     &tmp,
-                    &part("bin-x86_64-efi/ipxe.efi")?,
-                    crate::types::Arch::X86_64,
+                    &part(efi_goal(board.arch))?,
+                    board.arch,
                     script,
                     epoch,
                     sb,
@@ -417,7 +453,7 @@ fn build_board(job: &Job, tree: Option<&IpxeTree>, board: &Board) -> Result<Mani
                         .then(|| part("bin/ipxe.lkrn"))
                         .transpose()?;
                     let efi = matches!(t, Target::EfiIso | Target::Hybrid)
-                        .then(|| part("bin-x86_64-efi/ipxe.efi"))
+                        .then(|| part(efi_goal(board.arch)))
                         .transpose()?;
                     tool = Some(image::iso_image(
                         &tmp,
@@ -483,7 +519,7 @@ fn compile_board(
         .targets
         .iter()
         .filter(|t| compiled_per_board(**t, opts.embed_key))
-        .flat_map(|t| parts(*t).iter().copied())
+        .flat_map(|t| parts(*t, board.arch))
         .collect();
     goals.sort_unstable();
     goals.dedup();
@@ -610,11 +646,13 @@ pub(crate) fn build_all(
         ..opts.clone()
     };
     let result = (|| {
+        // One compile per farm and architecture: each board's binary is shared by its kind.
+        let arches: std::collections::BTreeSet<Arch> = boards.iter().map(|b| b.arch).collect();
         let mut farm_goals: Vec<&'static str> = opts
             .targets
             .iter()
             .filter(|t| !compiled_per_board(**t, opts.embed_key))
-            .flat_map(|t| parts(*t).iter().copied())
+            .flat_map(|t| arches.iter().flat_map(|a| parts(*t, *a)))
             .collect();
         farm_goals.sort_unstable();
         farm_goals.dedup();

@@ -379,7 +379,12 @@ pub fn build(
             files_abs.display()
         )));
     }
-    doctor::preflight(&opts.targets, matches!(opts.source, Source::Prebuilt(_)))?;
+    let arm64 = boards.iter().any(|b| b.arch == Arch::Arm64);
+    doctor::preflight(
+        &opts.targets,
+        matches!(opts.source, Source::Prebuilt(_)),
+        arm64,
+    )?;
     let opts = &BuildOptions {
         secure_boot: crate::secure_boot::Signer::load(registry.state())?.map(std::sync::Arc::new),
         ..opts.clone()
@@ -421,14 +426,7 @@ pub fn build(
             Ok(results)
         }
         Source::Tree(dir) => {
-            if let Some(b) = boards.iter().find(|b| b.arch != Arch::X86_64) {
-                return Err(Error::invalid(format!(
-                    "board {} is {}: images for it come from a prebuilt iPXE for now (build \
-                     --prebuilt with Debian's /usr/lib/ipxe, which holds ipxe-arm64.efi); build \
-                     the x86_64 boards from source apart",
-                    b.name, b.arch
-                )));
-            }
+            make::check_targets(&opts.targets, boards)?;
             let tree = IpxeTree::open(dir)?;
             make::build_all(registry, &tree, boards, opts, on_done)
         }

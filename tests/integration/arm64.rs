@@ -98,12 +98,14 @@ fn a_mixed_farm_builds_each_board_its_own_image_and_each_boots_its_own_kernel() 
             .any(|l| l.starts_with("sbc") && l.contains(" arm64 ")),
         "{list}"
     );
-    // A source tree makes no arm64 image yet: refused, saying what to use.
-    let err = lab.fails(&["build", "sbc", "--ipxe-src", "/nonexistent"]);
-    assert!(
-        err.contains("sbc is arm64") && err.contains("--prebuilt"),
-        "{err}"
-    );
+    // A BIOS or isolinux target means nothing to an arm64 board: refused, saying what to use.
+    for t in ["hybrid", "lkrn", "efi-iso"] {
+        let err = lab.fails(&["build", "sbc", "--ipxe-src", "/nonexistent", "--target", t]);
+        assert!(
+            err.contains("sbc is arm64") && err.contains("--target efi-usb"),
+            "{t}: {err}"
+        );
+    }
 
     let out = lab.tmp.path().join("out");
     let o = lab.run(&[
@@ -185,4 +187,142 @@ fn an_unknown_architecture_is_refused_and_set_changes_it() {
     lab.ok(&["set", "b", "--arch", "aarch64"]);
     let shown: serde_json::Value = serde_json::from_str(&lab.ok(&["show", "b", "--json"])).unwrap();
     assert_eq!(shown["arch"], "arm64");
+    // With an arm64 board, doctor and build name the cross compiler when it is missing.
+    let no_cross = crate::util::path_without(lab.tmp.path(), &["aarch64-linux-gnu-gcc"]);
+    let o = lab
+        .cmd(&["doctor", "--target", "efi-usb"])
+        .env("PATH", &no_cross)
+        .output()
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && said.contains("gcc-aarch64-linux-gnu"),
+        "{said}"
+    );
+    let o = lab
+        .cmd(&[
+            "build",
+            "b",
+            "--ipxe-src",
+            "/nonexistent",
+            "--target",
+            "efi-usb",
+        ])
+        .env("PATH", &no_cross)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("gcc-aarch64-linux-gnu"),
+        "{err}"
+    );
+    assert!(!lab.path("out/b").exists());
+}
+
+/// The source route for a mixed farm: iPXE compiled once per architecture (arm64 cross-built
+/// with Debian's gcc-aarch64-linux-gnu) with the CA pinned, each board's stick around its
+/// architecture's binary; the arm64 stick boots Linux under AAVMF with no CA from the firmware.
+#[test]
+fn source_built_arm64_images_pin_the_ca_and_boot_linux() {
+    let arm = arm64_assets();
+    let Some(src) = std::env::var_os("IPXE_SRC")
+        .map(std::path::PathBuf::from)
+        .filter(|p| p.join("src/Makefile").is_file())
+    else {
+        eprintln!(
+            "\n==== SKIPPED source_built_arm64_images: IPXE_SRC is not an iPXE tree \
+             (scripts/test.sh sets it) ====\n"
+        );
+        return;
+    };
+    let lab = Lab::new();
+    let (https, http) = (free_port(), free_port());
+    lab.ok(&[
+        "init",
+        "--san",
+        "IP:10.0.2.2",
+        "--server-url",
+        &format!("https://10.0.2.2:{https}"),
+        "--files-url",
+        &format!("http://10.0.2.2:{http}"),
+    ]);
+    std::fs::copy(arm.join("vmlinuz"), lab.path("files/vmlinuz")).unwrap();
+    let rd = initramfs_for(
+        lab.tmp.path(),
+        &arm.join("busybox"),
+        "ttyAMA0",
+        "initrd-arm64.img",
+    );
+    std::fs::copy(rd, lab.path("files/initrd.img")).unwrap();
+    lab.ok(&["sign-files"]);
+    // The default profile of `init`: kernel and initrd over mutual TLS, checked by imgverify.
+    lab.enroll(
+        "sbc",
+        &[
+            "--arch",
+            "arm64",
+            "--var",
+            "cmdline=console=ttyAMA0 panic=-1",
+        ],
+    );
+    lab.enroll("pc", &[]);
+    let out = lab.tmp.path().join("out");
+    let o = lab.run(&[
+        "build",
+        "--all",
+        "--ipxe-src",
+        s(&src),
+        "--target",
+        "efi-usb",
+        "--out",
+        s(&out),
+        "--json",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let manifests: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let shared = |board: &str| {
+        manifests
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["board"] == board)
+            .map(|m| m["targets"][0]["shared"].to_string())
+            .unwrap()
+    };
+    assert!(
+        shared("sbc").contains("bin-arm64-efi/ipxe.efi"),
+        "{manifests}"
+    );
+    assert!(
+        shared("pc").contains("bin-x86_64-efi/ipxe.efi"),
+        "{manifests}"
+    );
+    let (sbc_img, pc_img) = (
+        out.join("sbc/sbc-efi-usb.img"),
+        out.join("pc/pc-efi-usb.img"),
+    );
+    assert!(efi_boot_files(&sbc_img).contains("BOOTAA64.EFI"));
+    assert!(efi_boot_files(&pc_img).contains("BOOTX64.EFI"));
+    let _srv = lab.serve_on(https, http, &[]);
+    let run = qemu::boot(
+        "arm64-source-linux",
+        &Machine {
+            firmware: Firmware::Aavmf,
+            medium: Medium::Stick(sbc_img),
+            siglist: None,
+            rtc: None,
+            vars: None,
+        },
+        "CMDLINE:",
+        &[
+            "ipxe-ca: cannot fetch",
+            "SIGNATURE CHECK FAILED",
+            "Kernel panic",
+            "Could not boot",
+        ],
+        &["iPXE", "ipxe-ca: board", "Linux version", MARKER],
+    );
+    assert!(run.serial.contains(MARKER), "{}", run.serial);
 }

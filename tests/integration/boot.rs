@@ -283,6 +283,29 @@ fn a_board_whose_clock_reads_2019_boots_linux() {
     eprintln!("boot [old-clock] took {:.1}s", run.seconds);
 }
 
+/// A board whose clock runs years ahead (past the server certificate's end) cannot check the
+/// server, and its console says that its clock is the likely cause and what to do.
+#[test]
+fn a_board_whose_clock_is_years_ahead_says_its_clock_is_the_likely_cause() {
+    let b = boot_lab();
+    b.enroll("future");
+    let _srv = b.lab.serve_on(b.https, b.http, &[]);
+    let (img, siglist) = b.build(&b.lab, "future");
+    let run = boot_at(
+        "future-clock",
+        &img,
+        &siglist,
+        Some("2040-06-01T00:00:00"),
+        "its clock is likely wrong",
+        &["ipxe-ca-profile:", MARKER],
+    );
+    assert!(
+        run.serial.contains("0x216e48f") && run.serial.contains("set the date in its firmware"),
+        "{}",
+        run.serial
+    );
+}
+
 /// A boot that must fail: iPXE reports it cannot fetch its script; no kernel, no secret.
 fn assert_refused(name: &str, run: &Boot, log: &str, why: &str) {
     assert!(

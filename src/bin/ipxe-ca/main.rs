@@ -255,7 +255,12 @@ fn run(lab: &Lab, cli: Cli) -> Result<()> {
                 }
                 None => None,
             };
-            let r = ipxe_build::doctor::report(&a.targets, a.prebuilt, tree.as_ref());
+            // The registered boards say whether arm64 images are needed too.
+            let arm64 = lab
+                .registry()
+                .list()
+                .is_ok_and(|bs| bs.iter().any(|b| b.arch == ipxe_ca::types::Arch::Arm64));
+            let r = ipxe_build::doctor::report(&a.targets, a.prebuilt, arm64, tree.as_ref());
             print::out(a.json, &r, print::doctor)?;
             if !a.json {
                 // Images and kernels a Secure Boot farm's firmware would refuse.
