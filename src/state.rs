@@ -142,12 +142,21 @@ impl StateDir {
     /// serves from the state dir or reloads while running, and nothing else.
     pub fn served_dirs(&self) -> Vec<PathBuf> {
         [
-            "ca", "codesign", "server", "boards", "index", "profiles", "secrets", "etc",
+            "ca",
+            "codesign",
+            "secure-boot",
+            "server",
+            "boards",
+            "index",
+            "profiles",
+            "secrets",
+            "etc",
         ]
         .iter()
         .map(|d| self.root.join(d))
         .collect()
     }
+
     /// `boards/NAME/secrets.toml` (0600).
     pub fn board_secrets(&self, name: &BoardName) -> PathBuf {
         self.board_dir(name).join(BOARD_SECRETS)

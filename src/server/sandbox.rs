@@ -260,6 +260,8 @@ mod tests {
         w(root.join("boards/b/cert.pem"), "BOARD-CERT");
         w(root.join("keys/boards/b.key"), "BOARD-KEY");
         w(state.config(), "CONFIG");
+        w(state.secure_boot_cert(), "DB-CERT");
+        w(state.secure_boot_key(), "DB-KEY");
         w(root.join("out/b/autoexec.ipxe"), "IMAGE");
         w(t.path().join("elsewhere"), "ELSEWHERE");
         // A link from a served folder to a key: the kernel judges where it leads.
@@ -277,10 +279,12 @@ mod tests {
                     read(state2.ca_cert()),
                     read(r.join("boards/b/cert.pem")),
                     read(state2.config()),
+                    read(state2.secure_boot_cert()),
                 ],
                 [
                     read(state2.ca_key()),
                     read(state2.codesign_key()),
+                    read(state2.secure_boot_key()),
                     read(r.join("keys/boards/b.key")),
                     read(r.join("out/b/autoexec.ipxe")),
                     read(t2.join("elsewhere")),
@@ -298,7 +302,8 @@ mod tests {
             [
                 Ok("CERT".into()),
                 Ok("BOARD-CERT".into()),
-                Ok("CONFIG".into())
+                Ok("CONFIG".into()),
+                Ok("DB-CERT".into())
             ]
         );
         for r in seen.2 {

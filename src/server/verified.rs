@@ -175,6 +175,15 @@ mod tests {
     }
 
     fn ca_and_board(days: i64) -> (CertificateDer<'static>, CertificateDer<'static>) {
+        let (ca, mut boards) = ca_and_boards(days, 1);
+        (ca, boards.remove(0))
+    }
+
+    /// A CA and `n` boards it signed, valid for `days`.
+    fn ca_and_boards(
+        days: i64,
+        n: usize,
+    ) -> (CertificateDer<'static>, Vec<CertificateDer<'static>>) {
         use rcgen::{CertificateParams, IsCa, KeyPair};
         let ca_key = KeyPair::generate().unwrap();
         let mut p = CertificateParams::new(Vec::new()).unwrap();
@@ -184,12 +193,17 @@ mod tests {
         p.not_after = now + time::Duration::days(1000);
         let ca = p.self_signed(&ca_key).unwrap();
         let issuer = rcgen::Issuer::new(p, ca_key);
-        let mut b = CertificateParams::new(Vec::new()).unwrap();
-        b.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-        b.not_before = now - time::Duration::days(1);
-        b.not_after = now + time::Duration::days(days);
-        let board = b.signed_by(&KeyPair::generate().unwrap(), &issuer).unwrap();
-        (ca.der().clone(), board.der().clone())
+        let boards = (0..n)
+            .map(|_| {
+                let mut b = CertificateParams::new(Vec::new()).unwrap();
+                b.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+                b.not_before = now - time::Duration::days(1);
+                b.not_after = now + time::Duration::days(days);
+                let board = b.signed_by(&KeyPair::generate().unwrap(), &issuer).unwrap();
+                board.der().clone()
+            })
+            .collect();
+        (ca.der().clone(), boards)
     }
 
     fn verifier(ca: &CertificateDer<'static>) -> (Remembering, Arc<Counting>) {
@@ -202,6 +216,56 @@ mod tests {
                 .unwrap();
         let counting = Arc::new(Counting(webpki, AtomicUsize::new(0)));
         (Remembering::new(counting.clone()), counting)
+    }
+
+    /// Many boards are remembered at once, not only the last one seen.
+    #[test]
+    fn every_board_of_a_farm_is_remembered() {
+        let (ca, boards) = ca_and_boards(30, 3);
+        let (v, counting) = verifier(&ca);
+        let now = UnixTime::now();
+        for _ in 0..2 {
+            for b in &boards {
+                v.verify_client_cert(b, &[], now).unwrap();
+            }
+        }
+        assert_eq!(
+            counting.1.load(Ordering::SeqCst),
+            3,
+            "each board verified once"
+        );
+    }
+
+    /// What rustls asks of the verifier besides the chain is the inner verifier's answer.
+    #[test]
+    fn everything_but_the_chain_is_the_inner_verifiers() {
+        let (ca, _) = ca_and_board(30);
+        let (v, counting) = verifier(&ca);
+        assert_eq!(v.offer_client_auth(), counting.0.offer_client_auth());
+        assert_eq!(
+            v.client_auth_mandatory(),
+            counting.0.client_auth_mandatory()
+        );
+        let names = |v: &dyn ClientCertVerifier| {
+            v.root_hint_subjects()
+                .iter()
+                .map(|n| n.as_ref().to_vec())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(&v), names(counting.0.as_ref()));
+        assert!(
+            !v.root_hint_subjects().is_empty(),
+            "the CA is named to clients"
+        );
+        assert_eq!(
+            v.supported_verify_schemes(),
+            counting.0.supported_verify_schemes()
+        );
+        assert!(!v.supported_verify_schemes().is_empty());
+        assert_eq!(
+            v.requires_raw_public_keys(),
+            counting.0.requires_raw_public_keys()
+        );
     }
 
     #[test]

@@ -80,12 +80,15 @@ pub struct Boot {
 pub fn boot(name: &str, m: &Machine, stop_at: &str, abort_on: &[&str], stages: &[&str]) -> Boot {
     let _one = ONE_BOOT_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let image = match &m.medium {
-        Medium::Kernel(p) | Medium::Cdrom(p) | Medium::Stick(p) | Medium::Linux(p, _, _) => {
+        // The initramfs, not the kernel: the kernel is shared by every test.
+        Medium::Kernel(p) | Medium::Cdrom(p) | Medium::Stick(p) | Medium::Linux(_, p, _) => {
             p.clone()
         }
     };
     let dir = image.parent().unwrap();
     let serial = dir.join(format!("serial-{name}.log"));
+    // A log left by an earlier boot must not pass for this one's.
+    let _ = std::fs::remove_file(&serial);
     let start = Instant::now();
     let arm = m.firmware == Firmware::Aavmf;
     let mut cmd = Command::new(match arm {
