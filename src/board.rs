@@ -279,3 +279,108 @@ impl BoardView {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fp(c: char) -> Fingerprint {
+        std::iter::repeat_n(c, 40)
+            .collect::<String>()
+            .parse()
+            .unwrap()
+    }
+
+    fn fp256(c: char) -> Fingerprint {
+        std::iter::repeat_n(c, 64)
+            .collect::<String>()
+            .parse()
+            .unwrap()
+    }
+
+    fn previous(serial: &str, c: char, status: Status) -> PreviousCert {
+        let t = OffsetDateTime::UNIX_EPOCH;
+        PreviousCert {
+            serial: serial.parse().unwrap(),
+            fingerprint_sha1: fp(c),
+            fingerprint_sha256: fp256(c),
+            not_after: t,
+            replaced_at: t,
+            status,
+            revoked_at: None,
+            revocation_reason: None,
+        }
+    }
+
+    fn board(not_after: OffsetDateTime) -> Board {
+        Board {
+            name: "b".parse().unwrap(),
+            serial: "0a".parse().unwrap(),
+            fingerprint_sha1: fp('a'),
+            fingerprint_sha256: fp256('a'),
+            mac: None,
+            profile: ProfileName::default(),
+            arch: Arch::default(),
+            not_before: OffsetDateTime::UNIX_EPOCH,
+            not_after,
+            status: Status::Active,
+            origin: Origin::Enrolled,
+            revoked_at: None,
+            revocation_reason: None,
+            secret_names: Vec::new(),
+            vars: BTreeMap::new(),
+            previous: vec![
+                previous("0b", 'b', Status::Revoked),
+                previous("0c", 'c', Status::Active),
+            ],
+        }
+    }
+
+    /// Each certificate is found by either fingerprint, with its own serial and standing.
+    #[test]
+    fn the_certificate_presented_is_the_one_with_that_fingerprint() {
+        let b = board(OffsetDateTime::now_utc());
+        for f in [fp('c'), fp256('c')] {
+            let p = b.presented(&f).unwrap();
+            assert_eq!(
+                (p.serial.as_str(), p.revoked, p.previous),
+                ("0c", false, true)
+            );
+        }
+        for f in [fp('b'), fp256('b')] {
+            let p = b.presented(&f).unwrap();
+            assert_eq!(
+                (p.serial.as_str(), p.revoked, p.previous),
+                ("0b", true, true)
+            );
+        }
+        for f in [fp('a'), fp256('a')] {
+            let p = b.presented(&f).unwrap();
+            assert_eq!(
+                (p.serial.as_str(), p.revoked, p.previous),
+                ("0a", false, false)
+            );
+        }
+        assert!(b.presented(&fp('d')).is_none());
+        assert_eq!(b.in_grace().count(), 1);
+    }
+
+    #[test]
+    fn an_image_is_stale_once_the_board_has_another_certificate() {
+        let b = board(OffsetDateTime::now_utc());
+        assert!(!b.image_is_stale(fp256('a').as_str()));
+        assert!(b.image_is_stale(fp256('c').as_str()));
+    }
+
+    /// "Expiring" starts strictly inside the warning window.
+    #[test]
+    fn expiring_means_ending_within_the_warning_days() {
+        let now = OffsetDateTime::now_utc();
+        let window = time::Duration::days(WARN_DAYS);
+        assert!(!board(now + window).expires_soon(now));
+        assert!(board(now + window - time::Duration::seconds(1)).expires_soon(now));
+        let mut revoked = board(now);
+        revoked.status = Status::Revoked;
+        assert!(!revoked.expires_soon(now));
+    }
+}

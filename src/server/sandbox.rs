@@ -272,7 +272,21 @@ mod tests {
             let (confined, _) = confine_serve(&state2);
             let read = |p: std::path::PathBuf| std::fs::read_to_string(p).map_err(|e| e.kind());
             let r = state2.root().to_path_buf();
-            let history = std::fs::write(r.join("boards/b/history.jsonl"), "{}\n");
+            // History as the journal writes it: appended (created first), compacted by a
+            // rewrite renamed over it, truncated, and for a board whose folder is gone, the
+            // folder made again.
+            let history = (|| {
+                let h = r.join("boards/b/history.jsonl");
+                std::fs::write(&h, "{}\n")?;
+                crate::state::write_atomic(&h, b"{}\n", 0o600)
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .truncate(true)
+                    .open(&h)?;
+                crate::state::write_atomic(&r.join("boards/new/history.jsonl"), b"{}\n", 0o600)
+                    .map_err(|e| std::io::Error::other(e.to_string()))
+            })();
             (
                 matches!(confined, Confinement::Enforced),
                 [
