@@ -1097,8 +1097,23 @@ fn server_cert_adds_ecdsa_to_an_old_state_dir_and_keeps_its_names() {
     );
 }
 
-/// Names of the threads of a running process.
+/// Names of the threads of a running process, once they are settled: a thread just created
+/// carries its creator's name until it sets its own (the access log's writer, started by an
+/// event loop at the first line, shows as one for a moment).
 fn thread_names(pid: u32) -> Vec<String> {
+    let mut last = thread_names_now(pid);
+    for _ in 0..40 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let now = thread_names_now(pid);
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    last
+}
+
+fn thread_names_now(pid: u32) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
         .unwrap()
         .map(|t| {
