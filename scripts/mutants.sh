@@ -64,6 +64,7 @@ run health src/health.rs health:: foundation::list_expiring ops::config_points o
 run lab src/lab.rs lab:: foundation:: ops::renew ops::a_revoked ops::config_points operator:: \
   mutations:: confinement::an_older
 run serve_mod "src/server/mod.rs src/server/nginx.rs" server::sigterm server::proxy \
-  server::metrics stalls:: hostile::a_local_process
+  server::metrics server::workers server::a_state_dir confinement:: ops::history_and_metrics \
+  stalls:: hostile::
 run build "src/ipxe_build/mod.rs src/ipxe_build/make.rs src/ipxe_build/image.rs \
   src/ipxe_build/prebuilt.rs src/ipxe_build/doctor.rs src/ipxe_build/siglist.rs" build::

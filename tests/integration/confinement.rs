@@ -40,6 +40,17 @@ fn a_profile_or_secret_linked_to_the_ca_key_never_serves_it() {
         assert!(!secret.contains(&body), "the CA key was served: {secret}");
     }
     let log = srv.output();
+    // Where it listens, as bound.
+    assert!(
+        log.contains(&format!(
+            "serving boot scripts on https://127.0.0.1:{} (mutual TLS)",
+            srv.https
+        )) && log.contains(&format!(
+            "boot files on http://127.0.0.1:{}/files/",
+            srv.http
+        )),
+        "{log}"
+    );
     assert!(
         log.contains("confined by the kernel (Landlock): reads only ca/")
             && log.contains("profiles/leak.ipxe: Permission denied")

@@ -114,9 +114,22 @@ fn history_and_metrics_say_why_a_board_did_not_boot() {
         );
         assert!(secs > 300.0 * 86400.0, "{kind}: {secs}");
     }
-    assert!(
-        metric(&text, "ipxe_ca_open_connections{listener=\"https\"}") >= 0.0,
-        "{text}"
+    // The open-connection gauge counts a connection while it is open and forgets it after.
+    let gauge = || {
+        let (_, text) = curl_plain(&format!("http://{maddr}/metrics"));
+        metric(&text, "ipxe_ca_open_connections{listener=\"http\"}")
+    };
+    let idle = std::net::TcpStream::connect(("127.0.0.1", srv.http)).unwrap();
+    crate::util::wait_for(
+        "the open connection counted",
+        Duration::from_secs(10),
+        || (gauge() >= 1.0).then_some(()),
+    );
+    drop(idle);
+    crate::util::wait_for(
+        "the closed connection forgotten",
+        Duration::from_secs(10),
+        || (gauge() == 0.0).then_some(()),
     );
     // Prometheus' own checker accepts the exposition.
     let mut promtool = Command::new("promtool")

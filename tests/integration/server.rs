@@ -1138,6 +1138,14 @@ fn workers_sets_the_event_loop_threads_and_every_count_serves() {
             let (code, body) = lab.curl_as(Some(b), &srv.url("/boot.ipxe"));
             assert_eq!(code, 200, "--workers {n}: {body}");
         }
+        // A boot file is read on the blocking pool: its threads are not named as loops.
+        std::fs::write(lab.path("files/w.txt"), "w").unwrap();
+        let (code, _) = crate::util::curl_plain(&srv.http_url("/w.txt"));
+        assert_eq!(code, 200);
+        let names = thread_names(srv.child.id());
+        let loops = names.iter().filter(|t| *t == "ipxe-ca-loop").count();
+        assert_eq!(loops, want, "--workers {n}, after a file: {names:?}");
+        assert!(names.iter().any(|t| t == "tokio-rt-worker"), "{names:?}");
     }
     let out = Command::new(crate::util::bin())
         .args(["--dir", s(&lab.dir), "serve", "--workers", "0"])
