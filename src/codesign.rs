@@ -9,9 +9,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::der::{detached_signed_data, rsa_spki, signed_content_info};
+use crate::der::{signed_content_info, SigningKey};
 use crate::error::{Error, Result};
 use crate::state::{self, MODE_PUBLIC};
 
@@ -21,11 +20,8 @@ pub const INDEX_NAME: &str = ".ipxe-ca-signatures.json";
 
 /// A signer: the code-signing certificate (DER), its chain up to the CA, and its key.
 pub struct Signer {
-    cert_der: Vec<u8>,
+    key: SigningKey,
     chain: Vec<Vec<u8>>,
-    key: aws_lc_rs::rsa::KeyPair,
-    issuer_raw: Vec<u8>,
-    serial_raw: Vec<u8>,
 }
 
 impl std::fmt::Debug for Signer {
@@ -40,44 +36,16 @@ impl Signer {
         let cert_der = crate::ca::cert_der_from_bytes(cert_pem)?;
         let ca_der = crate::ca::cert_der_from_bytes(ca_cert_pem)?;
         let key_der = crate::ca::board_key_der(key_pem, false)?;
-        let key = aws_lc_rs::rsa::KeyPair::from_pkcs8(&key_der)
-            .map_err(|e| Error::crypto("cannot load the code-signing key (RSA)", e))?;
-        let (_, c) = X509Certificate::from_der(&cert_der)
-            .map_err(|e| Error::crypto("cannot parse the code-signing certificate", e))?;
-        if c.public_key().raw != rsa_spki(&key)?.as_slice() {
-            return Err(Error::invalid(
-                "the code-signing key does not belong to the code-signing certificate",
-            ));
-        }
         Ok(Signer {
-            issuer_raw: c.issuer().as_raw().to_vec(),
-            serial_raw: c.tbs_certificate.raw_serial().to_vec(),
-            cert_der,
+            key: SigningKey::new(cert_der, &key_der, "code-signing")?,
             chain: vec![ca_der],
-            key,
         })
     }
 
     /// A detached CMS SignedData (DER) over `content`.
     pub fn sign(&self, content: &[u8]) -> Result<Vec<u8>> {
-        let rng = aws_lc_rs::rand::SystemRandom::new();
-        let mut sig = vec![0u8; self.key.public_modulus_len()];
-        self.key
-            .sign(
-                &aws_lc_rs::signature::RSA_PKCS1_SHA256,
-                &rng,
-                content,
-                &mut sig,
-            )
-            .map_err(|e| Error::crypto("cannot sign", e))?;
-        let mut certs: Vec<&[u8]> = vec![&self.cert_der];
-        certs.extend(self.chain.iter().map(Vec::as_slice));
-        Ok(signed_content_info(&detached_signed_data(
-            &certs,
-            &self.issuer_raw,
-            &self.serial_raw,
-            &sig,
-        )))
+        let chain: Vec<&[u8]> = self.chain.iter().map(Vec::as_slice).collect();
+        Ok(signed_content_info(&self.key.detached(&chain, content)?))
     }
 }
 

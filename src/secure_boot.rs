@@ -13,9 +13,10 @@ use std::path::Path;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::ca::der_tlv;
-use crate::der::{algorithm, rsa_spki, seq, tlv, OID_RSA, OID_SHA256, OID_SIGNED_DATA};
+use crate::der::{algorithm, seq, signed_content_info, tlv, SigningKey, OID_RSA, OID_SHA256};
 use crate::error::{Error, Result};
 use crate::state::{self, StateDir, MODE_PUBLIC, MODE_SECRET};
+use crate::types::Fingerprint;
 
 /// 1.3.6.1.4.1.311.2.1.4: SPC_INDIRECT_DATA.
 const OID_SPC_INDIRECT_DATA: &[u8] = &[0x2b, 0x06, 0x01, 0x04, 0x01, 0x82, 0x37, 0x02, 0x01, 0x04];
@@ -68,8 +69,17 @@ fn u32_at(d: &[u8], o: usize) -> Option<u32> {
 /// Whether `head` (a file's first bytes) starts a PE image: an EFI executable or an EFI-stub
 /// kernel.
 pub fn is_pe_header(head: &[u8]) -> bool {
-    let pe = u32_at(head, 0x3c).map(|o| o as usize);
-    head.get(0..2) == Some(b"MZ") && pe.is_some_and(|o| head.get(o..o + 4) == Some(b"PE\0\0"))
+    pe_machine(head).is_some()
+}
+
+/// The machine a PE image is for (its COFF header's `Machine`: 0x8664 x86_64, 0xaa64 arm64),
+/// read from the file's first bytes; None when they do not start a PE image.
+pub fn pe_machine(head: &[u8]) -> Option<u16> {
+    let pe = u32_at(head, 0x3c)? as usize;
+    if head.get(0..2) != Some(b"MZ") || head.get(pe..pe + 4) != Some(b"PE\0\0") {
+        return None;
+    }
+    u16_at(head, pe + 4)
 }
 
 fn parse(d: &[u8]) -> Result<(Layout, Vec<(usize, usize)>)> {
@@ -172,16 +182,12 @@ fn pe_checksum(d: &[u8], at: usize) -> u32 {
 /// A Secure Boot db key and its certificate: what signs EFI executables for boards whose
 /// firmware trusts the certificate.
 pub struct Signer {
-    cert_der: Vec<u8>,
-    key: aws_lc_rs::rsa::KeyPair,
-    issuer_raw: Vec<u8>,
-    serial_raw: Vec<u8>,
-    subject: String,
+    key: SigningKey,
 }
 
 impl std::fmt::Debug for Signer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "secure_boot::Signer({})", self.subject)
+        write!(f, "secure_boot::Signer({})", self.key.subject)
     }
 }
 
@@ -195,21 +201,8 @@ impl Signer {
             ));
         }
         let key_der = crate::ca::board_key_der(key_pem, false)?;
-        let key = aws_lc_rs::rsa::KeyPair::from_pkcs8(&key_der)
-            .map_err(|e| Error::crypto("cannot load the Secure Boot key (RSA expected)", e))?;
-        let (_, c) = X509Certificate::from_der(&cert_der)
-            .map_err(|e| Error::crypto("cannot parse the Secure Boot certificate", e))?;
-        if c.public_key().raw != rsa_spki(&key)?.as_slice() {
-            return Err(Error::invalid(
-                "the Secure Boot key does not belong to the certificate given with it",
-            ));
-        }
         Ok(Signer {
-            issuer_raw: c.issuer().as_raw().to_vec(),
-            serial_raw: c.tbs_certificate.raw_serial().to_vec(),
-            subject: c.subject().to_string(),
-            cert_der,
-            key,
+            key: SigningKey::new(cert_der, &key_der, "Secure Boot")?,
         })
     }
 
@@ -230,7 +223,7 @@ impl Signer {
         state::write_atomic(&state.secure_boot_key(), key_pem, MODE_SECRET)?;
         state::write_atomic(
             &state.secure_boot_cert(),
-            crate::ca::cert_pem(&signer.cert_der).as_bytes(),
+            crate::ca::cert_pem(&signer.key.cert_der).as_bytes(),
             MODE_PUBLIC,
         )?;
         Ok(signer)
@@ -238,15 +231,12 @@ impl Signer {
 
     /// The certificate's subject, for manifests and messages.
     pub fn subject(&self) -> &str {
-        &self.subject
+        &self.key.subject
     }
 
     /// The SHA-256 fingerprint of the certificate (lowercase hex).
     pub fn fingerprint(&self) -> String {
-        hex::encode(aws_lc_rs::digest::digest(
-            &aws_lc_rs::digest::SHA256,
-            &self.cert_der,
-        ))
+        Fingerprint::sha256(&self.key.cert_der).to_string()
     }
 
     /// `image` with this key's Authenticode signature added (after any it carries).
@@ -312,19 +302,10 @@ impl Signer {
             ]),
         ]
         .concat();
-        let rng = aws_lc_rs::rand::SystemRandom::new();
-        let mut sig = vec![0u8; self.key.public_modulus_len()];
-        self.key
-            .sign(
-                &aws_lc_rs::signature::RSA_PKCS1_SHA256,
-                &rng,
-                &tlv(0x31, &attrs),
-                &mut sig,
-            )
-            .map_err(|e| Error::crypto("cannot sign for Secure Boot", e))?;
+        let sig = self.key.sign(&tlv(0x31, &attrs))?;
         let signer_info = seq(&[
             &tlv(0x02, &[1]),
-            &seq(&[&self.issuer_raw, &tlv(0x02, &self.serial_raw)]),
+            &self.key.signer_id(),
             &algorithm(OID_SHA256),
             &tlv(0xa0, &attrs),
             &algorithm(OID_RSA),
@@ -334,13 +315,10 @@ impl Signer {
             &tlv(0x02, &[1]),
             &tlv(0x31, &algorithm(OID_SHA256)),
             &seq(&[&tlv(0x06, OID_SPC_INDIRECT_DATA), &tlv(0xa0, &indirect)]),
-            &tlv(0xa0, &self.cert_der),
+            &tlv(0xa0, &self.key.cert_der),
             &tlv(0x31, &signer_info),
         ]);
-        Ok(seq(&[
-            &tlv(0x06, OID_SIGNED_DATA),
-            &tlv(0xa0, &signed_data),
-        ]))
+        Ok(signed_content_info(&signed_data))
     }
 
     /// Whether `image` carries this key's signature over its current contents.
@@ -351,7 +329,7 @@ impl Signer {
     /// What checks this key's signatures.
     pub fn trust(&self) -> Trust {
         Trust {
-            cert_der: self.cert_der.clone(),
+            cert_der: self.key.cert_der.clone(),
         }
     }
 }
@@ -377,10 +355,7 @@ impl Trust {
 
     /// The SHA-256 fingerprint of the certificate (lowercase hex), as manifests name it.
     pub fn fingerprint(&self) -> String {
-        hex::encode(aws_lc_rs::digest::digest(
-            &aws_lc_rs::digest::SHA256,
-            &self.cert_der,
-        ))
+        Fingerprint::sha256(&self.cert_der).to_string()
     }
 
     /// Whether `image` carries a signature by this certificate's key over its current
@@ -553,11 +528,8 @@ pub struct Enrollment {
 
 /// A new key and self-signed certificate for one Secure Boot role.
 struct Made {
-    cert_der: Vec<u8>,
+    key: SigningKey,
     key_pem: String,
-    key: aws_lc_rs::rsa::KeyPair,
-    issuer_raw: Vec<u8>,
-    serial_raw: Vec<u8>,
 }
 
 fn make(cn: &str) -> Result<Made> {
@@ -575,17 +547,9 @@ fn make(cn: &str) -> Result<Made> {
     let cert = params
         .self_signed(&key)
         .map_err(|e| Error::crypto(format!("cannot make the {cn} certificate"), e))?;
-    let cert_der = cert.der().to_vec();
-    let signer = aws_lc_rs::rsa::KeyPair::from_pkcs8(&key.serialize_der())
-        .map_err(|e| Error::crypto("cannot load a new Secure Boot key", e))?;
-    let (_, c) = X509Certificate::from_der(&cert_der)
-        .map_err(|e| Error::crypto("cannot parse a new Secure Boot certificate", e))?;
     Ok(Made {
-        issuer_raw: c.issuer().as_raw().to_vec(),
-        serial_raw: c.tbs_certificate.raw_serial().to_vec(),
+        key: SigningKey::new(cert.der().to_vec(), &key.serialize_der(), "new Secure Boot")?,
         key_pem: key.serialize_pem(),
-        cert_der,
-        key: signer,
     })
 }
 
@@ -609,19 +573,8 @@ fn auth(name: &str, guid: &[u8; 16], esl: &[u8], by: &Made, at: [u8; 16]) -> Res
     signed.extend_from_slice(&AUTH_ATTRIBUTES.to_le_bytes());
     signed.extend_from_slice(&at);
     signed.extend_from_slice(esl);
-    let rng = aws_lc_rs::rand::SystemRandom::new();
-    let mut sig = vec![0u8; by.key.public_modulus_len()];
-    by.key
-        .sign(
-            &aws_lc_rs::signature::RSA_PKCS1_SHA256,
-            &rng,
-            &signed,
-            &mut sig,
-        )
-        .map_err(|e| Error::crypto(format!("cannot sign {name}.auth"), e))?;
     // The SignedData itself, not wrapped in a ContentInfo: what UEFI expects there.
-    let pkcs7 =
-        crate::der::detached_signed_data(&[&by.cert_der], &by.issuer_raw, &by.serial_raw, &sig);
+    let pkcs7 = by.key.detached(&[], &signed)?;
     let mut out = at.to_vec();
     out.extend_from_slice(&((8 + 16 + pkcs7.len()) as u32).to_le_bytes());
     out.extend_from_slice(&WIN_CERT_REVISION.to_le_bytes());
@@ -651,7 +604,7 @@ pub fn init(st: &StateDir, replace: bool) -> Result<Enrollment> {
         make("ipxe-ca Secure Boot db")?,
     );
     let at = efi_time(time::OffsetDateTime::now_utc());
-    let esl = |m: &Made| crate::siglist::x509_siglist(&[&m.cert_der]);
+    let esl = |m: &Made| crate::siglist::x509_siglist(&[&m.key.cert_der]);
     let files: Vec<(&str, &Made, Vec<u8>)> = vec![
         (
             "PK",
@@ -688,8 +641,8 @@ pub fn init(st: &StateDir, replace: bool) -> Result<Enrollment> {
             MODE_SECRET,
         )?;
         for (ext, data) in [
-            ("crt", crate::ca::cert_pem(&m.cert_der).into_bytes()),
-            ("cer", m.cert_der.clone()),
+            ("crt", crate::ca::cert_pem(&m.key.cert_der).into_bytes()),
+            ("cer", m.key.cert_der.clone()),
             ("esl", esl(m)),
             ("auth", auth.clone()),
         ] {

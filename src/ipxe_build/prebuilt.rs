@@ -53,12 +53,7 @@ pub(crate) fn efi_arch(efi: &Path) -> Result<Option<Arch>> {
     std::fs::File::open(efi)
         .and_then(|f| f.take(4096).read_to_end(&mut head))
         .map_err(|e| Error::io("cannot read", efi, e))?;
-    let at = |o: usize, n: usize| head.get(o..o + n);
-    let pe = at(0x3c, 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
-    let machine = pe
-        .filter(|&o| at(o, 4) == Some(b"PE\0\0"))
-        .and_then(|o| at(o + 4, 2))
-        .map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let machine = crate::secure_boot::pe_machine(&head);
     Ok(match machine {
         Some(0x8664) => Some(Arch::X86_64),
         Some(0xaa64) => Some(Arch::Arm64),
