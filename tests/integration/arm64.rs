@@ -31,19 +31,8 @@ fn efi_boot_files(img: &Path) -> String {
 #[test]
 fn a_mixed_farm_builds_each_board_its_own_image_and_each_boots_its_own_kernel() {
     let arm = arm64_assets();
-    let lab = Lab::new();
     let (https, http) = (free_port(), free_port());
-    lab.ok(&[
-        "init",
-        "--san",
-        "IP:10.0.2.2",
-        "--san",
-        "IP:127.0.0.1",
-        "--server-url",
-        &format!("https://10.0.2.2:{https}"),
-        "--files-url",
-        &format!("http://10.0.2.2:{http}"),
-    ]);
+    let lab = Lab::for_guest(https, http, true);
     for (a, kernel, busybox, tty) in [
         (
             "x86_64",
@@ -226,27 +215,11 @@ fn an_unknown_architecture_is_refused_and_set_changes_it() {
 #[test]
 fn source_built_arm64_images_pin_the_ca_and_boot_linux() {
     let arm = arm64_assets();
-    let Some(src) = std::env::var_os("IPXE_SRC")
-        .map(std::path::PathBuf::from)
-        .filter(|p| p.join("src/Makefile").is_file())
-    else {
-        eprintln!(
-            "\n==== SKIPPED source_built_arm64_images: IPXE_SRC is not an iPXE tree \
-             (scripts/test.sh sets it) ====\n"
-        );
+    let Some(src) = crate::real_ipxe::tree("IPXE_SRC", "source_built_arm64_images") else {
         return;
     };
-    let lab = Lab::new();
     let (https, http) = (free_port(), free_port());
-    lab.ok(&[
-        "init",
-        "--san",
-        "IP:10.0.2.2",
-        "--server-url",
-        &format!("https://10.0.2.2:{https}"),
-        "--files-url",
-        &format!("http://10.0.2.2:{http}"),
-    ]);
+    let lab = Lab::for_guest(https, http, false);
     std::fs::copy(arm.join("vmlinuz"), lab.path("files/vmlinuz")).unwrap();
     let rd = initramfs_for(
         lab.tmp.path(),

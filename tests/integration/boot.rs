@@ -101,19 +101,8 @@ pub struct BootLab {
 
 pub fn boot_lab() -> BootLab {
     let assets = assets();
-    let lab = Lab::new();
     let (https, http) = (free_port(), free_port());
-    lab.ok(&[
-        "init",
-        "--san",
-        "IP:10.0.2.2",
-        "--san",
-        "IP:127.0.0.1",
-        "--server-url",
-        &format!("https://10.0.2.2:{https}"),
-        "--files-url",
-        &format!("http://10.0.2.2:{http}"),
-    ]);
+    let lab = Lab::for_guest(https, http, true);
     std::fs::copy(assets.join("vmlinuz"), lab.path("files/vmlinuz")).unwrap();
     let initrd = initramfs(lab.tmp.path());
     std::fs::copy(initrd, lab.path("files/initrd.img")).unwrap();

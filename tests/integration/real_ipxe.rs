@@ -9,7 +9,7 @@ use crate::qemu::{self, Firmware, Machine, Medium};
 use crate::util::{free_port, path_without, s, start_nginx, tool, Lab, Server};
 
 /// The tree named by `var`, or a loud skip.
-fn tree(var: &str, test: &str) -> Option<PathBuf> {
+pub fn tree(var: &str, test: &str) -> Option<PathBuf> {
     match std::env::var_os(var) {
         Some(p) if Path::new(&p).join("src/Makefile").is_file() => Some(PathBuf::from(p)),
         other => {
@@ -34,18 +34,7 @@ const TROUBLE: [&str; 3] = [
 /// A lab whose server the guest reaches at 10.0.2.2, with a profile that fetches a file
 /// through `{{ files_url }}/NAME` and powers off.
 fn real_lab(https: u16, http: u16) -> Lab {
-    let lab = Lab::new();
-    lab.ok(&[
-        "init",
-        "--san",
-        "IP:10.0.2.2",
-        "--san",
-        "IP:127.0.0.1",
-        "--server-url",
-        &format!("https://10.0.2.2:{https}"),
-        "--files-url",
-        &format!("http://10.0.2.2:{http}"),
-    ]);
+    let lab = Lab::for_guest(https, http, true);
     std::fs::write(
         lab.path("profiles/default.ipxe"),
         "#!ipxe\necho REAL-PROFILE {{ board.name }}\nimgfetch --name probe {{ files_url }}/probe.txt || goto nofile\necho REAL-FILES-OK {{ board.name }}\npoweroff\n:nofile\necho REAL-FILES-FAILED\npoweroff\n",
@@ -526,16 +515,7 @@ fn real_ipxe_boots_linux_only_with_verified_kernel_and_initrd() {
         return;
     };
     let (https, http) = (free_port(), free_port());
-    let lab = Lab::new();
-    lab.ok(&[
-        "init",
-        "--san",
-        "IP:10.0.2.2",
-        "--server-url",
-        &format!("https://10.0.2.2:{https}"),
-        "--files-url",
-        &format!("http://10.0.2.2:{http}"),
-    ]);
+    let lab = Lab::for_guest(https, http, false);
     std::fs::copy(assets().join("vmlinuz"), lab.path("files/vmlinuz")).unwrap();
     std::fs::copy(initramfs(lab.tmp.path()), lab.path("files/initrd.img")).unwrap();
     lab.ok(&["sign-files"]);

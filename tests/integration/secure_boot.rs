@@ -191,27 +191,13 @@ fn a_secure_boot_key_that_cannot_sign_is_refused_and_changes_nothing() {
 #[test]
 fn source_built_images_are_signed_for_secure_boot_and_boot_linux_with_the_ca_pinned() {
     use crate::boot::{assets, initramfs};
-    let Some(src) = std::env::var_os("IPXE_SRC")
-        .map(PathBuf::from)
-        .filter(|p| p.join("src/Makefile").is_file())
+    let Some(src) =
+        crate::real_ipxe::tree("IPXE_SRC", "source_built_images_are_signed_for_secure_boot")
     else {
-        eprintln!(
-            "\n==== SKIPPED source_built_images_are_signed_for_secure_boot: IPXE_SRC is not an \
-             iPXE tree (scripts/test.sh sets it) ====\n"
-        );
         return;
     };
     let (https, http) = (crate::util::free_port(), crate::util::free_port());
-    let lab = Lab::new();
-    lab.ok(&[
-        "init",
-        "--san",
-        "IP:10.0.2.2",
-        "--server-url",
-        &format!("https://10.0.2.2:{https}"),
-        "--files-url",
-        &format!("http://10.0.2.2:{http}"),
-    ]);
+    let lab = Lab::for_guest(https, http, false);
     std::fs::copy(assets().join("vmlinuz"), lab.path("files/vmlinuz")).unwrap();
     std::fs::copy(initramfs(lab.tmp.path()), lab.path("files/initrd.img")).unwrap();
     // Signed for imgverify before the farm had a Secure Boot key.

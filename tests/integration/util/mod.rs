@@ -31,6 +31,23 @@ impl Lab {
         Lab { tmp, dir }
     }
 
+    /// A lab whose server a QEMU guest reaches at 10.0.2.2 (`https`, `http` on the host),
+    /// with 127.0.0.1 among the server's names too when `local` (curl from the host).
+    pub fn for_guest(https: u16, http: u16, local: bool) -> Lab {
+        let lab = Lab::new();
+        let (server, files) = (
+            format!("https://10.0.2.2:{https}"),
+            format!("http://10.0.2.2:{http}"),
+        );
+        let mut args = vec!["init", "--san", "IP:10.0.2.2"];
+        if local {
+            args.extend(["--san", "IP:127.0.0.1"]);
+        }
+        args.extend(["--server-url", &server, "--files-url", &files]);
+        lab.ok(&args);
+        lab
+    }
+
     /// A lab with a CA and server certificate for SAN IP:127.0.0.1 and IP:10.0.2.2.
     pub fn init() -> Lab {
         let lab = Lab::new();
