@@ -13,6 +13,8 @@ use crate::watch::{Snapshot, Token};
 pub const DEFAULT_HTTPS_PORT: u16 = 8443;
 /// Port of the plain-HTTP files listener unless configured otherwise.
 pub const DEFAULT_HTTP_PORT: u16 = 8080;
+/// Port boards send their console to (syslog over TLS, RFC 5425) unless configured otherwise.
+pub const DEFAULT_CONSOLE_PORT: u16 = 6514;
 
 /// Settings written by `init` and read by the other commands.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -21,6 +23,10 @@ pub struct Config {
     pub server_url: String,
     /// Base URL of the plain-HTTP files server as boards reach it (`http://HOST:PORT`).
     pub files_url: String,
+    /// Where boards send their console over TLS, `HOST:PORT`, or `off`. Unset: the server
+    /// URL's host, port 6514.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console: Option<String>,
 }
 
 impl Config {
@@ -30,6 +36,7 @@ impl Config {
         Config {
             server_url: format!("https://{host}:{DEFAULT_HTTPS_PORT}"),
             files_url: format!("http://{host}:{DEFAULT_HTTP_PORT}"),
+            console: None,
         }
     }
 
@@ -70,6 +77,28 @@ impl Config {
         }
     }
 
+    /// `HOST:PORT` boards send their console to (iPXE's `syslogs` setting); None: off.
+    pub fn console_target(&self) -> Option<String> {
+        match self.console.as_deref() {
+            Some("off") => None,
+            Some(t) => Some(t.to_string()),
+            None => {
+                let authority = self.server_authority();
+                let host = match authority.strip_prefix('[') {
+                    Some(v6) => format!("[{}]", v6.split(']').next().unwrap_or_default()),
+                    None => authority.split(':').next().unwrap_or_default().to_string(),
+                };
+                Some(format!("{host}:{DEFAULT_CONSOLE_PORT}"))
+            }
+        }
+    }
+
+    /// The port boards send their console to (None: off), where `serve` listens for it.
+    pub fn console_port(&self) -> Option<u16> {
+        let t = self.console_target()?;
+        t.rsplit_once(':').and_then(|(_, p)| p.parse().ok())
+    }
+
     /// The port of the server URL (443 when it names none): where a proxy in front listens.
     pub fn server_port(&self) -> u16 {
         let authority = self.server_authority();
@@ -85,9 +114,13 @@ impl Config {
     /// The URLs checked as `init` checks them: an edited `config.toml` with a mistyped scheme
     /// would otherwise point every board at nothing.
     pub fn checked(self) -> Result<Config> {
+        if let Some(c) = &self.console {
+            check_console(c)?;
+        }
         Ok(Config {
             server_url: check_url(&self.server_url, "https", "server_url")?,
             files_url: check_url(&self.files_url, "http", "files_url")?,
+            console: self.console,
         })
     }
 }
@@ -198,6 +231,26 @@ pub fn check_url(url: &str, scheme: &str, what: &str) -> Result<String> {
     Ok(url.trim_end_matches('/').to_string())
 }
 
+/// A console target is `off` or `HOST:PORT` (a port iPXE can parse, a host without spaces).
+pub fn check_console(target: &str) -> Result<()> {
+    if target == "off" {
+        return Ok(());
+    }
+    let bad = || {
+        Error::invalid(format!(
+            "console {target:?} must be HOST:PORT (where boards send their console) or off"
+        ))
+    };
+    let (host, port) = target.rsplit_once(':').ok_or_else(bad)?;
+    if host.is_empty()
+        || host.contains(char::is_whitespace)
+        || port.parse::<u16>().map_or(true, |p| p == 0)
+    {
+        return Err(bad());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,6 +276,7 @@ mod tests {
         let good = |files: &str| Config {
             server_url: "https://boot.lab:8443".into(),
             files_url: files.into(),
+            console: None,
         };
         good("http://boot.lab:8080").save(&st).unwrap();
         // Watched (inotify) and not (a `stat` per request): the same answers.
@@ -278,11 +332,36 @@ mod tests {
     }
 
     #[test]
+    fn the_console_goes_to_the_server_host_unless_configured() {
+        let c = |u: &str, console: Option<&str>| Config {
+            server_url: u.into(),
+            files_url: String::new(),
+            console: console.map(str::to_string),
+        };
+        let t = c("https://boot.lab:8443", None);
+        assert_eq!(t.console_target().as_deref(), Some("boot.lab:6514"));
+        assert_eq!(t.console_port(), Some(6514));
+        let v6 = c("https://[fd00::1]:8443", None);
+        assert_eq!(v6.console_target().as_deref(), Some("[fd00::1]:6514"));
+        let set = c("https://boot.lab", Some("logs.lab:7514"));
+        assert_eq!(set.console_port(), Some(7514));
+        let off = c("https://boot.lab", Some("off"));
+        assert_eq!((off.console_target(), off.console_port()), (None, None));
+        for bad in ["logs.lab", "logs.lab:0", "logs.lab:x", ":6514", "a b:6514"] {
+            let e = check_console(bad).unwrap_err().to_string();
+            assert!(e.contains("HOST:PORT"), "{bad}: {e}");
+        }
+        // A mistyped edit of config.toml keeps the settings in force, as for the URLs.
+        assert!(c("https://boot.lab", Some("nope")).checked().is_err());
+    }
+
+    #[test]
     fn server_port_comes_from_the_url() {
         let port = |u: &str| {
             Config {
                 server_url: u.into(),
                 files_url: String::new(),
+                console: None,
             }
             .server_port()
         };
@@ -318,6 +397,7 @@ mod tests {
             Config {
                 server_url: u.into(),
                 files_url: String::new(),
+                console: None,
             }
             .server_host()
             .to_string()

@@ -1,10 +1,13 @@
-//! Each board's recent boots and refusals, kept beside it (`boards/NAME/history.jsonl`) so that
-//! "why didn't board 17 boot?" has an answer without grepping logs.
+//! Each board's recent boots and refusals, kept beside it (`boards/NAME/history.jsonl`), and
+//! what its own console said (`boards/NAME/console.jsonl`, sent by iPXE over TLS), so that
+//! "why didn't board 17 boot?" has an answer without grepping logs or watching its screen.
 //!
-//! One JSON line per request, appended with a single write; a line torn by a crash is skipped
-//! when read. The file is bounded: past [`KEEP`] × 2 lines it is rewritten atomically with the
-//! newest [`KEEP`]. The server appends from one writer thread, in batches, so requests never
-//! wait on disk, and keeps each board's file open between appends.
+//! One JSON line per request or console line, appended with a single write; a line torn by a
+//! crash is skipped when read. Each file is bounded: past twice its bound it is rewritten
+//! atomically with the newest lines. The server appends from one writer thread, in batches, so
+//! requests never wait on disk, and keeps each board's files open between appends. The two
+//! files are bounded apart: a board that floods its console cannot push the server's view of
+//! its boots out.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -18,6 +21,33 @@ use crate::types::BoardName;
 
 /// Records kept per board (at least; at most twice as many between compactions).
 pub const KEEP: usize = 200;
+/// Console lines kept per board (a boot prints a few dozen).
+pub const KEEP_CONSOLE: usize = 500;
+
+/// Which of a board's two journals.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Log {
+    /// The server's view: one record per request.
+    Requests,
+    /// The board's console.
+    Console,
+}
+
+impl Log {
+    fn path(self, state: &StateDir, board: &BoardName) -> std::path::PathBuf {
+        match self {
+            Log::Requests => state.board_history(board),
+            Log::Console => state.board_console(board),
+        }
+    }
+
+    fn keep(self) -> usize {
+        match self {
+            Log::Requests => KEEP,
+            Log::Console => KEEP_CONSOLE,
+        }
+    }
+}
 
 /// How a TLS connection was made.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,19 +83,108 @@ pub struct Record {
     pub tls: Option<TlsFacts>,
 }
 
+/// One line the board's console printed, as its iPXE sent it over TLS.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConsoleLine {
+    /// RFC 3339, when the server received it.
+    pub time: String,
+    /// The line, without iPXE's syslog prefix; control characters are kept as sent (the
+    /// printers neutralise them).
+    pub text: String,
+    /// Syslog severity (6: informational, iPXE's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub severity: Option<u8>,
+}
+
+/// One entry of a board's history: what the server saw or what the board printed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "source", rename_all = "lowercase")]
+pub enum Entry {
+    /// A request the server answered.
+    Server(Record),
+    /// A line of the board's console.
+    Board(ConsoleLine),
+}
+
+impl Entry {
+    /// When it happened (RFC 3339).
+    pub fn time(&self) -> &str {
+        match self {
+            Entry::Server(r) => &r.time,
+            Entry::Board(l) => &l.time,
+        }
+    }
+}
+
 /// The newest `n` records of a board, oldest first (none: never seen).
 pub fn read(state: &StateDir, board: &BoardName, n: usize) -> Result<Vec<Record>> {
-    let path = state.board_history(board);
-    let text = match std::fs::read_to_string(&path) {
+    newest(&state.board_history(board), n)
+}
+
+/// The newest `n` lines the board's console sent, oldest first.
+pub fn console(state: &StateDir, board: &BoardName, n: usize) -> Result<Vec<ConsoleLine>> {
+    newest(&state.board_console(board), n)
+}
+
+/// The newest `n` entries of both journals, interleaved by time, oldest first: the board's
+/// console lines between the requests they came with.
+pub fn interleaved(state: &StateDir, board: &BoardName, n: usize) -> Result<Vec<Entry>> {
+    let mut all: Vec<(i128, Entry)> = read(state, board, n)?
+        .into_iter()
+        .map(Entry::Server)
+        .chain(console(state, board, n)?.into_iter().map(Entry::Board))
+        .map(|e| (nanos(e.time()), e))
+        .collect();
+    // Stable: at one instant the request comes before what the board printed about it.
+    all.sort_by_key(|(t, _)| *t);
+    let from = all.len().saturating_sub(n);
+    Ok(all.drain(from..).map(|(_, e)| e).collect())
+}
+
+/// An entry with the iPXE error codes it names, in words.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Shown {
+    /// The entry itself.
+    #[serde(flatten)]
+    pub entry: Entry,
+    /// iPXE error codes in the line (or the refusal's reason), explained.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<crate::ipxe_error::Explained>,
+}
+
+impl From<Entry> for Shown {
+    fn from(entry: Entry) -> Shown {
+        let errors = match &entry {
+            Entry::Board(l) => crate::ipxe_error::explain_line(&l.text),
+            Entry::Server(r) => r
+                .reason
+                .as_deref()
+                .map(crate::ipxe_error::explain_line)
+                .unwrap_or_default(),
+        };
+        Shown { entry, errors }
+    }
+}
+
+/// An RFC 3339 time as nanoseconds (the text does not sort: fractions vary in length).
+fn nanos(time: &str) -> i128 {
+    time::OffsetDateTime::parse(time, &time::format_description::well_known::Rfc3339)
+        .map_or(0, |t| t.unix_timestamp_nanos())
+}
+
+/// The newest `n` whole lines of a journal (a torn one skipped).
+fn newest<T: serde::de::DeserializeOwned>(path: &std::path::Path, n: usize) -> Result<Vec<T>> {
+    let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(Error::io("cannot read", path, e)),
     };
-    let all: Vec<Record> = text
+    let mut all: Vec<T> = text
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
-    Ok(all[all.len().saturating_sub(n)..].to_vec())
+    let from = all.len().saturating_sub(n);
+    Ok(all.drain(from..).collect())
 }
 
 /// The board's newest record.
@@ -82,6 +201,7 @@ pub struct Journal {
 #[allow(clippy::large_enum_variant)]
 enum Msg {
     Record(BoardName, Record),
+    Console(BoardName, ConsoleLine),
     /// Answered once everything queued before it is on disk.
     Flush(std::sync::mpsc::SyncSender<()>),
 }
@@ -112,20 +232,26 @@ impl Journal {
                 let mut root = state::identity(state.root());
                 let mut failing: std::collections::HashSet<BoardName> = Default::default();
                 while let Ok(first) = rx.recv() {
-                    // Per board, in arrival order.
-                    let mut boards: Vec<(BoardName, Vec<Record>)> = Vec::new();
-                    let mut slot: HashMap<BoardName, usize> = HashMap::new();
+                    // Per board and journal, in arrival order, as JSON lines.
+                    let mut boards: Vec<(Key, Vec<Vec<u8>>)> = Vec::new();
+                    let mut slot: HashMap<Key, usize> = HashMap::new();
                     let mut flushes = Vec::new();
                     for msg in std::iter::once(first).chain(rx.try_iter()) {
-                        match msg {
-                            Msg::Record(board, rec) => match slot.get(&board) {
-                                Some(&i) => boards[i].1.push(rec),
-                                None => {
-                                    slot.insert(board.clone(), boards.len());
-                                    boards.push((board, vec![rec]));
-                                }
-                            },
-                            Msg::Flush(done) => flushes.push(done),
+                        let (key, line) = match msg {
+                            Msg::Record(board, rec) => ((board, Log::Requests), json_line(&rec)),
+                            Msg::Console(board, l) => ((board, Log::Console), json_line(&l)),
+                            Msg::Flush(done) => {
+                                flushes.push(done);
+                                continue;
+                            }
+                        };
+                        let Some(line) = line else { continue };
+                        match slot.get(&key) {
+                            Some(&i) => boards[i].1.push(line),
+                            None => {
+                                slot.insert(key.clone(), boards.len());
+                                boards.push((key, vec![line]));
+                            }
                         }
                     }
                     // The state folder put back from a copy (or a symlink to it pointed
@@ -135,8 +261,8 @@ impl Journal {
                         open.open.clear();
                         root = now;
                     }
-                    for (board, recs) in boards {
-                        match append(&state, &board, &recs, &mut open) {
+                    for ((board, log), lines) in boards {
+                        match append(&state, &board, log, &lines, &mut open) {
                             Ok(()) => {
                                 failing.remove(&board);
                             }
@@ -167,6 +293,11 @@ impl Journal {
         let _ = self.tx.try_send(Msg::Record(board, rec));
     }
 
+    /// Queue a line of `board`'s console; false when it was dropped (the writer far behind).
+    pub fn console(&self, board: BoardName, line: ConsoleLine) -> bool {
+        self.tx.try_send(Msg::Console(board, line)).is_ok()
+    }
+
     /// Wait until every record queued so far is written (at shutdown), `limit` at most.
     pub fn flush(&self, limit: std::time::Duration) {
         let (done, wait) = std::sync::mpsc::sync_channel(1);
@@ -176,10 +307,18 @@ impl Journal {
     }
 }
 
-/// The writer's open history files, with the number of lines each holds: a board's next
+/// One of a board's journals.
+type Key = (BoardName, Log);
+
+/// A value as one JSON line (without its newline).
+fn json_line<T: Serialize>(v: &T) -> Option<Vec<u8>> {
+    serde_json::to_vec(v).ok()
+}
+
+/// The writer's open journal files, with the number of lines each holds: a board's next
 /// append is an `fstat` and a write, not a path lookup, an open and a close.
 pub(crate) struct Appenders {
-    open: HashMap<BoardName, Appender>,
+    open: HashMap<(BoardName, Log), Appender>,
     limit: usize,
 }
 
@@ -218,35 +357,38 @@ impl Appenders {
     /// the old file has no link left). The path is not looked at: a file renamed away by hand
     /// gets the lines until the next compaction (the writer closes them all when the state
     /// folder itself is replaced).
-    fn current(&mut self, board: &BoardName) -> Option<&mut Appender> {
+    fn current(&mut self, key: &(BoardName, Log)) -> Option<&mut Appender> {
         use std::os::unix::fs::MetadataExt;
-        let gone = match self.open.get(board) {
+        let gone = match self.open.get(key) {
             None => return None,
             Some(a) => a.file.metadata().map_or(true, |m| m.nlink() == 0),
         };
         if gone {
-            self.open.remove(board);
+            self.open.remove(key);
             return None;
         }
-        self.open.get_mut(board)
+        self.open.get_mut(key)
     }
 
-    fn keep(&mut self, board: &BoardName, file: std::fs::File, lines: usize) {
+    fn keep(&mut self, key: (BoardName, Log), file: std::fs::File, lines: usize) {
         if self.open.len() >= self.limit {
             self.open.clear();
         }
-        self.open.insert(board.clone(), Appender { file, lines });
+        self.open.insert(key, Appender { file, lines });
     }
 }
 
-/// Append `recs` to the board's history in one write.
+/// Append JSON `lines` (each without its newline) to one of the board's journals in one write.
 fn append(
     state: &StateDir,
     board: &BoardName,
-    recs: &[Record],
+    log: Log,
+    lines: &[Vec<u8>],
     open: &mut Appenders,
 ) -> Result<()> {
-    let path = state.board_history(board);
+    let path = log.path(state, board);
+    let keep = log.keep();
+    let key = (board.clone(), log);
     let open_file = || {
         std::fs::OpenOptions::new()
             .create(true)
@@ -254,32 +396,31 @@ fn append(
             .mode(MODE_SECRET)
             .open(&path)
     };
-    let lines = |recs: &[Record]| -> Result<Vec<u8>> {
-        let mut out = Vec::new();
-        for r in recs {
-            out.extend(serde_json::to_vec(r).map_err(|e| Error::invalid(e.to_string()))?);
+    let joined = |lines: &[Vec<u8>]| -> Vec<u8> {
+        let mut out = Vec::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
+        for l in lines {
+            out.extend_from_slice(l);
             out.push(b'\n');
         }
-        Ok(out)
+        out
     };
-    if let Some(a) = open.current(board) {
-        if a.lines + recs.len() <= 2 * KEEP {
-            let text = lines(recs)?;
+    if let Some(a) = open.current(&key) {
+        if a.lines + lines.len() <= 2 * keep {
             // One write of whole lines: a crash tears at most the last one.
             a.file
-                .write_all(&text)
+                .write_all(&joined(lines))
                 .map_err(|e| Error::io("cannot append to", &path, e))?;
-            a.lines += recs.len();
+            a.lines += lines.len();
             return Ok(());
         }
     }
     // A board removed (or never written) has no folder: nothing to keep.
     if !state.board_file(board).exists() {
-        open.open.remove(board);
+        open.open.remove(&key);
         return Ok(());
     }
     let mut text = Vec::new();
-    let count = match open.open.remove(board) {
+    let count = match open.open.remove(&key) {
         Some(a) => a.lines,
         None => {
             let old = std::fs::read(&path).unwrap_or_default();
@@ -290,17 +431,24 @@ fn append(
             old.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count()
         }
     };
-    if count + recs.len() > 2 * KEEP {
-        // Rewrite with the newest KEEP, atomically: a crash leaves the old or the new file.
-        let mut all = read(state, board, KEEP)?;
-        all.extend_from_slice(recs);
-        let newest = &all[all.len().saturating_sub(KEEP)..];
-        state::write_atomic(&path, &lines(newest)?, MODE_SECRET)?;
+    if count + lines.len() > 2 * keep {
+        // Rewrite with the newest `keep`, atomically: a crash leaves the old or the new file.
+        let old = std::fs::read(&path).unwrap_or_default();
+        let mut all: Vec<&[u8]> = old
+            .split(|b| *b == b'\n')
+            .filter(|l| serde_json::from_slice::<serde::de::IgnoredAny>(l).is_ok())
+            .collect();
+        all.extend(lines.iter().map(Vec::as_slice));
+        let newest: Vec<Vec<u8>> = all[all.len().saturating_sub(keep)..]
+            .iter()
+            .map(|l| l.to_vec())
+            .collect();
+        state::write_atomic(&path, &joined(&newest), MODE_SECRET)?;
         let f = open_file().map_err(|e| Error::io("cannot open", &path, e))?;
-        open.keep(board, f, newest.len());
+        open.keep(key, f, newest.len());
         return Ok(());
     }
-    text.extend(lines(recs)?);
+    text.extend(joined(lines));
     // The board's folder is made only when it is missing, not checked per append.
     let opened = match open_file() {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -313,7 +461,7 @@ fn append(
     // One write of whole lines: a crash tears at most the last one.
     f.write_all(&text)
         .map_err(|e| Error::io("cannot append to", &path, e))?;
-    open.keep(board, f, count + recs.len());
+    open.keep(key, f, count + lines.len());
     Ok(())
 }
 
@@ -328,6 +476,12 @@ mod tests {
         let b: BoardName = "b1".parse().unwrap();
         state::write_atomic(&state.board_file(&b), b"x", 0o644).unwrap();
         (t, state, b)
+    }
+
+    /// Append requests' records, as the writer does.
+    fn put(state: &StateDir, b: &BoardName, recs: &[Record], open: &mut Appenders) -> Result<()> {
+        let lines: Vec<Vec<u8>> = recs.iter().filter_map(json_line).collect();
+        append(state, b, Log::Requests, &lines, open)
     }
 
     fn rec(i: usize) -> Record {
@@ -347,7 +501,7 @@ mod tests {
         let (_t, state, b) = one_board();
         let mut lines = Appenders::default();
         for i in 0..2 * KEEP + 5 {
-            append(&state, &b, &[rec(i)], &mut lines).unwrap();
+            put(&state, &b, &[rec(i)], &mut lines).unwrap();
         }
         let all = read(&state, &b, usize::MAX).unwrap();
         assert!(all.len() >= KEEP && all.len() <= 2 * KEEP, "{}", all.len());
@@ -362,7 +516,7 @@ mod tests {
         f.write_all(b"{\"time\":\"torn").unwrap();
         assert_eq!(last(&state, &b).unwrap().time, format!("t{}", 2 * KEEP + 4));
         // A new writer (a restarted server) ends the torn line before appending.
-        append(&state, &b, &[rec(9999)], &mut Appenders::default()).unwrap();
+        put(&state, &b, &[rec(9999)], &mut Appenders::default()).unwrap();
         assert_eq!(last(&state, &b).unwrap().time, "t9999");
         let before = read(&state, &b, usize::MAX).unwrap();
         assert_eq!(before[before.len() - 2].time, format!("t{}", 2 * KEEP + 4));
@@ -380,22 +534,22 @@ mod tests {
         let len = || read(&state, &b, usize::MAX).unwrap().len();
         let mut lines = Appenders::default();
         for i in 0..2 * KEEP {
-            append(&state, &b, &[rec(i)], &mut lines).unwrap();
+            put(&state, &b, &[rec(i)], &mut lines).unwrap();
         }
         assert_eq!(len(), 2 * KEEP, "compacted too early");
-        append(&state, &b, &[rec(2 * KEEP)], &mut lines).unwrap();
+        put(&state, &b, &[rec(2 * KEEP)], &mut lines).unwrap();
         assert_eq!(len(), KEEP, "not compacted past 2 × KEEP");
         // A restarted writer counts the lines in the file: one short of the bound, one more
         // fits, the next compacts.
         let more = KEEP - 1;
         for i in 0..more {
-            append(&state, &b, &[rec(1000 + i)], &mut lines).unwrap();
+            put(&state, &b, &[rec(1000 + i)], &mut lines).unwrap();
         }
         assert_eq!(len(), 2 * KEEP - 1);
         let mut restarted = Appenders::default();
-        append(&state, &b, &[rec(5000)], &mut restarted).unwrap();
+        put(&state, &b, &[rec(5000)], &mut restarted).unwrap();
         assert_eq!(len(), 2 * KEEP, "a restart miscounted the file");
-        append(&state, &b, &[rec(5001)], &mut restarted).unwrap();
+        put(&state, &b, &[rec(5001)], &mut restarted).unwrap();
         assert_eq!(len(), KEEP);
         assert_eq!(last(&state, &b).unwrap().time, "t5001");
     }
@@ -412,23 +566,27 @@ mod tests {
                 .collect()
         };
         let mut open = Appenders::default();
-        append(&state, &b, &[rec(1)], &mut open).unwrap();
-        let fd = open.open[&b].file.as_raw_fd();
-        append(&state, &b, &[rec(2)], &mut open).unwrap();
-        assert_eq!(open.open[&b].file.as_raw_fd(), fd, "opened again");
+        put(&state, &b, &[rec(1)], &mut open).unwrap();
+        let fd = open.open[&(b.clone(), Log::Requests)].file.as_raw_fd();
+        put(&state, &b, &[rec(2)], &mut open).unwrap();
+        assert_eq!(
+            open.open[&(b.clone(), Log::Requests)].file.as_raw_fd(),
+            fd,
+            "opened again"
+        );
         assert_eq!(times(), ["t1", "t2"]);
         // The folder removed (and the board still registered): a new file, not the deleted one.
         std::fs::remove_dir_all(state.board_dir(&b)).unwrap();
-        append(&state, &b, &[rec(3)], &mut open).unwrap();
+        put(&state, &b, &[rec(3)], &mut open).unwrap();
         assert_eq!(times(), ["t3"]);
         // Another writer replaced the file: the next line goes to the new one.
         state::write_atomic(&state.board_history(&b), b"", MODE_SECRET).unwrap();
-        append(&state, &b, &[rec(4)], &mut open).unwrap();
+        put(&state, &b, &[rec(4)], &mut open).unwrap();
         assert_eq!(times(), ["t4"]);
         // The board gone altogether: nothing is written, no folder made.
         std::fs::remove_dir_all(state.board_dir(&b)).unwrap();
         std::fs::remove_file(state.board_file(&b)).unwrap();
-        append(&state, &b, &[rec(5)], &mut open).unwrap();
+        put(&state, &b, &[rec(5)], &mut open).unwrap();
         assert!(!state.board_dir(&b).exists());
         assert!(open.open.is_empty());
         // At the limit, the open files are closed and the newest kept.
@@ -439,10 +597,13 @@ mod tests {
         let names: Vec<BoardName> = ["c1", "c2", "c3"].map(|n| n.parse().unwrap()).to_vec();
         for (i, n) in names.iter().enumerate() {
             state::write_atomic(&state.board_file(n), b"x", 0o644).unwrap();
-            append(&state, n, &[rec(6)], &mut few).unwrap();
+            put(&state, n, &[rec(6)], &mut few).unwrap();
             assert_eq!(few.open.len(), [1, 2, 1][i], "after {n}");
         }
-        assert_eq!(few.open.keys().collect::<Vec<_>>(), [&names[2]]);
+        assert_eq!(
+            few.open.keys().collect::<Vec<_>>(),
+            [&(names[2].clone(), Log::Requests)]
+        );
     }
 
     #[test]
@@ -450,12 +611,12 @@ mod tests {
         let (_t, state, b) = one_board();
         let mut open = Appenders::default();
         for i in 0..2 * KEEP - 1 {
-            append(&state, &b, &[rec(i)], &mut open).unwrap();
+            put(&state, &b, &[rec(i)], &mut open).unwrap();
         }
         // Renamed away (as nothing but a compaction does): still one link, still written.
         let moved = state.board_dir(&b).join("moved.jsonl");
         std::fs::rename(state.board_history(&b), &moved).unwrap();
-        append(&state, &b, &[rec(9999)], &mut open).unwrap();
+        put(&state, &b, &[rec(9999)], &mut open).unwrap();
         assert!(
             !state.board_history(&b).exists(),
             "the path was opened again"
@@ -464,7 +625,7 @@ mod tests {
         assert_eq!(text.lines().count(), 2 * KEEP);
         assert!(text.lines().last().unwrap().contains("t9999"), "{text}");
         // Past the bound the path is read again and compacted into a new file.
-        append(&state, &b, &[rec(10_000)], &mut open).unwrap();
+        put(&state, &b, &[rec(10_000)], &mut open).unwrap();
         assert_eq!(last(&state, &b).unwrap().time, "t10000");
     }
 
@@ -532,7 +693,7 @@ mod tests {
         assert_eq!(times, (0..50).map(|i| format!("t{i}")).collect::<Vec<_>>());
         // One batch larger than the bound: the newest KEEP, in order.
         let recs: Vec<Record> = (100..100 + 2 * KEEP + 1).map(rec).collect();
-        append(&state, &b, &recs, &mut Appenders::default()).unwrap();
+        put(&state, &b, &recs, &mut Appenders::default()).unwrap();
         let all = read(&state, &b, usize::MAX).unwrap();
         assert_eq!(all.len(), KEEP);
         assert_eq!(all[0].time, format!("t{}", 100 + KEEP + 1));

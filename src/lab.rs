@@ -285,11 +285,13 @@ impl Lab {
     }
 
     /// Point the boards at other URLs (`config.toml`), checked as `init` checks them and, for
-    /// the server URL, against the names of both server certificates. `None` keeps a URL.
+    /// the server URL, against the names of both server certificates; `console`: where they
+    /// send their console (`HOST:PORT` or `off`). `None` keeps a setting.
     pub fn configure(
         &self,
         server_url: Option<&str>,
         files_url: Option<&str>,
+        console: Option<&str>,
     ) -> Result<Configured> {
         let _lock = self.state.lock()?;
         let before = Config::load(&self.state)?;
@@ -299,6 +301,10 @@ impl Lab {
         }
         if let Some(u) = files_url {
             after.files_url = crate::config::check_url(u, "http", "the files URL")?;
+        }
+        if let Some(c) = console {
+            crate::config::check_console(c)?;
+            after.console = Some(c.to_string());
         }
         if after.server_url != before.server_url {
             crate::health::server_certs_name(&self.state, &after, NameFix::ServerUrl)?;
@@ -1043,9 +1049,12 @@ impl Lab {
     }
 
     /// The board's newest `n` requests as `serve` recorded them, oldest first.
-    pub fn history(&self, name: &BoardName, n: usize) -> Result<Vec<crate::history::Record>> {
+    pub fn history(&self, name: &BoardName, n: usize) -> Result<Vec<crate::history::Shown>> {
         self.registry.get(name)?;
-        crate::history::read(&self.state, name, n)
+        Ok(crate::history::interleaved(&self.state, name, n)?
+            .into_iter()
+            .map(Into::into)
+            .collect())
     }
 
     /// The JSON view of a board.

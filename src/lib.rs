@@ -13,6 +13,7 @@ pub mod flash;
 pub mod health;
 pub mod history;
 pub mod ipxe_build;
+pub mod ipxe_error;
 pub mod lab;
 pub mod registry;
 pub mod render;

@@ -60,6 +60,8 @@ pub struct Context {
     pub files_url: String,
     /// The files directory over mutual TLS, for enrolled boards only.
     pub secure_files_url: String,
+    /// Where the board sends its console over TLS (`HOST:PORT`), unless that is off.
+    pub console: Option<String>,
     /// NTP server for boards without a real-time clock (embed script), if any.
     pub ntp_server: Option<String>,
     /// Whether the board's iPXE has `imgverify` (images built from source by ipxe-ca).
@@ -82,6 +84,7 @@ impl Context {
             server_url: config.server_url.clone(),
             files_url: config.files_url.clone(),
             secure_files_url: format!("{}/files", config.server_url),
+            console: config.console_target(),
             ntp_server: None,
             imgverify,
         }

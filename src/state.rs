@@ -22,6 +22,7 @@ const BOARD_FILE_EXT: &str = ".toml";
 const BOARD_KEY: &str = "key.pem";
 const BOARD_SECRETS: &str = "secrets.toml";
 const BOARD_HISTORY: &str = "history.jsonl";
+const BOARD_CONSOLE: &str = "console.jsonl";
 /// The state dir's boot files folder: the one place inside it that is served.
 const FILES_DIR: &str = "files";
 
@@ -165,16 +166,22 @@ impl StateDir {
     pub fn board_history(&self, name: &BoardName) -> PathBuf {
         self.board_dir(name).join(BOARD_HISTORY)
     }
-    /// Whether a file name in a board's folder is its history or a rewrite of it in progress
-    /// ([`write_atomic`]'s temporary name): what the history writer touches and nothing else
-    /// reads while serving.
+    /// `boards/NAME/console.jsonl`: what the board's own console said, bounded.
+    pub fn board_console(&self, name: &BoardName) -> PathBuf {
+        self.board_dir(name).join(BOARD_CONSOLE)
+    }
+    /// Whether a file name in a board's folder is its history or console log, or a rewrite of
+    /// one in progress ([`write_atomic`]'s temporary name): what the history writer touches
+    /// and nothing else reads while serving.
     pub fn is_history_file(name: &[u8]) -> bool {
-        let h = BOARD_HISTORY.as_bytes();
-        name == h
-            || name
-                .strip_prefix(b".")
-                .and_then(|n| n.strip_prefix(h))
-                .is_some_and(|n| n.starts_with(b".tmp"))
+        [BOARD_HISTORY, BOARD_CONSOLE].iter().any(|h| {
+            let h = h.as_bytes();
+            name == h
+                || name
+                    .strip_prefix(b".")
+                    .and_then(|n| n.strip_prefix(h))
+                    .is_some_and(|n| n.starts_with(b".tmp"))
+        })
     }
     /// `index/KIND/`: one tiny file per fingerprint or serial naming the board.
     pub fn index_dir(&self, kind: &str) -> PathBuf {

@@ -35,11 +35,14 @@ const GENERAL_H: &str = "/* Written by ipxe-ca (make CONFIG=ipxe-ca); edits are 
 #define POWEROFF_CMD\t\t/* poweroff */\n";
 
 /// Headless boards (and QEMU) show the BIOS console on COM1 too; UEFI firmware mirrors its
-/// own console already, so only BIOS builds get it.
+/// own console already, so only BIOS builds get it. The console over TLS to `serve` (the
+/// `syslogs` setting the embed script sets) is in iPXE 2.0's UEFI builds by default, in no
+/// BIOS build and in no build of older trees.
 const CONSOLE_H: &str = "/* Written by ipxe-ca (make CONFIG=ipxe-ca); edits are overwritten. */\n\
 #if defined ( PLATFORM_pcbios )\n\
 #define CONSOLE_SERIAL\t\t/* headless boards and QEMU: the console on COM1 too */\n\
-#endif\n";
+#endif\n\
+#define CONSOLE_SYSLOGS\t\t/* the console over TLS to ipxe-ca serve (history) */\n";
 
 /// What a tree's source supports, read from the source itself.
 #[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]

@@ -41,6 +41,12 @@ pub(crate) struct Metrics {
     pub file_reads: std::sync::Arc<FileReads>,
     pub open_https: AtomicI64,
     pub open_http: AtomicI64,
+    pub open_console: AtomicI64,
+    console_connections: Mutex<BTreeMap<&'static str, u64>>,
+    console_lines: AtomicU64,
+    /// Lines dropped: the board's budget spent (`cut`) or the history writer far behind.
+    console_cut: AtomicU64,
+    console_unwritten: AtomicU64,
 }
 
 /// Where boot-file frames came from (the `from` label of `ipxe_ca_file_reads_total`).
@@ -83,6 +89,24 @@ impl Metrics {
 
     pub fn handshake_failure(&self, reason: &'static str) {
         bump(&self.handshake_failures, reason);
+    }
+
+    /// A console connection accepted, or refused (why).
+    pub fn console_connection(&self, outcome: &'static str) {
+        bump(&self.console_connections, outcome);
+    }
+
+    /// A console line received; `kept`: queued for the board's history.
+    pub fn console_line(&self, kept: bool) {
+        self.console_lines.fetch_add(1, Relaxed);
+        if !kept {
+            self.console_unwritten.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// A board's console cut at its budget.
+    pub fn console_cut(&self) {
+        self.console_cut.fetch_add(1, Relaxed);
     }
 
     pub fn refused_connection(&self, reason: &'static str) {
@@ -241,6 +265,48 @@ cannot say, such as NFS: every frame is read on a thread).",
             "ipxe_ca_open_connections{{listener=\"http\"}} {}",
             self.open_http.load(Relaxed)
         );
+        let _ = writeln!(
+            o,
+            "ipxe_ca_open_connections{{listener=\"console\"}} {}",
+            self.open_console.load(Relaxed)
+        );
+
+        head(
+            &mut o,
+            "ipxe_ca_console_connections_total",
+            "counter",
+            "Boards' console connections, accepted or refused (and why).",
+        );
+        let consoles = lock(&self.console_connections);
+        for (outcome, n) in std::iter::once(("accepted", 0))
+            .filter(|(k, _)| !consoles.contains_key(k))
+            .chain(consoles.iter().map(|(k, n)| (*k, *n)))
+        {
+            let _ = writeln!(
+                o,
+                "ipxe_ca_console_connections_total{{outcome=\"{outcome}\"}} {n}"
+            );
+        }
+        for (name, help, n) in [
+            (
+                "ipxe_ca_console_lines_total",
+                "Lines boards' consoles sent (kept in their history).",
+                &self.console_lines,
+            ),
+            (
+                "ipxe_ca_console_cut_total",
+                "Boards' console connections closed at their budget of lines.",
+                &self.console_cut,
+            ),
+            (
+                "ipxe_ca_console_unwritten_total",
+                "Console lines not kept: the history writer was far behind.",
+                &self.console_unwritten,
+            ),
+        ] {
+            head(&mut o, name, "counter", help);
+            let _ = writeln!(o, "{name} {}", n.load(Relaxed));
+        }
 
         head(&mut o, "ipxe_ca_expiry_remaining_seconds", "gauge", "Seconds until the earliest expiry of each kind (board, server, ca, codesign, crl); negative once expired.");
         for (kind, secs) in expiry {

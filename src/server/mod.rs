@@ -2,6 +2,7 @@
 //! plain HTTP for boot files. In proxy mode, plain HTTP behind nginx, trusting nginx's
 //! client-certificate headers from trusted peers only.
 
+mod console;
 mod crl;
 mod files;
 mod guard;
@@ -30,7 +31,7 @@ use crate::registry::Registry;
 pub use one_time::OneTimeStore;
 pub use response::Verdict;
 use shared::{ConnInfo, Shared};
-pub use shared::{Front, ServeOptions};
+pub use shared::{ConsoleListen, Front, ServeOptions};
 
 /// The rustls configuration `serve` accepts boards with (both server certificates chosen per
 /// ClientHello, board certificates verified against the CA and remembered, `sessions` TLS
@@ -165,6 +166,7 @@ pub async fn serve(
         changes: crate::watch::Changes::new(registry.state().root()),
         journal: crate::history::Journal::start(registry.state().clone(), log::say),
         metrics: metrics::Metrics::default(),
+        consoles: Default::default(),
         expiry: Default::default(),
         opts: opts.clone(),
         registry,
@@ -210,19 +212,36 @@ pub async fn serve(
         })
     };
 
-    if let Front::Mtls { https: addr } = opts.front {
-        let tls = Arc::new(tls::Reloading::new(
+    let console = console_listener(&opts, &shared.config.in_force()).await?;
+    let acceptor = match (&opts.front, &console) {
+        (Front::Proxy { .. }, None) => None,
+        _ => Some(Arc::new(tls::Reloading::new(
             shared.registry.state(),
             opts.tls_sessions,
-        )?);
-        let listener = bind(addr).await?;
+        )?)),
+    };
+    if let (Front::Mtls { https: addr }, Some(acceptor)) = (&opts.front, &acceptor) {
+        let listener = bind(*addr).await?;
         log::say(&format!(
             "ipxe-ca: serving boot scripts on https://{} (mutual TLS)",
             local(&listener)
         ));
         tasks.push(tokio::spawn(accept_loop(
             listener,
-            Some(tls),
+            Some((acceptor.clone(), tls::Purpose::Boot)),
+            shared.clone(),
+            graceful.clone(),
+            stop_rx.clone(),
+        )));
+    }
+    if let (Some(listener), Some(acceptor)) = (console, &acceptor) {
+        log::say(&format!(
+            "ipxe-ca: receiving the boards' consoles on {} (TLS, each board's own certificate)",
+            local(&listener)
+        ));
+        tasks.push(tokio::spawn(accept_loop(
+            listener,
+            Some((acceptor.clone(), tls::Purpose::Console)),
             shared.clone(),
             graceful.clone(),
             stop_rx.clone(),
@@ -281,25 +300,52 @@ pub async fn serve(
     Ok(())
 }
 
+/// The console listener, where it is wanted and (by default) where its port is free.
+async fn console_listener(
+    opts: &ServeOptions,
+    config: &crate::config::Config,
+) -> Result<Option<TcpListener>> {
+    let addr = match (opts.console, &opts.front) {
+        (ConsoleListen::Off, _) => return Ok(None),
+        (ConsoleListen::At(a), _) => return bind(a).await.map(Some),
+        // iPXE behind nginx is older than the TLS serve speaks: no console by default.
+        (ConsoleListen::Default, Front::Proxy { .. }) => return Ok(None),
+        (ConsoleListen::Default, Front::Mtls { https }) => match config.console_port() {
+            Some(port) => SocketAddr::new(https.ip(), port),
+            None => return Ok(None),
+        },
+    };
+    match bind(addr).await {
+        Ok(l) => Ok(Some(l)),
+        Err(e) => {
+            log::say(&format!(
+                "ipxe-ca: warning: boards' consoles are not received: {e}; pass --console ADDR \
+                 (and set it with `ipxe-ca config --console`) or --no-console"
+            ));
+            Ok(None)
+        }
+    }
+}
+
 fn local(l: &TcpListener) -> String {
     l.local_addr().map(|a| a.to_string()).unwrap_or_default()
 }
 
 /// Counts a connection as open until dropped.
-struct OpenGuard(Arc<Shared>, bool);
+struct OpenGuard(Arc<Shared>, Option<tls::Purpose>);
 
 impl OpenGuard {
-    fn new(shared: Arc<Shared>, https: bool) -> OpenGuard {
-        let g = OpenGuard(shared, https);
+    fn new(shared: Arc<Shared>, tls: Option<tls::Purpose>) -> OpenGuard {
+        let g = OpenGuard(shared, tls);
         g.gauge().fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         g
     }
 
     fn gauge(&self) -> &std::sync::atomic::AtomicI64 {
-        if self.1 {
-            &self.0.metrics.open_https
-        } else {
-            &self.0.metrics.open_http
+        match self.1 {
+            Some(tls::Purpose::Boot) => &self.0.metrics.open_https,
+            Some(tls::Purpose::Console) => &self.0.metrics.open_console,
+            None => &self.0.metrics.open_http,
         }
     }
 }
@@ -423,7 +469,7 @@ fn scrape(shared: &Shared) -> String {
 
 async fn accept_loop(
     listener: TcpListener,
-    tls: Option<Arc<tls::Reloading>>,
+    tls: Option<(Arc<tls::Reloading>, tls::Purpose)>,
     shared: Arc<Shared>,
     graceful: Arc<hyper_util::server::graceful::GracefulShutdown>,
     mut stop: tokio::sync::watch::Receiver<bool>,
@@ -470,17 +516,20 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let stream = guard::Stalled::new(stream, shared.opts.timeout);
         let shared = shared.clone();
-        let tls = tls.as_ref().map(|t| t.current());
+        let tls = tls.as_ref().map(|(t, purpose)| (t.current(), *purpose));
         let watcher = graceful.watcher();
         let anonymous = anonymous.clone();
         tokio::spawn(async move {
             let _ip_slot = ip_slot;
-            let _open = OpenGuard::new(shared.clone(), tls.is_some());
+            let _open = OpenGuard::new(shared.clone(), tls.as_ref().map(|(_, p)| *p));
             let metrics = shared.clone();
             let work = async move {
                 match tls {
-                    Some(tls) => {
-                        tls::serve_tls(stream, peer, tls, shared, watcher, anonymous, proof).await
+                    Some((tls, purpose)) => {
+                        tls::serve_tls(
+                            stream, peer, tls, shared, watcher, anonymous, proof, purpose,
+                        )
+                        .await
                     }
                     None => {
                         let info = ConnInfo {

@@ -300,7 +300,7 @@ fn identify(
 
 /// Step 2, which board that is and whether it may have what it asks for: a registered
 /// certificate, the serial the proxy saw, not revoked, the MAC it names (if any) its own.
-fn select(
+pub(crate) fn select(
     fp: &Fingerprint,
     seen_serial: Option<&Serial>,
     mac: Option<&str>,

@@ -10,7 +10,7 @@ use crate::config::ConfigCache;
 use crate::registry::Registry;
 
 use super::log::TlsSession;
-use super::{crl, files, guard, metrics, one_time::OneTimeStore};
+use super::{console, crl, files, guard, metrics, one_time::OneTimeStore};
 
 /// Where the boards' TLS ends.
 #[derive(Clone, Debug)]
@@ -30,6 +30,19 @@ pub enum Front {
     },
 }
 
+/// Where `serve` listens for the boards' consoles (iPXE's `syslogs`, TLS with the board's
+/// certificate).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConsoleListen {
+    /// Not at all.
+    Off,
+    /// Here, as the operator asked: a port in use is an error.
+    At(SocketAddr),
+    /// The HTTPS listener's address with `config.toml`'s console port; a port in use is a
+    /// warning (boot scripts are served all the same), and off behind a proxy.
+    Default,
+}
+
 /// How `serve` runs.
 #[derive(Clone, Debug)]
 pub struct ServeOptions {
@@ -37,6 +50,8 @@ pub struct ServeOptions {
     pub front: Front,
     /// Plain-HTTP listener (files; in proxy mode also the scripts).
     pub http: SocketAddr,
+    /// Where the boards' consoles are received.
+    pub console: ConsoleListen,
     /// Root of `/files/`.
     pub files: PathBuf,
     /// Lifetime of one-time URLs.
@@ -91,6 +106,8 @@ pub(crate) struct Shared {
     /// Each board's recent requests.
     pub journal: crate::history::Journal,
     pub metrics: metrics::Metrics,
+    /// Each board's budget of console lines.
+    pub consoles: console::Budgets,
     /// The earliest expiry of each kind, as the last scrape read it, and when.
     pub expiry: std::sync::Mutex<Option<(std::time::Instant, Earliest)>>,
     pub opts: ServeOptions,

@@ -196,6 +196,16 @@ impl Reloading {
 /// TLS bytes a connection may have queued for the socket.
 pub(crate) const SEND_BUFFER: usize = 256 * 1024;
 
+/// What a connection on a TLS listener is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    /// Boot scripts and files (HTTP).
+    Boot,
+    /// A board's console lines.
+    Console,
+}
+
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn serve_tls(
     stream: Stalled<TcpStream>,
     peer: SocketAddr,
@@ -204,6 +214,7 @@ pub(crate) async fn serve_tls(
     watcher: Watcher,
     anonymous: Arc<tokio::sync::Semaphore>,
     proof: Arc<super::guard::Proof>,
+    purpose: Purpose,
 ) {
     let timeout = shared.opts.timeout;
     let mut stream = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
@@ -226,14 +237,17 @@ pub(crate) async fn serve_tls(
         super::log::tls_failure(peer, "every connection slot is held: closed");
         return;
     }
+    let conn = stream.get_ref().1;
+    let leaf = conn.peer_certificates().and_then(|c| c.first());
+    if purpose == Purpose::Console {
+        let fp = leaf.map(|l| Fingerprint::sha1(l));
+        return super::console::serve(stream, peer, fp, shared).await;
+    }
+    let fingerprint_sha1 = leaf.map(|leaf| Fingerprint::sha1(leaf).to_string());
     // A kernel goes out in writes of up to this much TLS at a time (rustls' default, 64 KiB,
     // costs four times the syscalls); small answers never fill it.
     stream.get_mut().1.set_buffer_limit(Some(SEND_BUFFER));
     let conn = stream.get_ref().1;
-    let fingerprint_sha1 = conn
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .map(|leaf| Fingerprint::sha1(leaf).to_string());
     // Without a certificate the answer is a 403 script: from a budget of its own.
     let _anonymous = match fingerprint_sha1 {
         Some(_) => None,

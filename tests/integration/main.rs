@@ -10,6 +10,7 @@ mod arm64;
 mod boot;
 mod build;
 mod confinement;
+mod console;
 mod files_root;
 mod flash;
 mod foundation;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use ipxe_ca::ipxe_build::{BuildOptions, Source, Target};
 use ipxe_ca::lab::{self, BoardOptions, BoardUpdate, InitOptions};
-use ipxe_ca::server::{Front, ServeOptions};
+use ipxe_ca::server::{ConsoleListen, Front, ServeOptions};
 use ipxe_ca::types::{Arch, BoardName, KeyValue, Mac, ProfileName, San};
 use ipxe_ca::Lab;
 
@@ -109,6 +109,14 @@ pub struct ServeArgs {
     /// [default: 0.0.0.0:8080].
     #[arg(long)]
     pub http: Option<SocketAddr>,
+    /// Where boards send their console over TLS [default: the --https address with
+    /// config.toml's console port, 6514 unless `ipxe-ca config --console` says otherwise; a
+    /// default port in use is a warning].
+    #[arg(long, value_name = "ADDR", conflicts_with = "no_console")]
+    pub console: Option<SocketAddr>,
+    /// Do not receive the boards' consoles.
+    #[arg(long)]
+    pub no_console: bool,
     /// Directory served under /files/ (default: DIR/files). Opened by this path per request:
     /// a symlink pointed at a new folder serves it at once, once it is checked for key
     /// material.
@@ -268,6 +276,10 @@ pub struct ConfigArgs {
     /// Where boards fetch plain-HTTP boot files (http://HOST[:PORT]).
     #[arg(long)]
     pub files_url: Option<String>,
+    /// Where boards send their console over TLS (HOST:PORT), or `off`; images built after
+    /// the change carry it [default: the server URL's host, port 6514].
+    #[arg(long)]
+    pub console: Option<String>,
     /// Print the settings (before and after) as JSON.
     #[arg(long)]
     pub json: bool,
@@ -658,6 +670,11 @@ impl ServeArgs {
         Ok(ServeOptions {
             front,
             http: self.http.unwrap_or_else(ipxe_ca::server::default_http),
+            console: match (self.no_console, self.console) {
+                (true, _) => ConsoleListen::Off,
+                (false, Some(a)) => ConsoleListen::At(a),
+                (false, None) => ConsoleListen::Default,
+            },
             files: self.files.unwrap_or_else(|| lab.state().files_dir()),
             one_time_ttl: Duration::from_secs(self.one_time_ttl),
             max_connections: self.max_connections,

@@ -177,7 +177,11 @@ fn run(lab: &Lab, cli: Cli) -> Result<()> {
         }
         Command::Config(a) => {
             let done = lab
-                .configure(a.server_url.as_deref(), a.files_url.as_deref())
+                .configure(
+                    a.server_url.as_deref(),
+                    a.files_url.as_deref(),
+                    a.console.as_deref(),
+                )
                 .context("cannot change config.toml")?;
             print::out(a.json, &done, print::configured)?;
         }

@@ -85,6 +85,14 @@ pub fn configured(c: &ipxe_ca::lab::Configured) {
             c.before.server_url
         );
     }
+    let console = |c: &ipxe_ca::config::Config| c.console_target().unwrap_or_else(|| "off".into());
+    println!("console = {}", console(&c.after));
+    if c.after.console_target() != c.before.console_target() {
+        println!(
+            "console was {}: images carry it, so rebuild and reflash (`ipxe-ca build`); restart `serve` to listen on the new port",
+            console(&c.before)
+        );
+    }
 }
 
 /// What `init` made.
@@ -175,31 +183,43 @@ pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
         .into()
 }
 
-/// A board's recent requests.
-pub fn history(board: &ipxe_ca::types::BoardName, records: &[ipxe_ca::history::Record]) {
-    if records.is_empty() {
-        println!("{board}: no request recorded yet (serve records each board's requests)");
-    }
-    for r in records {
-        let tls = r.tls.as_ref().map(|t| {
-            let resumed = if t.resumed { " resumed" } else { "" };
-            format!(" {}{resumed}", t.suite.as_deref().unwrap_or("-"))
-        });
-        let reason = r
-            .reason
-            .as_deref()
-            .map(|w| format!(": {w}"))
-            .unwrap_or_default();
-        let line = format!(
-            "{}  {:<15} {} {:<21} {}{}{reason}",
-            r.time,
-            r.outcome,
-            r.status,
-            r.peer.as_deref().unwrap_or("-"),
-            r.path,
-            tls.unwrap_or_default()
+/// A board's recent requests, and its console lines between them.
+pub fn history(board: &ipxe_ca::types::BoardName, shown: &[ipxe_ca::history::Shown]) {
+    use ipxe_ca::history::Entry;
+    if shown.is_empty() {
+        println!(
+            "{board}: no request recorded yet (serve records each board's requests and console)"
         );
+    }
+    for s in shown {
+        let line = match &s.entry {
+            Entry::Server(r) => {
+                let tls = r.tls.as_ref().map(|t| {
+                    let resumed = if t.resumed { " resumed" } else { "" };
+                    format!(" {}{resumed}", t.suite.as_deref().unwrap_or("-"))
+                });
+                let reason = r
+                    .reason
+                    .as_deref()
+                    .map(|w| format!(": {w}"))
+                    .unwrap_or_default();
+                format!(
+                    "{}  {:<15} {} {:<21} {}{}{reason}",
+                    r.time,
+                    r.outcome,
+                    r.status,
+                    r.peer.as_deref().unwrap_or("-"),
+                    r.path,
+                    tls.unwrap_or_default()
+                )
+            }
+            // What the board printed, marked apart from the server's view.
+            Entry::Board(l) => format!("{}  board> {}", l.time, l.text),
+        };
         println!("{}", printable(&line));
+        for e in &s.errors {
+            println!("{}", printable(&format!("    {}: {}", e.code, e.meaning)));
+        }
     }
 }
 

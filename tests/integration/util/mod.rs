@@ -158,6 +158,8 @@ pub struct Server {
     pub child: std::process::Child,
     pub https: u16,
     pub http: u16,
+    /// The boards' console listener (0: none).
+    pub console: u16,
     pub log: PathBuf,
     pub err: PathBuf,
 }
@@ -199,6 +201,25 @@ impl Lab {
             "--http".into(),
             format!("127.0.0.1:{http}"),
         ];
+        // A console listener on a free port of its own, unless the test says where (the
+        // default port, 6514, would be shared by every test's server).
+        let console = if extra
+            .iter()
+            .any(|a| a.starts_with("--console") || *a == "--no-console" || *a == "--behind-proxy")
+        {
+            extra
+                .iter()
+                .position(|a| *a == "--console")
+                .and_then(|i| extra.get(i + 1))
+                .and_then(|a| a.rsplit_once(':'))
+                .and_then(|(_, p)| p.parse().ok())
+                .unwrap_or(0)
+        } else {
+            let p = free_port();
+            args.push("--console".into());
+            args.push(format!("127.0.0.1:{p}"));
+            p
+        };
         args.extend(extra.iter().map(|s| s.to_string()));
         let child = Command::new(bin())
             .arg("--dir")
@@ -213,6 +234,7 @@ impl Lab {
             child,
             https,
             http,
+            console,
             log,
             err,
         };
