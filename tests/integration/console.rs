@@ -246,20 +246,22 @@ fn a_real_ipxe_board_reports_its_missing_kernel_in_its_history() {
     let (https, http, console) = (free_port(), free_port(), free_port());
     let lab = Lab::for_guest(https, http, true);
     lab.ok(&["config", "--console", &format!("10.0.2.2:{console}")]);
-    // The kernel is missing; the script waits a moment (its console lines are on their way),
-    // then says so on the serial line, where the test stops QEMU. Nothing reads the screen
-    // for the verdict: the history has it.
+    // An operator's profile whose kernel is missing: the script fails, the image's embed
+    // script says so and retries. QEMU runs on a moment after that (the console lines are on
+    // their way) and is stopped: nothing reads its screen for the verdict, the history has it.
     std::fs::write(
         lab.path("profiles/default.ipxe"),
-        "#!ipxe\nkernel {{ files_url }}/no-such-kernel || goto failed\nboot\n:failed\nsleep 3\necho KERNEL-FAILED-DONE\npoweroff\n",
+        "#!ipxe\nkernel {{ files_url }}/no-such-kernel\nboot\n",
     )
     .unwrap();
     lab.enroll("nokernel", &[]);
+    lab.enroll("gone", &[]);
     let srv = lab.serve_on(https, http, &["--console", &format!("127.0.0.1:{console}")]);
     let out = lab.tmp.path().join("out");
     let o = lab.run(&[
         "build",
         "nokernel",
+        "gone",
         "--ipxe-src",
         s(&src),
         "--out",
@@ -268,18 +270,20 @@ fn a_real_ipxe_board_reports_its_missing_kernel_in_its_history() {
         "lkrn",
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    qemu::boot(
+    let lkrn = |b: &str| Machine {
+        firmware: Firmware::SeaBios,
+        medium: Medium::Kernel(out.join(format!("{b}/{b}-lkrn.lkrn"))),
+        siglist: None,
+        rtc: None,
+        vars: None,
+    };
+    qemu::boot_then(
         "console-nokernel",
-        &Machine {
-            firmware: Firmware::SeaBios,
-            medium: Medium::Kernel(out.join("nokernel/nokernel-lkrn.lkrn")),
-            siglist: None,
-            rtc: None,
-            vars: None,
-        },
-        "KERNEL-FAILED-DONE",
+        &lkrn("nokernel"),
+        "ipxe-ca: retrying",
         &["ipxe-ca: cannot fetch"],
         &["iPXE", "ipxe-ca: board"],
+        Duration::from_secs(3),
     );
     let h = wait_for("the board's own line", Duration::from_secs(10), || {
         let h = history(&lab, "nokernel");
@@ -310,6 +314,29 @@ fn a_real_ipxe_board_reports_its_missing_kernel_in_its_history() {
     assert!(
         text.contains("board> ") && text.contains("Not found"),
         "{text}"
+    );
+
+    // Revoked after its image was built: its iPXE connects its console (the server's
+    // certificate is good) and is turned away; not one of its lines is kept.
+    lab.ok(&["revoke", "gone"]);
+    qemu::boot_then(
+        "console-revoked",
+        &lkrn("gone"),
+        "ipxe-ca: retrying",
+        &["REAL-PROFILE"],
+        &["iPXE", "ipxe-ca: board"],
+        Duration::from_secs(3),
+    );
+    let refused = wait_for("the console's refusal", Duration::from_secs(10), || {
+        history(&lab, "gone")
+            .into_iter()
+            .find(|e| e["path"] == "console")
+    });
+    assert_eq!(refused["outcome"], "revoked", "{refused}");
+    assert!(
+        console_lines(&lab, "gone").is_empty(),
+        "{:?}",
+        history(&lab, "gone")
     );
 }
 

@@ -78,6 +78,19 @@ pub struct Boot {
 /// Boot until `stop_at` appears on the serial console (or QEMU exits, or the hard timeout);
 /// `abort_on` strings end the boot early as a failure. Prints a timing line per stage.
 pub fn boot(name: &str, m: &Machine, stop_at: &str, abort_on: &[&str], stages: &[&str]) -> Boot {
+    boot_then(name, m, stop_at, abort_on, stages, Duration::ZERO)
+}
+
+/// [`boot`], the machine left running `linger` after `stop_at` (what it sends the network
+/// meanwhile arrives).
+pub fn boot_then(
+    name: &str,
+    m: &Machine,
+    stop_at: &str,
+    abort_on: &[&str],
+    stages: &[&str],
+    linger: Duration,
+) -> Boot {
     let _one = ONE_BOOT_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let image = match &m.medium {
         // The initramfs, not the kernel: the kernel is shared by every test.
@@ -202,6 +215,7 @@ pub fn boot(name: &str, m: &Machine, stop_at: &str, abort_on: &[&str], stages: &
             }
         }
         if text.contains(stop_at) {
+            std::thread::sleep(linger);
             break text;
         }
         if let Some(bad) = abort_on.iter().find(|b| text.contains(**b)) {
