@@ -1,7 +1,7 @@
 //! ipxe-ca against the prototype stack (openssl CLI, nginx + gunicorn + Flask), side by side in
 //! one run on this machine. `cargo bench --bench bench` for the full run (minutes),
 //! `cargo bench --bench bench -- --smoke` for a seconds-long run that only proves it works.
-//! Sections: `--only enroll,serve,fullboot,files,build,registry`; `--only ab` with
+//! Sections: `--only enroll,serve,fullboot,files,build,registry,farmday`; `--only ab` with
 //! `IPXE_CA_AB_BIN=OTHER-BINARY` compares two builds of `serve` in paired rounds (either side may
 //! be `tls-floor` or `tls-floor-threads`, the least a rustls server does; `IPXE_CA_AB_A` sets
 //! side A, this build by default); `--only profile` records `serve` under load with `perf`
@@ -21,6 +21,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "bench/farmday.rs"]
+mod farmday;
 use common::{bin, free_port, s, Proc};
 
 type R<T> = Result<T, Box<dyn std::error::Error>>;
@@ -324,47 +326,68 @@ fn client_configs(
     certs: &[PathBuf],
     ipxe2: bool,
 ) -> R<Vec<Arc<rustls::ClientConfig>>> {
-    use rustls::crypto::aws_lc_rs as p;
-    let provider = Arc::new(if ipxe2 {
-        rustls::crypto::CryptoProvider {
-            cipher_suites: vec![
-                p::cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
-                p::cipher_suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
-            ],
-            kx_groups: vec![p::kx_group::X25519, p::kx_group::SECP256R1],
-            ..p::default_provider()
+    let offer = Offer::new(ca, ipxe2)?;
+    let key = offer.key(key)?;
+    certs.iter().map(|c| offer.board(c, key.clone())).collect()
+}
+
+/// What a booting iPXE offers and trusts.
+struct Offer {
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    roots: rustls::RootCertStore,
+}
+
+impl Offer {
+    fn new(ca: &Path, ipxe2: bool) -> R<Offer> {
+        use rustls::crypto::aws_lc_rs as p;
+        let provider = Arc::new(if ipxe2 {
+            rustls::crypto::CryptoProvider {
+                cipher_suites: vec![
+                    p::cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+                    p::cipher_suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+                ],
+                kx_groups: vec![p::kx_group::X25519, p::kx_group::SECP256R1],
+                ..p::default_provider()
+            }
+        } else {
+            rustls::crypto::CryptoProvider {
+                cipher_suites: vec![p::cipher_suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256],
+                kx_groups: vec![p::kx_group::X25519],
+                ..p::default_provider()
+            }
+        });
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(ca)? {
+            roots.add(c?)?;
         }
-    } else {
-        rustls::crypto::CryptoProvider {
-            cipher_suites: vec![p::cipher_suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256],
-            kx_groups: vec![p::kx_group::X25519],
-            ..p::default_provider()
-        }
-    });
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(ca)? {
-        roots.add(c?)?;
+        Ok(Offer { provider, roots })
     }
-    let key = provider
-        .key_provider
-        .load_private_key(PrivateKeyDer::from_pem_file(key)?)?;
-    let key: Arc<dyn rustls::sign::SigningKey> = Arc::new(LikeIpxe(key));
-    let mut out = Vec::new();
-    for c in certs {
+
+    /// A board key, used as iPXE uses it.
+    fn key(&self, key: &Path) -> R<Arc<dyn rustls::sign::SigningKey>> {
+        let key = self
+            .provider
+            .key_provider
+            .load_private_key(PrivateKeyDer::from_pem_file(key)?)?;
+        Ok(Arc::new(LikeIpxe(key)))
+    }
+
+    /// One board: its certificate with `key`, TLS 1.2, no resumption.
+    fn board(
+        &self,
+        cert: &Path,
+        key: Arc<dyn rustls::sign::SigningKey>,
+    ) -> R<Arc<rustls::ClientConfig>> {
         let chain: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_file_iter(c)?.collect::<Result<_, _>>()?;
-        let board = BoardCert(Arc::new(rustls::sign::CertifiedKey::new(
-            chain,
-            key.clone(),
-        )));
-        let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+            CertificateDer::pem_file_iter(cert)?.collect::<Result<_, _>>()?;
+        let board = BoardCert(Arc::new(rustls::sign::CertifiedKey::new(chain, key)));
+        let mut cfg = rustls::ClientConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS12])?
-            .with_root_certificates(roots.clone())
+            .with_root_certificates(self.roots.clone())
             .with_client_cert_resolver(Arc::new(board));
         cfg.resumption = rustls::client::Resumption::disabled();
-        out.push(Arc::new(cfg));
+        Ok(Arc::new(cfg))
     }
-    Ok(out)
 }
 
 /// A board's key as iPXE uses it: its CertificateVerify is RSA PKCS#1 v1.5 over the handshake
@@ -1895,13 +1918,14 @@ fn main() {
     cx.line(&head);
     let mut failed = false;
     type Section = fn(&mut Ctx) -> R<()>;
-    let sections: [(&str, Section); 6] = [
+    let sections: [(&str, Section); 7] = [
         ("enroll", bench_enroll),
         ("serve", bench_serve),
         ("fullboot", bench_fullboot),
         ("files", bench_files),
         ("build", bench_build),
         ("registry", bench_registry),
+        ("farmday", farmday::bench_farmday),
     ];
     // A/B needs a second binary, the profile perf: only when asked for by name.
     let by_name = [("ab", bench_ab as Section), ("profile", bench_profile)]
