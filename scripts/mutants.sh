@@ -37,7 +37,8 @@ run routes src/server/routes.rs server:: mutations:: trust:: ops::history ops::r
 run files src/server/files.rs server::files server::sigterm no_race_or_link_serves_key_material a_files_dir_that_holds_keys no_request_path_reaches_a_panic durations_are_bounded trust::boot_files \
   hostile::a_files_symlink files_root:: stalls::
 run watch src/watch.rs watch:: registry:: render:: crl server::boot_scripts server::a_state_dir
-run history src/history.rs history:: ops::history server::a_state_dir
+run history src/history.rs history:: ops::history server::a_state_dir console::
+run console "src/server/console.rs src/ipxe_error/mod.rs" console:: ipxe_error::
 run state src/state.rs state:: mutations::bug_atomic mutations::bug_secrets mutations::bug_enroll \
   mutations::bug_unreadable board_names_never_collide crash_leftovers_are_never_inherited ops::server_cert_rotation server::template_errors \
   no_race_or_link_serves_key_material a_files_dir_that_holds_keys a_local_process_cannot_impersonate the_crl_never_goes_backwards ops::history server::one_time foundation::bad_input \
@@ -61,7 +62,8 @@ run board src/board.rs board:: foundation::list_expiring foundation::enrolled op
 run sandbox src/server/sandbox.rs sandbox:: confinement:: files_root:: server::files
 run health src/health.rs health:: foundation::list_expiring ops::config_points ops::server_cert \
   server::each_board operator::
-run lab src/lab.rs lab:: foundation:: ops::renew ops::a_revoked ops::config_points operator:: \
+run lab "src/lab/mod.rs src/lab/boards.rs src/lab/crl.rs src/lab/health.rs src/lab/init.rs \
+  src/lab/server.rs" lab:: foundation:: ops::renew ops::a_revoked ops::config_points operator:: \
   mutations:: confinement::an_older
 run serve_mod "src/server/mod.rs src/server/nginx.rs" server::sigterm server::proxy \
   server::metrics server::workers server::a_state_dir confinement:: ops::history_and_metrics \

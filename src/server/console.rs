@@ -7,13 +7,13 @@
 //! [`PER_SECOND`]), past which its connection is closed with one line saying so. What a line
 //! says cannot name another board: the certificate decides whose history it lands in.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+use super::guard::Take;
 use super::log;
 use super::response::Outcome;
 use super::routes;
@@ -23,62 +23,10 @@ use crate::types::{BoardName, Fingerprint};
 
 /// Longest line kept, in bytes (iPXE sends at most 127 characters after its syslog prefix).
 pub(crate) const LINE_MAX: usize = 512;
-/// Lines a board may send at once (a boot prints a few dozen).
-pub(crate) const BURST: u32 = 200;
-/// Lines a board may send per second past its burst.
-pub(crate) const PER_SECOND: f64 = 2.0;
+use super::guard::{BURST, PER_SECOND};
 /// A console connection without a line for this long is closed: a board that handed over to
 /// its kernel never closes its own.
 const IDLE: Duration = Duration::from_secs(600);
-
-/// Each board's budget of console lines, shared by its connections.
-#[derive(Default)]
-pub(crate) struct Budgets {
-    boards: Mutex<HashMap<BoardName, Bucket>>,
-}
-
-struct Bucket {
-    tokens: f64,
-    at: Instant,
-    /// The cut was put in the board's history since its last line was kept: a board that
-    /// reconnects and floods again gets no second note.
-    said: bool,
-}
-
-/// What a board's budget says of one more line.
-#[derive(Debug, PartialEq, Eq)]
-enum Take {
-    Kept,
-    /// Spent; `say`: the first refusal since a line was kept.
-    Cut {
-        say: bool,
-    },
-}
-
-impl Budgets {
-    /// Take one line from `board`'s budget.
-    fn take(&self, board: &BoardName) -> Take {
-        let mut boards = self.boards.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        let b = boards.entry(board.clone()).or_insert(Bucket {
-            tokens: f64::from(BURST),
-            at: now,
-            said: false,
-        });
-        let refill = now.duration_since(b.at).as_secs_f64() * PER_SECOND;
-        b.tokens = (b.tokens + refill).min(f64::from(BURST));
-        b.at = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            b.said = false;
-            Take::Kept
-        } else {
-            let say = !b.said;
-            b.said = true;
-            Take::Cut { say }
-        }
-    }
-}
 
 /// A line as iPXE's syslog console sends it (`<PRI>[HOST ]ipxe: TEXT`): its severity and text.
 pub(crate) fn parse(raw: &[u8]) -> (Option<u8>, String) {
@@ -260,29 +208,6 @@ mod tests {
         assert_eq!(
             parse(b"<6>some words then ipxe: x"),
             (Some(6), "some words then ipxe: x".into())
-        );
-    }
-
-    #[test]
-    fn a_board_has_a_burst_of_lines_then_a_trickle() {
-        let budgets = Budgets::default();
-        let (a, b): (BoardName, BoardName) = ("a1".parse().unwrap(), "b1".parse().unwrap());
-        for _ in 0..BURST {
-            assert_eq!(budgets.take(&a), Take::Kept);
-        }
-        assert_eq!(budgets.take(&a), Take::Cut { say: true }, "past the burst");
-        assert_eq!(budgets.take(&a), Take::Cut { say: false }, "said once");
-        assert_eq!(
-            budgets.take(&b),
-            Take::Kept,
-            "another board's budget is its own"
-        );
-        std::thread::sleep(Duration::from_secs_f64(1.5 / PER_SECOND));
-        assert_eq!(budgets.take(&a), Take::Kept, "refilled");
-        assert_eq!(
-            budgets.take(&a),
-            Take::Cut { say: true },
-            "said again after a kept line"
         );
     }
 }

@@ -8,10 +8,12 @@ use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
+
+use crate::types::BoardName;
 
 /// A stream whose writes must make progress: a response (a kernel, say) that the client
 /// stops reading fails after `limit` without progress, instead of holding a slot forever.
@@ -352,6 +354,60 @@ pub(crate) fn raise_nofile() {
     }
 }
 
+/// Lines a board may send at once on its console (a boot prints a few dozen).
+pub(crate) const BURST: u32 = 200;
+/// Lines a board may send per second past its burst.
+pub(crate) const PER_SECOND: f64 = 2.0;
+
+/// Each board's budget of console lines, shared by its connections.
+#[derive(Default)]
+pub(crate) struct LineBudgets {
+    boards: Mutex<HashMap<BoardName, Bucket>>,
+}
+
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+    /// The cut was put in the board's history since its last line was kept: a board that
+    /// reconnects and floods again gets no second note.
+    said: bool,
+}
+
+/// What a board's budget says of one more line.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Take {
+    Kept,
+    /// Spent; `say`: the first refusal since a line was kept.
+    Cut {
+        say: bool,
+    },
+}
+
+impl LineBudgets {
+    /// Take one line from `board`'s budget.
+    pub(crate) fn take(&self, board: &BoardName) -> Take {
+        let mut boards = self.boards.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let b = boards.entry(board.clone()).or_insert(Bucket {
+            tokens: f64::from(BURST),
+            at: now,
+            said: false,
+        });
+        let refill = now.duration_since(b.at).as_secs_f64() * PER_SECOND;
+        b.tokens = (b.tokens + refill).min(f64::from(BURST));
+        b.at = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            b.said = false;
+            Take::Kept
+        } else {
+            let say = !b.said;
+            b.said = true;
+            Take::Cut { say }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -458,5 +514,28 @@ mod tests {
             .unwrap();
         assert_eq!(got.len(), 300);
         assert_eq!((got[99], got[100]), (1, 2));
+    }
+
+    #[test]
+    fn a_board_has_a_burst_of_lines_then_a_trickle() {
+        let budgets = LineBudgets::default();
+        let (a, b): (BoardName, BoardName) = ("a1".parse().unwrap(), "b1".parse().unwrap());
+        for _ in 0..BURST {
+            assert_eq!(budgets.take(&a), Take::Kept);
+        }
+        assert_eq!(budgets.take(&a), Take::Cut { say: true }, "past the burst");
+        assert_eq!(budgets.take(&a), Take::Cut { say: false }, "said once");
+        assert_eq!(
+            budgets.take(&b),
+            Take::Kept,
+            "another board's budget is its own"
+        );
+        std::thread::sleep(Duration::from_secs_f64(1.5 / PER_SECOND));
+        assert_eq!(budgets.take(&a), Take::Kept, "refilled");
+        assert_eq!(
+            budgets.take(&a),
+            Take::Cut { say: true },
+            "said again after a kept line"
+        );
     }
 }

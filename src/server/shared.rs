@@ -10,7 +10,7 @@ use crate::config::ConfigCache;
 use crate::registry::Registry;
 
 use super::log::TlsSession;
-use super::{console, crl, files, guard, metrics, one_time::OneTimeStore};
+use super::{crl, files, guard, metrics, one_time::OneTimeStore};
 
 /// Where the boards' TLS ends.
 #[derive(Clone, Debug)]
@@ -107,7 +107,7 @@ pub(crate) struct Shared {
     pub journal: crate::history::Journal,
     pub metrics: metrics::Metrics,
     /// Each board's budget of console lines.
-    pub consoles: console::Budgets,
+    pub consoles: guard::LineBudgets,
     /// The earliest expiry of each kind, as the last scrape read it, and when.
     pub expiry: std::sync::Mutex<Option<(std::time::Instant, Earliest)>>,
     pub opts: ServeOptions,
