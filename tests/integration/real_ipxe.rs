@@ -618,7 +618,7 @@ fn real_ipxe_boots_linux_only_with_verified_kernel_and_initrd() {
     let mut initrd = std::fs::read(lab.path("files/initrd.img")).unwrap();
     initrd.extend_from_slice(b"evil");
     std::fs::write(lab.path("files/initrd.img"), &initrd).unwrap();
-    let before = srv.output().lines().count();
+    let before = srv.mark();
     let run = qemu::boot(
         "tampered-initrd",
         &stick,
@@ -633,12 +633,7 @@ fn real_ipxe_boots_linux_only_with_verified_kernel_and_initrd() {
         run.serial
     );
     assert!(!run.serial.contains("Linux version"));
-    let after: Vec<String> = srv
-        .output()
-        .lines()
-        .skip(before)
-        .map(str::to_string)
-        .collect();
+    let after = srv.output_since(before);
     assert!(
         after
             .iter()

@@ -302,6 +302,30 @@ impl Server {
         std::fs::read_to_string(&self.log).unwrap_or_default()
             + &std::fs::read_to_string(&self.err).unwrap_or_default()
     }
+    /// Where its output stands now, for [`Server::output_since`].
+    pub fn mark(&self) -> (usize, usize) {
+        let lines = |p: &PathBuf| {
+            std::fs::read_to_string(p)
+                .unwrap_or_default()
+                .lines()
+                .count()
+        };
+        (lines(&self.log), lines(&self.err))
+    }
+    /// The lines the server printed since `mark` (access log, then messages).
+    pub fn output_since(&self, (log, err): (usize, usize)) -> Vec<String> {
+        let lines = |p: &PathBuf, skip: usize| -> Vec<String> {
+            std::fs::read_to_string(p)
+                .unwrap_or_default()
+                .lines()
+                .skip(skip)
+                .map(str::to_string)
+                .collect()
+        };
+        let mut out = lines(&self.log, log);
+        out.extend(lines(&self.err, err));
+        out
+    }
     /// Wait (up to 10 s) for the server to exit on its own.
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
         for _ in 0..400 {
