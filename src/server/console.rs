@@ -13,11 +13,11 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+use super::boot;
 use super::guard::Take;
 use super::log;
-use super::response::Outcome;
-use super::routes;
 use super::shared::Shared;
+use super::verdict::Outcome;
 use crate::history::{ConsoleLine, Record};
 use crate::types::{BoardName, Fingerprint};
 
@@ -85,7 +85,7 @@ pub(crate) async fn serve<S: AsyncRead + Unpin>(
         };
         // A board revoked while connected says no more.
         let mut out = Outcome::default();
-        if routes::select(
+        if boot::select(
             &fp,
             None,
             None,
@@ -123,7 +123,7 @@ pub(crate) async fn serve<S: AsyncRead + Unpin>(
 /// put in the board's history.
 fn admitted(fp: &Fingerprint, peer: SocketAddr, shared: &Shared) -> Option<BoardName> {
     let mut out = Outcome::default();
-    match routes::select(fp, None, None, shared, &shared.changes.snapshot(), &mut out) {
+    match boot::select(fp, None, None, shared, &shared.changes.snapshot(), &mut out) {
         Ok(board) => Some(board.name.clone()),
         Err(refusal) => {
             shared.metrics.console_connection(refusal.verdict.name());
@@ -136,7 +136,7 @@ fn admitted(fp: &Fingerprint, peer: SocketAddr, shared: &Shared) -> Option<Board
                         time: log::now(),
                         peer: Some(peer.to_string()),
                         path: "console".into(),
-                        status: refusal.status.as_u16(),
+                        status: refusal.status(),
                         outcome: refusal.verdict.name().to_string(),
                         reason: Some(why),
                         tls: None,

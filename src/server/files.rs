@@ -13,7 +13,8 @@ use hyper::header::{
 use hyper::{Method, Request, Response, StatusCode};
 
 use super::metrics::FileReads;
-use super::response::{full, Body, Outcome};
+use super::response::{full, Body};
+use super::verdict::Outcome;
 use crate::state::StateDir;
 
 /// Boot files without a current signature are served, but never silently: imgverify on the

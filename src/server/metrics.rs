@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 
-use super::response::Verdict;
+use super::verdict::Verdict;
 
 /// What a request asked for (the `route` label).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]

@@ -2,6 +2,7 @@
 //! plain HTTP for boot files. In proxy mode, plain HTTP behind nginx, trusting nginx's
 //! client-certificate headers from trusted peers only.
 
+mod boot;
 mod console;
 mod crl;
 mod files;
@@ -15,6 +16,7 @@ mod routes;
 mod sandbox;
 mod shared;
 mod tls;
+mod verdict;
 mod verified;
 
 use std::net::SocketAddr;
@@ -29,9 +31,9 @@ use crate::error::{Error, Result};
 use crate::registry::Registry;
 
 pub use one_time::OneTimeStore;
-pub use response::Verdict;
 use shared::{ConnInfo, Shared};
 pub use shared::{ConsoleListen, Front, ServeOptions};
+pub use verdict::Verdict;
 
 /// The rustls configuration `serve` accepts boards with (both server certificates chosen per
 /// ClientHello, board certificates verified against the CA and remembered, `sessions` TLS
@@ -153,7 +155,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
     let config = ConfigCache::load(registry.state())?;
-    routes::warn_unnamed(&registry, &config.in_force());
+    boot::warn_unnamed(&registry, &config.in_force());
     let files = Arc::new(files::FilesRoot::new(&opts.files, registry.state().root())?);
     files.warn_unsigned();
     let shared = Arc::new(Shared {

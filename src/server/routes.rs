@@ -10,15 +10,16 @@ use hyper::header::USER_AGENT;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 
+use super::boot;
 use super::files;
 use super::log::{self, Entry};
 use super::metrics::Route;
-use super::response::{respond, script, Body, Outcome, Refusal, Verdict};
+use super::response::{refuse, respond, script, Body};
 use super::shared::{ConnInfo, Front, Shared, Watcher};
-use crate::board::{Board, Status};
+use super::verdict::{Denial, Outcome, Verdict};
+use crate::board::Board;
 use crate::history;
-use crate::render::Context;
-use crate::types::{Fingerprint, Mac, Serial};
+use crate::types::{Fingerprint, Serial};
 use crate::watch::Snapshot;
 
 pub(crate) async fn serve_http<I>(
@@ -72,12 +73,14 @@ async fn handle(req: Request<Incoming>, info: &ConnInfo, shared: &Arc<Shared>) -
             return r;
         }
     }
-    let is_boot = path == "/boot.ipxe" || path == "/boot/ipxe" || path.starts_with("/ipxe/");
-    // The route (a metrics label) is decided where the request is dispatched, nowhere else.
-    let (route, resp) = if let Some(rest) = path.strip_prefix("/files/") {
+    // What is asked for, decided here and nowhere else (the route is a metrics label too).
+    let secure = info.tls || trusted_proxy(info, shared);
+    let asked = Asked::parse(&path, &query, info.tls);
+    let route = asked.route();
+    let resp = match asked {
         // Over HTTPS (or a trusted proxy), files are for enrolled boards only: the mutual-TLS
         // route that keeps kernels and initrds from being swapped on the wire.
-        let resp = if info.tls || trusted_proxy(info, shared) {
+        Asked::File(rest) if secure => {
             match authorize(
                 &req,
                 None,
@@ -87,48 +90,25 @@ async fn handle(req: Request<Incoming>, info: &ConnInfo, shared: &Arc<Shared>) -
                 &mut out,
             ) {
                 Ok(_) => files::serve(rest, &req, info.tls, files_of(shared), &mut out).await,
-                Err(refusal) => refusal.respond(&mut out),
+                Err(refusal) => refuse(refusal, &mut out),
             }
-        } else {
-            files::serve(rest, &req, false, files_of(shared), &mut out).await
-        };
-        (Route::Files, resp)
-    } else if let Some(token) = path.strip_prefix("/secret/") {
-        let resp = if info.tls || trusted_proxy(info, shared) {
-            one_time(token, &method, shared, &mut out)
-        } else {
-            // A one-time secret never crosses the network in clear text.
-            script(
-                StatusCode::FORBIDDEN,
-                "one-time URLs are served over HTTPS only",
-                &mut out,
-            )
-        };
-        (Route::Secret, resp)
-    } else if is_boot {
-        let mac = path
-            .strip_prefix("/ipxe/")
-            .map(|m| m.trim_end_matches(".ipxe").to_string())
-            .or_else(|| query_param(&query, "mac"));
-        let imgverify = query_param(&query, "imgverify").as_deref() == Some("1");
-        (
-            Route::Boot,
-            boot(&req, mac, imgverify, info, shared, &mut out),
-        )
-    } else if !info.tls && path.len() > 1 {
-        // The plain port serves the files directory at its root too, so that
-        // `{{ files_url }}/vmlinuz` names `files/vmlinuz` (and `/files/vmlinuz` keeps working).
-        (
-            Route::Files,
-            files::serve(&path[1..], &req, false, files_of(shared), &mut out).await,
-        )
-    } else {
-        let resp = script(
+        }
+        Asked::File(rest) => files::serve(rest, &req, false, files_of(shared), &mut out).await,
+        Asked::Secret(token) if secure => one_time(token, &method, shared, &mut out),
+        // A one-time secret never crosses the network in clear text.
+        Asked::Secret(_) => script(
+            StatusCode::FORBIDDEN,
+            "one-time URLs are served over HTTPS only",
+            &mut out,
+        ),
+        Asked::Script { mac, imgverify } => {
+            boot_script(&req, mac, imgverify, info, shared, &mut out)
+        }
+        Asked::Nothing => script(
             StatusCode::NOT_FOUND,
             "not found: boards fetch /boot.ipxe",
             &mut out,
-        );
-        (Route::Other, resp)
+        ),
     };
     let logged_path = match path.strip_prefix("/secret/") {
         // A one-time token is a capability: log only its start.
@@ -190,6 +170,52 @@ async fn handle(req: Request<Incoming>, info: &ConnInfo, shared: &Arc<Shared>) -
     resp
 }
 
+/// What a request asks for, parsed from its path and query once.
+enum Asked<'a> {
+    /// A board's script (`/boot.ipxe`, `/boot/ipxe`, `/ipxe/MAC`), naming a MAC or not.
+    Script {
+        mac: Option<String>,
+        imgverify: bool,
+    },
+    /// A boot file, by its path beneath the files folder.
+    File(&'a str),
+    /// A one-time secret, by its token.
+    Secret(&'a str),
+    Nothing,
+}
+
+impl<'a> Asked<'a> {
+    fn parse(path: &'a str, query: &str, tls: bool) -> Asked<'a> {
+        if let Some(rest) = path.strip_prefix("/files/") {
+            Asked::File(rest)
+        } else if let Some(token) = path.strip_prefix("/secret/") {
+            Asked::Secret(token)
+        } else if path == "/boot.ipxe" || path == "/boot/ipxe" || path.starts_with("/ipxe/") {
+            let mac = path
+                .strip_prefix("/ipxe/")
+                .map(|m| m.trim_end_matches(".ipxe").to_string())
+                .or_else(|| query_param(query, "mac"));
+            let imgverify = query_param(query, "imgverify").as_deref() == Some("1");
+            Asked::Script { mac, imgverify }
+        } else if !tls && path.len() > 1 {
+            // The plain port serves the files directory at its root too, so that
+            // `{{ files_url }}/vmlinuz` names `files/vmlinuz` (and `/files/vmlinuz` works).
+            Asked::File(&path[1..])
+        } else {
+            Asked::Nothing
+        }
+    }
+
+    fn route(&self) -> Route {
+        match self {
+            Asked::Script { .. } => Route::Boot,
+            Asked::File(_) => Route::Files,
+            Asked::Secret(_) => Route::Secret,
+            Asked::Nothing => Route::Other,
+        }
+    }
+}
+
 fn query_param(query: &str, key: &str) -> Option<String> {
     query.split('&').find_map(|kv| {
         let (k, v) = kv.split_once('=')?;
@@ -210,12 +236,12 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// The proxy proved itself: exactly one X-IPXE-CA-Proxy-Secret, equal to ours.
-fn proxy_authentic(req: &Request<Incoming>, ours: &str) -> Result<(), Refusal> {
+fn proxy_authentic(req: &Request<Incoming>, ours: &str) -> Result<(), Denial> {
     let mut sent = req.headers().get_all("x-ipxe-ca-proxy-secret").iter();
     match (sent.next(), sent.next()) {
         (Some(v), None) if same_secret(v.as_bytes(), ours.as_bytes()) => Ok(()),
-        (None, _) => Err(Refusal::forbidden(Verdict::Refused, "no proxy secret: the request did not come through the nginx block `ipxe-ca nginx-config` writes")),
-        _ => Err(Refusal::forbidden(Verdict::Refused, "wrong proxy secret: regenerate the nginx block with `ipxe-ca nginx-config` and reload nginx")),
+        (None, _) => Err(Denial::forbidden(Verdict::Refused, "no proxy secret: the request did not come through the nginx block `ipxe-ca nginx-config` writes")),
+        _ => Err(Denial::forbidden(Verdict::Refused, "wrong proxy secret: regenerate the nginx block with `ipxe-ca nginx-config` and reload nginx")),
     }
 }
 
@@ -225,25 +251,25 @@ fn identify(
     req: &Request<Incoming>,
     info: &ConnInfo,
     shared: &Shared,
-) -> Result<(Fingerprint, Option<Serial>), Refusal> {
+) -> Result<(Fingerprint, Option<Serial>), Denial> {
     if info.tls {
         let fp = info.fingerprint_sha1.as_deref().ok_or_else(|| {
-            Refusal::forbidden(Verdict::NoCertificate, "no client certificate was presented; the board's image must carry its certificate (ipxe-ca build)")
+            Denial::forbidden(Verdict::NoCertificate, "no client certificate was presented; the board's image must carry its certificate (ipxe-ca build)")
         })?;
         let fp = fp
             .parse()
-            .map_err(|_| Refusal::forbidden(Verdict::Refused, "bad fingerprint"))?;
+            .map_err(|_| Denial::forbidden(Verdict::Refused, "bad fingerprint"))?;
         return Ok((fp, None));
     }
     let Front::Proxy { secret, .. } = &shared.opts.front else {
-        return Err(Refusal::forbidden(
+        return Err(Denial::forbidden(
             Verdict::NoCertificate,
             "boot scripts are served only over HTTPS with a client certificate",
         ));
     };
     if !trusted_proxy(info, shared) {
         let peer: Option<IpAddr> = info.peer.map(|p| p.ip());
-        return Err(Refusal::forbidden(
+        return Err(Denial::forbidden(
             Verdict::Refused,
             format!(
                 "client-certificate headers ignored: peer {} is not a --trusted-proxy",
@@ -258,7 +284,7 @@ fn identify(
         "x-ssl-client-serial",
     ] {
         if req.headers().get_all(name).iter().count() > 1 {
-            return Err(Refusal::forbidden(
+            return Err(Denial::forbidden(
                 Verdict::Refused,
                 format!("{name} appears more than once: refused"),
             ));
@@ -268,13 +294,13 @@ fn identify(
     match h("x-ssl-client-verify") {
         Some("SUCCESS") => {}
         Some(other) => {
-            return Err(Refusal::forbidden(
+            return Err(Denial::forbidden(
                 Verdict::NoCertificate,
                 format!("the proxy could not verify the client certificate ({other})"),
             ))
         }
         None => {
-            return Err(Refusal::forbidden(
+            return Err(Denial::forbidden(
                 Verdict::NoCertificate,
                 "no client certificate was presented to the proxy",
             ))
@@ -282,91 +308,20 @@ fn identify(
     }
     let serial = match h("x-ssl-client-serial") {
         Some(s) => Some(s.parse::<Serial>().map_err(|_| {
-            Refusal::forbidden(Verdict::Refused, "the proxy sent a malformed serial")
+            Denial::forbidden(Verdict::Refused, "the proxy sent a malformed serial")
         })?),
         None => None,
     };
     let fp = h("x-ssl-client-fingerprint").ok_or_else(|| {
-        Refusal::forbidden(
+        Denial::forbidden(
             Verdict::NoCertificate,
             "the proxy sent no X-SSL-Client-Fingerprint",
         )
     })?;
     let fp = fp.parse().map_err(|_| {
-        Refusal::forbidden(Verdict::Refused, "the proxy sent a malformed fingerprint")
+        Denial::forbidden(Verdict::Refused, "the proxy sent a malformed fingerprint")
     })?;
     Ok((fp, serial))
-}
-
-/// Step 2, which board that is and whether it may have what it asks for: a registered
-/// certificate, the serial the proxy saw, not revoked, the MAC it names (if any) its own.
-pub(crate) fn select(
-    fp: &Fingerprint,
-    seen_serial: Option<&Serial>,
-    mac: Option<&str>,
-    shared: &Shared,
-    now: &Snapshot,
-    out: &mut Outcome,
-) -> Result<Arc<Board>, Refusal> {
-    out.fingerprint = Some(fp.to_string());
-    let board = match shared.boards.by_fingerprint(fp, now) {
-        Ok(Some(b)) => b,
-        Ok(None) => {
-            return Err(Refusal::forbidden(
-                Verdict::Unknown,
-                format!("certificate {fp} is not registered (ipxe-ca enroll/register)"),
-            ))
-        }
-        Err(e) => {
-            log::say(&format!("ipxe-ca: registry lookup failed: {e}"));
-            return Err(Refusal {
-                status: StatusCode::INTERNAL_SERVER_ERROR,
-                why: "registry error; see the server log".to_string(),
-                verdict: Verdict::ServerError,
-            });
-        }
-    };
-    out.board = Some(board.name.to_string());
-    let Some(cert) = board.presented(fp) else {
-        return Err(Refusal::forbidden(
-            Verdict::Unknown,
-            "certificate not registered",
-        ));
-    };
-    out.serial = Some(seen_serial.unwrap_or(cert.serial).to_string());
-    if seen_serial.is_some_and(|s| s != cert.serial) {
-        return Err(Refusal::forbidden(
-            Verdict::Refused,
-            "certificate serial does not match the registry",
-        ));
-    }
-    if cert.revoked && cert.previous && board.status == Status::Active {
-        return Err(Refusal::forbidden(
-            Verdict::Revoked,
-            format!(
-                "this is an old certificate of board {}, revoked after renewal: flash its new image (ipxe-ca build)",
-                board.name
-            ),
-        ));
-    }
-    if cert.revoked || shared.revoked.contains(cert.serial, now) {
-        return Err(Refusal::forbidden(
-            Verdict::Revoked,
-            format!("board {} is revoked", board.name),
-        ));
-    }
-    if let (Some(registered), Some(asked)) = (board.mac, mac) {
-        if asked.parse::<Mac>().ok() != Some(registered) {
-            return Err(Refusal::forbidden(
-                Verdict::MacMismatch,
-                format!(
-                    "MAC mismatch: board {} is registered with {registered}, request names {asked}",
-                    board.name
-                ),
-            ));
-        }
-    }
-    Ok(board)
 }
 
 /// The board behind this request, verified (identify, then select); otherwise the refusal.
@@ -377,13 +332,13 @@ fn authorize(
     shared: &Shared,
     now: &Snapshot,
     out: &mut Outcome,
-) -> Result<Arc<Board>, Refusal> {
+) -> Result<Arc<Board>, Denial> {
     let (fp, serial) = identify(req, info, shared)?;
-    select(&fp, serial.as_ref(), mac, shared, now, out)
+    boot::select(&fp, serial.as_ref(), mac, shared, now, out)
 }
 
-/// A board's boot script: authorize, then render its profile.
-fn boot(
+/// A board's boot script: who asks (the edge's part), then the boot core's answer.
+fn boot_script(
     req: &Request<Incoming>,
     mac: Option<String>,
     imgverify: bool,
@@ -392,75 +347,16 @@ fn boot(
     out: &mut Outcome,
 ) -> Response<Body> {
     out.mac = mac.clone();
-    // One look at what changed on disk, before any cache is trusted.
-    let now = shared.changes.snapshot();
-    let rendered = authorize(req, mac.as_deref(), info, shared, &now, out)
-        .and_then(|board| render_profile(shared, &board, imgverify, &now));
+    let rendered = identify(req, info, shared).and_then(|(fp, serial)| {
+        boot::boot(shared, &fp, serial.as_ref(), mac.as_deref(), imgverify, out)
+    });
     match rendered {
         Ok(body) => {
             out.verdict = Some(Verdict::Served);
             respond(StatusCode::OK, body, out)
         }
-        Err(refusal) => refusal.respond(out),
+        Err(refusal) => refuse(refusal, out),
     }
-}
-
-/// Step 3, the script: the board's profile rendered with its variables and secrets.
-fn render_profile(
-    shared: &Arc<Shared>,
-    board: &Board,
-    imgverify: bool,
-    now: &Snapshot,
-) -> Result<String, Refusal> {
-    let rendered = (|| {
-        let secrets = shared.boards.secrets(&board.name, now)?;
-        let (config, changed) = shared.config.get(now, log::say);
-        if changed {
-            warn_unnamed(&shared.registry, &config);
-        }
-        let ctx = Context::for_board(board, &config, secrets, imgverify);
-        let path = shared.registry.state().profile(&board.profile);
-        let s = shared.clone();
-        let c = ctx.clone();
-        let one_time = minijinja::Value::from_function(
-            move |name: String| -> Result<String, minijinja::Error> {
-                let err =
-                    |m: String| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, m);
-                let p = s
-                    .registry
-                    .state()
-                    .secret_template(&name)
-                    .map_err(|e| err(e.to_string()))?;
-                let body = s
-                    .templates
-                    .render_file(&p, &c, &[], &s.changes.snapshot())
-                    .map_err(|e| err(e.to_string()))?;
-                let token = s
-                    .one_time
-                    .insert(&c.board.name, &name, body, s.opts.one_time_ttl)
-                    .ok_or_else(|| err("random number generator failed".into()))?;
-                Ok(format!("{}/secret/{token}", config.server_url))
-            },
-        );
-        shared
-            .templates
-            .render_file(&path, &ctx, &[("one_time_url", one_time)], now)
-    })();
-    rendered.map_err(|e| {
-        log::say(&format!(
-            "ipxe-ca: cannot render profile {:?} for board {}: {e}",
-            board.profile.as_str(),
-            board.name
-        ));
-        Refusal {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            why: format!(
-                "profile {} cannot be rendered; see the server log",
-                board.profile
-            ),
-            verdict: Verdict::TemplateError,
-        }
-    })
 }
 
 fn one_time(token: &str, method: &Method, shared: &Shared, out: &mut Outcome) -> Response<Body> {
@@ -482,14 +378,4 @@ fn one_time(token: &str, method: &Method, shared: &Shared, out: &mut Outcome) ->
 /// What the files route needs of the server: the folder and the read counters.
 fn files_of(shared: &Shared) -> (&Arc<files::FilesRoot>, &Arc<super::metrics::FileReads>) {
     (&shared.files, &shared.metrics.file_reads)
-}
-
-/// A server host the server certificates do not name is the operator's to mend (boards would
-/// refuse the server): said, at start and when an edit brings it, not fatal.
-pub(crate) fn warn_unnamed(registry: &crate::registry::Registry, config: &crate::config::Config) {
-    if let Some(e) = crate::health::server_name_problem(registry.state(), config) {
-        log::say(&format!(
-            "ipxe-ca: warning: {e}; `ipxe-ca check` says what to do"
-        ));
-    }
 }
