@@ -1,0 +1,83 @@
+//! `perf` on `serve` under load: where its CPU goes.
+
+use super::*;
+
+// ---------------------------------------------------------------- profile
+
+/// Where `serve`'s CPU goes under the iPXE 2.0 load (1000 boards, c=64, 10 s), by `perf record`
+/// with call graphs attached to the running server: the top symbols by self time, and the
+/// kernel's share (IPXE_CA_PROFILE_RSA=1: the RSA-only load). Only with `--only profile`; the
+/// whole recording stays in target/bench/run/profile/perf.data (`perf report -i …`).
+pub(crate) fn bench_profile(cx: &mut Ctx) -> R<()> {
+    let d = cx.dir.join("profile");
+    std::fs::create_dir_all(&d)?;
+    let (state, key, certs) = lab_with_boards(&d, if cx.smoke { 20 } else { 1000 })?;
+    let ecdsa = std::env::var("IPXE_CA_PROFILE_RSA").is_err();
+    let cfgs = client_configs(&state.join("ca/ca.crt"), &key, &certs, ecdsa)?;
+    // IPXE_CA_PROFILE_FULLBOOT=1: whole boots (script, then 2 × 16 MiB) instead of scripts.
+    let files = std::env::var_os("IPXE_CA_PROFILE_FULLBOOT")
+        .map(|_| boot_files(&state, if cx.smoke { 256 << 10 } else { 16 << 20 }));
+    // IPXE_CA_PROFILE_WORKERS=N: `serve --workers N`.
+    let workers = std::env::var("IPXE_CA_PROFILE_WORKERS").ok();
+    let extra: Vec<&str> = workers.iter().flat_map(|w| ["--workers", w]).collect();
+    let (srv, https, _) = start_serve_with(&bin(), &state, &extra)?;
+    let dur = Duration::from_secs(if cx.smoke { 1 } else { 10 });
+    // Warm the caches (board files, verified chains) before recording.
+    load_boots(&cfgs, https, 64, Duration::from_secs(1), files.clone());
+    let data = d.join("perf.data");
+    let perf = Command::new("perf")
+        // Rust code has no frame pointers here: IPXE_CA_PROFILE_CALLGRAPH=dwarf for whole stacks.
+        .args(["record", "-q", "-o", s(&data), "--call-graph"])
+        .arg(std::env::var("IPXE_CA_PROFILE_CALLGRAPH").unwrap_or_else(|_| "fp".into()))
+        .arg("-p")
+        .arg(srv.0.id().to_string())
+        .args(["--", "sleep"])
+        .arg(dur.as_secs().to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run perf ({e}): apt-get install linux-perf"))?;
+    let (l, cost) = costed(
+        || usage(srv.0.id()),
+        || load_boots(&cfgs, https, 64, dur, files.clone()),
+    );
+    let out = perf.wait_with_output()?;
+    if !out.status.success() {
+        return Err(format!("perf record: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    drop(srv);
+    cx.line(&format!(
+        "\n## Profile of serve ({} client{}, c=64, {:?})\n\n{} boots, {} errors; server CPU {:.3} ms per boot, {:.3} ms of it kernel; peak RSS {:.1} MB.\n",
+        if ecdsa { "iPXE 2.0" } else { "RSA-only" },
+        if files.is_some() { ", full boots" } else { "" },
+        dur,
+        l.ok,
+        l.errors,
+        cost.cpu_ms,
+        cost.sys_ms,
+        cost.rss as f64 / 1024.0
+    ));
+    let report = run(Command::new("perf").args([
+        "report",
+        "-i",
+        s(&data),
+        "--no-children",
+        "--stdio",
+        "-g",
+        "none",
+        "--percent-limit",
+        "0.7",
+        "--sort",
+        "dso,symbol",
+    ]))?;
+    cx.line("```");
+    // perf pads each line to the terminal's width with its empty sort columns.
+    for l in report
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+    {
+        cx.line(l.trim_end().trim_end_matches(['-', ' ']));
+    }
+    cx.line("```");
+    Ok(())
+}
