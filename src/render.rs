@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::board::Board;
 use crate::error::{Error, Result};
+use crate::types::BoardName;
 
 /// What a template sees of a board.
 #[derive(Clone, Debug, Serialize)]
@@ -199,6 +200,55 @@ impl Templates {
     }
 }
 
+/// Rendered scripts, reused while nothing they were rendered from has changed (the board, its
+/// secrets, its profile, `config.toml`: the state's watched folders say so). A farm booting at
+/// once renders each board's script once per edit, not once per boot. A script that calls
+/// `one_time_url` is never kept: each boot gets its own URL.
+#[derive(Default)]
+pub struct Rendered {
+    cache: Mutex<HashMap<(BoardName, bool), (crate::watch::Token, bytes::Bytes)>>,
+}
+
+impl std::fmt::Debug for Rendered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Rendered")
+    }
+}
+
+/// Scripts kept at most (more boards than that: the cache starts over).
+const RENDERED_MAX: usize = 65_536;
+
+impl Rendered {
+    /// The script of `board` (`imgverify` as asked) as kept, if it is still current at `now`.
+    pub fn get(
+        &self,
+        board: &BoardName,
+        imgverify: bool,
+        now: &crate::watch::Snapshot,
+    ) -> Option<bytes::Bytes> {
+        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        match cache.get(&(board.clone(), imgverify)) {
+            Some((token, script)) if now.current(*token) => Some(script.clone()),
+            _ => None,
+        }
+    }
+
+    /// Keep a script rendered from what `token` (taken before anything was read) vouches for.
+    pub fn keep(
+        &self,
+        board: &BoardName,
+        imgverify: bool,
+        token: crate::watch::Token,
+        script: bytes::Bytes,
+    ) {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= RENDERED_MAX {
+            cache.clear();
+        }
+        cache.insert((board.clone(), imgverify), (token, script));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,5 +290,42 @@ mod tests {
             assert_eq!(render().unwrap(), "#!ipxe\necho two b1\n");
             std::fs::write(&path, "#!ipxe\necho one {{ board.name }}\n").unwrap();
         }
+    }
+
+    #[test]
+    fn a_rendered_script_is_kept_until_a_watched_folder_changes_and_never_without_a_watch() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("profiles");
+        std::fs::create_dir_all(&dir).unwrap();
+        let b: BoardName = "b1".parse().unwrap();
+        let changes = Changes::new(t.path());
+        let kept = Rendered::default();
+        let now = changes.snapshot();
+        let token = now.token(&[&dir]);
+        kept.keep(&b, false, token, bytes::Bytes::from_static(b"#!ipxe\n"));
+        assert_eq!(
+            kept.get(&b, false, &changes.snapshot()).as_deref(),
+            Some(&b"#!ipxe\n"[..])
+        );
+        assert_eq!(
+            kept.get(&b, true, &changes.snapshot()),
+            None,
+            "imgverify is its own script"
+        );
+        assert_eq!(
+            kept.get(&"b2".parse().unwrap(), false, &changes.snapshot()),
+            None
+        );
+        std::fs::write(dir.join("default.ipxe"), "#!ipxe\necho edited\n").unwrap();
+        assert_eq!(
+            kept.get(&b, false, &changes.snapshot()),
+            None,
+            "an edit ends it"
+        );
+        // Without inotify nothing can vouch for a kept script: it is rendered every time.
+        let off = Changes::off();
+        let token = off.snapshot().token(&[&dir]);
+        kept.keep(&b, false, token, bytes::Bytes::from_static(b"#!ipxe\n"));
+        assert_eq!(kept.get(&b, false, &off.snapshot()), None);
     }
 }

@@ -22,7 +22,7 @@ pub(crate) fn boot(
     mac: Option<&str>,
     imgverify: bool,
     out: &mut Outcome,
-) -> Result<String, Denial> {
+) -> Result<bytes::Bytes, Denial> {
     // One look at what changed on disk, before any cache is trusted.
     let now = shared.changes.snapshot();
     let board = select(fp, seen_serial, mac, shared, &now, out)?;
@@ -105,7 +105,19 @@ pub(crate) fn script(
     board: &Board,
     imgverify: bool,
     now: &Snapshot,
-) -> Result<String, Denial> {
+) -> Result<bytes::Bytes, Denial> {
+    if let Some(kept) = shared.scripts.get(&board.name, imgverify, now) {
+        return Ok(kept);
+    }
+    // Taken before anything is read: an edit after it makes the script rendered now stale.
+    let state = shared.registry.state();
+    let token = now.token(&[
+        &state.boards_dir(),
+        &state.board_dir(&board.name),
+        &state.profiles_dir(),
+        state.config().parent().unwrap_or(state.root()),
+    ]);
+    let one_time_used = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let rendered = (|| {
         let secrets = shared.boards.secrets(&board.name, now)?;
         let (config, changed) = shared.config.get(now, log::say);
@@ -116,8 +128,10 @@ pub(crate) fn script(
         let path = shared.registry.state().profile(&board.profile);
         let s = shared.clone();
         let c = ctx.clone();
+        let used = one_time_used.clone();
         let one_time = minijinja::Value::from_function(
             move |name: String| -> Result<String, minijinja::Error> {
+                used.store(true, std::sync::atomic::Ordering::Relaxed);
                 let err =
                     |m: String| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, m);
                 let p = s
@@ -140,6 +154,15 @@ pub(crate) fn script(
             .templates
             .render_file(&path, &ctx, &[("one_time_url", one_time)], now)
     })();
+    let rendered = rendered.map(|text| {
+        let text = bytes::Bytes::from(text);
+        if !one_time_used.load(std::sync::atomic::Ordering::Relaxed) {
+            shared
+                .scripts
+                .keep(&board.name, imgverify, token, text.clone());
+        }
+        text
+    });
     rendered.map_err(|e| {
         log::say(&format!(
             "ipxe-ca: cannot render profile {:?} for board {}: {e}",

@@ -164,6 +164,7 @@ pub async fn serve(
         one_time: OneTimeStore::default(),
         revoked: crl::RevokedSerials::new(registry.state())?,
         templates: crate::render::Templates::default(),
+        scripts: Default::default(),
         boards: crate::registry::BoardCache::new(registry.clone()),
         changes: crate::watch::Changes::new(registry.state().root()),
         journal: crate::history::Journal::start(registry.state().clone(), log::say),

@@ -35,7 +35,12 @@ pub(crate) fn script(status: StatusCode, why: &str, out: &mut Outcome) -> Respon
     respond(status, body, out)
 }
 
-pub(crate) fn respond(status: StatusCode, body: String, out: &mut Outcome) -> Response<Body> {
+pub(crate) fn respond(
+    status: StatusCode,
+    body: impl Into<Bytes>,
+    out: &mut Outcome,
+) -> Response<Body> {
+    let body: Bytes = body.into();
     out.bytes = body.len() as u64;
     let mut r = Response::new(full(body));
     *r.status_mut() = status;

@@ -99,6 +99,8 @@ pub(crate) struct Shared {
     pub revoked: crl::RevokedSerials,
     /// Profiles and secret templates, compiled once per version of their file.
     pub templates: crate::render::Templates,
+    /// Each board's script as last rendered, while nothing it came from changed.
+    pub scripts: crate::render::Rendered,
     /// Board files and secrets, read once per version of their files.
     pub boards: crate::registry::BoardCache,
     /// What changed under the state directory since a cache read it (inotify).
