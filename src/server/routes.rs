@@ -93,7 +93,9 @@ async fn handle(req: Request<Incoming>, info: &ConnInfo, shared: &Arc<Shared>) -
                 Err(refusal) => refuse(refusal, &mut out),
             }
         }
-        Asked::File(rest) => files::serve(rest, &req, false, files_of(shared), &mut out).await,
+        Asked::File(rest) | Asked::PlainFile(rest) => {
+            files::serve(rest, &req, false, files_of(shared), &mut out).await
+        }
         Asked::Secret(token) if secure => one_time(token, &method, shared, &mut out),
         // A one-time secret never crosses the network in clear text.
         Asked::Secret(_) => script(
@@ -177,8 +179,12 @@ enum Asked<'a> {
         mac: Option<String>,
         imgverify: bool,
     },
-    /// A boot file, by its path beneath the files folder.
+    /// A boot file under `/files/`, by its path beneath the files folder: for enrolled boards
+    /// only when it comes over HTTPS or from a trusted proxy.
     File(&'a str),
+    /// A boot file at the plain port's root (`{{ files_url }}/vmlinuz`): served to anyone, as
+    /// plain HTTP is (a trusted proxy's address included: a board behind the same NAT).
+    PlainFile(&'a str),
     /// A one-time secret, by its token.
     Secret(&'a str),
     Nothing,
@@ -200,7 +206,7 @@ impl<'a> Asked<'a> {
         } else if !tls && path.len() > 1 {
             // The plain port serves the files directory at its root too, so that
             // `{{ files_url }}/vmlinuz` names `files/vmlinuz` (and `/files/vmlinuz` works).
-            Asked::File(&path[1..])
+            Asked::PlainFile(&path[1..])
         } else {
             Asked::Nothing
         }
@@ -209,7 +215,7 @@ impl<'a> Asked<'a> {
     fn route(&self) -> Route {
         match self {
             Asked::Script { .. } => Route::Boot,
-            Asked::File(_) => Route::Files,
+            Asked::File(_) | Asked::PlainFile(_) => Route::Files,
             Asked::Secret(_) => Route::Secret,
             Asked::Nothing => Route::Other,
         }

@@ -805,6 +805,20 @@ fn proxy_headers_from_a_trusted_peer_are_checked_against_the_registry() {
     for out in [&wrong_serial, &failed] {
         assert!(!out.contains("SECRET"), "{out}");
     }
+    // Boot files at the plain port's root are plain HTTP for anyone, the proxy's address
+    // included (boards behind the same NAT fetch `{{ files_url }}/…` from there); under
+    // /files/ a trusted proxy's request must name an enrolled board.
+    std::fs::write(lab.path("files/probe.txt"), "probe\n").unwrap();
+    let get = |path: &str| {
+        let (_, out) = tool("curl", &["-s", "-w", "\n%{http_code}", &srv.http_url(path)]);
+        out
+    };
+    assert_eq!(get("/probe.txt"), "probe\n\n200");
+    let files = get("/files/probe.txt");
+    assert!(
+        files.ends_with("403") && !files.contains("probe\n\n"),
+        "{files}"
+    );
 }
 
 #[test]
