@@ -251,13 +251,11 @@ pub(crate) async fn response<S: tokio::io::AsyncBufRead + Unpin>(
     Ok((status.trim_end().to_string(), total))
 }
 
-/// A whole boot as a real iPXE makes it: one TLS connection kept alive for the script and
-/// then each file (kernel, initrd), each checked for status and size.
-pub(crate) async fn full_boot(
+/// A board's kept-alive connection to `serve` on loopback: TCP without Nagle, then TLS.
+pub(crate) async fn connect(
     cfg: Arc<rustls::ClientConfig>,
     port: u16,
-    files: &[(String, u64)],
-) -> Result<(), String> {
+) -> Result<tokio::io::BufReader<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>, String> {
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .map_err(|e| e.to_string())?;
@@ -267,7 +265,17 @@ pub(crate) async fn full_boot(
         .connect(name, tcp)
         .await
         .map_err(|e| e.to_string())?;
-    let mut tls = tokio::io::BufReader::with_capacity(64 << 10, tls);
+    Ok(tokio::io::BufReader::with_capacity(64 << 10, tls))
+}
+
+/// A whole boot as a real iPXE makes it: one TLS connection kept alive for the script and
+/// then each file (kernel, initrd), each checked for status and size.
+pub(crate) async fn full_boot(
+    cfg: Arc<rustls::ClientConfig>,
+    port: u16,
+    files: &[(String, u64)],
+) -> Result<(), String> {
+    let mut tls = connect(cfg, port).await?;
     let mut paths = vec![("/boot.ipxe".to_string(), None)];
     paths.extend(files.iter().map(|(p, n)| (p.clone(), Some(*n))));
     for (path, want) in paths {

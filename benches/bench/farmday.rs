@@ -11,10 +11,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use rustls::pki_types::ServerName;
 use tokio::io::AsyncWriteExt;
 
-use super::{bin, response, run, s, start_serve, usage, Ctx, Offer, R};
+use super::{bin, connect, response, run, s, start_serve, usage, Ctx, Offer, R};
 
 /// One board's boot: the script (it must be the board's own), then each file the script
 /// fetches over mutual TLS, on the same connection.
@@ -24,16 +23,7 @@ async fn boot(
     board: &str,
     sizes: &[u64],
 ) -> Result<(), String> {
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .map_err(|e| e.to_string())?;
-    let _ = tcp.set_nodelay(true);
-    let name = ServerName::try_from("127.0.0.1").map_err(|e| e.to_string())?;
-    let tls = tokio_rustls::TlsConnector::from(cfg)
-        .connect(name, tcp)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut tls = tokio::io::BufReader::with_capacity(64 << 10, tls);
+    let mut tls = connect(cfg, port).await?;
     let get = |path: &str| {
         format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: iPXE/2.0.0 farmday\r\n\r\n")
     };

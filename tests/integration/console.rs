@@ -238,45 +238,59 @@ fn console_lines_land_only_in_the_history_of_the_board_whose_certificate_sent_th
     assert_eq!(metric(&scrape(mport), "ipxe_ca_console_cut_total"), 1.0);
 }
 
-#[test]
-fn a_real_ipxe_board_reports_its_missing_kernel_in_its_history() {
-    let Some(src) = crate::real_ipxe::tree("IPXE_SRC", "a_real_ipxe_board_reports") else {
-        return;
-    };
+/// A lab the QEMU guest reaches at 10.0.2.2 whose images send their console to this test's
+/// own listener, `profile` as its default profile, serving; boards are enrolled (name, extra
+/// `enroll` arguments) and their BIOS `.lkrn` built from `src` into `out/`.
+struct GuestFarm {
+    lab: Lab,
+    srv: Server,
+    out: std::path::PathBuf,
+}
+
+fn guest_farm(src: &Path, profile: (&str, &str), boards: &[(&str, &[&str])]) -> GuestFarm {
     let (https, http, console) = (free_port(), free_port(), free_port());
     let lab = Lab::for_guest(https, http, true);
     lab.ok(&["config", "--console", &format!("10.0.2.2:{console}")]);
-    // An operator's profile whose kernel is missing: the script fails, the image's embed
-    // script says so and retries. QEMU runs on a moment after that (the console lines are on
-    // their way) and is stopped: nothing reads its screen for the verdict, the history has it.
-    std::fs::write(
-        lab.path("profiles/default.ipxe"),
-        "#!ipxe\nkernel {{ files_url }}/no-such-kernel\nboot\n",
-    )
-    .unwrap();
-    lab.enroll("nokernel", &[]);
-    lab.enroll("gone", &[]);
+    std::fs::write(lab.path(&format!("profiles/{}.ipxe", profile.0)), profile.1).unwrap();
+    for (b, extra) in boards {
+        lab.enroll(b, extra);
+    }
     let srv = lab.serve_on(https, http, &["--console", &format!("127.0.0.1:{console}")]);
     let out = lab.tmp.path().join("out");
-    let o = lab.run(&[
-        "build",
-        "nokernel",
-        "gone",
-        "--ipxe-src",
-        s(&src),
-        "--out",
-        s(&out),
-        "--target",
-        "lkrn",
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let lkrn = |b: &str| Machine {
+    let names: Vec<&str> = boards.iter().map(|(b, _)| *b).collect();
+    crate::real_ipxe::build_lkrn(&lab, src, &out, &names);
+    GuestFarm { lab, srv, out }
+}
+
+/// The board's `.lkrn` (built into `out`) under SeaBIOS.
+fn lkrn(out: &Path, b: &str) -> Machine {
+    Machine {
         firmware: Firmware::SeaBios,
         medium: Medium::Kernel(out.join(format!("{b}/{b}-lkrn.lkrn"))),
         siglist: None,
         rtc: None,
         vars: None,
+    }
+}
+
+#[test]
+fn a_real_ipxe_board_reports_its_missing_kernel_in_its_history() {
+    let Some(src) = crate::real_ipxe::tree("IPXE_SRC", "a_real_ipxe_board_reports") else {
+        return;
     };
+    // An operator's profile whose kernel is missing: the script fails, the image's embed
+    // script says so and retries. QEMU runs on a moment after that (the console lines are on
+    // their way) and is stopped: nothing reads its screen for the verdict, the history has it.
+    let farm = guest_farm(
+        &src,
+        (
+            "default",
+            "#!ipxe\nkernel {{ files_url }}/no-such-kernel\nboot\n",
+        ),
+        &[("nokernel", &[]), ("gone", &[])],
+    );
+    let GuestFarm { lab, srv, out } = farm;
+    let lkrn = |b: &str| lkrn(&out, b);
     qemu::boot_then(
         "console-nokernel",
         &lkrn("nokernel"),
@@ -345,44 +359,24 @@ fn a_real_ipxe_board_flooding_its_console_is_cut_and_other_boards_boot_on() {
     let Some(src) = crate::real_ipxe::tree("IPXE_SRC", "a_real_ipxe_board_flooding") else {
         return;
     };
-    let (https, http, console) = (free_port(), free_port(), free_port());
-    let lab = Lab::for_guest(https, http, true);
-    lab.ok(&["config", "--console", &format!("10.0.2.2:{console}")]);
     // A script printing 600 lines in bursts of 50 a second (what iPXE's TCP window lets
     // through: it drops console lines itself while the window is shut), then a moment.
-    std::fs::write(
-        lab.path("profiles/flood.ipxe"),
-        "#!ipxe\n{% for i in range(600) %}echo flood {{ i }}\n{% if i % 50 == 49 %}sleep 1\n{% endif %}{% endfor %}sleep 2\necho FLOOD-DONE\npoweroff\n",
-    )
-    .unwrap();
-    lab.enroll("flood", &["--profile", "flood"]);
-    lab.enroll("quiet", &[]);
-    let srv = lab.serve_on(https, http, &["--console", &format!("127.0.0.1:{console}")]);
-    let out = lab.tmp.path().join("out");
-    let o = lab.run(&[
-        "build",
-        "flood",
-        "--ipxe-src",
-        s(&src),
-        "--out",
-        s(&out),
-        "--target",
-        "lkrn",
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let farm = guest_farm(
+        &src,
+        (
+            "flood",
+            "#!ipxe\n{% for i in range(600) %}echo flood {{ i }}\n{% if i % 50 == 49 %}sleep 1\n{% endif %}{% endfor %}sleep 2\necho FLOOD-DONE\npoweroff\n",
+        ),
+        &[("flood", &["--profile", "flood"]), ("quiet", &[])],
+    );
+    let GuestFarm { lab, srv, out } = farm;
     let (quiet, quiet_key) = board_id(&lab, "quiet");
     let done = std::sync::atomic::AtomicBool::new(false);
     let rounds = std::thread::scope(|sc| {
         sc.spawn(|| {
             qemu::boot(
                 "console-flood",
-                &Machine {
-                    firmware: Firmware::SeaBios,
-                    medium: Medium::Kernel(out.join("flood/flood-lkrn.lkrn")),
-                    siglist: None,
-                    rtc: None,
-                    vars: None,
-                },
+                &lkrn(&out, "flood"),
                 "FLOOD-DONE",
                 &["ipxe-ca: cannot fetch"],
                 &["iPXE", "flood 0"],

@@ -57,7 +57,7 @@ fn build(lab: &Lab, args: &[&str]) -> serde_json::Value {
 }
 
 /// Each board's BIOS `.lkrn`, built from the tree `src` into `out/NAME/NAME-lkrn.lkrn`.
-fn build_lkrn(lab: &Lab, src: &Path, out: &Path, boards: &[&str]) {
+pub(crate) fn build_lkrn(lab: &Lab, src: &Path, out: &Path, boards: &[&str]) {
     let mut args = boards.to_vec();
     args.extend(["--ipxe-src", s(src), "--out", s(out), "--target", "lkrn"]);
     build(lab, &args);
