@@ -227,3 +227,30 @@ impl Lab {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ca_without_its_key_is_no_ca_to_sign_with() {
+        let t = tempfile::tempdir().unwrap();
+        let lab = Lab::open(t.path().join("s"));
+        lab.init(&InitOptions::default()).unwrap();
+        assert!(lab.ca().is_ok());
+        // The key taken offline (or never copied): nothing to sign with, said as such.
+        std::fs::rename(lab.state().ca_key(), t.path().join("offline.key")).unwrap();
+        assert!(
+            matches!(lab.ca(), Err(Error::NoCa(_))),
+            "{:?}",
+            lab.ca().err()
+        );
+    }
+
+    #[test]
+    fn keys_are_made_for_exactly_the_boards_asked_for_on_every_core() {
+        for n in [0, 1, 3, 5] {
+            assert_eq!(boards::generate_keys(n).unwrap().len(), n, "{n} boards");
+        }
+    }
+}
