@@ -253,4 +253,21 @@ mod tests {
             assert_eq!(boards::generate_keys(n).unwrap().len(), n, "{n} boards");
         }
     }
+
+    #[test]
+    fn replace_of_a_name_not_taken_yet_enrolls_it() {
+        let t = tempfile::tempdir().unwrap();
+        let lab = Lab::open(t.path().join("s"));
+        lab.init(&InitOptions::default()).unwrap();
+        let name: BoardName = "new1".parse().unwrap();
+        let opts = BoardOptions {
+            replace: true,
+            ..Default::default()
+        };
+        // A script that always passes --replace works on a first run too.
+        let b = lab.enroll_many(std::slice::from_ref(&name), &opts).unwrap();
+        assert_eq!(b[0].name, name);
+        assert!(b[0].previous.is_empty());
+        assert_eq!(lab.registry().get(&name).unwrap().serial, b[0].serial);
+    }
 }
