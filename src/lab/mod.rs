@@ -270,4 +270,21 @@ mod tests {
         assert!(b[0].previous.is_empty());
         assert_eq!(lab.registry().get(&name).unwrap().serial, b[0].serial);
     }
+
+    #[test]
+    fn one_mac_for_several_boards_is_refused_and_nothing_is_enrolled() {
+        let t = tempfile::tempdir().unwrap();
+        let lab = Lab::open(t.path().join("s"));
+        lab.init(&InitOptions::default()).unwrap();
+        let names: Vec<BoardName> = ["m1", "m2"].map(|n| n.parse().unwrap()).to_vec();
+        let opts = BoardOptions {
+            mac: Some("52:54:00:12:34:56".parse().unwrap()),
+            ..Default::default()
+        };
+        let e = lab.enroll_many(&names, &opts).unwrap_err().to_string();
+        assert!(e.contains("a MAC names one board"), "{e}");
+        assert!(lab.boards().unwrap().is_empty());
+        // One board with its MAC is what the option is for.
+        lab.enroll_many(&names[..1], &opts).unwrap();
+    }
 }
