@@ -287,4 +287,19 @@ mod tests {
         // One board with its MAC is what the option is for.
         lab.enroll_many(&names[..1], &opts).unwrap();
     }
+
+    #[test]
+    fn a_re_signed_crl_says_the_next_update_it_carries() {
+        let t = tempfile::tempdir().unwrap();
+        let lab = Lab::open(t.path().join("s"));
+        lab.init(&InitOptions::default()).unwrap();
+        let before = OffsetDateTime::now_utc();
+        let next = lab.refresh_crl().unwrap();
+        let carried = crl_facts(&lab.state().crl()).unwrap().next_update.unwrap();
+        assert!(next > before + time::Duration::days(364), "{next}");
+        assert!(
+            (next - carried).abs() < time::Duration::minutes(5),
+            "{next} vs {carried}"
+        );
+    }
 }
