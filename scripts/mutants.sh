@@ -64,7 +64,7 @@ run health src/health.rs health:: foundation::list_expiring ops::config_points o
   server::each_board operator::
 run lab "src/lab/mod.rs src/lab/boards.rs src/lab/crl.rs src/lab/health.rs src/lab/init.rs \
   src/lab/server.rs" lab:: foundation:: ops::renew ops::a_revoked ops::config_points operator:: \
-  mutations:: confinement::an_older
+  mutations:: confinement::an_older secure_boot::check_and_doctor
 run serve_mod "src/server/mod.rs src/server/nginx.rs" server::sigterm server::proxy \
   server::metrics server::workers server::a_state_dir confinement:: ops::history_and_metrics \
   stalls:: hostile::

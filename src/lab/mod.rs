@@ -302,4 +302,40 @@ mod tests {
             "{next} vs {carried}"
         );
     }
+
+    #[test]
+    fn a_proxy_secret_edited_short_or_not_hex_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let lab = Lab::open(t.path().join("s"));
+        lab.init(&InitOptions::default()).unwrap();
+        let made = lab.proxy_secret().unwrap();
+        assert_eq!(made.len(), 64);
+        let p = lab.state().proxy_secret();
+        for (text, good) in [
+            ("0123456789abcdef0123456789abcdef", true),
+            ("0123456789abcdef0123456789abcde", false),
+            ("0123456789abcdef0123456789abcdez", false),
+            ("zz", false),
+        ] {
+            std::fs::write(&p, text).unwrap();
+            assert_eq!(lab.proxy_secret().is_ok(), good, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn the_code_signer_is_made_once_kept_without_the_ca_key_and_remade_when_half_gone() {
+        let t = tempfile::tempdir().unwrap();
+        let lab = Lab::open(t.path().join("s"));
+        lab.init(&InitOptions::default()).unwrap();
+        let s = lab.state().clone();
+        std::fs::remove_file(s.codesign_key()).unwrap();
+        assert!(lab.signer().unwrap().1, "a half-gone pair is made again");
+        assert!(!lab.signer().unwrap().1, "and then kept");
+        // Signing boot files needs the code signer, not the CA key (kept offline).
+        std::fs::rename(s.ca_key(), t.path().join("offline.key")).unwrap();
+        assert!(!lab.signer().unwrap().1);
+        std::fs::rename(t.path().join("offline.key"), s.ca_key()).unwrap();
+        std::fs::remove_file(s.codesign_cert()).unwrap();
+        assert!(lab.signer().unwrap().1);
+    }
 }
