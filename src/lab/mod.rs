@@ -338,4 +338,13 @@ mod tests {
         std::fs::remove_file(s.codesign_cert()).unwrap();
         assert!(lab.signer().unwrap().1);
     }
+
+    #[test]
+    fn server_certificates_renewed_with_no_names_keep_the_current_ones() {
+        let t = tempfile::tempdir().unwrap();
+        let lab = Lab::open(t.path().join("s"));
+        let init = lab.init(&InitOptions::default()).unwrap();
+        assert_eq!(lab.renew_server(Some(Vec::new())).unwrap(), init.sans);
+        assert_eq!(lab.renew_server(None).unwrap(), init.sans);
+    }
 }
