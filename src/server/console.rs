@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::boot;
-use super::guard::Take;
+use super::guard::{Take, BURST, PER_SECOND};
 use super::log;
 use super::shared::Shared;
 use super::verdict::Outcome;
@@ -23,7 +23,6 @@ use crate::types::{BoardName, Fingerprint};
 
 /// Longest line kept, in bytes (iPXE sends at most 127 characters after its syslog prefix).
 pub(crate) const LINE_MAX: usize = 512;
-use super::guard::{BURST, PER_SECOND};
 /// A console connection without a line for this long is closed: a board that handed over to
 /// its kernel never closes its own.
 const IDLE: Duration = Duration::from_secs(600);
