@@ -82,14 +82,10 @@ impl Config {
         match self.console.as_deref() {
             Some("off") => None,
             Some(t) => Some(t.to_string()),
-            None => {
-                let authority = self.server_authority();
-                let host = match authority.strip_prefix('[') {
-                    Some(v6) => format!("[{}]", v6.split(']').next().unwrap_or_default()),
-                    None => authority.split(':').next().unwrap_or_default().to_string(),
-                };
-                Some(format!("{host}:{DEFAULT_CONSOLE_PORT}"))
-            }
+            None => match self.server_host() {
+                v6 if v6.contains(':') => Some(format!("[{v6}]:{DEFAULT_CONSOLE_PORT}")),
+                host => Some(format!("{host}:{DEFAULT_CONSOLE_PORT}")),
+            },
         }
     }
 

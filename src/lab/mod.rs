@@ -232,11 +232,17 @@ impl Lab {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_ca_without_its_key_is_no_ca_to_sign_with() {
+    /// A freshly initialised lab in a folder of its own (kept while the TempDir lives).
+    fn lab() -> (tempfile::TempDir, Lab, Initialized) {
         let t = tempfile::tempdir().unwrap();
         let lab = Lab::open(t.path().join("s"));
-        lab.init(&InitOptions::default()).unwrap();
+        let init = lab.init(&InitOptions::default()).unwrap();
+        (t, lab, init)
+    }
+
+    #[test]
+    fn a_ca_without_its_key_is_no_ca_to_sign_with() {
+        let (t, lab, _) = lab();
         assert!(lab.ca().is_ok());
         // The key taken offline (or never copied): nothing to sign with, said as such.
         std::fs::rename(lab.state().ca_key(), t.path().join("offline.key")).unwrap();
@@ -256,9 +262,7 @@ mod tests {
 
     #[test]
     fn replace_of_a_name_not_taken_yet_enrolls_it() {
-        let t = tempfile::tempdir().unwrap();
-        let lab = Lab::open(t.path().join("s"));
-        lab.init(&InitOptions::default()).unwrap();
+        let (_t, lab, _) = lab();
         let name: BoardName = "new1".parse().unwrap();
         let opts = BoardOptions {
             replace: true,
@@ -273,9 +277,7 @@ mod tests {
 
     #[test]
     fn one_mac_for_several_boards_is_refused_and_nothing_is_enrolled() {
-        let t = tempfile::tempdir().unwrap();
-        let lab = Lab::open(t.path().join("s"));
-        lab.init(&InitOptions::default()).unwrap();
+        let (_t, lab, _) = lab();
         let names: Vec<BoardName> = ["m1", "m2"].map(|n| n.parse().unwrap()).to_vec();
         let opts = BoardOptions {
             mac: Some("52:54:00:12:34:56".parse().unwrap()),
@@ -290,9 +292,7 @@ mod tests {
 
     #[test]
     fn a_re_signed_crl_says_the_next_update_it_carries() {
-        let t = tempfile::tempdir().unwrap();
-        let lab = Lab::open(t.path().join("s"));
-        lab.init(&InitOptions::default()).unwrap();
+        let (_t, lab, _) = lab();
         let before = OffsetDateTime::now_utc();
         let next = lab.refresh_crl().unwrap();
         let carried = crl_facts(&lab.state().crl()).unwrap().next_update.unwrap();
@@ -305,9 +305,7 @@ mod tests {
 
     #[test]
     fn a_proxy_secret_edited_short_or_not_hex_is_refused() {
-        let t = tempfile::tempdir().unwrap();
-        let lab = Lab::open(t.path().join("s"));
-        lab.init(&InitOptions::default()).unwrap();
+        let (_t, lab, _) = lab();
         let made = lab.proxy_secret().unwrap();
         assert_eq!(made.len(), 64);
         let p = lab.state().proxy_secret();
@@ -324,9 +322,7 @@ mod tests {
 
     #[test]
     fn the_code_signer_is_made_once_kept_without_the_ca_key_and_remade_when_half_gone() {
-        let t = tempfile::tempdir().unwrap();
-        let lab = Lab::open(t.path().join("s"));
-        lab.init(&InitOptions::default()).unwrap();
+        let (t, lab, _) = lab();
         let s = lab.state().clone();
         std::fs::remove_file(s.codesign_key()).unwrap();
         assert!(lab.signer().unwrap().1, "a half-gone pair is made again");
@@ -341,9 +337,7 @@ mod tests {
 
     #[test]
     fn server_certificates_renewed_with_no_names_keep_the_current_ones() {
-        let t = tempfile::tempdir().unwrap();
-        let lab = Lab::open(t.path().join("s"));
-        let init = lab.init(&InitOptions::default()).unwrap();
+        let (_t, lab, init) = lab();
         assert_eq!(lab.renew_server(Some(Vec::new())).unwrap(), init.sans);
         assert_eq!(lab.renew_server(None).unwrap(), init.sans);
     }

@@ -277,11 +277,10 @@ cannot say, such as NFS: every frame is read on a thread).",
             "counter",
             "Boards' console connections, accepted or refused (and why).",
         );
-        let consoles = lock(&self.console_connections);
-        for (outcome, n) in std::iter::once(("accepted", 0))
-            .filter(|(k, _)| !consoles.contains_key(k))
-            .chain(consoles.iter().map(|(k, n)| (*k, *n)))
-        {
+        let mut consoles = lock(&self.console_connections);
+        // Listed even at zero, as alerts on it want.
+        consoles.entry("accepted").or_insert(0);
+        for (outcome, n) in consoles {
             let _ = writeln!(
                 o,
                 "ipxe_ca_console_connections_total{{outcome=\"{outcome}\"}} {n}"
