@@ -4,10 +4,11 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::cached::{Cached, Change, Look};
 use crate::error::{Error, Result};
 use crate::state::{self, StateDir, MODE_PUBLIC};
 use crate::types::San;
-use crate::watch::{Snapshot, Token};
+use crate::watch::Snapshot;
 
 /// Port of the HTTPS (mTLS) listener unless configured otherwise.
 pub const DEFAULT_HTTPS_PORT: u16 = 8443;
@@ -128,83 +129,62 @@ impl Config {
 #[derive(Debug)]
 pub struct ConfigCache {
     state: StateDir,
-    current: std::sync::Mutex<Current>,
-}
-
-#[derive(Debug)]
-struct Current {
-    /// The version of the file last looked at (good or not), and its claim to be current.
-    version: Option<state::FileVersion>,
-    token: Token,
-    config: Arc<Config>,
+    current: Cached<Config>,
 }
 
 impl ConfigCache {
     /// The settings as they are now; an error when they cannot be used (nothing to keep yet).
     pub fn load(state: &StateDir) -> Result<ConfigCache> {
-        let version = state::existing_version(&state.config())?;
-        let config = Config::load(state)?
-            .checked()
-            .map_err(|e| in_file(state, e))?;
+        let current = Cached::new(vec![state.config()], || {
+            Config::load(state)?
+                .checked()
+                .map_err(|e| in_file(state, e))
+        })?;
         Ok(ConfigCache {
             state: state.clone(),
-            current: std::sync::Mutex::new(Current {
-                version,
-                token: Token::default(),
-                config: Arc::new(config),
-            }),
+            current,
         })
     }
 
     /// The settings in force, as last read (no look at the file).
     pub fn in_force(&self) -> Arc<Config> {
-        self.current
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .config
-            .clone()
+        self.current.in_force()
     }
 
     /// The settings for this request, and whether they are new since the last request;
     /// `say` hears of an edit taken or refused.
     pub fn get(&self, now: &Snapshot, say: impl Fn(&str)) -> (Arc<Config>, bool) {
-        let mut cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
-        if now.current(cur.token) {
-            return (cur.config.clone(), false);
-        }
-        let mut changed = false;
         let path = self.state.config();
-        let token = now.token(&[path.parent().unwrap_or(self.state.root())]);
-        let version = state::existing_version(&path).ok().flatten();
-        if version != cur.version {
-            let read = match state::read_versioned(&path) {
-                Ok(Some((_, text))) => state::parse_toml::<Config>(&path, &text)
-                    .and_then(|c| c.checked().map_err(|e| in_file(&self.state, e))),
-                Ok(None) => Err(Error::invalid(format!("{} is gone", path.display()))),
-                Err(e) => Err(e),
-            };
-            match read {
-                Ok(config) => {
-                    if config != *cur.config {
-                        changed = true;
-                        say(&format!(
-                            "ipxe-ca: {} changed: server_url {}, files_url {}",
-                            path.display(),
-                            config.server_url,
-                            config.files_url
-                        ));
-                    }
-                    cur.config = Arc::new(config);
-                }
-                Err(e) => say(&format!(
-                    "ipxe-ca: warning: kept the previous settings (server_url {}, files_url {}): {e}",
-                    cur.config.server_url, cur.config.files_url
-                )),
+        let (config, change) =
+            self.current
+                .get(Look::Watched(now), |cur| -> Result<Option<Config>> {
+                    let config = match state::read_versioned(&path) {
+                        Ok(Some((_, text))) => state::parse_toml::<Config>(&path, &text)
+                            .and_then(|c| c.checked().map_err(|e| in_file(&self.state, e))),
+                        Ok(None) => Err(Error::invalid(format!("{} is gone", path.display()))),
+                        Err(e) => Err(e),
+                    }?;
+                    Ok((config != *cur).then_some(config))
+                });
+        match change {
+            Change::Same => (config, false),
+            Change::Taken => {
+                say(&format!(
+                    "ipxe-ca: {} changed: server_url {}, files_url {}",
+                    path.display(),
+                    config.server_url,
+                    config.files_url
+                ));
+                (config, true)
             }
-            cur.version = version;
+            Change::Kept(e) => {
+                say(&format!(
+                    "ipxe-ca: warning: kept the previous settings (server_url {}, files_url {}): {e}",
+                    config.server_url, config.files_url
+                ));
+                (config, false)
+            }
         }
-        cur.token = token;
-        (cur.config.clone(), changed)
     }
 }
 

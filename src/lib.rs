@@ -4,6 +4,7 @@
 
 pub mod board;
 pub mod ca;
+pub mod cached;
 pub mod codesign;
 pub mod config;
 mod der;

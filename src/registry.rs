@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::board::Board;
+use crate::cached::PerFile;
 use crate::error::{Error, Result};
 use crate::state::{self, StateDir, MODE_PUBLIC, MODE_SECRET};
 use crate::types::{BoardName, Fingerprint, Serial};
@@ -293,10 +294,8 @@ pub struct BoardCache {
     seen: std::sync::Mutex<std::collections::HashMap<Fingerprint, std::sync::Arc<Cached>>>,
     /// Each board's secrets with the version of `secrets.toml` they were read at (None: no
     /// file). Secret values are in this process's memory for every request anyway.
-    secrets: std::sync::Mutex<std::collections::HashMap<BoardName, Secrets>>,
+    secrets: PerFile<BoardName, BTreeMap<String, String>>,
 }
-
-type Secrets = (Option<state::FileVersion>, Token, BTreeMap<String, String>);
 
 #[derive(Clone, Debug)]
 struct Cached {
@@ -322,7 +321,7 @@ impl BoardCache {
             registry,
             limit,
             seen: Default::default(),
-            secrets: Default::default(),
+            secrets: PerFile::new(limit),
         }
     }
 
@@ -331,32 +330,13 @@ impl BoardCache {
     /// parse.
     pub fn secrets(&self, name: &BoardName, now: &Snapshot) -> Result<BTreeMap<String, String>> {
         let path = self.registry.state.board_secrets(name);
-        let lock = || self.secrets.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, token, values)) = lock().get(name) {
-            if now.current(*token) {
-                return Ok(values.clone());
+        self.secrets.get(name, &path, now, |exists| {
+            match exists.then(|| state::read_versioned(&path)) {
+                Some(Ok(Some((_, text)))) => state::parse_toml(&path, &text),
+                Some(Err(e)) => Err(e),
+                None | Some(Ok(None)) => Ok(BTreeMap::new()),
             }
-        }
-        let token = now.token(&[&self.registry.state.board_dir(name)]);
-        let version = state::existing_version(&path)?;
-        let unchanged = lock()
-            .get(name)
-            .filter(|(v, _, _)| *v == version)
-            .map(|(_, _, values)| values.clone());
-        let (version, values) = match unchanged {
-            Some(values) => (version, values),
-            None => match state::read_versioned(&path)? {
-                None => (None, BTreeMap::new()),
-                Some((v, text)) => (Some(v), state::parse_toml(&path, &text)?),
-            },
-        };
-        insert_bounded(
-            &self.secrets,
-            self.limit,
-            name.clone(),
-            (version, token, values.clone()),
-        );
-        Ok(values)
+        })
     }
 
     /// What [`Registry::by_fingerprint`] would answer now.
@@ -815,11 +795,7 @@ mod tests {
         for n in &names {
             cache.secrets(n, &ch.snapshot()).unwrap();
         }
-        assert_eq!(
-            cache.secrets.lock().unwrap().len(),
-            1,
-            "secrets kept past the limit"
-        );
+        assert_eq!(cache.secrets.len(), 1, "secrets kept past the limit");
 
         // A board file that cannot be read (a symlink loop) is an error, cached or not.
         let path = lab.state().board_file(&names[0]);

@@ -10,6 +10,7 @@ use minijinja::{Environment, UndefinedBehavior, Value};
 use serde::Serialize;
 
 use crate::board::Board;
+use crate::cached::PerFile;
 use crate::error::{Error, Result};
 use crate::types::BoardName;
 
@@ -131,17 +132,20 @@ fn render_with(
 
 /// Compiled templates, reused until their file changes: a profile is compiled once per edit,
 /// not once per boot, and an edit still takes effect on the next request.
-#[derive(Default)]
 pub struct Templates {
-    cache: Mutex<HashMap<PathBuf, Compiled>>,
+    cache: PerFile<PathBuf, Arc<Environment<'static>>>,
 }
 
-/// A template as of one version of its file, known current for one generation of its folder.
-type Compiled = (
-    crate::state::FileVersion,
-    crate::watch::Token,
-    Arc<Environment<'static>>,
-);
+/// Templates kept at most; past that the cache starts again (a farm has far fewer).
+const TEMPLATES_MAX: usize = 10_000;
+
+impl Default for Templates {
+    fn default() -> Self {
+        Templates {
+            cache: PerFile::new(TEMPLATES_MAX),
+        }
+    }
+}
 
 impl std::fmt::Debug for Templates {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -163,39 +167,27 @@ impl Templates {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let known = {
-            let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            cache.get(path).cloned()
-        };
-        let env = match known {
-            Some((_, token, env)) if now.current(token) => env,
-            known => {
-                let token = now.token(&[path.parent().unwrap_or(Path::new("."))]);
-                let meta =
-                    std::fs::metadata(path).map_err(|e| Error::io("cannot read", path, e))?;
-                let version = crate::state::version_of(&meta);
-                let env = match known {
-                    Some((v, _, env)) if v == version => env,
-                    _ => {
-                        let source = std::fs::read_to_string(path).map_err(|e| {
-                            let what = match e.kind() {
-                                // The kernel's refusal in a confined `serve`.
-                                std::io::ErrorKind::PermissionDenied => {
-                                    "cannot read (a template must lie in the state's profiles/ \
-                                     or secrets/, not link out of them)"
-                                }
-                                _ => "cannot read",
-                            };
-                            Error::io(what, path, e)
-                        })?;
-                        Arc::new(environment(name.clone(), source)?)
-                    }
-                };
-                let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-                cache.insert(path.to_path_buf(), (version, token, env.clone()));
-                env
+        let env = self.cache.get(&path.to_path_buf(), path, now, |exists| {
+            if !exists {
+                return Err(Error::io(
+                    "cannot read",
+                    path,
+                    std::io::Error::from(std::io::ErrorKind::NotFound),
+                ));
             }
-        };
+            let source = std::fs::read_to_string(path).map_err(|e| {
+                let what = match e.kind() {
+                    // The kernel's refusal in a confined `serve`.
+                    std::io::ErrorKind::PermissionDenied => {
+                        "cannot read (a template must lie in the state's profiles/ \
+                         or secrets/, not link out of them)"
+                    }
+                    _ => "cannot read",
+                };
+                Error::io(what, path, e)
+            })?;
+            Ok(Arc::new(environment(name.clone(), source)?))
+        })?;
         render_with(&env, &name, ctx, extra)
     }
 }
@@ -257,7 +249,7 @@ mod tests {
 
     /// The compiled template for `path` in the cache.
     fn compiled(t: &Templates, path: &Path) -> Arc<Environment<'static>> {
-        t.cache.lock().unwrap()[path].2.clone()
+        t.cache.peek(&path.to_path_buf()).unwrap()
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::path::Path;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::ca::der_tlv;
+use crate::cached::{Cached, Look};
 use crate::der::{algorithm, seq, signed_content_info, tlv, SigningKey, OID_RSA, OID_SHA256};
 use crate::error::{Error, Result};
 use crate::state::{self, StateDir, MODE_PUBLIC, MODE_SECRET};
@@ -452,24 +453,40 @@ pub fn sign_file(signer: &Signer, path: &Path, mode: u32) -> Result<()> {
 /// What `serve` knows of Secure Boot: the db certificate (read again when it changes) and,
 /// per version of a boot file, whether it carries that key's signature (hashing a kernel
 /// costs milliseconds: once per version, not per request).
-#[derive(Default)]
 pub(crate) struct Seen {
-    trust: std::sync::Mutex<(Option<state::FileVersion>, Option<std::sync::Arc<Trust>>)>,
+    trust: Cached<Option<std::sync::Arc<Trust>>>,
     signed: std::sync::Mutex<std::collections::HashMap<state::FileVersion, bool>>,
 }
 
 impl Seen {
-    /// The farm's db certificate now, if it has one.
-    pub(crate) fn trust(&self, st: &StateDir) -> Option<std::sync::Arc<Trust>> {
-        let version = state::existing_version(&st.secure_boot_cert())
-            .ok()
-            .flatten();
-        let mut cur = self.trust.lock().unwrap_or_else(|e| e.into_inner());
-        if cur.0 != version || (version.is_some() && cur.1.is_none()) {
-            let trust = Trust::load(st).ok().flatten().map(std::sync::Arc::new);
-            *cur = (version, trust);
+    /// The farm's db certificate in `st` as it is now.
+    pub(crate) fn new(st: &StateDir) -> Seen {
+        let read = || {
+            Ok::<_, std::convert::Infallible>(
+                Trust::load(st).ok().flatten().map(std::sync::Arc::new),
+            )
+        };
+        Seen {
+            trust: match Cached::new(vec![st.secure_boot_cert()], read) {
+                Ok(c) => c,
+                Err(e) => match e {},
+            },
+            signed: Default::default(),
         }
-        cur.1.clone()
+    }
+
+    /// The farm's db certificate now (a `stat` per look), if it has one; one that does not
+    /// parse counts as none until it changes.
+    pub(crate) fn trust(&self, st: &StateDir) -> Option<std::sync::Arc<Trust>> {
+        let read = || {
+            Ok::<_, Error>(Some(
+                Trust::load(st).ok().flatten().map(std::sync::Arc::new),
+            ))
+        };
+        let (trust, _) = self
+            .trust
+            .get(Look::Every(std::time::Duration::ZERO), |_| read());
+        Option::clone(&trust)
     }
 
     /// Whether the EFI executable `file` (of metadata `meta`) lacks `trust`'s signature;

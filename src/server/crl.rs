@@ -2,7 +2,6 @@
 //! rewrites `ca/crl.pem` (one `stat` per check), accepted only with a valid CA signature.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateRevocationListDer;
@@ -10,6 +9,7 @@ use x509_parser::num_bigint::BigUint;
 use x509_parser::prelude::{FromDer, X509Certificate};
 use x509_parser::revocation_list::CertificateRevocationList;
 
+use crate::cached::{Cached, Change, Look};
 use crate::error::{Error, Result};
 use crate::state::{self, StateDir};
 use crate::types::Serial;
@@ -18,16 +18,7 @@ use crate::types::Serial;
 pub(crate) struct RevokedSerials {
     state: StateDir,
     ca_der: Vec<u8>,
-    current: Mutex<Current>,
-}
-
-/// The CRL in force and the file version last looked at (good or not).
-struct Current {
-    seen: Option<state::FileVersion>,
-    /// `seen` holds for this generation of `ca/`.
-    token: crate::watch::Token,
-    number: Option<BigUint>,
-    serials: Arc<HashSet<Serial>>,
+    current: Cached<Loaded>,
 }
 
 /// A verified CRL: its number and serials.
@@ -60,19 +51,18 @@ impl RevokedSerials {
     pub(crate) fn new(state: &StateDir) -> Result<RevokedSerials> {
         let ca_der = crate::ca::cert_der_from_bytes(&state::read(&state.ca_cert())?)?;
         // No CRL yet (a state dir from before CRLs) means nothing revoked at start.
-        let (number, serials) = if state.crl().exists() {
-            let l = load(state, &ca_der)?;
-            (l.number, l.serials)
-        } else {
-            (None, HashSet::new())
-        };
+        let current = Cached::new(vec![state.crl()], || {
+            if state.crl().exists() {
+                load(state, &ca_der)
+            } else {
+                Ok(Loaded {
+                    number: None,
+                    serials: HashSet::new(),
+                })
+            }
+        })?;
         Ok(RevokedSerials {
-            current: Mutex::new(Current {
-                seen: state::file_version(&state.crl()),
-                token: crate::watch::Token::default(),
-                number,
-                serials: Arc::new(serials),
-            }),
+            current,
             state: state.clone(),
             ca_der,
         })
@@ -82,49 +72,36 @@ impl RevokedSerials {
     /// is missing, does not verify, or is older (a lower crlNumber) than the one in force is
     /// refused: the previous one stays, and the log says so once per version of the file.
     pub(crate) fn contains(&self, serial: &Serial, at: &crate::watch::Snapshot) -> bool {
-        let set = {
-            let mut cur = match self.current.lock() {
-                Ok(g) => g,
-                Err(p) => p.into_inner(),
-            };
-            let crl = self.state.crl();
-            let now = if at.current(cur.token) {
-                cur.seen
-            } else {
-                cur.token = at.token(&[crl.parent().unwrap_or(std::path::Path::new("."))]);
-                state::file_version(&crl)
-            };
-            if now != cur.seen {
-                cur.seen = now;
-                let path = self.state.crl();
-                match now.map(|_| load(&self.state, &self.ca_der)) {
-                    None => super::log::say(&format!(
-                        "ipxe-ca: {} is gone: keeping the CRL in force (run `ipxe-ca crl` to write it again)",
-                        path.display()
-                    )),
-                    Some(Err(e)) => {
-                        super::log::say(&format!("ipxe-ca: keeping the CRL in force: {e}"))
-                    }
-                    Some(Ok(l)) if l.number < cur.number => super::log::say(&format!(
-                        "ipxe-ca: {} is older than the CRL in force (crlNumber {:?} < {:?}): keeping the newer one",
-                        path.display(),
-                        l.number,
-                        cur.number
-                    )),
-                    Some(Ok(l)) => {
-                        super::log::say(&format!(
-                            "ipxe-ca: reloaded CRL {} ({} revoked)",
-                            path.display(),
-                            l.serials.len()
-                        ));
-                        cur.number = l.number;
-                        cur.serials = Arc::new(l.serials);
-                    }
-                }
+        let path = self.state.crl();
+        let (crl, change) = self.current.get(Look::Watched(at), |cur| {
+            if !path.exists() {
+                return Err(format!(
+                    "ipxe-ca: {} is gone: keeping the CRL in force (run `ipxe-ca crl` to write it again)",
+                    path.display()
+                ));
             }
-            cur.serials.clone()
-        };
-        set.contains(serial)
+            let l = load(&self.state, &self.ca_der)
+                .map_err(|e| format!("ipxe-ca: keeping the CRL in force: {e}"))?;
+            if l.number < cur.number {
+                return Err(format!(
+                    "ipxe-ca: {} is older than the CRL in force (crlNumber {:?} < {:?}): keeping the newer one",
+                    path.display(),
+                    l.number,
+                    cur.number
+                ));
+            }
+            Ok(Some(l))
+        });
+        match change {
+            Change::Same => {}
+            Change::Taken => super::log::say(&format!(
+                "ipxe-ca: reloaded CRL {} ({} revoked)",
+                path.display(),
+                crl.serials.len()
+            )),
+            Change::Kept(why) => super::log::say(&why),
+        }
+        crl.serials.contains(serial)
     }
 }
 

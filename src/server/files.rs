@@ -164,7 +164,7 @@ serve boot files from their own directory (default DIR/files, or --files)",
             given: given.to_path_buf(),
             state: state.to_path_buf(),
             checked: std::sync::Mutex::new(checked),
-            secure_boot: Default::default(),
+            secure_boot: crate::secure_boot::Seen::new(&StateDir::new(state)),
         })
     }
 

@@ -17,6 +17,7 @@ use super::guard::Stalled;
 use super::log::TlsSession;
 use super::routes;
 use super::shared::{ConnInfo, Shared, Watcher};
+use crate::cached::{Cached, Change, Look};
 use crate::error::{Error, Result};
 use crate::state::StateDir;
 use crate::types::Fingerprint;
@@ -133,63 +134,43 @@ const RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
 pub(crate) struct Reloading {
     state: StateDir,
     sessions: usize,
-    current: std::sync::Mutex<Loaded>,
-}
-
-struct Loaded {
-    acceptor: TlsAcceptor,
-    seen: Vec<Option<crate::state::FileVersion>>,
-    checked: std::time::Instant,
+    current: Cached<TlsAcceptor>,
 }
 
 impl Reloading {
     pub(crate) fn new(state: &StateDir, sessions: usize) -> Result<Reloading> {
-        let seen = Self::ids(state);
-        let acceptor = TlsAcceptor::from(Arc::new(build(state, sessions)?));
-        Ok(Reloading {
-            state: state.clone(),
-            sessions,
-            current: std::sync::Mutex::new(Loaded {
-                acceptor,
-                seen,
-                checked: std::time::Instant::now(),
-            }),
-        })
-    }
-
-    fn ids(state: &StateDir) -> Vec<Option<crate::state::FileVersion>> {
-        [
+        let files = vec![
             state.ca_cert(),
             state.server_cert(),
             state.server_key(),
             state.server_ecdsa_cert(),
             state.server_ecdsa_key(),
-        ]
-        .iter()
-        .map(|p| crate::state::file_version(p))
-        .collect()
+        ];
+        let current = Cached::new(files, || {
+            build(state, sessions).map(|c| TlsAcceptor::from(Arc::new(c)))
+        })?;
+        Ok(Reloading {
+            state: state.clone(),
+            sessions,
+            current,
+        })
     }
 
     /// The acceptor for a new connection.
     pub(crate) fn current(&self) -> TlsAcceptor {
-        let mut cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
-        if cur.checked.elapsed() >= RECHECK {
-            cur.checked = std::time::Instant::now();
-            let ids = Self::ids(&self.state);
-            if ids != cur.seen {
-                cur.seen = ids;
-                match build(&self.state, self.sessions) {
-                    Ok(config) => {
-                        cur.acceptor = TlsAcceptor::from(Arc::new(config));
-                        super::log::say("ipxe-ca: reloaded the server certificates and CA bundle");
-                    }
-                    Err(e) => super::log::say(&format!(
-                        "ipxe-ca: warning: kept the previous server certificates: {e}"
-                    )),
-                }
+        let (acceptor, change) = self.current.get(Look::Every(RECHECK), |_| {
+            build(&self.state, self.sessions).map(|c| Some(TlsAcceptor::from(Arc::new(c))))
+        });
+        match change {
+            Change::Same => {}
+            Change::Taken => {
+                super::log::say("ipxe-ca: reloaded the server certificates and CA bundle")
             }
+            Change::Kept(e) => super::log::say(&format!(
+                "ipxe-ca: warning: kept the previous server certificates: {e}"
+            )),
         }
-        cur.acceptor.clone()
+        TlsAcceptor::clone(&acceptor)
     }
 }
 
