@@ -36,14 +36,14 @@ run routes src/server/routes.rs server:: mutations:: trust:: ops::history ops::r
   a_local_process_cannot_impersonate no_request_path_reaches_a_panic durations_are_bounded secrets_never_need_the_command_line
 run files src/server/files.rs server::files server::sigterm no_race_or_link_serves_key_material a_files_dir_that_holds_keys no_request_path_reaches_a_panic durations_are_bounded trust::boot_files \
   hostile::a_files_symlink files_root:: stalls::
-run watch src/watch.rs watch:: registry:: render:: crl server::boot_scripts server::a_state_dir
-run history src/history.rs history:: ops::history server::a_state_dir console::
+run watch "src/watch.rs src/store/cached.rs" watch:: registry:: render:: crl server::boot_scripts server::a_state_dir
+run history src/store/history.rs history:: ops::history server::a_state_dir console::
 run console "src/server/console.rs src/ipxe_error/mod.rs" console:: ipxe_error::
-run state src/state.rs state:: mutations::bug_atomic mutations::bug_secrets mutations::bug_enroll \
+run state src/store/state.rs state:: mutations::bug_atomic mutations::bug_secrets mutations::bug_enroll \
   mutations::bug_unreadable board_names_never_collide crash_leftovers_are_never_inherited ops::server_cert_rotation server::template_errors \
   no_race_or_link_serves_key_material a_files_dir_that_holds_keys a_local_process_cannot_impersonate the_crl_never_goes_backwards ops::history server::one_time foundation::bad_input \
   build::prebuilt build::a_replaced build::builds_in_one_tree
-run registry src/registry.rs registry mutations::bug_an_index mutations::bug_a_stale \
+run registry src/store/registry.rs registry mutations::bug_an_index mutations::bug_a_stale \
   mutations::bug_a_second mutations::bug_unreadable mutations::bug_enroll foundation::register \
   foundation::twenty foundation::list_expiring server::each_board server::revoke board_names_never_collide crash_leftovers_are_never_inherited \
   mutations::bug_a_failed ops::renew operator::
@@ -54,7 +54,7 @@ run ca src/ca.rs ca:: foundation::init foundation::enrolled foundation::csr foun
   the_crl_never_goes_backwards
 run types src/types.rs types:: proptests:: server::proxy server::each_board \
   mutations::bug_a_wrong_mac foundation::bad_input
-run config src/config.rs config:: server::a_config_toml server::each_board foundation::
+run config src/store/config.rs config:: server::a_config_toml server::each_board foundation::
 run verified src/server/verified.rs verified:: server::each_board server::revoke server::ecdsa ops::renew \
   a_revoked mutations::bug_a_crl
 run board src/board.rs board:: foundation::list_expiring foundation::enrolled ops::renew \

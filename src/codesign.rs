@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::der::{signed_content_info, SigningKey};
 use crate::error::{Error, Result};
-use crate::state::{self, MODE_PUBLIC};
+use crate::store::state::{self, MODE_PUBLIC};
 
 /// Where `sign` records what it signed, inside the files directory (dot-names are never
 /// served).

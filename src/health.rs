@@ -9,11 +9,11 @@ use time::OffsetDateTime;
 
 use crate::board::Status;
 use crate::ca::{self, Reason, Revoked};
-use crate::config::Config;
 use crate::error::NameFix;
 use crate::error::{Error, Result};
-use crate::registry::Registry;
-use crate::state::{self, StateDir};
+use crate::store::config::Config;
+use crate::store::registry::Registry;
+use crate::store::state::{self, StateDir};
 use crate::types::{San, Serial};
 
 /// Refuse names that would leave every board refusing the server: iPXE checks the host of
@@ -44,7 +44,7 @@ pub fn expiring(registry: &Registry, days: u32) -> Result<Vec<Expiry>> {
             all.push((
                 "board",
                 format!("board {}", b.name),
-                state.board_cert(&b.name),
+                registry.cert_file(&b.name),
                 b.not_after,
             ));
         }

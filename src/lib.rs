@@ -4,24 +4,20 @@
 
 pub mod board;
 pub mod ca;
-pub mod cached;
 pub mod codesign;
-pub mod config;
 mod der;
 pub mod digest;
 pub mod error;
 pub mod flash;
 pub mod health;
-pub mod history;
 pub mod ipxe_build;
 pub mod ipxe_error;
 pub mod lab;
-pub mod registry;
 pub mod render;
 pub mod secure_boot;
 pub mod server;
 pub mod siglist;
-pub mod state;
+pub mod store;
 pub mod types;
 pub mod watch;
 

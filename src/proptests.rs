@@ -108,7 +108,7 @@ proptest! {
     #[test]
     fn registry_toml_of_any_text_is_an_error_not_a_panic(s in "\\PC{0,400}") {
         let _ = toml::from_str::<crate::board::Board>(&s);
-        let _ = toml::from_str::<crate::config::Config>(&s);
+        let _ = toml::from_str::<crate::store::config::Config>(&s);
     }
 }
 

@@ -10,8 +10,8 @@ use minijinja::{Environment, UndefinedBehavior, Value};
 use serde::Serialize;
 
 use crate::board::Board;
-use crate::cached::PerFile;
 use crate::error::{Error, Result};
+use crate::store::cached::PerFile;
 use crate::types::BoardName;
 
 /// What a template sees of a board.
@@ -75,7 +75,7 @@ impl Context {
     /// which goes on a medium), the URLs, and whether its iPXE has `imgverify`.
     pub fn for_board(
         board: &Board,
-        config: &crate::config::Config,
+        config: &crate::store::config::Config,
         secrets: BTreeMap<String, String>,
         imgverify: bool,
     ) -> Context {
@@ -262,7 +262,7 @@ mod tests {
             .enroll_many(std::slice::from_ref(&name), &BoardOptions::default())
             .unwrap()
             .remove(0);
-        let config = crate::config::Config::load(lab.state()).unwrap();
+        let config = crate::store::config::Config::load(lab.state()).unwrap();
         let ctx = Context::for_board(&board, &config, BTreeMap::new(), false);
         let path = lab.state().profiles_dir().join("p.ipxe");
         std::fs::write(&path, "#!ipxe\necho one {{ board.name }}\n").unwrap();

@@ -13,10 +13,10 @@ use std::path::Path;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::ca::der_tlv;
-use crate::cached::{Cached, Look};
 use crate::der::{algorithm, seq, signed_content_info, tlv, SigningKey, OID_RSA, OID_SHA256};
 use crate::error::{Error, Result};
-use crate::state::{self, StateDir, MODE_PUBLIC, MODE_SECRET};
+use crate::store::cached::{Cached, Look};
+use crate::store::state::{self, Key, StateDir, MODE_PUBLIC};
 use crate::types::Fingerprint;
 
 /// 1.3.6.1.4.1.311.2.1.4: SPC_INDIRECT_DATA.
@@ -209,7 +209,7 @@ impl Signer {
 
     /// The db key in `state`, if the farm has one (None: images are not signed).
     pub fn load(state: &StateDir) -> Result<Option<Signer>> {
-        let (cert, key) = (state.secure_boot_cert(), state.secure_boot_key());
+        let (cert, key) = (state.secure_boot_cert(), state.key_file(Key::SecureBootDb));
         if !cert.exists() && !key.exists() {
             return Ok(None);
         }
@@ -221,7 +221,7 @@ impl Signer {
     pub fn adopt(state: &StateDir, cert: &[u8], key_pem: &[u8]) -> Result<Signer> {
         let signer = Signer::new(cert, key_pem)?;
         let _lock = state.lock()?;
-        state::write_atomic(&state.secure_boot_key(), key_pem, MODE_SECRET)?;
+        state.write_key(Key::SecureBootDb, key_pem)?;
         state::write_atomic(
             &state.secure_boot_cert(),
             crate::ca::cert_pem(&signer.key.cert_der).as_bytes(),
@@ -608,7 +608,7 @@ fn auth(name: &str, guid: &[u8; 16], esl: &[u8], by: &Made, at: [u8; 16]) -> Res
 /// KEK). The db key then signs. Refused where a db key exists, unless `replace`.
 pub fn init(st: &StateDir, replace: bool) -> Result<Enrollment> {
     st.require_ca()?;
-    if !replace && (st.secure_boot_key().exists() || st.secure_boot_cert().exists()) {
+    if !replace && (st.has_key(Key::SecureBootDb) || st.secure_boot_cert().exists()) {
         return Err(Error::invalid(format!(
             "{} already holds a Secure Boot db key: boards trust it; replacing it means \
              enrolling new keys in every board",
@@ -644,19 +644,15 @@ pub fn init(st: &StateDir, replace: bool) -> Result<Enrollment> {
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default();
-    let keys = st
-        .secure_boot_key()
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
     let _lock = st.lock()?;
     let mut written = Vec::new();
     for (name, m, auth) in &files {
-        state::write_atomic(
-            &keys.join(format!("{name}.key")),
-            m.key_pem.as_bytes(),
-            MODE_SECRET,
-        )?;
+        let key = match *name {
+            "PK" => Key::SecureBootPk,
+            "KEK" => Key::SecureBootKek,
+            _ => Key::SecureBootDb,
+        };
+        st.write_key(key, m.key_pem.as_bytes())?;
         for (ext, data) in [
             ("crt", crate::ca::cert_pem(&m.key.cert_der).into_bytes()),
             ("cer", m.key.cert_der.clone()),

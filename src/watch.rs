@@ -104,7 +104,7 @@ impl Changes {
                     fd,
                     generation: 0,
                     root: root.to_path_buf(),
-                    root_id: crate::state::identity(root),
+                    root_id: crate::store::state::identity(root),
                     by_dir: HashMap::new(),
                     by_wd: HashMap::new(),
                 })
@@ -160,7 +160,7 @@ impl Inner {
                     changed = true;
                 } else if !ev
                     .file_name()
-                    .is_some_and(|n| crate::state::StateDir::is_history_file(n.to_bytes()))
+                    .is_some_and(|n| crate::store::state::StateDir::is_history_file(n.to_bytes()))
                 {
                     // Anything but the history writer's appends (beside a board's secrets,
                     // and nothing a request reads); a lost event (QUEUE_OVERFLOW) has no
@@ -175,7 +175,7 @@ impl Inner {
                 self.unwatch_under(&dir);
             }
         }
-        let root_id = crate::state::identity(&self.root);
+        let root_id = crate::store::state::identity(&self.root);
         if root_id.is_none() || root_id != self.root_id {
             // Another folder (or none) under the root's path: every watch follows the old one.
             let root = self.root.clone();
@@ -283,7 +283,7 @@ mod tests {
         std::fs::write(d.join("b1.toml"), "x").unwrap();
         std::fs::write(d.join("history.jsonl"), "{}\n").unwrap();
         // What ipxe-ca's own writes do: a temp file renamed over the old one.
-        assert!(!survives(&d, || crate::state::write_atomic(
+        assert!(!survives(&d, || crate::store::state::write_atomic(
             &d.join("b1.toml"),
             b"revoked",
             0o644
@@ -329,7 +329,7 @@ mod tests {
                 .open(d.join("history.jsonl"))
                 .unwrap();
             f.write_all(b"{}\n").unwrap();
-            crate::state::write_atomic(&d.join("history.jsonl"), b"{}\n", 0o600).unwrap();
+            crate::store::state::write_atomic(&d.join("history.jsonl"), b"{}\n", 0o600).unwrap();
         }));
     }
 

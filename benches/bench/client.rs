@@ -33,7 +33,7 @@ pub(crate) fn lab_with_boards(dir: &Path, n: usize) -> R<(PathBuf, PathBuf, Vec<
             ..Default::default()
         };
         lab.sign(&name, &csr_der, &opts)?;
-        certs.push(lab.state().board_cert(&name));
+        certs.push(lab.registry().cert_file(&name));
     }
     Ok((state, key, certs))
 }

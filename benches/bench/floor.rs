@@ -187,7 +187,7 @@ pub(crate) fn tls_floor_answer() -> Vec<u8> {
 /// difference is all that ipxe-ca's code could ever win back. Its own process (`--tls-floor-server
 /// PORT STATE [WORKERS]`), so that its CPU is counted as a server's.
 pub(crate) fn tls_floor_server(port: u16, state: &Path, workers: Option<&str>) -> R<()> {
-    let state = ipxe_ca::state::StateDir::new(state);
+    let state = ipxe_ca::store::state::StateDir::new(state);
     // 2048 sessions: `serve --tls-sessions` by default (the load makes none to resume).
     let config = ipxe_ca::server::tls_config(&state, 2048)?;
     let answer: Arc<[u8]> = tls_floor_answer().into();

@@ -16,7 +16,7 @@ use serde::Serialize;
 use super::run;
 use crate::error::{Error, Result};
 use crate::secure_boot::Signer;
-use crate::state::{self, MODE_SECRET};
+use crate::store::state::{self, MODE_SECRET};
 use crate::types::Arch;
 
 /// The ISO mastering tool in use: chosen by what is installed, xorriso first because its

@@ -20,8 +20,8 @@ use super::image::{self, IsoTool, Media};
 use super::{finish_manifest, run, BoardResult, BuildOptions, Manifest, Target};
 use crate::board::Board;
 use crate::error::{Error, Result};
-use crate::registry::Registry;
-use crate::state::{self, OutDir, MODE_PUBLIC, MODE_SECRET};
+use crate::store::registry::Registry;
+use crate::store::state::{self, OutDir, MODE_PUBLIC, MODE_SECRET};
 use crate::types::Arch;
 
 /// Name of our local configuration: `config/local/ipxe-ca/` (`make CONFIG=ipxe-ca`).
@@ -530,7 +530,7 @@ fn compile_board(
         return Ok(Vec::new());
     }
     let tree = tree.ok_or_else(|| Error::invalid("internal: no tree for a compiled target"))?;
-    let key_path = super::held_key(registry, board)?;
+    let key_pem = super::held_key(registry, board)?;
     let ca = stage(
         stage_dir,
         "ca",
@@ -542,10 +542,10 @@ fn compile_board(
         own,
         "cert",
         "crt",
-        &state::read(&registry.state().board_cert(&board.name))?,
+        &registry.cert_pem(&board.name)?,
         MODE_PUBLIC,
     )?;
-    let key = stage(own, "key", "pem", &state::read(&key_path)?, MODE_SECRET)?;
+    let key = stage(own, "key", "pem", &key_pem, MODE_SECRET)?;
     let script = super::embed_script(registry, board, opts.ntp_server.as_deref(), true)?;
     let embed = stage(own, "embed", "ipxe", script.as_bytes(), MODE_SECRET)?;
     let wrapper = (!features.pkcs8_keys)

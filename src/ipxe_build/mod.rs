@@ -18,9 +18,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::board::{Board, Status};
 use crate::error::{Error, Result};
-use crate::registry::Registry;
 use crate::render::{self, Context};
-use crate::state::{self, OutDir, MODE_SECRET};
+use crate::store::registry::Registry;
+use crate::store::state::{self, OutDir, MODE_SECRET};
 use crate::types::Arch;
 use crate::types::BoardName;
 
@@ -262,7 +262,7 @@ pub fn embed_script(
     ntp_server: Option<&str>,
     imgverify: bool,
 ) -> Result<String> {
-    let config = crate::config::Config::load(registry.state())?;
+    let config = crate::store::config::Config::load(registry.state())?;
     let path = registry.state().embed_script();
     let source = if path.exists() {
         state::read_to_string(&path)?
@@ -275,15 +275,13 @@ pub fn embed_script(
 }
 
 /// The board's private key, which every image embeds: only enrolled boards have one here.
-pub(crate) fn held_key(registry: &Registry, board: &Board) -> Result<PathBuf> {
-    let key = registry.state().board_key(&board.name);
-    if !key.exists() {
-        return Err(Error::invalid(format!(
+pub(crate) fn held_key(registry: &Registry, board: &Board) -> Result<Vec<u8>> {
+    registry.key_pem(&board.name)?.ok_or_else(|| {
+        Error::invalid(format!(
             "ipxe-ca does not hold the key of board {} (it was signed from a CSR or registered): an image needs the key",
             board.name
-        )));
-    }
-    Ok(key)
+        ))
+    })
 }
 
 /// Boards to build: the named ones (each must be active), or every active board.
@@ -555,10 +553,9 @@ pub fn autoexec_script(
     pkcs1: bool,
     imgverify: bool,
 ) -> Result<String> {
-    let key_path = held_key(registry, board)?;
-    let cert_der =
-        crate::ca::cert_der_from_bytes(&state::read(&registry.state().board_cert(&board.name))?)?;
-    let key_der = crate::ca::board_key_der(&state::read(&key_path)?, pkcs1)?;
+    let key_pem = held_key(registry, board)?;
+    let cert_der = crate::ca::cert_der_from_bytes(&registry.cert_pem(&board.name)?)?;
+    let key_der = crate::ca::board_key_der(&key_pem, pkcs1)?;
     let embed = embed_script(registry, board, ntp_server, imgverify)?;
     let body = embed.strip_prefix("#!ipxe").unwrap_or(&embed);
     Ok(format!(

@@ -7,9 +7,9 @@ use std::time::Instant;
 use super::{finish_manifest, image, BuildOptions, Manifest, Target};
 use crate::board::Board;
 use crate::error::{Error, Result};
-use crate::registry::Registry;
 use crate::siglist;
-use crate::state;
+use crate::store::registry::Registry;
+use crate::store::state;
 use crate::types::Arch;
 
 /// Said with every prebuilt image: without it a prebuilt iPXE trusts public CAs instead of ours.

@@ -365,11 +365,15 @@ impl Lab {
                     )
                 }
                 None => {
-                    let old =
-                        ca::cert_der_from_bytes(&state::read(&self.state.board_cert(&name))?)?;
+                    let old = ca::cert_der_from_bytes(&self.registry.cert_pem(&name)?)?;
                     let (signed, info) =
                         self.issue_unique(|| ca.reissue(&old, name.as_str(), days))?;
-                    let key = state::read_to_string(&self.state.board_key(&name)).ok();
+                    let key = self
+                        .registry
+                        .key_pem(&name)
+                        .ok()
+                        .flatten()
+                        .and_then(|k| String::from_utf8(k).ok());
                     (signed.cert_pem, key, board.origin, info)
                 }
             };

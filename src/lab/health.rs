@@ -10,7 +10,7 @@ impl Lab {
 
     /// Every inconsistency between board files, folders, index, certificates and CRL; with
     /// `repair`, fixed where that is safe (under the state lock) and checked again.
-    pub fn check(&self, repair: bool) -> Result<Vec<crate::registry::Problem>> {
+    pub fn check(&self, repair: bool) -> Result<Vec<crate::store::registry::Problem>> {
         let problems = self.check_all()?;
         if !repair || problems.iter().all(|p| !p.repairable) {
             return Ok(problems);
@@ -26,11 +26,11 @@ impl Lab {
 
     /// With a Secure Boot key: boot files in DIR/files that its firmware would refuse, and
     /// board images in DIR/out built before the key (or with another one).
-    pub fn secure_boot_problems(&self) -> Vec<crate::registry::Problem> {
+    pub fn secure_boot_problems(&self) -> Vec<crate::store::registry::Problem> {
         let Ok(Some(trust)) = crate::secure_boot::Trust::load(&self.state) else {
             return Vec::new();
         };
-        let problem = |kind, path, detail: String| crate::registry::Problem {
+        let problem = |kind, path, detail: String| crate::store::registry::Problem {
             kind,
             path,
             detail,
@@ -50,7 +50,7 @@ impl Lab {
                 ));
             }
         }
-        let built = crate::state::OutDir::new(self.state.out_dir());
+        let built = crate::store::state::OutDir::new(self.state.out_dir());
         let fp = trust.fingerprint();
         for b in self
             .registry
@@ -76,7 +76,7 @@ impl Lab {
         out
     }
 
-    pub(super) fn check_all(&self) -> Result<Vec<crate::registry::Problem>> {
+    pub(super) fn check_all(&self) -> Result<Vec<crate::store::registry::Problem>> {
         let mut problems = self.registry.check()?;
         problems.extend(self.secure_boot_problems());
         let listed = crl_facts(&self.state.crl())
@@ -86,7 +86,7 @@ impl Lab {
         let (boards, _) = self.registry.list_readable().unwrap_or_default();
         for b in boards {
             if b.status == Status::Revoked && !listed.contains(&b.serial) {
-                problems.push(crate::registry::Problem {
+                problems.push(crate::store::registry::Problem {
                     kind: "crl-incomplete",
                     path: self.state.crl(),
                     detail: format!(
@@ -104,9 +104,9 @@ impl Lab {
 
     /// A hand edit of `config.toml` that `config` would have refused: a URL `init` would not
     /// take, or a server host the server certificates do not name.
-    pub(super) fn config_problem(&self) -> Option<crate::registry::Problem> {
+    pub(super) fn config_problem(&self) -> Option<crate::store::registry::Problem> {
         let path = self.state.config();
-        let problem = |kind, detail: String, host| crate::registry::Problem {
+        let problem = |kind, detail: String, host| crate::store::registry::Problem {
             kind,
             path: path.clone(),
             detail,

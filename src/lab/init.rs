@@ -7,20 +7,22 @@ impl Lab {
     /// The secret nginx sends with every proxied request (`X-IPXE-CA-Proxy-Secret`), made on
     /// first use: trusting a peer address alone would let any local user pose as nginx.
     pub fn proxy_secret(&self) -> Result<String> {
-        let p = self.state.proxy_secret();
-        if !p.exists() {
+        let key = Key::ProxySecret;
+        if !self.state.has_key(key) {
             let _lock = self.state.lock()?;
-            if !p.exists() {
+            if !self.state.has_key(key) {
                 let mut raw = [0u8; 32];
                 aws_lc_rs::rand::fill(&mut raw)
                     .map_err(|_| Error::crypto("cannot make the proxy secret", "no randomness"))?;
-                state::write_atomic(&p, hex::encode(raw).as_bytes(), MODE_SECRET)?;
+                self.state.write_key(key, hex::encode(raw).as_bytes())?;
             }
         }
-        let s = state::read_to_string(&p)?.trim().to_string();
+        let s = String::from_utf8_lossy(&self.state.read_key(key)?)
+            .trim()
+            .to_string();
         if s.len() < 32 || !s.chars().all(|c| c.is_ascii_hexdigit()) {
             return Err(Error::Parse {
-                path: p,
+                path: self.state.key_file(key),
                 detail: "expected at least 32 hex digits; delete it and run `ipxe-ca nginx-config` again".into(),
             });
         }
@@ -28,11 +30,8 @@ impl Lab {
     }
 
     pub(super) fn save_codesign(&self, issued: &ca::Issued) -> Result<()> {
-        state::write_atomic(
-            &self.state.codesign_key(),
-            issued.key_pem.as_bytes(),
-            MODE_SECRET,
-        )?;
+        self.state
+            .write_key(Key::CodeSigning, issued.key_pem.as_bytes())?;
         state::write_atomic(
             &self.state.codesign_cert(),
             issued.cert.cert_pem.as_bytes(),
@@ -45,17 +44,17 @@ impl Lab {
     pub fn signer(&self) -> Result<(crate::codesign::Signer, bool)> {
         let s = &self.state;
         let mut created = false;
-        if !s.codesign_cert().exists() || !s.codesign_key().exists() {
+        if !s.codesign_cert().exists() || !s.has_key(Key::CodeSigning) {
             let ca = self.ca()?;
             let _lock = s.lock()?;
-            if !s.codesign_cert().exists() || !s.codesign_key().exists() {
+            if !s.codesign_cert().exists() || !s.has_key(Key::CodeSigning) {
                 self.save_codesign(&ca.issue_codesign(KeySize::Rsa2048, days::CODESIGN)?)?;
                 created = true;
             }
         }
         let signer = crate::codesign::Signer::new(
             &state::read(&s.codesign_cert())?,
-            &state::read(&s.codesign_key())?,
+            &s.read_key(Key::CodeSigning)?,
             &state::read(&s.ca_cert())?,
         )?;
         Ok((signer, created))
@@ -71,10 +70,10 @@ impl Lab {
         let first = &sans[0];
         let mut config = Config::from_san(first);
         if let Some(u) = &opts.server_url {
-            config.server_url = crate::config::check_url(u, "https", "the server URL")?;
+            config.server_url = crate::store::config::check_url(u, "https", "the server URL")?;
         }
         if let Some(u) = &opts.files_url {
-            config.files_url = crate::config::check_url(u, "http", "the files URL")?;
+            config.files_url = crate::store::config::check_url(u, "http", "the files URL")?;
         }
         if self.state.has_ca() && !opts.force {
             return Err(Error::CaExists(self.state.root().to_path_buf()));
@@ -103,7 +102,7 @@ impl Lab {
             return Err(Error::CaExists(self.state.root().to_path_buf()));
         }
         let ca_pem = ca::cert_pem(ca.cert_der());
-        state::write_atomic(&self.state.ca_key(), &ca_key, MODE_SECRET)?;
+        self.state.write_key(Key::Ca, &ca_key)?;
         state::write_atomic(&self.state.ca_cert(), ca_pem.as_bytes(), MODE_PUBLIC)?;
         state::write_atomic(&self.state.crl(), crl.as_bytes(), MODE_PUBLIC)?;
         state::write_atomic(&self.state.crl_number(), b"1\n", MODE_PUBLIC)?;
@@ -129,7 +128,6 @@ impl Lab {
         state::write_if_absent(&s.gitignore(), STATE_GITIGNORE.as_bytes(), MODE_PUBLIC)?;
         state::create_dir_private(&s.secrets_dir())?;
         state::create_dir_private(&s.files_dir())?;
-        state::create_dir_private(&s.boards_dir())?;
-        state::create_dir_private(&s.board_keys_dir())
+        s.create_board_folders()
     }
 }

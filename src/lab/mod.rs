@@ -9,12 +9,12 @@ use time::OffsetDateTime;
 
 use crate::board::{Board, BoardView, Origin, PreviousCert, Status};
 use crate::ca::{self, Ca, CertInfo, KeySize, Reason, Revoked};
-use crate::config::Config;
 use crate::error::{Error, NameFix, Result};
 pub use crate::health::Expiry;
 use crate::health::{check_names_cover, crl_facts};
-use crate::registry::Registry;
-use crate::state::{self, StateDir, MODE_PUBLIC, MODE_SECRET};
+use crate::store::config::Config;
+use crate::store::registry::Registry;
+use crate::store::state::{self, Key, StateDir, MODE_PUBLIC};
 use crate::types::{Arch, BoardName, KeyValue, Mac, ProfileName, San};
 
 pub use crate::ipxe_build::EMBED_TEMPLATE;
@@ -193,12 +193,12 @@ impl Lab {
 
     /// Load the CA for signing.
     pub fn ca(&self) -> Result<Ca> {
-        if !self.state.ca_cert().exists() || !self.state.ca_key().exists() {
+        if !self.state.ca_cert().exists() || !self.state.has_key(Key::Ca) {
             return Err(Error::NoCa(self.state.root().to_path_buf()));
         }
         Ca::load(
             &state::read(&self.state.ca_cert())?,
-            &state::read(&self.state.ca_key())?,
+            &self.state.read_key(Key::Ca)?,
         )
     }
 
@@ -210,9 +210,9 @@ impl Lab {
     }
 
     /// The board's newest `n` requests as `serve` recorded them, oldest first.
-    pub fn history(&self, name: &BoardName, n: usize) -> Result<Vec<crate::history::Shown>> {
+    pub fn history(&self, name: &BoardName, n: usize) -> Result<Vec<crate::store::history::Shown>> {
         self.registry.get(name)?;
-        Ok(crate::history::interleaved(&self.state, name, n)?
+        Ok(crate::store::history::interleaved(&self.state, name, n)?
             .into_iter()
             .map(Into::into)
             .collect())
@@ -245,7 +245,7 @@ mod tests {
         let (t, lab, _) = lab();
         assert!(lab.ca().is_ok());
         // The key taken offline (or never copied): nothing to sign with, said as such.
-        std::fs::rename(lab.state().ca_key(), t.path().join("offline.key")).unwrap();
+        std::fs::rename(lab.state().key_file(Key::Ca), t.path().join("offline.key")).unwrap();
         assert!(
             matches!(lab.ca(), Err(Error::NoCa(_))),
             "{:?}",
@@ -308,7 +308,7 @@ mod tests {
         let (_t, lab, _) = lab();
         let made = lab.proxy_secret().unwrap();
         assert_eq!(made.len(), 64);
-        let p = lab.state().proxy_secret();
+        let p = lab.state().key_file(Key::ProxySecret);
         for (text, good) in [
             ("0123456789abcdef0123456789abcdef", true),
             ("0123456789abcdef0123456789abcde", false),
@@ -324,13 +324,13 @@ mod tests {
     fn the_code_signer_is_made_once_kept_without_the_ca_key_and_remade_when_half_gone() {
         let (t, lab, _) = lab();
         let s = lab.state().clone();
-        std::fs::remove_file(s.codesign_key()).unwrap();
+        std::fs::remove_file(s.key_file(Key::CodeSigning)).unwrap();
         assert!(lab.signer().unwrap().1, "a half-gone pair is made again");
         assert!(!lab.signer().unwrap().1, "and then kept");
         // Signing boot files needs the code signer, not the CA key (kept offline).
-        std::fs::rename(s.ca_key(), t.path().join("offline.key")).unwrap();
+        std::fs::rename(s.key_file(Key::Ca), t.path().join("offline.key")).unwrap();
         assert!(!lab.signer().unwrap().1);
-        std::fs::rename(t.path().join("offline.key"), s.ca_key()).unwrap();
+        std::fs::rename(t.path().join("offline.key"), s.key_file(Key::Ca)).unwrap();
         std::fs::remove_file(s.codesign_cert()).unwrap();
         assert!(lab.signer().unwrap().1);
     }

@@ -11,10 +11,10 @@ impl Lab {
     ) -> Result<()> {
         let s = &self.state;
         for (issued, cert, key) in [
-            (rsa, s.server_cert(), s.server_key()),
-            (ecdsa, s.server_ecdsa_cert(), s.server_ecdsa_key()),
+            (rsa, s.server_cert(), Key::ServerRsa),
+            (ecdsa, s.server_ecdsa_cert(), Key::ServerEcdsa),
         ] {
-            state::write_atomic(&key, issued.key_pem.as_bytes(), MODE_SECRET)?;
+            s.write_key(key, issued.key_pem.as_bytes())?;
             // Leaf first, then the CA: the server sends the whole chain.
             let chain = format!("{}{ca_pem}", issued.cert.cert_pem);
             state::write_atomic(&cert, chain.as_bytes(), MODE_PUBLIC)?;
@@ -66,13 +66,13 @@ impl Lab {
         let before = Config::load(&self.state)?;
         let mut after = before.clone();
         if let Some(u) = server_url {
-            after.server_url = crate::config::check_url(u, "https", "the server URL")?;
+            after.server_url = crate::store::config::check_url(u, "https", "the server URL")?;
         }
         if let Some(u) = files_url {
-            after.files_url = crate::config::check_url(u, "http", "the files URL")?;
+            after.files_url = crate::store::config::check_url(u, "http", "the files URL")?;
         }
         if let Some(c) = console {
-            crate::config::check_console(c)?;
+            crate::store::config::check_console(c)?;
             after.console = Some(c.to_string());
         }
         if after.server_url != before.server_url {

@@ -110,13 +110,8 @@ pub(crate) fn script(
         return Ok(kept);
     }
     // Taken before anything is read: an edit after it makes the script rendered now stale.
-    let state = shared.registry.state();
-    let token = now.token(&[
-        &state.boards_dir(),
-        &state.board_dir(&board.name),
-        &state.profiles_dir(),
-        state.config().parent().unwrap_or(state.root()),
-    ]);
+    let inputs = shared.registry.state().script_inputs(&board.name);
+    let token = now.token(&inputs.each_ref().map(|p| p.as_path()));
     let one_time_used = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let rendered = (|| {
         let secrets = shared.boards.secrets(&board.name, now)?;
@@ -181,7 +176,10 @@ pub(crate) fn script(
 
 /// A server host the server certificates do not name is the operator's to mend (boards would
 /// refuse the server): said, at start and when an edit brings it, not fatal.
-pub(crate) fn warn_unnamed(registry: &crate::registry::Registry, config: &crate::config::Config) {
+pub(crate) fn warn_unnamed(
+    registry: &crate::store::registry::Registry,
+    config: &crate::store::config::Config,
+) {
     if let Some(e) = crate::health::server_name_problem(registry.state(), config) {
         log::say(&format!(
             "ipxe-ca: warning: {e}; `ipxe-ca check` says what to do"

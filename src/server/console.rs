@@ -18,7 +18,7 @@ use super::guard::{Take, BURST, PER_SECOND};
 use super::log;
 use super::shared::Shared;
 use super::verdict::Outcome;
-use crate::history::{ConsoleLine, Record};
+use crate::store::history::{ConsoleLine, Record};
 use crate::types::{BoardName, Fingerprint};
 
 /// Longest line kept, in bytes (iPXE sends at most 127 characters after its syslog prefix).

@@ -9,9 +9,9 @@ use x509_parser::num_bigint::BigUint;
 use x509_parser::prelude::{FromDer, X509Certificate};
 use x509_parser::revocation_list::CertificateRevocationList;
 
-use crate::cached::{Cached, Change, Look};
 use crate::error::{Error, Result};
-use crate::state::{self, StateDir};
+use crate::store::cached::{Cached, Change, Look};
+use crate::store::state::{self, StateDir};
 use crate::types::Serial;
 
 /// Revoked serials.

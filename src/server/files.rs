@@ -15,7 +15,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use super::metrics::FileReads;
 use super::response::{full, Body};
 use super::verdict::Outcome;
-use crate::state::StateDir;
+use crate::store::state::StateDir;
 
 /// Boot files without a current signature are served, but never silently: imgverify on the
 /// boards will refuse them.
@@ -85,7 +85,7 @@ fn request_path(raw: &str) -> Result<String, (StatusCode, &'static str)> {
         return Err((StatusCode::FORBIDDEN, "dot-names are never served"));
     }
     let name = decoded.rsplit('/').next().unwrap_or_default();
-    if crate::state::is_secret_name(name) {
+    if crate::store::state::is_secret_name(name) {
         return Err((StatusCode::FORBIDDEN, "key material is never served"));
     }
     Ok(decoded)
@@ -325,7 +325,13 @@ fn refusal(
     let mut below: Option<Id> = None;
     for _ in 0..MAX_DEPTH {
         let id = id_of(&cur)?;
-        if rustix::fs::statat(&cur, crate::state::OUT_MARKER, AtFlags::SYMLINK_NOFOLLOW).is_ok() {
+        if rustix::fs::statat(
+            &cur,
+            crate::store::state::OUT_MARKER,
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .is_ok()
+        {
             return Ok(Some("a build's images"));
         }
         if id == state.root && (below.is_none() || below != state.files) {
@@ -464,7 +470,8 @@ fn is_key_material(file: &std::fs::File, meta: &std::fs::Metadata) -> bool {
 /// A file that has another name inside the state dir (outside its `files` folder).
 fn linked_into_state(meta: &std::fs::Metadata, state_root: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
-    meta.nlink() > 1 && StateDir::new(state_root).has_link_to(crate::state::identity_of(meta))
+    meta.nlink() > 1
+        && StateDir::new(state_root).has_link_to(crate::store::state::identity_of(meta))
 }
 
 /// What the log says of a boot file (or its `.sig`) served without a current signature.
@@ -904,7 +911,9 @@ mod tests {
         let elsewhere = t.path().join("boot/images/b1");
         std::fs::create_dir_all(&elsewhere).unwrap();
         std::fs::write(
-            t.path().join("boot/images").join(crate::state::OUT_MARKER),
+            t.path()
+                .join("boot/images")
+                .join(crate::store::state::OUT_MARKER),
             "",
         )
         .unwrap();
@@ -966,10 +975,16 @@ mod tests {
         std::io::Read::read_to_string(&mut f, &mut text).unwrap();
         assert_eq!(text, "IMG");
         let img = std::fs::metadata(t.path().join("img")).unwrap();
-        assert_eq!(id_of(&parent).unwrap(), crate::state::identity_of(&img));
+        assert_eq!(
+            id_of(&parent).unwrap(),
+            crate::store::state::identity_of(&img)
+        );
         let (_, parent) = open_beneath(&root, "a/file-link").unwrap();
         let b = std::fs::metadata(t.path().join("a/b")).unwrap();
-        assert_eq!(id_of(&parent).unwrap(), crate::state::identity_of(&b));
+        assert_eq!(
+            id_of(&parent).unwrap(),
+            crate::store::state::identity_of(&b)
+        );
         let errno =
             |rel: &str| rustix::io::Errno::from_io_error(&open_beneath(&root, rel).unwrap_err());
         assert_eq!(errno("abs"), Some(rustix::io::Errno::XDEV));

@@ -26,9 +26,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::config::ConfigCache;
 use crate::error::{Error, Result};
-use crate::registry::Registry;
+use crate::store::config::ConfigCache;
+use crate::store::registry::Registry;
 
 pub use one_time::OneTimeStore;
 use shared::{ConnInfo, Shared};
@@ -38,19 +38,22 @@ pub use verdict::Verdict;
 /// The rustls configuration `serve` accepts boards with (both server certificates chosen per
 /// ClientHello, board certificates verified against the CA and remembered, `sessions` TLS
 /// sessions kept), so that the benchmark's TLS floor measures this and not a look-alike.
-pub fn tls_config(state: &crate::state::StateDir, sessions: usize) -> Result<rustls::ServerConfig> {
+pub fn tls_config(
+    state: &crate::store::state::StateDir,
+    sessions: usize,
+) -> Result<rustls::ServerConfig> {
     tls::build(state, sessions)
 }
 
 /// Where `serve` listens for boot scripts unless told otherwise: every address, the port
 /// `init`'s default server URL names.
 pub fn default_https() -> SocketAddr {
-    SocketAddr::from(([0, 0, 0, 0], crate::config::DEFAULT_HTTPS_PORT))
+    SocketAddr::from(([0, 0, 0, 0], crate::store::config::DEFAULT_HTTPS_PORT))
 }
 
 /// Where `serve` listens for boot files unless told otherwise.
 pub fn default_http() -> SocketAddr {
-    SocketAddr::from(([0, 0, 0, 0], crate::config::DEFAULT_HTTP_PORT))
+    SocketAddr::from(([0, 0, 0, 0], crate::store::config::DEFAULT_HTTP_PORT))
 }
 
 /// The name of an event-loop thread.
@@ -64,7 +67,7 @@ pub fn run(registry: Registry, opts: ServeOptions) -> Result<()> {
     // Every folder the rules name exists before they are made (index/ comes with the first
     // board): one made later would be out of reach.
     for dir in state.served_dirs() {
-        crate::state::create_dir_private(&dir)?;
+        crate::store::state::create_dir_private(&dir)?;
     }
     // Before the runtime starts a thread: every thread it starts is confined too.
     let (confinement, folders) = sandbox::confine_serve(&state);
@@ -126,7 +129,7 @@ pub fn run(registry: Registry, opts: ServeOptions) -> Result<()> {
 }
 
 /// `ca/, server/, …` relative to the state dir, for the log.
-fn served_list(state: &crate::state::StateDir) -> String {
+fn served_list(state: &crate::store::state::StateDir) -> String {
     state
         .served_dirs()
         .iter()
@@ -165,9 +168,9 @@ pub async fn serve(
         revoked: crl::RevokedSerials::new(registry.state())?,
         templates: crate::render::Templates::default(),
         scripts: Default::default(),
-        boards: crate::registry::BoardCache::new(registry.clone()),
+        boards: crate::store::registry::BoardCache::new(registry.clone()),
         changes: crate::watch::Changes::new(registry.state().root()),
-        journal: crate::history::Journal::start(registry.state().clone(), log::say),
+        journal: crate::store::history::Journal::start(registry.state().clone(), log::say),
         metrics: metrics::Metrics::default(),
         consoles: Default::default(),
         expiry: Default::default(),
@@ -306,7 +309,7 @@ pub async fn serve(
 /// The console listener, where it is wanted and (by default) where its port is free.
 async fn console_listener(
     opts: &ServeOptions,
-    config: &crate::config::Config,
+    config: &crate::store::config::Config,
 ) -> Result<Option<TcpListener>> {
     let addr = match (opts.console, &opts.front) {
         (ConsoleListen::Off, _) => return Ok(None),

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use crate::state::StateDir;
+use crate::store::state::{Key, StateDir};
 
 /// Suites iPXE has spoken over the years: ECDHE-GCM (2024+), DHE (2022+), and RSA key
 /// exchange with AES-CBC (every HTTPS-capable iPXE).
@@ -57,7 +57,7 @@ server {{
 "#,
         root = p(state.root().to_path_buf()),
         cert = p(state.server_cert()),
-        key = p(state.server_key()),
+        key = p(state.key_file(Key::ServerRsa)),
         ca = p(state.ca_cert()),
         crl = p(state.crl()),
         ciphers = IPXE_CIPHERS,

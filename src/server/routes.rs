@@ -18,7 +18,7 @@ use super::response::{refuse, respond, script, Body};
 use super::shared::{ConnInfo, Front, Shared, Watcher};
 use super::verdict::{Denial, Outcome, Verdict};
 use crate::board::Board;
-use crate::history;
+use crate::store::history;
 use crate::types::{Fingerprint, Serial};
 use crate::watch::Snapshot;
 

@@ -140,7 +140,7 @@ pub(crate) enum Confinement {
 /// starts its threads. Also returns the folders the rules name: the kernel's rules hold
 /// them by inode, so a folder replaced later (a state dir restored from a copy) is out of
 /// reach, which `replaced` notices.
-pub(crate) fn confine_serve(state: &crate::state::StateDir) -> (Confinement, Vec<Folder>) {
+pub(crate) fn confine_serve(state: &crate::store::state::StateDir) -> (Confinement, Vec<Folder>) {
     let folders: Vec<Folder> = state
         .served_dirs()
         .into_iter()
@@ -167,7 +167,7 @@ pub(crate) async fn replaced(folders: Vec<Folder>) -> std::path::PathBuf {
     }
 }
 
-fn confine_to(state: &crate::state::StateDir) -> Confinement {
+fn confine_to(state: &crate::store::state::StateDir) -> Confinement {
     use landlock::{
         Access, AccessFs, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreatedAttr,
         RulesetStatus, ABI,
@@ -193,7 +193,7 @@ fn confine_to(state: &crate::state::StateDir) -> Confinement {
         ("/proc".into(), read),
     ];
     for dir in state.served_dirs() {
-        let access = match dir == state.boards_dir() {
+        let access = match dir == state.journal_dir() {
             true => history,
             false => read,
         };
@@ -242,31 +242,33 @@ fn confine(dir: &std::fs::File) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::state::Key;
 
     /// A thread confined as `serve` is reads and reloads what it serves, writes history, and
     /// cannot open a key, build output, or anything outside the state dir, by any path.
     #[test]
     fn a_confined_serve_reads_what_it_serves_and_no_key() {
         let t = tempfile::tempdir().unwrap();
-        let state = crate::state::StateDir::new(t.path().join("state"));
+        let state = crate::store::state::StateDir::new(t.path().join("state"));
         let w = |p: std::path::PathBuf, data: &str| {
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             std::fs::write(p, data).unwrap();
         };
         let root = state.root().to_path_buf();
         w(state.ca_cert(), "CERT");
-        w(state.ca_key(), "CA-KEY");
-        w(state.codesign_key(), "SIGNER-KEY");
+        w(state.key_file(Key::Ca), "CA-KEY");
+        w(state.key_file(Key::CodeSigning), "SIGNER-KEY");
         w(root.join("boards/b/cert.pem"), "BOARD-CERT");
         w(root.join("keys/boards/b.key"), "BOARD-KEY");
         w(state.config(), "CONFIG");
         w(state.secure_boot_cert(), "DB-CERT");
-        w(state.secure_boot_key(), "DB-KEY");
+        w(state.key_file(Key::SecureBootDb), "DB-KEY");
         w(root.join("out/b/autoexec.ipxe"), "IMAGE");
         w(t.path().join("elsewhere"), "ELSEWHERE");
         // A link from a served folder to a key: the kernel judges where it leads.
         std::fs::create_dir_all(root.join("profiles")).unwrap();
-        std::os::unix::fs::symlink(state.ca_key(), root.join("profiles/leak.ipxe")).unwrap();
+        std::os::unix::fs::symlink(state.key_file(Key::Ca), root.join("profiles/leak.ipxe"))
+            .unwrap();
         let (state2, t2) = (state.clone(), t.path().to_path_buf());
         let seen = std::thread::spawn(move || {
             let (confined, _) = confine_serve(&state2);
@@ -278,14 +280,18 @@ mod tests {
             let history = (|| {
                 let h = r.join("boards/b/history.jsonl");
                 std::fs::write(&h, "{}\n")?;
-                crate::state::write_atomic(&h, b"{}\n", 0o600)
+                crate::store::state::write_atomic(&h, b"{}\n", 0o600)
                     .map_err(|e| std::io::Error::other(e.to_string()))?;
                 std::fs::OpenOptions::new()
                     .write(true)
                     .truncate(true)
                     .open(&h)?;
-                crate::state::write_atomic(&r.join("boards/new/history.jsonl"), b"{}\n", 0o600)
-                    .map_err(|e| std::io::Error::other(e.to_string()))
+                crate::store::state::write_atomic(
+                    &r.join("boards/new/history.jsonl"),
+                    b"{}\n",
+                    0o600,
+                )
+                .map_err(|e| std::io::Error::other(e.to_string()))
             })();
             (
                 matches!(confined, Confinement::Enforced),
@@ -296,9 +302,9 @@ mod tests {
                     read(state2.secure_boot_cert()),
                 ],
                 [
-                    read(state2.ca_key()),
-                    read(state2.codesign_key()),
-                    read(state2.secure_boot_key()),
+                    read(state2.key_file(Key::Ca)),
+                    read(state2.key_file(Key::CodeSigning)),
+                    read(state2.key_file(Key::SecureBootDb)),
                     read(r.join("keys/boards/b.key")),
                     read(r.join("out/b/autoexec.ipxe")),
                     read(t2.join("elsewhere")),
@@ -325,7 +331,10 @@ mod tests {
         }
         assert_eq!(seen.3, Ok(()));
         // This thread is not confined: the key is there.
-        assert_eq!(std::fs::read_to_string(state.ca_key()).unwrap(), "CA-KEY");
+        assert_eq!(
+            std::fs::read_to_string(state.key_file(Key::Ca)).unwrap(),
+            "CA-KEY"
+        );
     }
 
     /// The files code holding the wrong descriptor (the state's `ca/` where the files folder

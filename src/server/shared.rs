@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::ConfigCache;
-use crate::registry::Registry;
+use crate::store::config::ConfigCache;
+use crate::store::registry::Registry;
 
 use super::log::TlsSession;
 use super::{crl, files, guard, metrics, one_time::OneTimeStore};
@@ -102,11 +102,11 @@ pub(crate) struct Shared {
     /// Each board's script as last rendered, while nothing it came from changed.
     pub scripts: crate::render::Rendered,
     /// Board files and secrets, read once per version of their files.
-    pub boards: crate::registry::BoardCache,
+    pub boards: crate::store::registry::BoardCache,
     /// What changed under the state directory since a cache read it (inotify).
     pub changes: crate::watch::Changes,
     /// Each board's recent requests.
-    pub journal: crate::history::Journal,
+    pub journal: crate::store::history::Journal,
     pub metrics: metrics::Metrics,
     /// Each board's budget of console lines.
     pub consoles: guard::LineBudgets,

@@ -17,9 +17,9 @@ use super::guard::Stalled;
 use super::log::TlsSession;
 use super::routes;
 use super::shared::{ConnInfo, Shared, Watcher};
-use crate::cached::{Cached, Change, Look};
 use crate::error::{Error, Result};
-use crate::state::StateDir;
+use crate::store::cached::{Cached, Change, Look};
+use crate::store::state::{Key, StateDir};
 use crate::types::Fingerprint;
 
 /// A chain and its key, ready for rustls.
@@ -67,11 +67,11 @@ impl ResolvesServerCert for ByClientHello {
 
 pub(crate) fn build(state: &StateDir, sessions: usize) -> Result<ServerConfig> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let rsa = certified(&state.server_cert(), &state.server_key())?;
+    let rsa = certified(&state.server_cert(), &state.key_file(Key::ServerRsa))?;
     let ecdsa = if state.server_ecdsa_cert().exists() {
         Some(certified(
             &state.server_ecdsa_cert(),
-            &state.server_ecdsa_key(),
+            &state.key_file(Key::ServerEcdsa),
         )?)
     } else {
         super::log::say(&format!(
@@ -142,9 +142,9 @@ impl Reloading {
         let files = vec![
             state.ca_cert(),
             state.server_cert(),
-            state.server_key(),
+            state.key_file(Key::ServerRsa),
             state.server_ecdsa_cert(),
-            state.server_ecdsa_key(),
+            state.key_file(Key::ServerEcdsa),
         ];
         let current = Cached::new(files, || {
             build(state, sessions).map(|c| TlsAcceptor::from(Arc::new(c)))

@@ -10,7 +10,7 @@ use clap::Parser;
 use cli::{board_options, Cli, Command};
 use ipxe_ca::ipxe_build;
 use ipxe_ca::server;
-use ipxe_ca::state::OutDir;
+use ipxe_ca::store::state::OutDir;
 use ipxe_ca::Lab;
 
 fn main() -> ExitCode {
@@ -287,16 +287,16 @@ fn run(lab: &Lab, cli: Cli) -> Result<()> {
                 .with_context(|| format!("cannot write man pages in {}", a.dir.display()))?;
         }
         Command::NginxConfig(a) => {
-            let config = ipxe_ca::config::Config::load(lab.state())?;
+            let config = ipxe_ca::store::config::Config::load(lab.state())?;
             let listen = a.listen.unwrap_or_else(|| config.server_port().to_string());
             let secret = lab.proxy_secret().context("cannot make the proxy secret")?;
             let block = server::nginx::server_block(lab.state(), &listen, a.upstream, &secret);
             match &a.out {
                 Some(out) => {
-                    ipxe_ca::state::write_atomic(
+                    ipxe_ca::store::state::write_atomic(
                         out,
                         block.as_bytes(),
-                        ipxe_ca::state::MODE_SECRET,
+                        ipxe_ca::store::state::MODE_SECRET,
                     )
                     .with_context(|| format!("cannot write {}", out.display()))?;
                     eprintln!("wrote {} (0600: it holds the proxy secret)", out.display());

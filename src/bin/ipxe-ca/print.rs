@@ -6,7 +6,7 @@ use anyhow::Result;
 use ipxe_ca::board::BoardView;
 use ipxe_ca::flash::Progress;
 use ipxe_ca::ipxe_build::doctor::Report;
-use ipxe_ca::registry::Problem;
+use ipxe_ca::store::registry::Problem;
 
 /// Pretty JSON on stdout.
 pub fn json<T: serde::Serialize + ?Sized>(v: &T) -> Result<()> {
@@ -43,7 +43,7 @@ pub fn out<T: serde::Serialize + ?Sized, D: Done>(
 }
 
 /// What `revoke` did.
-pub fn revoked(s: &ipxe_ca::state::StateDir, b: &ipxe_ca::board::Board, previous: bool) {
+pub fn revoked(s: &ipxe_ca::store::state::StateDir, b: &ipxe_ca::board::Board, previous: bool) {
     let crl = s.crl();
     if previous {
         println!(
@@ -62,7 +62,7 @@ pub fn revoked(s: &ipxe_ca::state::StateDir, b: &ipxe_ca::board::Board, previous
 }
 
 /// What `server-cert` issued.
-pub fn server_certs(s: &ipxe_ca::state::StateDir, sans: &[ipxe_ca::types::San]) {
+pub fn server_certs(s: &ipxe_ca::store::state::StateDir, sans: &[ipxe_ca::types::San]) {
     let names: Vec<String> = sans.iter().map(ToString::to_string).collect();
     println!(
         "issued {} and {} for {}; a running `ipxe-ca serve` picks them up within a second",
@@ -85,7 +85,8 @@ pub fn configured(c: &ipxe_ca::lab::Configured) {
             c.before.server_url
         );
     }
-    let console = |c: &ipxe_ca::config::Config| c.console_target().unwrap_or_else(|| "off".into());
+    let console =
+        |c: &ipxe_ca::store::config::Config| c.console_target().unwrap_or_else(|| "off".into());
     println!("console = {}", console(&c.after));
     if c.after.console_target() != c.before.console_target() {
         println!(
@@ -96,7 +97,7 @@ pub fn configured(c: &ipxe_ca::lab::Configured) {
 }
 
 /// What `init` made.
-pub fn initialized(s: &ipxe_ca::state::StateDir, done: &ipxe_ca::lab::Initialized) {
+pub fn initialized(s: &ipxe_ca::store::state::StateDir, done: &ipxe_ca::lab::Initialized) {
     let how = if done.adopted { "adopted" } else { "created" };
     println!("{how} CA {}", s.ca_cert().display());
     let names: Vec<String> = done.sans.iter().map(ToString::to_string).collect();
@@ -184,8 +185,8 @@ pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
 }
 
 /// A board's recent requests, and its console lines between them.
-pub fn history(board: &ipxe_ca::types::BoardName, shown: &[ipxe_ca::history::Shown]) {
-    use ipxe_ca::history::Entry;
+pub fn history(board: &ipxe_ca::types::BoardName, shown: &[ipxe_ca::store::history::Shown]) {
+    use ipxe_ca::store::history::Entry;
     if shown.is_empty() {
         println!(
             "{board}: no request recorded yet (serve records each board's requests and console)"
@@ -397,7 +398,7 @@ pub fn signatures(report: &[ipxe_ca::codesign::FileStatus], json_out: bool) -> R
 }
 
 /// A state dir from before signed boot files got its signer.
-pub fn created_codesign(s: &ipxe_ca::state::StateDir) {
+pub fn created_codesign(s: &ipxe_ca::store::state::StateDir) {
     eprintln!(
         "created the code-signing certificate {} (this state dir predates signed boot files)",
         s.codesign_cert().display()

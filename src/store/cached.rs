@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::state::{self, FileVersion};
+use crate::store::state::{self, FileVersion};
 use crate::watch::{Snapshot, Token};
 
 /// How a look decides whether the files may have changed.

@@ -16,7 +16,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::state::{self, StateDir, MODE_SECRET};
+use crate::store::state::{self, StateDir, MODE_SECRET};
 use crate::types::BoardName;
 
 /// Records kept per board (at least; at most twice as many between compactions).

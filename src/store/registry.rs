@@ -8,9 +8,9 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::board::Board;
-use crate::cached::PerFile;
 use crate::error::{Error, Result};
-use crate::state::{self, StateDir, MODE_PUBLIC, MODE_SECRET};
+use crate::store::cached::PerFile;
+use crate::store::state::{self, StateDir, MODE_PUBLIC, MODE_SECRET};
 use crate::types::{BoardName, Fingerprint, Serial};
 use crate::watch::{Snapshot, Token};
 
@@ -36,6 +36,27 @@ impl Registry {
         &self.state
     }
 
+    /// The board's certificate (PEM) as last issued.
+    pub fn cert_pem(&self, name: &BoardName) -> Result<Vec<u8>> {
+        state::read(&self.state.board_cert(name))
+    }
+
+    /// Where the board's certificate lives: for messages and `list --expiring`, and for
+    /// nothing else to read behind the registry's back.
+    pub fn cert_file(&self, name: &BoardName) -> PathBuf {
+        self.state.board_cert(name)
+    }
+
+    /// The board's private key (PEM) when ipxe-ca holds it: enrolled here, not signed from a
+    /// CSR or registered with a key that never left the board.
+    pub fn key_pem(&self, name: &BoardName) -> Result<Option<Vec<u8>>> {
+        match fs::read(self.state.board_key(name)) {
+            Ok(k) => Ok(Some(k)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io("cannot read", self.state.board_key(name), e)),
+        }
+    }
+
     /// Move a leftover aside (never deleted: it may hold the only copy of a key).
     fn set_aside(&self, path: &std::path::Path) -> Result<()> {
         let to = self.state.quarantine(path)?;
@@ -58,7 +79,7 @@ impl Registry {
         crate::board::Stored {
             cert: self.state.board_cert(name),
             key: key.exists().then_some(key),
-            last: crate::history::last(&self.state, name).map(|r| (r.time, r.outcome)),
+            last: crate::store::history::last(&self.state, name).map(|r| (r.time, r.outcome)),
         }
     }
 

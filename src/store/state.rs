@@ -15,6 +15,28 @@ pub struct StateDir {
     root: PathBuf,
 }
 
+/// The private keys and secrets of the farm itself (a board's key is the registry's): named
+/// by role, so that nothing outside the store spells where one lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Key {
+    /// The CA's: signs every certificate and the CRL. `serve` never needs it.
+    Ca,
+    /// The RSA server certificate's, for iPXE before 2.0.
+    ServerRsa,
+    /// The ECDSA P-256 server certificate's, for clients that offer ECDSA.
+    ServerEcdsa,
+    /// The boot-file signer's (`imgverify`).
+    CodeSigning,
+    /// The Secure Boot db key that signs EFI executables.
+    SecureBootDb,
+    /// The Secure Boot KEK key, which signed the db update.
+    SecureBootKek,
+    /// The Secure Boot platform key, which signed the KEK update.
+    SecureBootPk,
+    /// What nginx sends to prove it is the proxy.
+    ProxySecret,
+}
+
 /// Written into every build output folder: it holds board keys, so it is never served.
 pub const OUT_MARKER: &str = ".ipxe-ca-images";
 const BOARD_FILE_EXT: &str = ".toml";
@@ -46,8 +68,8 @@ impl StateDir {
     pub fn ca_cert(&self) -> PathBuf {
         self.root.join("ca/ca.crt")
     }
-    /// `ca/ca.key`
-    pub fn ca_key(&self) -> PathBuf {
+    /// `keys/ca.key`
+    pub(in crate::store) fn ca_key(&self) -> PathBuf {
         self.root.join("keys/ca.key")
     }
     /// `ca/crl.pem`
@@ -63,7 +85,7 @@ impl StateDir {
         self.root.join("server/server.crt")
     }
     /// `server/server.key`
-    pub fn server_key(&self) -> PathBuf {
+    pub(in crate::store) fn server_key(&self) -> PathBuf {
         self.root.join("server/server.key")
     }
     /// `server/server-ecdsa.crt`: the ECDSA P-256 chain, chosen for clients that offer ECDSA.
@@ -71,19 +93,19 @@ impl StateDir {
         self.root.join("server/server-ecdsa.crt")
     }
     /// `server/server-ecdsa.key`
-    pub fn server_ecdsa_key(&self) -> PathBuf {
+    pub(in crate::store) fn server_ecdsa_key(&self) -> PathBuf {
         self.root.join("server/server-ecdsa.key")
     }
     /// `server/proxy.secret`: what nginx sends to prove it is the proxy (`nginx-config`).
-    pub fn proxy_secret(&self) -> PathBuf {
+    pub(in crate::store) fn proxy_secret(&self) -> PathBuf {
         self.root.join("server/proxy.secret")
     }
     /// `codesign/codesign.crt`: the signer of boot files (issued by the CA, codeSigning).
     pub fn codesign_cert(&self) -> PathBuf {
         self.root.join("codesign/codesign.crt")
     }
-    /// `codesign/codesign.key`
-    pub fn codesign_key(&self) -> PathBuf {
+    /// `keys/codesign.key`
+    pub(in crate::store) fn codesign_key(&self) -> PathBuf {
         self.root.join("keys/codesign.key")
     }
     /// `config.toml`
@@ -91,17 +113,17 @@ impl StateDir {
         self.root.join("etc/config.toml")
     }
     /// `boards/`
-    pub fn boards_dir(&self) -> PathBuf {
+    pub(in crate::store) fn boards_dir(&self) -> PathBuf {
         self.root.join("boards")
     }
     /// `boards/NAME.toml`: the public registry entry.
-    pub fn board_file(&self, name: &BoardName) -> PathBuf {
+    pub(in crate::store) fn board_file(&self, name: &BoardName) -> PathBuf {
         self.root
             .join("boards")
             .join(format!("{name}{BOARD_FILE_EXT}"))
     }
     /// `boards/NAME/`: the board's certificate, key and secrets.
-    pub fn board_dir(&self, name: &BoardName) -> PathBuf {
+    pub(in crate::store) fn board_dir(&self, name: &BoardName) -> PathBuf {
         self.root.join("boards").join(name.as_str())
     }
     /// Whether `file` (a name inside `boards/`) is a board file, and whose.
@@ -109,11 +131,11 @@ impl StateDir {
         file.strip_suffix(BOARD_FILE_EXT)?.parse().ok()
     }
     /// `boards/NAME/cert.pem`
-    pub fn board_cert(&self, name: &BoardName) -> PathBuf {
+    pub(in crate::store) fn board_cert(&self, name: &BoardName) -> PathBuf {
         self.board_dir(name).join("cert.pem")
     }
     /// `boards/NAME/key.pem` (enrolled boards only; 0600).
-    pub fn board_key(&self, name: &BoardName) -> PathBuf {
+    pub(in crate::store) fn board_key(&self, name: &BoardName) -> PathBuf {
         self.board_keys_dir().join(format!("{name}.key"))
     }
 
@@ -124,7 +146,7 @@ impl StateDir {
     }
 
     /// `keys/boards/`: one `NAME.key` per board whose key ipxe-ca made.
-    pub fn board_keys_dir(&self) -> PathBuf {
+    pub(in crate::store) fn board_keys_dir(&self) -> PathBuf {
         self.keys_dir().join("boards")
     }
 
@@ -135,8 +157,39 @@ impl StateDir {
 
     /// `keys/secure-boot/db.key`: the key that signs EFI executables for Secure Boot (PK and
     /// KEK keys beside it, when `secure-boot init` made them).
-    pub fn secure_boot_key(&self) -> PathBuf {
+    pub(in crate::store) fn secure_boot_key(&self) -> PathBuf {
         self.keys_dir().join("secure-boot/db.key")
+    }
+
+    /// Where `key` lives: for a program that reads it itself (nginx), confinement and
+    /// messages. ipxe-ca reads and writes keys with [`StateDir::read_key`] and
+    /// [`StateDir::write_key`].
+    pub fn key_file(&self, key: Key) -> PathBuf {
+        match key {
+            Key::Ca => self.ca_key(),
+            Key::ServerRsa => self.server_key(),
+            Key::ServerEcdsa => self.server_ecdsa_key(),
+            Key::CodeSigning => self.codesign_key(),
+            Key::SecureBootDb => self.secure_boot_key(),
+            Key::SecureBootKek => self.keys_dir().join("secure-boot/KEK.key"),
+            Key::SecureBootPk => self.keys_dir().join("secure-boot/PK.key"),
+            Key::ProxySecret => self.proxy_secret(),
+        }
+    }
+
+    /// Whether the state dir holds `key`.
+    pub fn has_key(&self, key: Key) -> bool {
+        self.key_file(key).exists()
+    }
+
+    /// `key`'s bytes (PEM, or the proxy secret's hex).
+    pub fn read_key(&self, key: Key) -> Result<Vec<u8>> {
+        read(&self.key_file(key))
+    }
+
+    /// Keep `key` (0600, its folder 0700), atomically.
+    pub fn write_key(&self, key: Key, data: &[u8]) -> Result<()> {
+        write_atomic(&self.key_file(key), data, MODE_SECRET)
     }
 
     /// The folders `serve` reads (and, for `boards/`, writes history into): everything it
@@ -158,16 +211,38 @@ impl StateDir {
         .collect()
     }
 
+    /// The one served folder `serve` writes in: each board's history and console log.
+    pub fn journal_dir(&self) -> PathBuf {
+        self.boards_dir()
+    }
+
+    /// The folders a board's boot script is rendered from (its entry, its folder with its
+    /// secrets, the profiles, `config.toml`'s): a change in any makes a kept script stale.
+    pub fn script_inputs(&self, name: &BoardName) -> [PathBuf; 4] {
+        [
+            self.boards_dir(),
+            self.board_dir(name),
+            self.profiles_dir(),
+            self.root.clone(),
+        ]
+    }
+
+    /// Create the folders boards are kept in (0700: keys live there).
+    pub fn create_board_folders(&self) -> Result<()> {
+        create_dir_private(&self.boards_dir())?;
+        create_dir_private(&self.board_keys_dir())
+    }
+
     /// `boards/NAME/secrets.toml` (0600).
-    pub fn board_secrets(&self, name: &BoardName) -> PathBuf {
+    pub(in crate::store) fn board_secrets(&self, name: &BoardName) -> PathBuf {
         self.board_dir(name).join(BOARD_SECRETS)
     }
     /// `boards/NAME/history.jsonl`: the board's recent boots and refusals, bounded.
-    pub fn board_history(&self, name: &BoardName) -> PathBuf {
+    pub(in crate::store) fn board_history(&self, name: &BoardName) -> PathBuf {
         self.board_dir(name).join(BOARD_HISTORY)
     }
     /// `boards/NAME/console.jsonl`: what the board's own console said, bounded.
-    pub fn board_console(&self, name: &BoardName) -> PathBuf {
+    pub(in crate::store) fn board_console(&self, name: &BoardName) -> PathBuf {
         self.board_dir(name).join(BOARD_CONSOLE)
     }
     /// Whether a file name in a board's folder is its history or console log, or a rewrite of
@@ -184,11 +259,11 @@ impl StateDir {
         })
     }
     /// `index/KIND/`: one tiny file per fingerprint or serial naming the board.
-    pub fn index_dir(&self, kind: &str) -> PathBuf {
+    pub(in crate::store) fn index_dir(&self, kind: &str) -> PathBuf {
         self.root.join("index").join(kind)
     }
     /// `index/KIND/VALUE`
-    pub fn index_file(&self, kind: &str, value: &str) -> PathBuf {
+    pub(in crate::store) fn index_file(&self, kind: &str, value: &str) -> PathBuf {
         self.index_dir(kind).join(value)
     }
     /// `profiles/`

@@ -4,9 +4,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cached::{Cached, Change, Look};
 use crate::error::{Error, Result};
-use crate::state::{self, StateDir, MODE_PUBLIC};
+use crate::store::cached::{Cached, Change, Look};
+use crate::store::state::{self, StateDir, MODE_PUBLIC};
 use crate::types::San;
 use crate::watch::Snapshot;
 
