@@ -238,6 +238,63 @@ pub struct Revoked {
     pub reason: Reason,
 }
 
+/// What a CRL says: the one reader of CRLs, for `serve`, `check`, `crl` and expiry.
+#[derive(Clone, Debug)]
+pub struct CrlFacts {
+    /// The revoked serials.
+    pub serials: std::collections::HashSet<Serial>,
+    /// Each revoked certificate as listed (kept when a board file cannot be read).
+    pub entries: Vec<Revoked>,
+    /// When its issuer promises the next one.
+    pub next_update: Option<OffsetDateTime>,
+    /// Its crlNumber: a newer CRL has a higher one.
+    pub number: Option<x509_parser::num_bigint::BigUint>,
+}
+
+impl CrlFacts {
+    /// The crlNumber where it fits 64 bits (every CRL ipxe-ca writes).
+    pub fn number_u64(&self) -> Option<u64> {
+        self.number.as_ref().and_then(|n| u64::try_from(n).ok())
+    }
+}
+
+/// Read a CRL (PEM); with `issuer` (a CA certificate, DER), only one that it signed.
+pub fn read_crl(pem: &[u8], issuer: Option<&[u8]>) -> Result<CrlFacts> {
+    use rustls_pki_types::CertificateRevocationListDer;
+    use x509_parser::revocation_list::CertificateRevocationList;
+    use x509_parser::x509::ReasonCode;
+    let der = CertificateRevocationListDer::from_pem_slice(pem)
+        .map_err(|e| Error::crypto("cannot read the CRL", e))?;
+    let (_, crl) = CertificateRevocationList::from_der(&der)
+        .map_err(|e| Error::crypto("cannot parse the CRL", e))?;
+    if let Some(ca) = issuer {
+        let (_, ca) =
+            X509Certificate::from_der(ca).map_err(|e| Error::crypto("CA certificate", e))?;
+        crl.verify_signature(ca.public_key())
+            .map_err(|_| Error::crypto("the CRL", "not signed by our CA"))?;
+    }
+    let entries: Vec<Revoked> = crl
+        .iter_revoked_certificates()
+        .map(|r| Revoked {
+            serial: Serial::from_der_bytes(r.raw_serial()),
+            when: r.revocation_date.to_datetime(),
+            reason: match r.reason_code().map(|(_, c)| c) {
+                Some(ReasonCode::KeyCompromise) => Reason::KeyCompromise,
+                Some(ReasonCode::AffiliationChanged) => Reason::AffiliationChanged,
+                Some(ReasonCode::Superseded) => Reason::Superseded,
+                Some(ReasonCode::CessationOfOperation) => Reason::CessationOfOperation,
+                _ => Reason::Unspecified,
+            },
+        })
+        .collect();
+    Ok(CrlFacts {
+        serials: entries.iter().map(|e| e.serial.clone()).collect(),
+        entries,
+        next_update: crl.next_update().map(|t| t.to_datetime()),
+        number: crl.crl_number().cloned(),
+    })
+}
+
 /// CRL reason codes an operator is likely to need.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]

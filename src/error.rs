@@ -68,6 +68,26 @@ pub enum Error {
         "{0} was replaced while serving; serve stopped so that it can be started on the new folder"
     )]
     StateReplaced(PathBuf),
+    /// A revoked board is not renewed: its key may be the reason it was revoked.
+    #[error("board {0} is revoked: a revoked board is not renewed; enroll it again deliberately")]
+    RenewRevoked(String),
+    /// A target the board's architecture cannot boot.
+    #[error(
+        "board {board} is arm64, which boots UEFI only: target {target} is for x86 (BIOS, or a \
+         CD around isolinux)"
+    )]
+    TargetNotForArch {
+        /// The board.
+        board: String,
+        /// The target asked for.
+        target: String,
+    },
+    /// The folder given for boot files holds key material: nothing in it is served.
+    #[error(
+        "{0} holds key material (the state dir, its key folders, or a build's images): serve \
+         boot files from their own directory"
+    )]
+    FilesHoldKeys(PathBuf),
     /// The server could not start or stopped with an error.
     #[error("server: {0}")]
     Server(String),

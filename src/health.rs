@@ -8,13 +8,13 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::board::Status;
-use crate::ca::{self, Reason, Revoked};
+use crate::ca::{self};
 use crate::error::NameFix;
 use crate::error::{Error, Result};
 use crate::store::config::Config;
 use crate::store::registry::Registry;
 use crate::store::state::{self, StateDir};
-use crate::types::{San, Serial};
+use crate::types::San;
 
 /// Refuse names that would leave every board refusing the server: iPXE checks the host of
 /// `server_url` against the server certificate. `fix` says what was being done.
@@ -138,41 +138,9 @@ pub(crate) fn server_certs_name(state: &StateDir, config: &Config, fix: NameFix)
     Ok(())
 }
 
-/// What a CRL file says (`None` if it cannot be read).
-pub(crate) struct CrlFacts {
-    pub serials: std::collections::HashSet<Serial>,
-    /// Each revoked certificate as listed (kept when a board file cannot be read).
-    pub entries: Vec<Revoked>,
-    pub next_update: Option<OffsetDateTime>,
-    pub number: Option<u64>,
-}
-
-pub(crate) fn crl_facts(path: &Path) -> Option<CrlFacts> {
-    use rustls_pki_types::pem::PemObject;
-    use x509_parser::prelude::FromDer;
-    let der = rustls_pki_types::CertificateRevocationListDer::from_pem_file(path).ok()?;
-    let (_, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(&der).ok()?;
-    use x509_parser::x509::ReasonCode;
-    let entries: Vec<Revoked> = crl
-        .iter_revoked_certificates()
-        .map(|r| Revoked {
-            serial: Serial::from_der_bytes(r.raw_serial()),
-            when: r.revocation_date.to_datetime(),
-            reason: match r.reason_code().map(|(_, c)| c) {
-                Some(ReasonCode::KeyCompromise) => Reason::KeyCompromise,
-                Some(ReasonCode::AffiliationChanged) => Reason::AffiliationChanged,
-                Some(ReasonCode::Superseded) => Reason::Superseded,
-                Some(ReasonCode::CessationOfOperation) => Reason::CessationOfOperation,
-                _ => Reason::Unspecified,
-            },
-        })
-        .collect();
-    Some(CrlFacts {
-        serials: entries.iter().map(|e| e.serial.clone()).collect(),
-        entries,
-        next_update: crl.next_update().map(|t| t.to_datetime()),
-        number: crl.crl_number().and_then(|n| u64::try_from(n).ok()),
-    })
+/// What the CRL file at `path` says (`None` if it cannot be read).
+pub(crate) fn crl_facts(path: &Path) -> Option<ca::CrlFacts> {
+    ca::read_crl(&state::read(path).ok()?, None).ok()
 }
 
 /// Something that expires, for `list --expiring`.

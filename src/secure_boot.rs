@@ -639,11 +639,7 @@ pub fn init(st: &StateDir, replace: bool) -> Result<Enrollment> {
             auth("db", &EFI_IMAGE_SECURITY_DATABASE, &esl(&db), &kek, at)?,
         ),
     ];
-    let dir = st
-        .secure_boot_cert()
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
+    let dir = st.secure_boot_dir();
     let _lock = st.lock()?;
     let mut written = Vec::new();
     for (name, m, auth) in &files {
@@ -659,7 +655,7 @@ pub fn init(st: &StateDir, replace: bool) -> Result<Enrollment> {
             ("esl", esl(m)),
             ("auth", auth.clone()),
         ] {
-            let p = dir.join(format!("{name}.{ext}"));
+            let p = st.secure_boot_file(name, ext);
             state::write_atomic(&p, &data, MODE_PUBLIC)?;
             written.push(p);
         }

@@ -212,12 +212,10 @@ pub(crate) fn check_targets(targets: &[Target], boards: &[Board]) -> Result<()> 
         .iter()
         .find(|t| !matches!(t, Target::Efi | Target::EfiUsb))
     {
-        Some(t) => Err(Error::invalid(format!(
-            "board {} is arm64, which boots UEFI only: target {} is for x86 (BIOS, or a CD \
-             around isolinux); build it with --target efi-usb (a stick) or --target efi",
-            b.name,
-            t.name()
-        ))),
+        Some(t) => Err(Error::TargetNotForArch {
+            board: b.name.to_string(),
+            target: t.name().to_string(),
+        }),
         None => Ok(()),
     }
 }

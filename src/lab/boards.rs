@@ -341,9 +341,7 @@ impl Lab {
         for n in names {
             let b = self.registry.get(n)?;
             if b.status == Status::Revoked {
-                return Err(Error::invalid(format!(
-                    "board {n} is revoked: a revoked board is not renewed; enroll it again deliberately (enroll --replace)"
-                )));
+                return Err(Error::RenewRevoked(n.to_string()));
             }
             boards.push(b);
         }

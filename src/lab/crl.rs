@@ -78,7 +78,7 @@ impl Lab {
         let current = match self.state.read_crl_number() {
             Ok(n) => n,
             Err(e) => crl_facts(&self.state.crl())
-                .and_then(|f| f.number)
+                .and_then(|f| f.number_u64())
                 .ok_or(e)?,
         };
         Ok(current + 1)

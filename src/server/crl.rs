@@ -3,11 +3,7 @@
 
 use std::collections::HashSet;
 
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateRevocationListDer;
 use x509_parser::num_bigint::BigUint;
-use x509_parser::prelude::{FromDer, X509Certificate};
-use x509_parser::revocation_list::CertificateRevocationList;
 
 use crate::error::{Error, Result};
 use crate::store::cached::{Cached, Change, Look};
@@ -27,23 +23,14 @@ struct Loaded {
     serials: HashSet<Serial>,
 }
 
-/// Parse and verify the CRL.
+/// Read and verify the CRL.
 fn load(state: &StateDir, ca_der: &[u8]) -> Result<Loaded> {
     let path = state.crl();
-    let der = CertificateRevocationListDer::from_pem_slice(&state::read(&path)?)
-        .map_err(|e| Error::crypto(format!("cannot read {}", path.display()), e))?;
-    let (_, crl) = CertificateRevocationList::from_der(&der)
-        .map_err(|e| Error::crypto(format!("cannot parse {}", path.display()), e))?;
-    let (_, ca) =
-        X509Certificate::from_der(ca_der).map_err(|e| Error::crypto("CA certificate", e))?;
-    crl.verify_signature(ca.public_key())
-        .map_err(|_| Error::crypto(format!("{}", path.display()), "not signed by our CA"))?;
+    let facts = crate::ca::read_crl(&state::read(&path)?, Some(ca_der))
+        .map_err(|e| Error::crypto(format!("{}", path.display()), e))?;
     Ok(Loaded {
-        number: crl.crl_number().cloned(),
-        serials: crl
-            .iter_revoked_certificates()
-            .map(|r| Serial::from_der_bytes(r.raw_serial()))
-            .collect(),
+        number: facts.number,
+        serials: facts.serials,
     })
 }
 

@@ -151,11 +151,7 @@ impl FilesRoot {
         let dir = open_dir(given).map_err(missing)?;
         let checked = Self::check(&dir, state).map_err(missing)?;
         if checked.opener.is_none() {
-            return Err(crate::error::Error::invalid(format!(
-                "{} holds key material (the state dir, its key folders, or a build's images): \
-serve boot files from their own directory (default DIR/files, or --files)",
-                checked.root.display()
-            )));
+            return Err(crate::error::Error::FilesHoldKeys(checked.root.clone()));
         }
         if let Some(o) = &checked.opener {
             super::log::say(&confinement_note(o, &checked.root));

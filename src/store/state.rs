@@ -152,7 +152,18 @@ impl StateDir {
 
     /// `secure-boot/db.crt`: the certificate boards' firmware trusts in its db (Secure Boot).
     pub fn secure_boot_cert(&self) -> PathBuf {
-        self.root.join("secure-boot/db.crt")
+        self.secure_boot_file("db", "crt")
+    }
+
+    /// `secure-boot/`: what an operator enrolls in a board's firmware.
+    pub fn secure_boot_dir(&self) -> PathBuf {
+        self.root.join("secure-boot")
+    }
+
+    /// `secure-boot/VAR.EXT`: one Secure Boot variable's certificate (`crt`, `cer`),
+    /// signature list (`esl`) or authenticated update (`auth`).
+    pub fn secure_boot_file(&self, var: &str, ext: &str) -> PathBuf {
+        self.secure_boot_dir().join(format!("{var}.{ext}"))
     }
 
     /// `keys/secure-boot/db.key`: the key that signs EFI executables for Secure Boot (PK and

@@ -57,6 +57,11 @@ fn hint(e: &ipxe_ca::Error) -> Option<String> {
         CaExists(_) => "pass --force to replace it anyway".into(),
         BoardExists(_) => "to re-enroll a revoked board under its name, pass --replace".into(),
         NotRemovable(_) => "if this really is the stick, pass --allow-non-removable".into(),
+        RenewRevoked(_) => "`ipxe-ca enroll --replace` issues it a new key and certificate".into(),
+        TargetNotForArch { .. } => {
+            "build it with --target efi-usb (a stick) or --target efi".into()
+        }
+        FilesHoldKeys(_) => "the default is DIR/files; --files names another".into(),
         StateReplaced(_) => "start `ipxe-ca serve` again (the systemd unit restarts it)".into(),
         ServerNameNotCovered { host, fix, .. } => match fix {
             NameFix::Init => {
