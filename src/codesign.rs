@@ -277,8 +277,16 @@ pub fn sign_files(
     for rel in rels {
         let file = root.join(&rel);
         let efi = secure_boot.is_some() && crate::secure_boot::is_pe_header(&read_head(&file)?);
+        // What is signed below, read once with the stat taken before it.
+        let mut read = None;
         let needs_sb = match secure_boot {
-            Some(sb) if efi => !sb.has_signed(&state::read(&file)?),
+            Some(sb) if efi => {
+                let before = stat(&file);
+                let data = state::read(&file)?;
+                let needs = !sb.has_signed(&data);
+                read = Some((before, data));
+                needs
+            }
             _ => false,
         };
         if !force && !needs_sb && index.status(&root, &rel) == SigStatus::Current {
@@ -298,10 +306,16 @@ pub fn sign_files(
                 .map_err(|e| Error::io("cannot read", &real, e))?
                 .permissions()
                 .mode();
-            crate::secure_boot::sign_file(sb, &real, mode & 0o7777)?;
+            let Some((_, data)) = read.take() else {
+                return Err(Error::invalid("internal: an EFI file to sign was not read"));
+            };
+            state::write_atomic(&real, &sb.sign(&data)?, mode & 0o7777)?;
         }
-        let before = stat(&file);
-        let data = state::read(&file)?;
+        // A file just signed for Secure Boot is read back: its signature is for what is there.
+        let (before, data) = match read {
+            Some(r) => r,
+            None => (stat(&file), state::read(&file)?),
+        };
         let sig = signer.sign(&data)?;
         // A file rewritten while we read it would get a signature for neither version.
         let (size, mtime_ns) = match (before, stat(&file)) {

@@ -8,8 +8,6 @@
 //! `WIN_CERTIFICATE`. Adding one leaves the image's hash unchanged, so a kernel may carry its
 //! distribution's signature and ours.
 
-use std::path::Path;
-
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::ca::der_tlv;
@@ -442,12 +440,6 @@ pub fn signatures(image: &[u8]) -> Vec<Vec<u8>> {
         at += len.next_multiple_of(8);
     }
     out
-}
-
-/// Sign the EFI executable at `path` in place (atomically, keeping its mode).
-pub fn sign_file(signer: &Signer, path: &Path, mode: u32) -> Result<()> {
-    let signed = signer.sign(&state::read(path)?)?;
-    state::write_atomic(path, &signed, mode)
 }
 
 /// What `serve` knows of Secure Boot: the db certificate (read again when it changes) and,

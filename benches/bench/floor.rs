@@ -3,22 +3,46 @@
 
 use super::*;
 
-/// What the server's side of a handshake costs in cryptography alone: the RSA-2048
-/// signature over the ECDHE parameters plus the X25519 agreement (verifications are cheap).
+/// One signature over a message.
+type Sign = dyn FnMut(&[u8]) -> R<()>;
+
+/// What the server's side of a handshake costs in cryptography alone: the signature over the
+/// ECDHE parameters with `server_key` (RSA-2048 PKCS#1 or ECDSA P-256) plus the X25519
+/// agreement (verifications are cheap).
 pub(crate) fn crypto_floor_ms(server_key: &Path, n: usize) -> R<f64> {
     use aws_lc_rs::{agreement, rand::SystemRandom, signature};
     let der = PrivateKeyDer::from_pem_file(server_key)?;
-    let key = signature::RsaKeyPair::from_pkcs8(der.secret_der()).map_err(|e| format!("{e:?}"))?;
     let rng = SystemRandom::new();
-    let mut sig = vec![0u8; key.public_modulus_len()];
+    let e = |e: aws_lc_rs::error::Unspecified| format!("{e:?}");
+    let mut sign: Box<Sign> = match &der {
+        PrivateKeyDer::Pkcs8(k)
+            if signature::RsaKeyPair::from_pkcs8(k.secret_pkcs8_der()).is_err() =>
+        {
+            let key = signature::EcdsaKeyPair::from_pkcs8(
+                &signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+                k.secret_pkcs8_der(),
+            )
+            .map_err(|e| format!("{e:?}"))?;
+            let rng = rng.clone();
+            Box::new(move |msg| key.sign(&rng, msg).map(drop).map_err(|x| e(x).into()))
+        }
+        _ => {
+            let key = signature::RsaKeyPair::from_pkcs8(der.secret_der())
+                .map_err(|e| format!("{e:?}"))?;
+            let mut sig = vec![0u8; key.public_modulus_len()];
+            let rng = rng.clone();
+            Box::new(move |msg| {
+                key.sign(&signature::RSA_PKCS1_SHA256, &rng, msg, &mut sig)
+                    .map_err(|x| e(x).into())
+            })
+        }
+    };
     let peer = agreement::EphemeralPrivateKey::generate(&agreement::X25519, &rng)
         .map_err(|e| format!("{e:?}"))?;
     let peer_pub = peer.compute_public_key().map_err(|e| format!("{e:?}"))?;
     let t = Instant::now();
     for i in 0..n {
-        let msg = (i as u64).to_le_bytes();
-        key.sign(&signature::RSA_PKCS1_SHA256, &rng, &msg, &mut sig)
-            .map_err(|e| format!("{e:?}"))?;
+        sign(&(i as u64).to_le_bytes())?;
         let mine = agreement::EphemeralPrivateKey::generate(&agreement::X25519, &rng)
             .map_err(|e| format!("{e:?}"))?;
         let _ = mine.compute_public_key();
@@ -60,33 +84,6 @@ pub(crate) fn board_verify_ms(board_key: &Path, n: usize) -> R<(f64, f64)> {
         parsed.verify_sig(msg, &sig).map_err(|e| format!("{e:?}"))?;
     }
     Ok((each, t.elapsed().as_secs_f64() * 1e3 / n as f64))
-}
-
-/// The same with an ECDSA P-256 server key.
-pub(crate) fn crypto_floor_ecdsa_ms(server_key: &Path, n: usize) -> R<f64> {
-    use aws_lc_rs::{agreement, rand::SystemRandom, signature};
-    let der = PrivateKeyDer::from_pem_file(server_key)?;
-    let key = signature::EcdsaKeyPair::from_pkcs8(
-        &signature::ECDSA_P256_SHA256_ASN1_SIGNING,
-        der.secret_der(),
-    )
-    .map_err(|e| format!("{e:?}"))?;
-    let rng = SystemRandom::new();
-    let peer = agreement::EphemeralPrivateKey::generate(&agreement::X25519, &rng)
-        .map_err(|e| format!("{e:?}"))?;
-    let peer_pub = peer.compute_public_key().map_err(|e| format!("{e:?}"))?;
-    let t = Instant::now();
-    for i in 0..n {
-        let msg = (i as u64).to_le_bytes();
-        key.sign(&rng, &msg).map_err(|e| format!("{e:?}"))?;
-        let mine = agreement::EphemeralPrivateKey::generate(&agreement::X25519, &rng)
-            .map_err(|e| format!("{e:?}"))?;
-        let _ = mine.compute_public_key();
-        let theirs = agreement::UnparsedPublicKey::new(&agreement::X25519, peer_pub.as_ref());
-        agreement::agree_ephemeral(mine, theirs, "x25519", |k| Ok::<_, &str>(k.len()))
-            .map_err(|e| format!("{e:?}"))?;
-    }
-    Ok(t.elapsed().as_secs_f64() * 1e3 / n as f64)
 }
 
 // ---------------------------------------------------------------- tcp floor

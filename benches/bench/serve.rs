@@ -139,7 +139,7 @@ pub(crate) fn bench_serve(cx: &mut Ctx) -> R<()> {
         &state.join("server/server.key"),
         if cx.smoke { 20 } else { 2000 },
     )?;
-    let floor_ec = crypto_floor_ecdsa_ms(
+    let floor_ec = crypto_floor_ms(
         &state.join("server/server-ecdsa.key"),
         if cx.smoke { 20 } else { 2000 },
     )?;

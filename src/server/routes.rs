@@ -259,12 +259,9 @@ fn identify(
     shared: &Shared,
 ) -> Result<(Fingerprint, Option<Serial>), Denial> {
     if info.tls {
-        let fp = info.fingerprint_sha1.as_deref().ok_or_else(|| {
+        let fp = info.fingerprint_sha1.clone().ok_or_else(|| {
             Denial::forbidden(Verdict::NoCertificate, "no client certificate was presented; the board's image must carry its certificate (ipxe-ca build)")
         })?;
-        let fp = fp
-            .parse()
-            .map_err(|_| Denial::forbidden(Verdict::Refused, "bad fingerprint"))?;
         return Ok((fp, None));
     }
     let Front::Proxy { secret, .. } = &shared.opts.front else {

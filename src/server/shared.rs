@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::store::config::ConfigCache;
 use crate::store::registry::Registry;
+use crate::types::Fingerprint;
 
 use super::log::TlsSession;
 use super::{crl, files, guard, metrics, one_time::OneTimeStore};
@@ -120,7 +121,7 @@ pub(crate) struct Shared {
 pub(crate) struct ConnInfo {
     pub peer: Option<SocketAddr>,
     /// SHA-1 of the verified client certificate (TLS), when there is one.
-    pub fingerprint_sha1: Option<String>,
+    pub fingerprint_sha1: Option<Fingerprint>,
     /// Whether this connection came through the mTLS listener.
     pub tls: bool,
     /// How the TLS connection was made, for the access log.

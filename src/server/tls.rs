@@ -224,13 +224,13 @@ pub(crate) async fn serve_tls(
         let fp = leaf.map(|l| Fingerprint::sha1(l));
         return super::console::serve(stream, peer, fp, shared).await;
     }
-    let fingerprint_sha1 = leaf.map(|leaf| Fingerprint::sha1(leaf).to_string());
+    let fingerprint_sha1 = leaf.map(|leaf| Fingerprint::sha1(leaf));
     // A kernel goes out in writes of up to this much TLS at a time (rustls' default, 64 KiB,
     // costs four times the syscalls); small answers never fill it.
     stream.get_mut().1.set_buffer_limit(Some(SEND_BUFFER));
     let conn = stream.get_ref().1;
     // Without a certificate the answer is a 403 script: from a budget of its own.
-    let _anonymous = match fingerprint_sha1 {
+    let _anonymous = match &fingerprint_sha1 {
         Some(_) => None,
         None => match anonymous.try_acquire_owned() {
             Ok(p) => Some(p),

@@ -420,6 +420,8 @@ fn append(
         return Ok(());
     }
     let mut text = Vec::new();
+    // The file as read to count its lines, kept for a compaction right after.
+    let mut read = None;
     let count = match open.open.remove(&key) {
         Some(a) => a.lines,
         None => {
@@ -428,12 +430,17 @@ fn append(
             if old.last().is_some_and(|b| *b != b'\n') {
                 text.push(b'\n');
             }
-            old.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count()
+            let n = old.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count();
+            read = Some(old);
+            n
         }
     };
     if count + lines.len() > 2 * keep {
         // Rewrite with the newest `keep`, atomically: a crash leaves the old or the new file.
-        let old = std::fs::read(&path).unwrap_or_default();
+        let old = match read {
+            Some(old) => old,
+            None => std::fs::read(&path).unwrap_or_default(),
+        };
         let mut all: Vec<&[u8]> = old
             .split(|b| *b == b'\n')
             .filter(|l| serde_json::from_slice::<serde::de::IgnoredAny>(l).is_ok())
