@@ -62,16 +62,9 @@ pub struct Board {
     pub status: Status,
     /// How the certificate came to us.
     pub origin: Origin,
-    /// When it was revoked.
-    #[serde(
-        default,
-        with = "time::serde::rfc3339::option",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub revoked_at: Option<OffsetDateTime>,
-    /// Why it was revoked.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub revocation_reason: Option<Reason>,
+    /// When and why it was revoked.
+    #[serde(flatten)]
+    pub revocation: Revocation,
     /// Names of the board's secrets (values are in `boards/NAME/secrets.toml`, 0600).
     #[serde(default)]
     pub secret_names: Vec<String>,
@@ -81,6 +74,31 @@ pub struct Board {
     /// Certificates the board had before (`renew`, `enroll --replace`), oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub previous: Vec<PreviousCert>,
+}
+
+/// When and why a certificate was revoked (both unset while it is not), as the CRL lists it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Revocation {
+    /// When.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub revoked_at: Option<OffsetDateTime>,
+    /// Why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation_reason: Option<Reason>,
+}
+
+impl Revocation {
+    /// Revoked at `when` for `reason`.
+    pub fn at(when: OffsetDateTime, reason: Reason) -> Self {
+        Revocation {
+            revoked_at: Some(when),
+            revocation_reason: Some(reason),
+        }
+    }
 }
 
 /// A certificate a board used to have. `Active` means still accepted: the grace period after
@@ -101,16 +119,9 @@ pub struct PreviousCert {
     pub replaced_at: OffsetDateTime,
     /// Still accepted (grace) or revoked (in the CRL).
     pub status: Status,
-    /// When it was revoked.
-    #[serde(
-        default,
-        with = "time::serde::rfc3339::option",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub revoked_at: Option<OffsetDateTime>,
-    /// Why it was revoked (the CRL's reason; `superseded` when none is recorded).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub revocation_reason: Option<Reason>,
+    /// When and why it was revoked (the CRL's reason; `superseded` when none is recorded).
+    #[serde(flatten)]
+    pub revocation: Revocation,
 }
 
 /// Which of a board's certificates a request presented.
@@ -227,6 +238,91 @@ impl Board {
     pub fn expires_soon(&self, now: OffsetDateTime) -> bool {
         self.status == Status::Active && self.not_after < now + time::Duration::days(WARN_DAYS)
     }
+
+    /// Refuse it from now on (the CRL and the registry say so once saved).
+    pub fn revoke(&mut self, reason: Reason, now: OffsetDateTime) {
+        self.status = Status::Revoked;
+        self.revocation = Revocation::at(now, reason);
+    }
+
+    /// Its current certificate as a previous one, replaced `now`: kept accepted (a grace
+    /// period, `renew`) or revoked as superseded.
+    pub fn retired(&self, now: OffsetDateTime, revoke: bool) -> PreviousCert {
+        let revoked = revoke || self.status == Status::Revoked;
+        PreviousCert {
+            serial: self.serial.clone(),
+            fingerprint_sha1: self.fingerprint_sha1.clone(),
+            fingerprint_sha256: self.fingerprint_sha256.clone(),
+            not_after: self.not_after,
+            replaced_at: now,
+            status: if revoked {
+                Status::Revoked
+            } else {
+                Status::Active
+            },
+            revocation: match (self.status, revoke) {
+                (Status::Revoked, _) => self.revocation,
+                (_, true) => Revocation::at(now, Reason::Superseded),
+                (_, false) => Revocation::default(),
+            },
+        }
+    }
+
+    /// Take the certificate `info` (issued by `origin`), keeping the current one as previous
+    /// (see [`Board::retired`]).
+    pub fn renewed(
+        &mut self,
+        info: crate::ca::CertInfo,
+        origin: Origin,
+        now: OffsetDateTime,
+        revoke_old: bool,
+    ) {
+        self.previous.push(self.retired(now, revoke_old));
+        self.serial = info.serial;
+        self.fingerprint_sha1 = info.fingerprint_sha1;
+        self.fingerprint_sha256 = info.fingerprint_sha256;
+        self.not_before = info.not_before;
+        self.not_after = info.not_after;
+        self.origin = origin;
+    }
+
+    /// End the grace period: every previous certificate still accepted is revoked as
+    /// superseded. False when there was none.
+    pub fn end_grace(&mut self, now: OffsetDateTime) -> bool {
+        let mut any = false;
+        for p in self
+            .previous
+            .iter_mut()
+            .filter(|p| p.status == Status::Active)
+        {
+            p.status = Status::Revoked;
+            p.revocation = Revocation::at(now, Reason::Superseded);
+            any = true;
+        }
+        any
+    }
+
+    /// Its revoked certificates, as the CRL lists them.
+    pub fn revoked_certs(&self) -> impl Iterator<Item = crate::ca::Revoked> + '_ {
+        let previous = self
+            .previous
+            .iter()
+            .filter(|p| p.status == Status::Revoked)
+            .map(|p| crate::ca::Revoked {
+                serial: p.serial.clone(),
+                when: p.revocation.revoked_at.unwrap_or(p.replaced_at),
+                reason: p.revocation.revocation_reason.unwrap_or(Reason::Superseded),
+            });
+        let current = (self.status == Status::Revoked).then(|| crate::ca::Revoked {
+            serial: self.serial.clone(),
+            when: self.revocation.revoked_at.unwrap_or(self.not_before),
+            reason: self
+                .revocation
+                .revocation_reason
+                .unwrap_or(Reason::Unspecified),
+        });
+        previous.chain(current)
+    }
 }
 
 impl BoardView {
@@ -245,7 +341,7 @@ impl BoardView {
             status: board.status,
             expires_soon: board.expires_soon(now),
             origin: board.origin,
-            revoked_at: board.revoked_at.map(rfc3339),
+            revoked_at: board.revocation.revoked_at.map(rfc3339),
             cert: stored.cert,
             key: stored.key,
             vars: board.vars.clone(),
@@ -284,6 +380,47 @@ impl BoardView {
 mod tests {
     use super::*;
 
+    /// A board file as `revoke` and `renew --revoke-old` wrote it reads back and writes out
+    /// with the same keys: the revocation is one type in the model, not in the file.
+    #[test]
+    fn a_revoked_board_file_round_trips_key_for_key() {
+        let text = r#"name = "b1"
+serial = "0a"
+fingerprint_sha1 = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+fingerprint_sha256 = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
+profile = "default"
+not_before = "2026-01-01T00:00:00Z"
+not_after = "2027-01-01T00:00:00Z"
+status = "revoked"
+origin = "enrolled"
+revoked_at = "2026-06-01T00:00:00Z"
+revocation_reason = "key-compromise"
+secret_names = []
+
+[vars]
+
+[[previous]]
+serial = "09"
+fingerprint_sha1 = "cccccccccccccccccccccccccccccccccccccccc"
+fingerprint_sha256 = "dddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddd"
+not_after = "2026-12-01T00:00:00Z"
+replaced_at = "2026-03-01T00:00:00Z"
+status = "revoked"
+revoked_at = "2026-03-01T00:00:00Z"
+revocation_reason = "superseded"
+"#;
+        let b: Board = toml::from_str(text).unwrap();
+        assert_eq!(b.revocation.revocation_reason, Some(Reason::KeyCompromise));
+        assert_eq!(
+            b.previous[0].revocation.revocation_reason,
+            Some(Reason::Superseded)
+        );
+        let listed: Vec<_> = b.revoked_certs().map(|r| r.serial.to_string()).collect();
+        assert_eq!(listed, ["09", "0a"]);
+        let back: toml::Value = toml::from_str(&toml::to_string(&b).unwrap()).unwrap();
+        assert_eq!(back, toml::from_str::<toml::Value>(text).unwrap());
+    }
+
     fn fp(c: char) -> Fingerprint {
         std::iter::repeat_n(c, 40)
             .collect::<String>()
@@ -307,8 +444,7 @@ mod tests {
             not_after: t,
             replaced_at: t,
             status,
-            revoked_at: None,
-            revocation_reason: None,
+            revocation: Default::default(),
         }
     }
 
@@ -325,8 +461,7 @@ mod tests {
             not_after,
             status: Status::Active,
             origin: Origin::Enrolled,
-            revoked_at: None,
-            revocation_reason: None,
+            revocation: Default::default(),
             secret_names: Vec::new(),
             vars: BTreeMap::new(),
             previous: vec![

@@ -149,8 +149,7 @@ impl Lab {
             not_after: info.not_after,
             status: Status::Active,
             origin,
-            revoked_at: None,
-            revocation_reason: None,
+            revocation: Default::default(),
             secret_names: secrets.keys().cloned().collect(),
             vars: to_map(&opts.vars),
             previous: Vec::new(),
@@ -159,16 +158,9 @@ impl Lab {
             let old = self.registry.get(name)?;
             let mut board = board;
             board.previous = old.previous.clone();
-            board.previous.push(PreviousCert {
-                serial: old.serial,
-                fingerprint_sha1: old.fingerprint_sha1,
-                fingerprint_sha256: old.fingerprint_sha256,
-                not_after: old.not_after,
-                replaced_at: OffsetDateTime::now_utc(),
-                status: Status::Revoked,
-                revoked_at: old.revoked_at,
-                revocation_reason: old.revocation_reason,
-            });
+            board
+                .previous
+                .push(old.retired(OffsetDateTime::now_utc(), true));
             self.registry.save_secrets(name, &secrets)?;
             self.registry.replace_cert(&board, cert_pem, key_pem)?;
             return Ok(board);
@@ -313,9 +305,7 @@ impl Lab {
         if board.status == Status::Revoked {
             return Err(Error::invalid(format!("board {name:?} is already revoked")));
         }
-        board.status = Status::Revoked;
-        board.revoked_at = Some(OffsetDateTime::now_utc());
-        board.revocation_reason = Some(reason);
+        board.revoke(reason, OffsetDateTime::now_utc());
         // The CRL is made (and every other board read) before anything is written: a registry
         // that cannot be read fails the revoke with nothing changed, never half-done.
         let crl = self.make_crl(&ca, Some(&board))?;
@@ -375,26 +365,7 @@ impl Lab {
                     (signed.cert_pem, key, board.origin, info)
                 }
             };
-            board.previous.push(PreviousCert {
-                serial: board.serial.clone(),
-                fingerprint_sha1: board.fingerprint_sha1.clone(),
-                fingerprint_sha256: board.fingerprint_sha256.clone(),
-                not_after: board.not_after,
-                replaced_at: now,
-                status: if opts.revoke_old {
-                    Status::Revoked
-                } else {
-                    Status::Active
-                },
-                revoked_at: opts.revoke_old.then_some(now),
-                revocation_reason: opts.revoke_old.then_some(Reason::Superseded),
-            });
-            board.serial = info.serial;
-            board.fingerprint_sha1 = info.fingerprint_sha1;
-            board.fingerprint_sha256 = info.fingerprint_sha256;
-            board.not_before = info.not_before;
-            board.not_after = info.not_after;
-            board.origin = origin;
+            board.renewed(info, origin, now, opts.revoke_old);
             let crl = opts
                 .revoke_old
                 .then(|| self.make_crl(&ca, Some(&board)))
@@ -416,18 +387,7 @@ impl Lab {
         let ca = self.ca()?;
         let mut board = self.registry.get(name)?;
         let now = OffsetDateTime::now_utc();
-        let mut any = false;
-        for p in board
-            .previous
-            .iter_mut()
-            .filter(|p| p.status == Status::Active)
-        {
-            p.status = Status::Revoked;
-            p.revoked_at = Some(now);
-            p.revocation_reason = Some(Reason::Superseded);
-            any = true;
-        }
-        if !any {
+        if !board.end_grace(now) {
             return Err(Error::invalid(format!(
                 "board {name} has no previous certificate still accepted (nothing to revoke)"
             )));

@@ -39,21 +39,8 @@ impl Lab {
             };
             revoked.extend(facts.entries);
         }
-        for b in boards {
-            for p in b.previous.iter().filter(|p| p.status == Status::Revoked) {
-                revoked.push(Revoked {
-                    serial: p.serial.clone(),
-                    when: p.revoked_at.unwrap_or(p.replaced_at),
-                    reason: p.revocation_reason.unwrap_or(Reason::Superseded),
-                });
-            }
-            if b.status == Status::Revoked {
-                revoked.push(Revoked {
-                    serial: b.serial,
-                    when: b.revoked_at.unwrap_or(b.not_before),
-                    reason: b.revocation_reason.unwrap_or(Reason::Unspecified),
-                });
-            }
+        for b in &boards {
+            revoked.extend(b.revoked_certs());
         }
         let mut seen = std::collections::HashSet::new();
         revoked.retain(|r| seen.insert(r.serial.clone()));

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::board::{Board, BoardView, Origin, PreviousCert, Status};
+use crate::board::{Board, BoardView, Origin, Status};
 use crate::ca::{self, Ca, CertInfo, KeySize, Reason, Revoked};
 use crate::error::{Error, NameFix, Result};
 pub use crate::health::Expiry;
