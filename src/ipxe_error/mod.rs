@@ -110,18 +110,18 @@ pub fn explain_line(line: &str) -> Vec<Explained> {
     let bytes = line.as_bytes();
     let mut i = 0;
     while i < bytes.len() {
-        let after_0x = line[..i].ends_with("0x") || line[..i].ends_with("0X");
-        if !bytes[i].is_ascii_hexdigit()
-            || (i > 0 && bytes[i - 1].is_ascii_alphanumeric() && !after_0x)
-        {
+        if !bytes[i].is_ascii_hexdigit() {
             i += 1;
             continue;
         }
+        // A run of hex digits counts only after `0x` or a name that ends in a separator, so
+        // one inside a word (a fingerprint, a MAC) never does.
         let end = (i..bytes.len())
             .find(|&j| !bytes[j].is_ascii_hexdigit())
             .unwrap_or(bytes.len());
         let word = &line[i..end];
         let before = &line[..i];
+        let after_0x = before.ends_with("0x") || before.ends_with("0X");
         let hex = if after_0x {
             // `0x216e48f` (iPXE's ${errno}): up to 8 digits.
             (word.len() <= 8).then_some(word)
@@ -134,7 +134,8 @@ pub fn explain_line(line: &str) -> Vec<Explained> {
         };
         if let Some(code) = hex.and_then(|h| u32::from_str_radix(h, 16).ok()) {
             let shown = format!("{code:08x}");
-            if code & 0xff00_0000 != 0 && !out.iter().any(|e| e.code == shown) {
+            // explain() knows no code without a class (its top byte).
+            if !out.iter().any(|e| e.code == shown) {
                 if let Some(meaning) = explain(code) {
                     out.push(Explained {
                         code: shown,
@@ -172,6 +173,10 @@ mod tests {
         );
         assert!(sb.contains("the firmware said: Access Denied"), "{sb}");
         assert!(sb.contains("Secure Boot"), "{sb}");
+        // The byte below encodes only the class when iPXE itself made the error: no status.
+        let own = explain(0x7f04_810e).unwrap();
+        assert!(own.starts_with("Could not load image"), "{own}");
+        assert!(!own.contains("the firmware said"), "{own}");
         assert!(explain(0x7f04_819a)
             .unwrap()
             .starts_with("Image prohibited by security policy"));
@@ -201,5 +206,17 @@ mod tests {
         // Hex that is no error code: a fingerprint, a MAC, a word.
         assert!(explain_line("fingerprint 0216e48fdeadbeef52:54:00:12:34:56 cafe").is_empty());
         assert!(explain_line("board b1 starting").is_empty());
+        // Eight digits count after each name iPXE and ipxe-ca print before one, alone not.
+        for named in ["error 2d0c613b", "Error 2d0c613b", "failed (2d0c613b)"] {
+            assert_eq!(explain_line(named).len(), 1, "{named}");
+        }
+        for bare in [
+            "code 2d0c613b",
+            "2d0c613b",
+            "error 2d0c613",
+            "error 02d0c613b",
+        ] {
+            assert!(explain_line(bare).is_empty(), "{bare}");
+        }
     }
 }
