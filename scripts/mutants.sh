@@ -36,7 +36,7 @@ run routes src/server/routes.rs server:: mutations:: trust:: ops::history ops::r
   a_local_process_cannot_impersonate no_request_path_reaches_a_panic durations_are_bounded secrets_never_need_the_command_line
 run files src/server/files.rs server::files server::sigterm no_race_or_link_serves_key_material a_files_dir_that_holds_keys no_request_path_reaches_a_panic durations_are_bounded trust::boot_files \
   hostile::a_files_symlink files_root:: stalls::
-run watch "src/watch.rs src/store/cached.rs" watch:: registry:: render:: crl server::boot_scripts server::a_state_dir
+run watch "src/store/watch.rs src/store/cached.rs" watch:: registry:: render:: crl server::boot_scripts server::a_state_dir
 run history src/store/history.rs history:: ops::history server::a_state_dir console::
 run console "src/server/console.rs src/ipxe_error/mod.rs" console:: ipxe_error::
 run state src/store/state.rs state:: mutations::bug_atomic mutations::bug_secrets mutations::bug_enroll \

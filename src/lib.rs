@@ -19,7 +19,6 @@ pub mod server;
 pub mod siglist;
 pub mod store;
 pub mod types;
-pub mod watch;
 
 pub use error::{Error, Result};
 

@@ -161,7 +161,7 @@ impl Templates {
         path: &Path,
         ctx: &Context,
         extra: &[(&'static str, Value)],
-        now: &crate::watch::Snapshot,
+        now: &crate::store::watch::Snapshot,
     ) -> Result<String> {
         let name = path
             .file_name()
@@ -198,7 +198,7 @@ impl Templates {
 /// `one_time_url` is never kept: each boot gets its own URL.
 #[derive(Default)]
 pub struct Rendered {
-    cache: Mutex<HashMap<(BoardName, bool), (crate::watch::Token, bytes::Bytes)>>,
+    cache: Mutex<HashMap<(BoardName, bool), (crate::store::watch::Token, bytes::Bytes)>>,
 }
 
 impl std::fmt::Debug for Rendered {
@@ -216,7 +216,7 @@ impl Rendered {
         &self,
         board: &BoardName,
         imgverify: bool,
-        now: &crate::watch::Snapshot,
+        now: &crate::store::watch::Snapshot,
     ) -> Option<bytes::Bytes> {
         let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         match cache.get(&(board.clone(), imgverify)) {
@@ -230,7 +230,7 @@ impl Rendered {
         &self,
         board: &BoardName,
         imgverify: bool,
-        token: crate::watch::Token,
+        token: crate::store::watch::Token,
         script: bytes::Bytes,
     ) {
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
@@ -245,7 +245,7 @@ impl Rendered {
 mod tests {
     use super::*;
     use crate::lab::{BoardOptions, InitOptions, Lab};
-    use crate::watch::Changes;
+    use crate::store::watch::Changes;
 
     /// The compiled template for `path` in the cache.
     fn compiled(t: &Templates, path: &Path) -> Arc<Environment<'static>> {

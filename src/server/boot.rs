@@ -10,8 +10,8 @@ use super::shared::Shared;
 use super::verdict::{Denial, Outcome, Verdict};
 use crate::board::{Board, Status};
 use crate::render::Context;
+use crate::store::watch::Snapshot;
 use crate::types::{Fingerprint, Mac, Serial};
-use crate::watch::Snapshot;
 
 /// A board's script: which board the certificate is and whether it may boot (`select`), then
 /// its profile rendered.

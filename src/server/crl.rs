@@ -58,7 +58,7 @@ impl RevokedSerials {
     /// Whether the CRL lists `serial`. A CRL that changed on disk is reloaded first. One that
     /// is missing, does not verify, or is older (a lower crlNumber) than the one in force is
     /// refused: the previous one stays, and the log says so once per version of the file.
-    pub(crate) fn contains(&self, serial: &Serial, at: &crate::watch::Snapshot) -> bool {
+    pub(crate) fn contains(&self, serial: &Serial, at: &crate::store::watch::Snapshot) -> bool {
         let path = self.state.crl();
         let (crl, change) = self.current.get(Look::Watched(at), |cur| {
             if !path.exists() {
@@ -112,7 +112,7 @@ mod tests {
         state::write_atomic(&state.crl(), crl.as_bytes(), 0o644).unwrap();
         state::write_atomic(&state.ca_cert(), issued.cert.cert_pem.as_bytes(), 0o644).unwrap();
         let set = RevokedSerials::new(&state).unwrap();
-        let changes = crate::watch::Changes::new(state.root());
+        let changes = crate::store::watch::Changes::new(state.root());
         let now = changes.snapshot();
         assert!(set.contains(&"0badc0de".parse().unwrap(), &now));
         assert!(!set.contains(&"0badc0df".parse().unwrap(), &now));

@@ -169,7 +169,7 @@ pub async fn serve(
         templates: crate::render::Templates::default(),
         scripts: Default::default(),
         boards: crate::store::registry::BoardCache::new(registry.clone()),
-        changes: crate::watch::Changes::new(registry.state().root()),
+        changes: crate::store::watch::Changes::new(registry.state().root()),
         journal: crate::store::history::Journal::start(registry.state().clone(), log::say),
         metrics: metrics::Metrics::default(),
         consoles: Default::default(),

@@ -19,8 +19,8 @@ use super::shared::{ConnInfo, Front, Shared, Watcher};
 use super::verdict::{Denial, Outcome, Verdict};
 use crate::board::Board;
 use crate::store::history;
+use crate::store::watch::Snapshot;
 use crate::types::{Fingerprint, Serial};
-use crate::watch::Snapshot;
 
 pub(crate) async fn serve_http<I>(
     io: TokioIo<I>,

@@ -105,7 +105,7 @@ pub(crate) struct Shared {
     /// Board files and secrets, read once per version of their files.
     pub boards: crate::store::registry::BoardCache,
     /// What changed under the state directory since a cache read it (inotify).
-    pub changes: crate::watch::Changes,
+    pub changes: crate::store::watch::Changes,
     /// Each board's recent requests.
     pub journal: crate::store::history::Journal,
     pub metrics: metrics::Metrics,

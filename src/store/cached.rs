@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::store::state::{self, FileVersion};
-use crate::watch::{Snapshot, Token};
+use crate::store::watch::{Snapshot, Token};
 
 /// How a look decides whether the files may have changed.
 #[derive(Clone, Copy, Debug)]
@@ -221,7 +221,7 @@ impl<K: Hash + Eq + Clone, T: Clone> PerFile<K, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::watch::Changes;
+    use crate::store::watch::Changes;
 
     fn dir() -> tempfile::TempDir {
         let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/watch-tests");

@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::store::cached::{Cached, Change, Look};
 use crate::store::state::{self, StateDir, MODE_PUBLIC};
+use crate::store::watch::Snapshot;
 use crate::types::San;
-use crate::watch::Snapshot;
 
 /// Port of the HTTPS (mTLS) listener unless configured otherwise.
 pub const DEFAULT_HTTPS_PORT: u16 = 8443;
@@ -232,7 +232,7 @@ mod tests {
     use super::*;
 
     /// Each `get` of a cache, with what it said.
-    fn get(cache: &ConfigCache, ch: &crate::watch::Changes) -> (Config, Vec<String>) {
+    fn get(cache: &ConfigCache, ch: &crate::store::watch::Changes) -> (Config, Vec<String>) {
         let said = std::sync::Mutex::new(Vec::new());
         let (c, changed) = cache.get(&ch.snapshot(), |m| said.lock().unwrap().push(m.to_string()));
         let said = said.into_inner().unwrap();
@@ -257,8 +257,8 @@ mod tests {
         good("http://boot.lab:8080").save(&st).unwrap();
         // Watched (inotify) and not (a `stat` per request): the same answers.
         for ch in [
-            crate::watch::Changes::new(t.path()),
-            crate::watch::Changes::off(),
+            crate::store::watch::Changes::new(t.path()),
+            crate::store::watch::Changes::off(),
         ] {
             good("http://boot.lab:8080").save(&st).unwrap();
             let cache = ConfigCache::load(&st).unwrap();

@@ -11,8 +11,8 @@ use crate::board::Board;
 use crate::error::{Error, Result};
 use crate::store::cached::PerFile;
 use crate::store::state::{self, StateDir, MODE_PUBLIC, MODE_SECRET};
+use crate::store::watch::{Snapshot, Token};
 use crate::types::{BoardName, Fingerprint, Serial};
-use crate::watch::{Snapshot, Token};
 
 /// Read-only and write access to boards. Writers must hold the state lock.
 #[derive(Clone, Debug)]
@@ -627,7 +627,7 @@ fn index_values(b: &Board) -> Vec<(&'static str, &str)> {
 mod tests {
     use super::*;
     use crate::lab::{BoardOptions, InitOptions, Lab};
-    use crate::watch::Changes;
+    use crate::store::watch::Changes;
 
     /// A new state dir with these boards enrolled.
     fn lab_with(names: &[&str]) -> (tempfile::TempDir, Lab, Vec<BoardName>, Vec<Board>) {
