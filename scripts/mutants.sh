@@ -38,7 +38,8 @@ run files src/server/files.rs server::files server::sigterm no_race_or_link_serv
   hostile::a_files_symlink files_root:: stalls::
 run watch "src/store/watch.rs src/store/cached.rs" watch:: registry:: render:: crl server::boot_scripts server::a_state_dir
 run history src/store/history.rs history:: ops::history server::a_state_dir console::
-run console "src/server/console.rs src/ipxe_error/mod.rs" console:: ipxe_error::
+run console "src/server/console.rs src/ipxe_error/mod.rs" console::console_lines console::the_error_table \
+  ipxe_error:: guard::tests::a_board_has
 run state src/store/state.rs state:: mutations::bug_atomic mutations::bug_secrets mutations::bug_enroll \
   mutations::bug_unreadable board_names_never_collide crash_leftovers_are_never_inherited ops::server_cert_rotation server::template_errors \
   no_race_or_link_serves_key_material a_files_dir_that_holds_keys a_local_process_cannot_impersonate the_crl_never_goes_backwards ops::history server::one_time foundation::bad_input \
