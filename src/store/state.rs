@@ -108,7 +108,7 @@ impl StateDir {
     pub(in crate::store) fn codesign_key(&self) -> PathBuf {
         self.root.join("keys/codesign.key")
     }
-    /// `config.toml`
+    /// `etc/config.toml`
     pub fn config(&self) -> PathBuf {
         self.root.join("etc/config.toml")
     }
@@ -122,7 +122,7 @@ impl StateDir {
             .join("boards")
             .join(format!("{name}{BOARD_FILE_EXT}"))
     }
-    /// `boards/NAME/`: the board's certificate, key and secrets.
+    /// `boards/NAME/`: the board's certificate, secrets, history and console log.
     pub(in crate::store) fn board_dir(&self, name: &BoardName) -> PathBuf {
         self.root.join("boards").join(name.as_str())
     }
@@ -134,7 +134,7 @@ impl StateDir {
     pub(in crate::store) fn board_cert(&self, name: &BoardName) -> PathBuf {
         self.board_dir(name).join("cert.pem")
     }
-    /// `boards/NAME/key.pem` (enrolled boards only; 0600).
+    /// `keys/boards/NAME.key` (enrolled boards only; 0600).
     pub(in crate::store) fn board_key(&self, name: &BoardName) -> PathBuf {
         self.board_keys_dir().join(format!("{name}.key"))
     }
