@@ -1098,3 +1098,93 @@ fn soak_every_enrolled_board_boots_through_a_hostile_mix() {
     let out = String::from_utf8_lossy(&out);
     assert!(!out.contains("panicked"), "{out}");
 }
+
+/// Clients without a certificate only ever get a 403 script, from a quarter of the connection
+/// slots: with `--max-connections 8`, two of them are answered at once, a third is closed
+/// while they hold on, a board boots all the while, and a slot given back serves the next.
+#[test]
+fn clients_without_a_certificate_get_a_quarter_of_the_slots() {
+    use std::io::BufRead;
+    let lab = Lab::init();
+    lab.enroll("q1", &[]);
+    let mport = free_port();
+    let srv = lab.serve(&[
+        "--max-connections",
+        "8",
+        "--timeout",
+        "60",
+        "--metrics",
+        &format!("127.0.0.1:{mport}"),
+    ]);
+    crate::common::wait_port(mport, Duration::from_secs(10)).unwrap();
+    // A TLS connection without a certificate that asks once and stays open (keep-alive):
+    // the status line it got, and the process holding it.
+    let hold = || {
+        let mut c = Command::new("timeout")
+            .args(["60", "openssl", "s_client", "-connect"])
+            .arg(format!("127.0.0.1:{}", srv.https))
+            .arg("-CAfile")
+            .arg(lab.path("ca/ca.crt"))
+            .args(["-ign_eof", "-quiet"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        c.stdin
+            .as_mut()
+            .unwrap()
+            .write_all(b"GET /boot.ipxe HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut out = std::io::BufReader::new(c.stdout.take().unwrap());
+        let mut line = String::new();
+        let _ = out.read_line(&mut line);
+        (line, c, out)
+    };
+    let (a, mut a_proc, _a_out) = hold();
+    let (b, mut b_proc, _b_out) = hold();
+    assert!(a.starts_with("HTTP/1.1 403"), "first: {a:?}");
+    assert!(
+        b.starts_with("HTTP/1.1 403"),
+        "second, beside the first: {b:?}"
+    );
+    // Both held: a third is closed without an answer.
+    let (code, body) = lab.curl_as(None, &srv.url("/boot.ipxe"));
+    assert_eq!(
+        code, 0,
+        "a third without a certificate was answered: {body}"
+    );
+    let metrics = lab
+        .curl_as(None, &format!("http://127.0.0.1:{mport}/metrics"))
+        .1;
+    assert!(
+        crate::util::metric(
+            &metrics,
+            "ipxe_ca_refused_connections_total{reason=\"anonymous-budget\"}"
+        ) >= 1.0,
+        "{metrics}"
+    );
+    // Boards are not in that budget.
+    let (code, body) = lab.curl_as(Some("q1"), &srv.url("/boot.ipxe"));
+    assert_eq!(code, 200, "{body}");
+    // One let go (SIGTERM: `timeout` passes it on to s_client): the next is answered.
+    let stop = |p: &mut std::process::Child| {
+        Command::new("kill")
+            .arg(p.id().to_string())
+            .status()
+            .unwrap();
+        p.wait().unwrap();
+    };
+    stop(&mut a_proc);
+    let mut answered = false;
+    for _ in 0..50 {
+        let (code, _) = lab.curl_as(None, &srv.url("/boot.ipxe"));
+        if code == 403 {
+            answered = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(answered, "a slot given back was not reused");
+    stop(&mut b_proc);
+}
