@@ -202,6 +202,9 @@ mod tests {
             parse(b"<6>node17.lab ipxe: ipxe: twice"),
             (Some(6), "ipxe: twice".into())
         );
+        // A facility beside the severity (user, 1 × 8): the severity alone.
+        assert_eq!(parse(b"<14>ipxe: user"), (Some(6), "user".into()));
+        assert_eq!(parse(b"<187>ipxe: local7"), (Some(3), "local7".into()));
         // Not iPXE's form: kept whole.
         assert_eq!(parse(b"free text"), (None, "free text".into()));
         assert_eq!(
