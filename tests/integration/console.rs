@@ -85,10 +85,18 @@ fn console_lines_land_only_in_the_history_of_the_board_whose_certificate_sent_th
          <6>c2 ipxe: I am c2, honest\n\
          <3>ipxe: \x1b]0;owned\x07bell\n",
     );
+    // A line longer than 512 bytes: its first 512 kept (the 9 of `<6>ipxe: ` among them).
+    send(
+        &lab,
+        &srv,
+        Some((&c1, &c1k)),
+        &format!("<6>ipxe: {}\n", "x".repeat(600)),
+    );
     let lines = wait_for("c1's console lines", Duration::from_secs(10), || {
         let l = console_lines(&lab, "c1");
-        (l.len() == 3).then_some(l)
+        (l.len() == 4).then_some(l)
     });
+    assert_eq!(lines[3], format!("{}…", "x".repeat(512 - 9)));
     assert_eq!(
         lines[0],
         "http://10.0.2.2/vmlinuz... Not found (https://ipxe.org/2d0c613b)"
@@ -171,7 +179,7 @@ fn console_lines_land_only_in_the_history_of_the_board_whose_certificate_sent_th
             &m,
             "ipxe_ca_console_connections_total{outcome=\"accepted\"}"
         ),
-        1.0
+        2.0
     );
     assert_eq!(
         metric(&m, "ipxe_ca_console_connections_total{outcome=\"revoked\"}"),
@@ -190,7 +198,7 @@ fn console_lines_land_only_in_the_history_of_the_board_whose_certificate_sent_th
             "ipxe_ca_tls_handshake_failures_total{reason=\"bad-certificate\"}"
         ) >= 1.0
     );
-    assert_eq!(metric(&m, "ipxe_ca_console_lines_total"), 3.0);
+    assert_eq!(metric(&m, "ipxe_ca_console_lines_total"), 4.0);
     for b in ["c2", "c3"] {
         assert!(
             console_lines(&lab, b).is_empty(),
@@ -224,7 +232,7 @@ fn console_lines_land_only_in_the_history_of_the_board_whose_certificate_sent_th
     let floods = c1_lines.iter().filter(|t| t.starts_with("flood ")).count();
     assert!(
         (190..=210).contains(&floods),
-        "{floods} flood lines kept (the budget is 200 at once, minus the 3 sent before)"
+        "{floods} flood lines kept (the budget is 200 at once, minus the 4 sent before)"
     );
     assert_eq!(c1_lines.last().unwrap().split(':').next(), Some("ipxe-ca"));
     let c2_lines = wait_for("c2's lines", Duration::from_secs(10), || {
