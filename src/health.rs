@@ -117,8 +117,19 @@ pub(crate) fn server_cert_names(state: &StateDir) -> Result<Vec<(PathBuf, Vec<Sa
 
 /// Whether both server certificates name `config`'s server host; `fix` for the error.
 pub(crate) fn server_certs_name(state: &StateDir, config: &Config, fix: NameFix) -> Result<()> {
-    for (path, sans) in server_cert_names(state)? {
-        check_names_cover(&sans, config, fix).map_err(|e| match e {
+    names_cover(&server_cert_names(state)?, config, fix)
+}
+
+/// Whether every certificate of `certs` (as [`server_cert_names`] lists them) names
+/// `config`'s server host; `fix` for the error.
+pub(crate) fn names_cover(
+    certs: &[(PathBuf, Vec<San>)],
+    config: &Config,
+    fix: NameFix,
+) -> Result<()> {
+    for (path, sans) in certs {
+        let path = path.clone();
+        check_names_cover(sans, config, fix).map_err(|e| match e {
             Error::ServerNameNotCovered {
                 names,
                 host,

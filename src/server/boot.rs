@@ -117,7 +117,7 @@ pub(crate) fn script(
         let secrets = shared.boards.secrets(&board.name, now)?;
         let (config, changed) = shared.config.get(now, log::say);
         if changed {
-            warn_unnamed(&shared.registry, &config);
+            warn_unnamed(&shared.server_names, &config, shared.registry.state());
         }
         let ctx = Context::for_board(board, &config, secrets, imgverify);
         let path = shared.registry.state().profile(&board.profile);
@@ -177,10 +177,21 @@ pub(crate) fn script(
 /// A server host the server certificates do not name is the operator's to mend (boards would
 /// refuse the server): said, at start and when an edit brings it, not fatal.
 pub(crate) fn warn_unnamed(
-    registry: &crate::store::registry::Registry,
+    names: &crate::store::cached::Cached<super::shared::ServerNames>,
     config: &crate::store::config::Config,
+    state: &crate::store::state::StateDir,
 ) {
-    if let Some(e) = crate::health::server_name_problem(registry.state(), config) {
+    use crate::store::cached::Look;
+    let (certs, _) = names.get(Look::Every(std::time::Duration::ZERO), |_| {
+        Ok::<_, std::convert::Infallible>(Some(super::shared::read_server_names(state)))
+    });
+    let problem = match &*certs {
+        Ok(certs) => crate::health::names_cover(certs, config, crate::error::NameFix::Existing)
+            .err()
+            .map(|e| e.to_string()),
+        Err(e) => Some(e.clone()),
+    };
+    if let Some(e) = problem {
         log::say(&format!(
             "ipxe-ca: warning: {e}; `ipxe-ca check` says what to do"
         ));

@@ -158,11 +158,17 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
     let config = ConfigCache::load(registry.state())?;
-    boot::warn_unnamed(&registry, &config.in_force());
+    let state = registry.state();
+    let server_names = crate::store::cached::Cached::new(
+        vec![state.server_cert(), state.server_ecdsa_cert()],
+        || Ok::<_, Error>(shared::read_server_names(state)),
+    )?;
+    boot::warn_unnamed(&server_names, &config.in_force(), state);
     let files = Arc::new(files::FilesRoot::new(&opts.files, registry.state().root())?);
     files.warn_unsigned();
     let shared = Arc::new(Shared {
         config,
+        server_names,
         files,
         one_time: OneTimeStore::default(),
         revoked: crl::RevokedSerials::new(registry.state())?,

@@ -6,9 +6,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::store::cached::Cached;
 use crate::store::config::ConfigCache;
 use crate::store::registry::Registry;
-use crate::types::Fingerprint;
+use crate::types::{Fingerprint, San};
 
 use super::log::TlsSession;
 use super::{crl, files, guard, metrics, one_time::OneTimeStore};
@@ -88,12 +89,23 @@ impl ServeOptions {
 /// The earliest expiry of each kind (`board`, `server`, …), in seconds from now.
 pub(crate) type Earliest = Vec<(&'static str, i64)>;
 
+/// Each server certificate with the names it carries, or why they cannot be read.
+pub(crate) type ServerNames = std::result::Result<Vec<(PathBuf, Vec<San>)>, String>;
+
+/// The server certificates' names as they are on disk now.
+pub(crate) fn read_server_names(state: &crate::store::state::StateDir) -> ServerNames {
+    crate::health::server_cert_names(state).map_err(|e| e.to_string())
+}
+
 /// Shared state of a running server.
 pub(crate) struct Shared {
     /// The boards and the state dir they live in.
     pub registry: Registry,
     /// `config.toml`, read again when it changes.
     pub config: ConfigCache,
+    /// The names each server certificate carries, read again only when one changes: an edit
+    /// of `config.toml` is checked against them without reading certificates in a request.
+    pub server_names: Cached<ServerNames>,
     /// The boot files folder, checked again whenever its path names another one.
     pub files: Arc<files::FilesRoot>,
     pub one_time: OneTimeStore,
