@@ -566,3 +566,74 @@ pub fn autoexec_script(
         body.trim_start_matches('\n')
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lab::{BoardOptions, InitOptions, Lab, RenewOptions};
+
+    fn built(b: &Board, out: &OutDir) {
+        Manifest {
+            board: b.name.to_string(),
+            fingerprint: b.fingerprint_sha256.to_string(),
+            serial: b.serial.clone(),
+            mode: "prebuilt".into(),
+            ipxe_commit: None,
+            targets: Vec::new(),
+            duration_s: 0.0,
+            built_at: String::new(),
+            notes: Vec::new(),
+            secure_boot: None,
+        }
+        .save(out)
+        .unwrap();
+    }
+
+    #[test]
+    fn stale_boards_are_the_active_ones_without_an_image_of_their_certificate() {
+        let t = tempfile::tempdir().unwrap();
+        let lab = Lab::open(t.path().join("s"));
+        lab.init(&InitOptions::default()).unwrap();
+        let names: Vec<BoardName> = ["a", "b", "c"].map(|n| n.parse().unwrap()).to_vec();
+        let boards = lab.enroll_many(&names, &BoardOptions::default()).unwrap();
+        let out = OutDir::new(t.path().join("out"));
+        let stale = || -> Vec<String> {
+            stale_boards(lab.registry(), &out)
+                .unwrap()
+                .iter()
+                .map(|b| b.name.to_string())
+                .collect()
+        };
+        assert_eq!(stale(), ["a", "b", "c"], "nothing built yet");
+        built(&boards[0], &out);
+        built(&boards[1], &out);
+        assert_eq!(stale(), ["c"]);
+        // b renewed: its image holds the certificate it had.
+        lab.renew(&names[1..2], &RenewOptions::default()).unwrap();
+        assert_eq!(stale(), ["b", "c"]);
+        // c revoked: no image is wanted for it.
+        lab.revoke(&names[2], crate::ca::Reason::Unspecified)
+            .unwrap();
+        assert_eq!(stale(), ["b"]);
+    }
+
+    #[test]
+    fn boards_built_at_once_share_the_cores_and_make_gets_at_least_one() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let opts = BuildOptions::new(Source::Prebuilt("/nowhere".into()), Vec::new(), "/out");
+        assert_eq!(opts.make_jobs, cores, "one board: make -j on every core");
+        for jobs in 1..=4 {
+            let o = opts.clone().with_jobs(jobs, None);
+            assert_eq!(o.jobs, jobs);
+            assert!(o.make_jobs >= 1, "{jobs}: {}", o.make_jobs);
+            assert!(
+                o.jobs * o.make_jobs <= cores.max(jobs),
+                "{jobs} boards x make -j{} on {cores} cores",
+                o.make_jobs
+            );
+        }
+        assert_eq!(opts.clone().with_jobs(1, None).make_jobs, cores);
+        assert_eq!(opts.clone().with_jobs(0, Some(3)).make_jobs, 3);
+        assert_eq!(opts.with_jobs(0, None).jobs, 1);
+    }
+}
