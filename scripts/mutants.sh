@@ -71,6 +71,7 @@ run serve_mod "src/server/mod.rs src/server/nginx.rs" server::sigterm server::pr
   stalls:: hostile::
 # The build in two halves (a mutant costs the build:: tests, about 30 s): what goes into an
 # image (make, the staged key and CA, the farm route), then the media around it.
-run build_core "src/ipxe_build/mod.rs src/ipxe_build/make.rs" build:: arm64::an_unknown
+run build_core "src/ipxe_build/mod.rs src/ipxe_build/make.rs" build:: arm64::an_unknown \
+  secure_boot::build_signs
 run build_media "src/ipxe_build/image.rs src/ipxe_build/prebuilt.rs src/ipxe_build/doctor.rs" \
-  build:: arm64::an_unknown
+  build:: arm64::an_unknown secure_boot::build_signs

@@ -66,6 +66,42 @@ fn boot(name: &str, img: &Path, siglist: &Path, stop_at: &str, abort_on: &[&str]
     )
 }
 
+/// The farm's db key is picked up by `build` on its own: the same `build` line before and
+/// after `secure-boot adopt` gives an unsigned, then a signed iPXE that `sbverify` accepts,
+/// and the manifest names the key (without a QEMU boot: the firmware's word is below).
+#[test]
+fn build_signs_for_secure_boot_once_the_farm_has_a_db_key() {
+    let prebuilt = crate::boot::prebuilt_dir();
+    let lab = Lab::init();
+    lab.enroll("sk", &[]);
+    let out = lab.tmp.path().join("out");
+    let build = || {
+        lab.ok(&[
+            "build",
+            "sk",
+            "--prebuilt",
+            s(&prebuilt),
+            "--target",
+            "efi-usb",
+            "--out",
+            s(&out),
+        ]);
+        let img = out.join("sk/sk-efi-usb.img");
+        let manifest = std::fs::read_to_string(out.join("sk/manifest.json")).unwrap();
+        (sbverify(&bootx64(&img)), manifest)
+    };
+    let ((signed, _), manifest) = build();
+    assert!(!signed, "signed without a key?");
+    assert!(!manifest.contains("\"secure_boot\""), "{manifest}");
+    adopt(&lab);
+    let ((signed, said), manifest) = build();
+    assert!(signed, "sbverify refuses the stick's iPXE: {said}");
+    assert!(
+        manifest.contains("\"secure_boot\"") && manifest.contains("SnakeOil"),
+        "{manifest}"
+    );
+}
+
 /// Firmware with Secure Boot on runs the stick's iPXE and the kernel only once the farm's key
 /// has signed them: before `secure-boot adopt` the stick never starts; after it, a kernel
 /// signed by its distribution alone is refused at hand-off; signed by `sign-files`, Linux
