@@ -618,6 +618,85 @@ mod tests {
     }
 
     #[test]
+    fn a_manifest_records_each_image_and_the_time_to_the_millisecond() {
+        let t = tempfile::tempdir().unwrap();
+        let lab = Lab::open(t.path().join("s"));
+        lab.init(&InitOptions::default()).unwrap();
+        let name: BoardName = "m1".parse().unwrap();
+        let board = lab
+            .enroll_many(std::slice::from_ref(&name), &BoardOptions::default())
+            .unwrap()
+            .remove(0);
+        let img = t.path().join("m1-efi-usb.img");
+        std::fs::write(&img, b"an image").unwrap();
+        let started = Instant::now() - std::time::Duration::from_millis(1234);
+        let m = finish_manifest(
+            &board,
+            "prebuilt",
+            None,
+            vec![(Target::EfiUsb, img.clone())],
+            started,
+            Vec::new(),
+            None,
+        )
+        .unwrap();
+        assert!(
+            (1.234..1.5).contains(&m.duration_s),
+            "{} s for a build started 1.234 s ago",
+            m.duration_s
+        );
+        let ms = m.duration_s * 1000.0;
+        assert!((ms - ms.round()).abs() < 1e-6, "{} s", m.duration_s);
+        assert_eq!(m.targets[0].file, "m1-efi-usb.img");
+        assert_eq!(m.targets[0].size, 8);
+        assert_eq!(
+            m.targets[0].sha256,
+            crate::digest::sha256_file(&img).unwrap()
+        );
+        assert_eq!(m.fingerprint, board.fingerprint_sha256.to_string());
+    }
+
+    #[test]
+    fn the_stick_image_is_the_hybrid_else_usb_else_efi_usb() {
+        let out = OutDir::new("/out");
+        let image = |target: Target, file: &str| TargetOutput {
+            target,
+            file: file.into(),
+            size: 1,
+            sha256: format!("sha-of-{file}"),
+            route: None,
+            iso_tool: None,
+            shared: Vec::new(),
+        };
+        let mut m = Manifest {
+            board: "b1".into(),
+            fingerprint: String::new(),
+            serial: "01".parse().unwrap(),
+            mode: "make".into(),
+            ipxe_commit: None,
+            targets: vec![
+                image(Target::Iso, "b1.iso"),
+                image(Target::EfiUsb, "b1-efi.img"),
+            ],
+            duration_s: 0.0,
+            built_at: String::new(),
+            notes: Vec::new(),
+            secure_boot: None,
+        };
+        let pick = |m: &Manifest| m.stick_image(&out).unwrap();
+        assert_eq!(
+            pick(&m),
+            ("/out/b1/b1-efi.img".into(), "sha-of-b1-efi.img".into())
+        );
+        m.targets.push(image(Target::Usb, "b1.usb"));
+        assert_eq!(pick(&m).0, PathBuf::from("/out/b1/b1.usb"));
+        m.targets.push(image(Target::Hybrid, "b1.img"));
+        assert_eq!(pick(&m), ("/out/b1/b1.img".into(), "sha-of-b1.img".into()));
+        m.targets = vec![image(Target::Iso, "b1.iso")];
+        assert!(m.stick_image(&out).is_err());
+    }
+
+    #[test]
     fn boards_built_at_once_share_the_cores_and_make_gets_at_least_one() {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let opts = BuildOptions::new(Source::Prebuilt("/nowhere".into()), Vec::new(), "/out");
