@@ -697,6 +697,45 @@ mod tests {
     }
 
     #[test]
+    fn a_stick_is_written_from_a_boards_newest_image_or_from_a_file() {
+        let t = tempfile::tempdir().unwrap();
+        let lab = Lab::open(t.path().join("s"));
+        lab.init(&InitOptions::default()).unwrap();
+        let name: BoardName = "st".parse().unwrap();
+        let board = lab
+            .enroll_many(std::slice::from_ref(&name), &BoardOptions::default())
+            .unwrap()
+            .remove(0);
+        let out = OutDir::new(t.path().join("out"));
+        // Registered, nothing built: an error that says so.
+        assert!(stick_source(lab.registry(), &out, "st").is_err());
+        let img = out.board_dir(&name).join("st-efi-usb.img");
+        std::fs::create_dir_all(img.parent().unwrap()).unwrap();
+        std::fs::write(&img, b"image").unwrap();
+        let m = finish_manifest(
+            &board,
+            "prebuilt",
+            None,
+            vec![(Target::EfiUsb, img.clone())],
+            Instant::now(),
+            Vec::new(),
+            None,
+        )
+        .unwrap();
+        m.save(&out).unwrap();
+        let (path, sha) = stick_source(lab.registry(), &out, "st").unwrap();
+        assert_eq!(path, img);
+        assert_eq!(sha.as_deref(), Some(m.targets[0].sha256.as_str()));
+        // A file that names no board: itself, with nothing to check it against.
+        let file = t.path().join("any.img");
+        std::fs::write(&file, b"x").unwrap();
+        let (path, sha) = stick_source(lab.registry(), &out, file.to_str().unwrap()).unwrap();
+        assert_eq!((path, sha), (file, None));
+        // Neither a board nor a file.
+        assert!(stick_source(lab.registry(), &out, "nothing-here").is_err());
+    }
+
+    #[test]
     fn boards_built_at_once_share_the_cores_and_make_gets_at_least_one() {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let opts = BuildOptions::new(Source::Prebuilt("/nowhere".into()), Vec::new(), "/out");
