@@ -722,3 +722,71 @@ pub(crate) fn build_all(
     let _ = std::fs::remove_dir_all(&run_dir);
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A directory that looks like an iPXE checkout: `src/Makefile` and `src/net/tls.c`.
+    fn tree(tls_c: &str) -> tempfile::TempDir {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join("src/net")).unwrap();
+        std::fs::create_dir_all(t.path().join("src/crypto")).unwrap();
+        std::fs::write(t.path().join("src/Makefile"), "all:\n").unwrap();
+        std::fs::write(t.path().join("src/net/tls.c"), tls_c).unwrap();
+        t
+    }
+
+    #[test]
+    fn a_tree_says_whether_its_tls_speaks_ecdhe_and_what_it_needs() {
+        let new = IpxeTree::open(tree("static int tls_ecdhe_init ( void );").path()).unwrap();
+        assert!(new.has_ecdhe());
+        assert!(
+            !new.features.no_werror,
+            "a current tree builds with -Werror"
+        );
+        let old = IpxeTree::open(tree("/* RSA key exchange only */").path()).unwrap();
+        assert!(!old.has_ecdhe());
+        assert!(
+            old.features.no_werror,
+            "an old tree fails under gcc 12's -Werror"
+        );
+        assert!(old.src.ends_with("src"), "{}", old.src.display());
+    }
+
+    #[test]
+    fn a_tree_without_tls_or_a_makefile_is_refused_and_a_checkout_names_its_commit() {
+        let t = tree("ecdhe");
+        std::fs::remove_file(t.path().join("src/net/tls.c")).unwrap();
+        let e = IpxeTree::open(t.path()).unwrap_err().to_string();
+        assert!(e.contains("no net/tls.c"), "{e}");
+        let empty = tempfile::tempdir().unwrap();
+        let e = IpxeTree::open(empty.path()).unwrap_err().to_string();
+        assert!(e.contains("not an iPXE source tree"), "{e}");
+
+        let t = tree("ecdhe");
+        assert_eq!(
+            IpxeTree::open(t.path()).unwrap().commit,
+            None,
+            "not a checkout"
+        );
+        let git = |args: &[&str]| {
+            let ok = Command::new("git")
+                .arg("-C")
+                .arg(t.path())
+                .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+                .args(args)
+                .output()
+                .unwrap()
+                .status
+                .success();
+            assert!(ok, "git {args:?}");
+        };
+        git(&["init", "-q"]);
+        git(&["add", "."]);
+        git(&["commit", "-q", "-m", "tree"]);
+        let commit = IpxeTree::open(t.path()).unwrap().commit.unwrap();
+        assert_eq!(commit.len(), 40, "{commit}");
+        assert!(commit.chars().all(|c| c.is_ascii_hexdigit()), "{commit}");
+    }
+}
