@@ -763,6 +763,14 @@ mod tests {
         let empty = tempfile::tempdir().unwrap();
         let e = IpxeTree::open(empty.path()).unwrap_err().to_string();
         assert!(e.contains("not an iPXE source tree"), "{e}");
+        // make splits its variables at commas and runs recipes in a shell.
+        for odd in ["with space", "a,b", "x$(id)"] {
+            let t = tree("ecdhe");
+            let dir = t.path().join(odd);
+            std::fs::rename(t.path().join("src"), &dir).unwrap();
+            let e = IpxeTree::open(&dir).unwrap_err().to_string();
+            assert!(e.contains(odd), "{odd}: {e}");
+        }
 
         let t = tree("ecdhe");
         assert_eq!(
