@@ -738,6 +738,30 @@ mod tests {
     }
 
     #[test]
+    fn an_arm64_board_is_built_for_uefi_only() {
+        let t = tempfile::tempdir().unwrap();
+        let lab = crate::lab::Lab::open(t.path().join("s"));
+        lab.init(&crate::lab::InitOptions::default()).unwrap();
+        let names: Vec<crate::types::BoardName> =
+            ["x86", "sbc"].map(|n| n.parse().unwrap()).to_vec();
+        let mut boards = lab
+            .enroll_many(&names, &crate::lab::BoardOptions::default())
+            .unwrap();
+        boards[1].arch = Arch::Arm64;
+        let (x86, both) = (&boards[..1], &boards[..]);
+        assert!(check_targets(&[Target::Usb, Target::Iso], x86).is_ok());
+        assert!(check_targets(&[Target::Efi, Target::EfiUsb], both).is_ok());
+        for bad in [Target::Usb, Target::Iso, Target::Hybrid, Target::Lkrn] {
+            match check_targets(&[Target::EfiUsb, bad], both) {
+                Err(Error::TargetNotForArch { board, target }) => {
+                    assert_eq!((board.as_str(), target.as_str()), ("sbc", bad.name()))
+                }
+                other => panic!("{}: {other:?}", bad.name()),
+            }
+        }
+    }
+
+    #[test]
     fn a_tree_says_whether_its_tls_speaks_ecdhe_and_what_it_needs() {
         let new = IpxeTree::open(tree("static int tls_ecdhe_init ( void );").path()).unwrap();
         assert!(new.has_ecdhe());
