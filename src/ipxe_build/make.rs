@@ -738,6 +738,26 @@ mod tests {
     }
 
     #[test]
+    fn old_trees_get_an_openssl_that_writes_pkcs1_keys() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let p = openssl_wrapper(t.path()).unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), OPENSSL_PKCS1);
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        // A stale one (an older ipxe-ca's) is written again; a current one is left alone.
+        std::fs::write(&p, "#!/bin/sh\nexec openssl \"$@\"\n").unwrap();
+        let p = openssl_wrapper(t.path()).unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), OPENSSL_PKCS1);
+        let before = std::fs::metadata(&p).unwrap().modified().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        openssl_wrapper(t.path()).unwrap();
+        assert_eq!(std::fs::metadata(&p).unwrap().modified().unwrap(), before);
+    }
+
+    #[test]
     fn an_arm64_board_is_built_for_uefi_only() {
         let t = tempfile::tempdir().unwrap();
         let lab = crate::lab::Lab::open(t.path().join("s"));

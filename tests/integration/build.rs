@@ -167,6 +167,9 @@ fn make_gets_our_ca_as_only_trust_the_board_cert_and_key_and_https() {
         );
         let farm = ["iso", "efi-iso", "hybrid", "efi-usb"].contains(&t["target"].as_str().unwrap());
         assert_eq!(t["route"], if farm { "farm" } else { "compile" }, "{t}");
+        // A farm image names the shared binaries it holds, by hash; a compiled one none.
+        let shared = t["shared"].as_array().map_or(0, Vec::len);
+        assert_eq!(shared > 0, farm, "{t}");
     }
     assert_eq!(
         std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
@@ -192,6 +195,16 @@ fn make_gets_our_ca_as_only_trust_the_board_cert_and_key_and_https() {
         assert!(ok, "{o}");
     }
     let shared = x.join("ipxe.lkrn");
+    let hybrid = targets.iter().find(|t| t["target"] == "hybrid").unwrap();
+    let lkrn_sha = sha256_hex(&std::fs::read(&shared).unwrap());
+    assert!(
+        hybrid["shared"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e[1] == lkrn_sha.as_str()),
+        "the manifest does not name the shared binary's hash: {hybrid}"
+    );
     assert_eq!(field(&shared, "TRUST_FPS"), ca_fp);
     assert_eq!(field(&shared, "PRIVKEY_DER"), "none");
     assert_eq!(field(&shared, "EMBED_SHA256"), "none");
