@@ -72,6 +72,6 @@ run serve_mod "src/server/mod.rs src/server/nginx.rs" server::sigterm server::pr
 # The build in two halves (a mutant costs the build:: tests, about 30 s): what goes into an
 # image (make, the staged key and CA, the farm route), then the media around it.
 run build_core "src/ipxe_build/mod.rs src/ipxe_build/make.rs" build:: arm64::an_unknown \
-  secure_boot::build_signs
+  secure_boot::build_signs arm64::source_built
 run build_media "src/ipxe_build/image.rs src/ipxe_build/prebuilt.rs src/ipxe_build/doctor.rs" \
   build:: arm64::an_unknown secure_boot::build_signs
