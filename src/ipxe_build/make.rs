@@ -758,6 +758,37 @@ mod tests {
     }
 
     #[test]
+    fn parallel_builds_reuse_their_tree_copies_until_the_origin_changes() {
+        let t = tree("ecdhe");
+        let cache = tempfile::tempdir().unwrap();
+        let origin = IpxeTree::open(t.path()).unwrap();
+        let copies = trees(&origin, 2, cache.path()).unwrap();
+        assert_eq!(copies.len(), 2);
+        assert_eq!(copies[0].src, origin.src);
+        let copy = &copies[1].src;
+        assert!(
+            copy.join("Makefile").is_file()
+                && copy.starts_with(cache.path().canonicalize().unwrap())
+        );
+        // A build's objects in the copy: kept while the origin is the same tree at the same
+        // commit (the copy stays incremental).
+        std::fs::write(copy.join("built.o"), "object").unwrap();
+        trees(&origin, 2, cache.path()).unwrap();
+        assert!(
+            copy.join("built.o").exists(),
+            "an up-to-date copy was made again"
+        );
+        // The origin at another commit: copied afresh.
+        let moved = IpxeTree {
+            commit: Some("0123456789abcdef0123456789abcdef01234567".into()),
+            ..origin.clone()
+        };
+        trees(&moved, 2, cache.path()).unwrap();
+        assert!(!copy.join("built.o").exists(), "a stale copy was reused");
+        assert!(copy.join("Makefile").is_file());
+    }
+
+    #[test]
     fn an_arm64_board_is_built_for_uefi_only() {
         let t = tempfile::tempdir().unwrap();
         let lab = crate::lab::Lab::open(t.path().join("s"));
