@@ -794,3 +794,37 @@ fn ntp_for_a_prebuilt_ipxe_without_the_command_is_refused() {
     lab.ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(out.join("pb").exists());
 }
+
+/// `--out` relative to where the operator stands, with `make` running in the iPXE tree:
+/// images, manifest and staging land under that folder, not under the tree.
+#[test]
+fn a_relative_out_is_taken_from_where_build_runs() {
+    let lab = Lab::init();
+    lab.enroll("rel", &[]);
+    let tree = fake_tree(&lab);
+    let o = lab
+        .cmd(&[
+            "build",
+            "rel",
+            "--ipxe-src",
+            s(&tree),
+            "--out",
+            "images",
+            "--target",
+            "hybrid",
+            "--target",
+            "lkrn",
+        ])
+        .current_dir(lab.tmp.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let dir = lab.tmp.path().join("images/rel");
+    for f in ["rel-hybrid.iso", "rel-lkrn.lkrn", "manifest.json"] {
+        assert!(dir.join(f).is_file(), "{f} missing in {}", dir.display());
+    }
+    assert!(
+        !tree.join("src/images").exists(),
+        "output written into the tree"
+    );
+}
