@@ -202,3 +202,49 @@ pub fn preflight(targets: &[Target], prebuilt: bool, arm64: bool) -> crate::erro
         )))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ipxe_build::make::TreeFeatures;
+
+    fn tree(ecdhe: bool, pkcs8_keys: bool) -> IpxeTree {
+        IpxeTree {
+            src: "/ipxe/src".into(),
+            commit: None,
+            features: TreeFeatures {
+                ecdhe,
+                pkcs8_keys,
+                no_werror: !ecdhe,
+            },
+        }
+    }
+
+    #[test]
+    fn a_tree_is_described_by_what_it_lacks() {
+        let notes = |t: &IpxeTree| report(&[Target::Hybrid], false, false, Some(t)).tree_notes;
+        assert!(
+            notes(&tree(true, true)).is_empty(),
+            "a current tree needs no note"
+        );
+        let old = notes(&tree(false, false));
+        assert!(
+            old.iter().any(|n| n == super::super::make::ECDHE_WARNING),
+            "{old:?}"
+        );
+        assert!(old.iter().any(|n| n.contains("PKCS#1")), "{old:?}");
+        assert!(old.iter().any(|n| n.contains("NO_WERROR")), "{old:?}");
+        let mid = notes(&tree(false, true));
+        assert_eq!(mid.len(), 2, "{mid:?}");
+        assert!(report(&[Target::Hybrid], false, false, None)
+            .tree_notes
+            .is_empty());
+    }
+
+    #[test]
+    fn any_file_is_one_of_the_paths_that_exists() {
+        assert!(any_file(&["/nonexistent/isolinux.bin", "/"]));
+        assert!(!any_file(&["/nonexistent/a", "/nonexistent/b"]));
+        assert!(!any_file(&[]));
+    }
+}
