@@ -357,6 +357,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn staged_files_and_folders_carry_the_builds_time() {
+        use std::os::unix::fs::MetadataExt;
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("autoexec.ipxe");
+        put(&f, b"#!ipxe\n", 1_700_000_000).unwrap();
+        assert_eq!(std::fs::metadata(&f).unwrap().mtime(), 1_700_000_000);
+        touch_dir(t.path(), 1_600_000_000).unwrap();
+        assert_eq!(std::fs::metadata(t.path()).unwrap().mtime(), 1_600_000_000);
+        assert!(touch(&t.path().join("missing"), 1).is_err());
+    }
+
+    #[test]
     fn fat_size_leaves_room_and_rounds_to_mib() {
         assert_eq!(fat_size(0), 2 << 20);
         let s = fat_size(1_200_000);

@@ -669,6 +669,12 @@ fn doctor_names_what_each_target_needs_and_fails_where_build_would() {
     let m: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("d1/manifest.json")).unwrap()).unwrap();
     assert_eq!(m["targets"][0]["iso_tool"], "genisoimage");
+    // genisoimage without isohybrid is no ISO tool (its images would not boot from a stick).
+    let half = path_without(lab.tmp.path(), &["xorriso", "xorrisofs", "isohybrid"]);
+    let d = doctor(&half, "hybrid");
+    let err = String::from_utf8_lossy(&d.stderr);
+    assert!(!d.status.success(), "{err}");
+    assert!(err.contains("xorriso, or genisoimage + isohybrid"), "{err}");
     // With both, xorriso (reproducible) wins.
     let v: serde_json::Value = serde_json::from_slice(
         &doctor(Path::new(&std::env::var("PATH").unwrap()), "hybrid").stdout,
