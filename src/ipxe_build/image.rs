@@ -373,5 +373,8 @@ mod tests {
         assert_eq!(fat_size(0), 2 << 20);
         let s = fat_size(1_200_000);
         assert!(s >= 1_200_000 + (1 << 20) && s.is_multiple_of(1 << 20));
+        // An eighth more for the file system, and a MiB.
+        assert_eq!(fat_size(8 << 20), 10 << 20);
+        assert_eq!(fat_size(64 << 20), (64 + 8 + 1) << 20);
     }
 }
