@@ -486,6 +486,21 @@ fn prebuilt_image_is_a_fat_disk_with_the_efi_binary_and_the_boards_identity() {
     let img = out.join("pb/pb-efi-usb.img");
     let (ok, listing) = tool("mdir", &["-i", s(&img), "-/", "-b", "::"]);
     assert!(ok, "{listing}");
+    // The file system spans the image, no more and no less.
+    let (ok, info) = tool("minfo", &["-i", s(&img), "::"]);
+    assert!(ok, "{info}");
+    let sectors: u64 = info
+        .lines()
+        .filter(|l| l.starts_with("small size: ") || l.starts_with("big size: "))
+        .find_map(|l| l.split_once("size: ")?.1.strip_suffix(" sectors"))
+        .filter(|n| *n != "0")
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no size in minfo's output: {info}"));
+    assert_eq!(
+        sectors * 512,
+        std::fs::metadata(&img).unwrap().len(),
+        "{info}"
+    );
     assert!(
         listing.contains("::/EFI/BOOT/BOOTX64.EFI") && listing.contains("::/autoexec.ipxe"),
         "{listing}"
