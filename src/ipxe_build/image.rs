@@ -336,7 +336,7 @@ pub(crate) fn iso_image(out: &Path, media: &Media) -> Result<IsoTool> {
     result
 }
 
-/// An image a stick can boot carries an MBR boot signature and a GPT header behind it.
+/// An image a stick can boot carries an MBR boot signature (isohybrid's, or xorriso's).
 pub fn check_hybrid(path: &Path) -> Result<()> {
     use std::io::Read;
     let mut head = [0u8; 520];
@@ -355,6 +355,21 @@ pub fn check_hybrid(path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stick_image_needs_an_mbr_boot_signature() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("img");
+        let mut data = vec![0u8; 4096];
+        std::fs::write(&p, &data).unwrap();
+        let e = check_hybrid(&p).unwrap_err().to_string();
+        assert!(e.contains("no MBR boot signature"), "{e}");
+        data[510..512].copy_from_slice(&[0x55, 0xaa]);
+        std::fs::write(&p, &data).unwrap();
+        assert!(check_hybrid(&p).is_ok());
+        std::fs::write(&p, &data[..100]).unwrap();
+        assert!(check_hybrid(&p).is_err(), "a file too short to hold one");
+    }
 
     #[test]
     fn staged_files_and_folders_carry_the_builds_time() {
