@@ -121,3 +121,43 @@ pub(crate) fn build_board(
     m.save(&opts.out)?;
     Ok(m)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The head of a PE image for `machine`.
+    fn pe(machine: u16) -> Vec<u8> {
+        let mut d = vec![0u8; 512];
+        d[0..2].copy_from_slice(b"MZ");
+        d[0x3c..0x40].copy_from_slice(&0x80u32.to_le_bytes());
+        d[0x80..0x84].copy_from_slice(b"PE\0\0");
+        d[0x84..0x86].copy_from_slice(&machine.to_le_bytes());
+        d
+    }
+
+    #[test]
+    fn each_architecture_gets_its_own_prebuilt_binary_and_no_other() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("ipxe-amd64.efi"), pe(0x8664)).unwrap();
+        std::fs::write(t.path().join("ipxe-arm64.efi"), pe(0xaa64)).unwrap();
+        assert_eq!(
+            find_efi(t.path(), Arch::X86_64).unwrap(),
+            t.path().join("ipxe-amd64.efi")
+        );
+        assert_eq!(
+            find_efi(t.path(), Arch::Arm64).unwrap(),
+            t.path().join("ipxe-arm64.efi")
+        );
+        // A binary named for one architecture but built for another is refused.
+        let wrong = t.path().join("ipxe-arm64.efi");
+        std::fs::write(&wrong, pe(0x8664)).unwrap();
+        let e = find_efi(t.path(), Arch::Arm64).unwrap_err().to_string();
+        assert!(e.contains("for x86_64, not for arm64"), "{e}");
+        assert_eq!(efi_arch(&wrong).unwrap(), Some(Arch::X86_64));
+        std::fs::write(&wrong, b"not an EFI binary").unwrap();
+        assert_eq!(efi_arch(&wrong).unwrap(), None);
+        let e = find_efi(&wrong, Arch::Arm64).unwrap_err().to_string();
+        assert!(e.contains("another architecture"), "{e}");
+    }
+}
