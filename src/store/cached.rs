@@ -221,13 +221,8 @@ impl<K: Hash + Eq + Clone, T: Clone> PerFile<K, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::watch::tests::dir;
     use crate::store::watch::Changes;
-
-    fn dir() -> tempfile::TempDir {
-        let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/watch-tests");
-        std::fs::create_dir_all(&base).unwrap();
-        tempfile::tempdir_in(base).unwrap()
-    }
 
     fn parse(p: &Path) -> Result<u32, String> {
         std::fs::read_to_string(p)

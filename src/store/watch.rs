@@ -257,11 +257,11 @@ impl Snapshot<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A folder on the disk the tests build on (ext4 here), as the server's state would be.
-    fn dir() -> tempfile::TempDir {
+    pub(crate) fn dir() -> tempfile::TempDir {
         let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/watch-tests");
         std::fs::create_dir_all(&base).unwrap();
         tempfile::tempdir_in(base).unwrap()
