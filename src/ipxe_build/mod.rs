@@ -572,6 +572,16 @@ mod tests {
     use super::*;
     use crate::lab::{BoardOptions, InitOptions, Lab, RenewOptions};
 
+    /// A farm in a temp dir with the boards `names` enrolled.
+    fn farm(names: &[&str]) -> (tempfile::TempDir, Lab, Vec<Board>) {
+        let t = tempfile::tempdir().unwrap();
+        let lab = Lab::open(t.path().join("s"));
+        lab.init(&InitOptions::default()).unwrap();
+        let names: Vec<BoardName> = names.iter().map(|n| n.parse().unwrap()).collect();
+        let boards = lab.enroll_many(&names, &BoardOptions::default()).unwrap();
+        (t, lab, boards)
+    }
+
     fn built(b: &Board, out: &OutDir) {
         Manifest {
             board: b.name.to_string(),
@@ -591,11 +601,8 @@ mod tests {
 
     #[test]
     fn stale_boards_are_the_active_ones_without_an_image_of_their_certificate() {
-        let t = tempfile::tempdir().unwrap();
-        let lab = Lab::open(t.path().join("s"));
-        lab.init(&InitOptions::default()).unwrap();
-        let names: Vec<BoardName> = ["a", "b", "c"].map(|n| n.parse().unwrap()).to_vec();
-        let boards = lab.enroll_many(&names, &BoardOptions::default()).unwrap();
+        let (t, lab, boards) = farm(&["a", "b", "c"]);
+        let names: Vec<BoardName> = boards.iter().map(|b| b.name.clone()).collect();
         let out = OutDir::new(t.path().join("out"));
         let stale = || -> Vec<String> {
             stale_boards(lab.registry(), &out)
@@ -619,14 +626,8 @@ mod tests {
 
     #[test]
     fn a_manifest_records_each_image_and_the_time_to_the_millisecond() {
-        let t = tempfile::tempdir().unwrap();
-        let lab = Lab::open(t.path().join("s"));
-        lab.init(&InitOptions::default()).unwrap();
-        let name: BoardName = "m1".parse().unwrap();
-        let board = lab
-            .enroll_many(std::slice::from_ref(&name), &BoardOptions::default())
-            .unwrap()
-            .remove(0);
+        let (t, _lab, mut boards) = farm(&["m1"]);
+        let board = boards.remove(0);
         let img = t.path().join("m1-efi-usb.img");
         std::fs::write(&img, b"an image").unwrap();
         let started = Instant::now() - std::time::Duration::from_millis(1234);
@@ -698,14 +699,9 @@ mod tests {
 
     #[test]
     fn a_stick_is_written_from_a_boards_newest_image_or_from_a_file() {
-        let t = tempfile::tempdir().unwrap();
-        let lab = Lab::open(t.path().join("s"));
-        lab.init(&InitOptions::default()).unwrap();
-        let name: BoardName = "st".parse().unwrap();
-        let board = lab
-            .enroll_many(std::slice::from_ref(&name), &BoardOptions::default())
-            .unwrap()
-            .remove(0);
+        let (t, lab, mut boards) = farm(&["st"]);
+        let board = boards.remove(0);
+        let name = board.name.clone();
         let out = OutDir::new(t.path().join("out"));
         // Registered, nothing built: an error that says so.
         assert!(stick_source(lab.registry(), &out, "st").is_err());
