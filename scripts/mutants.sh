@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Mutation testing of the security-critical code, outside .ci/run (hours on 2 cores):
 #   scripts/mutants.sh [GROUP…]   groups: crl tls one_time routes files watch history state registry
-#   flash ca types config verified board sandbox health lab serve_mod build_core build_media
+#   flash ca types config verified board sandbox health lab serve_mod build_core build_media codesign
 # MUTANTS_FLAGS adds cargo-mutants flags, e.g. MUTANTS_FLAGS=--in-place in a worktree of its own
 # (keeps one warm target dir for every group instead of a cold copy per group).
 # Each group mutates its files with cargo-mutants (`cargo install cargo-mutants`) and runs only
@@ -75,3 +75,6 @@ run build_core "src/ipxe_build/mod.rs src/ipxe_build/make.rs" build:: arm64::an_
   secure_boot::build_signs arm64::source_built
 run build_media "src/ipxe_build/image.rs src/ipxe_build/prebuilt.rs src/ipxe_build/doctor.rs" \
   build:: arm64::an_unknown secure_boot::build_signs
+run codesign src/codesign.rs codesign:: trust::boot_files_are_signed trust::signing_refuses \
+  operator::a_symlinked_boot_file files_root::key_material secure_boot::build_signs \
+  secure_boot::a_secure_boot_key_that_cannot secure_boot::check_and_doctor

@@ -430,6 +430,74 @@ mod tests {
         o.stdout
     }
 
+    /// A record for `rel` as `sign` would leave it: its size and mtime now.
+    fn recorded(root: &Path, rel: &str) -> Index {
+        let (size, mtime_ns) = stat(&root.join(rel)).unwrap();
+        let mut index = Index::default();
+        index.files.insert(
+            rel.into(),
+            Signed {
+                size,
+                mtime_ns,
+                sha256: String::new(),
+            },
+        );
+        index
+    }
+
+    #[test]
+    fn a_signature_is_current_only_while_file_and_sig_are_as_signed() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        std::fs::write(root.join("vmlinuz"), b"kernel one").unwrap();
+        std::fs::write(root.join("vmlinuz.sig"), b"sig").unwrap();
+        let index = recorded(root, "vmlinuz");
+        assert_eq!(index.status(root, "vmlinuz"), SigStatus::Current);
+        assert_eq!(index.status(root, "initrd"), SigStatus::Missing);
+        // Same size, new bytes and a new mtime: stale, not current.
+        let f = std::fs::File::options()
+            .write(true)
+            .open(root.join("vmlinuz"))
+            .unwrap();
+        f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5))
+            .unwrap();
+        assert_eq!(index.status(root, "vmlinuz"), SigStatus::Stale);
+        // The record still matches, but the .sig is gone: missing.
+        let index = recorded(root, "vmlinuz");
+        std::fs::remove_file(root.join("vmlinuz.sig")).unwrap();
+        assert_eq!(index.status(root, "vmlinuz"), SigStatus::Missing);
+    }
+
+    #[test]
+    fn an_index_that_cannot_be_read_is_an_error_not_an_empty_one() {
+        let t = tempfile::tempdir().unwrap();
+        assert!(Index::load(t.path()).unwrap().files.is_empty());
+        std::fs::create_dir(t.path().join(INDEX_NAME)).unwrap();
+        assert!(Index::load(t.path()).is_err());
+    }
+
+    #[test]
+    fn boot_files_are_regular_files_and_links_to_files_beneath_the_root() {
+        use std::os::unix::fs::symlink;
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("files");
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        let outside = t.path().join("outside");
+        std::fs::write(&outside, b"not served").unwrap();
+        std::fs::write(root.join("vmlinuz-6.1"), b"k").unwrap();
+        std::fs::write(root.join("sub/initrd"), b"i").unwrap();
+        std::fs::write(root.join("vmlinuz-6.1.sig"), b"s").unwrap();
+        std::fs::write(root.join(".hidden"), b"h").unwrap();
+        symlink("vmlinuz-6.1", root.join("vmlinuz")).unwrap();
+        symlink(&outside, root.join("escape")).unwrap();
+        symlink("sub", root.join("folder-link")).unwrap();
+        symlink("nowhere", root.join("dangling")).unwrap();
+        assert_eq!(
+            boot_files(&root).unwrap(),
+            ["sub/initrd", "vmlinuz", "vmlinuz-6.1"]
+        );
+    }
+
     /// Keys in every form openssl writes are key material by content; certificates, CRL-like
     /// DER, CMS signatures and boot files are not.
     #[test]

@@ -366,7 +366,33 @@ fn check_and_doctor_name_what_secure_boot_would_refuse() {
         "{err}"
     );
     build();
-    lab.ok(&["sign-files"]);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &str| std::fs::metadata(lab.path(p)).unwrap().permissions().mode();
+    std::fs::set_permissions(
+        lab.path("files/chain.efi"),
+        std::fs::Permissions::from_mode(0o640),
+    )
+    .unwrap();
+    // A file that is no EFI executable gets its detached signature and nothing else.
+    let initrd = b"not an EFI executable".repeat(100);
+    std::fs::write(lab.path("files/initrd-sb"), &initrd).unwrap();
+    let out = lab.ok(&["sign-files", "--json"]);
+    let done: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let row = |p: &str| {
+        done.as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["path"] == p)
+            .unwrap_or_else(|| panic!("{p} in {out}"))
+            .clone()
+    };
+    assert_eq!(row("chain.efi")["secure_boot"], true, "{out}");
+    // Signed in place for Secure Boot, with the mode it had.
+    assert_eq!(mode("files/chain.efi"), 0o100640);
+    assert_eq!(row("initrd-sb")["secure_boot"], false, "{out}");
+    assert_eq!(row("initrd-sb")["action"], "signed", "{out}");
+    assert_eq!(std::fs::read(lab.path("files/initrd-sb")).unwrap(), initrd);
+    assert!(crate::trust::cms_verifies(&lab, "initrd-sb"));
     lab.ok(&["check"]);
 }
 

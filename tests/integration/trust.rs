@@ -156,7 +156,16 @@ fn signing_refuses_bad_input_and_changes_nothing() {
     std::fs::write(&outside, b"x").unwrap();
     let err = lab.fails(&["sign-files", s(&outside)]);
     assert!(err.contains("not under the files directory"), "{err}");
+    // Inside it, but nothing a board boots: a signature, a dot-name, a folder.
+    std::fs::write(lab.path("files/old.sig"), b"x").unwrap();
+    std::fs::write(lab.path("files/.notes"), b"x").unwrap();
+    std::fs::create_dir(lab.path("files/sub")).unwrap();
+    for p in ["old.sig", ".notes", "sub"] {
+        let err = lab.fails(&["sign-files", p]);
+        assert!(err.contains("not a boot file"), "{p}: {err}");
+    }
     assert!(!lab.path("files/vmlinuz.sig").exists());
+    assert!(!lab.path("files/old.sig.sig").exists());
     // A state dir from before signed files: the first sign-files creates the signer.
     std::fs::remove_dir_all(lab.path("codesign")).unwrap();
     let o = lab.run(&["sign-files", "vmlinuz"]);
