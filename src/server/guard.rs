@@ -163,7 +163,6 @@ impl Drop for IpSlot {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Stage {
     Unproven,
-    Proven,
     Evicted,
 }
 
@@ -190,18 +189,22 @@ struct Waiting {
 }
 
 impl Waiting {
-    fn remove(&mut self, id: u64, to: Stage) -> bool {
-        let Some((p, tx)) = self.order.remove(&id) else {
-            return false;
-        };
+    /// Out of the budget, its stage not told: the sender, or None if it was out already.
+    fn take(&mut self, id: u64) -> Option<tokio::sync::watch::Sender<Stage>> {
+        let (p, tx) = self.order.remove(&id)?;
         if let Some(n) = self.by_prefix.get_mut(&p) {
             *n -= 1;
             if *n == 0 {
                 self.by_prefix.remove(&p);
             }
         }
-        let _ = tx.send(to);
-        true
+        Some(tx)
+    }
+
+    fn evict(&mut self, id: u64) {
+        if let Some(tx) = self.take(id) {
+            let _ = tx.send(Stage::Evicted);
+        }
     }
 }
 
@@ -229,12 +232,12 @@ impl Unproven {
                 .find(|(_, (q, _))| *q == p)
                 .map(|(id, _)| *id)
             {
-                w.remove(oldest, Stage::Evicted);
+                w.evict(oldest);
             }
         }
         if w.order.len() >= self.cap {
             if let Some(oldest) = w.order.keys().next().copied() {
-                w.remove(oldest, Stage::Evicted);
+                w.evict(oldest);
             }
         }
         let id = w.next;
@@ -252,6 +255,7 @@ impl Unproven {
         let watch = Watch {
             rx,
             deadline: tokio::time::Instant::now() + deadline,
+            proof: proof.clone(),
         };
         (proof, watch)
     }
@@ -267,7 +271,15 @@ impl Unproven {
 pub(crate) struct Proof {
     id: u64,
     unproven: Unproven,
-    slot: Mutex<Option<tokio::sync::OwnedSemaphorePermit>>,
+    /// Once proved: its slot, and the sender of its stage, kept and never sent on. Telling
+    /// the watch would wake the connection's own task, and tokio hands a self-woken task's
+    /// turn to another event-loop thread: a futex wake and two context switches per connection.
+    slot: Mutex<
+        Option<(
+            tokio::sync::OwnedSemaphorePermit,
+            tokio::sync::watch::Sender<Stage>,
+        )>,
+    >,
     /// How long a proof waits for a slot (the listener is full of proven connections).
     wait: Duration,
 }
@@ -288,11 +300,11 @@ impl Proof {
             .inner
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if !w.remove(self.id, Stage::Proven) {
+        let Some(tx) = w.take(self.id) else {
             return false; // evicted while it waited
-        }
-        drop(w);
-        *self.slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(permit);
+        };
+        // Set while the budget is locked: the watch never sees it neither unproven nor proven.
+        *self.slot.lock().unwrap_or_else(|e| e.into_inner()) = Some((permit, tx));
         true
     }
 
@@ -317,7 +329,7 @@ impl Drop for Proof {
             .inner
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        w.remove(self.id, Stage::Evicted);
+        w.evict(self.id);
     }
 }
 
@@ -325,6 +337,9 @@ impl Drop for Proof {
 pub(crate) struct Watch {
     rx: tokio::sync::watch::Receiver<Stage>,
     deadline: tokio::time::Instant,
+    /// Proving is not sent on `rx` (see [`Proof::slot`]): the deadline asks it. Held here, it
+    /// also keeps the proved connection's sender alive as long as the watch.
+    proof: Arc<Proof>,
 }
 
 impl Watch {
@@ -336,8 +351,8 @@ impl Watch {
                 .await
                 .map(|r| r.map(|s| *s));
         match decided {
+            Err(_) if self.proof.proven() => std::future::pending().await,
             Err(_) => "unproven-timeout",
-            Ok(Ok(Stage::Proven)) => std::future::pending().await,
             Ok(_) => "unproven-evicted",
         }
     }
@@ -430,6 +445,39 @@ mod tests {
         assert!(per.take(b, 2).is_some());
         // Every slot given back: no address is remembered (a flood leaves no map behind).
         assert!(per.counts.lock().unwrap().is_empty());
+    }
+
+    /// Proving tells nothing to the connection's own task (a self-wake hands its turn to
+    /// another event-loop thread); past the deadline, a proved connection stays open.
+    #[tokio::test]
+    async fn proving_wakes_nothing_and_a_proved_connection_outlives_the_deadline() {
+        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+        struct Count(AtomicUsize);
+        impl std::task::Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, SeqCst);
+            }
+        }
+        let u = Unproven::new(4, 4, Arc::new(tokio::sync::Semaphore::new(1)));
+        let (p, w) = u.enter("10.0.0.1".parse().unwrap(), Duration::from_millis(50));
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = std::task::Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut closed = Box::pin(w.closed());
+        assert!(closed.as_mut().poll(&mut cx).is_pending());
+        assert!(p.prove().await);
+        assert_eq!(
+            count.0.load(SeqCst),
+            0,
+            "proving woke the connection's task"
+        );
+        assert_eq!(u.len(), 0, "a proved connection leaves the budget");
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert!(count.0.load(SeqCst) >= 1, "the deadline came");
+        assert!(
+            closed.as_mut().poll(&mut cx).is_pending(),
+            "a proved connection is not closed at the deadline"
+        );
     }
 
     #[tokio::test]
