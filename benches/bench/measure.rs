@@ -3,8 +3,10 @@
 use super::*;
 
 /// `ipxe-ca serve` on free loopback ports, ready: (process, https port, http port).
+/// IPXE_CA_BENCH_BIN runs another build of `ipxe-ca` in every section that starts `serve`.
 pub(crate) fn start_serve(state: &Path) -> R<(Proc, u16, u16)> {
-    start_serve_with(&bin(), state, &[])
+    let program = std::env::var_os("IPXE_CA_BENCH_BIN").map_or_else(bin, PathBuf::from);
+    start_serve_with(&program, state, &[])
 }
 
 /// The same with another build of `ipxe-ca` (or a wrapper that execs one).

@@ -45,6 +45,10 @@ pub fn tls_config(
     tls::build(state, sessions)
 }
 
+/// TLS bytes a connection may queue for the socket: what one write hands the kernel while a
+/// kernel or initrd goes out (the benchmark's bulk floor uses it too).
+pub const SEND_BUFFER: usize = tls::SEND_BUFFER;
+
 /// Where `serve` listens for boot scripts unless told otherwise: every address, the port
 /// `init`'s default server URL names.
 pub fn default_https() -> SocketAddr {
