@@ -5,7 +5,8 @@
 //! `IPXE_CA_AB_BIN=OTHER-BINARY` compares two builds of `serve` in paired rounds (either side may
 //! be `tls-floor` or `tls-floor-threads`, the least a rustls server does; `IPXE_CA_AB_A` sets
 //! side A, this build by default); `--only profile` records `serve` under load with `perf`
-//! (linux-perf) and prints where its CPU goes.
+//! (linux-perf) and prints where its CPU goes; `--only count` counts what `serve` and the TLS
+//! floor execute per boot (instructions, cycles, context switches) with `perf stat`.
 //! Results: stdout and target/bench/results.md.
 
 use std::collections::BTreeMap;
@@ -180,10 +181,14 @@ fn main() {
         ("registry", bench_registry),
         ("farmday", farmday::bench_farmday),
     ];
-    // A/B needs a second binary, the profile perf: only when asked for by name.
-    let by_name = [("ab", bench_ab as Section), ("profile", bench_profile)]
-        .into_iter()
-        .filter(|(n, _)| only.as_ref().is_some_and(|o| o.iter().any(|x| x == n)));
+    // A/B needs a second binary, the profile and the counts perf: only when asked for by name.
+    let by_name = [
+        ("ab", bench_ab as Section),
+        ("profile", bench_profile),
+        ("count", bench_count),
+    ]
+    .into_iter()
+    .filter(|(n, _)| only.as_ref().is_some_and(|o| o.iter().any(|x| x == n)));
     for (name, f) in sections.into_iter().chain(by_name) {
         if want(name) {
             if let Err(e) = f(&mut cx) {

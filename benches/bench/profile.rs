@@ -81,3 +81,95 @@ pub(crate) fn bench_profile(cx: &mut Ctx) -> R<()> {
     cx.line("```");
     Ok(())
 }
+
+// ---------------------------------------------------------------- count
+
+/// What `serve` and the TLS floor cost per boot beyond CPU time, counted by `perf stat` under
+/// the same iPXE 2.0 load (1000 boards, c=64), in alternating rounds: system calls, context
+/// switches, page faults, and CPU time. Counts barely move with the machine's speed (CPU time
+/// moves by ±15 % between runs here), so they show what paired rounds of CPU time cannot.
+/// (This machine's VM exposes no hardware counters: no instructions or cycles.) Only with
+/// `--only count`.
+pub(crate) fn bench_count(cx: &mut Ctx) -> R<()> {
+    let d = cx.dir.join("count");
+    std::fs::create_dir_all(&d)?;
+    let (state, key, certs) = lab_with_boards(&d, if cx.smoke { 20 } else { 1000 })?;
+    let ecdsa = std::env::var("IPXE_CA_PROFILE_RSA").is_err();
+    let cfgs = client_configs(&state.join("ca/ca.crt"), &key, &certs, ecdsa)?;
+    let (rounds, dur) = if cx.smoke {
+        (1, Duration::from_millis(500))
+    } else {
+        (3, Duration::from_secs(5))
+    };
+    const EVENTS: [&str; 4] = [
+        "raw_syscalls:sys_enter",
+        "context-switches",
+        "page-faults",
+        "task-clock",
+    ];
+    // (name, sums over rounds, good boots)
+    let mut sums: Vec<(&str, [f64; 4], usize)> =
+        vec![("serve", [0.0; 4], 0), ("TLS floor", [0.0; 4], 0)];
+    for _ in 0..rounds {
+        for entry in sums.iter_mut() {
+            let (srv, port) = if entry.0 == "serve" {
+                let (p, https, _) = start_serve(&state)?;
+                (p, https)
+            } else {
+                start_tls_floor(&state, None)?
+            };
+            // Warm the caches (board files, remembered chains) before counting.
+            load_boots(&cfgs, port, 64, Duration::from_millis(500), None);
+            let out = d.join("stat.csv");
+            let perf = Command::new("perf")
+                .args([
+                    "stat",
+                    "-x",
+                    ",",
+                    "-o",
+                    s(&out),
+                    "-e",
+                    &EVENTS.join(","),
+                    "-p",
+                ])
+                .arg(srv.0.id().to_string())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("cannot run perf ({e}): apt-get install linux-perf"))?;
+            let l = load_boots(&cfgs, port, 64, dur, None);
+            // perf stat prints its counts when interrupted.
+            let pid = rustix::process::Pid::from_raw(perf.id() as i32).ok_or("perf has no pid")?;
+            rustix::process::kill_process(pid, rustix::process::Signal::INT)?;
+            perf.wait_with_output()?;
+            drop(srv);
+            let text = std::fs::read_to_string(&out)?;
+            for (i, ev) in EVENTS.iter().enumerate() {
+                let n: f64 = text
+                    .lines()
+                    .find(|l| l.split(',').nth(2).is_some_and(|e| e == *ev))
+                    .and_then(|l| l.split(',').next()?.parse().ok())
+                    .ok_or_else(|| format!("perf stat counted no {ev}: {text}"))?;
+                entry.1[i] += n;
+            }
+            entry.2 += l.ok;
+        }
+    }
+    cx.line(&format!(
+        "\n## Counted per boot ({} client, c=64, {rounds} rounds of {dur:?} each, alternating)\n",
+        if ecdsa { "iPXE 2.0" } else { "RSA-only" }
+    ));
+    cx.line("| server | system calls | context switches | page faults | CPU ms |");
+    cx.line("|---|---|---|---|---|");
+    for (name, c, boots) in &sums {
+        let b = (*boots).max(1) as f64;
+        cx.line(&format!(
+            "| {name} | {:.1} | {:.2} | {:.2} | {:.3} |",
+            c[0] / b,
+            c[1] / b,
+            c[2] / b,
+            c[3] / b
+        ));
+    }
+    Ok(())
+}
