@@ -20,7 +20,13 @@ pub(crate) fn bench_profile(cx: &mut Ctx) -> R<()> {
     // IPXE_CA_PROFILE_WORKERS=N: `serve --workers N`.
     let workers = std::env::var("IPXE_CA_PROFILE_WORKERS").ok();
     let extra: Vec<&str> = workers.iter().flat_map(|w| ["--workers", w]).collect();
-    let (srv, https, _) = start_serve_with(&bin(), &state, &extra)?;
+    // IPXE_CA_PROFILE_FLOOR=1: the TLS floor instead, to hold its profile beside serve's.
+    let (srv, https) = if std::env::var_os("IPXE_CA_PROFILE_FLOOR").is_some() {
+        start_tls_floor(&state, workers.as_deref())?
+    } else {
+        let (p, https, _) = start_serve_with(&bin(), &state, &extra)?;
+        (p, https)
+    };
     let dur = Duration::from_secs(if cx.smoke { 1 } else { 10 });
     // Warm the caches (board files, verified chains) before recording.
     load_boots(&cfgs, https, 64, Duration::from_secs(1), files.clone());

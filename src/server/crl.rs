@@ -59,8 +59,10 @@ impl RevokedSerials {
     /// is missing, does not verify, or is older (a lower crlNumber) than the one in force is
     /// refused: the previous one stays, and the log says so once per version of the file.
     pub(crate) fn contains(&self, serial: &Serial, at: &crate::store::watch::Snapshot) -> bool {
-        let path = self.state.crl();
+        // The path only when something changed: joining it costs an allocation per boot.
+        let path = || self.state.crl();
         let (crl, change) = self.current.get(Look::Watched(at), |cur| {
+            let path = path();
             if !path.exists() {
                 return Err(format!(
                     "ipxe-ca: {} is gone: keeping the CRL in force (run `ipxe-ca crl` to write it again)",
@@ -83,7 +85,7 @@ impl RevokedSerials {
             Change::Same => {}
             Change::Taken => super::log::say(&format!(
                 "ipxe-ca: reloaded CRL {} ({} revoked)",
-                path.display(),
+                path().display(),
                 crl.serials.len()
             )),
             Change::Kept(why) => super::log::say(&why),

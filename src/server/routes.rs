@@ -133,12 +133,13 @@ async fn handle(req: Request<Incoming>, info: &ConnInfo, shared: &Arc<Shared>) -
             .fetch_add(out.bytes, std::sync::atomic::Ordering::Relaxed);
     }
     let time = log::now();
+    let peer = info.peer.map(|p| p.to_string());
     if let Some(board) = out.board.as_deref().and_then(|b| b.parse().ok()) {
         shared.journal.record(
             board,
             history::Record {
                 time: time.clone(),
-                peer: info.peer.map(|p| p.to_string()),
+                peer: peer.clone(),
                 path: logged_path.clone(),
                 status: status.as_u16(),
                 outcome: verdict.name().to_string(),
@@ -154,7 +155,7 @@ async fn handle(req: Request<Incoming>, info: &ConnInfo, shared: &Arc<Shared>) -
     }
     log::write(&Entry {
         time,
-        peer: info.peer.map(|p| p.to_string()),
+        peer,
         outcome: verdict.name(),
         board: out.board,
         fingerprint: out.fingerprint,

@@ -367,7 +367,6 @@ impl BoardCache {
         now: &Snapshot,
     ) -> Result<Option<std::sync::Arc<Board>>> {
         let st = &self.registry.state;
-        let idx = st.index_file(fp.digest().name(), fp.as_str());
         let known = {
             let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
             seen.get(fp).cloned()
@@ -377,6 +376,7 @@ impl BoardCache {
                 return Ok(Some(c.board.clone()));
             }
         }
+        let idx = st.index_file(fp.digest().name(), fp.as_str());
         let token = now.token(&[&st.index_dir(fp.digest().name()), &st.boards_dir()]);
         // An entry that cannot be looked at is an error, as for `Registry::by_fingerprint`,
         // not an unregistered board.
