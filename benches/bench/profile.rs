@@ -4,16 +4,24 @@ use super::*;
 
 // ---------------------------------------------------------------- profile
 
+/// A lab of 1000 boards (20 in smoke runs) in `cx.dir/name`, and the client configurations
+/// of the load: iPXE 2.0's offer, or RSA only with IPXE_CA_PROFILE_RSA=1.
+type Loaded = (PathBuf, PathBuf, Vec<Arc<rustls::ClientConfig>>, bool);
+fn loaded_lab(cx: &Ctx, name: &str) -> R<Loaded> {
+    let d = cx.dir.join(name);
+    std::fs::create_dir_all(&d)?;
+    let (state, key, certs) = lab_with_boards(&d, if cx.smoke { 20 } else { 1000 })?;
+    let ecdsa = std::env::var("IPXE_CA_PROFILE_RSA").is_err();
+    let cfgs = client_configs(&state.join("ca/ca.crt"), &key, &certs, ecdsa)?;
+    Ok((d, state, cfgs, ecdsa))
+}
+
 /// Where `serve`'s CPU goes under the iPXE 2.0 load (1000 boards, c=64, 10 s), by `perf record`
 /// with call graphs attached to the running server: the top symbols by self time, and the
 /// kernel's share (IPXE_CA_PROFILE_RSA=1: the RSA-only load). Only with `--only profile`; the
 /// whole recording stays in target/bench/run/profile/perf.data (`perf report -i …`).
 pub(crate) fn bench_profile(cx: &mut Ctx) -> R<()> {
-    let d = cx.dir.join("profile");
-    std::fs::create_dir_all(&d)?;
-    let (state, key, certs) = lab_with_boards(&d, if cx.smoke { 20 } else { 1000 })?;
-    let ecdsa = std::env::var("IPXE_CA_PROFILE_RSA").is_err();
-    let cfgs = client_configs(&state.join("ca/ca.crt"), &key, &certs, ecdsa)?;
+    let (d, state, cfgs, ecdsa) = loaded_lab(cx, "profile")?;
     // IPXE_CA_PROFILE_FULLBOOT=1: whole boots (script, then 2 × 16 MiB) instead of scripts.
     let files = std::env::var_os("IPXE_CA_PROFILE_FULLBOOT")
         .map(|_| boot_files(&state, if cx.smoke { 256 << 10 } else { 16 << 20 }));
@@ -97,11 +105,7 @@ pub(crate) fn bench_profile(cx: &mut Ctx) -> R<()> {
 /// (This machine's VM exposes no hardware counters: no instructions or cycles.) Only with
 /// `--only count`.
 pub(crate) fn bench_count(cx: &mut Ctx) -> R<()> {
-    let d = cx.dir.join("count");
-    std::fs::create_dir_all(&d)?;
-    let (state, key, certs) = lab_with_boards(&d, if cx.smoke { 20 } else { 1000 })?;
-    let ecdsa = std::env::var("IPXE_CA_PROFILE_RSA").is_err();
-    let cfgs = client_configs(&state.join("ca/ca.crt"), &key, &certs, ecdsa)?;
+    let (d, state, cfgs, ecdsa) = loaded_lab(cx, "count")?;
     let (rounds, dur) = if cx.smoke {
         (1, Duration::from_millis(500))
     } else {
