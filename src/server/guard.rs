@@ -303,7 +303,8 @@ impl Proof {
         let Some(tx) = w.take(self.id) else {
             return false; // evicted while it waited
         };
-        // Set while the budget is locked: the watch never sees it neither unproven nor proven.
+        // Set while the budget is locked: the deadline never finds it out of the budget and
+        // not yet proved.
         *self.slot.lock().unwrap_or_else(|e| e.into_inner()) = Some((permit, tx));
         true
     }
