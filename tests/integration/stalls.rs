@@ -210,10 +210,20 @@ fn one_address_beyond_its_cap_is_closed_at_once_below_the_budget() {
             }
         })
         .count();
-    assert_eq!(closed, 8, "12 connections, a cap of 4");
     let (_, text) = crate::util::tool(
         "curl",
         &["-s", &format!("http://127.0.0.1:{metrics}/metrics")],
+    );
+    // On a failure, what the server counted and said.
+    let refused: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("ipxe_ca_refused_connections_total"))
+        .collect();
+    assert_eq!(
+        closed,
+        8,
+        "12 connections, a cap of 4: {refused:?}\n{}",
+        srv.output()
     );
     let n = crate::util::metric(
         &text,
