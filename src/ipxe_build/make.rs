@@ -790,14 +790,7 @@ mod tests {
 
     #[test]
     fn an_arm64_board_is_built_for_uefi_only() {
-        let t = tempfile::tempdir().unwrap();
-        let lab = crate::lab::Lab::open(t.path().join("s"));
-        lab.init(&crate::lab::InitOptions::default()).unwrap();
-        let names: Vec<crate::types::BoardName> =
-            ["x86", "sbc"].map(|n| n.parse().unwrap()).to_vec();
-        let mut boards = lab
-            .enroll_many(&names, &crate::lab::BoardOptions::default())
-            .unwrap();
+        let (_t, _lab, mut boards) = crate::ipxe_build::tests::farm(&["x86", "sbc"]);
         boards[1].arch = Arch::Arm64;
         let (x86, both) = (&boards[..1], &boards[..]);
         assert!(check_targets(&[Target::Usb, Target::Iso], x86).is_ok());

@@ -572,8 +572,8 @@ mod tests {
     use super::*;
     use crate::lab::{BoardOptions, InitOptions, Lab, RenewOptions};
 
-    /// A farm in a temp dir with the boards `names` enrolled.
-    fn farm(names: &[&str]) -> (tempfile::TempDir, Lab, Vec<Board>) {
+    /// A farm in a temp dir with the boards `names` enrolled (the submodules' tests use it too).
+    pub(super) fn farm(names: &[&str]) -> (tempfile::TempDir, Lab, Vec<Board>) {
         let t = tempfile::tempdir().unwrap();
         let lab = Lab::open(t.path().join("s"));
         lab.init(&InitOptions::default()).unwrap();

@@ -470,16 +470,7 @@ fn prebuilt_image_is_a_fat_disk_with_the_efi_binary_and_the_boards_identity() {
     let lab = Lab::init();
     lab.enroll("pb", &[]);
     let out = lab.tmp.path().join("out");
-    let o = lab.run(&[
-        "build",
-        "pb",
-        "--prebuilt",
-        s(&prebuilt),
-        "--target",
-        "efi-usb",
-        "--out",
-        s(&out),
-    ]);
+    let o = lab.build_efi_usb("pb", &out);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     assert!(err.contains("TlsCaCertificate"), "{err}");

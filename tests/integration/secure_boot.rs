@@ -71,21 +71,12 @@ fn boot(name: &str, img: &Path, siglist: &Path, stop_at: &str, abort_on: &[&str]
 /// and the manifest names the key (without a QEMU boot: the firmware's word is below).
 #[test]
 fn build_signs_for_secure_boot_once_the_farm_has_a_db_key() {
-    let prebuilt = crate::boot::prebuilt_dir();
     let lab = Lab::init();
     lab.enroll("sk", &[]);
     let out = lab.tmp.path().join("out");
     let build = || {
-        lab.ok(&[
-            "build",
-            "sk",
-            "--prebuilt",
-            s(&prebuilt),
-            "--target",
-            "efi-usb",
-            "--out",
-            s(&out),
-        ]);
+        let o = lab.build_efi_usb("sk", &out);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let img = out.join("sk/sk-efi-usb.img");
         let manifest = std::fs::read_to_string(out.join("sk/manifest.json")).unwrap();
         (sbverify(&bootx64(&img)), manifest)
@@ -571,16 +562,7 @@ fn secure_boot_init_keys_enrolled_in_fresh_firmware_boot_only_the_farms_images()
     adopt(&other);
     other.enroll("stranger", &[]);
     let out = other.tmp.path().join("out");
-    let o = other.run(&[
-        "build",
-        "stranger",
-        "--prebuilt",
-        s(&crate::boot::prebuilt_dir()),
-        "--target",
-        "efi-usb",
-        "--out",
-        s(&out),
-    ]);
+    let o = other.build_efi_usb("stranger", &out);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let run = qemu::boot(
         "sb-own-keys-stranger",

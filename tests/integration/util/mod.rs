@@ -97,6 +97,20 @@ impl Lab {
         String::from_utf8(o.stderr).unwrap()
     }
 
+    /// `build BOARD` from the prebuilt iPXE as a UEFI stick image into `out` (no toolchain).
+    pub fn build_efi_usb(&self, board: &str, out: &Path) -> Output {
+        self.run(&[
+            "build",
+            board,
+            "--prebuilt",
+            s(&crate::boot::prebuilt_dir()),
+            "--target",
+            "efi-usb",
+            "--out",
+            s(out),
+        ])
+    }
+
     /// Enroll a board and return its JSON.
     pub fn enroll(&self, name: &str, extra: &[&str]) -> serde_json::Value {
         let mut args = vec!["enroll", name, "--json"];
